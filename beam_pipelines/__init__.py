@@ -1,0 +1,1 @@
+"""Runnable activebeam pipelines: ``python -m beam_pipelines.mine`` is the main job."""

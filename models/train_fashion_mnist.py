@@ -1,0 +1,95 @@
+"""Trains activebeam's default model: a small Keras CNN on Fashion-MNIST's training set.
+
+The model takes grey 28x28 frames as float32 pixel values in [0, 255] (shape ``(N, 28, 28, 1)``),
+rescales them itself, and outputs softmax probabilities over Fashion-MNIST's 10 classes
+(``(N, 10)``, float32). Its dense layer ``embedding`` (128-d, the penultimate layer) is the frame
+embedding. Dropout layers before and after it make Monte-Carlo-dropout scores possible.
+
+Data: Debian's ``dataset-fashion-mnist`` (Xiao, Rasul & Vollgraf 2017, MIT licence),
+``/usr/share/datasets/fashion-mnist``. Everything is seeded, and the training runs on one
+thread, so a rerun reproduces the committed ``models/fashion_mnist_cnn.keras``.
+
+Run: ``.venv/bin/python -m models.train_fashion_mnist`` (about 2 minutes on 2 CPU cores).
+"""
+import argparse
+import gzip
+import json
+import os
+import struct
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+CLASS_NAMES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+SEED = 20261122
+EPOCHS = 4
+BATCH_SIZE = 128
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads a (gzipped) IDX file (LeCun's MNIST format) into a uint8 array."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if dtype_code != 0x08:
+        raise ValueError(f"{path}: only unsigned-byte IDX files are supported, got 0x{dtype_code:02x}")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_split(split: str, data_dir: str = FASHION_MNIST_DIR):
+    """Returns ``(images uint8 (N, 28, 28), labels uint8 (N,))`` for split ``train`` or ``t10k``."""
+    images = read_idx(os.path.join(data_dir, f"{split}-images-idx3-ubyte.gz"))
+    labels = read_idx(os.path.join(data_dir, f"{split}-labels-idx1-ubyte.gz"))
+    return images, labels
+
+
+def build_model():
+    import keras
+    from keras import layers
+    inputs = keras.Input(shape=(28, 28, 1), name="pixels")
+    x = layers.Rescaling(1.0 / 255.0)(inputs)
+    x = layers.Conv2D(32, 3, activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(64, 3, activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.25)(x)
+    x = layers.Dense(128, activation="relu", name="embedding")(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="fashion_mnist_cnn")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "fashion_mnist_cnn.keras"))
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+    import tensorflow as tf
+    import keras
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    keras.utils.set_random_seed(SEED)
+
+    x_train, y_train = load_split("train")
+    x_test, y_test = load_split("t10k")
+    model = build_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train[..., None].astype("float32"), y_train, epochs=args.epochs,
+              batch_size=BATCH_SIZE, shuffle=True, verbose=2)
+    _, accuracy = model.evaluate(x_test[..., None].astype("float32"), y_test, verbose=0)
+    # Save an uncompiled copy: the optimizer state would triple the file and is not needed.
+    exported = build_model()
+    exported.set_weights(model.get_weights())
+    exported.save(args.output)
+    print(json.dumps({"model": args.output, "test_accuracy": round(float(accuracy), 4)}))
+
+
+if __name__ == "__main__":
+    main()

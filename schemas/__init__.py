@@ -1,0 +1,7 @@
+"""activebeam's record types and storage schemas: the single source of truth for every record.
+
+* :mod:`schemas.records`: typed records that flow between pipeline stages (``Frame``,
+  ``FrameRecord``, ``Candidate``, ``DeadLetter``, ``FileOutcome``).
+* :mod:`schemas.frames`: the ``frames`` index: MongoDB document layout and indexes, BigQuery
+  table schema, and the functions that turn a :class:`~schemas.records.FrameRecord` into each.
+"""

@@ -1,0 +1,104 @@
+"""The ``frames`` index: one entry per decoded frame, in MongoDB and BigQuery.
+
+``FRAME_FIELDS`` is the single description of a frame entry; the BigQuery table schema and the
+MongoDB indexes are derived from it, and :func:`to_mongo_document` / :func:`to_bigquery_row` are
+the only places that turn a :class:`~schemas.records.FrameRecord` into stored form.
+"""
+from typing import List, NamedTuple
+
+from schemas.records import FrameRecord
+
+DEFAULT_DATABASE = "activebeam"
+FRAMES_COLLECTION = "frames"
+SCORE_NAMES = ("entropy", "margin", "least_confidence")
+
+
+class Field(NamedTuple):
+    name: str
+    bigquery_type: str
+    mode: str  # REQUIRED, NULLABLE or REPEATED
+    description: str
+
+
+FRAME_FIELDS = (
+    Field("frame_id", "STRING", "REQUIRED", "Deterministic id: sha256(source_uri NUL frame_index)[:32]; MongoDB _id."),
+    Field("source_uri", "STRING", "REQUIRED", "URI of the image or video file the frame comes from."),
+    Field("frame_index", "INT64", "REQUIRED", "0 for a still image; 0-based index in the decoded video stream."),
+    Field("timestamp_s", "FLOAT64", "NULLABLE", "Presentation time in seconds from the video start; null for still images."),
+    Field("media_type", "STRING", "REQUIRED", "'image' or 'video'."),
+    Field("width", "INT64", "REQUIRED", "Decoded width in pixels."),
+    Field("height", "INT64", "REQUIRED", "Decoded height in pixels."),
+    Field("pixel_hash", "STRING", "REQUIRED", "sha256 of the decoded RGB pixels and shape; equal for identical frames."),
+    Field("embedding", "FLOAT64", "REPEATED", "Output of the model's embedding layer."),
+    Field("predicted_class", "INT64", "REQUIRED", "argmax of the class probabilities."),
+    Field("entropy", "FLOAT64", "REQUIRED", "Shannon entropy of the class probabilities, in nats."),
+    Field("margin", "FLOAT64", "REQUIRED", "p(1st) - p(2nd); low means uncertain."),
+    Field("least_confidence", "FLOAT64", "REQUIRED", "1 - p(1st); high means uncertain."),
+    Field("model_name", "STRING", "REQUIRED", "Name of the model (file stem)."),
+    Field("model_version", "STRING", "REQUIRED", "sha256 of the model file, first 16 hex digits."),
+)
+
+
+def bigquery_schema() -> dict:
+    """The BigQuery table schema of ``frames`` in the JSON form ``WriteToBigQuery`` accepts."""
+    return {"fields": [
+        {"name": f.name, "type": f.bigquery_type, "mode": f.mode, "description": f.description}
+        for f in FRAME_FIELDS
+    ]}
+
+
+class IndexSpec(NamedTuple):
+    keys: tuple  # ((field, direction), ...) as pymongo's create_index takes them
+    name: str
+    unique: bool = False
+
+
+MONGO_INDEXES = (
+    IndexSpec((("source_uri", 1), ("frame_index", 1)), "source_uri_frame_index", unique=True),
+    IndexSpec((("pixel_hash", 1),), "pixel_hash"),
+) + tuple(IndexSpec(((f"scores.{name}", -1),), f"scores_{name}") for name in SCORE_NAMES)
+
+
+def to_mongo_document(record: FrameRecord) -> dict:
+    """The MongoDB document of a frame; ``_id`` is the deterministic ``frame_id``."""
+    frame = record.frame
+    return {
+        "_id": frame.frame_id,
+        "source_uri": frame.source_uri,
+        "frame_index": frame.frame_index,
+        "timestamp_s": frame.timestamp_s,
+        "media_type": frame.media_type,
+        "width": frame.width,
+        "height": frame.height,
+        "pixel_hash": frame.pixel_hash,
+        "embedding": [float(x) for x in record.embedding],
+        "probabilities": [float(x) for x in record.probabilities],
+        "predicted_class": record.predicted_class,
+        "scores": {name: float(getattr(record, name)) for name in SCORE_NAMES},
+        "model": record.model._asdict(),
+    }
+
+
+def to_bigquery_row(record: FrameRecord) -> dict:
+    """The BigQuery row of a frame, with exactly the columns of :data:`FRAME_FIELDS`."""
+    frame = record.frame
+    row = {
+        "frame_id": frame.frame_id,
+        "source_uri": frame.source_uri,
+        "frame_index": frame.frame_index,
+        "timestamp_s": frame.timestamp_s,
+        "media_type": frame.media_type,
+        "width": frame.width,
+        "height": frame.height,
+        "pixel_hash": frame.pixel_hash,
+        "embedding": [float(x) for x in record.embedding],
+        "predicted_class": record.predicted_class,
+        "model_name": record.model.name,
+        "model_version": record.model.version,
+    }
+    row.update({name: float(getattr(record, name)) for name in SCORE_NAMES})
+    return row
+
+
+def field_names() -> List[str]:
+    return [f.name for f in FRAME_FIELDS]

@@ -1,0 +1,148 @@
+"""Typed records that flow between activebeam's pipeline stages.
+
+Only :class:`Frame` carries pixels. It is produced by decoding and consumed by the model stage in
+the same fused step, so pixels never cross a shuffle; every later stage sees
+:class:`FrameRecord` (metadata, embedding, scores).
+"""
+import hashlib
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+
+# Stage names used in dead letters (``DeadLetter.stage``) and Beam metric names.
+STAGE_MATCH = "match"
+STAGE_READ = "read"
+STAGE_DECODE = "decode"
+STAGE_PREPROCESS = "preprocess"
+STAGE_INFERENCE = "inference"
+STAGE_MONGODB = "mongodb"
+STAGE_BIGQUERY = "bigquery"
+
+
+def make_frame_id(source_uri: str, frame_index: int) -> str:
+    """Deterministic frame id: the first 32 hex digits of sha256(``source_uri`` NUL ``frame_index``).
+
+    The same file and frame always get the same id, so writes keyed by it are idempotent.
+    """
+    digest = hashlib.sha256(f"{source_uri}\0{int(frame_index)}".encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+class Frame(NamedTuple):
+    """One decoded frame.
+
+    ``frame_index`` is 0 for a still image and the 0-based index in the decoded video stream for a
+    video frame; ``timestamp_s`` is the presentation time in seconds from the stream start (``None``
+    for still images). ``pixels`` is RGB ``uint8`` of shape ``(height, width, 3)``.
+    ``pixel_hash`` is the sha256 (hex) of the decoded pixel bytes and their shape: equal hashes mean
+    identical frames.
+    """
+    frame_id: str
+    source_uri: str
+    frame_index: int
+    timestamp_s: Optional[float]
+    width: int
+    height: int
+    media_type: str
+    pixel_hash: str
+    pixels: np.ndarray
+
+    def metadata(self) -> "FrameMetadata":
+        return FrameMetadata(*self[:-1])
+
+
+class FrameMetadata(NamedTuple):
+    """A :class:`Frame` without its pixels (what travels next to the model input)."""
+    frame_id: str
+    source_uri: str
+    frame_index: int
+    timestamp_s: Optional[float]
+    width: int
+    height: int
+    media_type: str
+    pixel_hash: str
+
+
+class ModelVersion(NamedTuple):
+    """Which model produced an embedding or score.
+
+    ``version`` is the first 16 hex digits of the sha256 of the model file's bytes.
+    """
+    name: str
+    version: str
+    embedding_layer: str
+
+
+class FrameRecord(NamedTuple):
+    """A frame's metadata with the model's output, as indexed and sampled.
+
+    ``embedding``: float32, shape ``(D,)`` (D = width of the model's embedding layer).
+    ``probabilities``: float32, shape ``(C,)``, sums to 1. Scores (see
+    :mod:`transforms.uncertainty`): ``entropy`` in nats, ``margin`` = p(1st) - p(2nd) (low is
+    uncertain), ``least_confidence`` = 1 - p(1st).
+    """
+    frame: FrameMetadata
+    embedding: np.ndarray
+    probabilities: np.ndarray
+    predicted_class: int
+    entropy: float
+    margin: float
+    least_confidence: float
+    model: ModelVersion
+
+
+class Candidate(NamedTuple):
+    """A frame proposed for annotation; ``rank`` 1 is the most wanted.
+
+    ``score`` is the value of the ranking score named by ``strategy``; ``duplicates`` counts the
+    frames with identical pixels that this candidate stands for (itself included).
+    """
+    rank: int
+    frame_id: str
+    source_uri: str
+    frame_index: int
+    timestamp_s: Optional[float]
+    score: float
+    strategy: str
+    scores: Tuple[Tuple[str, float], ...]
+    predicted_class: int
+    duplicates: int
+    model: ModelVersion
+
+    def to_json_dict(self) -> dict:
+        return {
+                "rank": self.rank,
+                "frame_id": self.frame_id,
+                "source_uri": self.source_uri,
+                "frame_index": self.frame_index,
+                "timestamp_s": self.timestamp_s,
+                "score": self.score,
+                "strategy": self.strategy,
+                "scores": dict(self.scores),
+                "predicted_class": self.predicted_class,
+                "duplicates": self.duplicates,
+                "model": self.model._asdict(),
+        }
+
+
+class DeadLetter(NamedTuple):
+    """An input that could not be processed: which file (and frame), at which stage, and why."""
+    source_uri: str
+    stage: str
+    error: str
+    frame_index: Optional[int] = None
+    frame_id: Optional[str] = None
+
+    def to_json_dict(self) -> dict:
+        return {k: v for k, v in self._asdict().items() if v is not None}
+
+
+class FileOutcome(NamedTuple):
+    """What became of one matched file: ``frames`` decoded, ``failed`` if it yielded none.
+
+    A video that stops decoding part-way has ``frames > 0``, ``failed`` False and a dead letter.
+    """
+    source_uri: str
+    media_type: Optional[str]
+    frames: int
+    failed: bool

@@ -1,0 +1,27 @@
+"""activebeam: Apache Beam transforms that turn raw camera data into labelling decisions.
+
+Installable with ``pip install .`` and usable as Dataflow's ``--setup_file ./setup.py``.
+Runtime dependencies are the pins of ``requirements.txt``.
+"""
+import os
+
+import setuptools
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _requirements():
+    with open(os.path.join(HERE, "requirements.txt")) as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
+
+setuptools.setup(
+    name="activebeam",
+    version="0.1.0",
+    description="Beam PTransforms for decoding, scoring, indexing and active-learning selection of camera frames",
+    python_requires=">=3.10",
+    packages=["beam_pipelines", "transforms", "schemas", "models"],
+    package_data={"models": ["*.keras"]},
+    install_requires=_requirements(),
+    entry_points={"console_scripts": ["activebeam-mine=beam_pipelines.mine:main"]},
+)

@@ -1,0 +1,95 @@
+"""Result files of a selection run: ``candidates.jsonl``, ``dead_letter.jsonl``, ``summary.json``.
+
+All three are written through Beam's ``FileSystems``, so ``output_dir`` may be local or ``gs://``.
+"""
+import json
+from typing import Dict, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+CANDIDATES_FILE = "candidates.jsonl"
+DEAD_LETTER_FILE = "dead_letter.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def _write_text(path: str, text: str) -> str:
+    with FileSystems.create(path, mime_type="application/json") as f:
+        f.write(text.encode("utf-8"))
+    return path
+
+
+def _json_line(obj) -> str:
+    return json.dumps(obj, sort_keys=False, ensure_ascii=False, allow_nan=False)
+
+
+def _write_candidates(candidates, path):
+    ordered = sorted(candidates, key=lambda c: c.rank)
+    return _write_text(path, "".join(_json_line(c.to_json_dict()) + "\n" for c in ordered))
+
+
+class WriteCandidates(beam.PTransform):
+    """Writes ``Candidate``\\ s to one JSON-lines file sorted by rank (rank 1 first)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def expand(self, candidates):
+        return (candidates
+                | "Gather" >> beam.combiners.ToList()
+                | "Write" >> beam.Map(_write_candidates, self._path))
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Writes ``DeadLetter``\\ s to one JSON-lines file (``source_uri``, ``stage``, ``error``...).
+
+    Uses Beam's ``WriteToText`` (one shard, exact file name), so the file exists, possibly
+    empty, after every run.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def expand(self, dead_letters):
+        return (dead_letters
+                | "ToJson" >> beam.Map(lambda d: _json_line(d.to_json_dict()))
+                | "Write" >> beam.io.WriteToText(self._path, num_shards=1, shard_name_template=""))
+
+
+def _write_summary(counts: Dict[str, int], path: str, static: dict):
+    summary = dict(static)
+    summary.update(counts)
+    return _write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+class WriteSummary(beam.PTransform):
+    """Counts named PCollections exactly and writes them, with static facts, to a JSON file.
+
+    Input: a dict ``{name: PCollection}``; each count is ``Count.Globally`` (combiner-lifted,
+    so only partial counts cross workers). ``sums`` maps names to ``(PCollection, fn)`` whose
+    ``fn(element)`` values are summed.
+    """
+
+    def __init__(self, path: str, static: Optional[dict] = None, sums: Optional[dict] = None):
+        super().__init__()
+        self._path = path
+        self._static = static or {}
+        self._sums = sums or {}
+
+    def expand(self, named_pcolls):
+        pipeline = None
+        parts = []
+        for name, pcoll in sorted(named_pcolls.items()):
+            pipeline = pcoll.pipeline
+            parts.append(pcoll | f"Count_{name}" >> beam.combiners.Count.Globally()
+                         | f"Name_{name}" >> beam.Map(lambda n, key=name: (key, n)))
+        for name, (pcoll, fn) in sorted(self._sums.items()):
+            pipeline = pcoll.pipeline
+            parts.append(pcoll | f"Values_{name}" >> beam.Map(fn)
+                         | f"Sum_{name}" >> beam.CombineGlobally(sum)
+                         | f"Name_{name}" >> beam.Map(lambda n, key=name: (key, n)))
+        return (parts | "FlattenCounts" >> beam.Flatten(pipeline=pipeline)
+                | "ToDict" >> beam.combiners.ToDict()
+                | "Write" >> beam.Map(_write_summary, self._path, self._static))
