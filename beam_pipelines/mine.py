@@ -156,7 +156,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     if _is_local(output_dir):
         output_dir = os.path.abspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
-    gcp_emulators.use_bigquery_emulator_if_configured()
+    gcp_emulators.use_emulators_if_configured()
     model = load_model_spec(mine.model or DEFAULT_MODEL_PATH, mine.embedding_layer, mine.model_output)
 
     with contextlib.ExitStack() as stack:

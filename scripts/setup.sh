@@ -57,10 +57,20 @@ PY
   echo "$BQ_STAMP" > "$BQ_VENV/.activebeam-stamp"
 fi
 
-# 4. Real sample media (opencv-doc videos, scikit-learn photos, Fashion-MNIST PNGs).
+# 4. The Cloud Storage emulator in its own virtualenv.
+GCS_VENV="$ACTIVEBEAM_HOME/venvs/gcs-emulator"
+GCS_STAMP="gcp-storage-emulator==2026.7.19"
+if [ "$(cat "$GCS_VENV/.activebeam-stamp" 2>/dev/null)" != "$GCS_STAMP" ]; then
+  log "installing the Cloud Storage emulator"
+  "$PYTHON" -m venv "$GCS_VENV"
+  "$GCS_VENV/bin/pip" install -q --disable-pip-version-check "$GCS_STAMP"
+  echo "$GCS_STAMP" > "$GCS_VENV/.activebeam-stamp"
+fi
+
+# 5. Real sample media (opencv-doc videos, scikit-learn photos, Fashion-MNIST PNGs).
 .venv/bin/python -m beam_pipelines.sample_media --media_dir "$ACTIVEBEAM_HOME/media" >/dev/null
 
-# 5. Bazel, offline: local stubs for the rule repositories Bazel 4.2 would download.
+# 6. Bazel, offline: local stubs for the rule repositories Bazel 4.2 would download.
 cat > bazel/local.bazelrc <<RC
 # Written by scripts/setup.sh for this checkout; not committed.
 common --override_repository=rules_cc=$ROOT/bazel/stubs/rules_cc

@@ -59,14 +59,19 @@ class _MongoUpsertFn(beam.DoFn):
 
     def setup(self):
         import pymongo
-        self._client = pymongo.MongoClient(self._uri, appname="activebeam",
-                                           serverSelectionTimeoutMS=30000)
+        defaults = {"appname": "activebeam", "serverSelectionTimeoutMS": 30000}
+        # Options in the URI win over these defaults (pymongo would let keywords win).
+        options = {k: v for k, v in defaults.items() if k.lower() not in self._uri.lower()}
+        self._client = pymongo.MongoClient(self._uri, **options)
         self._collection = self._client[self._database][self._collection_name]
-        self._with_retries(self._ensure_indexes)
+        self._indexes_ready = False
 
     def _ensure_indexes(self):
-        for spec in self._indexes:
-            self._collection.create_index(list(spec.keys), name=spec.name, unique=spec.unique)
+        """Creates the indexes once per worker (idempotent; before the first write)."""
+        if not self._indexes_ready:
+            for spec in self._indexes:
+                self._collection.create_index(list(spec.keys), name=spec.name, unique=spec.unique)
+            self._indexes_ready = True
 
     def _with_retries(self, fn):
         from pymongo import errors
@@ -90,6 +95,7 @@ class _MongoUpsertFn(beam.DoFn):
         failed = {}
         start = time.monotonic()
         try:
+            self._with_retries(self._ensure_indexes)
             self._with_retries(lambda: self._collection.bulk_write(ops, ordered=False))
         except errors.BulkWriteError as e:
             for write_error in e.details.get("writeErrors", []):
@@ -133,10 +139,14 @@ class WriteFramesToMongoDB(beam.PTransform):
         Database name (default ``activebeam``).
     batch_size : int
         Maximum documents per bulk write.
+    max_attempts : int
+        Attempts per bulk write on transient errors (connection lost, no server selectable),
+        with exponential backoff from 0.5 s; documents still failing go to ``dead_letters``.
     """
 
     def __init__(self, uri: str, database: str = frames_schema.DEFAULT_DATABASE,
-                 collection: str = frames_schema.FRAMES_COLLECTION, batch_size: int = 500):
+                 collection: str = frames_schema.FRAMES_COLLECTION, batch_size: int = 500,
+                 max_attempts: int = 5):
         super().__init__()
         if not uri:
             raise ValueError("uri must be a MongoDB connection string")
@@ -146,6 +156,7 @@ class WriteFramesToMongoDB(beam.PTransform):
         self._database = database
         self._collection = collection
         self._batch_size = batch_size
+        self._max_attempts = max_attempts
 
     def expand(self, frame_records):
         written = (
@@ -153,7 +164,8 @@ class WriteFramesToMongoDB(beam.PTransform):
             | "ToDocuments" >> beam.Map(frames_schema.to_mongo_document)
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
             | "BulkUpsert" >> beam.ParDo(_MongoUpsertFn(
-                self._uri, self._database, self._collection, frames_schema.MONGO_INDEXES))
+                self._uri, self._database, self._collection, frames_schema.MONGO_INDEXES,
+                max_attempts=self._max_attempts))
             .with_outputs(DEAD_LETTER, main="frame_ids"))
         return WrittenFrames(written.frame_ids, written[DEAD_LETTER])
 

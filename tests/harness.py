@@ -1,0 +1,173 @@
+"""Test harness: real servers on 127.0.0.1, real sample data, and a pytest entry point for Bazel.
+
+* :func:`mongod` starts a real MongoDB 6.0 server (:class:`beam_pipelines.local_mongo.LocalMongoD`).
+* :func:`bigquery_emulator` starts ``bqemulator`` (installed by ``scripts/setup.sh`` in its own
+  virtualenv) and points the Google clients at it with anonymous credentials.
+* :func:`run_collect` runs a Beam pipeline on the in-process ``FnApiRunner`` (never Prism) and
+  returns the elements of the PCollections it is asked for.
+"""
+import contextlib
+import glob
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from beam_pipelines.home import activebeam_home, media_dir  # noqa: E402
+from beam_pipelines.local_mongo import LocalMongoD, free_port  # noqa: E402
+
+OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
+BIGQUERY_PROJECT = "activebeam-test"
+
+
+def tmpdir(prefix="activebeam-test-") -> str:
+    """A fresh temporary directory under Bazel's ``TEST_TMPDIR`` (or the system's)."""
+    return tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TEST_TMPDIR"))
+
+
+def media(*parts) -> str:
+    """Path (or glob) of bundled sample media (prepared by scripts/setup.sh)."""
+    path = os.path.join(media_dir(), *parts)
+    if not glob.glob(path):
+        raise FileNotFoundError(f"{path} is missing: run scripts/setup.sh")
+    return path
+
+
+@contextlib.contextmanager
+def mongod():
+    """A real mongod on a free 127.0.0.1 port, with its data in a temporary directory."""
+    with LocalMongoD(os.path.join(tmpdir("mongod-"), "db")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _emulator(name, argv, health_url, env_vars, extra_env=None, timeout_s=60):
+    """Runs an emulator process until ``health_url`` answers, sets ``env_vars`` while it runs."""
+    log = open(os.path.join(tmpdir(f"{name}-"), f"{name}.log"), "wb")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                               env=dict(os.environ, **(extra_env or {})))
+    saved = {k: os.environ.get(k) for k in env_vars}
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(health_url, timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not ready after {timeout_s}s; see {log.name}")
+                time.sleep(0.3)
+        os.environ.update(env_vars)
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def _emulator_binary(venv, name):
+    binary = os.path.join(activebeam_home(), "venvs", venv, "bin", name)
+    if not os.path.exists(binary):
+        raise FileNotFoundError(f"{binary} is missing: run scripts/setup.sh")
+    return binary
+
+
+@contextlib.contextmanager
+def bigquery_emulator(project: str = BIGQUERY_PROJECT):
+    """A real ``bqemulator`` (DuckDB-backed BigQuery REST API) on a free 127.0.0.1 port.
+
+    Sets ``BIGQUERY_EMULATOR_HOST`` and ``GOOGLE_CLOUD_PROJECT`` while it runs; yields the REST
+    endpoint ``http://127.0.0.1:PORT``.
+    """
+    rest_port, grpc_port = free_port(), free_port()
+    endpoint = f"http://127.0.0.1:{rest_port}"
+    argv = [_emulator_binary("bqemulator", "bqemulator"), "start", "--rest-host", "127.0.0.1",
+            "--rest-port", str(rest_port), "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port),
+            "--project", project, "--log-level", "warning"]
+    # DuckDB finds its extensions under $HOME (scripts/setup.sh installed them there).
+    home = {"HOME": os.path.join(activebeam_home(), "duckdb-home")}
+    with _emulator("bqemulator", argv, endpoint + "/healthz",
+                   {"BIGQUERY_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": project}, home):
+        yield endpoint
+
+
+@contextlib.contextmanager
+def gcs_emulator(bucket: str = "activebeam-test"):
+    """A real ``gcp-storage-emulator`` on a free 127.0.0.1 port, with ``bucket`` created.
+
+    Sets ``STORAGE_EMULATOR_HOST`` while it runs; yields a ``google.cloud.storage.Bucket``.
+    """
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    argv = [_emulator_binary("gcs-emulator", "gcp-storage-emulator"), "-d", tmpdir("gcs-data-"),
+            "start", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", bucket, "-q"]
+    with _emulator("gcs-emulator", argv, endpoint + f"/storage/v1/b/{bucket}",
+                   {"STORAGE_EMULATOR_HOST": endpoint}):
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+        client = storage.Client(project="activebeam-test", credentials=AnonymousCredentials())
+        yield client.bucket(bucket)
+
+
+def bigquery_client(endpoint: str, project: str = BIGQUERY_PROJECT):
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+    return bigquery.Client(project=project, credentials=AnonymousCredentials(),
+                           client_options=ClientOptions(api_endpoint=endpoint))
+
+
+def local_options(**extra) -> PipelineOptions:
+    """Pipeline options for the in-process FnApiRunner (no Prism download)."""
+    return PipelineOptions(runner="FnApiRunner", **extra)
+
+
+def _dump(elements, path):
+    with open(path, "wb") as f:
+        pickle.dump(list(elements), f)
+
+
+def run_collect(build, options: PipelineOptions = None) -> dict:
+    """Builds a pipeline with ``build(pipeline) -> {name: PCollection}``, runs it, returns elements.
+
+    Returns ``{name: [elements]}`` (order is not meaningful).
+    """
+    out_dir = tmpdir("collect-")
+    with beam.Pipeline(options=options or local_options()) as pipeline:
+        outputs = build(pipeline)
+        for name, pcoll in outputs.items():
+            _ = (pcoll | f"Gather_{name}" >> beam.combiners.ToList()
+                 | f"Dump_{name}" >> beam.Map(_dump, os.path.join(out_dir, name)))
+    result = {}
+    for name in outputs:
+        with open(os.path.join(out_dir, name), "rb") as f:
+            result[name] = pickle.load(f)
+    return result
+
+
+def main(test_file: str):
+    """Entry point of every test file, so that ``bazel test`` runs it with pytest."""
+    import pytest
+    args = [test_file, "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
+    xml = os.environ.get("XML_OUTPUT_FILE")
+    if xml:
+        args.append(f"--junitxml={xml}")
+    sys.exit(pytest.main(args + sys.argv[1:]))

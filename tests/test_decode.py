@@ -1,0 +1,169 @@
+"""DecodeMedia on real images and videos, and on broken files made here."""
+import os
+import shutil
+
+import apache_beam as beam
+import cv2
+import numpy as np
+import pytest
+
+from tests import harness
+from transforms.decode import DecodeError, DecodeMedia, decode_image, iter_video_frames, sniff_media_type
+
+
+def _decode(globs, video_fps=1.0):
+    def build(p):
+        decoded = p | beam.Create(globs) | DecodeMedia(video_fps=video_fps)
+        return {"frames": decoded.frames, "outcomes": decoded.outcomes, "dead": decoded.dead_letters}
+    return harness.run_collect(build)
+
+
+def _head(path, n=256):
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("vtest.avi", ("video", "AVI")),
+    ("box.mp4", ("video", "MP4/QuickTime")),
+    ("china.jpg", ("image", "JPEG")),
+    ("fashion-mnist/t10k-00000.png", ("image", "PNG")),
+])
+def test_sniff_real_files(name, expected):
+    assert sniff_media_type(_head(harness.media(name))) == expected
+
+
+def test_sniff_rejects_non_media():
+    assert sniff_media_type(b"hello world, not a video\n") is None
+    assert sniff_media_type(b"") is None
+    assert sniff_media_type(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None
+
+
+def test_video_sampled_at_one_fps_with_container_timestamps():
+    out = _decode([harness.media("vtest.avi")], video_fps=1.0)
+    frames = sorted(out["frames"], key=lambda f: f.frame_index)
+    # 795 frames at 10 fps = 79.5 s: one frame per second, the first of each second.
+    assert len(frames) == 80
+    assert [f.frame_index for f in frames] == list(range(0, 800, 10))
+    assert [f.timestamp_s for f in frames] == pytest.approx([float(s) for s in range(80)], abs=1e-3)
+    assert {(f.width, f.height, f.pixels.shape, f.pixels.dtype) for f in frames} == {
+        (768, 576, (576, 768, 3), np.dtype("uint8"))}
+    assert len({f.frame_id for f in frames}) == 80
+    assert all(f.media_type == "video" and f.source_uri.endswith("vtest.avi") for f in frames)
+    [outcome] = out["outcomes"]
+    assert (outcome.frames, outcome.failed, outcome.media_type) == (80, False, "video")
+    assert out["dead"] == []
+
+
+def test_video_pixels_match_opencv_rgb():
+    out = _decode([harness.media("vtest.avi")], video_fps=1.0)
+    frame = min(out["frames"], key=lambda f: f.frame_index)
+    capture = cv2.VideoCapture(harness.media("vtest.avi"))
+    ok, bgr = capture.read()
+    assert ok
+    np.testing.assert_array_equal(frame.pixels, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def test_every_frame_of_h264_clip():
+    out = _decode([harness.media("cup.mp4")], video_fps=0)
+    assert len(out["frames"]) == 217
+    assert sorted(f.frame_index for f in out["frames"]) == list(range(217))
+    assert out["dead"] == []
+
+
+def test_broken_stream_keeps_decoded_frames_and_reports_where_it_stopped():
+    tree = os.path.join(harness.OPENCV_DATA, "tree.avi")
+    frames = list(iter_video_frames(tree, video_fps=0))
+    stopped = frames[-1]
+    assert stopped.frames_read == 68 and stopped.frames_declared == 444
+    out = _decode([tree], video_fps=0)
+    assert len(out["frames"]) == 68
+    [dead] = out["dead"]
+    assert dead.stage == "decode" and dead.source_uri == tree
+    assert "after 68 of 444 declared frames" in dead.error
+    [outcome] = out["outcomes"]
+    assert outcome.frames == 68 and not outcome.failed
+
+
+def test_still_images_rgb_and_sizes():
+    out = _decode([harness.media("china.jpg"), harness.media("fashion-mnist", "t10k-0000[0-4].png")])
+    by_name = {os.path.basename(f.source_uri): f for f in out["frames"]}
+    china = by_name["china.jpg"]
+    assert (china.width, china.height, china.frame_index, china.timestamp_s) == (640, 427, 0, None)
+    reference = cv2.cvtColor(cv2.imread(harness.media("china.jpg")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(china.pixels, reference)
+    png = by_name["t10k-00000.png"]
+    assert png.pixels.shape == (28, 28, 3)
+    assert np.array_equal(png.pixels[..., 0], png.pixels[..., 2])  # grey expanded to RGB
+    assert len(out["outcomes"]) == 6 and out["dead"] == []
+
+
+def test_bad_inputs_are_dead_letters_and_every_file_is_accounted_for():
+    d = harness.tmpdir()
+    china = harness.media("china.jpg")
+    with open(china, "rb") as f:
+        jpeg = f.read()
+    png = _head(harness.media("fashion-mnist", "t10k-00000.png"), 10_000)
+    files = {
+        "good photo.jpg": jpeg,                    # space in the name
+        "фото-кадр.jpg": jpeg,                     # unicode name, same pixels
+        "jpeg-named.png": jpeg,                    # format decided by content
+        "empty.jpg": b"",
+        "truncated.jpg": jpeg[: len(jpeg) // 3],
+        "truncated.png": png[: len(png) // 2],
+        "text.mp4": b"this is not a video\n" * 10,
+        "not-media.bin": os.urandom(4096),
+        "fake-video.avi": b"RIFF\x00\x10\x00\x00AVI LIST" + b"\x00" * 200,  # header only
+    }
+    for name, data in files.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+    missing_glob = os.path.join(d, "nothing-here", "*.jpg")
+    out = _decode([os.path.join(d, "*"), os.path.join(d, "*.jpg"), missing_glob])
+
+    outcomes = {os.path.basename(o.source_uri): o for o in out["outcomes"]}
+    assert sorted(outcomes) == sorted(files)  # each file once, though two globs match some
+    decoded = {n for n, o in outcomes.items() if not o.failed}
+    assert decoded == {"good photo.jpg", "фото-кадр.jpg", "jpeg-named.png"}
+    dead = {os.path.basename(x.source_uri): x for x in out["dead"]}
+    assert set(dead) == set(files) - decoded | {"*.jpg"}
+    assert dead["*.jpg"].stage == "match" and dead["*.jpg"].source_uri == missing_glob
+    assert "empty file" in dead["empty.jpg"].error
+    assert "could not decode this JPEG" in dead["truncated.jpg"].error
+    assert "could not decode this PNG" in dead["truncated.png"].error
+    assert "not an image or video" in dead["text.mp4"].error
+    assert "not an image or video" in dead["not-media.bin"].error
+    assert dead["fake-video.avi"].stage == "decode"
+    assert all(x.stage in ("decode", "match") and x.error for x in out["dead"])
+    assert len(out["frames"]) == 3
+    assert len({f.pixel_hash for f in out["frames"]}) == 1  # identical pixels, identical hash
+
+
+def test_decode_image_raises_clear_error():
+    with pytest.raises(DecodeError, match="truncated or corrupt"):
+        decode_image(b"\xff\xd8\xff\xe0" + b"\x00" * 20, "JPEG")
+
+
+def test_gcs_inputs_through_the_storage_emulator():
+    from transforms import gcp_emulators
+    with harness.gcs_emulator() as bucket:
+        assert gcp_emulators.use_emulators_if_configured()
+        bucket.blob("cams/cup clip.mp4").upload_from_filename(harness.media("cup.mp4"))
+        bucket.blob("cams/china.jpg").upload_from_filename(harness.media("china.jpg"))
+        bucket.blob("cams/broken.jpg").upload_from_string(b"\xff\xd8\xff\xe0 truncated")
+        out = _decode([f"gs://{bucket.name}/cams/*"], video_fps=1.0)
+    uris = sorted({f.source_uri for f in out["frames"]})
+    assert uris == [f"gs://{bucket.name}/cams/china.jpg", f"gs://{bucket.name}/cams/cup clip.mp4"]
+    assert len(out["frames"]) == 1 + 9
+    [dead] = out["dead"]
+    assert dead.source_uri == f"gs://{bucket.name}/cams/broken.jpg" and dead.stage == "decode"
+    assert len(out["outcomes"]) == 3
+
+
+def test_video_fps_validated():
+    with pytest.raises(ValueError, match="video_fps"):
+        DecodeMedia(video_fps="fast")
+
+
+if __name__ == "__main__":
+    harness.main(__file__)

@@ -1,0 +1,139 @@
+"""MongoDB and BigQuery writers against real servers on 127.0.0.1."""
+import math
+
+import apache_beam as beam
+import pymongo
+import pytest
+
+from schemas import frames as frames_schema
+from tests import harness
+from tests.records_factory import frame_record
+from transforms.decode import DecodeMedia
+from transforms.model import ScoreFrames, load_model_spec
+from transforms.store import WriteFramesToBigQuery, WriteFramesToMongoDB, redact_uri
+
+
+@pytest.fixture(scope="module")
+def mongo():
+    with harness.mongod() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def real_records():
+    """FrameRecords of 12 real Fashion-MNIST PNGs and the sample video, from the real model."""
+    globs = [harness.media("fashion-mnist", "t10k-0000*.png"), harness.media("fashion-mnist", "t10k-0001[01].png"),
+             harness.media("cup.mp4")]
+    spec = load_model_spec()
+    def build(p):
+        decoded = p | beam.Create(globs) | DecodeMedia(video_fps=1.0)
+        return {"records": (decoded.frames | ScoreFrames(spec)).records}
+    return harness.run_collect(build)["records"]
+
+
+def _write(records, uri, **kwargs):
+    return harness.run_collect(lambda p: dict(zip(
+        ("frame_ids", "dead_letters"),
+        p | beam.Create(records) | WriteFramesToMongoDB(uri, "store_test", **kwargs))))
+
+
+def test_mongo_documents_indexes_and_idempotent_rerun(mongo, real_records):
+    assert len(real_records) == 12 + 9  # 12 images + cup.mp4 (8.07 s) at 1 fps
+    first = _write(real_records, mongo.uri)
+    assert sorted(first["frame_ids"]) == sorted(r.frame.frame_id for r in real_records)
+    assert first["dead_letters"] == []
+    collection = pymongo.MongoClient(mongo.uri)["store_test"]["frames"]
+    assert collection.count_documents({}) == len(real_records)
+
+    record = real_records[0]
+    doc = collection.find_one({"_id": record.frame.frame_id})
+    assert doc["source_uri"] == record.frame.source_uri
+    assert doc["frame_index"] == record.frame.frame_index
+    assert len(doc["embedding"]) == 128
+    assert math.isclose(sum(doc["probabilities"]), 1.0, rel_tol=1e-5)
+    assert set(doc["scores"]) == {"entropy", "margin", "least_confidence"}
+    assert doc["scores"]["entropy"] == pytest.approx(record.entropy)
+    assert doc["model"]["name"] == "fashion_mnist_cnn"
+
+    indexes = collection.index_information()
+    assert indexes["source_uri_frame_index"]["unique"] is True
+    assert indexes["source_uri_frame_index"]["key"] == [("source_uri", 1), ("frame_index", 1)]
+    for score in ("entropy", "margin", "least_confidence"):
+        assert indexes[f"scores_{score}"]["key"] == [(f"scores.{score}", -1)]
+
+    # A field added by another stage survives a rerun: the writer only $sets its own fields.
+    collection.update_one({"_id": record.frame.frame_id}, {"$set": {"label": "coat"}})
+    second = _write(real_records, mongo.uri)
+    assert sorted(second["frame_ids"]) == sorted(first["frame_ids"])
+    assert collection.count_documents({}) == len(real_records)
+    assert collection.find_one({"_id": record.frame.frame_id})["label"] == "coat"
+
+
+def test_mongo_rejected_document_goes_to_dead_letter(mongo):
+    good = frame_record("file:///cam/a.png")
+    # Same (source_uri, frame_index) as `good` under another _id: the unique index rejects it.
+    clash = frame_record("file:///cam/a.png", frame_id="f" * 32)
+    other = frame_record("file:///cam/b.png")
+    out = _write([good, other], mongo.uri)
+    assert len(out["frame_ids"]) == 2
+    out = _write([clash], mongo.uri)
+    assert out["frame_ids"] == []
+    [dead] = out["dead_letters"]
+    assert dead.stage == "mongodb" and dead.frame_id == "f" * 32
+    assert dead.source_uri == "file:///cam/a.png"
+    assert "duplicate key" in dead.error
+
+
+def test_mongo_unreachable_sends_every_document_to_dead_letter():
+    uri = f"mongodb://127.0.0.1:{harness.free_port()}/?serverSelectionTimeoutMS=300"
+    records = [frame_record(f"file:///cam/{i}.png") for i in range(3)]
+    out = _write(records, uri, max_attempts=2)
+    assert out["frame_ids"] == []
+    assert sorted(d.frame_id for d in out["dead_letters"]) == sorted(r.frame.frame_id for r in records)
+    assert all(d.stage == "mongodb" and "after 2 attempts" in d.error for d in out["dead_letters"])
+
+
+def test_redact_uri():
+    assert redact_uri("mongodb://user:s3cret@db.example:27017/x") == "mongodb://user:***@db.example:27017/x"
+    assert redact_uri("mongodb+srv://u:p%40ss@cluster/") == "mongodb+srv://u:***@cluster/"
+    assert redact_uri("mongodb://127.0.0.1:27017") == "mongodb://127.0.0.1:27017"
+    assert redact_uri(None) is None
+
+
+def test_bigquery_rows_read_back(real_records):
+    with harness.bigquery_emulator() as endpoint:
+        from transforms import gcp_emulators
+        assert gcp_emulators.use_emulators_if_configured()
+        client = harness.bigquery_client(endpoint)
+        client.create_dataset("activebeam")
+        table = f"{harness.BIGQUERY_PROJECT}:activebeam.frames"
+        out = harness.run_collect(lambda p: {
+            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table)})
+        assert out["dead_letters"] == []
+        rows = list(client.query(
+            "SELECT frame_id, source_uri, frame_index, timestamp_s, entropy, model_name, embedding "
+            "FROM `activebeam.frames`").result())
+        assert len(rows) == len(real_records)
+        by_id = {r.frame.frame_id: r for r in real_records}
+        assert {row["frame_id"] for row in rows} == set(by_id)
+        for row in rows:
+            record = by_id[row["frame_id"]]
+            assert row["source_uri"] == record.frame.source_uri
+            assert row["frame_index"] == record.frame.frame_index
+            assert row["timestamp_s"] == (None if record.frame.timestamp_s is None
+                                          else pytest.approx(record.frame.timestamp_s))
+            assert row["entropy"] == pytest.approx(record.entropy, rel=1e-6)
+            assert row["model_name"] == "fashion_mnist_cnn"
+            assert len(row["embedding"]) == 128
+        schema = {f.name: (f.field_type, f.mode) for f in client.get_table("activebeam.frames").schema}
+        assert schema["embedding"] == ("FLOAT", "REPEATED") or schema["embedding"] == ("FLOAT64", "REPEATED")
+        assert set(schema) == set(frames_schema.field_names())
+
+
+def test_bigquery_table_name_validated():
+    with pytest.raises(ValueError, match="PROJECT:DATASET.TABLE"):
+        WriteFramesToBigQuery("not a table")
+
+
+if __name__ == "__main__":
+    harness.main(__file__)
