@@ -135,6 +135,15 @@ def _is_local(path: str) -> bool:
     return FileSystems.get_scheme(path) in (None, "file")
 
 
+def _from_caller_dir(path: str) -> str:
+    """Resolves a relative local path against the caller's directory (``bazel run`` runs from
+    its runfiles tree and says where it was called in ``BUILD_WORKING_DIRECTORY``)."""
+    caller = os.environ.get("BUILD_WORKING_DIRECTORY")
+    if caller and _is_local(path) and not os.path.isabs(path):
+        return os.path.join(caller, path)
+    return path
+
+
 def run(argv: Optional[List[str]] = None) -> dict:
     """Runs the job and returns the contents of ``summary.json``.
 
@@ -151,8 +160,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
         standard.runner = DEFAULT_RUNNER
     if mine.budget < 0:
         raise ValueError(f"--budget must be >= 0, got {mine.budget}")
-    globs = _split_globs(mine.input) or sample_media.prepare()
-    output_dir = mine.output_dir
+    globs = [_from_caller_dir(g) for g in _split_globs(mine.input)] or sample_media.prepare()
+    output_dir = _from_caller_dir(mine.output_dir)
     if _is_local(output_dir):
         output_dir = os.path.abspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
