@@ -30,7 +30,7 @@ from beam_pipelines.local_mongo import LocalMongoD
 from schemas.frames import DEFAULT_DATABASE
 from transforms import gcp_emulators
 from transforms.decode import DecodeMedia
-from transforms.model import DEFAULT_MODEL_PATH, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
+from transforms.model import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
 from transforms.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
                                 WriteDeadLetters, WriteSummary)
 from transforms.sample import STRATEGIES, SelectCandidates
@@ -68,7 +68,7 @@ class MineOptions(PipelineOptions):
                             help="Frames sampled per second of video; 0 keeps every frame.")
         parser.add_argument("--model", default=None,
                             help="Path or gs:// URI of a Keras model (.keras/.h5). Default: the "
-                                 "bundled Fashion-MNIST CNN, " + DEFAULT_MODEL_PATH)
+                                 "bundled Fashion-MNIST CNN, models/" + DEFAULT_MODEL_NAME)
         parser.add_argument("--embedding_layer", default=None,
                             help="Layer whose output is the embedding (default: 'embedding' or the "
                                  "penultimate layer).")
@@ -160,18 +160,24 @@ def run(argv: Optional[List[str]] = None) -> dict:
         standard.runner = DEFAULT_RUNNER
     if mine.budget < 0:
         raise ValueError(f"--budget must be >= 0, got {mine.budget}")
-    globs = [_from_caller_dir(g) for g in _split_globs(mine.input)] or sample_media.prepare()
+    local_runner = standard.runner.lower() in LOCAL_RUNNERS
+    globs = [_from_caller_dir(g) for g in _split_globs(mine.input)]
+    if not globs:
+        if not local_runner:
+            raise ValueError("--input is required with a remote runner: the bundled sample media "
+                             "are on this machine only")
+        globs = sample_media.prepare()
     output_dir = _from_caller_dir(mine.output_dir)
     if _is_local(output_dir):
         output_dir = os.path.abspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
     gcp_emulators.use_emulators_if_configured()
-    model = load_model_spec(mine.model or DEFAULT_MODEL_PATH, mine.embedding_layer, mine.model_output)
+    model = load_model_spec(mine.model, mine.embedding_layer, mine.model_output)
 
     with contextlib.ExitStack() as stack:
         mongo_uri = mine.mongo_uri
         if not mongo_uri:
-            if standard.runner.lower() not in LOCAL_RUNNERS or not _is_local(output_dir):
+            if not local_runner or not _is_local(output_dir):
                 raise ValueError("--mongo_uri is required unless the runner and --output_dir are local: "
                                  "the embedded mongod lives on this machine")
             mongo = stack.enter_context(LocalMongoD(os.path.join(output_dir, "mongo-data")))

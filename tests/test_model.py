@@ -9,7 +9,7 @@ import pytest
 from models.train_fashion_mnist import load_split
 from tests import harness
 from transforms.decode import DecodeMedia
-from transforms.model import (DEFAULT_MODEL_PATH, load_embedding_classifier, load_model_spec,
+from transforms.model import (default_model_path, load_embedding_classifier, load_model_spec,
                               prepare_input)
 
 
@@ -19,7 +19,7 @@ def spec():
 
 
 def test_default_model_is_meaningful_on_fashion_mnist_test_set():
-    model, layer, base = load_embedding_classifier(DEFAULT_MODEL_PATH)
+    model, layer, base = load_embedding_classifier(default_model_path())
     images, labels = load_split("t10k")
     embeddings, probabilities = model.predict(images[..., None].astype("float32"), batch_size=512, verbose=0)
     accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))

@@ -35,20 +35,30 @@ from schemas import records
 from schemas.records import DeadLetter, FrameMetadata, FrameRecord, ModelVersion
 from transforms import uncertainty
 
-DEFAULT_MODEL_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "models", "fashion_mnist_cnn.keras")
+DEFAULT_MODEL_NAME = "fashion_mnist_cnn.keras"
 _NAMESPACE = "activebeam.model"
 DEAD_LETTER = "dead_letter"
 PROBABILITIES = "probabilities"
 LOGITS = "logits"
 
 
+def default_model_path() -> str:
+    """Local path of the bundled default model (``models/fashion_mnist_cnn.keras``).
+
+    Resolved in each process from the installed ``models`` package, so it also works on
+    Dataflow workers that installed the project with ``--setup_file``.
+    """
+    import models
+    return os.path.join(os.path.dirname(os.path.realpath(models.__file__)), DEFAULT_MODEL_NAME)
+
+
 class ModelSpec(NamedTuple):
     """What the pipeline needs to know about a model before running it.
 
-    ``input_shape`` is ``(height, width, channels)``; ``version`` identifies the weights.
+    ``uri`` is ``None`` for the bundled default model; ``input_shape`` is
+    ``(height, width, channels)``; ``version`` identifies the weights.
     """
-    uri: str
+    uri: Optional[str]
     version: ModelVersion
     input_shape: Tuple[int, int, int]
     num_classes: int
@@ -122,9 +132,11 @@ def load_embedding_classifier(uri: str, embedding_layer: Optional[str] = None):
     return two_output, layer.name, model
 
 
-def load_model_spec(uri: str = DEFAULT_MODEL_PATH, embedding_layer: Optional[str] = None,
+def load_model_spec(uri: Optional[str] = None, embedding_layer: Optional[str] = None,
                     model_output: str = PROBABILITIES) -> ModelSpec:
     """Reads a model once (on the driver) to validate it and fix its version and input shape.
+
+    ``uri``: path or any Beam filesystem URI of a Keras model; ``None`` for the bundled default.
 
     Raises
     ------
@@ -136,13 +148,14 @@ def load_model_spec(uri: str = DEFAULT_MODEL_PATH, embedding_layer: Optional[str
     """
     if model_output not in (PROBABILITIES, LOGITS):
         raise ValueError(f"model_output must be 'probabilities' or 'logits', got {model_output!r}")
-    if not FileSystems.exists(uri):
-        raise FileNotFoundError(f"no model file at {uri}")
-    _, layer_name, model = load_embedding_classifier(uri, embedding_layer)
-    name = os.path.splitext(os.path.basename(uri.rstrip("/")))[0]
+    path = uri or default_model_path()
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"no model file at {path}")
+    _, layer_name, model = load_embedding_classifier(path, embedding_layer)
+    name = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
     return ModelSpec(
         uri=uri,
-        version=ModelVersion(name=name, version=_file_digest(uri), embedding_layer=layer_name),
+        version=ModelVersion(name=name, version=_file_digest(path), embedding_layer=layer_name),
         input_shape=tuple(int(d) for d in model.inputs[0].shape[1:]),
         num_classes=int(model.outputs[0].shape[-1]),
         model_output=model_output)
@@ -174,18 +187,21 @@ def _embed_and_classify(model, batch, inference_args, model_id=None):
 class EmbeddingClassifierHandler(TFModelHandlerNumpy):
     """Beam's TensorFlow numpy handler, loading a Keras model as an (embedding, output) model.
 
+    ``model_uri`` ``None`` loads the bundled default model, resolved on each worker.
+
     Inference input: ``float32 (h, w, c)`` arrays from :func:`prepare_input`; inference output:
     ``PredictionResult(example, (embedding (D,), output (C,)))``.
     """
 
-    def __init__(self, model_uri: str, embedding_layer: Optional[str] = None,
+    def __init__(self, model_uri: Optional[str], embedding_layer: Optional[str] = None,
                  min_batch_size: int = 16, max_batch_size: int = 64):
-        super().__init__(model_uri, inference_fn=_embed_and_classify,
+        super().__init__(model_uri or DEFAULT_MODEL_NAME, inference_fn=_embed_and_classify,
                          min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self._uri = model_uri
         self._embedding_layer = embedding_layer
 
     def load_model(self):
-        model, _, _ = load_embedding_classifier(self._model_uri, self._embedding_layer)
+        model, _, _ = load_embedding_classifier(self._uri or default_model_path(), self._embedding_layer)
         return model
 
     def get_metrics_namespace(self) -> str:
