@@ -1,6 +1,7 @@
 """DecodeMedia on real images and videos, and on broken files made here."""
 import os
 import shutil
+import subprocess
 
 import apache_beam as beam
 import cv2
@@ -137,6 +138,54 @@ def test_bad_inputs_are_dead_letters_and_every_file_is_accounted_for():
     assert all(x.stage in ("decode", "match") and x.error for x in out["dead"])
     assert len(out["frames"]) == 3
     assert len({f.pixel_hash for f in out["frames"]}) == 1  # identical pixels, identical hash
+
+
+def test_other_image_formats_and_pixel_layouts():
+    """Formats and layouts the bundled media do not cover, made from a real photo."""
+    d = harness.tmpdir()
+    bgr = cv2.imread(harness.media("china.jpg"))
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    made = {
+        "photo.webp": bgr, "photo.bmp": bgr, "photo.tiff": bgr, "grey.png": grey,
+        "alpha.png": rgba, "deep.png": bgr.astype(np.uint16) * 257,
+    }
+    for name, image in made.items():
+        assert cv2.imwrite(os.path.join(d, name), image), name
+    out = _decode([d])  # a directory stands for everything below it
+    assert out["dead"] == [] and len(out["outcomes"]) == len(made)
+    frames = {os.path.basename(f.source_uri): f for f in out["frames"]}
+    assert set(frames) == set(made)
+    for name, frame in frames.items():
+        assert frame.pixels.shape == (427, 640, 3) and frame.pixels.dtype == np.uint8, name
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    for lossless in ("photo.bmp", "photo.tiff", "alpha.png", "deep.png"):
+        np.testing.assert_array_equal(frames[lossless].pixels, rgb, err_msg=lossless)
+    assert np.array_equal(frames["grey.png"].pixels[..., 0], grey)
+
+
+def test_other_video_containers_made_with_ffmpeg():
+    d = harness.tmpdir()
+    cup = harness.media("cup.mp4")
+    for name in ("cup.ts", "cup.mkv", "cup.mov"):
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", cup, "-c", "copy", "-t", "4",
+                        os.path.join(d, name)], check=True)
+    out = _decode([os.path.join(d, "*")], video_fps=1.0)
+    assert out["dead"] == []
+    counts = {os.path.basename(o.source_uri): (o.media_type, o.frames) for o in out["outcomes"]}
+    assert counts == {n: ("video", 4) for n in ("cup.ts", "cup.mkv", "cup.mov")}
+    assert {sniff_media_type(_head(os.path.join(d, n)))[1] for n in counts} == {
+        "MPEG-TS", "Matroska/WebM", "MP4/QuickTime"}
+
+
+def test_recursive_glob_skips_directories():
+    d = harness.tmpdir()
+    os.makedirs(os.path.join(d, "cam1", "day1"))
+    shutil.copy(harness.media("china.jpg"), os.path.join(d, "cam1", "day1", "a.jpg"))
+    shutil.copy(harness.media("flower.jpg"), os.path.join(d, "cam1", "b.jpg"))
+    out = _decode([os.path.join(d, "**")])
+    assert sorted(os.path.basename(o.source_uri) for o in out["outcomes"]) == ["a.jpg", "b.jpg"]
+    assert out["dead"] == []
 
 
 def test_decode_image_raises_clear_error():

@@ -42,7 +42,7 @@ OUTCOME = "outcome"
 
 IMAGE = "image"
 VIDEO = "video"
-_HEAD_BYTES = 64
+_HEAD_BYTES = 512  # MPEG-TS needs two 188-byte packets to be recognised
 _COPY_CHUNK_BYTES = 16 << 20
 
 # Leading bytes of the containers we recognise: (offset, magic, media type, format name).
@@ -75,7 +75,7 @@ def sniff_media_type(head: bytes) -> Optional[Tuple[str, str]]:
     Parameters
     ----------
     head : bytes
-        At least the first 16 bytes of the file (64 is plenty).
+        The first bytes of the file: 16 suffice for most containers, MPEG-TS needs 189.
 
     Returns
     -------
@@ -242,6 +242,9 @@ class _MatchFn(beam.DoFn):
         self._empty = Metrics.counter(_NAMESPACE, "globs_without_match")
 
     def process(self, pattern: str):
+        local = FileSystems.get_scheme(pattern) in (None, "file")
+        if local and os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "**")  # a directory means everything below it
         try:
             results = FileSystems.match([pattern])[0].metadata_list
         except Exception as e:  # pylint: disable=broad-except
@@ -249,7 +252,8 @@ class _MatchFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
                 pattern, records.STAGE_MATCH, f"cannot list files matching this glob: {e}"))
             return
-        files = [m for m in results if not m.path.endswith("/")]
+        files = [m for m in results
+                 if not m.path.endswith("/") and not (local and os.path.isdir(m.path))]
         if not files:
             self._empty.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
@@ -351,7 +355,8 @@ class DecodedMedia(NamedTuple):
 class DecodeMedia(beam.PTransform):
     """Matches file globs and decodes every matched image and video into frames.
 
-    Input: ``PCollection[str]`` of globs. Output: :class:`DecodedMedia`. A file matched by several
+    Input: ``PCollection[str]`` of globs (``**`` matches across directories; a local directory
+    stands for everything below it). Output: :class:`DecodedMedia`. A file matched by several
     globs is decoded once. Every matched file gets exactly one ``FileOutcome``; every failure a
     ``DeadLetter`` with the stage (``match``, ``read``, ``decode``) and a reason.
 
