@@ -81,5 +81,21 @@ def test_score_frames_through_run_inference(spec):
     assert np.median(video) > np.median([r.entropy for r in pngs])
 
 
+def test_inference_failure_sends_every_frame_to_dead_letter(spec):
+    from transforms.model import ScoreFrames
+    wrong = spec._replace(input_shape=(32, 32, 1))  # the model takes 28x28: inference fails
+    globs = [harness.media("fashion-mnist", "t10k-0000[0-9].png"), harness.media("china.jpg")]
+
+    def build(p):
+        decoded = p | beam.Create(globs) | DecodeMedia()
+        scored = decoded.frames | ScoreFrames(wrong, min_batch_size=4, max_batch_size=4)
+        return {"records": scored.records, "dead": scored.dead_letters, "frames": decoded.frames}
+    out = harness.run_collect(build)
+    assert out["records"] == []
+    assert sorted(d.frame_id for d in out["dead"]) == sorted(f.frame_id for f in out["frames"])
+    assert len(out["dead"]) == 11
+    assert all(d.stage == "inference" and "model inference failed" in d.error for d in out["dead"])
+
+
 if __name__ == "__main__":
     harness.main(__file__)

@@ -248,14 +248,18 @@ class _ToRecordFn(beam.DoFn):
         yield record
 
 
-def _inference_dead_letter(failed) -> DeadLetter:
-    """Turns an element of RunInference's ``failed_inferences`` output into a DeadLetter."""
-    example, error = failed
-    metadata = example[0] if isinstance(example, tuple) else None
-    if isinstance(metadata, FrameMetadata):
-        return DeadLetter(metadata.source_uri, records.STAGE_INFERENCE, f"model inference failed: {error}",
-                          metadata.frame_index, metadata.frame_id)
-    return DeadLetter("", records.STAGE_INFERENCE, f"model inference failed: {error}")
+def _inference_dead_letters(failed):
+    """Turns an element of RunInference's ``failed_inferences`` output, ``(batch, error)``,
+    into one DeadLetter per frame of the failed batch."""
+    batch, error = failed
+    reason = f"model inference failed for the batch holding this frame: {error}"[:500]
+    for example in batch:
+        metadata = example[0] if isinstance(example, tuple) else None
+        if isinstance(metadata, FrameMetadata):
+            yield DeadLetter(metadata.source_uri, records.STAGE_INFERENCE, reason,
+                             metadata.frame_index, metadata.frame_id)
+        else:
+            yield DeadLetter("", records.STAGE_INFERENCE, reason)
 
 
 class ScoredFrames(NamedTuple):
@@ -284,7 +288,7 @@ class ScoreFrames(beam.PTransform):
         inferred, failed = (prepared.inputs
                             | "RunInference" >> RunInference(self._handler).with_exception_handling())
         scored = inferred | "ToFrameRecords" >> beam.ParDo(_ToRecordFn(self._spec))
-        inference_dead = failed.failed_inferences | "InferenceDeadLetters" >> beam.Map(_inference_dead_letter)
+        inference_dead = failed.failed_inferences | "InferenceDeadLetters" >> beam.FlatMap(_inference_dead_letters)
         dead_letters = ((prepared[DEAD_LETTER], inference_dead)
                         | "FlattenDeadLetters" >> beam.Flatten())
         return ScoredFrames(scored, dead_letters)
