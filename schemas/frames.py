@@ -28,7 +28,7 @@ FRAME_FIELDS = (
     Field("media_type", "STRING", "REQUIRED", "'image' or 'video'."),
     Field("width", "INT64", "REQUIRED", "Decoded width in pixels."),
     Field("height", "INT64", "REQUIRED", "Decoded height in pixels."),
-    Field("pixel_hash", "STRING", "REQUIRED", "sha256 of the decoded RGB pixels and shape; equal for identical frames."),
+    Field("pixel_hash", "STRING", "REQUIRED", "blake2b-128 (hex) of the decoded RGB pixels and shape; equal for identical frames."),
     Field("embedding", "FLOAT64", "REPEATED", "Output of the model's embedding layer."),
     Field("predicted_class", "INT64", "REQUIRED", "argmax of the class probabilities."),
     Field("entropy", "FLOAT64", "REQUIRED", "Shannon entropy of the class probabilities, in nats."),
