@@ -49,7 +49,9 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs):
     with harness.mongod() as mongo, harness.bigquery_emulator() as endpoint:
         client = harness.bigquery_client(endpoint)
         client.create_dataset("activebeam")
-        table = f"{harness.BIGQUERY_PROJECT}:activebeam.frames"
+        # Its own table name: Beam remembers tables it created (class-level cache) for the whole
+        # process, and test_store may have created `frames` in another emulator of this process.
+        table = f"{harness.BIGQUERY_PROJECT}:activebeam.mine_frames"
         argv = [f"--input={g}" for g in inputs] + [
             f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}", f"--bigquery_table={table}",
             "--budget=25", "--video_fps=1"]
@@ -99,12 +101,14 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs):
         assert frames.index_information()["source_uri_frame_index"]["unique"]
 
         rows = list(client.query("SELECT COUNT(*) AS n, COUNT(DISTINCT frame_id) AS ids "
-                                 "FROM `activebeam.frames`").result())
+                                 "FROM `activebeam.mine_frames`").result())
         assert (rows[0]["n"], rows[0]["ids"]) == (summary["frames_decoded"],) * 2
 
-        # A rerun on the same input and store changes nothing in MongoDB or the candidates.
-        again = mine.run(argv[:2] + [a for a in argv[2:] if not a.startswith("--bigquery")])
+        # A rerun on the same input and stores changes nothing in MongoDB, BigQuery or the candidates.
+        again = mine.run(argv)
         assert frames.count_documents({}) == summary["frames_decoded"]
+        rows = list(client.query("SELECT COUNT(*) AS n FROM `activebeam.mine_frames`").result())
+        assert rows[0]["n"] == summary["frames_decoded"]
         assert again["frames_written"] == summary["frames_written"]
         assert _read_jsonl(os.path.join(out_dir, "candidates.jsonl")) == candidates
 

@@ -125,6 +125,16 @@ def test_bigquery_rows_read_back(real_records):
             assert row["entropy"] == pytest.approx(record.entropy, rel=1e-6)
             assert row["model_name"] == "fashion_mnist_cnn"
             assert len(row["embedding"]) == 128
+        # A rerun appends nothing; the same frames scored by another model version are new rows.
+        out = harness.run_collect(lambda p: {
+            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table)})
+        assert out["dead_letters"] == []
+        count = "SELECT COUNT(*) AS n FROM `activebeam.frames`"
+        assert list(client.query(count).result())[0]["n"] == len(real_records)
+        retrained = [r._replace(model=r.model._replace(version="fedcba9876543210")) for r in real_records[:3]]
+        harness.run_collect(lambda p: {
+            "dead_letters": p | beam.Create(retrained) | WriteFramesToBigQuery(table)})
+        assert list(client.query(count).result())[0]["n"] == len(real_records) + 3
         schema = {f.name: (f.field_type, f.mode) for f in client.get_table("activebeam.frames").schema}
         assert schema["embedding"] == ("FLOAT", "REPEATED") or schema["embedding"] == ("FLOAT64", "REPEATED")
         assert set(schema) == set(frames_schema.field_names())

@@ -178,11 +178,56 @@ def _bigquery_dead_letter(failed) -> DeadLetter:
                       row.get("frame_index"), row.get("frame_id"))
 
 
+def _parse_table(table: str):
+    """``PROJECT:DATASET.TABLE`` or ``DATASET.TABLE`` to ``(project or None, dataset, table)``."""
+    project, _, rest = table.rpartition(":")
+    dataset, name = rest.split(".", 1)
+    return project or None, dataset, name
+
+
+class _ExistingFrameKeysFn(beam.DoFn):
+    """Yields the ``(frame_id, model_version)`` pairs the table already holds for some sources.
+
+    Input: one list of distinct ``source_uri``\ s. One query, filtered on ``source_uri`` (the
+    table's clustering column in production), reading only ``frame_id`` and ``model_version``.
+    """
+
+    def __init__(self, table: str):
+        self._table = table
+        self._present = Metrics.counter(_NAMESPACE, "bigquery_rows_already_present")
+
+    def process(self, source_uris):
+        from google.api_core import exceptions
+        from google.cloud import bigquery
+        project, dataset, name = _parse_table(self._table)
+        client = bigquery.Client(project=project)
+        try:
+            client.get_table(f"{client.project}.{dataset}.{name}")
+        except exceptions.NotFound:
+            return  # a new table holds nothing yet
+        query = (f"SELECT DISTINCT frame_id, model_version FROM `{client.project}.{dataset}.{name}` "
+                 f"WHERE source_uri IN UNNEST(@source_uris)")
+        config = bigquery.QueryJobConfig(query_parameters=[
+            bigquery.ArrayQueryParameter("source_uris", "STRING", sorted(source_uris))])
+        for row in client.query(query, job_config=config).result():
+            self._present.inc()
+            yield (row["frame_id"], row["model_version"]), True
+
+
+def _is_new(row, present):
+    return (row["frame_id"], row["model_version"]) not in present
+
+
 class WriteFramesToBigQuery(beam.PTransform):
     """Appends one row per ``FrameRecord`` to a BigQuery table (schema: :mod:`schemas.frames`).
 
-    The table is created if needed. With ``method="STREAMING_INSERTS"`` (the default) rows that
-    BigQuery rejects go to ``dead_letters``; with ``FILE_LOADS`` a rejected load fails the job.
+    Rerun-safe: before writing, one query finds which ``(frame_id, model_version)`` pairs of this
+    input's sources the table already holds, and only the other rows are appended, so a rerun
+    adds nothing and a new model version adds its own rows. Writing starts after that query
+    (batch pipelines; the set of present keys is a side input held in each worker's memory,
+    about 100 bytes a frame). The table is created if needed. With
+    ``method="STREAMING_INSERTS"`` (the default) rows that BigQuery rejects go to
+    ``dead_letters``; with ``FILE_LOADS`` a rejected load fails the job.
 
     Parameters
     ----------
@@ -205,7 +250,13 @@ class WriteFramesToBigQuery(beam.PTransform):
         from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
         from apache_beam.io.gcp.bigquery_tools import RetryStrategy
         rows = frame_records | "ToRows" >> beam.Map(frames_schema.to_bigquery_row)
-        result = rows | "WriteToBigQuery" >> WriteToBigQuery(
+        present = (rows
+                   | "SourceUris" >> beam.Map(lambda row: row["source_uri"])
+                   | "DistinctSources" >> beam.Distinct()
+                   | "AllSources" >> beam.combiners.ToList()
+                   | "QueryPresentRows" >> beam.ParDo(_ExistingFrameKeysFn(self._table)))
+        new_rows = rows | "SkipPresentRows" >> beam.Filter(_is_new, present=beam.pvalue.AsDict(present))
+        result = new_rows | "WriteToBigQuery" >> WriteToBigQuery(
             self._table,
             schema=frames_schema.bigquery_schema(),
             create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
