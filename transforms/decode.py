@@ -278,13 +278,15 @@ class _DecodeFileFn(beam.DoFn):
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 head = f.read(_HEAD_BYTES)
+                sniffed = sniff_media_type(head)
+                # An image is read whole while the file is open; a video is streamed later.
+                data = head + f.read() if sniffed and sniffed[0] == IMAGE else None
         except Exception as e:  # pylint: disable=broad-except
             yield from self._fail(path, None, records.STAGE_READ, f"cannot read the file: {e}")
             return
         if not head:
             yield from self._fail(path, None, records.STAGE_DECODE, "empty file (0 bytes)")
             return
-        sniffed = sniff_media_type(head)
         if sniffed is None:
             yield from self._fail(path, None, records.STAGE_DECODE,
                                   f"not an image or video: the content matches no known container "
@@ -293,8 +295,6 @@ class _DecodeFileFn(beam.DoFn):
         media_type, format_name = sniffed
         try:
             if media_type == IMAGE:
-                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                    data = f.read()
                 yield _make_frame(path, 0, None, IMAGE, decode_image(data, format_name))
                 frames = 1
             else:
