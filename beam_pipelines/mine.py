@@ -30,6 +30,7 @@ from beam_pipelines.local_mongo import LocalMongoD
 from schemas.frames import DEFAULT_DATABASE
 from transforms import gcp_emulators
 from transforms.decode import DecodeMedia
+from transforms.files import is_local
 from transforms.model import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
 from transforms.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
                                 WriteDeadLetters, WriteSummary)
@@ -131,15 +132,11 @@ class MineFrames(beam.PTransform):
         return candidates
 
 
-def _is_local(path: str) -> bool:
-    return FileSystems.get_scheme(path) in (None, "file")
-
-
 def _from_caller_dir(path: str) -> str:
     """Resolves a relative local path against the caller's directory (``bazel run`` runs from
     its runfiles tree and says where it was called in ``BUILD_WORKING_DIRECTORY``)."""
     caller = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if caller and _is_local(path) and not os.path.isabs(path):
+    if caller and is_local(path) and not os.path.isabs(path):
         return os.path.join(caller, path)
     return path
 
@@ -168,7 +165,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
                              "are on this machine only")
         globs = sample_media.prepare()
     output_dir = _from_caller_dir(mine.output_dir)
-    if _is_local(output_dir):
+    if is_local(output_dir):
         output_dir = os.path.abspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
     gcp_emulators.use_emulators_if_configured()
@@ -177,7 +174,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     with contextlib.ExitStack() as stack:
         mongo_uri = mine.mongo_uri
         if not mongo_uri:
-            if not local_runner or not _is_local(output_dir):
+            if not local_runner or not is_local(output_dir):
                 raise ValueError("--mongo_uri is required unless the runner and --output_dir are local: "
                                  "the embedded mongod lives on this machine")
             mongo = stack.enter_context(LocalMongoD(os.path.join(output_dir, "mongo-data")))

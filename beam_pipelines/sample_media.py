@@ -23,12 +23,7 @@ from beam_pipelines.home import media_dir
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 OPENCV_HTML = "/usr/share/doc/opencv-doc/opencv4/html"
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_COUNT = 300
-FASHION_MNIST_CLASSES = (
-    "t-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)
 
 
 def _atomic_copy(src_open, dst):
@@ -56,7 +51,7 @@ def prepare(directory: str = None, fashion_mnist_count: int = FASHION_MNIST_COUN
     """
     import cv2
     import sklearn.datasets
-    from models.train_fashion_mnist import load_split
+    from models.train_fashion_mnist import CLASS_NAMES, FASHION_MNIST_DIR, load_split
 
     directory = directory or media_dir()
     vtest = _require(os.path.join(OPENCV_DATA, "vtest.avi"), "opencv-doc")
@@ -82,7 +77,7 @@ def prepare(directory: str = None, fashion_mnist_count: int = FASHION_MNIST_COUN
             if not ok:
                 raise RuntimeError(f"could not encode Fashion-MNIST image {i} as PNG")
             _atomic_copy(lambda data=png.tobytes(): io.BytesIO(data), os.path.join(fmnist_dir, name))
-            rows.append((name, int(labels[i]), FASHION_MNIST_CLASSES[labels[i]]))
+            rows.append((name, int(labels[i]), CLASS_NAMES[labels[i]]))
         fd, tmp = tempfile.mkstemp(dir=fmnist_dir, prefix=".tmp-")
         with os.fdopen(fd, "w", newline="") as f:
             writer = csv.writer(f)

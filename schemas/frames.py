@@ -59,43 +59,29 @@ MONGO_INDEXES = (
 ) + tuple(IndexSpec(((f"scores.{name}", -1),), f"scores_{name}") for name in SCORE_NAMES)
 
 
+def _frame_columns(record: FrameRecord) -> dict:
+    """What both stores hold of a frame: its metadata, embedding and predicted class."""
+    columns = record.frame._asdict()
+    columns["embedding"] = [float(x) for x in record.embedding]
+    columns["predicted_class"] = record.predicted_class
+    return columns
+
+
 def to_mongo_document(record: FrameRecord) -> dict:
     """The MongoDB document of a frame; ``_id`` is the deterministic ``frame_id``."""
-    frame = record.frame
-    return {
-        "_id": frame.frame_id,
-        "source_uri": frame.source_uri,
-        "frame_index": frame.frame_index,
-        "timestamp_s": frame.timestamp_s,
-        "media_type": frame.media_type,
-        "width": frame.width,
-        "height": frame.height,
-        "pixel_hash": frame.pixel_hash,
-        "embedding": [float(x) for x in record.embedding],
-        "probabilities": [float(x) for x in record.probabilities],
-        "predicted_class": record.predicted_class,
-        "scores": {name: float(getattr(record, name)) for name in SCORE_NAMES},
-        "model": record.model._asdict(),
-    }
+    doc = _frame_columns(record)
+    doc["_id"] = doc.pop("frame_id")
+    doc["probabilities"] = [float(x) for x in record.probabilities]
+    doc["scores"] = {name: float(getattr(record, name)) for name in SCORE_NAMES}
+    doc["model"] = record.model._asdict()
+    return doc
 
 
 def to_bigquery_row(record: FrameRecord) -> dict:
     """The BigQuery row of a frame, with exactly the columns of :data:`FRAME_FIELDS`."""
-    frame = record.frame
-    row = {
-        "frame_id": frame.frame_id,
-        "source_uri": frame.source_uri,
-        "frame_index": frame.frame_index,
-        "timestamp_s": frame.timestamp_s,
-        "media_type": frame.media_type,
-        "width": frame.width,
-        "height": frame.height,
-        "pixel_hash": frame.pixel_hash,
-        "embedding": [float(x) for x in record.embedding],
-        "predicted_class": record.predicted_class,
-        "model_name": record.model.name,
-        "model_version": record.model.version,
-    }
+    row = _frame_columns(record)
+    row["model_name"] = record.model.name
+    row["model_version"] = record.model.version
     row.update({name: float(getattr(record, name)) for name in SCORE_NAMES})
     return row
 

@@ -6,6 +6,7 @@
 * :mod:`transforms.store`: ``WriteFramesToMongoDB``, ``WriteFramesToBigQuery``.
 * :mod:`transforms.sample`: ``SelectCandidates``: distributed top-k without identical frames.
 * :mod:`transforms.outputs`: ``candidates.jsonl``, ``dead_letter.jsonl``, ``summary.json``.
+* :mod:`transforms.files`: local-versus-remote helpers (``is_local``, ``local_copy``).
 * :mod:`transforms.gcp_emulators`: local emulators for GCS and BigQuery (tests, offline work).
 
 Every transform sends what it cannot process to a dead-letter output of

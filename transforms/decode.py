@@ -22,8 +22,6 @@ import hashlib
 import logging
 import math
 import os
-import shutil
-import tempfile
 from typing import Iterator, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -34,6 +32,7 @@ from apache_beam.metrics import Metrics
 
 from schemas import records
 from schemas.records import DeadLetter, FileOutcome, Frame
+from transforms.files import is_local, local_copy
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = "activebeam.decode"
@@ -43,7 +42,6 @@ OUTCOME = "outcome"
 IMAGE = "image"
 VIDEO = "video"
 _HEAD_BYTES = 512  # MPEG-TS needs two 188-byte packets to be recognised
-_COPY_CHUNK_BYTES = 16 << 20
 
 # Leading bytes of the containers we recognise: (offset, magic, media type, format name).
 _SIGNATURES = (
@@ -242,7 +240,7 @@ class _MatchFn(beam.DoFn):
         self._empty = Metrics.counter(_NAMESPACE, "globs_without_match")
 
     def process(self, pattern: str):
-        local = FileSystems.get_scheme(pattern) in (None, "file")
+        local = is_local(pattern)
         if local and os.path.isdir(pattern):
             pattern = os.path.join(pattern, "**")  # a directory means everything below it
         try:
@@ -324,16 +322,9 @@ class _DecodeFileFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(OUTCOME, FileOutcome(path, media_type, frames, False))
 
     def _decode_video(self, path: str):
-        if FileSystems.get_scheme(path) in (None, "file"):
-            yield from iter_video_frames(path, self._video_fps)
-            return
-        # OpenCV reads local files only: stage remote videos to a temporary local copy.
-        suffix = os.path.splitext(path)[1][:16]
-        with tempfile.NamedTemporaryFile(suffix=suffix) as local:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as remote:
-                shutil.copyfileobj(remote, local, _COPY_CHUNK_BYTES)
-            local.flush()
-            yield from iter_video_frames(local.name, self._video_fps)
+        # OpenCV reads local files only: a remote video is staged to a temporary local copy.
+        with local_copy(path) as local:
+            yield from iter_video_frames(local, self._video_fps)
 
     def _fail(self, path, media_type, stage, error, frames=0):
         """A file that yielded no frame is failed; one that yielded some keeps them."""

@@ -19,8 +19,6 @@ The embedding is the output of the layer named ``embedding_layer`` (default: the
 """
 import hashlib
 import os
-import shutil
-import tempfile
 from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -34,6 +32,7 @@ from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 from schemas import records
 from schemas.records import DeadLetter, FrameMetadata, FrameRecord, ModelVersion
 from transforms import uncertainty
+from transforms.files import local_copy
 
 DEFAULT_MODEL_NAME = "fashion_mnist_cnn.keras"
 _NAMESPACE = "activebeam.model"
@@ -63,18 +62,6 @@ class ModelSpec(NamedTuple):
     input_shape: Tuple[int, int, int]
     num_classes: int
     model_output: str
-
-
-def _local_copy(uri: str) -> Tuple[str, Optional[str]]:
-    """Returns a local path for ``uri`` (copied to a temporary directory if remote) and that dir."""
-    if FileSystems.get_scheme(uri) in (None, "file"):
-        return uri, None
-    tmpdir = tempfile.mkdtemp(prefix="activebeam-model-")
-    local = os.path.join(tmpdir, os.path.basename(uri.rstrip("/")))
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as src, \
-            open(local, "wb") as dst:
-        shutil.copyfileobj(src, dst, 16 << 20)
-    return local, tmpdir
 
 
 def _file_digest(uri: str) -> str:
@@ -112,12 +99,8 @@ def load_embedding_classifier(uri: str, embedding_layer: Optional[str] = None):
         embedding layer does not exist.
     """
     import keras
-    local, tmpdir = _local_copy(uri)
-    try:
+    with local_copy(uri) as local:
         model = keras.models.load_model(local, compile=False)
-    finally:
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"{uri}: the model must have one input and one output, "
                          f"has {len(model.inputs)} and {len(model.outputs)}")
