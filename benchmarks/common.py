@@ -1,0 +1,78 @@
+"""Helpers shared by the benchmarks: repeated timing, medians, peak memory, the JSON result line."""
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Tuple
+
+import psutil
+
+
+def timed(fn: Callable[[], object]) -> Tuple[float, object]:
+    """Run ``fn`` once; return (wall seconds, its result)."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def median_rate(fn: Callable[[], int], repeats: int) -> Tuple[float, List[float]]:
+    """Run ``fn`` ``repeats`` times; it returns how many items it processed.
+
+    Returns the median items per second and the list of per-run rates.
+    """
+    rates = []
+    for _ in range(repeats):
+        seconds, items = timed(fn)
+        rates.append(items / seconds)
+    return statistics.median(rates), rates
+
+
+def interleaved_rates(sides: Dict[str, Callable[[], int]], repeats: int) -> Dict[str, List[float]]:
+    """Run every side once per round, ``repeats`` rounds, so machine noise hits all sides alike.
+
+    Each callable returns the number of items it processed; the result maps side -> items/s per round.
+    """
+    rates = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            seconds, items = timed(fn)
+            rates[name].append(items / seconds)
+    return rates
+
+
+class PeakRss:
+    """Context manager sampling the resident memory (MB) of this process and its children."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self):
+        proc = psutil.Process(os.getpid())
+        while not self._stop.is_set():
+            rss = proc.memory_info().rss
+            for child in proc.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_mb = max(self.peak_mb, rss / 2**20)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def print_result(result: dict) -> None:
+    """Print the benchmark's figures as the last stdout line (one JSON object)."""
+    sys.stdout.flush()
+    print(json.dumps(result, sort_keys=True), flush=True)
