@@ -67,3 +67,86 @@ def softmax(logits):
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _as_samples(probability_samples):
+    p = np.asarray(probability_samples, dtype=np.float64)
+    if p.ndim != 3 or p.shape[0] < 1 or p.shape[-1] < 2:
+        raise ValueError(
+            f"probability_samples must have shape (T, N, C) with T >= 1 and C >= 2, got {p.shape}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise ValueError("probability_samples must be finite and non-negative")
+    return p
+
+
+def bald(probability_samples):
+    """BALD: mutual information between the prediction and the model parameters, in nats.
+
+    ``H[mean_t p_t] - mean_t H[p_t]`` over ``T`` stochastic forward passes (MC dropout).
+
+    Parameters
+    ----------
+    probability_samples : array-like of float, shape (T, N, C)
+        Class probabilities of ``T`` stochastic passes over ``N`` samples.
+
+    Returns
+    -------
+    ndarray of float64, shape (N,); in ``[0, ln C]``, high means the passes disagree.
+
+    Raises
+    ------
+    ValueError
+        If the shape is not ``(T, N, C)`` or values are negative or not finite.
+
+    References
+    ----------
+    Houlsby et al. (2011), Bayesian Active Learning for Classification and Preference Learning;
+    Gal, Islam & Ghahramani (2017), Deep Bayesian Active Learning with Image Data, eq. (2);
+    baal ``baal.active.heuristics.BALD``.
+    """
+    p = _as_samples(probability_samples)
+    mean = p.mean(axis=0)
+    expected_entropy = -np.sum(p * np.log(np.clip(p, _EPS, 1.0)), axis=2).mean(axis=0)
+    return np.maximum(entropy(mean) - expected_entropy, 0.0)
+
+
+def variation_ratios(probability_samples):
+    """Variation ratio ``1 - f_m / T``: share of passes that disagree with the modal class.
+
+    Parameters
+    ----------
+    probability_samples : array-like of float, shape (T, N, C)
+
+    Returns
+    -------
+    ndarray of float64, shape (N,); in ``[0, 1 - 1/C]``.
+
+    References
+    ----------
+    Freeman (1965), Elementary Applied Statistics; Gal et al. (2017) eq. (3);
+    baal ``baal.active.heuristics.Variance``/modAL.
+    """
+    p = _as_samples(probability_samples)
+    votes = p.argmax(axis=2)  # (T, N)
+    counts = np.apply_along_axis(np.bincount, 0, votes, minlength=p.shape[2])  # (C, N)
+    return 1.0 - counts.max(axis=0) / p.shape[0]
+
+
+def mean_std(probability_samples):
+    """Mean over classes of the standard deviation of ``p_c`` across passes.
+
+    Parameters
+    ----------
+    probability_samples : array-like of float, shape (T, N, C)
+
+    Returns
+    -------
+    ndarray of float64, shape (N,); in ``[0, 0.5]``.
+
+    References
+    ----------
+    Kampffmeyer et al. (2016), Semantic Segmentation of Small Objects and Modeling of
+    Uncertainty in Urban Remote Sensing Images Using Deep CNNs; Gal et al. (2017) eq. (4).
+    """
+    p = _as_samples(probability_samples)
+    return p.std(axis=0).mean(axis=1)
