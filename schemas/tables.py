@@ -15,6 +15,8 @@ BigQuery time partitioning and clustering. From a spec come, with no hand-writte
 files drift from this registry. Adding a ``NULLABLE`` field to ``FRAME_FIELDS`` changes every
 derived form; rerun the generator to commit them.
 """
+import datetime
+import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from schemas import annotations, candidates, frames, runs
@@ -182,3 +184,48 @@ def mongo_index_specs(spec: TableSpec) -> List[dict]:
     """The collection's indexes as ``{"key": {field: direction}, "name", "unique"}`` objects."""
     return [{"key": dict(index.keys), "name": index.name, "unique": index.unique}
             for index in spec.mongo_indexes]
+
+
+def _value_error(field: Field, value) -> Optional[str]:
+    kind = field.bigquery_type
+    if kind == "STRING":
+        ok = isinstance(value, str)
+    elif kind == "INT64":
+        ok = isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+    elif kind == "FLOAT64":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind == "BOOL":
+        ok = isinstance(value, bool)
+    elif kind == "TIMESTAMP":
+        ok = isinstance(value, (str, datetime.datetime))
+    else:
+        return f"{field.name}: unsupported type {kind}"
+    return None if ok else f"{field.name}: expected {kind}, got {type(value).__name__} {value!r:.40}"
+
+
+def bigquery_row_errors(spec: TableSpec, row: dict) -> List[str]:
+    """Why ``row`` does not fit the table (empty if it does): unknown columns, missing REQUIRED
+    values, wrong types, non-finite floats, REPEATED values that are not lists.
+
+    BigQuery itself rejects such rows (the emulator accepts some, and answers others with HTTP 500
+    that clients retry for minutes); checking first turns them into dead letters at once.
+    """
+    known = {f.name: f for f in spec.fields}
+    errors = [f"{name}: no such column" for name in row if name not in known]
+    for field in spec.fields:
+        value = row.get(field.name)
+        if field.mode == "REPEATED":
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple)):
+                errors.append(f"{field.name}: expected a list, got {type(value).__name__}")
+            else:
+                errors.extend(filter(None, (_value_error(field, v) for v in value)))
+        elif value is None:
+            if field.mode == "REQUIRED":
+                errors.append(f"{field.name}: REQUIRED value missing")
+        else:
+            error = _value_error(field, value)
+            if error:
+                errors.append(error)
+    return errors

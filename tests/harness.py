@@ -48,13 +48,36 @@ def mongod():
         yield server
 
 
+def kill_mongod(server: LocalMongoD) -> None:
+    """Crashes a running :func:`mongod` (SIGKILL, no clean shutdown); ``server.start()`` restarts it
+    on the same port and data directory."""
+    process = server._process
+    process.kill()
+    process.wait()
+    server._process = None
+
+
+@contextlib.contextmanager
+def environment(**variables):
+    """Sets environment variables for the duration of the block, then restores them."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _emulator(name, argv, health_url, env_vars, extra_env=None, timeout_s=60):
     """Runs an emulator process until ``health_url`` answers, sets ``env_vars`` while it runs."""
     log = open(os.path.join(tmpdir(f"{name}-"), f"{name}.log"), "wb")
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                env=dict(os.environ, **(extra_env or {})))
-    saved = {k: os.environ.get(k) for k in env_vars}
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -67,14 +90,9 @@ def _emulator(name, argv, health_url, env_vars, extra_env=None, timeout_s=60):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not ready after {timeout_s}s; see {log.name}")
                 time.sleep(0.3)
-        os.environ.update(env_vars)
-        yield
+        with environment(**env_vars):
+            yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         process.terminate()
         try:
             process.wait(timeout=20)

@@ -108,7 +108,7 @@ def test_bigquery_rows_read_back(real_records):
         client.create_dataset("activebeam")
         table = f"{harness.BIGQUERY_PROJECT}:activebeam.frames"
         out = harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table)})
+            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
         assert out["dead_letters"] == []
         rows = list(client.query(
             "SELECT frame_id, source_uri, frame_index, timestamp_s, entropy, model_name, embedding "
@@ -127,17 +127,34 @@ def test_bigquery_rows_read_back(real_records):
             assert len(row["embedding"]) == 128
         # A rerun appends nothing; the same frames scored by another model version are new rows.
         out = harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table)})
+            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
         assert out["dead_letters"] == []
         count = "SELECT COUNT(*) AS n FROM `activebeam.frames`"
         assert list(client.query(count).result())[0]["n"] == len(real_records)
         retrained = [r._replace(model=r.model._replace(version="fedcba9876543210")) for r in real_records[:3]]
         harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create(retrained) | WriteFramesToBigQuery(table)})
+            "dead_letters": p | beam.Create(retrained) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
         assert list(client.query(count).result())[0]["n"] == len(real_records) + 3
         schema = {f.name: (f.field_type, f.mode) for f in client.get_table("activebeam.frames").schema}
         assert schema["embedding"] == ("FLOAT", "REPEATED") or schema["embedding"] == ("FLOAT64", "REPEATED")
-        assert set(schema) == set(frames_schema.field_names())
+        assert set(schema) == set(frames_schema.field_names()) | {"indexed_at"}
+        # Created partitioned and clustered before the first row (a load-created table is neither).
+        created = client.get_table("activebeam.frames")
+        assert (created.time_partitioning.type_, created.time_partitioning.field) == ("DAY", "indexed_at")
+        assert created.clustering_fields == ["source_uri", "model_version"]
+        stamped = list(client.query("SELECT COUNT(*) AS n FROM `activebeam.frames` "
+                                    "WHERE indexed_at IS NOT NULL").result())
+        assert stamped[0]["n"] == len(real_records) + 3
+
+        # Rows that do not fit the schema are dead letters at once; the good rows are written.
+        good = frame_record("file:///cam/good.png")
+        bad = frame_record("file:///cam/nan.png")._replace(entropy=float("nan"))
+        out = harness.run_collect(lambda p: {
+            "dead_letters": p | beam.Create([good, bad]) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
+        [dead] = out["dead_letters"]
+        assert (dead.stage, dead.frame_id, dead.source_uri) == ("bigquery", bad.frame.frame_id, "file:///cam/nan.png")
+        assert "entropy: expected FLOAT64" in dead.error
+        assert list(client.query(count).result())[0]["n"] == len(real_records) + 3 + 1
 
 
 def test_bigquery_table_name_validated():

@@ -28,10 +28,10 @@ def table_resource(table_id: str, spec: tables.TableSpec):
     return table
 
 
-def ensure_table(client, table_id: str, spec: tables.TableSpec) -> bool:
+def ensure_table(client, table_id: str, spec: tables.TableSpec, **request) -> bool:
     """Creates ``table_id`` (``project.dataset.table``) unless it exists; returns whether it did.
 
-    An existing table is left as it is (a warning is logged when its partitioning or clustering
+    ``request``: ``retry``/``timeout`` passed to every client call. An existing table is left as it is (a warning is logged when its partitioning or clustering
     differ from the spec: BigQuery cannot change them in place).
 
     Raises
@@ -41,10 +41,10 @@ def ensure_table(client, table_id: str, spec: tables.TableSpec) -> bool:
     """
     from google.api_core import exceptions
     try:
-        existing = client.get_table(table_id)
+        existing = client.get_table(table_id, **request)
     except exceptions.NotFound:
         try:
-            client.create_table(table_resource(table_id, spec))
+            client.create_table(table_resource(table_id, spec), **request)
             _LOG.info("created BigQuery table %s partitioned by %s, clustered by %s",
                       table_id, spec.partition_field, ",".join(spec.clustering))
             return True
