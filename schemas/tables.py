@@ -142,7 +142,9 @@ def _bson_schema(field: Field) -> dict:
         raise ValueError(f"field {field.name!r}: mode must be one of {MODES}, got {field.mode!r}")
     bson = BSON_TYPES[field.bigquery_type]
     if field.mode == "REPEATED":
-        return {"bsonType": "array", "items": {"bsonType": bson}, "description": field.description}
+        # No per-item type check: on 128-d embeddings it costs ~15% of write throughput
+        # (benchmarks/store.py); the writers build these lists from typed arrays.
+        return {"bsonType": "array", "description": field.description}
     if field.mode == "NULLABLE":
         bson = (bson if isinstance(bson, list) else [bson]) + ["null"]
     return {"bsonType": bson, "description": field.description}

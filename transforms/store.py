@@ -256,7 +256,7 @@ class WriteDocumentsToMongoDB(beam.PTransform):
     def expand(self, documents):
         written = (
             documents
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
+            | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
             | "BulkUpsert" >> beam.ParDo(_MongoUpsertFn(
                 self._uri, self._database, self._table.name, self._table.mongo_indexes,
                 validator=self._validator, ingest_time_field=self._table.ingest_time_field,
