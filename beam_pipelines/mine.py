@@ -11,9 +11,12 @@ score them with a Keras model through ``RunInference``, index one document per f
 (and a row in BigQuery), select the ``--budget`` most uncertain distinct frames, write results.
 
 Outputs in ``--output_dir``: ``candidates.jsonl`` (sorted by rank), ``dead_letter.jsonl`` (one
-object per failed file or frame: ``source_uri``, ``stage``, ``error``) and ``summary.json``.
+object per failed file or frame: ``source_uri``, ``stage``, ``error``) and ``summary.json``
+(with the ``run_id``). The run's lineage (options with credentials redacted, code and model
+versions, inputs, counts, status) is upserted into MongoDB ``<database>.runs``.
 """
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -27,6 +30,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beam_pipelines import sample_media
 from beam_pipelines.local_mongo import LocalMongoD
+from schemas import runs as runs_schema
+from schemas import tables
 from schemas.frames import DEFAULT_DATABASE
 from transforms import gcp_emulators
 from transforms.decode import DecodeMedia
@@ -35,7 +40,8 @@ from transforms.model import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpe
 from transforms.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
                                 WriteDeadLetters, WriteSummary)
 from transforms.sample import STRATEGIES, SelectCandidates
-from transforms.store import WriteFramesToBigQuery, WriteFramesToMongoDB, redact_uri
+from transforms.store import (WriteFramesToBigQuery, WriteFramesToMongoDB, redact_text, redact_uri,
+                              upsert_documents)
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_RUNNER = "FnApiRunner"  # Beam's DirectRunner would first try to download Prism.
@@ -193,25 +199,70 @@ def run(argv: Optional[List[str]] = None) -> dict:
             "model": model.version._asdict(),
             "runner": standard.runner,
         }
+        run = _RunRecord(mongo_uri, mine.mongo_database, options, run_info)
         started = time.monotonic()
-        with beam.Pipeline(options=options) as pipeline:
-            _ = (pipeline
-                 | "Globs" >> beam.Create(globs)
-                 | "Mine" >> MineFrames(
-                     model=model, mongo_uri=mongo_uri, output_dir=output_dir, budget=mine.budget,
-                     strategy=mine.strategy, video_fps=mine.video_fps,
-                     mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
-                     bigquery_write_method=mine.bigquery_write_method, run_info=run_info))
+        run.record("running")
+        try:
+            with beam.Pipeline(options=options) as pipeline:
+                _ = (pipeline
+                     | "Globs" >> beam.Create(globs)
+                     | "Mine" >> MineFrames(
+                         model=model, mongo_uri=mongo_uri, output_dir=output_dir, budget=mine.budget,
+                         strategy=mine.strategy, video_fps=mine.video_fps,
+                         mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
+                         bigquery_write_method=mine.bigquery_write_method, run_info=run_info))
+        except BaseException:
+            run.record("failed")
+            raise
         elapsed = time.monotonic() - started
+        summary = _read_summary(output_dir)
+        run.record("succeeded", {k: v for k, v in summary.items() if isinstance(v, int)
+                                 and not isinstance(v, bool)} if summary else None)
+    if summary:
+        summary["wall_seconds"] = round(elapsed, 1)
+    return summary
 
-    summary_path = FileSystems.join(output_dir, SUMMARY_FILE)
+
+def _read_summary(output_dir: str) -> dict:
     try:
-        with FileSystems.open(summary_path) as f:
-            summary = json.loads(f.read().decode("utf-8"))
+        with FileSystems.open(FileSystems.join(output_dir, SUMMARY_FILE)) as f:
+            return json.loads(f.read().decode("utf-8"))
     except (OSError, IOError):  # e.g. a Dataflow job submitted without waiting
         return {}
-    summary["wall_seconds"] = round(elapsed, 1)
-    return summary
+
+
+class _RunRecord:
+    """The run's lineage entry in ``<database>.runs`` (:mod:`schemas.runs`), credentials redacted.
+
+    Adds ``run_id`` and ``code_version`` to ``run_info`` (so ``summary.json`` carries them).
+    A run entry that cannot be written is logged, not fatal: the frames are already indexed.
+    """
+
+    def __init__(self, mongo_uri: str, database: str, options: PipelineOptions, run_info: dict):
+        self._uri = mongo_uri
+        self._database = database
+        self._started_at = datetime.datetime.now(datetime.timezone.utc)
+        explicit = options.get_all_options(drop_default=True, retain_unknown_options=True)
+        self._options_json = redact_text(json.dumps(dict(explicit, **run_info), sort_keys=True, default=str))
+        self._run_id = runs_schema.make_run_id("mine", self._started_at, json.loads(self._options_json))
+        self._code = runs_schema.code_version()
+        self._run_info = run_info
+        run_info.update(run_id=self._run_id, code_version=self._code)
+
+    def record(self, status: str, counts: Optional[dict] = None):
+        finished = None if status == "running" else datetime.datetime.now(datetime.timezone.utc)
+        document = runs_schema.run_document(
+            self._run_id, "mine", self._started_at, status, self._code, self._options_json,
+            self._run_info["inputs"], self._run_info["output_dir"], self._run_info["model"],
+            finished_at=finished, counts=counts)
+        try:
+            failed = upsert_documents(self._uri, self._database, tables.runs_table(), [document],
+                                      max_attempts=3)
+        except Exception as e:  # noqa: BLE001 - lineage must not fail a finished job
+            failed = [str(e)]
+        if failed:
+            _LOG.error("run %s: could not record status %r in %s.runs: %s", self._run_id, status,
+                       self._database, redact_text(str(failed[0])))
 
 
 def main(argv=None):

@@ -15,6 +15,7 @@ from typing import Optional
 from schemas.frames import Field
 
 RUNS_COLLECTION = "runs"
+RUN_STATUSES = ("running", "succeeded", "failed")
 
 RUN_FIELDS = (
     Field("run_id", "STRING", "REQUIRED", "Id of the run: sha256 of job name, start time and options, first 32 hex digits; MongoDB _id."),
@@ -55,3 +56,23 @@ def code_version(checkout: Optional[str] = None) -> str:
         return "activebeam-" + metadata.version("activebeam")
     except Exception:  # noqa: BLE001 - any packaging failure means the version is unknown
         return "unknown"
+
+
+def run_document(run_id: str, job: str, started_at: datetime.datetime, status: str, code: str,
+                 options_json: str, inputs, output_dir: Optional[str] = None,
+                 model: Optional[dict] = None, finished_at: Optional[datetime.datetime] = None,
+                 counts: Optional[dict] = None) -> dict:
+    """The MongoDB document of a run (fields of :data:`RUN_FIELDS`, ``_id`` = ``run_id``).
+
+    ``options_json`` must already have its credentials redacted; ``model`` is a
+    ``ModelVersion._asdict()``; ``counts`` the integer counts of the run's summary.
+    """
+    if status not in RUN_STATUSES:
+        raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+    return {
+        "_id": run_id, "job": job, "started_at": started_at, "finished_at": finished_at,
+        "status": status, "code_version": code,
+        "model_name": (model or {}).get("name"), "model_version": (model or {}).get("version"),
+        "inputs": list(inputs), "output_dir": output_dir, "options": options_json,
+        "counts": None if counts is None else json.dumps(counts, sort_keys=True),
+    }

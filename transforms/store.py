@@ -16,7 +16,7 @@ import logging
 import random
 import re
 import time
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -483,3 +483,20 @@ class WriteFramesToBigQuery(beam.PTransform):
             dead_letters.append(result.failed_rows_with_errors
                                 | "BigQueryDeadLetters" >> beam.Map(_bigquery_dead_letter))
         return dead_letters | "AllBigQueryDeadLetters" >> beam.Flatten()
+
+
+def upsert_documents(uri: str, database: str, table: tables.TableSpec, documents: List[dict],
+                     max_attempts: int = 5) -> List[DeadLetter]:
+    """Upserts a few documents from the driver (e.g. the run record) with the mechanics of
+    :class:`WriteDocumentsToMongoDB` (validator, indexes, ``$set``, retries); returns the dead
+    letters (empty when every document was written)."""
+    fn = _MongoUpsertFn(uri, database, table.name, table.mongo_indexes,
+                        validator=tables.mongo_validator(table),
+                        ingest_time_field=table.ingest_time_field, id_field=table.id_field,
+                        max_attempts=max_attempts)
+    fn.setup()
+    try:
+        outputs = list(fn.process(documents))
+    finally:
+        fn.teardown()
+    return [o.value for o in outputs if isinstance(o, beam.pvalue.TaggedOutput)]
