@@ -71,3 +71,31 @@ def test_redaction_of_messages():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_bigquery_file_loads_through_gcs(bucket):
+    """Bounded input goes by FILE_LOADS (temp files on gs://) into the pre-created, partitioned table."""
+    import apache_beam as beam
+    from tests.records_factory import frame_record
+    from transforms.store import WriteFramesToBigQuery
+    records = [frame_record(f"gs://{bucket.name}/cam/{i}.png") for i in range(5)]
+    bad = frame_record(f"gs://{bucket.name}/cam/bad.png")._replace(margin=float("inf"))
+    with harness.bigquery_emulator(gcs_data_dir=bucket.data_dir) as endpoint:
+        from transforms import gcp_emulators
+        gcp_emulators.use_emulators_if_configured()
+        client = harness.bigquery_client(endpoint)
+        client.create_dataset("loads")
+        table = f"{harness.BIGQUERY_PROJECT}:loads.frames"
+        options = harness.local_options(temp_location=f"gs://{bucket.name}/tmp",
+                                        project=harness.BIGQUERY_PROJECT)
+        for _ in range(2):  # the rerun loads nothing new
+            out = harness.run_collect(lambda p: {"dead": p | beam.Create(records + [bad])
+                                                 | WriteFramesToBigQuery(table)}, options)
+            [dead] = out["dead"]
+            assert dead.frame_id == bad.frame.frame_id and "margin" in dead.error
+            rows = list(client.query("SELECT frame_id, indexed_at FROM `loads.frames`").result())
+            assert sorted(r["frame_id"] for r in rows) == sorted(r.frame.frame_id for r in records)
+            assert all(r["indexed_at"] is not None for r in rows)
+        created = client.get_table("loads.frames")
+        assert created.time_partitioning.field == "indexed_at"
+        assert created.clustering_fields == ["source_uri", "model_version"]

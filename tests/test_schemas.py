@@ -56,6 +56,20 @@ def test_frames_bigquery_schema_and_mongo_layout():
     assert "frame_id" not in validator["properties"] and "_id" in validator["required"]
 
 
+def test_rows_to_mongo_documents():
+    from schemas.frames import to_bigquery_row, to_mongo_document
+    record = frame_record("file:///cam/a.png")
+    frame_doc = tables.to_mongo_document(tables.frames_table(), to_bigquery_row(record))
+    expected = to_mongo_document(record)
+    del expected["probabilities"]  # MongoDB-only field, not a BigQuery column
+    expected["model"].pop("embedding_layer")
+    assert frame_doc == expected
+    candidate = {"selection_id": "s1", "frame_id": "f1", "rank": 1}
+    assert tables.to_mongo_document(tables.candidates_table(), candidate)["_id"] == "s1:f1"
+    with pytest.raises(KeyError, match="run_id"):
+        tables.to_mongo_document(tables.runs_table(), {"job": "mine"})
+
+
 def test_unknown_type_is_a_clear_error():
     spec = tables.runs_table()._replace(fields=(frames.Field("x", "GEOGRAPHY", "NULLABLE", ""),))
     with pytest.raises(ValueError, match="GEOGRAPHY"):

@@ -65,9 +65,9 @@ def test_stats_from_mongodb(capsys):
         assert stats.mongo_stats(server.uri, "stats")["overview"] == [{"sources": 0, "frames": 0, "model_versions": 0}]
         harness.run_collect(lambda p: dict(zip(("ids", "dead"), p | beam.Create(RECORDS)
                                                | WriteFramesToMongoDB(server.uri, "stats"))))
-        candidates = [dict(row, _id=f"{row['selection_id']}:{row['frame_id']}") for row in candidate_rows()]
+        candidates = [tables.to_mongo_document(tables.candidates_table(), row) for row in candidate_rows()]
         assert upsert_documents(server.uri, "stats", tables.candidates_table(), candidates) == []
-        annotations = [dict(row, _id=row.pop("annotation_id")) for row in annotation_rows()]
+        annotations = [tables.to_mongo_document(tables.annotations_table(), row) for row in annotation_rows()]
         assert upsert_documents(server.uri, "stats", tables.annotations_table(), annotations) == []
         today = _today()
         assert stats.mongo_stats(server.uri, "stats") == expected(today)
