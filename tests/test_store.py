@@ -164,3 +164,69 @@ def test_bigquery_table_name_validated():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+class _RecordingProxy:
+    """A pass-through HTTP proxy in front of the BigQuery emulator that keeps request bodies."""
+
+    def __init__(self, upstream):
+        import http.server
+        import threading
+        import urllib.request
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                bodies.append((self.command, self.path, body))
+                request = urllib.request.Request(upstream + self.path, data=body, method=self.command,
+                                                 headers={k: v for k, v in self.headers.items()
+                                                          if k.lower() not in ("host", "content-length")})
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        status, headers, payload = response.status, response.headers, response.read()
+                except urllib.error.HTTPError as e:
+                    status, headers, payload = e.code, e.headers, e.read()
+                self.send_response(status)
+                self.send_header("Content-Type", headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self._server.shutdown()
+
+
+def test_bigquery_streaming_insert_ids_are_deterministic():
+    import json
+    from transforms.store import frame_insert_id
+    records = [frame_record(f"file:///cam/ids{i}.png") for i in range(4)]
+    with harness.bigquery_emulator() as endpoint:
+        proxy = _RecordingProxy(endpoint)
+        try:
+            with harness.environment(BIGQUERY_EMULATOR_HOST=proxy.endpoint):
+                from transforms import gcp_emulators
+                assert gcp_emulators.use_emulators_if_configured()
+                harness.bigquery_client(endpoint).create_dataset("ids")
+                out = harness.run_collect(lambda p: {"dead_letters": p | beam.Create(records)
+                                                     | WriteFramesToBigQuery(f"{harness.BIGQUERY_PROJECT}:ids.frames",
+                                                                             "STREAMING_INSERTS")})
+        finally:
+            proxy.close()
+            gcp_emulators.use_emulators_if_configured()
+        assert out["dead_letters"] == []
+        sent = [row["insertId"] for method, path, body in proxy.bodies if "/insertAll" in path
+                for row in json.loads(body)["rows"]]
+        expected = sorted(f"{r.frame.frame_id}:{r.model.version}" for r in records)
+        assert sorted(sent) == expected
+        assert frame_insert_id({"frame_id": "f", "model_version": "v"}) == "f:v"

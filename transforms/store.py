@@ -407,6 +407,40 @@ def _is_new(row, present):
 BIGQUERY_METHODS = ("STREAMING_INSERTS", "FILE_LOADS")
 
 
+def frame_insert_id(row: dict) -> str:
+    """Deterministic BigQuery ``insertId`` of a frame row: ``frame_id:model_version``.
+
+    The same frame scored by the same model always gets the same id, so BigQuery's best-effort
+    de-duplication (about a minute) also drops rows re-sent by a retried bundle or a rerun.
+    """
+    return f"{row['frame_id']}:{row['model_version']}"
+
+
+class _DeterministicInsertIdFn(beam.DoFn):
+    """Replaces Beam's ``AddInsertIds`` (random uuid prefix per bundle + counter)."""
+
+    def process(self, element):
+        destination, row = element
+        yield destination, (row, frame_insert_id(row))
+
+
+def _use_deterministic_insert_ids(write_applied) -> bool:
+    """Swaps the ``AddInsertIds`` DoFn inside an applied ``WriteToBigQuery`` for
+    :class:`_DeterministicInsertIdFn`; returns whether it found it (Beam 2.77 layout)."""
+    from apache_beam.runners.common import DoFnSignature
+    stack = [write_applied]
+    while stack:
+        applied = stack.pop()
+        if applied.full_label.endswith("/AddInsertIds") and isinstance(applied.transform, beam.ParDo):
+            fn = _DeterministicInsertIdFn()
+            transform = applied.transform
+            transform.fn = transform.dofn = transform._cached_fn = fn
+            transform._signature = DoFnSignature(fn)
+            return True
+        stack.extend(applied.parts)
+    return False
+
+
 class WriteFramesToBigQuery(beam.PTransform):
     r"""Appends one row per ``FrameRecord`` to a BigQuery table (schema: :func:`schemas.tables.frames_table`).
 
@@ -420,7 +454,9 @@ class WriteFramesToBigQuery(beam.PTransform):
     Bounded input is rerun-safe: one query first finds which ``(frame_id, model_version)``
     pairs of this input's sources the table already holds, and only the other rows are
     appended, so a rerun adds nothing and a new model version adds its own rows (the present
-    keys are a side input, about 100 bytes a frame). Unbounded input skips that query.
+    keys are a side input, about 100 bytes a frame). Unbounded input skips that query. With
+    ``STREAMING_INSERTS`` every row's ``insertId`` is :func:`frame_insert_id` (``frame_id:model_version``)
+    instead of Beam's random one, so BigQuery de-duplicates rows re-sent within its window.
 
     Parameters
     ----------
@@ -480,6 +516,10 @@ class WriteFramesToBigQuery(beam.PTransform):
             insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR)
         dead_letters = [checked[DEAD_LETTER]]
         if method == "STREAMING_INSERTS":
+            [write_applied] = [part for part in rows.pipeline._current_transform().parts
+                               if part.full_label.endswith("/WriteToBigQuery")]
+            if not _use_deterministic_insert_ids(write_applied):
+                _LOG.warning("Beam's WriteToBigQuery has no AddInsertIds step: insertIds stay random")
             dead_letters.append(result.failed_rows_with_errors
                                 | "BigQueryDeadLetters" >> beam.Map(_bigquery_dead_letter))
         return dead_letters | "AllBigQueryDeadLetters" >> beam.Flatten()
