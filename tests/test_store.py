@@ -84,6 +84,32 @@ def test_mongo_rejected_document_goes_to_dead_letter(mongo):
     assert "duplicate key" in dead.error
 
 
+def test_generic_writer_on_annotations_validates_and_names_the_id(mongo):
+    """The same writer serves every collection: annotations, with their validator and indexes."""
+    import datetime
+    from schemas import tables
+    from schemas.annotations import make_annotation_id
+    from transforms.store import WriteDocumentsToMongoDB
+    spec = tables.annotations_table()
+    now = datetime.datetime(2026, 11, 22, tzinfo=datetime.timezone.utc)
+    rows = [{"annotation_id": make_annotation_id(f"f{i}", "classification", "ann"), "frame_id": f"f{i}",
+             "source_uri": f"file:///cam/{i}.png", "frame_index": 0, "task": "classification",
+             "label": "coat", "annotator": "ann", "annotated_at": now} for i in range(3)]
+    bad = dict(rows[0], annotation_id="bad-one", frame_id="f9", label=None)  # REQUIRED label missing
+    docs = [tables.to_mongo_document(spec, row) for row in rows + [bad]]
+    out = harness.run_collect(lambda p: dict(zip(("ids", "dead_letters"), p | beam.Create(docs)
+                                                 | WriteDocumentsToMongoDB(mongo.uri, "store_test", spec))))
+    assert sorted(out["ids"]) == sorted(r["annotation_id"] for r in rows)
+    [dead] = out["dead_letters"]
+    assert dead.stage == "mongodb" and dead.frame_id == "f9"
+    assert dead.error.startswith("annotations _id=bad-one:") and "validation" in dead.error
+    collection = pymongo.MongoClient(mongo.uri)["store_test"]["annotations"]
+    assert collection.count_documents({}) == 3
+    assert collection.index_information()["frame_id_task_annotator"]["unique"] is True
+    options = collection.options()
+    assert options["validator"] == tables.mongo_validator(spec)
+
+
 def test_mongo_unreachable_sends_every_document_to_dead_letter():
     uri = f"mongodb://127.0.0.1:{harness.free_port()}/?serverSelectionTimeoutMS=300"
     records = [frame_record(f"file:///cam/{i}.png") for i in range(3)]

@@ -166,7 +166,8 @@ class _MongoUpsertFn(beam.DoFn):
                 self._retries.inc()
                 delay = self._base_delay_s * 2 ** (attempt - 1) * (1 + random.random())
                 _LOG.warning("MongoDB transient error on %d documents (attempt %d/%d), retrying in "
-                             "%.1fs: %s", len(pending), attempt, self._max_attempts, delay, last_error)
+                             "%.1fs: %s", len(pending), attempt, self._max_attempts, delay,
+                             redact_text(str(last_error)))
                 time.sleep(delay)
         for i in pending:
             failed[i] = f"MongoDB write failed after {self._max_attempts} attempts: {last_error}"
