@@ -26,7 +26,7 @@ from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from beam_pipelines import sample_media
 from beam_pipelines.local_mongo import LocalMongoD
@@ -66,8 +66,10 @@ class MineOptions(PipelineOptions):
         parser.add_argument("--mongo_database", default=DEFAULT_DATABASE)
         parser.add_argument("--bigquery_table", default=None,
                             help="Optional PROJECT:DATASET.TABLE to append one row per frame to.")
-        parser.add_argument("--bigquery_write_method", default="STREAMING_INSERTS",
-                            choices=("STREAMING_INSERTS", "FILE_LOADS"))
+        parser.add_argument("--bigquery_write_method", default="AUTO",
+                            choices=("AUTO", "STREAMING_INSERTS", "FILE_LOADS"),
+                            help="AUTO: FILE_LOADS when --temp_location is on gs:// (load jobs are "
+                                 "free and atomic), else STREAMING_INSERTS.")
         parser.add_argument("--budget", type=int, default=50, help="Number of candidates to select.")
         parser.add_argument("--strategy", default="entropy", choices=STRATEGIES,
                             help="Uncertainty score that ranks candidates.")
@@ -174,6 +176,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
     if is_local(output_dir):
         output_dir = os.path.abspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
+    if mine.bigquery_write_method == "AUTO":
+        temp_location = options.view_as(GoogleCloudOptions).temp_location or ""
+        mine.bigquery_write_method = ("FILE_LOADS" if temp_location.startswith("gs://")
+                                      else "STREAMING_INSERTS")
     gcp_emulators.use_emulators_if_configured()
     model = load_model_spec(mine.model, mine.embedding_layer, mine.model_output)
 
@@ -193,6 +199,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
             "mongo_embedded": not mine.mongo_uri,
             "mongo_database": mine.mongo_database,
             "bigquery_table": mine.bigquery_table,
+            "bigquery_write_method": mine.bigquery_write_method if mine.bigquery_table else None,
             "budget": mine.budget,
             "strategy": mine.strategy,
             "video_fps": mine.video_fps,

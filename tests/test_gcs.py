@@ -24,18 +24,27 @@ def test_mine_on_gcs_with_credentials_never_leaked(bucket, caplog, capsys):
         bucket.blob(f"camera drop/{name}").upload_from_filename(harness.media("fashion-mnist", name))
     bucket.blob("camera drop/broken.png").upload_from_string(b"\x89PNG\r\n\x1a\n not really")
     bucket.blob("camera drop/cup.mp4").upload_from_filename(harness.media("cup.mp4"))
-    with harness.mongod() as server:
+    with harness.mongod() as server, harness.bigquery_emulator(gcs_data_dir=bucket.data_dir) as endpoint:
+        bigquery = harness.bigquery_client(endpoint)
+        bigquery.create_dataset("gcs_test")
         admin = pymongo.MongoClient(server.uri)
         admin.admin.command("createUser", "activebeam", pwd=PASSWORD, roles=["root"])
         uri = f"mongodb://activebeam:{PASSWORD}@127.0.0.1:{server.port}/?retryWrites=false&authSource=admin"
         caplog.set_level(logging.DEBUG)
         argv = [f"--input=gs://{bucket.name}/camera drop/*", f"--output_dir=gs://{bucket.name}/out",
-                f"--mongo_uri={uri}", "--budget=4", "--mongo_database=gcs_test"]
+                f"--mongo_uri={uri}", "--budget=4", "--mongo_database=gcs_test",
+                f"--bigquery_table={harness.BIGQUERY_PROJECT}:gcs_test.frames",
+                f"--temp_location=gs://{bucket.name}/tmp", f"--project={harness.BIGQUERY_PROJECT}"]
         summary = mine.run(argv)
 
         assert summary["files_matched"] == 8 and summary["files_failed"] == 1
         assert summary["frames_written"] == summary["frames_decoded"] == 6 + 9  # cup.mp4: 9 frames at 1 fps
         assert summary["mongo_uri"] == f"mongodb://activebeam:***@127.0.0.1:{server.port}/?retryWrites=false&authSource=admin"
+        # A gs:// temp location makes the BigQuery write a load job (AUTO), into the partitioned table.
+        assert summary["bigquery_write_method"] == "FILE_LOADS"
+        rows = list(bigquery.query("SELECT COUNT(DISTINCT frame_id) AS n FROM `gcs_test.frames`").result())
+        assert rows[0]["n"] == 15
+        assert bigquery.get_table("gcs_test.frames").time_partitioning.field == "indexed_at"
         outputs = {b.name: b.download_as_text() for b in bucket.list_blobs(prefix="out/")}
         assert set(outputs) == {"out/candidates.jsonl", "out/dead_letter.jsonl", "out/summary.json"}
         candidates = [json.loads(line) for line in outputs["out/candidates.jsonl"].splitlines()]
