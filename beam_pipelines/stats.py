@@ -73,7 +73,9 @@ def _mongo_reports(database) -> Dict[str, List[dict]]:
 def mongo_stats(uri: str, database: str = "activebeam") -> Dict[str, List[dict]]:
     """Every report from MongoDB: ``{report: [row dict, ...]}``, in :data:`REPORTS` order."""
     import pymongo
-    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=30000, appname="activebeam-stats") as client:
+    defaults = {"serverSelectionTimeoutMS": 30000, "appname": "activebeam-stats"}
+    options = {k: v for k, v in defaults.items() if k.lower() not in uri.lower()}  # the URI wins
+    with pymongo.MongoClient(uri, **options) as client:
         return _mongo_reports(client[database])
 
 
@@ -132,12 +134,19 @@ def main(argv=None):
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     os.environ.setdefault("NO_GCE_CHECK", "true")
-    if args.mongo_uri:
-        reports = mongo_stats(args.mongo_uri, args.mongo_database)
-    else:
-        from transforms import gcp_emulators
-        gcp_emulators.use_emulators_if_configured()
-        reports = bigquery_stats(args.bigquery_dataset, create_views=args.create_views)
+    from transforms.store import redact_text
+    try:
+        if args.mongo_uri:
+            reports = mongo_stats(args.mongo_uri, args.mongo_database)
+        else:
+            from transforms import gcp_emulators
+            gcp_emulators.use_emulators_if_configured()
+            reports = bigquery_stats(args.bigquery_dataset, create_views=args.create_views)
+    except Exception as e:  # noqa: BLE001 - one clear line instead of a driver traceback
+        where = redact_text(args.mongo_uri) if args.mongo_uri else args.bigquery_dataset
+        print(f"stats: cannot read {where}: {type(e).__name__}: {redact_text(str(e))[:500]}",
+              file=sys.stderr)
+        return 2
     if args.format == "json":
         print(json.dumps(reports, default=str, sort_keys=True))
     else:

@@ -103,6 +103,14 @@ def test_stats_from_bigquery():
         assert rows == reports["annotations_per_label"]
 
 
+def test_unreachable_store_is_one_clear_line(capsys):
+    uri = f"mongodb://user:pw-123@127.0.0.1:{harness.free_port()}/?serverSelectionTimeoutMS=300"
+    assert stats.main(["--mongo_uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stats: cannot read mongodb://user:***@127.0.0.1:") and "pw-123" not in err
+    assert "ServerSelectionTimeoutError" in err
+
+
 def test_unknown_report_is_an_error():
     with pytest.raises(ValueError, match="unknown report"):
         stats.view_sql("nope", "p.d")
