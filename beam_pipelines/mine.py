@@ -34,6 +34,7 @@ from schemas import runs as runs_schema
 from schemas import tables
 from schemas.frames import DEFAULT_DATABASE
 from transforms import gcp_emulators
+from transforms.bigquery_tables import append_rows, sibling_table
 from transforms.decode import DecodeMedia
 from transforms.files import is_local
 from transforms.model import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
@@ -270,6 +271,22 @@ class _RunRecord:
         if failed:
             _LOG.error("run %s: could not record status %r in %s.runs: %s", self._run_id, status,
                        self._database, redact_text(str(failed[0])))
+        if self._run_info.get("bigquery_table") and status != "running":
+            self._append_to_bigquery(document, status)
+
+    def _append_to_bigquery(self, document: dict, status: str):
+        """One row per finished run in the ``runs`` table next to the frames table."""
+        table_id = sibling_table(self._run_info["bigquery_table"], runs_schema.RUNS_COLLECTION)
+        row = {k: (v.isoformat() if isinstance(v, datetime.datetime) else v)
+               for k, v in document.items() if k != "_id"}
+        row["run_id"] = document["_id"]
+        try:
+            problems = append_rows(table_id, tables.runs_table(), [row], [f"{self._run_id}:{status}"])
+        except Exception as e:  # noqa: BLE001 - lineage must not fail a finished job
+            problems = [f"{type(e).__name__}: {e}"]
+        if problems:
+            _LOG.error("run %s: could not append to %s: %s", self._run_id, table_id,
+                       redact_text(problems[0])[:500])
 
 
 def main(argv=None):

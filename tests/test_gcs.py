@@ -45,6 +45,13 @@ def test_mine_on_gcs_with_credentials_never_leaked(bucket, caplog, capsys):
         rows = list(bigquery.query("SELECT COUNT(DISTINCT frame_id) AS n FROM `gcs_test.frames`").result())
         assert rows[0]["n"] == 15
         assert bigquery.get_table("gcs_test.frames").time_partitioning.field == "indexed_at"
+        [run_row] = [dict(r.items()) for r in bigquery.query(
+            "SELECT run_id, status, model_version, inputs, counts FROM `gcs_test.runs`").result()]
+        assert run_row["run_id"] == summary["run_id"] and run_row["status"] == "succeeded"
+        assert run_row["model_version"] == summary["model"]["version"]
+        assert list(run_row["inputs"]) == [f"gs://{bucket.name}/camera drop/*"]
+        assert json.loads(run_row["counts"])["frames_written"] == 15
+        assert bigquery.get_table("gcs_test.runs").time_partitioning.field == "started_at"
         outputs = {b.name: b.download_as_text() for b in bucket.list_blobs(prefix="out/")}
         assert set(outputs) == {"out/candidates.jsonl", "out/dead_letter.jsonl", "out/summary.json"}
         candidates = [json.loads(line) for line in outputs["out/candidates.jsonl"].splitlines()]

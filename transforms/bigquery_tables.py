@@ -56,3 +56,27 @@ def ensure_table(client, table_id: str, spec: tables.TableSpec, **request) -> bo
                      "wants %s and %s (recreate it to change them)", table_id, partition,
                      existing.clustering_fields, spec.partition_field, list(spec.clustering))
     return False
+
+
+def sibling_table(table: str, name: str) -> str:
+    """``PROJECT:DATASET.OTHER`` -> ``PROJECT.DATASET.name`` (another table of the same dataset)."""
+    project, _, rest = table.rpartition(":")
+    dataset = rest.split(".", 1)[0] if project else rest.rsplit(".", 1)[0]
+    return f"{project}.{dataset}.{name}" if project else f"{dataset}.{name}"
+
+
+def append_rows(table_id: str, spec: tables.TableSpec, rows, insert_ids, client=None, timeout_s=60.0):
+    """Appends a few rows from the driver (e.g. a run record) into a pre-created table.
+
+    Rows are checked against the spec first; ``insert_ids`` are BigQuery's de-duplication keys.
+    Returns the problems (empty when every row was accepted); raises on transport errors.
+    """
+    from google.cloud import bigquery
+    problems = [f"{i}: {e}" for i, row in enumerate(rows) for e in tables.bigquery_row_errors(spec, row)]
+    if problems:
+        return problems
+    client = client or bigquery.Client(project=table_id.split(".")[0] if table_id.count(".") == 2 else None)
+    request = {"retry": bigquery.DEFAULT_RETRY.with_deadline(timeout_s), "timeout": timeout_s}
+    ensure_table(client, table_id, spec, **request)
+    errors = client.insert_rows_json(table_id, list(rows), row_ids=list(insert_ids), **request)
+    return [str(e) for e in errors]
