@@ -11,9 +11,12 @@ score them with a Keras model through ``RunInference``, index one document per f
 (and a row in BigQuery), select the ``--budget`` most uncertain distinct frames, write results.
 
 Outputs in ``--output_dir``: ``candidates.jsonl`` (sorted by rank), ``dead_letter.jsonl`` (one
-object per failed file or frame: ``source_uri``, ``stage``, ``error``) and ``summary.json``.
+object per failed file or frame: ``source_uri``, ``stage``, ``error``) and ``summary.json``
+(with the ``run_id``). The run's lineage (options with credentials redacted, code and model
+versions, inputs, counts, status) is upserted into MongoDB ``<database>.runs``.
 """
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -23,19 +26,23 @@ from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from beam_pipelines import sample_media
 from beam_pipelines.local_mongo import LocalMongoD
+from schemas import runs as runs_schema
+from schemas import tables
 from schemas.frames import DEFAULT_DATABASE
 from transforms import gcp_emulators
+from transforms.bigquery_tables import append_rows, sibling_table
 from transforms.decode import DecodeMedia
 from transforms.files import is_local
 from transforms.model import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
 from transforms.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
                                 WriteDeadLetters, WriteSummary)
 from transforms.sample import STRATEGIES, SelectCandidates
-from transforms.store import WriteFramesToBigQuery, WriteFramesToMongoDB, redact_uri
+from transforms.store import (WriteFramesToBigQuery, WriteFramesToMongoDB, redact_text, redact_uri,
+                              upsert_documents)
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_RUNNER = "FnApiRunner"  # Beam's DirectRunner would first try to download Prism.
@@ -60,8 +67,10 @@ class MineOptions(PipelineOptions):
         parser.add_argument("--mongo_database", default=DEFAULT_DATABASE)
         parser.add_argument("--bigquery_table", default=None,
                             help="Optional PROJECT:DATASET.TABLE to append one row per frame to.")
-        parser.add_argument("--bigquery_write_method", default="STREAMING_INSERTS",
-                            choices=("STREAMING_INSERTS", "FILE_LOADS"))
+        parser.add_argument("--bigquery_write_method", default="AUTO",
+                            choices=("AUTO", "STREAMING_INSERTS", "FILE_LOADS"),
+                            help="AUTO: FILE_LOADS when --temp_location is on gs:// (load jobs are "
+                                 "free and atomic), else STREAMING_INSERTS.")
         parser.add_argument("--budget", type=int, default=50, help="Number of candidates to select.")
         parser.add_argument("--strategy", default="entropy", choices=STRATEGIES,
                             help="Uncertainty score that ranks candidates.")
@@ -168,6 +177,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
     if is_local(output_dir):
         output_dir = os.path.abspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
+    if mine.bigquery_write_method == "AUTO":
+        temp_location = options.view_as(GoogleCloudOptions).temp_location or ""
+        mine.bigquery_write_method = ("FILE_LOADS" if temp_location.startswith("gs://")
+                                      else "STREAMING_INSERTS")
     gcp_emulators.use_emulators_if_configured()
     model = load_model_spec(mine.model, mine.embedding_layer, mine.model_output)
 
@@ -187,31 +200,93 @@ def run(argv: Optional[List[str]] = None) -> dict:
             "mongo_embedded": not mine.mongo_uri,
             "mongo_database": mine.mongo_database,
             "bigquery_table": mine.bigquery_table,
+            "bigquery_write_method": mine.bigquery_write_method if mine.bigquery_table else None,
             "budget": mine.budget,
             "strategy": mine.strategy,
             "video_fps": mine.video_fps,
             "model": model.version._asdict(),
             "runner": standard.runner,
         }
+        run = _RunRecord(mongo_uri, mine.mongo_database, options, run_info)
         started = time.monotonic()
-        with beam.Pipeline(options=options) as pipeline:
-            _ = (pipeline
-                 | "Globs" >> beam.Create(globs)
-                 | "Mine" >> MineFrames(
-                     model=model, mongo_uri=mongo_uri, output_dir=output_dir, budget=mine.budget,
-                     strategy=mine.strategy, video_fps=mine.video_fps,
-                     mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
-                     bigquery_write_method=mine.bigquery_write_method, run_info=run_info))
+        run.record("running")
+        try:
+            with beam.Pipeline(options=options) as pipeline:
+                _ = (pipeline
+                     | "Globs" >> beam.Create(globs)
+                     | "Mine" >> MineFrames(
+                         model=model, mongo_uri=mongo_uri, output_dir=output_dir, budget=mine.budget,
+                         strategy=mine.strategy, video_fps=mine.video_fps,
+                         mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
+                         bigquery_write_method=mine.bigquery_write_method, run_info=run_info))
+        except BaseException:
+            run.record("failed")
+            raise
         elapsed = time.monotonic() - started
+        summary = _read_summary(output_dir)
+        run.record("succeeded", {k: v for k, v in summary.items() if isinstance(v, int)
+                                 and not isinstance(v, bool)} if summary else None)
+    if summary:
+        summary["wall_seconds"] = round(elapsed, 1)
+    return summary
 
-    summary_path = FileSystems.join(output_dir, SUMMARY_FILE)
+
+def _read_summary(output_dir: str) -> dict:
     try:
-        with FileSystems.open(summary_path) as f:
-            summary = json.loads(f.read().decode("utf-8"))
+        with FileSystems.open(FileSystems.join(output_dir, SUMMARY_FILE)) as f:
+            return json.loads(f.read().decode("utf-8"))
     except (OSError, IOError):  # e.g. a Dataflow job submitted without waiting
         return {}
-    summary["wall_seconds"] = round(elapsed, 1)
-    return summary
+
+
+class _RunRecord:
+    """The run's lineage entry in ``<database>.runs`` (:mod:`schemas.runs`), credentials redacted.
+
+    Adds ``run_id`` and ``code_version`` to ``run_info`` (so ``summary.json`` carries them).
+    A run entry that cannot be written is logged, not fatal: the frames are already indexed.
+    """
+
+    def __init__(self, mongo_uri: str, database: str, options: PipelineOptions, run_info: dict):
+        self._uri = mongo_uri
+        self._database = database
+        self._started_at = datetime.datetime.now(datetime.timezone.utc)
+        explicit = options.get_all_options(drop_default=True, retain_unknown_options=True)
+        self._options_json = redact_text(json.dumps(dict(explicit, **run_info), sort_keys=True, default=str))
+        self._run_id = runs_schema.make_run_id("mine", self._started_at, json.loads(self._options_json))
+        self._code = runs_schema.code_version()
+        self._run_info = run_info
+        run_info.update(run_id=self._run_id, code_version=self._code)
+
+    def record(self, status: str, counts: Optional[dict] = None):
+        finished = None if status == "running" else datetime.datetime.now(datetime.timezone.utc)
+        document = runs_schema.run_document(
+            self._run_id, "mine", self._started_at, status, self._code, self._options_json,
+            self._run_info["inputs"], self._run_info["output_dir"], self._run_info["model"],
+            finished_at=finished, counts=counts)
+        try:
+            failed = upsert_documents(self._uri, self._database, tables.runs_table(), [document],
+                                      max_attempts=3)
+        except Exception as e:  # noqa: BLE001 - lineage must not fail a finished job
+            failed = [str(e)]
+        if failed:
+            _LOG.error("run %s: could not record status %r in %s.runs: %s", self._run_id, status,
+                       self._database, redact_text(str(failed[0])))
+        if self._run_info.get("bigquery_table") and status != "running":
+            self._append_to_bigquery(document, status)
+
+    def _append_to_bigquery(self, document: dict, status: str):
+        """One row per finished run in the ``runs`` table next to the frames table."""
+        table_id = sibling_table(self._run_info["bigquery_table"], runs_schema.RUNS_COLLECTION)
+        row = {k: (v.isoformat() if isinstance(v, datetime.datetime) else v)
+               for k, v in document.items() if k != "_id"}
+        row["run_id"] = document["_id"]
+        try:
+            problems = append_rows(table_id, tables.runs_table(), [row], [f"{self._run_id}:{status}"])
+        except Exception as e:  # noqa: BLE001 - lineage must not fail a finished job
+            problems = [f"{type(e).__name__}: {e}"]
+        if problems:
+            _LOG.error("run %s: could not append to %s: %s", self._run_id, table_id,
+                       redact_text(problems[0])[:500])
 
 
 def main(argv=None):

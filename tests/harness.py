@@ -48,13 +48,36 @@ def mongod():
         yield server
 
 
+def kill_mongod(server: LocalMongoD) -> None:
+    """Crashes a running :func:`mongod` (SIGKILL, no clean shutdown); ``server.start()`` restarts it
+    on the same port and data directory."""
+    process = server._process
+    process.kill()
+    process.wait()
+    server._process = None
+
+
+@contextlib.contextmanager
+def environment(**variables):
+    """Sets environment variables for the duration of the block, then restores them."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _emulator(name, argv, health_url, env_vars, extra_env=None, timeout_s=60):
     """Runs an emulator process until ``health_url`` answers, sets ``env_vars`` while it runs."""
     log = open(os.path.join(tmpdir(f"{name}-"), f"{name}.log"), "wb")
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                env=dict(os.environ, **(extra_env or {})))
-    saved = {k: os.environ.get(k) for k in env_vars}
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -67,14 +90,9 @@ def _emulator(name, argv, health_url, env_vars, extra_env=None, timeout_s=60):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not ready after {timeout_s}s; see {log.name}")
                 time.sleep(0.3)
-        os.environ.update(env_vars)
-        yield
+        with environment(**env_vars):
+            yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         process.terminate()
         try:
             process.wait(timeout=20)
@@ -91,11 +109,12 @@ def _emulator_binary(venv, name):
 
 
 @contextlib.contextmanager
-def bigquery_emulator(project: str = BIGQUERY_PROJECT):
+def bigquery_emulator(project: str = BIGQUERY_PROJECT, gcs_data_dir: str = None):
     """A real ``bqemulator`` (DuckDB-backed BigQuery REST API) on a free 127.0.0.1 port.
 
     Sets ``BIGQUERY_EMULATOR_HOST`` and ``GOOGLE_CLOUD_PROJECT`` while it runs; yields the REST
-    endpoint ``http://127.0.0.1:PORT``.
+    endpoint ``http://127.0.0.1:PORT``. With ``gcs_data_dir`` (a :func:`gcs_emulator`'s
+    ``bucket.data_dir``), load jobs read ``gs://`` files from that GCS emulator (FILE_LOADS).
     """
     rest_port, grpc_port = free_port(), free_port()
     endpoint = f"http://127.0.0.1:{rest_port}"
@@ -104,6 +123,8 @@ def bigquery_emulator(project: str = BIGQUERY_PROJECT):
             "--project", project, "--log-level", "warning"]
     # DuckDB finds its extensions under $HOME (scripts/setup.sh installed them there).
     home = {"HOME": os.path.join(activebeam_home(), "duckdb-home")}
+    if gcs_data_dir:
+        home["BQEMU_GCS_LOCAL_ROOT"] = os.path.join(gcs_data_dir, ".cloudstorage")
     with _emulator("bqemulator", argv, endpoint + "/healthz",
                    {"BIGQUERY_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": project}, home):
         yield endpoint
@@ -113,18 +134,22 @@ def bigquery_emulator(project: str = BIGQUERY_PROJECT):
 def gcs_emulator(bucket: str = "activebeam-test"):
     """A real ``gcp-storage-emulator`` on a free 127.0.0.1 port, with ``bucket`` created.
 
-    Sets ``STORAGE_EMULATOR_HOST`` while it runs; yields a ``google.cloud.storage.Bucket``.
+    Sets ``STORAGE_EMULATOR_HOST`` while it runs; yields a ``google.cloud.storage.Bucket`` whose
+    ``data_dir`` attribute is the emulator's data directory.
     """
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    argv = [_emulator_binary("gcs-emulator", "gcp-storage-emulator"), "-d", tmpdir("gcs-data-"),
+    data_dir = tmpdir("gcs-data-")
+    argv = [_emulator_binary("gcs-emulator", "gcp-storage-emulator"), "-d", data_dir,
             "start", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", bucket, "-q"]
     with _emulator("gcs-emulator", argv, endpoint + f"/storage/v1/b/{bucket}",
                    {"STORAGE_EMULATOR_HOST": endpoint}):
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
         client = storage.Client(project="activebeam-test", credentials=AnonymousCredentials())
-        yield client.bucket(bucket)
+        handle = client.bucket(bucket)
+        handle.data_dir = data_dir
+        yield handle
 
 
 def bigquery_client(endpoint: str, project: str = BIGQUERY_PROJECT):

@@ -84,6 +84,32 @@ def test_mongo_rejected_document_goes_to_dead_letter(mongo):
     assert "duplicate key" in dead.error
 
 
+def test_generic_writer_on_annotations_validates_and_names_the_id(mongo):
+    """The same writer serves every collection: annotations, with their validator and indexes."""
+    import datetime
+    from schemas import tables
+    from schemas.annotations import make_annotation_id
+    from transforms.store import WriteDocumentsToMongoDB
+    spec = tables.annotations_table()
+    now = datetime.datetime(2026, 11, 22, tzinfo=datetime.timezone.utc)
+    rows = [{"annotation_id": make_annotation_id(f"f{i}", "classification", "ann"), "frame_id": f"f{i}",
+             "source_uri": f"file:///cam/{i}.png", "frame_index": 0, "task": "classification",
+             "label": "coat", "annotator": "ann", "annotated_at": now} for i in range(3)]
+    bad = dict(rows[0], annotation_id="bad-one", frame_id="f9", label=None)  # REQUIRED label missing
+    docs = [tables.to_mongo_document(spec, row) for row in rows + [bad]]
+    out = harness.run_collect(lambda p: dict(zip(("ids", "dead_letters"), p | beam.Create(docs)
+                                                 | WriteDocumentsToMongoDB(mongo.uri, "store_test", spec))))
+    assert sorted(out["ids"]) == sorted(r["annotation_id"] for r in rows)
+    [dead] = out["dead_letters"]
+    assert dead.stage == "mongodb" and dead.frame_id == "f9"
+    assert dead.error.startswith("annotations _id=bad-one:") and "validation" in dead.error
+    collection = pymongo.MongoClient(mongo.uri)["store_test"]["annotations"]
+    assert collection.count_documents({}) == 3
+    assert collection.index_information()["frame_id_task_annotator"]["unique"] is True
+    options = collection.options()
+    assert options["validator"] == tables.mongo_validator(spec)
+
+
 def test_mongo_unreachable_sends_every_document_to_dead_letter():
     uri = f"mongodb://127.0.0.1:{harness.free_port()}/?serverSelectionTimeoutMS=300"
     records = [frame_record(f"file:///cam/{i}.png") for i in range(3)]
@@ -108,7 +134,7 @@ def test_bigquery_rows_read_back(real_records):
         client.create_dataset("activebeam")
         table = f"{harness.BIGQUERY_PROJECT}:activebeam.frames"
         out = harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table)})
+            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
         assert out["dead_letters"] == []
         rows = list(client.query(
             "SELECT frame_id, source_uri, frame_index, timestamp_s, entropy, model_name, embedding "
@@ -127,17 +153,34 @@ def test_bigquery_rows_read_back(real_records):
             assert len(row["embedding"]) == 128
         # A rerun appends nothing; the same frames scored by another model version are new rows.
         out = harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table)})
+            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
         assert out["dead_letters"] == []
         count = "SELECT COUNT(*) AS n FROM `activebeam.frames`"
         assert list(client.query(count).result())[0]["n"] == len(real_records)
         retrained = [r._replace(model=r.model._replace(version="fedcba9876543210")) for r in real_records[:3]]
         harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create(retrained) | WriteFramesToBigQuery(table)})
+            "dead_letters": p | beam.Create(retrained) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
         assert list(client.query(count).result())[0]["n"] == len(real_records) + 3
         schema = {f.name: (f.field_type, f.mode) for f in client.get_table("activebeam.frames").schema}
         assert schema["embedding"] == ("FLOAT", "REPEATED") or schema["embedding"] == ("FLOAT64", "REPEATED")
-        assert set(schema) == set(frames_schema.field_names())
+        assert set(schema) == set(frames_schema.field_names()) | {"indexed_at"}
+        # Created partitioned and clustered before the first row (a load-created table is neither).
+        created = client.get_table("activebeam.frames")
+        assert (created.time_partitioning.type_, created.time_partitioning.field) == ("DAY", "indexed_at")
+        assert created.clustering_fields == ["source_uri", "model_version"]
+        stamped = list(client.query("SELECT COUNT(*) AS n FROM `activebeam.frames` "
+                                    "WHERE indexed_at IS NOT NULL").result())
+        assert stamped[0]["n"] == len(real_records) + 3
+
+        # Rows that do not fit the schema are dead letters at once; the good rows are written.
+        good = frame_record("file:///cam/good.png")
+        bad = frame_record("file:///cam/nan.png")._replace(entropy=float("nan"))
+        out = harness.run_collect(lambda p: {
+            "dead_letters": p | beam.Create([good, bad]) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
+        [dead] = out["dead_letters"]
+        assert (dead.stage, dead.frame_id, dead.source_uri) == ("bigquery", bad.frame.frame_id, "file:///cam/nan.png")
+        assert "entropy: expected FLOAT64" in dead.error
+        assert list(client.query(count).result())[0]["n"] == len(real_records) + 3 + 1
 
 
 def test_bigquery_table_name_validated():
@@ -147,3 +190,69 @@ def test_bigquery_table_name_validated():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+class _RecordingProxy:
+    """A pass-through HTTP proxy in front of the BigQuery emulator that keeps request bodies."""
+
+    def __init__(self, upstream):
+        import http.server
+        import threading
+        import urllib.request
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                bodies.append((self.command, self.path, body))
+                request = urllib.request.Request(upstream + self.path, data=body, method=self.command,
+                                                 headers={k: v for k, v in self.headers.items()
+                                                          if k.lower() not in ("host", "content-length")})
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        status, headers, payload = response.status, response.headers, response.read()
+                except urllib.error.HTTPError as e:
+                    status, headers, payload = e.code, e.headers, e.read()
+                self.send_response(status)
+                self.send_header("Content-Type", headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self._server.shutdown()
+
+
+def test_bigquery_streaming_insert_ids_are_deterministic():
+    import json
+    from transforms.store import frame_insert_id
+    records = [frame_record(f"file:///cam/ids{i}.png") for i in range(4)]
+    with harness.bigquery_emulator() as endpoint:
+        proxy = _RecordingProxy(endpoint)
+        try:
+            with harness.environment(BIGQUERY_EMULATOR_HOST=proxy.endpoint):
+                from transforms import gcp_emulators
+                assert gcp_emulators.use_emulators_if_configured()
+                harness.bigquery_client(endpoint).create_dataset("ids")
+                out = harness.run_collect(lambda p: {"dead_letters": p | beam.Create(records)
+                                                     | WriteFramesToBigQuery(f"{harness.BIGQUERY_PROJECT}:ids.frames",
+                                                                             "STREAMING_INSERTS")})
+        finally:
+            proxy.close()
+            gcp_emulators.use_emulators_if_configured()
+        assert out["dead_letters"] == []
+        sent = [row["insertId"] for method, path, body in proxy.bodies if "/insertAll" in path
+                for row in json.loads(body)["rows"]]
+        expected = sorted(f"{r.frame.frame_id}:{r.model.version}" for r in records)
+        assert sorted(sent) == expected
+        assert frame_insert_id({"frame_id": "f", "model_version": "v"}) == "f:v"

@@ -1,0 +1,158 @@
+"""Counts users ask for, from the MongoDB index or the BigQuery tables.
+
+    python -m beam_pipelines.stats --mongo_uri mongodb://host:27017 [--mongo_database activebeam]
+    python -m beam_pipelines.stats --bigquery_dataset PROJECT.DATASET [--create_views]
+    ... [--format json]
+
+Reports (same names and columns from both stores):
+
+* ``overview``: distinct sources (files), frames and model versions;
+* ``frames_per_source_day``: frames per source file and day of indexing (UTC);
+* ``candidates_per_selection``: candidates, strategy, model version and best score per selection;
+* ``annotations_per_label``: annotations and distinct frames per (task, label).
+
+On BigQuery each report is the SQL view shipped in ``schemas/views/NAME.sql`` (``{dataset}``
+stands for ``PROJECT.DATASET``); ``--create_views`` also creates them as views in the dataset.
+On MongoDB the same counts are aggregation pipelines over the ``frames``, ``candidates`` and
+``annotations`` collections. A missing table or collection counts as empty.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List
+
+REPORTS = ("overview", "frames_per_source_day", "candidates_per_selection", "annotations_per_label")
+VIEWS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "views")
+
+
+def view_sql(name: str, dataset: str) -> str:
+    """The SELECT of report ``name`` for ``PROJECT.DATASET`` (from ``schemas/views/NAME.sql``)."""
+    if name not in REPORTS:
+        raise ValueError(f"unknown report {name!r}; reports: {REPORTS}")
+    with open(os.path.join(VIEWS_DIR, f"{name}.sql"), encoding="utf-8") as f:
+        return f.read().replace("{dataset}", dataset)
+
+
+# --- MongoDB ---------------------------------------------------------------------------------
+
+def _mongo_reports(database) -> Dict[str, List[dict]]:
+    frames, candidates, annotations = database["frames"], database["candidates"], database["annotations"]
+    overview = list(frames.aggregate([
+        {"$group": {"_id": None, "sources": {"$addToSet": "$source_uri"}, "frames": {"$sum": 1},
+                    "versions": {"$addToSet": "$model.version"}}},
+        {"$project": {"_id": 0, "sources": {"$size": "$sources"}, "frames": 1,
+                      "model_versions": {"$size": "$versions"}}}]))
+    per_day = frames.aggregate([
+        {"$group": {"_id": {"source_uri": "$source_uri",
+                            "day": {"$dateToString": {"format": "%Y-%m-%d", "date": "$indexed_at"}}},
+                    "frames": {"$sum": 1}}},
+        {"$project": {"_id": 0, "source_uri": "$_id.source_uri", "day": "$_id.day", "frames": 1}},
+        {"$sort": {"source_uri": 1, "day": 1}}])
+    per_selection = candidates.aggregate([
+        {"$group": {"_id": {"selection_id": "$selection_id", "strategy": "$strategy",
+                            "model_version": "$model_version"},
+                    "candidates": {"$sum": 1}, "best_score": {"$max": "$score"}}},
+        {"$project": {"_id": 0, "selection_id": "$_id.selection_id", "strategy": "$_id.strategy",
+                      "model_version": "$_id.model_version", "candidates": 1, "best_score": 1}},
+        {"$sort": {"selection_id": 1}}])
+    per_label = annotations.aggregate([
+        {"$group": {"_id": {"task": "$task", "label": "$label"}, "annotations": {"$sum": 1},
+                    "frames": {"$addToSet": "$frame_id"}}},
+        {"$project": {"_id": 0, "task": "$_id.task", "label": "$_id.label", "annotations": 1,
+                      "frames": {"$size": "$frames"}}},
+        {"$sort": {"task": 1, "annotations": -1, "label": 1}}])
+    return {
+        "overview": overview or [{"sources": 0, "frames": 0, "model_versions": 0}],
+        "frames_per_source_day": list(per_day),
+        "candidates_per_selection": list(per_selection),
+        "annotations_per_label": list(per_label),
+    }
+
+
+def mongo_stats(uri: str, database: str = "activebeam") -> Dict[str, List[dict]]:
+    """Every report from MongoDB: ``{report: [row dict, ...]}``, in :data:`REPORTS` order."""
+    import pymongo
+    defaults = {"serverSelectionTimeoutMS": 30000, "appname": "activebeam-stats"}
+    options = {k: v for k, v in defaults.items() if k.lower() not in uri.lower()}  # the URI wins
+    with pymongo.MongoClient(uri, **options) as client:
+        return _mongo_reports(client[database])
+
+
+# --- BigQuery --------------------------------------------------------------------------------
+
+def bigquery_stats(dataset: str, client=None, create_views: bool = False) -> Dict[str, List[dict]]:
+    """Every report from BigQuery ``PROJECT.DATASET`` (or ``PROJECT:DATASET``), by running the
+    shipped views' SQL; with ``create_views`` also (re)creates them as views named after the report."""
+    from google.api_core import exceptions
+    from google.cloud import bigquery
+    dataset = dataset.replace(":", ".")
+    client = client or bigquery.Client(project=dataset.split(".")[0])
+    reports = {}
+    for name in REPORTS:
+        sql = view_sql(name, dataset)
+        if create_views:
+            view = bigquery.Table(f"{dataset}.{name}")
+            view.view_query = sql
+            client.delete_table(view, not_found_ok=True)
+            client.create_table(view)
+        try:
+            reports[name] = [dict(row.items()) for row in client.query(sql).result()]
+        except exceptions.NotFound:  # the table of this report was never written
+            reports[name] = []
+    if not reports["overview"]:
+        reports["overview"] = [{"sources": 0, "frames": 0, "model_versions": 0}]
+    return reports
+
+
+# --- printing --------------------------------------------------------------------------------
+
+def format_text(reports: Dict[str, List[dict]]) -> str:
+    """Reports as aligned text tables."""
+    out = []
+    for name in REPORTS:
+        rows = reports.get(name, [])
+        out.append(f"== {name} ({len(rows)} rows)")
+        if rows:
+            columns = list(rows[0])
+            cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+            widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+            out.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+            out.extend("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells)
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--mongo_uri", help="MongoDB connection string")
+    source.add_argument("--bigquery_dataset", help="PROJECT.DATASET (or PROJECT:DATASET)")
+    parser.add_argument("--mongo_database", default="activebeam")
+    parser.add_argument("--create_views", action="store_true",
+                        help="BigQuery: also create the reports as views in the dataset")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("NO_GCE_CHECK", "true")
+    from transforms.store import redact_text
+    try:
+        if args.mongo_uri:
+            reports = mongo_stats(args.mongo_uri, args.mongo_database)
+        else:
+            from transforms import gcp_emulators
+            gcp_emulators.use_emulators_if_configured()
+            reports = bigquery_stats(args.bigquery_dataset, create_views=args.create_views)
+    except Exception as e:  # noqa: BLE001 - one clear line instead of a driver traceback
+        where = redact_text(args.mongo_uri) if args.mongo_uri else args.bigquery_dataset
+        print(f"stats: cannot read {where}: {type(e).__name__}: {redact_text(str(e))[:500]}",
+              file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(reports, default=str, sort_keys=True))
+    else:
+        print(format_text(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The ``annotations`` index: labels coming back from annotators, one entry per (frame, task, annotator).
+
+An annotation is identified by :func:`make_annotation_id` of ``(frame_id, task, annotator)``, so
+importing the same export twice rewrites the same entries, and a corrected label replaces the old
+one (a ``$set`` upsert in MongoDB).
+"""
+import hashlib
+
+from schemas.frames import Field
+
+ANNOTATIONS_COLLECTION = "annotations"
+
+ANNOTATION_FIELDS = (
+    Field("annotation_id", "STRING", "REQUIRED", "Deterministic id: sha256(frame_id NUL task NUL annotator)[:32]; MongoDB _id."),
+    Field("frame_id", "STRING", "REQUIRED", "The annotated frame's id in the frames index."),
+    Field("source_uri", "STRING", "REQUIRED", "URI of the image or video file the frame comes from."),
+    Field("frame_index", "INT64", "REQUIRED", "0 for a still image; 0-based index in the decoded video stream."),
+    Field("task", "STRING", "REQUIRED", "Annotation task (e.g. 'classification')."),
+    Field("label", "STRING", "REQUIRED", "The label the annotator gave."),
+    Field("label_index", "INT64", "NULLABLE", "Class index of the label in the model's output, if it has one."),
+    Field("annotator", "STRING", "REQUIRED", "Who (or which tool) labelled the frame."),
+    Field("selection_id", "STRING", "NULLABLE", "The selection that proposed the frame, if any."),
+    Field("annotated_at", "TIMESTAMP", "REQUIRED", "When the label was given (UTC); the BigQuery partitioning column."),
+)
+
+
+def make_annotation_id(frame_id: str, task: str, annotator: str) -> str:
+    """Deterministic annotation id: the first 32 hex digits of sha256(frame_id NUL task NUL annotator)."""
+    return hashlib.sha256(f"{frame_id}\0{task}\0{annotator}".encode("utf-8")).hexdigest()[:32]

@@ -1,0 +1,111 @@
+"""Faults on real servers: mongod stopped or killed in the middle of a write, BigQuery unreachable."""
+import threading
+import time
+
+import apache_beam as beam
+import pymongo
+import pytest
+
+from tests import harness
+from tests.records_factory import frame_record
+from transforms.store import WriteFramesToBigQuery, WriteFramesToMongoDB
+
+N_FRAMES = 30000
+
+
+@pytest.fixture(scope="module")
+def records():
+    return [frame_record(f"file:///cam/{i // 100}.mp4", frame_index=i % 100, timestamp_s=(i % 100) / 10)
+            for i in range(N_FRAMES)]
+
+
+def _write_in_background(records, uri, database):
+    """Runs the writer in a thread; returns (thread, result dict filled when it ends)."""
+    result = {}
+
+    def run():
+        try:
+            result.update(harness.run_collect(lambda p: dict(zip(
+                ("frame_ids", "dead_letters"),
+                p | beam.Create(records, reshuffle=False)
+                | WriteFramesToMongoDB(uri, database, batch_size=50, max_attempts=8, base_delay_s=0.2)))))
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _wait_for_documents(collection, at_least, timeout_s=300):
+    deadline = time.monotonic() + timeout_s
+    while collection.estimated_document_count() < at_least:
+        assert time.monotonic() < deadline, "the writer never got going"
+        time.sleep(0.05)
+    return collection.estimated_document_count()
+
+
+def _assert_exactly(collection, records):
+    expected = sorted(r.frame.frame_id for r in records)
+    assert collection.count_documents({}) == len(expected)
+    assert sorted(d["_id"] for d in collection.find({}, {"_id": 1})) == expected
+    # Complete documents: every one has its scores and model (validator-enforced fields).
+    assert collection.count_documents({"scores.entropy": {"$exists": True}, "model.version": {"$exists": True}}) == len(expected)
+    per_frame = collection.aggregate([{"$group": {"_id": {"s": "$source_uri", "i": "$frame_index"}, "n": {"$sum": 1}}},
+                                      {"$match": {"n": {"$gt": 1}}}])
+    assert list(per_frame) == []
+
+
+def test_mongod_stopped_mid_write_and_restarted_loses_nothing(records):
+    with harness.mongod() as server:
+        collection = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=60000)["faults"]["frames"]
+        thread, result = _write_in_background(records, server.uri, "faults")
+        before = _wait_for_documents(collection, N_FRAMES // 10)
+        server.stop()  # clean shutdown (SIGTERM) in the middle of the bulk writes
+        time.sleep(2.0)
+        server.start()
+        thread.join(timeout=600)
+        assert "error" not in result, result.get("error")
+        assert before < N_FRAMES, "the write finished before the fault: nothing was tested"
+        assert result["dead_letters"] == []
+        assert sorted(result["frame_ids"]) == sorted(r.frame.frame_id for r in records)
+        _assert_exactly(collection, records)
+
+
+def test_mongod_killed_mid_write_then_rerun_holds_exactly_the_documents(records):
+    with harness.mongod() as server:
+        collection = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=60000)["faults"]["frames"]
+        thread, result = _write_in_background(records, server.uri, "faults")
+        before = _wait_for_documents(collection, N_FRAMES // 10)
+        harness.kill_mongod(server)  # SIGKILL: acknowledged but unjournaled writes may be lost
+        time.sleep(1.0)
+        server.start()
+        thread.join(timeout=600)
+        assert "error" not in result, result.get("error")
+        assert before < N_FRAMES
+        assert len(result["frame_ids"]) + len(result["dead_letters"]) == N_FRAMES
+        # The rerun repairs whatever the crash lost, and duplicates nothing.
+        thread, result = _write_in_background(records, server.uri, "faults")
+        thread.join(timeout=600)
+        assert "error" not in result, result.get("error")
+        assert result["dead_letters"] == [] and len(result["frame_ids"]) == N_FRAMES
+        _assert_exactly(collection, records)
+
+
+def test_bigquery_unreachable_fails_the_job_clearly():
+    records = [frame_record(f"file:///cam/{i}.png") for i in range(3)]
+    port = harness.free_port()
+    with harness.environment(BIGQUERY_EMULATOR_HOST=f"http://127.0.0.1:{port}",
+                             GOOGLE_CLOUD_PROJECT=harness.BIGQUERY_PROJECT):
+        from transforms import gcp_emulators
+        gcp_emulators.use_emulators_if_configured()
+        started = time.monotonic()
+        with pytest.raises(Exception, match=r"BigQuery .*unreachable|BigQuery request failed") as raised:
+            harness.run_collect(lambda p: {"dead_letters": p | beam.Create(records) | WriteFramesToBigQuery(
+                f"{harness.BIGQUERY_PROJECT}:faults.frames", "STREAMING_INSERTS", timeout_s=5)})
+        assert f"faults.frames" in str(raised.value)
+        assert time.monotonic() - started < 120
+
+
+if __name__ == "__main__":
+    harness.main(__file__)
