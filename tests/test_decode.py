@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from tests import harness
-from transforms.decode import DecodeError, DecodeMedia, decode_image, iter_video_frames, sniff_media_type
+from transforms.decode import DecodeError, DecodeMedia, decode_image, sniff_media_type
 
 
-def _decode(globs, video_fps=1.0):
+def _decode(globs, video_fps=1.0, **options):
     def build(p):
-        decoded = p | beam.Create(globs) | DecodeMedia(video_fps=video_fps)
+        decoded = p | beam.Create(globs) | DecodeMedia(video_fps=video_fps, **options)
         return {"frames": decoded.frames, "outcomes": decoded.outcomes, "dead": decoded.dead_letters}
     return harness.run_collect(build)
 
@@ -72,18 +72,44 @@ def test_every_frame_of_h264_clip():
     assert out["dead"] == []
 
 
-def test_broken_stream_keeps_decoded_frames_and_reports_where_it_stopped():
+def test_variable_frame_rate_avi_is_complete_not_broken():
+    """tree.avi declares 444 frame slots but holds 68 coded frames spread over its whole 29.6 s
+    (the other slots are empty AVI chunks: "no new picture"), which FFmpeg also decodes without
+    error: every coded frame is decoded, nothing is dead-lettered, the counts are recorded."""
     tree = os.path.join(harness.OPENCV_DATA, "tree.avi")
-    frames = list(iter_video_frames(tree, video_fps=0))
-    stopped = frames[-1]
-    assert stopped.frames_read == 68 and stopped.frames_declared == 444
     out = _decode([tree], video_fps=0)
-    assert len(out["frames"]) == 68
-    [dead] = out["dead"]
-    assert dead.stage == "decode" and dead.source_uri == tree
-    assert "after 68 of 444 declared frames" in dead.error
+    frames = sorted(out["frames"], key=lambda f: f.frame_index)
+    assert [f.frame_index for f in frames] == list(range(68))
+    assert frames[-1].timestamp_s == pytest.approx(443 * 0.066667, abs=1e-3)  # the last slot
+    assert out["dead"] == []
     [outcome] = out["outcomes"]
     assert outcome.frames == 68 and not outcome.failed
+    assert (outcome.video_info["frame_count"], outcome.video_info["declared_frames"]) == (68, 444)
+    assert outcome.video_info["codec"] == "cinepak"
+
+
+def _truncate(src, dst, fraction):
+    with open(src, "rb") as f:
+        data = f.read()
+    with open(dst, "wb") as f:
+        f.write(data[: int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize("name, split", [("vtest.avi", None), ("vtest.avi", 10.0), ("cup.mp4", None)])
+def test_truncated_video_keeps_decoded_frames_and_one_dead_letter_says_where(name, split):
+    d = harness.tmpdir()
+    cut = os.path.join(d, "cut " + name)
+    _truncate(harness.media(name), cut, 0.5)
+    out = _decode([cut], video_fps=0, split_seconds=split)
+    frames = sorted(out["frames"], key=lambda f: f.frame_index)
+    assert len(frames) > 10
+    assert [f.frame_index for f in frames] == list(range(len(frames)))  # a prefix, no gap
+    [dead] = out["dead"]
+    assert dead.stage == "decode" and dead.source_uri == cut
+    assert "truncated" in dead.error and f"{len(frames)} frames are present" in dead.error
+    [outcome] = out["outcomes"]
+    assert outcome.frames == len(frames) and not outcome.failed
+    assert outcome.video_info["frame_count"] == len(frames)
 
 
 def test_still_images_rgb_and_sizes():
