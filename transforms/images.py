@@ -80,6 +80,12 @@ def probe_image(data: bytes) -> Optional[ImageHeader]:
     ImageHeader or None
         ``None`` when Pillow does not know the format (OpenCV may still decode it) or the header
         itself is unreadable.
+
+    Raises
+    ------
+    DecodeError
+        ``reason="too_many_pixels"`` when the header declares more than twice Pillow's
+        ``Image.MAX_IMAGE_PIXELS`` (about 179 million pixels), which Pillow refuses to open.
     """
     from PIL import Image
     try:
@@ -101,7 +107,10 @@ def probe_image(data: bytes) -> Optional[ImageHeader]:
                 return ImageHeader(image.format or "", int(width), int(height), bands,
                                    orientation if 1 <= orientation <= 8 else 1, capture_time)
     except Image.DecompressionBombError as e:
-        raise DecodeError(f"image declares too many pixels: {e}", "too_many_pixels") from e
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise DecodeError(
+            f"image header declares more than {limit:,} pixels, Pillow's own decompression-bomb "
+            f"limit ({e}); not decoded", "too_many_pixels") from e
     except Exception:  # pylint: disable=broad-except  # unknown to Pillow, or a corrupt header
         return None
 

@@ -346,6 +346,7 @@ def decode_range(source, video_range: VideoRange, sampling: Sampling = Sampling(
     if wanted is not None:
         for p in wanted:
             pending.setdefault(_group_of(keys, p, start), set()).add(p)
+    unfed = {group: set(members) for group, members in pending.items()}  # not yet sent to decoder
     emitted, seen, decoded, first_error = [], set(), 0, None
     previous_thumb = None
 
@@ -417,9 +418,18 @@ def decode_range(source, video_range: VideoRange, sampling: Sampling = Sampling(
                 if group is None:
                     continue  # before the range's first keyframe (the seek landed earlier)
                 if skipping:
-                    if not pending.get(group):
+                    if not unfed.get(group):
                         continue  # nothing (left) to sample in this group: not decoded at all
                     codec.skip_frame = "DEFAULT" if p in wanted or packet.is_keyframe else "NONREF"
+                    unfed[group].discard(p)
+                    yield from feed(packet)
+                    if not unfed[group]:
+                        # Every sampled frame of the group is in the decoder: drain it instead of
+                        # decoding later frames just to push the delayed ones out.
+                        codec.skip_frame = "DEFAULT"
+                        yield from feed(None)
+                        codec.flush_buffers()
+                    continue
                 yield from feed(packet)
         except av.error.FFmpegError as e:  # the demuxer itself failed: damaged container
             first_error = first_error or f"demuxing failed: {e}"
