@@ -62,7 +62,9 @@ def test_video_pixels_match_opencv_rgb():
     capture = cv2.VideoCapture(harness.media("vtest.avi"))
     ok, bgr = capture.read()
     assert ok
-    np.testing.assert_array_equal(frame.pixels, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    # OpenCV's I420 conversion replicates chroma where swscale (VideoCapture) interpolates it.
+    difference = np.abs(frame.pixels.astype(np.int16) - cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 3
 
 
 def test_every_frame_of_h264_clip():

