@@ -44,23 +44,27 @@ from transforms.video import Sampling
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 
 
-def _read_file_fn():
-    return decode._ReadFileFn(DEFAULT_MAX_PIXELS, None, decode.DEFAULT_SPLIT_SECONDS)
+def _tasks(path):
+    """What the pipeline's sniff-and-plan step emits for one file."""
+    plan = decode._PlanFileFn(decode.DEFAULT_SPLIT_SECONDS)
+    return [t for t in plan.process(path) if not isinstance(t, decode.beam.pvalue.TaggedOutput)]
 
 
-def _count_frames(outputs) -> int:
-    return sum(1 for item in outputs if not isinstance(item, decode.beam.pvalue.TaggedOutput))
+def _decode_file(path, sampling=Sampling()) -> int:
+    """The decode stage's per-file work, as its DoFns do it in the pipeline; returns frames."""
+    fn = decode._DecodeTaskFn(DEFAULT_MAX_PIXELS, None, sampling, 1)
+    return sum(1 for task in _tasks(path) for item in fn.process(task)
+               if not isinstance(item, decode.beam.pvalue.TaggedOutput))
 
 
 def _image_sides(files, with_hash=True):
-    fn = _read_file_fn()
     original = decode.pixel_hash
 
     def ours():
         if not with_hash:
             decode.pixel_hash = lambda pixels: ""
         try:
-            return sum(_count_frames(fn.process(path)) for path in files)
+            return sum(_decode_file(path) for path in files)
         finally:
             decode.pixel_hash = original
 
@@ -79,18 +83,6 @@ def _ratio(rates):
     return round(ours / base, 3), round(ours, 1), round(base, 1)
 
 
-def _video_tasks(path):
-    fn = _read_file_fn()
-    return [out.value for out in fn.process(path)
-            if isinstance(out, decode.beam.pvalue.TaggedOutput) and out.tag == decode.RANGES]
-
-
-def _decode_video(path, sampling):
-    """Plans the file and decodes its ranges as the pipeline's DoFns do; returns frames."""
-    fn = decode._DecodeRangeFn(sampling, 1)
-    return sum(_count_frames(fn.process(task)) for task in _video_tasks(path))
-
-
 def _ffmpeg(path):
     subprocess.run(["ffmpeg", "-v", "error", "-threads", "1", "-i", path, "-f", "rawvideo",
                     "-pix_fmt", "rgb24", "-y", "/dev/null"], check=True)
@@ -104,16 +96,16 @@ def _duration(path):
 def _long_video_rss(path, timeout_s):
     """Runs DecodeMedia on ``path`` in a fresh process; returns (peak RSS MB, frames, seconds)."""
     code = (
-        "import sys, apache_beam as beam\n"
-        "from tests.harness import local_options\n"
+        "import os, apache_beam as beam\n"
+        "from apache_beam.options.pipeline_options import PipelineOptions\n"
         "from transforms.decode import DecodeMedia\n"
-        "with beam.Pipeline(options=local_options()) as p:\n"
-        "    d = p | beam.Create([sys.argv[1]]) | DecodeMedia(video_fps=0)\n"
+        "with beam.Pipeline(options=PipelineOptions([], runner='FnApiRunner')) as p:\n"
+        "    d = p | beam.Create([os.environ['BENCH_VIDEO']]) | DecodeMedia(video_fps=0)\n"
         "    _ = d.frames | beam.combiners.Count.Globally() | beam.Map(lambda n: print('FRAMES', n))\n")
-    env = dict(os.environ, NO_GCE_CHECK="true")
+    env = dict(os.environ, NO_GCE_CHECK="true", BENCH_VIDEO=path)
     started = time.monotonic()
     with PeakRss(interval_s=0.1) as rss:
-        run = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=env, timeout=timeout_s, cwd=os.path.dirname(os.path.dirname(
                                  os.path.abspath(__file__))))
     seconds = time.monotonic() - started
@@ -149,7 +141,7 @@ def main(argv=None):
 
     info = _duration(args.video)
     rates = interleaved_rates({
-        "activebeam": lambda: _decode_video(args.video, Sampling("all")),
+        "activebeam": lambda: _decode_file(args.video, Sampling("all")),
         "ffmpeg": lambda: (_ffmpeg(args.video), info.frame_count)[1],
     }, args.repeats)
     ratio, ours, base = _ratio(rates)
@@ -165,8 +157,8 @@ def main(argv=None):
         for suffix, path in (("", args.video), ("_1s_gop", gop)):
             seconds = _duration(path).duration_s
             rates = interleaved_rates({
-                "fps1": lambda p=path: (_decode_video(p, Sampling("fps", fps=1.0)), seconds)[1],
-                "all": lambda p=path: (_decode_video(p, Sampling("all")), seconds)[1],
+                "fps1": lambda p=path: (_decode_file(p, Sampling("fps", fps=1.0)), seconds)[1],
+                "all": lambda p=path: (_decode_file(p, Sampling("all")), seconds)[1],
             }, args.repeats)
             result[f"video_sampled_speedup{suffix}"] = _ratio(rates)[0]
             result[f"source_s_per_s_1fps{suffix}"], result[f"source_s_per_s_all{suffix}"] = _ratio(rates)[1:]

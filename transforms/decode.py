@@ -53,7 +53,6 @@ _LOG = logging.getLogger(__name__)
 _NAMESPACE = "activebeam.decode"
 DEAD_LETTER = "dead_letter"
 OUTCOME = "outcome"
-RANGES = "ranges"
 REPORTS = "reports"
 DEFAULT_SPLIT_SECONDS = 60.0
 
@@ -134,29 +133,32 @@ def _fail(path, media_type, stage, reason, error):
     yield beam.pvalue.TaggedOutput(OUTCOME, FileOutcome(path, media_type, 0, True))
 
 
-class _ReadFileFn(beam.DoFn):
-    """Sniffs a file; decodes an image at once, plans a video into ranges (tagged ``ranges``)."""
+class _ImageTask(NamedTuple):
+    """An image file to decode after the fan-out (read again there: pixels never cross it)."""
+    path: str
+    format: str
 
-    def __init__(self, max_pixels, max_side, split_seconds):
-        self._max_pixels = max_pixels
-        self._max_side = max_side
+
+class _PlanFileFn(beam.DoFn):
+    """Sniffs a file from its first bytes; emits one task per image and per video range.
+
+    Decoding happens after a ``Reshuffle`` of these small tasks, in one stage, so frames (with
+    pixels) come out of a single fused step and are never buffered between stages.
+    """
+
+    def __init__(self, split_seconds):
         self._split_seconds = split_seconds
-        self._images = Metrics.counter(_NAMESPACE, "images_decoded")
-        self._frames = Metrics.counter(_NAMESPACE, "frames_decoded")
         self._videos = Metrics.counter(_NAMESPACE, "videos_planned")
         self._ranges = Metrics.counter(_NAMESPACE, "video_ranges")
-        self._image_ms = Metrics.distribution(_NAMESPACE, "decode_ms_per_image")
 
     def process(self, path: str):
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 head = f.read(HEAD_BYTES)
-                sniffed = sniff_media_type(head)
-                # An image is read whole while the file is open; a video is streamed later.
-                data = head + f.read() if sniffed and sniffed[0] == IMAGE else None
         except Exception as e:  # pylint: disable=broad-except
             yield from _fail(path, None, records.STAGE_READ, "unreadable", f"cannot read the file: {e}")
             return
+        sniffed = sniff_media_type(head)
         if not head:
             yield from _fail(path, None, records.STAGE_DECODE, "empty", "empty file (0 bytes)")
             return
@@ -166,21 +168,71 @@ class _ReadFileFn(beam.DoFn):
                              f"(first bytes {head[:8]!r})")
             return
         media_type, format_name = sniffed
+        if media_type == IMAGE:
+            yield _ImageTask(path, format_name)
+            return
         try:
-            if media_type == IMAGE:
-                yield from self._image(path, data, format_name)
-            else:
-                yield from self._plan(path, format_name)
+            yield from self._plan(path, format_name)
         except DecodeError as e:
             yield from _fail(path, media_type, records.STAGE_DECODE, e.reason, str(e))
         except Exception as e:  # pylint: disable=broad-except
-            _LOG.exception("unexpected error decoding %s", path)
+            _LOG.exception("unexpected error planning %s", path)
             yield from _fail(path, media_type, records.STAGE_DECODE, "unexpected",
-                             f"unexpected {type(e).__name__} while decoding: {e}")
+                             f"unexpected {type(e).__name__} while reading the video: {e}")
 
-    def _image(self, path, data, format_name):
+    def _plan(self, path, format_name):
+        source = _open_video(path)
+        try:
+            plan = video.plan_video(source)
+        finally:
+            _close(source)
+        size = (os.path.getsize(path) if is_local(path)
+                else FileSystems.match([path])[0].metadata_list[0].size_in_bytes)
+        self._videos.inc()
+        info = dict(plan.info.to_json_dict(), format=format_name)
+        for video_range in video.split_ranges(plan, path, self._split_seconds):
+            self._ranges.inc()
+            yield _VideoTask(video_range, f"{format_name}/{plan.info.codec}", size, info, plan.truncated)
+
+
+class _DecodeTaskFn(beam.DoFn):
+    """Decodes an image task into its frame and outcome, or a video range into its sampled frames
+    and a report keyed by file (``(uri, (task, RangeReport))`` on the ``reports`` output)."""
+
+    def __init__(self, max_pixels, max_side, sampling: Sampling, threads: int):
+        self._max_pixels = max_pixels
+        self._max_side = max_side
+        self._sampling = sampling
+        self._threads = threads
+        self._images = Metrics.counter(_NAMESPACE, "images_decoded")
+        self._frames = Metrics.counter(_NAMESPACE, "frames_decoded")
+        self._image_ms = Metrics.distribution(_NAMESPACE, "decode_ms_per_image")
+
+    def process(self, task):
+        if isinstance(task, _ImageTask):
+            yield from self._image(task)
+        else:
+            yield from self._range(task)
+
+    def _image(self, task: _ImageTask):
+        path = task.path
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = f.read()
+        except Exception as e:  # pylint: disable=broad-except
+            yield from _fail(path, IMAGE, records.STAGE_READ, "unreadable", f"cannot read the file: {e}")
+            return
         started = time.perf_counter()
-        image = decode_image(data, format_name, self._max_pixels, self._max_side)
+        try:
+            image = decode_image(data, task.format, self._max_pixels, self._max_side)
+        except DecodeError as e:
+            yield from _fail(path, IMAGE, records.STAGE_DECODE, e.reason, str(e))
+            return
+        except Exception as e:  # pylint: disable=broad-except
+            _LOG.exception("unexpected error decoding %s", path)
+            yield from _fail(path, IMAGE, records.STAGE_DECODE, "unexpected",
+                             f"unexpected {type(e).__name__} while decoding: {e}")
+            return
         self._image_ms.update(int(1000 * (time.perf_counter() - started)))
         self._images.inc()
         self._frames.inc()
@@ -189,32 +241,7 @@ class _ReadFileFn(beam.DoFn):
                           content_sha256=image.content_sha256, capture_time=image.capture_time)
         yield beam.pvalue.TaggedOutput(OUTCOME, FileOutcome(path, IMAGE, 1, False))
 
-    def _plan(self, path, format_name):
-        source = _open_video(path)
-        try:
-            plan = video.plan_video(source)
-            size = os.path.getsize(path) if isinstance(source, str) else None
-        finally:
-            _close(source)
-        if size is None:
-            size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-        self._videos.inc()
-        info = dict(plan.info.to_json_dict(), format=format_name)
-        for video_range in video.split_ranges(plan, path, self._split_seconds):
-            self._ranges.inc()
-            yield beam.pvalue.TaggedOutput(RANGES, _VideoTask(
-                video_range, f"{format_name}/{plan.info.codec}", size, info, plan.truncated))
-
-
-class _DecodeRangeFn(beam.DoFn):
-    """Decodes the sampled frames of one video range; reports (uri, (task, RangeReport))."""
-
-    def __init__(self, sampling: Sampling, threads: int):
-        self._sampling = sampling
-        self._threads = threads
-        self._frames = Metrics.counter(_NAMESPACE, "frames_decoded")
-
-    def process(self, task: _VideoTask):
+    def _range(self, task: _VideoTask):
         video_range = task.range
         uri = video_range.source_uri
         report = None
@@ -364,23 +391,23 @@ class DecodeMedia(beam.PTransform):
     def expand(self, patterns):
         matched = patterns | "MatchGlobs" >> beam.ParDo(_MatchFn()).with_outputs(
             DEAD_LETTER, main="paths")
-        files = (
+        planned = (
             matched.paths
-            | "DistinctPaths" >> beam.Distinct()  # also spreads files across workers
-            | "ReadFiles" >> beam.ParDo(_ReadFileFn(
-                self._max_pixels, self._max_side, self._split_seconds)).with_outputs(
-                    DEAD_LETTER, OUTCOME, RANGES, main="frames"))
-        ranges = (
-            files[RANGES]
-            | "SpreadRanges" >> beam.Reshuffle()
-            | "DecodeRanges" >> beam.ParDo(_DecodeRangeFn(self._sampling, self._threads))
-            .with_outputs(REPORTS, main="frames"))
+            | "DistinctPaths" >> beam.Distinct()
+            | "SniffAndPlan" >> beam.ParDo(_PlanFileFn(self._split_seconds)).with_outputs(
+                DEAD_LETTER, OUTCOME, main="tasks"))
+        decoded = (
+            planned.tasks
+            | "SpreadTasks" >> beam.Reshuffle()  # video ranges of one file go to several workers
+            | "Decode" >> beam.ParDo(_DecodeTaskFn(
+                self._max_pixels, self._max_side, self._sampling, self._threads)).with_outputs(
+                    DEAD_LETTER, OUTCOME, REPORTS, main="frames"))
         videos = (
-            ranges[REPORTS]
+            decoded[REPORTS]
             | "ReportsPerVideo" >> beam.GroupByKey()
             | "CloseVideos" >> beam.ParDo(_CloseVideoFn()).with_outputs(DEAD_LETTER, main="outcomes"))
-        frames = (files.frames, ranges.frames) | "AllFrames" >> beam.Flatten()
-        outcomes = (files[OUTCOME], videos.outcomes) | "AllOutcomes" >> beam.Flatten()
-        dead_letters = ((matched[DEAD_LETTER], files[DEAD_LETTER], videos[DEAD_LETTER])
-                        | "FlattenDeadLetters" >> beam.Flatten())
-        return DecodedMedia(frames, outcomes, dead_letters)
+        outcomes = ((planned[OUTCOME], decoded[OUTCOME], videos.outcomes)
+                    | "AllOutcomes" >> beam.Flatten())
+        dead_letters = ((matched[DEAD_LETTER], planned[DEAD_LETTER], decoded[DEAD_LETTER],
+                         videos[DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten())
+        return DecodedMedia(decoded.frames, outcomes, dead_letters)
