@@ -28,7 +28,7 @@ FRAME_FIELDS = (
     Field("media_type", "STRING", "REQUIRED", "'image' or 'video'."),
     Field("width", "INT64", "REQUIRED", "Decoded width in pixels."),
     Field("height", "INT64", "REQUIRED", "Decoded height in pixels."),
-    Field("pixel_hash", "STRING", "REQUIRED", "sha256 (first 128 bits, hex) of the decoded RGB pixels and shape; equal for identical frames."),
+    Field("pixel_hash", "STRING", "REQUIRED", "MurmurHash3 x64-128 (hex) of the decoded RGB pixels and shape; equal for identical frames."),
     Field("channels", "INT64", "NULLABLE", "Channels stored in the file: 1 grey, 2 grey+alpha, 3 colour, 4 RGBA/CMYK."),
     Field("format", "STRING", "NULLABLE", "Image format (JPEG, PNG, ...) or video container/codec (AVI/msmpeg4)."),
     Field("file_size", "INT64", "NULLABLE", "Size of the source file in bytes."),

@@ -34,7 +34,7 @@ class Frame(NamedTuple):
     ``frame_index`` is 0 for a still image and the 0-based index in the decoded video stream for a
     video frame; ``timestamp_s`` is the presentation time in seconds from the stream start (``None``
     for still images). ``pixels`` is RGB ``uint8`` of shape ``(height, width, 3)``.
-    ``pixel_hash`` is sha256 (first 128 bits, hex) of the decoded pixel bytes and their shape: equal hashes mean
+    ``pixel_hash`` is the MurmurHash3 x64-128 (hex) of the decoded pixel bytes and their shape: equal hashes mean
     identical frames. Optional file-level metadata: ``channels`` stored in the file (1 grey,
     2 grey+alpha, 3, 4 RGBA/CMYK; 3 for video), ``format`` (e.g. ``JPEG``, ``PNG``, ``AVI/msmpeg4``),
     ``file_size`` in bytes, ``content_sha256`` (hex sha256 of the file bytes; images only) and

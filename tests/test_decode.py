@@ -373,3 +373,14 @@ def test_mine_summary_reconciles_and_records_frames_per_video():
     assert summary["frames_decoded"] == 1 + sum(v["frames"] for v in videos.values())
     assert summary["dead_letters"] == 1  # the truncated AVI, once
     assert summary["decode"]["sampling"] == "every_n"
+
+
+def test_pixel_hash_equal_exactly_for_identical_frames():
+    from transforms.decode import pixel_hash
+    frame = cv2.cvtColor(cv2.imread(harness.media("china.jpg")), cv2.COLOR_BGR2RGB)
+    assert pixel_hash(frame) == pixel_hash(frame.copy()) == pixel_hash(np.asfortranarray(frame))
+    changed = frame.copy()
+    changed[200, 300, 1] ^= 1  # one bit of one pixel
+    assert pixel_hash(changed) != pixel_hash(frame)
+    flat = frame.reshape(427 * 640, 1, 3)  # same bytes, another shape
+    assert pixel_hash(flat) != pixel_hash(frame) and len(pixel_hash(frame)) == 32
