@@ -12,10 +12,12 @@ from tests import harness
 from transforms.decode import DecodeError, DecodeMedia, decode_image, sniff_media_type
 
 
-def _decode(globs, video_fps=1.0, **options):
+def _decode(globs, video_fps=1.0, pixels=True, **options):
+    """Runs DecodeMedia; ``pixels=False`` collects FrameMetadata instead of Frames (long videos)."""
     def build(p):
         decoded = p | beam.Create(globs) | DecodeMedia(video_fps=video_fps, **options)
-        return {"frames": decoded.frames, "outcomes": decoded.outcomes, "dead": decoded.dead_letters}
+        frames = decoded.frames if pixels else decoded.frames | beam.Map(lambda f: f.metadata())
+        return {"frames": frames, "outcomes": decoded.outcomes, "dead": decoded.dead_letters}
     return harness.run_collect(build)
 
 
@@ -102,7 +104,7 @@ def test_truncated_video_keeps_decoded_frames_and_one_dead_letter_says_where(nam
     d = harness.tmpdir()
     cut = os.path.join(d, "cut " + name)
     _truncate(harness.media(name), cut, 0.5)
-    out = _decode([cut], video_fps=0, split_seconds=split)
+    out = _decode([cut], video_fps=0, pixels=False, split_seconds=split)
     frames = sorted(out["frames"], key=lambda f: f.frame_index)
     assert len(frames) > 10
     assert [f.frame_index for f in frames] == list(range(len(frames)))  # a prefix, no gap
@@ -251,10 +253,9 @@ def _make_edge_cases(d):
     with open(harness.media("china.jpg"), "rb") as f:
         jpeg = f.read()
     png = _head(harness.media("fashion-mnist", "t10k-00000.png"), 10_000)
-    from tests.test_decode_images import _png_header_only
     files = {"empty.jpg": b"", "not media.txt": b"camera 7 was offline\n" * 20,
              "truncated.jpg": jpeg[: len(jpeg) // 3], "truncated.png": png[: len(png) // 2],
-             "bomb.png": _png_header_only(60_000, 60_000), "photo.mp4": jpeg}
+             "bomb.png": harness.png_header_only(60_000, 60_000), "photo.mp4": jpeg}
     for name, data in files.items():
         with open(os.path.join(d, name), "wb") as f:
             f.write(data)
@@ -311,8 +312,8 @@ def test_edge_cases_each_get_one_outcome_a_reason_and_a_counter():
 
 def test_long_video_ranges_decoded_separately_lose_and_double_nothing():
     path = harness.media("vtest.avi")  # keyframes at 0, 25, 50, 75 s
-    split = _decode([path], video_fps=0, split_seconds=10.0)
-    whole = _decode([path], video_fps=0, split_seconds=None)
+    split = _decode([path], video_fps=0, pixels=False, split_seconds=10.0)
+    whole = _decode([path], video_fps=0, pixels=False, split_seconds=None)
     assert sorted(f.frame_index for f in split["frames"]) == list(range(795))
     key = lambda f: (f.frame_index, f.timestamp_s, f.pixel_hash)  # noqa: E731
     assert sorted(map(key, split["frames"])) == sorted(map(key, whole["frames"]))
@@ -384,3 +385,27 @@ def test_pixel_hash_equal_exactly_for_identical_frames():
     assert pixel_hash(changed) != pixel_hash(frame)
     flat = frame.reshape(427 * 640, 1, 3)  # same bytes, another shape
     assert pixel_hash(flat) != pixel_hash(frame) and len(pixel_hash(frame)) == 32
+
+
+def test_ranges_of_one_video_decoded_by_two_worker_processes():
+    """The fan-out on a multi-process runner: the 4 ranges of vtest.avi (keyframes every 25 s) are
+    decoded in SDK worker processes, each by one; every frame arrives exactly once, identical to a
+    decode in one piece."""
+    def build(p):
+        decoded = (p | beam.Create([harness.media("vtest.avi")])
+                   | DecodeMedia(video_fps=0, split_seconds=10.0))
+        return {"keys": decoded.frames | beam.Map(lambda f: (f.frame_index, f.pixel_hash, os.getpid())),
+                "outcomes": decoded.outcomes}
+    out = harness.run_collect(build, harness.local_options(
+        direct_running_mode="multi_processing", direct_num_workers=2))
+    assert sorted(index for index, _, _ in out["keys"]) == list(range(795))
+    workers = {}
+    for index, _, pid in out["keys"]:
+        workers.setdefault(index // 250, set()).add(pid)  # ranges start at 0, 25, 50, 75 s
+    assert all(len(pids) == 1 for pids in workers.values())  # one worker decodes one range
+    assert os.getpid() not in set().union(*workers.values())  # in SDK worker processes
+    [outcome] = out["outcomes"]
+    assert outcome.video_info["ranges"] == 4 and outcome.frames == 795
+    whole = _decode([harness.media("vtest.avi")], video_fps=0, pixels=False, split_seconds=None)
+    assert {i: digest for i, digest, _ in out["keys"]} == {f.frame_index: f.pixel_hash
+                                                           for f in whole["frames"]}

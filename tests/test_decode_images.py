@@ -1,8 +1,6 @@
 """transforms.images on a real photo and on variants of it made here (orientation, CMYK, bombs)."""
 import hashlib
 import io
-import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -79,28 +77,19 @@ def test_pixel_layouts_become_rgb_uint8(photo, mode, channels):
         np.testing.assert_array_equal(decoded.pixels[..., 0], np.asarray(image.convert("L")))
 
 
-def _png_header_only(width, height) -> bytes:
-    """A PNG whose IHDR declares width x height but whose data is a few bytes: a 'bomb' header."""
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize("width, height", [(100_000, 100_000), (20_000, 10_000)])
 def test_huge_declared_dimensions_refused_before_decoding(width, height):
-    data = _png_header_only(width, height)
+    data = harness.png_header_only(width, height)
     with pytest.raises(DecodeError, match="pixels") as raised:
         decode_image(data, "PNG", max_pixels=100_000_000)
     assert raised.value.reason == "too_many_pixels" and "not decoded" in str(raised.value)
 
 
 def test_header_probe_reads_declared_size_without_decoding():
-    header = probe_image(_png_header_only(12_000, 9_000))  # 108 MP declared, 100 bytes of data
+    header = probe_image(harness.png_header_only(12_000, 9_000))  # 108 MP declared, 100 bytes of data
     assert (header.format, header.width, header.height, header.channels) == ("PNG", 12_000, 9_000, 3)
     with pytest.raises(DecodeError, match="108,000,000 pixels, more than the limit of 50,000,000"):
-        decode_image(_png_header_only(12_000, 9_000), "PNG", max_pixels=50_000_000)
+        decode_image(harness.png_header_only(12_000, 9_000), "PNG", max_pixels=50_000_000)
 
 
 def test_pixel_limit_is_an_option(photo):
