@@ -409,3 +409,26 @@ def test_ranges_of_one_video_decoded_by_two_worker_processes():
     whole = _decode([harness.media("vtest.avi")], video_fps=0, pixels=False, split_seconds=None)
     assert {i: digest for i, digest, _ in out["keys"]} == {f.frame_index: f.pixel_hash
                                                            for f in whole["frames"]}
+
+
+@pytest.mark.parametrize("split", [None, 2.0])
+def test_corrupt_middle_keeps_other_frames_and_one_dead_letter_says_where_and_why(split):
+    """cup.mp4 with 300 kB of its H.264 data zeroed in the middle: the frames before and after
+    the hole decode; the video gets exactly one dead letter, whatever the number of ranges."""
+    d = harness.tmpdir()
+    with open(harness.media("cup.mp4"), "rb") as f:
+        data = bytearray(f.read())
+    middle = len(data) // 2
+    data[middle:middle + 300_000] = bytes(300_000)
+    holed = os.path.join(d, "holed.mp4")
+    with open(holed, "wb") as f:
+        f.write(data)
+    out = _decode([holed], video_fps=0, pixels=False, split_seconds=split)
+    indices = sorted(f.frame_index for f in out["frames"])
+    assert 0 < len(indices) < 217 and indices[0] == 0 and indices[-1] == 216  # both sides of the hole
+    [dead] = out["dead"]
+    missing = 217 - len(indices)
+    assert f"{missing} of 217 sampled frames did not decode, the first at" in dead.error
+    assert "decoder error at" in dead.error and "Invalid data" in dead.error
+    [outcome] = out["outcomes"]
+    assert outcome.frames == len(indices) and not outcome.failed
