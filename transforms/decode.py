@@ -43,7 +43,7 @@ from transforms import video
 from transforms.files import is_local
 from transforms.images import DEFAULT_MAX_PIXELS, decode_image
 from transforms.media_types import HEAD_BYTES, IMAGE, VIDEO, DecodeError, sniff_media_type
-from transforms.video import RangeReport, Sampling, VideoFrame, VideoRange
+from transforms.video import RangeReport, Sampling, VideoRange
 
 __all__ = ["DecodeMedia", "DecodedMedia", "DecodeError", "decode_image", "sniff_media_type",
            "pixel_hash", "DEFAULT_SPLIT_SECONDS"]

@@ -347,8 +347,10 @@ def decode_range(source, video_range: VideoRange, sampling: Sampling = Sampling(
     Yields
     ------
     VideoFrame
-        Sampled frames in presentation order: ``frame_index``, ``timestamp_s`` (container pts in
-        seconds from the stream's time origin), RGB ``uint8`` ``(height, width, 3)``.
+        Sampled frames in the decoder's output order (presentation order, except in files whose
+        container pts disagree with it, like box.mp4): ``frame_index`` (rank of the pts),
+        ``timestamp_s`` (container pts in seconds from the first frame), RGB ``uint8``
+        ``(height, width, 3)``.
     RangeReport
         Once, last: how many sampled frames were expected, emitted and missing, and why.
 
