@@ -412,7 +412,7 @@ class DecodeMedia(beam.PTransform):
         decoded = (
             planned.tasks
             | "SpreadTasks" >> beam.Reshuffle()  # video ranges of one file go to several workers
-            | "Decode" >> beam.ParDo(_DecodeTaskFn(
+            | "DecodeFiles" >> beam.ParDo(_DecodeTaskFn(
                 self._max_pixels, self._max_side, self._sampling, self._threads)).with_outputs(
                     DEAD_LETTER, OUTCOME, REPORTS, main="frames"))
         videos = (
