@@ -35,7 +35,9 @@ from schemas import tables
 from schemas.frames import DEFAULT_DATABASE
 from transforms import gcp_emulators
 from transforms.bigquery_tables import append_rows, sibling_table
-from transforms.decode import DecodeMedia
+from transforms.decode import DEFAULT_SPLIT_SECONDS, DecodeMedia
+from transforms.images import DEFAULT_MAX_PIXELS
+from transforms.video import STRATEGIES as SAMPLING_STRATEGIES
 from transforms.files import is_local
 from transforms.model import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
 from transforms.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
@@ -76,6 +78,25 @@ class MineOptions(PipelineOptions):
                             help="Uncertainty score that ranks candidates.")
         parser.add_argument("--video_fps", type=float, default=1.0,
                             help="Frames sampled per second of video; 0 keeps every frame.")
+        parser.add_argument(
+            "--video_sampling", default="fps", choices=SAMPLING_STRATEGIES,
+            help="Which video frames to keep: fps (--video_fps per second, the default), all, "
+                 "every_n (--video_every_n), keyframes (nothing else is decoded), scene "
+                 "(--scene_threshold). See docs/decoding.md.")
+        parser.add_argument("--video_every_n", type=int, default=1,
+                            help="Keep every Nth frame with --video_sampling=every_n.")
+        parser.add_argument("--scene_threshold", type=float, default=0.3,
+                            help="Mean absolute grey difference in (0, 1] between consecutive "
+                                 "frames that starts a scene, with --video_sampling=scene.")
+        parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                            help="Images whose header declares more pixels are dead-lettered "
+                                 "without decoding (decompression-bomb guard); 0 disables.")
+        parser.add_argument("--resize_longest_side", type=int, default=0,
+                            help="Shrink images so that their longest side is at most this many "
+                                 "pixels; 0 keeps the decoded size.")
+        parser.add_argument("--video_split_seconds", type=float, default=DEFAULT_SPLIT_SECONDS,
+                            help="Cut videos into ranges of at least this many seconds, starting "
+                                 "on keyframes, decoded by different workers; 0 does not split.")
         parser.add_argument("--model", default=None,
                             help="Path or gs:// URI of a Keras model (.keras/.h5). Default: the "
                                  "bundled Fashion-MNIST CNN, models/" + DEFAULT_MODEL_NAME)
@@ -100,9 +121,10 @@ class MineFrames(beam.PTransform):
     def __init__(self, *, model: ModelSpec, mongo_uri: str, output_dir: str, budget: int = 50,
                  strategy: str = "entropy", video_fps: float = 1.0,
                  mongo_database: str = DEFAULT_DATABASE, bigquery_table: Optional[str] = None,
-                 bigquery_write_method: str = "STREAMING_INSERTS", run_info: Optional[dict] = None):
+                 bigquery_write_method: str = "STREAMING_INSERTS", run_info: Optional[dict] = None,
+                 decode_options: Optional[dict] = None):
         super().__init__()
-        self._decode = DecodeMedia(video_fps)
+        self._decode = DecodeMedia(video_fps, **(decode_options or {}))
         self._score = ScoreFrames(model)
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method)
@@ -137,8 +159,29 @@ class MineFrames(beam.PTransform):
             "candidates": candidates,
         } | "WriteSummary" >> WriteSummary(
             self._path(SUMMARY_FILE), static=self._run_info,
-            sums={"frames_decoded": (outcomes, lambda o: o.frames)})
+            sums={"frames_decoded": (outcomes, lambda o: o.frames)},
+            mappings={"videos": (outcomes, _video_entry)})
         return candidates
+
+
+def _video_entry(outcome):
+    """``summary.json``'s ``videos`` object: per video file, frames kept and what it holds."""
+    if outcome.media_type != "video":
+        return None
+    return outcome.source_uri, dict(outcome.video_info or {}, frames=outcome.frames,
+                                    failed=outcome.failed)
+
+
+def _decode_options(mine) -> dict:
+    """``DecodeMedia`` keyword arguments from the job's options (0 means "off")."""
+    return {
+        "sampling": mine.video_sampling,
+        "every_n": mine.video_every_n,
+        "scene_threshold": mine.scene_threshold,
+        "max_pixels": mine.max_image_pixels or None,
+        "max_side": mine.resize_longest_side or None,
+        "split_seconds": mine.video_split_seconds or None,
+    }
 
 
 def _from_caller_dir(path: str) -> str:
@@ -204,6 +247,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
             "budget": mine.budget,
             "strategy": mine.strategy,
             "video_fps": mine.video_fps,
+            "decode": _decode_options(mine),
             "model": model.version._asdict(),
             "runner": standard.runner,
         }
@@ -218,7 +262,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
                          model=model, mongo_uri=mongo_uri, output_dir=output_dir, budget=mine.budget,
                          strategy=mine.strategy, video_fps=mine.video_fps,
                          mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
-                         bigquery_write_method=mine.bigquery_write_method, run_info=run_info))
+                         bigquery_write_method=mine.bigquery_write_method, run_info=run_info,
+                         decode_options=_decode_options(mine)))
         except BaseException:
             run.record("failed")
             raise

@@ -28,7 +28,7 @@ FRAME_FIELDS = (
     Field("media_type", "STRING", "REQUIRED", "'image' or 'video'."),
     Field("width", "INT64", "REQUIRED", "Decoded width in pixels."),
     Field("height", "INT64", "REQUIRED", "Decoded height in pixels."),
-    Field("pixel_hash", "STRING", "REQUIRED", "blake2b-128 (hex) of the decoded RGB pixels and shape; equal for identical frames."),
+    Field("pixel_hash", "STRING", "REQUIRED", "MurmurHash3 x64-128 (hex) of the decoded RGB pixels and shape; equal for identical frames."),
     Field("embedding", "FLOAT64", "REPEATED", "Output of the model's embedding layer."),
     Field("predicted_class", "INT64", "REQUIRED", "argmax of the class probabilities."),
     Field("entropy", "FLOAT64", "REQUIRED", "Shannon entropy of the class probabilities, in nats."),
@@ -36,6 +36,11 @@ FRAME_FIELDS = (
     Field("least_confidence", "FLOAT64", "REQUIRED", "1 - p(1st); high means uncertain."),
     Field("model_name", "STRING", "REQUIRED", "Name of the model (file stem)."),
     Field("model_version", "STRING", "REQUIRED", "sha256 of the model file, first 16 hex digits."),
+    Field("channels", "INT64", "NULLABLE", "Channels stored in the file: 1 grey, 2 grey+alpha, 3 colour, 4 RGBA/CMYK."),
+    Field("format", "STRING", "NULLABLE", "Image format (JPEG, PNG, ...) or video container/codec (AVI/msmpeg4)."),
+    Field("file_size", "INT64", "NULLABLE", "Size of the source file in bytes."),
+    Field("content_sha256", "STRING", "NULLABLE", "sha256 (hex) of the source file's bytes (images)."),
+    Field("capture_time", "STRING", "NULLABLE", "EXIF capture time, ISO 8601 without time zone (images)."),
 )
 
 

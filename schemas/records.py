@@ -34,8 +34,11 @@ class Frame(NamedTuple):
     ``frame_index`` is 0 for a still image and the 0-based index in the decoded video stream for a
     video frame; ``timestamp_s`` is the presentation time in seconds from the stream start (``None``
     for still images). ``pixels`` is RGB ``uint8`` of shape ``(height, width, 3)``.
-    ``pixel_hash`` is the blake2b-128 (hex) of the decoded pixel bytes and their shape: equal hashes mean
-    identical frames.
+    ``pixel_hash`` is the MurmurHash3 x64-128 (hex) of the decoded pixel bytes and their shape: equal hashes mean
+    identical frames. Optional file-level metadata: ``channels`` stored in the file (1 grey,
+    2 grey+alpha, 3, 4 RGBA/CMYK; 3 for video), ``format`` (e.g. ``JPEG``, ``PNG``, ``AVI/msmpeg4``),
+    ``file_size`` in bytes, ``content_sha256`` (hex sha256 of the file bytes; images only) and
+    ``capture_time`` (EXIF DateTimeOriginal as ISO 8601 without time zone; images only).
     """
     frame_id: str
     source_uri: str
@@ -46,9 +49,16 @@ class Frame(NamedTuple):
     media_type: str
     pixel_hash: str
     pixels: np.ndarray
+    channels: Optional[int] = None
+    format: Optional[str] = None
+    file_size: Optional[int] = None
+    content_sha256: Optional[str] = None
+    capture_time: Optional[str] = None
 
     def metadata(self) -> "FrameMetadata":
-        return FrameMetadata(*self[:-1])
+        fields = self._asdict()
+        del fields["pixels"]
+        return FrameMetadata(**fields)
 
 
 class FrameMetadata(NamedTuple):
@@ -61,6 +71,11 @@ class FrameMetadata(NamedTuple):
     height: int
     media_type: str
     pixel_hash: str
+    channels: Optional[int] = None
+    format: Optional[str] = None
+    file_size: Optional[int] = None
+    content_sha256: Optional[str] = None
+    capture_time: Optional[str] = None
 
 
 class ModelVersion(NamedTuple):
@@ -141,8 +156,10 @@ class FileOutcome(NamedTuple):
     """What became of one matched file: ``frames`` decoded, ``failed`` if it yielded none.
 
     A video that stops decoding part-way has ``frames > 0``, ``failed`` False and a dead letter.
+    ``video_info`` (videos only) is what :class:`transforms.video.VideoInfo` records once per file.
     """
     source_uri: str
     media_type: Optional[str]
     frames: int
     failed: bool
+    video_info: Optional[dict] = None  # codec, fps, duration_s, frame_count, width, height, ...

@@ -160,6 +160,19 @@ def bigquery_client(endpoint: str, project: str = BIGQUERY_PROJECT):
                            client_options=ClientOptions(api_endpoint=endpoint))
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG header declaring ``width`` x ``height`` RGB pixels followed by 64 bytes of
+    pixel data: a decompression-bomb look-alike for decoding tests."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
 def local_options(**extra) -> PipelineOptions:
     """Pipeline options for the in-process FnApiRunner (no Prism download)."""
     return PipelineOptions(runner="FnApiRunner", **extra)

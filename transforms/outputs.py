@@ -69,14 +69,17 @@ class WriteSummary(beam.PTransform):
 
     Input: a dict ``{name: PCollection}``; each count is ``Count.Globally`` (combiner-lifted,
     so only partial counts cross workers). ``sums`` maps names to ``(PCollection, fn)`` whose
-    ``fn(element)`` values are summed.
+    ``fn(element)`` values are summed. ``mappings`` maps names to ``(PCollection, fn)`` whose
+    ``fn(element)`` returns a ``(key, value)`` pair or None; the pairs become a JSON object.
     """
 
-    def __init__(self, path: str, static: Optional[dict] = None, sums: Optional[dict] = None):
+    def __init__(self, path: str, static: Optional[dict] = None, sums: Optional[dict] = None,
+                 mappings: Optional[dict] = None):
         super().__init__()
         self._path = path
         self._static = static or {}
         self._sums = sums or {}
+        self._mappings = mappings or {}
 
     def expand(self, named_pcolls):
         pipeline = None
@@ -90,6 +93,11 @@ class WriteSummary(beam.PTransform):
             parts.append(pcoll | f"Values_{name}" >> beam.Map(fn)
                          | f"Sum_{name}" >> beam.CombineGlobally(sum)
                          | f"Name_{name}" >> beam.Map(lambda n, key=name: (key, n)))
+        for name, (pcoll, fn) in sorted(self._mappings.items()):
+            pipeline = pcoll.pipeline
+            parts.append(pcoll | f"Pairs_{name}" >> beam.FlatMap(lambda e, f=fn: [p for p in [f(e)] if p])
+                         | f"Map_{name}" >> beam.combiners.ToDict()
+                         | f"Name_{name}" >> beam.Map(lambda d, key=name: (key, d)))
         return (parts | "FlattenCounts" >> beam.Flatten(pipeline=pipeline)
                 | "ToDict" >> beam.combiners.ToDict()
                 | "Write" >> beam.Map(_write_summary, self._path, self._static))
