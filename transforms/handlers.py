@@ -320,7 +320,7 @@ class _SavedModel:
         self._prep = prep
 
     def __call__(self, inputs, training=False):
-        outputs = self._layer(inputs[0])
+        outputs = self._layer(list(inputs))
         if isinstance(outputs, dict):
             keys = sorted(outputs)
             embedding_key = self._prep.embedding_output or keys[0]
@@ -431,7 +431,9 @@ class _Runtime:
 
 def _pick_outputs(names, prep: Preprocessing, path: str):
     """``(embedding output name, class output name)`` from the sidecar's names; with two outputs
-    and no names, the one whose name contains "embedding" (else the first) is the embedding."""
+    and no names, the one whose name contains "embedding" (else the first in sorted order, e.g.
+    TFLite's ``StatefulPartitionedCall:0`` for a Keras model with outputs ``[embedding,
+    probabilities]``) is the embedding."""
     for key in ("embedding_output", "class_output"):
         if getattr(prep, key) and getattr(prep, key) not in names:
             raise ValueError(f"{path}: {key} {getattr(prep, key)!r} is not an output; outputs: {names}")
@@ -442,7 +444,7 @@ def _pick_outputs(names, prep: Preprocessing, path: str):
                          f"class_output in {path}{SIDECAR_SUFFIX}")
     embedding = prep.embedding_output or next((n for n in names if "embedding" in n.lower()), None)
     if embedding is None:
-        embedding = next(n for n in names if n != prep.class_output) if prep.class_output else names[0]
+        embedding = sorted(n for n in names if n != prep.class_output)[0]
     return embedding, prep.class_output or next(n for n in names if n != embedding)
 
 
