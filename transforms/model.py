@@ -17,7 +17,7 @@ Bayesian scores ``bald``, ``variation_ratios`` and ``mean_std`` over the T dropo
 :mod:`transforms.uncertainty`). Every record carries the model's name, weights digest and
 embedding layer (:class:`~schemas.records.ModelVersion`).
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -27,6 +27,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from schemas import records
 from schemas.records import DeadLetter, FrameMetadata, FrameRecord
 from transforms import uncertainty
+from transforms.detection import DetectorHandler, aggregate_detection_scores
 from transforms.handlers import (  # noqa: F401  (re-exported: the public names of this stage)
     DEFAULT_MODEL_NAME, LOGITS, METRICS_NAMESPACE as _NAMESPACE, PROBABILITIES, KerasHandler,
     ModelOutput, ModelSpec, Preprocessing, default_model_path, load_embedding_classifier,
@@ -50,14 +51,35 @@ def probability_scores(probabilities: np.ndarray, samples=None) -> dict:
     return scores
 
 
+class _Key(NamedTuple):
+    """What travels next to a frame's pixels and model input: its metadata and the scores
+    computed so far (detection aggregates), as sorted ``(name, value)`` pairs."""
+    frame: FrameMetadata
+    scores: Tuple[Tuple[str, float], ...] = ()
+
+
+def _key_frame(frame):
+    return _Key(frame.metadata()), frame.pixels
+
+
+def _with_detection_scores(keyed_result, band):
+    key, result = keyed_result
+    if result.inference is None:  # the detector does not apply to this frame
+        return key, result.example
+    scores = aggregate_detection_scores(result.inference.confidences, band)
+    return key._replace(scores=tuple(sorted(dict(key.scores, **scores).items()))), result.example
+
+
 class _PrepareFn(beam.DoFn):
     def __init__(self, preprocessing: Preprocessing):
         self._preprocessing = preprocessing
 
-    def process(self, frame):
+    def process(self, keyed_pixels):
+        key, pixels = keyed_pixels
         try:
-            yield frame.metadata(), prepare_input(frame.pixels, self._preprocessing)
+            yield key, prepare_input(pixels, self._preprocessing)
         except Exception as e:  # pylint: disable=broad-except
+            frame = key.frame
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
                 frame.source_uri, records.STAGE_PREPROCESS,
                 f"cannot prepare the frame ({frame.width}x{frame.height}) for the model: {e}",
@@ -77,13 +99,13 @@ class _ToRecordFn(beam.DoFn):
         return output / np.maximum(output.sum(axis=-1, keepdims=True), 1e-12)
 
     def process(self, keyed_result):
-        metadata, result = keyed_result
+        key, result = keyed_result
         embedding, output, samples = result.inference
         probabilities = self._probabilities(output)
         if samples is not None:
             samples = self._probabilities(samples)
         record = FrameRecord(
-            frame=metadata,
+            frame=key.frame,
             embedding=np.asarray(embedding, dtype=np.float32).reshape(-1),
             probabilities=probabilities.astype(np.float32),
             predicted_class=int(np.argmax(probabilities)),
@@ -91,19 +113,20 @@ class _ToRecordFn(beam.DoFn):
             margin=uncertainty.margin(probabilities),
             least_confidence=uncertainty.least_confidence(probabilities),
             model=self._spec.version,
-            extra_scores=tuple(sorted(probability_scores(probabilities, samples).items())))
+            extra_scores=tuple(sorted(dict(key.scores, **probability_scores(probabilities, samples)).items())))
         self._scored.inc()
         self._entropy.update(int(record.entropy * 1000))
         yield record
 
 
-def _inference_dead_letters(failed):
+def _inference_dead_letters(failed, what="model"):
     """Turns an element of RunInference's ``failed_inferences`` output, ``(batch, error)``,
     into one DeadLetter per frame of the failed batch."""
     batch, error = failed
-    reason = f"model inference failed for the batch holding this frame: {error}"[:500]
+    reason = f"{what} inference failed for the batch holding this frame: {error}"[:500]
     for example in batch:
-        metadata = example[0] if isinstance(example, tuple) else None
+        key = example[0] if isinstance(example, tuple) else None
+        metadata = key.frame if isinstance(key, _Key) else key
         if isinstance(metadata, FrameMetadata):
             yield DeadLetter(metadata.source_uri, records.STAGE_INFERENCE, reason,
                              metadata.frame_index, metadata.frame_id)
@@ -121,22 +144,33 @@ class ScoreFrames(beam.PTransform):
 
     Input: ``PCollection[Frame]``. Output: :class:`ScoredFrames` with ``FrameRecord``\\ s (embedding
     ``float32 (D,)``, probabilities ``float32 (C,)``, entropy, margin, least confidence; see
-    :mod:`transforms.uncertainty`) and dead letters for frames that could not be prepared or
-    inferred. The model is loaded once per worker process (Beam's shared model handle).
+    :mod:`transforms.uncertainty`; more in ``extra_scores``) and dead letters for frames that
+    could not be prepared or inferred. The model is loaded once per worker process (Beam's shared
+    model handle). With a ``detector`` (:class:`~transforms.detection.DetectorHandler`) each frame
+    also runs through it and gets the ``detection_*`` aggregates of its boxes' confidences.
     """
 
-    def __init__(self, spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int = 64):
+    def __init__(self, spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int = 64,
+                 detector: Optional[DetectorHandler] = None):
         super().__init__()
         self._spec = spec
         self._handler = KeyedModelHandler(make_handler(spec, min_batch_size, max_batch_size))
+        self._detector = detector
 
     def expand(self, frames):
-        prepared = frames | "PrepareModelInput" >> beam.ParDo(
+        keyed = frames | "KeyByFrame" >> beam.Map(_key_frame)
+        dead_letters = []
+        if self._detector is not None:
+            detected, failed = (keyed | "Detect" >> RunInference(
+                KeyedModelHandler(self._detector)).with_exception_handling())
+            keyed = detected | "DetectionScores" >> beam.Map(_with_detection_scores, self._detector.band)
+            dead_letters.append(failed.failed_inferences
+                                | "DetectionDeadLetters" >> beam.FlatMap(_inference_dead_letters, "detector"))
+        prepared = keyed | "PrepareModelInput" >> beam.ParDo(
             _PrepareFn(self._spec.prep())).with_outputs(DEAD_LETTER, main="inputs")
         inferred, failed = (prepared.inputs
                             | "RunInference" >> RunInference(self._handler).with_exception_handling())
         scored = inferred | "ToFrameRecords" >> beam.ParDo(_ToRecordFn(self._spec))
-        inference_dead = failed.failed_inferences | "InferenceDeadLetters" >> beam.FlatMap(_inference_dead_letters)
-        dead_letters = ((prepared[DEAD_LETTER], inference_dead)
-                        | "FlattenDeadLetters" >> beam.Flatten())
-        return ScoredFrames(scored, dead_letters)
+        dead_letters += [prepared[DEAD_LETTER],
+                         failed.failed_inferences | "InferenceDeadLetters" >> beam.FlatMap(_inference_dead_letters)]
+        return ScoredFrames(scored, dead_letters | "FlattenDeadLetters" >> beam.Flatten())
