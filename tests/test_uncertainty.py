@@ -109,6 +109,14 @@ def test_sample_scores_reject_bad_shapes(fn):
         fn(np.full((2, 1, 2), np.nan))
 
 
+def test_classification_scores_equal_the_single_functions():
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet(np.ones(6) * 0.4, size=300)
+    scores = uncertainty.classification_scores(p)
+    for name in ("least_confidence", "margin", "ratio", "entropy", "entropy_normalised"):
+        np.testing.assert_allclose(scores[name], getattr(uncertainty, name)(p), err_msg=name)
+
+
 if __name__ == "__main__":
     from tests import harness
     harness.main(__file__)

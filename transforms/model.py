@@ -25,7 +25,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from schemas import records
-from schemas.records import DeadLetter, FrameMetadata, FrameRecord
+from schemas.records import DeadLetter, Frame, FrameMetadata, FrameRecord
 from transforms import uncertainty
 from transforms.detection import DetectorHandler, aggregate_detection_scores
 from transforms.handlers import (  # noqa: F401  (re-exported: the public names of this stage)
@@ -38,13 +38,13 @@ EmbeddingClassifierHandler = KerasHandler  # the skeleton's name
 
 
 def probability_scores(probabilities: np.ndarray, samples=None) -> dict:
-    """Every score of one frame except the three FrameRecord fields: name -> float.
+    """Every score of one frame: name -> float (see :mod:`transforms.uncertainty`).
 
     ``probabilities`` float ``(C,)``; ``samples`` float ``(T, C)`` probabilities of T stochastic
-    passes or ``None``.
+    passes or ``None`` (then no Bayesian scores).
     """
-    p = probabilities[None, :]
-    scores = {name: float(fn(p)[0]) for name, fn in uncertainty.PROBABILITY_SCORES.items()}
+    scores = {name: float(values[0])
+              for name, values in uncertainty.classification_scores(probabilities[None, :]).items()}
     if samples is not None and len(samples):
         t = np.asarray(samples, dtype=np.float64)[:, None, :]
         scores.update({name: float(fn(t)[0]) for name, fn in uncertainty.BAYESIAN_SCORES.items()})
@@ -74,8 +74,9 @@ class _PrepareFn(beam.DoFn):
     def __init__(self, preprocessing: Preprocessing):
         self._preprocessing = preprocessing
 
-    def process(self, keyed_pixels):
-        key, pixels = keyed_pixels
+    def process(self, element):
+        # A Frame straight from decoding, or (key, pixels) after the detector.
+        key, pixels = _key_frame(element) if isinstance(element, Frame) else element
         try:
             yield key, prepare_input(pixels, self._preprocessing)
         except Exception as e:  # pylint: disable=broad-except
@@ -104,16 +105,17 @@ class _ToRecordFn(beam.DoFn):
         probabilities = self._probabilities(output)
         if samples is not None:
             samples = self._probabilities(samples)
+        scores = dict(key.scores, **probability_scores(probabilities, samples))
         record = FrameRecord(
             frame=key.frame,
             embedding=np.asarray(embedding, dtype=np.float32).reshape(-1),
             probabilities=probabilities.astype(np.float32),
             predicted_class=int(np.argmax(probabilities)),
-            entropy=uncertainty.entropy(probabilities),
-            margin=uncertainty.margin(probabilities),
-            least_confidence=uncertainty.least_confidence(probabilities),
+            entropy=scores.pop("entropy"),
+            margin=scores.pop("margin"),
+            least_confidence=scores.pop("least_confidence"),
             model=self._spec.version,
-            extra_scores=tuple(sorted(dict(key.scores, **probability_scores(probabilities, samples)).items())))
+            extra_scores=tuple(sorted(scores.items())))
         self._scored.inc()
         self._entropy.update(int(record.entropy * 1000))
         yield record
@@ -158,9 +160,10 @@ class ScoreFrames(beam.PTransform):
         self._detector = detector
 
     def expand(self, frames):
-        keyed = frames | "KeyByFrame" >> beam.Map(_key_frame)
+        keyed = frames
         dead_letters = []
         if self._detector is not None:
+            keyed = frames | "KeyByFrame" >> beam.Map(_key_frame)
             detected, failed = (keyed | "Detect" >> RunInference(
                 KeyedModelHandler(self._detector)).with_exception_handling())
             keyed = detected | "DetectionScores" >> beam.Map(_with_detection_scores, self._detector.band)

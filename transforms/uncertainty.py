@@ -204,12 +204,22 @@ def ensemble_disagreement(member_probabilities):
     return bald(member_probabilities)
 
 
-# Scores of one probability vector that ScoreFrames stores besides entropy, margin and least
-# confidence, in FrameRecord.extra_scores: name -> function (N, C) -> (N,).
-PROBABILITY_SCORES = {
-    "ratio": ratio,
-    "entropy_normalised": entropy_normalised,
-}
+def classification_scores(probabilities):
+    """All single-pass scores at once (one validation, one partial sort): name -> ``(N,)``.
+
+    Same values as :func:`least_confidence`, :func:`margin`, :func:`ratio`, :func:`entropy` and
+    :func:`entropy_normalised`, for ``probabilities`` of shape ``(N, C)``.
+    """
+    p, _ = _as_2d(probabilities)
+    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+    h = -np.sum(p * np.log(np.clip(p, _EPS, 1.0)), axis=1)
+    return {
+        "least_confidence": 1.0 - top2[:, 1],
+        "margin": top2[:, 1] - top2[:, 0],
+        "ratio": top2[:, 0] / np.maximum(top2[:, 1], _EPS),
+        "entropy": h,
+        "entropy_normalised": h / np.log(p.shape[1]),
+    }
 
 # Scores of T stochastic passes (MC dropout), name -> function (T, N, C) -> (N,).
 BAYESIAN_SCORES = {
