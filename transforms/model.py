@@ -152,7 +152,7 @@ class ScoreFrames(beam.PTransform):
     also runs through it and gets the ``detection_*`` aggregates of its boxes' confidences.
     """
 
-    def __init__(self, spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int = 64,
+    def __init__(self, spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int = 128,
                  detector: Optional[DetectorHandler] = None):
         super().__init__()
         self._spec = spec

@@ -36,6 +36,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from schemas.records import FrameRecord
+
 FIFTYONE_K = 3
 FIFTYONE_WEIGHTS = (0.6, 0.3, 0.1)
 EUCLIDEAN, COSINE = "euclidean", "cosine"
@@ -326,7 +328,7 @@ class ScoreNovelty(beam.PTransform):
                    "uniqueness": uniqueness}
                   | "JoinUniqueness" >> beam.CoGroupByKey()
                   | "AddUniqueness" >> beam.FlatMap(_with_uniqueness, beam.pvalue.AsSingleton(largest),
-                                                    self._normalise))
+                                                    self._normalise).with_output_types(FrameRecord))
         groups = (pairs
                   | "AllPairs" >> beam.combiners.ToList()
                   | "UnionFind" >> beam.FlatMap(lambda all_pairs: sorted(duplicate_groups(all_pairs).items())))
