@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import threading
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
@@ -405,9 +405,6 @@ class KerasHandler(TFModelHandlerNumpy):
             args["mc_passes"] = self._mc_passes
         return self._inference_fn(model, batch, args, self._uri)
 
-    def validate_inference_args(self, inference_args):
-        pass
-
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
 
@@ -604,8 +601,3 @@ def make_handler(spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int 
     return KerasHandler(spec.uri, embedding_layer, min_batch_size, max_batch_size,
                         mc_passes=spec.mc_passes, preprocessing=spec.preprocessing, **batch_kwargs)
 
-
-def describe(spec: ModelSpec) -> Any:
-    """A JSON-able summary of the spec (for ``summary.json`` and logs)."""
-    return {"runtime": spec.runtime, "mc_passes": spec.mc_passes, **spec.version._asdict(),
-            "preprocessing": spec.prep()._asdict()}
