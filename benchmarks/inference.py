@@ -82,9 +82,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mc_passes", type=int, default=10)
-    parser.add_argument("--mc_images", type=int, default=3000, help="images for the MC-dropout sides")
+    parser.add_argument("--mc_images", type=int, default=1500, help="images for the MC-dropout sides")
     args = parser.parse_args(argv)
     os.environ.setdefault("NO_GCE_CHECK", "true")
 
