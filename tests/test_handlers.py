@@ -188,5 +188,38 @@ def test_sidecar_errors(exported, tmp_path):
         load_model_spec(str(path))
 
 
+def test_ensemble_disagreement_through_score_frames(exported, reference, tmp_path):
+    """Members: the same CNN as TFLite (agrees: ~0) and a retouched copy (disagrees: equals the
+    Jensen-Shannon divergence of the two models' own predictions)."""
+    import cv2
+    import keras
+    from transforms import uncertainty
+    _, _, base = load_embedding_classifier(default_model_path())
+    rng = np.random.default_rng(0)
+    layer = base.get_layer("probabilities")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel + rng.normal(0, 0.2, kernel.shape).astype(np.float32), bias])
+    other_path = str(tmp_path / "retouched.keras")
+    base.save(other_path)
+    spec = load_model_spec()
+
+    def run(members):
+        def build(p):
+            decoded = p | beam.Create([harness.media("fashion-mnist", PNGS)]) | DecodeMedia()
+            return {"records": (decoded.frames | ScoreFrames(spec, ensemble=members)).records}
+        return {os.path.basename(r.frame.source_uri): r for r in harness.run_collect(build)["records"]}
+    agreeing = run([load_model_spec(exported[TFLITE])])
+    assert all(dict(r.extra_scores)["ensemble_disagreement"] < 1e-6 for r in agreeing.values())
+    disagreeing = run([load_model_spec(other_path)])
+    other = keras.models.load_model(other_path, compile=False)
+    for name, record in disagreeing.items():
+        pixels = cv2.imread(harness.media("fashion-mnist", name), cv2.IMREAD_GRAYSCALE)
+        theirs = other.predict(pixels[None, ..., None].astype(np.float32), verbose=0)[0]
+        expected = uncertainty.ensemble_disagreement(np.stack([reference[name][1], theirs])[:, None, :])[0]
+        assert dict(record.extra_scores)["ensemble_disagreement"] == pytest.approx(expected, abs=1e-4)
+        np.testing.assert_allclose(record.probabilities, reference[name][1], atol=2e-4)  # still the model's own
+    assert max(dict(r.extra_scores)["ensemble_disagreement"] for r in disagreeing.values()) > 1e-3
+
+
 if __name__ == "__main__":
     harness.main(__file__)

@@ -17,7 +17,7 @@ Bayesian scores ``bald``, ``variation_ratios`` and ``mean_std`` over the T dropo
 :mod:`transforms.uncertainty`). Every record carries the model's name, weights digest and
 embedding layer (:class:`~schemas.records.ModelVersion`).
 """
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -56,6 +56,20 @@ class _Key(NamedTuple):
     computed so far (detection aggregates), as sorted ``(name, value)`` pairs."""
     frame: FrameMetadata
     scores: Tuple[Tuple[str, float], ...] = ()
+    members: Tuple[np.ndarray, ...] = ()  # class probabilities (C,) of the ensemble members
+
+
+def _to_probabilities(output, model_output: str) -> np.ndarray:
+    """Class probabilities (float64, last axis) from a model's probabilities or logits."""
+    output = np.asarray(output, dtype=np.float64)
+    if model_output == LOGITS:
+        return uncertainty.softmax(output)
+    return output / np.maximum(output.sum(axis=-1, keepdims=True), 1e-12)
+
+
+def _with_member_probabilities(keyed_result, model_output):
+    (key, pixels), result = keyed_result
+    return key._replace(members=key.members + (_to_probabilities(result.inference.output, model_output),)), pixels
 
 
 def _key_frame(frame):
@@ -71,14 +85,18 @@ def _with_detection_scores(keyed_result, band):
 
 
 class _PrepareFn(beam.DoFn):
-    def __init__(self, preprocessing: Preprocessing):
+    """Frame (or ``(key, pixels)``) -> ``(key, model input)``; with ``keep_pixels``
+    ``((key, pixels), model input)``, for a model whose successors still need the pixels."""
+
+    def __init__(self, preprocessing: Preprocessing, keep_pixels: bool = False):
         self._preprocessing = preprocessing
+        self._keep_pixels = keep_pixels
 
     def process(self, element):
-        # A Frame straight from decoding, or (key, pixels) after the detector.
+        # A Frame straight from decoding, or (key, pixels) after the detector or a member.
         key, pixels = _key_frame(element) if isinstance(element, Frame) else element
         try:
-            yield key, prepare_input(pixels, self._preprocessing)
+            yield (key, pixels) if self._keep_pixels else key, prepare_input(pixels, self._preprocessing)
         except Exception as e:  # pylint: disable=broad-except
             frame = key.frame
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
@@ -94,10 +112,7 @@ class _ToRecordFn(beam.DoFn):
         self._scored = Metrics.counter(_NAMESPACE, "frames_scored")
 
     def _probabilities(self, output):
-        output = np.asarray(output, dtype=np.float64)
-        if self._spec.model_output == LOGITS:
-            return uncertainty.softmax(output)
-        return output / np.maximum(output.sum(axis=-1, keepdims=True), 1e-12)
+        return _to_probabilities(output, self._spec.model_output)
 
     def process(self, keyed_result):
         key, result = keyed_result
@@ -106,6 +121,9 @@ class _ToRecordFn(beam.DoFn):
         if samples is not None:
             samples = self._probabilities(samples)
         scores = dict(key.scores, **probability_scores(probabilities, samples))
+        if key.members:
+            members = np.stack((probabilities,) + key.members)[:, None, :]  # (M, 1, C)
+            scores["ensemble_disagreement"] = float(uncertainty.ensemble_disagreement(members)[0])
         record = FrameRecord(
             frame=key.frame,
             embedding=np.asarray(embedding, dtype=np.float32).reshape(-1),
@@ -128,6 +146,8 @@ def _inference_dead_letters(failed, what="model"):
     reason = f"{what} inference failed for the batch holding this frame: {error}"[:500]
     for example in batch:
         key = example[0] if isinstance(example, tuple) else None
+        if isinstance(key, tuple) and not isinstance(key, (_Key, FrameMetadata)):
+            key = key[0]  # (key, pixels) of an ensemble member's input
         metadata = key.frame if isinstance(key, _Key) else key
         if isinstance(metadata, FrameMetadata):
             yield DeadLetter(metadata.source_uri, records.STAGE_INFERENCE, reason,
@@ -149,15 +169,25 @@ class ScoreFrames(beam.PTransform):
     :mod:`transforms.uncertainty`; more in ``extra_scores``) and dead letters for frames that
     could not be prepared or inferred. The model is loaded once per worker process (Beam's shared
     model handle). With a ``detector`` (:class:`~transforms.detection.DetectorHandler`) each frame
-    also runs through it and gets the ``detection_*`` aggregates of its boxes' confidences.
+    also runs through it and gets the ``detection_*`` aggregates of its boxes' confidences. With
+    an ``ensemble`` (further ModelSpecs with the same classes) each frame also runs through every
+    member and gets ``ensemble_disagreement``, the Jensen-Shannon divergence of the member's and
+    the model's probabilities (:func:`transforms.uncertainty.ensemble_disagreement`); the record's
+    embedding and other scores stay the model's own.
     """
 
     def __init__(self, spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int = 128,
-                 detector: Optional[DetectorHandler] = None):
+                 detector: Optional[DetectorHandler] = None, ensemble: Sequence[ModelSpec] = ()):
         super().__init__()
+        for member in ensemble:
+            if member.num_classes != spec.num_classes:
+                raise ValueError(f"ensemble member {member.version.name} has {member.num_classes} "
+                                 f"classes, the model {spec.num_classes}")
         self._spec = spec
         self._handler = KeyedModelHandler(make_handler(spec, min_batch_size, max_batch_size))
         self._detector = detector
+        self._members = [(member, KeyedModelHandler(make_handler(member, min_batch_size, max_batch_size)))
+                         for member in ensemble]
 
     def expand(self, frames):
         keyed = frames
@@ -169,6 +199,15 @@ class ScoreFrames(beam.PTransform):
             keyed = detected | "DetectionScores" >> beam.Map(_with_detection_scores, self._detector.band)
             dead_letters.append(failed.failed_inferences
                                 | "DetectionDeadLetters" >> beam.FlatMap(_inference_dead_letters, "detector"))
+        for i, (member, handler) in enumerate(self._members):
+            member_inputs = keyed | f"PrepareMember{i}" >> beam.ParDo(
+                _PrepareFn(member.prep(), keep_pixels=True)).with_outputs(DEAD_LETTER, main="inputs")
+            inferred, failed = (member_inputs.inputs
+                                | f"Member{i}" >> RunInference(handler).with_exception_handling())
+            keyed = inferred | f"Member{i}Probabilities" >> beam.Map(
+                _with_member_probabilities, member.model_output)
+            dead_letters += [member_inputs[DEAD_LETTER], failed.failed_inferences
+                             | f"Member{i}DeadLetters" >> beam.FlatMap(_inference_dead_letters, "ensemble member")]
         prepared = keyed | "PrepareModelInput" >> beam.ParDo(
             _PrepareFn(self._spec.prep())).with_outputs(DEAD_LETTER, main="inputs")
         inferred, failed = (prepared.inputs
