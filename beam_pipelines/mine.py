@@ -7,7 +7,8 @@
         --temp_location gs://bucket/tmp --output_dir gs://bucket/out --setup_file ./setup.py
 
 Stages (one ``PTransform`` each, see :class:`MineFrames`): decode files into frames, embed and
-score them with a Keras model through ``RunInference``, index one document per frame in MongoDB
+score them with a model (Keras, SavedModel, TFLite or ONNX) through ``RunInference`` (plus
+MC-dropout, detection and k-NN uniqueness scores when asked), index one document per frame in MongoDB
 (and a row in BigQuery), select the ``--budget`` most uncertain distinct frames, write results.
 
 Outputs in ``--output_dir``: ``candidates.jsonl`` (sorted by rank), ``dead_letter.jsonl`` (one
@@ -36,12 +37,14 @@ from schemas.frames import DEFAULT_DATABASE
 from transforms import gcp_emulators
 from transforms.bigquery_tables import append_rows, sibling_table
 from transforms.decode import DEFAULT_SPLIT_SECONDS, DecodeMedia
+from transforms.detection import BackgroundDifferenceDetector, DetectorHandler
 from transforms.images import DEFAULT_MAX_PIXELS
 from transforms.video import STRATEGIES as SAMPLING_STRATEGIES
 from transforms.files import is_local
 from transforms.model import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
 from transforms.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
                                 WriteDeadLetters, WriteSummary)
+from transforms.novelty import ScoreNovelty
 from transforms.sample import STRATEGIES, SelectCandidates
 from transforms.store import (WriteFramesToBigQuery, WriteFramesToMongoDB, redact_text, redact_uri,
                               upsert_documents)
@@ -103,7 +106,17 @@ class MineOptions(PipelineOptions):
         parser.add_argument("--embedding_layer", default=None,
                             help="Layer whose output is the embedding (default: 'embedding' or the "
                                  "penultimate layer).")
-        parser.add_argument("--model_output", default=PROBABILITIES, choices=(PROBABILITIES, LOGITS))
+        parser.add_argument("--model_output", default=None, choices=(PROBABILITIES, LOGITS),
+                            help="What the model's class output holds (default: its sidecar's "
+                                 "declaration, else probabilities).")
+        parser.add_argument("--mc_passes", type=int, default=0,
+                            help="MC-dropout passes T per frame for BALD, variation ratios and mean "
+                                 "std (Keras models with dropout; 0 = off).")
+        parser.add_argument("--detector_background", default=None,
+                            help="Turns on detection scores: .npy RGB background of a fixed camera "
+                                 "for the background-difference detector (see docs/models.md).")
+        parser.add_argument("--uniqueness_k", type=int, default=3,
+                            help="Neighbours for the k-NN uniqueness score (FiftyOne: 3); 0 = off.")
 
 
 def _split_globs(values: Optional[List[str]]) -> List[str]:
@@ -122,10 +135,14 @@ class MineFrames(beam.PTransform):
                  strategy: str = "entropy", video_fps: float = 1.0,
                  mongo_database: str = DEFAULT_DATABASE, bigquery_table: Optional[str] = None,
                  bigquery_write_method: str = "STREAMING_INSERTS", run_info: Optional[dict] = None,
-                 decode_options: Optional[dict] = None):
+                 decode_options: Optional[dict] = None,
+                 detector_background: Optional[str] = None, uniqueness_k: int = 0):
         super().__init__()
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
-        self._score = ScoreFrames(model)
+        detector = (DetectorHandler(BackgroundDifferenceDetector(detector_background))
+                    if detector_background else None)
+        self._score = ScoreFrames(model, detector=detector)
+        self._novelty = ScoreNovelty(k=uniqueness_k, duplicate_threshold=None) if uniqueness_k else None
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method)
                                 if bigquery_table else None)
@@ -139,6 +156,8 @@ class MineFrames(beam.PTransform):
     def expand(self, globs):
         decoded = globs | "Decode" >> self._decode
         scored = decoded.frames | "EmbedAndScore" >> self._score
+        if self._novelty:
+            scored = scored._replace(records=(scored.records | "Uniqueness" >> self._novelty).records)
         indexed = scored.records | "IndexInMongoDB" >> self._index_mongo
         dead_letters = [decoded.dead_letters, scored.dead_letters, indexed.dead_letters]
         if self._index_bigquery:
@@ -225,7 +244,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
         mine.bigquery_write_method = ("FILE_LOADS" if temp_location.startswith("gs://")
                                       else "STREAMING_INSERTS")
     gcp_emulators.use_emulators_if_configured()
-    model = load_model_spec(mine.model, mine.embedding_layer, mine.model_output)
+    model = load_model_spec(mine.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
+    if mine.uniqueness_k < 0:
+        raise ValueError(f"--uniqueness_k must be >= 0, got {mine.uniqueness_k}")
 
     with contextlib.ExitStack() as stack:
         mongo_uri = mine.mongo_uri
@@ -249,6 +270,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
             "video_fps": mine.video_fps,
             "decode": _decode_options(mine),
             "model": model.version._asdict(),
+            "model_runtime": model.runtime,
+            "mc_passes": model.mc_passes,
+            "detector_background": mine.detector_background,
+            "uniqueness_k": mine.uniqueness_k,
             "runner": standard.runner,
         }
         run = _RunRecord(mongo_uri, mine.mongo_database, options, run_info)
@@ -263,7 +288,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
                          strategy=mine.strategy, video_fps=mine.video_fps,
                          mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
                          bigquery_write_method=mine.bigquery_write_method, run_info=run_info,
-                         decode_options=_decode_options(mine)))
+                         decode_options=_decode_options(mine),
+                         detector_background=(mine.detector_background
+                                              and _from_caller_dir(mine.detector_background)),
+                         uniqueness_k=mine.uniqueness_k))
         except BaseException:
             run.record("failed")
             raise

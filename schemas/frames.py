@@ -11,6 +11,23 @@ from schemas.records import FrameRecord
 DEFAULT_DATABASE = "activebeam"
 FRAMES_COLLECTION = "frames"
 SCORE_NAMES = ("entropy", "margin", "least_confidence")
+# Optional scores (FrameRecord.extra_scores): name -> description. Nullable columns in BigQuery,
+# ``scores.<name>`` in MongoDB when present.
+EXTRA_SCORES = (
+    ("ratio", "p(2nd) / p(1st); high means uncertain."),
+    ("entropy_normalised", "Entropy / ln(num_classes), in [0, 1]."),
+    ("bald", "BALD mutual information over MC-dropout passes, in nats."),
+    ("variation_ratios", "1 - share of MC-dropout passes voting for the modal class."),
+    ("mean_std", "Mean over classes of the std of p_c across MC-dropout passes."),
+    ("ensemble_disagreement", "Jensen-Shannon divergence between ensemble members, in nats."),
+    ("uniqueness", "Distance of the embedding to its k nearest neighbours (weighted, cosine)."),
+    ("detection_max", "Highest per-box uncertainty of the frame's detections."),
+    ("detection_mean", "Mean per-box uncertainty of the frame's detections."),
+    ("detection_sum", "Sum of per-box uncertainties of the frame's detections."),
+    ("detection_uncertain_count", "Number of boxes with a confidence inside the uncertain band."),
+    ("detection_count", "Number of detected boxes."),
+)
+EXTRA_SCORE_NAMES = tuple(name for name, _ in EXTRA_SCORES)
 
 
 class Field(NamedTuple):
@@ -41,7 +58,7 @@ FRAME_FIELDS = (
     Field("file_size", "INT64", "NULLABLE", "Size of the source file in bytes."),
     Field("content_sha256", "STRING", "NULLABLE", "sha256 (hex) of the source file's bytes (images)."),
     Field("capture_time", "STRING", "NULLABLE", "EXIF capture time, ISO 8601 without time zone (images)."),
-)
+) + tuple(Field(name, "FLOAT64", "NULLABLE", description) for name, description in EXTRA_SCORES)
 
 
 def bigquery_schema() -> dict:
@@ -72,12 +89,19 @@ def _frame_columns(record: FrameRecord) -> dict:
     return columns
 
 
+def _extra_scores(record: FrameRecord) -> dict:
+    """The record's known extra scores as floats (unknown names are not stored)."""
+    return {name: float(value) for name, value in getattr(record, "extra_scores", ())
+            if name in EXTRA_SCORE_NAMES}
+
+
 def to_mongo_document(record: FrameRecord) -> dict:
     """The MongoDB document of a frame; ``_id`` is the deterministic ``frame_id``."""
     doc = _frame_columns(record)
     doc["_id"] = doc.pop("frame_id")
     doc["probabilities"] = [float(x) for x in record.probabilities]
     doc["scores"] = {name: float(getattr(record, name)) for name in SCORE_NAMES}
+    doc["scores"].update(_extra_scores(record))
     doc["model"] = record.model._asdict()
     return doc
 
@@ -88,6 +112,8 @@ def to_bigquery_row(record: FrameRecord) -> dict:
     row["model_name"] = record.model.name
     row["model_version"] = record.model.version
     row.update({name: float(getattr(record, name)) for name in SCORE_NAMES})
+    row.update({name: None for name in EXTRA_SCORE_NAMES})
+    row.update(_extra_scores(record))
     return row
 
 

@@ -94,7 +94,10 @@ class FrameRecord(NamedTuple):
     ``embedding``: float32, shape ``(D,)`` (D = width of the model's embedding layer).
     ``probabilities``: float32, shape ``(C,)``, sums to 1. Scores (see
     :mod:`transforms.uncertainty`): ``entropy`` in nats, ``margin`` = p(1st) - p(2nd) (low is
-    uncertain), ``least_confidence`` = 1 - p(1st).
+    uncertain), ``least_confidence`` = 1 - p(1st). ``extra_scores``: further scores as sorted
+    ``(name, value)`` pairs (names in :data:`schemas.frames.EXTRA_SCORE_NAMES`, e.g. ``ratio``,
+    ``entropy_normalised``, ``bald``, ``uniqueness``, ``detection_max``); a score that was not
+    computed is absent.
     """
     frame: FrameMetadata
     embedding: np.ndarray
@@ -104,6 +107,7 @@ class FrameRecord(NamedTuple):
     margin: float
     least_confidence: float
     model: ModelVersion
+    extra_scores: Tuple[Tuple[str, float], ...] = ()
 
 
 class Candidate(NamedTuple):

@@ -65,7 +65,7 @@ class TableSpec(NamedTuple):
 
 def frames_table() -> TableSpec:
     """The frames index, from the current ``FRAME_FIELDS`` (which other stages extend)."""
-    scores = {name: f"scores.{name}" for name in frames.SCORE_NAMES}
+    scores = {name: f"scores.{name}" for name in frames.SCORE_NAMES + frames.EXTRA_SCORE_NAMES}
     return TableSpec(
         name=frames.FRAMES_COLLECTION, fields=tuple(frames.FRAME_FIELDS) + (INDEXED_AT,),
         id_field="frame_id", mongo_indexes=tuple(frames.MONGO_INDEXES) + (

@@ -97,5 +97,20 @@ def test_inference_failure_sends_every_frame_to_dead_letter(spec):
     assert all(d.stage == "inference" and "model inference failed" in d.error for d in out["dead"])
 
 
+def test_extra_scores_are_stored_as_nullable_columns_and_mongo_scores():
+    from schemas import frames as frames_schema
+    from tests.records_factory import frame_record
+    record = frame_record("/data/a.png")._replace(extra_scores=(("bald", 0.25), ("ratio", 0.5)))
+    doc = frames_schema.to_mongo_document(record)
+    assert doc["scores"]["bald"] == 0.25 and doc["scores"]["ratio"] == 0.5
+    assert "uniqueness" not in doc["scores"] and doc["scores"]["entropy"] == record.entropy
+    row = frames_schema.to_bigquery_row(record)
+    assert set(row) == set(frames_schema.field_names())
+    assert row["bald"] == 0.25 and row["uniqueness"] is None
+    modes = {f.name: f.mode for f in frames_schema.FRAME_FIELDS}
+    assert all(modes[name] == "NULLABLE" for name in frames_schema.EXTRA_SCORE_NAMES)
+    assert frames_schema.to_bigquery_row(frame_record("/data/b.png"))["bald"] is None
+
+
 if __name__ == "__main__":
     harness.main(__file__)

@@ -2,7 +2,10 @@
 
 * :mod:`transforms.decode`: ``DecodeMedia``: file globs to frames (images and videos).
 * :mod:`transforms.model`: ``ScoreFrames``: embeddings and class probabilities via ``RunInference``.
-* :mod:`transforms.uncertainty`: entropy, margin, least confidence (pure numpy).
+* :mod:`transforms.handlers`: model handlers (Keras, SavedModel, TFLite, ONNX) and preprocessing specs.
+* :mod:`transforms.uncertainty`: least confidence, margin, ratio, entropy, BALD, ... (pure numpy).
+* :mod:`transforms.detection`: per-frame detection uncertainty; a fixed-camera detector.
+* :mod:`transforms.novelty`: ``ScoreNovelty``: k-NN uniqueness and near-duplicate groups (faiss).
 * :mod:`transforms.store`: ``WriteFramesToMongoDB``, ``WriteFramesToBigQuery``.
 * :mod:`transforms.sample`: ``SelectCandidates``: distributed top-k without identical frames.
 * :mod:`transforms.outputs`: ``candidates.jsonl``, ``dead_letter.jsonl``, ``summary.json``.

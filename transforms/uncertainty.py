@@ -61,6 +61,27 @@ def entropy(probabilities):
     return _result(-np.sum(p * np.log(np.clip(p, _EPS, 1.0)), axis=1), single)
 
 
+def ratio(probabilities):
+    """Ratio of confidence ``p_(2) / p_(1)``; in ``[0, 1]``, high means uncertain.
+
+    Source: Monarch, R. (2021), Human-in-the-Loop Machine Learning, ch. 3 ("ratio of
+    confidence"); LightlyOne's ``ActiveLearningScores`` uses the same ranking as margin.
+    """
+    p, single = _as_2d(probabilities)
+    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+    return _result(top2[:, 0] / np.maximum(top2[:, 1], _EPS), single)
+
+
+def entropy_normalised(probabilities):
+    """Shannon entropy divided by its maximum ``ln C``; in ``[0, 1]``, high means uncertain.
+
+    Source: Settles (2009) eq. 3.3 scaled as in LightlyOne's ``ActiveLearningScores``
+    (``prediction_entropy`` normalised by ``log(num_classes)``).
+    """
+    p, single = _as_2d(probabilities)
+    return _result(entropy(p) / np.log(p.shape[1]), single)
+
+
 def softmax(logits):
     """Numerically stable softmax over the last axis: float64 array of the same shape."""
     z = np.asarray(logits, dtype=np.float64)
@@ -128,8 +149,8 @@ def variation_ratios(probability_samples):
     """
     p = _as_samples(probability_samples)
     votes = p.argmax(axis=2)  # (T, N)
-    counts = np.apply_along_axis(np.bincount, 0, votes, minlength=p.shape[2])  # (C, N)
-    return 1.0 - counts.max(axis=0) / p.shape[0]
+    counts = (votes[..., None] == np.arange(p.shape[2])).sum(axis=0)  # (N, C)
+    return 1.0 - counts.max(axis=1) / p.shape[0]
 
 
 def mean_std(probability_samples):
@@ -150,3 +171,59 @@ def mean_std(probability_samples):
     """
     p = _as_samples(probability_samples)
     return p.std(axis=0).mean(axis=1)
+
+
+def ensemble_disagreement(member_probabilities):
+    """Disagreement of an ensemble of models: the Jensen-Shannon divergence of their predictions.
+
+    ``H[mean_m p_m] - mean_m H[p_m]`` over ``M`` models, i.e. "KL divergence to the consensus"
+    (the mean over members of ``KL(p_m || mean p)``), in nats. It is the same quantity as
+    :func:`bald` with models in place of dropout passes, so ``member_probabilities`` has the same
+    layout.
+
+    Parameters
+    ----------
+    member_probabilities : array-like of float, shape (M, N, C)
+        Class probabilities of ``M`` models (the ensemble members) over ``N`` samples.
+
+    Returns
+    -------
+    ndarray of float64, shape (N,); in ``[0, ln M]``, 0 when all members agree.
+
+    Raises
+    ------
+    ValueError
+        If the shape is not ``(M, N, C)`` or values are negative or not finite.
+
+    References
+    ----------
+    McCallum & Nigam (1998), Employing EM and pool-based active learning for text classification
+    (KL divergence to the mean); Settles (2009) section 3.2 eq. 3.5 (query by committee);
+    Beluch et al. (2018), The power of ensembles for active learning in image classification.
+    """
+    return bald(member_probabilities)
+
+
+def classification_scores(probabilities):
+    """All single-pass scores at once (one validation, one partial sort): name -> ``(N,)``.
+
+    Same values as :func:`least_confidence`, :func:`margin`, :func:`ratio`, :func:`entropy` and
+    :func:`entropy_normalised`, for ``probabilities`` of shape ``(N, C)``.
+    """
+    p, _ = _as_2d(probabilities)
+    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+    h = -np.sum(p * np.log(np.clip(p, _EPS, 1.0)), axis=1)
+    return {
+        "least_confidence": 1.0 - top2[:, 1],
+        "margin": top2[:, 1] - top2[:, 0],
+        "ratio": top2[:, 0] / np.maximum(top2[:, 1], _EPS),
+        "entropy": h,
+        "entropy_normalised": h / np.log(p.shape[1]),
+    }
+
+# Scores of T stochastic passes (MC dropout), name -> function (T, N, C) -> (N,).
+BAYESIAN_SCORES = {
+    "bald": bald,
+    "variation_ratios": variation_ratios,
+    "mean_std": mean_std,
+}
