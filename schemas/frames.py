@@ -107,12 +107,13 @@ def to_mongo_document(record: FrameRecord) -> dict:
 
 
 def to_bigquery_row(record: FrameRecord) -> dict:
-    """The BigQuery row of a frame, with exactly the columns of :data:`FRAME_FIELDS`."""
+    """The BigQuery row of a frame: the columns of :data:`FRAME_FIELDS`; extra scores the record
+    does not carry are left out (NULL in BigQuery, and never a ``$set`` to null in MongoDB that
+    would erase a score an earlier run stored)."""
     row = _frame_columns(record)
     row["model_name"] = record.model.name
     row["model_version"] = record.model.version
     row.update({name: float(getattr(record, name)) for name in SCORE_NAMES})
-    row.update({name: None for name in EXTRA_SCORE_NAMES})
     row.update(_extra_scores(record))
     return row
 

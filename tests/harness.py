@@ -6,10 +6,12 @@
 * :func:`run_collect` runs a Beam pipeline on the in-process ``FnApiRunner`` (never Prism) and
   returns the elements of the PCollections it is asked for.
 """
+import atexit
 import contextlib
 import glob
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,9 +30,21 @@ OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 BIGQUERY_PROJECT = "activebeam-test"
 
 
+_CREATED_DIRS = []
+
+
 def tmpdir(prefix="activebeam-test-") -> str:
-    """A fresh temporary directory under Bazel's ``TEST_TMPDIR`` (or the system's)."""
-    return tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TEST_TMPDIR"))
+    """A fresh temporary directory under Bazel's ``TEST_TMPDIR`` (or the system's), removed when
+    the test process exits (mongod data directories alone preallocate 300 MB each)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TEST_TMPDIR"))
+    _CREATED_DIRS.append(path)
+    return path
+
+
+@atexit.register
+def _remove_created_dirs():
+    for path in _CREATED_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def media(*parts) -> str:
@@ -198,6 +212,7 @@ def run_collect(build, options: PipelineOptions = None) -> dict:
     for name in outputs:
         with open(os.path.join(out_dir, name), "rb") as f:
             result[name] = pickle.load(f)
+    shutil.rmtree(out_dir, ignore_errors=True)
     return result
 
 
