@@ -59,7 +59,9 @@ def test_budget_zero_and_validation():
     with pytest.raises(ValueError, match="budget"):
         SelectCandidates(-1)
     with pytest.raises(ValueError, match="strategy must be one of"):
-        SelectCandidates(5, "coreset")
+        SelectCandidates(5, "most_beautiful")
+    with pytest.raises(ValueError, match="shard_size"):
+        SelectCandidates(100, "entropy", shard_size=100)
 
 
 def test_rerun_selects_the_same_frames():

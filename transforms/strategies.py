@@ -174,6 +174,19 @@ class Strategy:
     def _select(self, pool, budget, labelled):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def preselect(self, pool: Pool, budget: int, labelled: Optional[Pool] = None) -> np.ndarray:
+        """Indices of the frames of a shard worth keeping for a final ``select(..., budget)``
+        over the union of shards (int64, sorted).
+
+        Exact for top-k, random and Cluster-Margin's margin preselection (the union of per-shard
+        top ``n`` contains the global top ``n``); for k-center it is a composable core-set
+        (per-shard greedy k-center, then k-center on the union: a 4-approximation, Indyk et al.
+        2014; radius measured against the single-machine greedy in benchmarks.sampler_scale);
+        for the combined objective the min-max normalisation of a shard is an approximation of
+        the pool's, so it keeps ``2 * budget``.
+        """
+        return np.sort(self.select(pool, budget, labelled).indices)
+
     def __repr__(self):
         return f"{type(self).__name__}({json.dumps(self.params(), sort_keys=True)})"
 
@@ -313,9 +326,16 @@ class ClusterMargin(Strategy):
         return {"n_clusters": self.n_clusters, "margin_multiplier": self.margin_multiplier,
                 "score": self.score, "seed": self.seed}
 
+    def _k_m(self, n, budget):
+        return int(min(n, max(budget, np.ceil(self.margin_multiplier * budget))))
+
+    def preselect(self, pool, budget, labelled=None):
+        values = score_values(pool, self.score)
+        return np.sort(_rank_by(values, pool.ids, self._k_m(len(pool), budget)))
+
     def _select(self, pool, budget, labelled):
         values = score_values(pool, self.score)
-        k_m = int(min(len(pool), max(budget, np.ceil(self.margin_multiplier * budget))))
+        k_m = self._k_m(len(pool), budget)
         pre = _rank_by(values, pool.ids, k_m)
         if pool.metadata is not None and self.cluster_key in pool.metadata:
             clusters = np.asarray(pool.metadata[self.cluster_key])[pre]
@@ -393,6 +413,9 @@ class Combined(Strategy):
     def params(self):
         return {"strengths": self.strengths, "thresholds": self.thresholds}
 
+    def preselect(self, pool, budget, labelled=None):
+        return np.sort(self.select(pool, 2 * budget, labelled).indices)
+
     def _select(self, pool, budget, labelled):
         raw = {name: score_values(pool, name) for name in set(self.strengths) | set(self.thresholds)}
         keep = np.ones(len(pool), dtype=bool)
@@ -440,10 +463,19 @@ class Balanced(Strategy):
         return {"inner": self.inner.describe(), "key": self.key,
                 "quotas": None if self.quotas is None else {str(k): v for k, v in self.quotas.items()}}
 
-    def _select(self, pool, budget, labelled):
+    def _groups(self, pool):
         if pool.metadata is None or self.key not in pool.metadata:
             raise ValueError(f"strategy {self.name!r} needs pool.metadata[{self.key!r}]")
-        values = np.asarray(pool.metadata[self.key])
+        return np.asarray(pool.metadata[self.key])
+
+    def preselect(self, pool, budget, labelled=None):
+        values = self._groups(pool)
+        keep = [members[self.inner.preselect(pool.take(members), budget, labelled)]
+                for members in (np.nonzero(values == g)[0] for g in sorted(set(values.tolist()), key=str))]
+        return np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)
+
+    def _select(self, pool, budget, labelled):
+        values = self._groups(pool)
         groups = sorted(set(values.tolist()), key=str)
         if self.quotas is None:
             weights = {g: 1.0 for g in groups}
@@ -534,7 +566,8 @@ class Excluding(Strategy):
         return {"inner": self.inner.describe(), "excluded": len(self.exclude_ids),
                 "near_duplicate_distance": self.near_duplicate_distance}
 
-    def _select(self, pool, budget, labelled):
+    def _kept(self, pool, labelled):
+        """Indices of the frames neither excluded nor near a labelled frame."""
         ids = np.asarray(pool.ids).astype(str)
         excluded = set(self.exclude_ids)
         if labelled is not None:
@@ -546,7 +579,18 @@ class Excluding(Strategy):
             x = np.ascontiguousarray(_require(pool, "embeddings", "near-duplicate exclusion"), np.float32)
             near = _nearest_sq_distance(x, np.ascontiguousarray(labelled.embeddings, np.float32))
             keep &= near > radius ** 2
-        kept = np.nonzero(keep)[0]
+        return np.nonzero(keep)[0]
+
+    def preselect(self, pool, budget, labelled=None):
+        kept = self._kept(pool, labelled)
+        if len(kept) == 0:
+            return kept.astype(np.int64)
+        ask = budget if self.near_duplicate_distance <= 0 else 2 * budget
+        return np.sort(kept[self.inner.preselect(pool.take(kept), ask, labelled)])
+
+    def _select(self, pool, budget, labelled):
+        kept = self._kept(pool, labelled)
+        radius = self.near_duplicate_distance
         if len(kept) == 0:
             return _empty_selection()
         sub = pool.take(kept)
