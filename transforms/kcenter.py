@@ -89,73 +89,93 @@ def _naive(x, k, mind, first):
 
 
 class _Blocks:
-    """Points reordered by k-means block, with per-block centroid, radius and running maxima."""
+    """Points reordered by k-means block, with per-block centroid and radius and, per point, the
+    distance to its block's centroid (for the point-wise bound)."""
 
     def __init__(self, x, n_blocks, seed):
         import faiss
         n, dim = x.shape
-        kmeans = faiss.Kmeans(dim, n_blocks, niter=6, seed=int(seed) % (2**31), verbose=False,
-                              max_points_per_centroid=64, spherical=False)
+        kmeans = faiss.Kmeans(dim, n_blocks, niter=4, seed=int(seed) % (2**31), verbose=False,
+                              max_points_per_centroid=32)
         kmeans.train(x)
-        _, assign = kmeans.index.search(x, 1)
-        assign = assign[:, 0]
+        assign = np.empty(n, dtype=np.int64)
+        step = 262_144
+        for start in range(0, n, step):
+            assign[start:start + step] = kmeans.index.search(x[start:start + step], 1)[1][:, 0]
         self.order = np.argsort(assign, kind="stable")
         self.xs = x[self.order]
         counts = np.bincount(assign, minlength=n_blocks)
-        keep = counts > 0
-        self.bounds = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
+        counts = counts[counts > 0]
+        self.bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.norms = np.einsum("ij,ij->i", self.xs, self.xs)
-        m = len(self.bounds) - 1
+        m = len(counts)
+        self.block_of = np.repeat(np.arange(m), counts)
         self.centroids = np.empty((m, dim), dtype=np.float32)
-        self.radii = np.empty(m, dtype=np.float32)
+        self.to_centroid = np.empty(n, dtype=np.float32)
         for j in range(m):
-            seg = self.xs[self.bounds[j]:self.bounds[j + 1]]
+            lo, hi = self.bounds[j], self.bounds[j + 1]
+            seg = self.xs[lo:hi]
             c = seg.mean(axis=0)
             self.centroids[j] = c
-            self.radii[j] = np.sqrt(((seg - c) ** 2).sum(axis=1).max())
-        # float32 rounding of the distance formula: widen the pruning bound slightly
-        self.radii = self.radii * 1.0001 + 1e-5
-        self.block_of = np.repeat(np.arange(m), np.diff(self.bounds))
+            self.to_centroid[lo:hi] = np.sqrt(((seg - c) ** 2).sum(axis=1))
+        # float32 rounding of the distance formula: widen the bounds slightly (never prunes wrongly)
+        self.to_centroid = self.to_centroid * np.float32(1.0001) + np.float32(1e-4)
+        self.radii = np.maximum.reduceat(self.to_centroid, self.bounds[:-1])
 
 
-def _pruned(x, k, mind, first, n_blocks, seed):
+def _pruned(x, k, mind_sq, first, n_blocks, seed):
+    """Greedy k-center with block and point-wise triangle-inequality pruning (module docstring).
+
+    Per pick: distances from the new centre ``s`` to the block centroids; blocks with
+    ``|s - c_j| - r_j >= max_j`` are skipped; in the other blocks a point ``x`` is skipped when
+    ``|s - c_j| - |x - c_j| >= mind(x)``; only the remaining points get a distance computation.
+    """
     blocks = _Blocks(x, n_blocks, seed)
-    inverse = np.empty_like(blocks.order)
-    inverse[blocks.order] = np.arange(len(blocks.order))
-    mind = mind[blocks.order].copy()
-    bounds, xs, norms = blocks.bounds, blocks.xs, blocks.norms
-    m = len(bounds) - 1
-    block_max = np.empty(m, dtype=np.float32)
-    block_arg = np.empty(m, dtype=np.int64)
-    for j in range(m):
-        a = bounds[j] + int(np.argmax(mind[bounds[j]:bounds[j + 1]]))
-        block_arg[j], block_max[j] = a, mind[a]
+    order, xs, norms, bounds = blocks.order, blocks.xs, blocks.norms, blocks.bounds
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    mind = np.sqrt(mind_sq[order])  # true distances (inf where nothing covers yet)
+    starts = bounds[:-1]
+    block_max = np.maximum.reduceat(mind, starts)
+    m, n = len(starts), len(xs)
+    c_norms = np.einsum("ij,ij->i", blocks.centroids, blocks.centroids)
     picks = np.empty(k, dtype=np.int64)
     gains = np.empty(k, dtype=np.float32)
-    c_norms = np.einsum("ij,ij->i", blocks.centroids, blocks.centroids)
     for i in range(k):
         if i == 0 and first is not None:
             p = int(inverse[first])
         else:
-            p = int(block_arg[int(np.argmax(block_max))])
-        picks[i] = blocks.order[p]
-        gains[i] = np.sqrt(max(float(mind[p]), 0.0)) if np.isfinite(mind[p]) else np.inf
-        s = xs[p]
-        s_norm = norms[p]
+            j = int(np.argmax(block_max))
+            p = int(bounds[j] + np.argmax(mind[bounds[j]:bounds[j + 1]]))
+        picks[i], gains[i] = order[p], mind[p]
+        s, s_norm = xs[p], norms[p]
         dc = np.sqrt(np.maximum(c_norms + s_norm - 2.0 * (blocks.centroids @ s), 0.0))
-        touched = np.nonzero(dc - blocks.radii < np.sqrt(np.maximum(block_max, 0.0)))[0]
-        for j in touched:
-            lo, hi = bounds[j], bounds[j + 1]
-            d = norms[lo:hi] + s_norm - 2.0 * (xs[lo:hi] @ s)
-            seg = mind[lo:hi]
-            np.minimum(seg, np.maximum(d, 0.0), out=seg)
-            a = int(np.argmax(seg))
-            block_arg[j], block_max[j] = lo + a, seg[a]
+        touched = np.nonzero(dc - blocks.radii < block_max)[0]
+        if len(touched) > m // 4:
+            cand = np.nonzero(dc[blocks.block_of] - blocks.to_centroid < mind)[0]
+            if len(cand) > n // 3:  # most points: one matrix-vector product beats a gather
+                d = np.sqrt(np.maximum(norms + s_norm - 2.0 * (xs @ s), 0.0))
+                np.minimum(mind, d, out=mind)
+                mind[p] = 0.0
+                block_max = np.maximum.reduceat(mind, starts)
+                continue
+        else:
+            cand = [bounds[j] + np.nonzero(dc[j] - blocks.to_centroid[bounds[j]:bounds[j + 1]]
+                                            < mind[bounds[j]:bounds[j + 1]])[0] for j in touched]
+            cand = np.concatenate(cand) if cand else np.empty(0, np.int64)
+        if len(cand):
+            d = np.sqrt(np.maximum(norms[cand] + s_norm - 2.0 * (xs[cand] @ s), 0.0))
+            better = d < mind[cand]
+            mind[cand[better]] = d[better]
         mind[p] = 0.0
-        j = int(blocks.block_of[p])
-        a = bounds[j] + int(np.argmax(mind[bounds[j]:bounds[j + 1]]))
-        block_arg[j], block_max[j] = a, mind[a]
-    return picks, gains, float(np.sqrt(max(float(block_max.max()), 0.0)))
+        changed = np.unique(blocks.block_of[cand]) if len(cand) else np.empty(0, np.int64)
+        changed = np.union1d(changed, [blocks.block_of[p]])
+        if len(changed) > m // 4:
+            block_max = np.maximum.reduceat(mind, starts)
+        else:
+            for j in changed:
+                block_max[j] = mind[bounds[j]:bounds[j + 1]].max()
+    return picks, gains, float(block_max.max())
 
 
 def k_center_greedy(x, k: int, labelled: Optional[np.ndarray] = None, seed: int = 0,
@@ -174,7 +194,7 @@ def k_center_greedy(x, k: int, labelled: Optional[np.ndarray] = None, seed: int 
     seed : int
         Seed of the first pick (when ``labelled`` is empty) and of the k-means blocks.
     n_blocks : int, optional
-        Number of pruning blocks; default ``sqrt(N)`` for ``N > NAIVE_MAX_POINTS``, else the
+        Number of pruning blocks; default ``2 * sqrt(N)`` for ``N > NAIVE_MAX_POINTS``, else the
         naive traversal. ``1`` forces the naive traversal.
 
     Returns
@@ -205,7 +225,7 @@ def k_center_greedy(x, k: int, labelled: Optional[np.ndarray] = None, seed: int 
         radius = float(np.sqrt(mind.max())) if n and np.isfinite(mind.max()) else (np.inf if n else 0.0)
         return KCenterResult(np.empty(0, np.int64), radius, np.empty(0, np.float32))
     if n_blocks is None:
-        n_blocks = int(np.sqrt(n)) if n > NAIVE_MAX_POINTS else 1
+        n_blocks = int(2 * np.sqrt(n)) if n > NAIVE_MAX_POINTS else 1
     if n_blocks <= 1:
         picks, gains, radius = _naive(x, k, mind, first)
     else:
