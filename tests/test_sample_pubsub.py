@@ -7,7 +7,6 @@ Skipped where the Cloud SDK's Pub/Sub emulator is not installed.
 """
 import json
 import os
-import subprocess
 import time
 
 import apache_beam as beam
@@ -32,38 +31,17 @@ def pubsub():
     if not os.path.exists(EMULATOR):
         pytest.skip("the Cloud SDK Pub/Sub emulator is not installed")
     port = free_port()
-    log = open(os.path.join(harness.tmpdir("pubsub-"), "emulator.log"), "wb")
-    process = subprocess.Popen([EMULATOR, "--host=127.0.0.1", f"--port={port}"], stdout=log,
-                               stderr=subprocess.STDOUT)
-    saved = os.environ.get("PUBSUB_EMULATOR_HOST")
-    os.environ["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{port}"
-    try:
+    argv = [EMULATOR, "--host=127.0.0.1", f"--port={port}"]
+    # The emulator answers "Ok" to HTTP GET / once it listens.
+    with harness._emulator("pubsub", argv, f"http://127.0.0.1:{port}/",
+                           {"PUBSUB_EMULATOR_HOST": f"127.0.0.1:{port}"}):
         from google.cloud import pubsub_v1
         publisher = pubsub_v1.PublisherClient()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                publisher.create_topic(name=publisher.topic_path(PROJECT, "new-files"), timeout=2)
-                break
-            except Exception:  # not listening yet
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"Pub/Sub emulator did not start; see {log.name}")
-                time.sleep(0.5)
+        publisher.create_topic(name=publisher.topic_path(PROJECT, "new-files"))
         subscriber = pubsub_v1.SubscriberClient()
         subscription = subscriber.subscription_path(PROJECT, "activebeam-mine")
         subscriber.create_subscription(name=subscription, topic=publisher.topic_path(PROJECT, "new-files"))
         yield publisher, subscription
-    finally:
-        if saved is None:
-            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
-        else:
-            os.environ["PUBSUB_EMULATOR_HOST"] = saved
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def test_new_file_notifications_yield_candidates_per_capture_window(pubsub):
