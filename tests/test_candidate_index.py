@@ -6,7 +6,7 @@ import pymongo
 
 from schemas import candidates as candidates_schema
 from tests import harness
-from tests.test_sample import _embedded_records
+from tests.records_factory import clustered_records
 from transforms.candidate_index import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.sample import SelectCandidates
 
@@ -23,7 +23,7 @@ def _select_and_write(records, mongo_uri, table):
 
 
 def test_candidates_in_mongodb_and_bigquery_with_explanations_and_idempotent_rerun():
-    records = _embedded_records(300, seed=4)
+    records = clustered_records(300, seed=4)
     with harness.mongod() as mongo, harness.bigquery_emulator() as endpoint:
         from transforms import gcp_emulators
         assert gcp_emulators.use_emulators_if_configured()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests import harness
-from tests.records_factory import frame_record
+from tests.records_factory import clustered_records, frame_record
 from transforms.kcenter import coverage_radius, k_center_greedy
 from transforms.sample import SelectCandidates, strategy_score
 from transforms.strategies import make_strategy
@@ -79,13 +79,6 @@ if __name__ == "__main__":
 
 # --- any strategy in Beam: bounded memory, same result as in one process ------------------------
 
-def _embedded_records(n, seed=0, dim=16):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(8, dim)) * 4
-    emb = (centres[rng.integers(8, size=n)] + rng.normal(size=(n, dim))).astype(np.float32)
-    return [r._replace(embedding=e) for r, e in zip(_random_records(n, seed), emb)]
-
-
 def _pool_of(records):
     from transforms.sample import _to_scored, to_pool
     return to_pool([_to_scored(r)[1] for r in records])
@@ -97,7 +90,7 @@ def _pool_of(records):
     ("margin", {"balance_key": "predicted_class"})])
 def test_sharded_selection_equals_single_process(strategy, params):
     """With accumulators of 120 frames (1500 frames in), preselection loses nothing."""
-    records = _embedded_records(1500)
+    records = clustered_records(1500)
     got = harness.run_collect(lambda p: {"c": p | beam.Create(records, reshuffle=True)
                                          | SelectCandidates(20, strategy, params, shard_size=120)})["c"]
     pool = _pool_of(sorted(records, key=lambda r: r.frame.frame_id))
@@ -107,7 +100,7 @@ def test_sharded_selection_equals_single_process(strategy, params):
 
 
 def test_sharded_coreset_radius_close_to_single_process():
-    records = _embedded_records(3000, seed=1)
+    records = clustered_records(3000, seed=1)
     got = harness.run_collect(lambda p: {"c": p | beam.Create(records, reshuffle=True)
                                          | SelectCandidates(40, "coreset", shard_size=400)})["c"]
     x = np.stack([r.embedding for r in records])
@@ -119,7 +112,7 @@ def test_sharded_coreset_radius_close_to_single_process():
 
 
 def test_candidates_explain_themselves_and_rerun_keeps_selection_id():
-    records = _embedded_records(200)
+    records = clustered_records(200)
 
     def select(params):
         return harness.run_collect(lambda p: {"c": p | beam.Create(records)

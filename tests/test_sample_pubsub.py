@@ -16,7 +16,6 @@ from apache_beam.transforms import window
 
 from beam_pipelines.local_mongo import free_port
 from tests import harness
-from tests.test_sample_streaming import _Collect
 from transforms.decode import DecodeMedia
 from transforms.model import ScoreFrames, load_model_spec
 from transforms.sample import SelectCandidates
@@ -42,6 +41,18 @@ def pubsub():
         subscription = subscriber.subscription_path(PROJECT, "activebeam-mine")
         subscriber.create_subscription(name=subscription, topic=publisher.topic_path(PROJECT, "new-files"))
         yield publisher, subscription
+
+
+class _Collect(beam.DoFn):
+    """Appends each candidate's file name, rank and window to a JSON-lines file."""
+
+    def __init__(self, path):
+        self._path = path
+
+    def process(self, c):
+        with open(self._path, "a") as f:
+            f.write(json.dumps({"name": os.path.basename(c.source_uri), "rank": c.rank,
+                                "window": [c.window_start, c.window_end]}) + "\n")
 
 
 def test_new_file_notifications_yield_candidates_per_capture_window(pubsub):
