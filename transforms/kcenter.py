@@ -54,7 +54,7 @@ def _as_float32(x, name):
     return x
 
 
-def _nearest_sq_distance(x, centers):
+def nearest_sq_distance(x, centers):
     """Squared distance of each row of ``x`` to its nearest row of ``centers`` (faiss, exact)."""
     import faiss
     index = faiss.IndexFlatL2(x.shape[1])
@@ -71,7 +71,7 @@ def coverage_radius(x, centers) -> float:
     """Largest distance from a row of ``x`` (N, D) to its nearest row of ``centers`` (M, D)."""
     x = _as_float32(x, "x")
     centers = _as_float32(centers, "centers")
-    return float(np.sqrt(_nearest_sq_distance(x, centers).max())) if len(x) else 0.0
+    return float(np.sqrt(nearest_sq_distance(x, centers).max())) if len(x) else 0.0
 
 
 def _naive(x, k, mind, first):
@@ -218,7 +218,7 @@ def k_center_greedy(x, k: int, labelled: Optional[np.ndarray] = None, seed: int 
         labelled = _as_float32(labelled, "labelled")
         if labelled.shape[1] != x.shape[1]:
             raise ValueError(f"labelled has width {labelled.shape[1]}, x has {x.shape[1]}")
-        mind = _nearest_sq_distance(x, labelled)
+        mind = nearest_sq_distance(x, labelled)
     elif n:
         first = int(np.random.default_rng(seed).integers(n))
     if k == 0:

@@ -34,7 +34,7 @@ from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from transforms import uncertainty
-from transforms.kcenter import k_center_greedy
+from transforms.kcenter import k_center_greedy, nearest_sq_distance
 
 
 class Pool(NamedTuple):
@@ -575,9 +575,8 @@ class Excluding(Strategy):
         keep = ~np.isin(ids, list(excluded)) if excluded else np.ones(len(ids), bool)
         radius = self.near_duplicate_distance
         if radius > 0 and labelled is not None and labelled.embeddings is not None and len(labelled):
-            from transforms.kcenter import _nearest_sq_distance
             x = np.ascontiguousarray(_require(pool, "embeddings", "near-duplicate exclusion"), np.float32)
-            near = _nearest_sq_distance(x, np.ascontiguousarray(labelled.embeddings, np.float32))
+            near = nearest_sq_distance(x, np.ascontiguousarray(labelled.embeddings, np.float32))
             keep &= near > radius ** 2
         return np.nonzero(keep)[0]
 
