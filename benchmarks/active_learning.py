@@ -184,8 +184,8 @@ def main(argv=None):
     parser.add_argument("--pool_size", type=int, default=None, help="default 8000 (fashion) / 4000 (digits)")
     parser.add_argument("--test_size", type=int, default=2000)
     parser.add_argument("--initial", type=int, default=None, help="default 100 (fashion) / 50 (digits)")
-    parser.add_argument("--batch", type=int, default=None, help="labels per round; default 250 / 50")
-    parser.add_argument("--max_labels", type=int, default=None, help="default 3100 / 650")
+    parser.add_argument("--batch", type=int, default=None, help="labels per round; default 250 / 75")
+    parser.add_argument("--max_labels", type=int, default=None, help="default 3100 / 1025")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--epochs", type=int, default=10)
@@ -199,8 +199,8 @@ def main(argv=None):
     digits = args.dataset == "digits"
     args.pool_size = args.pool_size or (4000 if digits else 8000)
     args.initial = args.initial or (50 if digits else 100)
-    args.batch = args.batch or (50 if digits else 250)
-    args.max_labels = args.max_labels or (650 if digits else 3100)
+    args.batch = args.batch or (75 if digits else 250)
+    args.max_labels = args.max_labels or (1025 if digits else 3100)
     caller = os.environ.get("BUILD_WORKING_DIRECTORY")
     out_dir = os.path.join(caller, args.out_dir) if caller and not os.path.isabs(args.out_dir) else args.out_dir
     os.makedirs(out_dir, exist_ok=True)
