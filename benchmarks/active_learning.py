@@ -195,6 +195,8 @@ def main(argv=None):
     parser.add_argument("--clusters", type=int, default=20)
     parser.add_argument("--margin_multiplier", type=float, default=5.0)
     parser.add_argument("--target_fraction", type=float, default=0.95)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra/inter-op threads (0: TensorFlow's default); 1 helps on a busy machine")
     parser.add_argument("--out_dir", default="activebeam-out/active_learning")
     args = parser.parse_args(argv)
     digits = args.dataset == "digits"
@@ -210,6 +212,9 @@ def main(argv=None):
 
     import tensorflow as tf
     tf.get_logger().setLevel("ERROR")
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     started = time.monotonic()
     data = load_dataset(args.dataset, args.pool_size, args.test_size)
     n_classes = 10

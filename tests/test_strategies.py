@@ -100,17 +100,23 @@ def test_k_center_matches_scikit_activeml_coreset():
     assert np.all(np.diff(ours.scores) <= 1e-6)  # farthest-first gains never grow
 
 
-def test_pruned_k_center_equals_naive_and_reports_radius():
+def test_lazy_k_center_equals_naive_and_reports_radius():
     rng = np.random.default_rng(2)
     centres = rng.normal(size=(50, 16)) * 5
     x = (centres[rng.integers(50, size=60_000)] + rng.normal(size=(60_000, 16))).astype(np.float32)
-    naive = kcenter.k_center_greedy(x, 300, n_blocks=1, seed=4)
-    pruned = kcenter.k_center_greedy(x, 300, seed=4)
+    naive = kcenter.k_center_greedy(x, 300, method="naive", seed=4)
+    pruned = kcenter.k_center_greedy(x, 300, seed=4, n_candidates=512)  # forces many rebuilds
     assert np.mean(naive.indices == pruned.indices) > 0.98
     assert pruned.radius == pytest.approx(kcenter.coverage_radius(x, x[pruned.indices]), rel=1e-4)
     assert naive.radius == pytest.approx(pruned.radius, rel=1e-3)
+    labelled = x[:50]
+    a = kcenter.k_center_greedy(x, 200, labelled=labelled, method="naive")
+    b = kcenter.k_center_greedy(x, 200, labelled=labelled, n_candidates=256)
+    assert np.mean(a.indices == b.indices) > 0.98 and b.radius == pytest.approx(a.radius, rel=1e-3)
     with pytest.raises(ValueError, match="shape"):
         kcenter.k_center_greedy(x[0], 3)
+    with pytest.raises(ValueError, match="method"):
+        kcenter.k_center_greedy(x, 3, method="fast")
 
 
 def test_round_robin_takes_smallest_clusters_first():

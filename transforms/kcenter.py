@@ -5,17 +5,17 @@ every centre chosen so far (and from the already-labelled points, when given). T
 2-approximation of the minimax facility location (k-center) problem, the core-set selection of
 Sener & Savarese (2018).
 
-A naive implementation costs one full pass over ``x`` per pick (``k`` passes of ``N x D``). For
-large ``N`` this module prunes with the triangle inequality, exactly: the points are partitioned
-into blocks by k-means (faiss), each block knows its centroid ``c_j``, its radius ``r_j`` (largest
-member distance to ``c_j``) and the largest current nearest-centre distance of its members
-``m_j``. A new centre ``s`` can lower a member's distance only if ``|s - c_j| - r_j < m_j``, so
-blocks failing that test are skipped, and the next pick is the argmax of the block maxima. The
-selection is the same as the naive one (up to float32 rounding); only the work changes, from
-``k * N`` to ``k * (blocks + members of the touched blocks)`` distance evaluations.
+A naive implementation costs one full pass over ``x`` per pick (``k`` memory-bound passes of
+``N x D``; scikit-activeml's ``CoreSet``). This module computes the same picks lazily: every
+point keeps an upper bound of its distance to the nearest centre (its distance to the centres
+applied so far); only the ``n_candidates`` points with the largest bounds are kept exact after
+each pick, and the best of them is provably the farthest point while it is at least the largest
+bound outside the list. When it is not, all pending centres are applied to all points in one
+exact faiss search (a BLAS-3 matrix product) and the list is rebuilt. The distance work stays
+``N x k`` but runs as a few matrix products instead of ``k`` passes over memory.
 
-Memory: ``x`` as float32 plus one reordered copy (``2 * N * D * 4`` bytes) plus ``O(N)`` floats;
-1,000,000 x 128 takes about 1.1 GB.
+Memory: ``x`` as float32 plus ``O(N)`` floats and the candidate rows (``n_candidates x D``);
+1,000,000 x 128 takes about 0.6 GB.
 
 References
 ----------
@@ -23,7 +23,8 @@ References
   Approach. ICLR. (Greedy k-center, algorithm 1.)
 * Gonzalez, T. (1985). Clustering to minimize the maximum intercluster distance. Theoretical
   Computer Science 38 (farthest-first traversal, 2-approximation).
-* Elkan, C. (2003). Using the triangle inequality to accelerate k-means. ICML (the pruning idea).
+* Minoux, M. (1978). Accelerated greedy algorithms for maximizing submodular set functions
+  (lazy evaluation of stale upper bounds, the idea used here).
 * Reference implementations: scikit-activeml ``skactiveml.pool.CoreSet`` (naive), Google's
   ``active-learning`` ``sampling_methods/kcenter_greedy.py``.
 """
@@ -31,8 +32,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-#: Below this many points the naive traversal is faster than building blocks.
-NAIVE_MAX_POINTS = 50_000
+#: Below this many points the naive traversal is as fast as the lazy one.
+NAIVE_MAX_POINTS = 5_000
 
 
 class KCenterResult(NamedTuple):
@@ -88,98 +89,65 @@ def _naive(x, k, mind, first):
     return picks, gains, float(np.sqrt(mind.max())) if n else 0.0
 
 
-class _Blocks:
-    """Points reordered by k-means block, with per-block centroid and radius and, per point, the
-    distance to its block's centroid (for the point-wise bound)."""
+def _lazy(x, k, mind_sq, first, n_candidates):
+    """Exact greedy k-center with lazy, batched distance updates (see the module docstring).
 
-    def __init__(self, x, n_blocks, seed):
-        import faiss
-        n, dim = x.shape
-        kmeans = faiss.Kmeans(dim, n_blocks, niter=4, seed=int(seed) % (2**31), verbose=False,
-                              max_points_per_centroid=32)
-        kmeans.train(x)
-        assign = np.empty(n, dtype=np.int64)
-        step = 262_144
-        for start in range(0, n, step):
-            assign[start:start + step] = kmeans.index.search(x[start:start + step], 1)[1][:, 0]
-        self.order = np.argsort(assign, kind="stable")
-        self.xs = x[self.order]
-        counts = np.bincount(assign, minlength=n_blocks)
-        counts = counts[counts > 0]
-        self.bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.norms = np.einsum("ij,ij->i", self.xs, self.xs)
-        m = len(counts)
-        self.block_of = np.repeat(np.arange(m), counts)
-        self.centroids = np.empty((m, dim), dtype=np.float32)
-        self.to_centroid = np.empty(n, dtype=np.float32)
-        for j in range(m):
-            lo, hi = self.bounds[j], self.bounds[j + 1]
-            seg = self.xs[lo:hi]
-            c = seg.mean(axis=0)
-            self.centroids[j] = c
-            self.to_centroid[lo:hi] = np.sqrt(((seg - c) ** 2).sum(axis=1))
-        # float32 rounding of the distance formula: widen the bounds slightly (never prunes wrongly)
-        self.to_centroid = self.to_centroid * np.float32(1.0001) + np.float32(1e-4)
-        self.radii = np.maximum.reduceat(self.to_centroid, self.bounds[:-1])
-
-
-def _pruned(x, k, mind_sq, first, n_blocks, seed):
-    """Greedy k-center with block and point-wise triangle-inequality pruning (module docstring).
-
-    Per pick: distances from the new centre ``s`` to the block centroids; blocks with
-    ``|s - c_j| - r_j >= max_j`` are skipped; in the other blocks a point ``x`` is skipped when
-    ``|s - c_j| - |x - c_j| >= mind(x)``; only the remaining points get a distance computation.
+    ``mind`` holds squared distances to the centres applied so far: upper bounds of the true
+    ones. The ``n_candidates`` points with the largest bounds are kept exact (one small
+    matrix-vector product per pick); the best of them is the true farthest point as long as it
+    is at least the largest bound outside the list. When it is not, every pending centre is
+    applied to all points at once (faiss exact search: a BLAS-3 matrix product instead of one
+    pass over the data per centre) and the list is rebuilt.
     """
-    blocks = _Blocks(x, n_blocks, seed)
-    order, xs, norms, bounds = blocks.order, blocks.xs, blocks.norms, blocks.bounds
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    mind = np.sqrt(mind_sq[order])  # true distances (inf where nothing covers yet)
-    starts = bounds[:-1]
-    block_max = np.maximum.reduceat(mind, starts)
-    m, n = len(starts), len(xs)
-    c_norms = np.einsum("ij,ij->i", blocks.centroids, blocks.centroids)
+    n = len(x)
+    norms = np.einsum("ij,ij->i", x, x)
+    mind = mind_sq.copy()
     picks = np.empty(k, dtype=np.int64)
     gains = np.empty(k, dtype=np.float32)
+    pending = []
+    t = min(n, n_candidates)
+    state = {}
+
+    def rebuild():
+        if pending:
+            np.minimum(mind, nearest_sq_distance(x, x[pending]), out=mind)
+            pending.clear()
+        if t < n:
+            part = np.argpartition(-mind, t)
+            cand, outside = part[:t], float(mind[part[t:]].max())
+        else:
+            cand, outside = np.arange(n), -np.inf
+        state.update(cand=cand, xc=x[cand], nc=norms[cand], val=mind[cand].copy(), outside=outside)
+
+    rebuild()
     for i in range(k):
         if i == 0 and first is not None:
-            p = int(inverse[first])
+            p = first
+            found = np.nonzero(state["cand"] == p)[0]
+            j = int(found[0]) if len(found) else None
         else:
-            j = int(np.argmax(block_max))
-            p = int(bounds[j] + np.argmax(mind[bounds[j]:bounds[j + 1]]))
-        picks[i], gains[i] = order[p], mind[p]
-        s, s_norm = xs[p], norms[p]
-        dc = np.sqrt(np.maximum(c_norms + s_norm - 2.0 * (blocks.centroids @ s), 0.0))
-        touched = np.nonzero(dc - blocks.radii < block_max)[0]
-        if len(touched) > m // 4:
-            cand = np.nonzero(dc[blocks.block_of] - blocks.to_centroid < mind)[0]
-            if len(cand) > n // 3:  # most points: one matrix-vector product beats a gather
-                d = np.sqrt(np.maximum(norms + s_norm - 2.0 * (xs @ s), 0.0))
-                np.minimum(mind, d, out=mind)
-                mind[p] = 0.0
-                block_max = np.maximum.reduceat(mind, starts)
-                continue
-        else:
-            cand = [bounds[j] + np.nonzero(dc[j] - blocks.to_centroid[bounds[j]:bounds[j + 1]]
-                                            < mind[bounds[j]:bounds[j + 1]])[0] for j in touched]
-            cand = np.concatenate(cand) if cand else np.empty(0, np.int64)
-        if len(cand):
-            d = np.sqrt(np.maximum(norms[cand] + s_norm - 2.0 * (xs[cand] @ s), 0.0))
-            better = d < mind[cand]
-            mind[cand[better]] = d[better]
+            j = int(np.argmax(state["val"]))
+            if state["val"][j] < state["outside"]:
+                rebuild()
+                j = int(np.argmax(state["val"]))
+            p = int(state["cand"][j])
+        picks[i] = p
+        gain = float(state["val"][j]) if j is not None else float(mind[p])
+        gains[i] = np.sqrt(max(gain, 0.0)) if np.isfinite(gain) else np.inf
+        # the new centre: exact for the candidates now, pending for everyone else
+        d = state["nc"] + norms[p] - 2.0 * (state["xc"] @ x[p])
+        np.minimum(state["val"], np.maximum(d, 0.0), out=state["val"])
+        if j is not None:
+            state["val"][j] = 0.0
+        pending.append(p)
         mind[p] = 0.0
-        changed = np.unique(blocks.block_of[cand]) if len(cand) else np.empty(0, np.int64)
-        changed = np.union1d(changed, [blocks.block_of[p]])
-        if len(changed) > m // 4:
-            block_max = np.maximum.reduceat(mind, starts)
-        else:
-            for j in changed:
-                block_max[j] = mind[bounds[j]:bounds[j + 1]].max()
-    return picks, gains, float(block_max.max())
+    if pending:
+        np.minimum(mind, nearest_sq_distance(x, x[pending]), out=mind)
+    return picks, gains, float(np.sqrt(max(float(mind.max()), 0.0)))
 
 
 def k_center_greedy(x, k: int, labelled: Optional[np.ndarray] = None, seed: int = 0,
-                    n_blocks: Optional[int] = None) -> KCenterResult:
+                    method: str = "lazy", n_candidates: int = 8192) -> KCenterResult:
     """Greedy k-center: ``k`` indices of ``x`` that cover it with the smallest radius (2-approx).
 
     Parameters
@@ -192,10 +160,12 @@ def k_center_greedy(x, k: int, labelled: Optional[np.ndarray] = None, seed: int 
         Embeddings of already-labelled (or already-selected) points: initial centres. Without
         them the first pick is drawn at random with ``seed``, as in Sener & Savarese (2018).
     seed : int
-        Seed of the first pick (when ``labelled`` is empty) and of the k-means blocks.
-    n_blocks : int, optional
-        Number of pruning blocks; default ``2 * sqrt(N)`` for ``N > NAIVE_MAX_POINTS``, else the
-        naive traversal. ``1`` forces the naive traversal.
+        Seed of the first pick (when ``labelled`` is empty).
+    method : str
+        ``lazy`` (default; the naive traversal below ``NAIVE_MAX_POINTS`` points) or ``naive``.
+        Both give the same picks up to float32 rounding.
+    n_candidates : int
+        Points kept exact between batched updates (lazy method); memory ``n_candidates x D``.
 
     Returns
     -------
@@ -205,7 +175,8 @@ def k_center_greedy(x, k: int, labelled: Optional[np.ndarray] = None, seed: int 
     Raises
     ------
     ValueError
-        If ``x`` is not 2-D and finite, ``labelled`` has another width, or ``k < 0``.
+        If ``x`` is not 2-D and finite, ``labelled`` has another width, ``k < 0`` or
+        ``method`` is unknown.
     """
     x = _as_float32(x, "x")
     if not isinstance(k, (int, np.integer)) or k < 0:
@@ -224,10 +195,10 @@ def k_center_greedy(x, k: int, labelled: Optional[np.ndarray] = None, seed: int 
     if k == 0:
         radius = float(np.sqrt(mind.max())) if n and np.isfinite(mind.max()) else (np.inf if n else 0.0)
         return KCenterResult(np.empty(0, np.int64), radius, np.empty(0, np.float32))
-    if n_blocks is None:
-        n_blocks = int(2 * np.sqrt(n)) if n > NAIVE_MAX_POINTS else 1
-    if n_blocks <= 1:
-        picks, gains, radius = _naive(x, k, mind, first)
+    if method not in ("lazy", "naive"):
+        raise ValueError(f"method must be lazy or naive, got {method!r}")
+    if method == "lazy" and n > NAIVE_MAX_POINTS:
+        picks, gains, radius = _lazy(x, k, mind, first, n_candidates)
     else:
-        picks, gains, radius = _pruned(x, k, mind, first, n_blocks, seed)
+        picks, gains, radius = _naive(x, k, mind, first)
     return KCenterResult(picks, radius, gains)

@@ -250,7 +250,7 @@ class KCenterGreedy(Strategy):
 
     Labelled frames are the initial centres; each pick is the frame farthest from every centre.
     The rank score is the pick's distance to its nearest earlier centre. Cost and memory: see
-    :func:`transforms.kcenter.k_center_greedy` (exact, with triangle-inequality pruning).
+    :func:`transforms.kcenter.k_center_greedy` (exact, with lazy batched updates).
 
     Parameters
     ----------
