@@ -23,12 +23,14 @@ def test_mine_with_cluster_margin_indexes_candidates_everywhere():
         client.create_dataset("activebeam")
         argv = [f"--input={pngs}", f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}",
                 f"--bigquery_table={harness.BIGQUERY_PROJECT}:activebeam.sampling_frames",
+                # Its own name: Beam caches the tables it created per process (see test_mine).
+                f"--bigquery_candidates_table={harness.BIGQUERY_PROJECT}:activebeam.sampling_candidates",
                 "--budget=8", "--strategy=cluster_margin",
                 '--strategy_params={"n_clusters": 3, "margin_multiplier": 3}']
         summary = mine.run(argv)
         assert summary["candidates"] == summary["candidates_written"] == 8
         assert summary["strategy_params"] == {"n_clusters": 3, "margin_multiplier": 3}
-        assert summary["bigquery_candidates_table"] == f"{harness.BIGQUERY_PROJECT}:activebeam.candidates"
+        assert summary["bigquery_candidates_table"] == f"{harness.BIGQUERY_PROJECT}:activebeam.sampling_candidates"
         candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
         assert [c["rank"] for c in candidates] == list(range(1, 9))
         assert {c["strategy"] for c in candidates} == {"cluster_margin"}
@@ -45,14 +47,14 @@ def test_mine_with_cluster_margin_indexes_candidates_everywhere():
             assert stored[c["frame_id"]]["selection_id"] == c["selection_id"]
             assert stored[c["frame_id"]]["model"]["version"] == summary["model"]["version"]
         rows = list(client.query("SELECT frame_id, `rank`, model_version, parameters "
-                                 "FROM `activebeam.candidates` ORDER BY `rank`").result())
+                                 "FROM `activebeam.sampling_candidates` ORDER BY `rank`").result())
         assert [r["frame_id"] for r in rows] == [c["frame_id"] for c in candidates]
         assert json.loads(rows[0]["parameters"])["params"]["n_clusters"] == 3
 
         again = mine.run(argv)
         assert again["candidates"] == 8
         assert _read_jsonl(os.path.join(out_dir, "candidates.jsonl")) == candidates
-        n = list(client.query("SELECT COUNT(*) AS n FROM `activebeam.candidates`").result())[0]["n"]
+        n = list(client.query("SELECT COUNT(*) AS n FROM `activebeam.sampling_candidates`").result())[0]["n"]
         assert n == 8
 
 
