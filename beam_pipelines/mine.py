@@ -9,7 +9,9 @@
 Stages (one ``PTransform`` each, see :class:`MineFrames`): decode files into frames, embed and
 score them with a model (Keras, SavedModel, TFLite or ONNX) through ``RunInference`` (plus
 MC-dropout, detection and k-NN uniqueness scores when asked), index one document per frame in MongoDB
-(and a row in BigQuery), select the ``--budget`` most uncertain distinct frames, write results.
+(and a row in BigQuery), select ``--budget`` distinct frames with ``--strategy`` (and
+``--strategy_params``), write results and index the candidates in MongoDB's ``candidates``
+collection (and the BigQuery candidates table).
 
 Outputs in ``--output_dir``: ``candidates.jsonl`` (sorted by rank), ``dead_letter.jsonl`` (one
 object per failed file or frame: ``source_uri``, ``stage``, ``error``) and ``summary.json``
@@ -23,7 +25,7 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -44,8 +46,10 @@ from transforms.files import is_local
 from transforms.model import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
 from transforms.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
                                 WriteDeadLetters, WriteSummary)
+from transforms.candidate_index import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.novelty import ScoreNovelty
 from transforms.sample import STRATEGIES, SelectCandidates
+from transforms.strategies import make_strategy
 from transforms.store import (WriteFramesToBigQuery, WriteFramesToMongoDB, redact_text, redact_uri,
                               upsert_documents)
 
@@ -78,7 +82,17 @@ class MineOptions(PipelineOptions):
                                  "free and atomic), else STREAMING_INSERTS.")
         parser.add_argument("--budget", type=int, default=50, help="Number of candidates to select.")
         parser.add_argument("--strategy", default="entropy", choices=STRATEGIES,
-                            help="Uncertainty score that ranks candidates.")
+                            help="Selection strategy: an uncertainty score (top-k), random, coreset "
+                                 "(k-center greedy), cluster_margin or combined (docs/sampling.md).")
+        parser.add_argument(
+            "--strategy_params", default="{}",
+            help='JSON object of the strategy\'s parameters, e.g. \'{"n_clusters": 20}\' for '
+                 'cluster_margin, \'{"strengths": {"entropy": 1, "least_confidence": 0.5}}\' for '
+                 'combined, \'{"balance_key": "camera"}\' (source, camera, predicted_class) for quotas, '
+                 '\'{"near_duplicate_distance": 0.1}\'.')
+        parser.add_argument("--bigquery_candidates_table", default=None,
+                            help="PROJECT:DATASET.TABLE for candidates; default: table 'candidates' "
+                                 "in --bigquery_table's dataset when that is given.")
         parser.add_argument("--video_fps", type=float, default=1.0,
                             help="Frames sampled per second of video; 0 keeps every frame.")
         parser.add_argument(
@@ -136,7 +150,9 @@ class MineFrames(beam.PTransform):
                  mongo_database: str = DEFAULT_DATABASE, bigquery_table: Optional[str] = None,
                  bigquery_write_method: str = "STREAMING_INSERTS", run_info: Optional[dict] = None,
                  decode_options: Optional[dict] = None,
-                 detector_background: Optional[str] = None, uniqueness_k: int = 0):
+                 detector_background: Optional[str] = None, uniqueness_k: int = 0,
+                 strategy_params: Optional[dict] = None, bigquery_candidates_table: Optional[str] = None,
+                 inputs: Sequence[str] = ()):
         super().__init__()
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
         detector = (DetectorHandler(BackgroundDifferenceDetector(detector_background))
@@ -146,7 +162,10 @@ class MineFrames(beam.PTransform):
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method)
                                 if bigquery_table else None)
-        self._select = SelectCandidates(budget, strategy)
+        self._select = SelectCandidates(budget, strategy, strategy_params, inputs=inputs)
+        self._candidates_mongo = WriteCandidatesToMongoDB(mongo_uri, mongo_database)
+        self._candidates_bigquery = (WriteCandidatesToBigQuery(bigquery_candidates_table, bigquery_write_method)
+                                     if bigquery_candidates_table else None)
         self._output_dir = output_dir
         self._run_info = run_info or {}
 
@@ -163,6 +182,10 @@ class MineFrames(beam.PTransform):
         if self._index_bigquery:
             dead_letters.append(scored.records | "IndexInBigQuery" >> self._index_bigquery)
         candidates = scored.records | "SelectCandidates" >> self._select
+        candidates_indexed = candidates | "CandidatesToMongoDB" >> self._candidates_mongo
+        dead_letters.append(candidates_indexed.dead_letters)
+        if self._candidates_bigquery:
+            dead_letters.append(candidates | "CandidatesToBigQuery" >> self._candidates_bigquery)
 
         dead_letters = dead_letters | "AllDeadLetters" >> beam.Flatten()
         candidates | "WriteCandidates" >> WriteCandidates(self._path(CANDIDATES_FILE))
@@ -176,6 +199,7 @@ class MineFrames(beam.PTransform):
             "frames_written": indexed.frame_ids,
             "dead_letters": dead_letters,
             "candidates": candidates,
+            "candidates_written": candidates_indexed.frame_ids,
         } | "WriteSummary" >> WriteSummary(
             self._path(SUMMARY_FILE), static=self._run_info,
             sums={"frames_decoded": (outcomes, lambda o: o.frames)},
@@ -228,6 +252,16 @@ def run(argv: Optional[List[str]] = None) -> dict:
         standard.runner = DEFAULT_RUNNER
     if mine.budget < 0:
         raise ValueError(f"--budget must be >= 0, got {mine.budget}")
+    try:
+        strategy_params = json.loads(mine.strategy_params)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--strategy_params must be a JSON object: {e}") from None
+    if not isinstance(strategy_params, dict):
+        raise ValueError(f"--strategy_params must be a JSON object, got {mine.strategy_params!r}")
+    make_strategy(mine.strategy, strategy_params)  # fails now, naming the bad parameter
+    candidates_table = mine.bigquery_candidates_table
+    if not candidates_table and mine.bigquery_table:
+        candidates_table = mine.bigquery_table.rsplit(".", 1)[0] + ".candidates"
     local_runner = standard.runner.lower() in LOCAL_RUNNERS
     globs = [_from_caller_dir(g) for g in _split_globs(mine.input)]
     if not globs:
@@ -267,6 +301,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
             "bigquery_write_method": mine.bigquery_write_method if mine.bigquery_table else None,
             "budget": mine.budget,
             "strategy": mine.strategy,
+            "strategy_params": strategy_params,
+            "bigquery_candidates_table": candidates_table,
             "video_fps": mine.video_fps,
             "decode": _decode_options(mine),
             "model": model.version._asdict(),
@@ -291,7 +327,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
                          decode_options=_decode_options(mine),
                          detector_background=(mine.detector_background
                                               and _from_caller_dir(mine.detector_background)),
-                         uniqueness_k=mine.uniqueness_k))
+                         uniqueness_k=mine.uniqueness_k,
+                         strategy_params=strategy_params, bigquery_candidates_table=candidates_table,
+                         inputs=globs))
         except BaseException:
             run.record("failed")
             raise

@@ -3,11 +3,18 @@
 ``CANDIDATE_FIELDS`` is the single description of a candidate entry (``candidates.jsonl``, the
 MongoDB ``candidates`` collection and the BigQuery ``candidates`` table). A candidate is
 identified by ``(selection_id, frame_id)``: rerunning a selection with the same inputs and
-parameters rewrites the same entries.
+parameters rewrites the same entries. :func:`to_mongo_document` and :func:`to_bigquery_row` are
+the only places that turn a :class:`~schemas.records.Candidate` into stored form.
 """
-from schemas.frames import Field
+import json
+from typing import List
+
+from schemas import frames as frames_schema
+from schemas.frames import Field, IndexSpec
+from schemas.records import Candidate
 
 CANDIDATES_COLLECTION = "candidates"
+CANDIDATES_TABLE = "candidates"
 
 CANDIDATE_FIELDS = (
     Field("selection_id", "STRING", "REQUIRED", "Deterministic id of the selection: hash of strategy, parameters, model version and inputs."),
@@ -22,4 +29,51 @@ CANDIDATE_FIELDS = (
     Field("duplicates", "INT64", "REQUIRED", "Frames with identical pixels this candidate stands for, itself included."),
     Field("model_name", "STRING", "REQUIRED", "Name of the model that scored the frame."),
     Field("model_version", "STRING", "REQUIRED", "Digest of the model's weights."),
+    Field("parameters", "STRING", "REQUIRED", "JSON object: the strategy's name and parameters (composed strategies nest their inner one)."),
+    Field("components", "STRING", "REQUIRED", "JSON object: the per-frame values that explain the rank (e.g. margin, cluster_size, kcenter_distance)."),
+    Field("scores", "STRING", "REQUIRED", "JSON object: the frame's uncertainty scores (entropy, margin, least_confidence)."),
+    Field("window_start", "FLOAT64", "NULLABLE", "Streaming: start of the event-time window, seconds since the epoch; null in batch."),
+    Field("window_end", "FLOAT64", "NULLABLE", "Streaming: end of the event-time window (exclusive); null in batch."),
 )
+
+MONGO_INDEXES = (
+    IndexSpec((("selection_id", 1), ("rank", 1)), "selection_id_rank"),
+    IndexSpec((("frame_id", 1),), "frame_id"),
+)
+
+
+def candidate_key(candidate: Candidate) -> str:
+    """The MongoDB ``_id`` of a candidate: ``<selection_id>:<frame_id>`` (idempotent upserts)."""
+    return f"{candidate.selection_id}:{candidate.frame_id}"
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, allow_nan=False)
+
+
+def to_bigquery_row(candidate: Candidate) -> dict:
+    """The BigQuery row of a candidate, with exactly the columns of :data:`CANDIDATE_FIELDS`."""
+    row = {f.name: getattr(candidate, f.name) for f in CANDIDATE_FIELDS if hasattr(candidate, f.name)}
+    row["model_name"] = candidate.model.name
+    row["model_version"] = candidate.model.version
+    row["parameters"] = _json(json.loads(candidate.parameters))
+    row["components"] = _json(dict(candidate.components))
+    row["scores"] = _json(dict(candidate.scores))
+    return row
+
+
+def to_mongo_document(candidate: Candidate) -> dict:
+    """The MongoDB document of a candidate: ``_id`` from :func:`candidate_key`, JSON columns as
+    sub-documents, and ``model`` as in the frames collection."""
+    doc = candidate.to_json_dict()
+    doc["_id"] = candidate_key(candidate)
+    return doc
+
+
+def bigquery_schema() -> dict:
+    """The BigQuery table schema of ``candidates`` in the JSON form ``WriteToBigQuery`` accepts."""
+    return frames_schema.bigquery_schema(CANDIDATE_FIELDS)
+
+
+def field_names() -> List[str]:
+    return [f.name for f in CANDIDATE_FIELDS]

@@ -61,11 +61,12 @@ FRAME_FIELDS = (
 ) + tuple(Field(name, "FLOAT64", "NULLABLE", description) for name, description in EXTRA_SCORES)
 
 
-def bigquery_schema() -> dict:
-    """The BigQuery table schema of ``frames`` in the JSON form ``WriteToBigQuery`` accepts."""
+def bigquery_schema(fields=FRAME_FIELDS) -> dict:
+    """The BigQuery table schema of ``frames`` (or of ``fields``) in the JSON form
+    ``WriteToBigQuery`` accepts."""
     return {"fields": [
         {"name": f.name, "type": f.bigquery_type, "mode": f.mode, "description": f.description}
-        for f in FRAME_FIELDS
+        for f in fields
     ]}
 
 

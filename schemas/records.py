@@ -5,6 +5,7 @@ the same fused step, so pixels never cross a shuffle; every later stage sees
 :class:`FrameRecord` (metadata, embedding, scores).
 """
 import hashlib
+import json
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -115,6 +116,11 @@ class Candidate(NamedTuple):
 
     ``score`` is the value of the ranking score named by ``strategy``; ``duplicates`` counts the
     frames with identical pixels that this candidate stands for (itself included).
+    ``selection_id`` identifies the selection (deterministic: strategy, parameters, model
+    version, inputs, window); ``parameters`` is the strategy's description as a JSON string;
+    ``components`` are the per-frame values that explain the rank (e.g. margin and cluster
+    size for Cluster-Margin); ``window_start``/``window_end`` bound the event-time window of a
+    streaming selection in seconds since the epoch (``None`` in batch).
     """
     rank: int
     frame_id: str
@@ -127,6 +133,11 @@ class Candidate(NamedTuple):
     predicted_class: int
     duplicates: int
     model: ModelVersion
+    selection_id: str = ""
+    parameters: str = "{}"
+    components: Tuple[Tuple[str, float], ...] = ()
+    window_start: Optional[float] = None
+    window_end: Optional[float] = None
 
     def to_json_dict(self) -> dict:
         return {
@@ -141,6 +152,11 @@ class Candidate(NamedTuple):
                 "predicted_class": self.predicted_class,
                 "duplicates": self.duplicates,
                 "model": self.model._asdict(),
+                "selection_id": self.selection_id,
+                "parameters": json.loads(self.parameters),
+                "components": dict(self.components),
+                "window_start": self.window_start,
+                "window_end": self.window_end,
         }
 
 

@@ -20,3 +20,13 @@ def frame_record(source_uri, frame_index=0, probabilities=(0.5, 0.3, 0.2), pixel
         probabilities=p.astype(np.float32), predicted_class=int(p.argmax()),
         entropy=uncertainty.entropy(p), margin=uncertainty.margin(p),
         least_confidence=uncertainty.least_confidence(p), model=TEST_MODEL)
+
+
+def clustered_records(n, seed=0, dim=16, classes=5):
+    """``n`` FrameRecords with random probabilities and embeddings in 8 Gaussian clusters."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, dim)) * 4
+    embeddings = (centres[rng.integers(8, size=n)] + rng.normal(size=(n, dim))).astype(np.float32)
+    probabilities = rng.dirichlet(np.ones(classes) * 0.5, size=n)
+    return [frame_record(f"file:///cam/{i:04d}.png", probabilities=p)._replace(embedding=e)
+            for i, (p, e) in enumerate(zip(probabilities, embeddings))]

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from tests import harness
-from tests.records_factory import frame_record
+from tests.records_factory import clustered_records, frame_record
+from transforms.kcenter import coverage_radius, k_center_greedy
 from transforms.sample import SelectCandidates, strategy_score
+from transforms.strategies import make_strategy
 
 
 def _select(records, budget, strategy="entropy"):
@@ -59,7 +61,9 @@ def test_budget_zero_and_validation():
     with pytest.raises(ValueError, match="budget"):
         SelectCandidates(-1)
     with pytest.raises(ValueError, match="strategy must be one of"):
-        SelectCandidates(5, "coreset")
+        SelectCandidates(5, "most_beautiful")
+    with pytest.raises(ValueError, match="shard_size"):
+        SelectCandidates(100, "entropy", shard_size=100)
 
 
 def test_rerun_selects_the_same_frames():
@@ -71,3 +75,64 @@ def test_rerun_selects_the_same_frames():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+# --- any strategy in Beam: bounded memory, same result as in one process ------------------------
+
+def _pool_of(records):
+    from transforms.sample import _to_scored, to_pool
+    return to_pool([_to_scored(r)[1] for r in records])
+
+
+@pytest.mark.parametrize("strategy,params", [
+    ("entropy", None), ("random", {"seed": 5}),
+    ("cluster_margin", {"n_clusters": 4, "cluster_key": "predicted_class"}),
+    ("margin", {"balance_key": "predicted_class"})])
+def test_sharded_selection_equals_single_process(strategy, params):
+    """With accumulators of 120 frames (1500 frames in), preselection loses nothing."""
+    records = clustered_records(1500)
+    got = harness.run_collect(lambda p: {"c": p | beam.Create(records, reshuffle=True)
+                                         | SelectCandidates(20, strategy, params, shard_size=120)})["c"]
+    pool = _pool_of(sorted(records, key=lambda r: r.frame.frame_id))
+    expected = make_strategy(strategy, params).select(pool, 20)
+    assert sorted(c.frame_id for c in got) == sorted(pool.ids[expected.indices])
+    assert sorted(c.rank for c in got) == list(range(1, 21))
+
+
+def test_sharded_coreset_radius_close_to_single_process():
+    records = clustered_records(3000, seed=1)
+    got = harness.run_collect(lambda p: {"c": p | beam.Create(records, reshuffle=True)
+                                         | SelectCandidates(40, "coreset", shard_size=400)})["c"]
+    x = np.stack([r.embedding for r in records])
+    ids = {r.frame.frame_id: i for i, r in enumerate(records)}
+    sharded = coverage_radius(x, x[[ids[c.frame_id] for c in got]])
+    single = k_center_greedy(x, 40).radius
+    assert len(got) == 40 and sharded <= 2.0 * single
+    assert all(c.strategy == "coreset" and "kcenter_distance" in dict(c.components) for c in got)
+
+
+def test_candidates_explain_themselves_and_rerun_keeps_selection_id():
+    records = clustered_records(200)
+
+    def select(params):
+        return harness.run_collect(lambda p: {"c": p | beam.Create(records)
+                                              | SelectCandidates(10, "cluster_margin", params,
+                                                                 inputs=["gs://b/cam/*"])})["c"]
+    first, again, other = select({"n_clusters": 3}), select({"n_clusters": 3}), select({"n_clusters": 4})
+    assert len({c.selection_id for c in first}) == 1 and len(first[0].selection_id) == 24
+    assert {c.selection_id for c in first} == {c.selection_id for c in again}
+    assert {c.selection_id for c in first} != {c.selection_id for c in other}
+    c = min(first, key=lambda c: c.rank)
+    d = c.to_json_dict()
+    assert d["parameters"]["strategy"] == "cluster_margin" and d["parameters"]["params"]["n_clusters"] == 3
+    assert set(d["components"]) == {"margin", "cluster_size"}
+    assert d["score"] == pytest.approx(1 - dict(c.scores)["margin"]) == pytest.approx(d["components"]["margin"])
+    assert d["window_start"] is None and d["model"]["version"] == c.model.version
+
+
+def test_excluded_ids_side_input_are_never_selected():
+    records = _random_records(100)
+    best = sorted(records, key=lambda r: -r.entropy)[:5]
+    got = harness.run_collect(lambda p: {"c": p | beam.Create(records) | SelectCandidates(
+        5, "entropy", exclude_ids=p | "Labelled" >> beam.Create([r.frame.frame_id for r in best]))})["c"]
+    assert len(got) == 5 and not {c.frame_id for c in got} & {r.frame.frame_id for r in best}

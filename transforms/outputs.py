@@ -24,12 +24,17 @@ def _json_line(obj) -> str:
 
 
 def _write_candidates(candidates, path):
-    ordered = sorted(candidates, key=lambda c: c.rank)
+    ordered = sorted(candidates, key=lambda c: (c.window_start is not None, c.window_start or 0.0, c.rank))
     return _write_text(path, "".join(_json_line(c.to_json_dict()) + "\n" for c in ordered))
 
 
 class WriteCandidates(beam.PTransform):
-    """Writes ``Candidate``\\ s to one JSON-lines file sorted by rank (rank 1 first)."""
+    """Writes ``Candidate``\\ s to one JSON-lines file sorted by rank (rank 1 first).
+
+    Windowed candidates (streaming selections) are sorted by window start, then rank. In a
+    streaming pipeline each window firing rewrites the file; use the MongoDB or BigQuery
+    candidate writers of :mod:`transforms.candidate_index` there.
+    """
 
     def __init__(self, path: str):
         super().__init__()

@@ -1,41 +1,64 @@
-"""Selection of annotation candidates: distributed top-k by an uncertainty score.
+"""Selection of annotation candidates in Beam, batch or streaming, at any scale.
 
 ``SelectCandidates`` keeps one frame per group of identical frames (same decoded pixels), then
-takes the ``budget`` frames with the highest uncertainty with Beam's ``Top.Of`` (a ``CombineFn``:
-each worker keeps a heap of at most ``budget`` elements, and only those heaps are merged, so
-memory is ``O(budget)`` per worker whatever the number of frames)::
+runs a selection strategy of :mod:`transforms.strategies` without gathering the frames on one
+worker: a ``CombineFn`` keeps, per worker, at most ``shard_size`` frames (a few numbers and the
+embedding each); when it holds more it *preselects* (``Strategy.preselect``: the frames that
+can still win: per-shard top-k, margin preselection for Cluster-Margin, a per-shard k-center
+core-set for coreset), and merged accumulators are preselected again; the final selection runs
+on at most ``shard_size`` frames::
 
-    candidates = frame_records | SelectCandidates(budget=50, strategy="entropy")
-    # PCollection[Candidate], ranks 1..budget
+    candidates = frame_records | SelectCandidates(budget=500, strategy="cluster_margin",
+                                                  params={"n_clusters": 50})
+    # PCollection[Candidate], ranks 1..budget, with selection_id, parameters and components
 
-Strategies (the score is always "higher = more wanted"):
+Memory per worker: ``O(shard_size * (D + C))`` floats (``D`` embedding width, ``C`` classes),
+whatever the number of frames: an accumulator peaks at ``2 * shard_size`` frames of about
+1 KB each with 128-d embeddings (Python objects included), about 100 MB with the default
+``shard_size=50_000``, for 10M frames as for 10K. Exact for top-k, random and Cluster-Margin's preselection; a
+composable core-set for k-center (see :meth:`transforms.strategies.Strategy.preselect`).
 
-* ``entropy``: Shannon entropy in nats (Settles 2009, eq. 3.3);
-* ``margin``: ``1 - (p_(1) - p_(2))``, LightlyOne's ``uncertainty_margin`` (Scheffer et al. 2001);
-* ``least_confidence``: ``1 - p_(1)`` (Settles 2009, eq. 3.1).
+Streaming: in an event-time window (``beam.WindowInto`` before this transform, or the
+``window_s``/``period_s`` arguments) the selection runs per window and per trigger firing:
+each window gets its own budget and its own ``selection_id``, candidates carry
+``window_start``/``window_end``, and with the default trigger they are emitted when the
+watermark passes the window's end, then again (accumulating) for each late frame within
+``allowed_lateness_s``.
+
+Scores (always "higher = more wanted"): ``entropy`` (nats), ``margin`` ranked as
+``1 - (p1 - p2)``, ``least_confidence``; see :mod:`transforms.strategies` for the others.
 """
-from typing import NamedTuple, Optional
+import json
+import logging
+import os
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, window
 
 from schemas.frames import SCORE_NAMES
 from schemas.records import Candidate, FrameRecord, ModelVersion
+from transforms.strategies import (STRATEGY_NAMES, Pool, Strategy, make_strategy, selection_id)
 
+_LOG = logging.getLogger(__name__)
 _NAMESPACE = "activebeam.sample"
-STRATEGIES = SCORE_NAMES
+#: Strategies the ``mine`` job can run on ``FrameRecord``\\ s (BALD needs MC-dropout samples,
+#: which the frame index does not hold).
+STRATEGIES = SCORE_NAMES + ("random", "coreset", "cluster_margin", "combined")
+DEFAULT_SHARD_SIZE = 50_000
 
 
 def strategy_score(record: FrameRecord, strategy: str) -> float:
-    """The ranking score of ``record`` under ``strategy``; higher means more wanted."""
+    """The ranking score of ``record`` under an uncertainty ``strategy``; higher means more wanted."""
     if strategy == "margin":
         return 1.0 - float(record.margin)
     return float(getattr(record, strategy))
 
 
 class _Scored(NamedTuple):
-    """What selection keeps of a frame: a few numbers, no pixels and no embedding."""
-    score: float
+    """What selection keeps of a frame: a few numbers and the embedding, no pixels."""
     frame_id: str
     source_uri: str
     frame_index: int
@@ -43,15 +66,20 @@ class _Scored(NamedTuple):
     scores: tuple
     predicted_class: int
     model: ModelVersion
+    embedding: np.ndarray
+    probabilities: np.ndarray
+    duplicates: int = 1
 
 
-def _to_scored(record: FrameRecord, strategy: str):
+def _to_scored(record: FrameRecord):
     frame = record.frame
     return frame.pixel_hash, _Scored(
-        score=strategy_score(record, strategy), frame_id=frame.frame_id,
-        source_uri=frame.source_uri, frame_index=frame.frame_index, timestamp_s=frame.timestamp_s,
+        frame_id=frame.frame_id, source_uri=frame.source_uri, frame_index=frame.frame_index,
+        timestamp_s=frame.timestamp_s,
         scores=tuple((name, float(getattr(record, name))) for name in SCORE_NAMES),
-        predicted_class=record.predicted_class, model=record.model)
+        predicted_class=record.predicted_class, model=record.model,
+        embedding=np.asarray(record.embedding, dtype=np.float32),
+        probabilities=np.asarray(record.probabilities, dtype=np.float32))
 
 
 class _FirstOfIdenticalFn(beam.CombineFn):
@@ -76,65 +104,203 @@ class _FirstOfIdenticalFn(beam.CombineFn):
         return accumulator
 
 
-def _rank_key(item):
-    scored, _ = item
-    return scored.score, scored.frame_id
+def _with_duplicates(item, counter):
+    _, (scored, count) = item
+    counter.inc(count - 1)
+    return scored._replace(duplicates=count)
 
 
-def _assign_ranks(top, strategy):
-    for rank, (scored, duplicates) in enumerate(top, start=1):
-        yield Candidate(
-            rank=rank, frame_id=scored.frame_id, source_uri=scored.source_uri,
-            frame_index=scored.frame_index, timestamp_s=scored.timestamp_s, score=scored.score,
-            strategy=strategy, scores=scored.scores, predicted_class=scored.predicted_class,
-            duplicates=duplicates, model=scored.model)
+def to_pool(items: Sequence[_Scored]) -> Pool:
+    """The strategy view of scored frames: ids, embeddings, probabilities, stored scores and the
+    metadata columns ``source`` (file URI), ``camera`` (the file's directory) and
+    ``predicted_class``."""
+    return Pool(
+        ids=np.array([s.frame_id for s in items], dtype=object),
+        embeddings=np.stack([s.embedding for s in items]).astype(np.float32),
+        probabilities=np.stack([s.probabilities for s in items]),
+        scores={name: np.array([dict(s.scores)[name] for s in items]) for name in SCORE_NAMES},
+        metadata={"source": np.array([s.source_uri for s in items], dtype=object),
+                  "camera": np.array([os.path.dirname(s.source_uri) for s in items], dtype=object),
+                  "predicted_class": np.array([s.predicted_class for s in items])})
 
 
-class _CountDuplicates(beam.DoFn):
-    def __init__(self):
-        self._skipped = Metrics.counter(_NAMESPACE, "identical_frames_skipped")
+class SelectFn(beam.CombineFn):
+    """Runs a :class:`~transforms.strategies.Strategy` as a ``CombineFn`` in bounded memory.
 
-    def process(self, item):
-        _, (_, count) = item
-        self._skipped.inc(count - 1)
-        yield item[1]
+    Accumulator: a list of at most ``shard_size`` ``_Scored`` frames (plus what one
+    ``add_input`` brings before it is compressed with ``Strategy.preselect``). Output: a list of
+    ``(scored, score, components)`` in rank order.
+    """
+
+    def __init__(self, strategy: Strategy, budget: int, shard_size: int = DEFAULT_SHARD_SIZE,
+                 labelled: Optional[Pool] = None):
+        self._strategy = strategy
+        self._budget = budget
+        self._shard_size = shard_size
+        self._labelled = labelled
+
+    def create_accumulator(self):
+        return []
+
+    def _compress(self, items):
+        if len(items) <= self._shard_size:
+            return items
+        keep = self._strategy.preselect(to_pool(items), self._budget, self._labelled)
+        if len(keep) > self._shard_size:
+            # e.g. many balancing groups x budget: the bound grows rather than the job failing
+            _LOG.warning("strategy %r keeps %d frames per shard, more than shard_size=%d; "
+                         "raising the bound", self._strategy, len(keep), self._shard_size)
+            self._shard_size = len(keep)
+        return [items[i] for i in keep]
+
+    def add_input(self, accumulator, element):
+        accumulator.append(element)
+        if len(accumulator) > 2 * self._shard_size:
+            accumulator[:] = self._compress(accumulator)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = []
+        for acc in accumulators:
+            merged.extend(acc)
+            if len(merged) > 2 * self._shard_size:
+                merged = self._compress(merged)
+        return merged
+
+    def compact(self, accumulator):
+        return self._compress(accumulator)
+
+    def extract_output(self, accumulator):
+        if not accumulator or self._budget == 0:
+            return []
+        items = sorted(accumulator, key=lambda s: s.frame_id)  # order-independent result
+        selection = self._strategy.select(to_pool(items), self._budget, self._labelled)
+        names = sorted(selection.components)
+        return [(items[i], float(selection.scores[r]),
+                 tuple((n, float(selection.components[n][r])) for n in names))
+                for r, i in enumerate(selection.indices)]
+
+
+class _AssignRanks(beam.DoFn):
+    """Turns one window's ranked list into ``Candidate``\\ s with the selection's id."""
+
+    def __init__(self, strategy: Strategy, inputs: Sequence[str]):
+        self._strategy = strategy
+        self._description = strategy.describe()
+        self._parameters = json.dumps(self._description, sort_keys=True)
+        self._inputs = tuple(inputs)
+        self._selected = Metrics.counter(_NAMESPACE, "candidates_selected")
+
+    def process(self, ranked, win=beam.DoFn.WindowParam):
+        if not ranked:
+            return
+        bounded = isinstance(win, window.IntervalWindow) and not isinstance(win, window.GlobalWindow)
+        start = float(win.start) if bounded else None
+        end = float(win.end) if bounded else None
+        model = ranked[0][0].model
+        sid = selection_id(self._description, model.version,
+                           self._inputs + ((f"window:{start}:{end}",) if bounded else ()))
+        for rank, (scored, score, components) in enumerate(ranked, start=1):
+            self._selected.inc()
+            yield Candidate(
+                rank=rank, frame_id=scored.frame_id, source_uri=scored.source_uri,
+                frame_index=scored.frame_index, timestamp_s=scored.timestamp_s, score=score,
+                strategy=self._strategy.name, scores=scored.scores,
+                predicted_class=scored.predicted_class, duplicates=scored.duplicates,
+                model=scored.model, selection_id=sid, parameters=self._parameters,
+                components=components, window_start=start, window_end=end)
 
 
 class SelectCandidates(beam.PTransform):
-    """Selects the ``budget`` most uncertain frames, skipping exact duplicates.
+    """Selects up to ``budget`` frames per window with a strategy, skipping exact duplicates.
 
-    Input: ``PCollection[FrameRecord]``. Output: ``PCollection[Candidate]`` with ranks ``1..k``,
-    ``k = min(budget, number of distinct frames)``; ties are broken by ``frame_id`` so a rerun
-    selects the same frames. Memory: ``O(budget)`` per worker for the top-k, plus one small
-    record per distinct pixel hash in the grouping of identical frames.
+    Input: ``PCollection[FrameRecord]``. Output: ``PCollection[Candidate]`` with ranks ``1..k``
+    per window, ``k = min(budget, number of distinct frames)`` (fewer if a threshold or an
+    exclusion removes frames); ties are broken by ``frame_id`` so a rerun selects the same
+    frames. Memory: ``O(shard_size)`` frames per worker for the selection (see the module
+    docstring) plus one small record per distinct pixel hash in the grouping of identical frames.
 
     Parameters
     ----------
     budget : int
-        Number of candidates, ``>= 0``.
-    strategy : str
-        One of ``entropy``, ``margin``, ``least_confidence``.
+        Number of candidates per window, ``>= 0``.
+    strategy : str or Strategy
+        A name of :data:`transforms.strategies.STRATEGY_NAMES` (built with ``params`` by
+        :func:`~transforms.strategies.make_strategy`) or a strategy object.
+    params : mapping, optional
+        The strategy's parameters (with a name), e.g. ``{"n_clusters": 50}``.
+    exclude_ids : PCollection[str], optional
+        Frame ids never to select (already labelled, earlier selections); a side input.
+    labelled : Pool, optional
+        Embeddings of labelled frames: initial k-center centres and near-duplicate exclusion.
+    shard_size : int
+        Frames one accumulator holds before it preselects, ``> budget`` (and ``> k_m`` for
+        Cluster-Margin).
+    inputs : sequence of str
+        Names of the inputs (globs, table), hashed into the ``selection_id``.
+    window_s, period_s : float, optional
+        Event-time windows of ``window_s`` seconds (sliding every ``period_s`` if given); by
+        default the input's windowing is kept (the global window in batch).
+    allowed_lateness_s : float
+        Late frames up to this many seconds after the watermark passed a window still update it
+        (an extra, accumulating firing).
 
     Raises
     ------
     ValueError
-        If ``budget`` is negative or ``strategy`` unknown.
+        If ``budget`` is negative, the strategy or a parameter unknown, or ``shard_size <= budget``.
     """
 
-    def __init__(self, budget: int, strategy: str = "entropy"):
+    def __init__(self, budget: int, strategy="entropy", params: Optional[Mapping] = None, *,
+                 exclude_ids=None, labelled: Optional[Pool] = None,
+                 shard_size: int = DEFAULT_SHARD_SIZE, inputs: Sequence[str] = (),
+                 window_s: Optional[float] = None, period_s: Optional[float] = None,
+                 allowed_lateness_s: float = 0.0):
         super().__init__()
         if not isinstance(budget, int) or budget < 0:
             raise ValueError(f"budget must be an integer >= 0, got {budget!r}")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        if isinstance(strategy, str):
+            if strategy not in STRATEGY_NAMES:
+                raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}, got {strategy!r}")
+            strategy = make_strategy(strategy, params)
+        elif not isinstance(strategy, Strategy):
+            raise ValueError(f"strategy must be a name or a Strategy, got {strategy!r}")
+        if shard_size <= budget:
+            raise ValueError(f"shard_size must be > budget ({budget}), got {shard_size}")
+        if window_s is not None and window_s <= 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
         self._budget = budget
         self._strategy = strategy
+        self._exclude_ids = exclude_ids
+        self._labelled = labelled
+        self._shard_size = shard_size
+        self._inputs = tuple(inputs)
+        self._window_s, self._period_s = window_s, period_s
+        self._allowed_lateness_s = allowed_lateness_s
+
+    def _windowing(self):
+        if self._period_s:
+            windows = window.SlidingWindows(self._window_s, self._period_s)
+        else:
+            windows = window.FixedWindows(self._window_s)
+        return beam.WindowInto(
+            windows, trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+            allowed_lateness=self._allowed_lateness_s)
 
     def expand(self, frame_records):
+        if self._window_s:
+            frame_records = frame_records | "Window" >> self._windowing()
+        if self._exclude_ids is not None:
+            excluded = beam.pvalue.AsDict(self._exclude_ids | "KeyExcluded" >> beam.Map(lambda i: (i, True)))
+            frame_records = frame_records | "SkipExcluded" >> beam.Filter(
+                lambda r, ex: r.frame.frame_id not in ex, excluded)
         return (
             frame_records
-            | "KeyByPixelHash" >> beam.Map(_to_scored, self._strategy)
+            | "KeyByPixelHash" >> beam.Map(_to_scored)
             | "OnePerIdenticalFrames" >> beam.CombinePerKey(_FirstOfIdenticalFn())
-            | "CountDuplicates" >> beam.ParDo(_CountDuplicates())
-            | "TopK" >> beam.combiners.Top.Of(self._budget, key=_rank_key)
-            | "AssignRanks" >> beam.FlatMap(_assign_ranks, self._strategy))
+            | "CountDuplicates" >> beam.Map(
+                _with_duplicates, Metrics.counter(_NAMESPACE, "identical_frames_skipped"))
+            | "Select" >> beam.CombineGlobally(
+                SelectFn(self._strategy, self._budget, self._shard_size, self._labelled)).without_defaults()
+            | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs)))

@@ -1,0 +1,69 @@
+"""The `mine` job with a diversity strategy: --strategy/--strategy_params, candidates in the
+MongoDB ``candidates`` collection and the BigQuery candidates table, matching candidates.jsonl."""
+import json
+import os
+
+import pymongo
+import pytest
+
+from beam_pipelines import mine
+from tests import harness
+
+
+def _read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_mine_with_cluster_margin_indexes_candidates_everywhere():
+    out_dir = harness.tmpdir("mine-sampling-")
+    pngs = harness.media("fashion-mnist", "t10k-000[0-5]*.png")
+    with harness.mongod() as mongo, harness.bigquery_emulator() as endpoint:
+        client = harness.bigquery_client(endpoint)
+        client.create_dataset("activebeam")
+        argv = [f"--input={pngs}", f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}",
+                f"--bigquery_table={harness.BIGQUERY_PROJECT}:activebeam.sampling_frames",
+                # Its own name: Beam caches the tables it created per process (see test_mine).
+                f"--bigquery_candidates_table={harness.BIGQUERY_PROJECT}:activebeam.sampling_candidates",
+                "--budget=8", "--strategy=cluster_margin",
+                '--strategy_params={"n_clusters": 3, "margin_multiplier": 3}']
+        summary = mine.run(argv)
+        assert summary["candidates"] == summary["candidates_written"] == 8
+        assert summary["strategy_params"] == {"n_clusters": 3, "margin_multiplier": 3}
+        assert summary["bigquery_candidates_table"] == f"{harness.BIGQUERY_PROJECT}:activebeam.sampling_candidates"
+        candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
+        assert [c["rank"] for c in candidates] == list(range(1, 9))
+        assert {c["strategy"] for c in candidates} == {"cluster_margin"}
+        assert all(set(c["components"]) == {"margin", "cluster_size"} for c in candidates)
+        # Cluster-Margin's candidates are among the 3 * 8 lowest-margin frames of the index.
+        frames = pymongo.MongoClient(mongo.uri)["activebeam"]["frames"]
+        lowest = {d["_id"] for d in frames.find().sort("scores.margin", 1).limit(24)}
+        assert {c["frame_id"] for c in candidates} <= lowest
+
+        stored = {d["frame_id"]: d for d in pymongo.MongoClient(mongo.uri)["activebeam"]["candidates"].find()}
+        assert set(stored) == {c["frame_id"] for c in candidates}
+        for c in candidates:
+            assert stored[c["frame_id"]]["rank"] == c["rank"]
+            assert stored[c["frame_id"]]["selection_id"] == c["selection_id"]
+            assert stored[c["frame_id"]]["model"]["version"] == summary["model"]["version"]
+        rows = list(client.query("SELECT frame_id, `rank`, model_version, parameters "
+                                 "FROM `activebeam.sampling_candidates` ORDER BY `rank`").result())
+        assert [r["frame_id"] for r in rows] == [c["frame_id"] for c in candidates]
+        assert json.loads(rows[0]["parameters"])["params"]["n_clusters"] == 3
+
+        again = mine.run(argv)
+        assert again["candidates"] == 8
+        assert _read_jsonl(os.path.join(out_dir, "candidates.jsonl")) == candidates
+        n = list(client.query("SELECT COUNT(*) AS n FROM `activebeam.sampling_candidates`").result())[0]["n"]
+        assert n == 8
+
+
+def test_bad_strategy_params_fail_before_running():
+    with pytest.raises(ValueError, match="JSON object"):
+        mine.run(["--strategy=coreset", "--strategy_params=[1, 2]"])
+    with pytest.raises(ValueError, match="bad parameters"):
+        mine.run(["--strategy=coreset", '--strategy_params={"n_clusters": 2}'])
+
+
+if __name__ == "__main__":
+    harness.main(__file__)

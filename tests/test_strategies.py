@@ -1,0 +1,198 @@
+"""Selection strategies: a conformance suite every strategy passes, then each strategy's maths."""
+import numpy as np
+import pytest
+
+from tests import harness
+from transforms import kcenter, strategies
+from transforms.strategies import (Balanced, ClusterMargin, Combined, Excluding, KCenterGreedy, Pool,
+                                   RandomSampling, TopK, allocate_quotas, make_strategy,
+                                   round_robin_by_cluster)
+
+
+def _pool(n=400, seed=0, classes=5, dim=8):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(6, dim)) * 4
+    emb = (centres[rng.integers(6, size=n)] + rng.normal(size=(n, dim))).astype(np.float32)
+    probs = rng.dirichlet(np.ones(classes) * 0.5, size=n)
+    samples = rng.dirichlet(np.ones(classes), size=(6, n))
+    return Pool(ids=np.array([f"frame-{i:05d}" for i in range(n)], dtype=object), embeddings=emb,
+                probabilities=probs, probability_samples=samples,
+                metadata={"camera": np.array([f"cam{i % 3}" for i in range(n)], dtype=object),
+                          "predicted_class": probs.argmax(axis=1)})
+
+
+ALL = [
+    TopK("entropy"), TopK("margin"), TopK("least_confidence"), TopK("bald"), TopK("variation_ratios"),
+    RandomSampling(seed=3), KCenterGreedy(seed=1), ClusterMargin(n_clusters=6, margin_multiplier=4),
+    Combined({"entropy": 1.0, "bald": 0.5}),
+    Balanced(TopK("margin"), key="camera"),
+    Balanced(KCenterGreedy(), key="predicted_class"),
+    Excluding(TopK("entropy"), exclude_ids=["frame-00001", "frame-00002"], near_duplicate_distance=0.5),
+    Excluding(ClusterMargin(n_clusters=4), near_duplicate_distance=1.0),
+]
+# Strategies whose result depends only on the ids and values, not on the pool's order.
+ORDER_FREE = [s for s in ALL if not isinstance(s, (KCenterGreedy, ClusterMargin, Excluding))
+              and not (isinstance(s, Balanced) and isinstance(s.inner, KCenterGreedy))]
+
+
+@pytest.mark.parametrize("strategy", ALL, ids=repr)
+def test_conformance(strategy):
+    pool = _pool()
+    for budget in (0, 1, 37, len(pool) + 5):
+        sel = strategy.select(pool, budget)
+        k = len(sel.indices)
+        assert sel.indices.dtype == np.int64 and len(set(sel.indices.tolist())) == k
+        assert k <= min(budget, len(pool)) and np.all((0 <= sel.indices) & (sel.indices < len(pool)))
+        assert sel.scores.shape == (k,) and np.all(np.isfinite(sel.scores))
+        assert all(v.shape == (k,) for v in sel.components.values())
+        if not isinstance(strategy, Excluding):  # exclusions may leave fewer frames
+            assert k == min(budget, len(pool))
+        if budget:
+            assert sel.components, "a selection must explain its rank"
+    again = strategy.select(pool, 37)
+    assert np.array_equal(strategy.select(pool, 37).indices, again.indices)
+    assert strategy.select(pool.take(np.arange(0)), 10).indices.size == 0
+    with pytest.raises(ValueError, match="budget"):
+        strategy.select(pool, -1)
+    # preselection keeps what the final selection needs, and is a subset of the shard
+    pre = strategy.preselect(pool, 20)
+    assert len(set(pre.tolist())) == len(pre) and np.all(pre < len(pool))
+    assert repr(strategy).startswith(type(strategy).__name__)
+
+
+@pytest.mark.parametrize("strategy", ORDER_FREE, ids=repr)
+def test_order_free_strategies_ignore_pool_order(strategy):
+    pool = _pool()
+    perm = np.random.default_rng(9).permutation(len(pool))
+    a = pool.ids[strategy.select(pool, 30).indices]
+    b = pool.take(perm).ids[strategy.select(pool.take(perm), 30).indices]
+    assert sorted(a) == sorted(b)
+
+
+def test_top_k_matches_brute_force_and_orients_margin():
+    pool = _pool()
+    sel = TopK("margin").select(pool, 10)
+    raw_margin = np.sort(np.abs(np.diff(np.sort(pool.probabilities, axis=1)[:, -2:], axis=1))[:, 0])
+    assert np.allclose(np.sort(1 - sel.scores), raw_margin[:10])
+    ent = strategies.score_values(pool, "entropy")
+    assert set(TopK("entropy").select(pool, 15).indices) == set(np.argsort(-ent)[:15])
+
+
+def test_random_differs_by_seed_and_is_uniform_over_groups():
+    pool = _pool(n=3000)
+    a, b = RandomSampling(0).select(pool, 300), RandomSampling(1).select(pool, 300)
+    assert len(set(a.indices) & set(b.indices)) < 100
+    counts = np.bincount(a.indices % 3, minlength=3)
+    assert counts.min() > 70  # 100 expected per third
+
+
+def test_k_center_matches_scikit_activeml_coreset():
+    """Same farthest-first picks as skactiveml's CoreSet when labelled points seed both."""
+    from skactiveml.pool import CoreSet
+    pool = _pool(n=600)
+    x = pool.embeddings.astype(np.float64)
+    labelled = np.arange(5)
+    y = np.full(len(x), np.nan)
+    y[labelled] = 0
+    theirs = CoreSet(random_state=0).query(x, y, batch_size=25)
+    ours = KCenterGreedy().select(pool.take(np.arange(5, 600)), 25, labelled=pool.take(labelled))
+    assert list(ours.indices + 5) == list(theirs)
+    assert np.all(np.diff(ours.scores) <= 1e-6)  # farthest-first gains never grow
+
+
+def test_lazy_k_center_equals_naive_and_reports_radius():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(50, 16)) * 5
+    x = (centres[rng.integers(50, size=60_000)] + rng.normal(size=(60_000, 16))).astype(np.float32)
+    naive = kcenter.k_center_greedy(x, 300, method="naive", seed=4)
+    pruned = kcenter.k_center_greedy(x, 300, seed=4, n_candidates=512)  # forces many rebuilds
+    assert np.mean(naive.indices == pruned.indices) > 0.98
+    assert pruned.radius == pytest.approx(kcenter.coverage_radius(x, x[pruned.indices]), rel=1e-4)
+    assert naive.radius == pytest.approx(pruned.radius, rel=1e-3)
+    labelled = x[:50]
+    a = kcenter.k_center_greedy(x, 200, labelled=labelled, method="naive")
+    b = kcenter.k_center_greedy(x, 200, labelled=labelled, n_candidates=256)
+    assert np.mean(a.indices == b.indices) > 0.98 and b.radius == pytest.approx(a.radius, rel=1e-3)
+    with pytest.raises(ValueError, match="shape"):
+        kcenter.k_center_greedy(x[0], 3)
+    with pytest.raises(ValueError, match="method"):
+        kcenter.k_center_greedy(x, 3, method="fast")
+
+
+def test_round_robin_takes_smallest_clusters_first():
+    clusters = np.array([7, 7, 7, 3, 3, 9])  # sizes: 7 -> 3, 3 -> 2, 9 -> 1
+    assert list(round_robin_by_cluster(clusters, 6)) == [5, 3, 0, 4, 1, 2]
+    assert list(round_robin_by_cluster(clusters, 2)) == [5, 3]
+
+
+def test_cluster_margin_chooses_among_lowest_margins_across_clusters():
+    pool = _pool(n=1000)
+    strategy = ClusterMargin(n_clusters=6, margin_multiplier=5)
+    sel = strategy.select(pool, 30)
+    margin = 1 - strategies.score_values(pool, "margin")
+    lowest = set(np.argsort(margin)[:150].tolist())
+    assert set(sel.indices.tolist()) <= lowest
+    clusters = strategies.kmeans_labels(pool.embeddings[np.sort(list(lowest))], 6)
+    assert len(set(clusters.tolist())) > 1
+    sizes = sel.components["cluster_size"]
+    assert sizes[0] == sizes[: len(set(sizes))].min()  # the first pick comes from the smallest cluster
+    with pytest.raises(ValueError, match="margin_multiplier"):
+        ClusterMargin(margin_multiplier=0.5)
+
+
+def test_combined_objective_is_the_product_of_normalised_scores_with_thresholds():
+    pool = _pool()
+    strategy = Combined({"entropy": 2.0, "least_confidence": 0.5}, thresholds={"bald": 0.05})
+    sel = strategy.select(pool, 20)
+    ent, lc, bald = (strategies.score_values(pool, n) for n in ("entropy", "least_confidence", "bald"))
+    keep = bald >= 0.05
+    expected = np.zeros(len(pool))
+    expected[keep] = strategies.normalise(ent[keep]) ** 2.0 * strategies.normalise(lc[keep]) ** 0.5
+    assert set(sel.indices.tolist()) == set(np.argsort(-expected)[:20].tolist())
+    assert np.allclose(sel.scores, expected[sel.indices])
+    assert np.all(sel.components["bald"] >= 0.05)
+    with pytest.raises(ValueError, match="strengths"):
+        Combined({"entropy": 0})
+
+
+def test_balanced_quotas_and_redistribution():
+    pool = _pool(n=300)
+    sel = Balanced(TopK("entropy"), key="camera", quotas={"cam0": 0.5, "cam1": 0.3, "cam2": 0.2}).select(pool, 50)
+    cams = pool.metadata["camera"][sel.indices]
+    assert [int(np.sum(cams == c)) for c in ("cam0", "cam1", "cam2")] == [25, 15, 10]
+    assert allocate_quotas({"a": 1, "b": 1, "c": 1}, {"a": 2, "b": 100, "c": 100}, 30) == {"a": 2, "b": 14, "c": 14}
+    assert sum(allocate_quotas({"a": 1, "b": 3}, {"a": 5, "b": 5}, 30).values()) == 10
+    with pytest.raises(ValueError, match="metadata"):
+        Balanced(TopK(), key="site").select(pool, 5)
+
+
+def test_exclusions_of_labelled_ids_and_near_duplicates():
+    pool = _pool(n=500)
+    labelled = pool.take(np.arange(20))
+    strategy = Excluding(TopK("entropy"), exclude_ids=["frame-00100"], near_duplicate_distance=1.5)
+    sel = strategy.select(pool, 40, labelled=labelled)
+    chosen = sel.indices
+    assert not set(chosen.tolist()) & (set(range(20)) | {100})
+    x = pool.embeddings[chosen].astype(np.float64)
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1)) + np.eye(len(x)) * 99
+    assert d.min() > 1.5
+    dl = np.sqrt(((x[:, None] - labelled.embeddings[None]) ** 2).sum(-1))
+    assert dl.min() > 1.5
+    assert len(chosen) == 40
+
+
+def test_make_strategy_builds_and_validates():
+    assert isinstance(make_strategy("cluster_margin", {"n_clusters": 4}), ClusterMargin)
+    wrapped = make_strategy("margin", {"balance_key": "camera", "near_duplicate_distance": 0.1})
+    assert isinstance(wrapped, Excluding) and isinstance(wrapped.inner, Balanced)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        make_strategy("vibes")
+    with pytest.raises(ValueError, match="bad parameters"):
+        make_strategy("coreset", {"n_clusters": 3})
+    a = strategies.selection_id(make_strategy("coreset").describe(), "v1", ["x"])
+    assert a == strategies.selection_id(make_strategy("coreset").describe(), "v1", ["x"])
+    assert a != strategies.selection_id(make_strategy("coreset", {"seed": 2}).describe(), "v1", ["x"])
+
+
+if __name__ == "__main__":
+    harness.main(__file__)
