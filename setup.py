@@ -21,7 +21,8 @@ setuptools.setup(
     description="Beam PTransforms for decoding, scoring, indexing and active-learning selection of camera frames",
     python_requires=">=3.10",
     packages=["beam_pipelines", "transforms", "schemas", "models"],
-    package_data={"models": ["*.keras"]},
+    package_data={"models": ["*.keras"],
+                  "schemas": ["generated/bigquery/*", "generated/mongodb/*", "views/*.sql"]},
     install_requires=_requirements(),
     entry_points={"console_scripts": ["activebeam-mine=beam_pipelines.mine:main"]},
 )

@@ -51,7 +51,8 @@ def _mongo_reports(database) -> Dict[str, List[dict]]:
         {"$sort": {"source_uri": 1, "day": 1}}])
     per_selection = candidates.aggregate([
         {"$group": {"_id": {"selection_id": "$selection_id", "strategy": "$strategy",
-                            "model_version": "$model_version"},
+                            # flat rows (schemas.tables) or the mine job's nested documents
+                            "model_version": {"$ifNull": ["$model_version", "$model.version"]}},
                     "candidates": {"$sum": 1}, "best_score": {"$max": "$score"}}},
         {"$project": {"_id": 0, "selection_id": "$_id.selection_id", "strategy": "$_id.strategy",
                       "model_version": "$_id.model_version", "candidates": 1, "best_score": 1}},

@@ -55,15 +55,16 @@ def test_dataflow_job_spec_and_setup_file_package():
         job = json.load(f)
     assert job["type"] == "JOB_TYPE_BATCH"
     for stage in (b"Mine/Decode/DecodeFiles", b"Mine/EmbedAndScore/RunInference",
-                  b"Mine/IndexInMongoDB/BulkUpsert", b"Mine/SelectCandidates/TopK",
-                  b"Mine/WriteSummary"):
+                  b"Mine/IndexInMongoDB/Upsert", b"Mine/SelectCandidates/Select",
+                  b"Mine/CandidatesToMongoDB", b"Mine/WriteSummary"):
         assert stage in pipeline, stage
 
     # --setup_file stages an sdist that carries the code and the default model.
     with tarfile.open(os.path.join(d, "workflow.tar.gz")) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for required in ("setup.py", "requirements.txt", "models/fashion_mnist_cnn.keras",
-                     "transforms/decode.py", "beam_pipelines/mine.py", "schemas/records.py"):
+                     "transforms/decode.py", "beam_pipelines/mine.py", "schemas/records.py",
+                     "schemas/generated/bigquery/frames.json", "schemas/views/overview.sql"):
         assert required in names, required
 
 

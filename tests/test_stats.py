@@ -26,7 +26,8 @@ def candidate_rows():
              "source_uri": r.frame.source_uri, "frame_index": r.frame.frame_index,
              "timestamp_s": r.frame.timestamp_s, "score": 1.0 / rank, "strategy": "entropy",
              "predicted_class": r.predicted_class, "duplicates": 1, "model_name": TEST_MODEL.name,
-             "model_version": TEST_MODEL.version}
+             "model_version": TEST_MODEL.version, "parameters": "{}", "components": "{}",
+             "scores": "{}"}
             for selection, chosen in SELECTIONS.items() for rank, r in enumerate(chosen, 1)]
 
 
