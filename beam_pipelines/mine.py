@@ -259,6 +259,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
     if not isinstance(strategy_params, dict):
         raise ValueError(f"--strategy_params must be a JSON object, got {mine.strategy_params!r}")
     make_strategy(mine.strategy, strategy_params)  # fails now, naming the bad parameter
+    if mine.strategy in ("bald", "variation_ratios", "mean_std") and mine.mc_passes < 2:
+        raise ValueError(f"--strategy={mine.strategy} needs MC-dropout samples: set --mc_passes >= 2")
+    if mine.strategy == "uniqueness" and mine.uniqueness_k < 1:
+        raise ValueError("--strategy=uniqueness needs --uniqueness_k >= 1")
     candidates_table = mine.bigquery_candidates_table
     if not candidates_table and mine.bigquery_table:
         candidates_table = mine.bigquery_table.rsplit(".", 1)[0] + ".candidates"

@@ -63,6 +63,29 @@ def test_bad_strategy_params_fail_before_running():
         mine.run(["--strategy=coreset", "--strategy_params=[1, 2]"])
     with pytest.raises(ValueError, match="bad parameters"):
         mine.run(["--strategy=coreset", '--strategy_params={"n_clusters": 2}'])
+    with pytest.raises(ValueError, match="--mc_passes"):
+        mine.run(["--strategy=bald"])
+    with pytest.raises(ValueError, match="--uniqueness_k"):
+        mine.run(["--strategy=uniqueness", "--uniqueness_k=0"])
+
+
+@pytest.mark.parametrize("strategy, extra", [("bald", ["--mc_passes=5"]), ("uniqueness", [])])
+def test_mine_ranks_by_a_stored_score(strategy, extra):
+    """BALD (MC dropout) and k-NN uniqueness, computed in EmbedAndScore and stored under
+    ``scores.<name>``, rank the candidates: they are the top of the index by that score."""
+    out_dir = harness.tmpdir("mine-sampling-")
+    pngs = harness.media("fashion-mnist", "t10k-000[0-4]*.png")
+    with harness.mongod() as mongo:
+        summary = mine.run([f"--input={pngs}", f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}",
+                            "--budget=6", f"--strategy={strategy}"] + extra)
+        candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
+        assert summary["candidates"] == 6 and {c["strategy"] for c in candidates} == {strategy}
+        frames = pymongo.MongoClient(mongo.uri)["activebeam"]["frames"]
+        stored = {d["_id"]: d["scores"][strategy] for d in frames.find()}
+        assert len(stored) == 50 and len(set(stored.values())) > 40  # a real, varied score
+        top = sorted(stored, key=lambda frame_id: (-stored[frame_id], frame_id))[:6]
+        assert [c["frame_id"] for c in candidates] == top
+        assert [c["components"][strategy] for c in candidates] == [stored[f] for f in top]
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ from transforms.strategies import (STRATEGY_NAMES, Pool, Strategy, make_strategy
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = "activebeam.sample"
-#: Strategies the ``mine`` job can run on ``FrameRecord``\\ s (BALD needs MC-dropout samples,
-#: which the frame index does not hold).
-STRATEGIES = SCORE_NAMES + ("random", "coreset", "cluster_margin", "combined")
+#: Scores a ``FrameRecord`` may carry in ``extra_scores`` that rank frames directly: the Bayesian
+#: ones when the model ran with MC dropout (``--mc_passes``), ``uniqueness`` with k-NN novelty.
+STORED_SCORE_STRATEGIES = ("bald", "variation_ratios", "mean_std", "uniqueness")
+#: Strategies the ``mine`` job can run on ``FrameRecord``\\ s.
+STRATEGIES = SCORE_NAMES + STORED_SCORE_STRATEGIES + ("random", "coreset", "cluster_margin", "combined")
 DEFAULT_SHARD_SIZE = 50_000
 
 
@@ -76,7 +78,8 @@ def _to_scored(record: FrameRecord):
     return frame.pixel_hash, _Scored(
         frame_id=frame.frame_id, source_uri=frame.source_uri, frame_index=frame.frame_index,
         timestamp_s=frame.timestamp_s,
-        scores=tuple((name, float(getattr(record, name))) for name in SCORE_NAMES),
+        scores=tuple((name, float(getattr(record, name))) for name in SCORE_NAMES)
+        + tuple((name, float(value)) for name, value in record.extra_scores),
         predicted_class=record.predicted_class, model=record.model,
         embedding=np.asarray(record.embedding, dtype=np.float32),
         probabilities=np.asarray(record.probabilities, dtype=np.float32))
@@ -110,6 +113,14 @@ def _with_duplicates(item, counter):
     return scored._replace(duplicates=count)
 
 
+def _shared_scores(items: Sequence[_Scored]) -> dict:
+    """name -> ``(N,)`` float64 for every score all ``items`` carry (stored extra scores such as
+    ``bald`` or ``uniqueness`` only when every frame has them)."""
+    per_item = [dict(s.scores) for s in items]
+    names = set.intersection(*(set(d) for d in per_item)) if per_item else set()
+    return {name: np.array([d[name] for d in per_item], dtype=np.float64) for name in sorted(names)}
+
+
 def to_pool(items: Sequence[_Scored]) -> Pool:
     """The strategy view of scored frames: ids, embeddings, probabilities, stored scores and the
     metadata columns ``source`` (file URI), ``camera`` (the file's directory) and
@@ -118,7 +129,7 @@ def to_pool(items: Sequence[_Scored]) -> Pool:
         ids=np.array([s.frame_id for s in items], dtype=object),
         embeddings=np.stack([s.embedding for s in items]).astype(np.float32),
         probabilities=np.stack([s.probabilities for s in items]),
-        scores={name: np.array([dict(s.scores)[name] for s in items]) for name in SCORE_NAMES},
+        scores=_shared_scores(items),
         metadata={"source": np.array([s.source_uri for s in items], dtype=object),
                   "camera": np.array([os.path.dirname(s.source_uri) for s in items], dtype=object),
                   "predicted_class": np.array([s.predicted_class for s in items])})

@@ -94,6 +94,9 @@ def _require(pool: Pool, field: str, strategy: str):
 #: Scores computed from ``probabilities`` (N, C) or ``probability_samples`` (T, N, C).
 PROBABILITY_SCORES = ("entropy", "margin", "least_confidence")
 SAMPLE_SCORES = ("bald", "variation_ratios", "mean_std")
+#: Scores only read from ``pool.scores`` (computed upstream, e.g. k-NN ``uniqueness`` by
+#: :mod:`transforms.novelty`).
+STORED_SCORES = ("uniqueness",)
 
 
 def score_values(pool: Pool, name: str) -> np.ndarray:
@@ -618,7 +621,7 @@ def _drop_near_duplicates(x: np.ndarray, radius: float) -> np.ndarray:
 
 
 #: Strategy names accepted by :func:`make_strategy` (uncertainty names are :class:`TopK`).
-STRATEGY_NAMES = PROBABILITY_SCORES + SAMPLE_SCORES + ("random", "coreset", "cluster_margin", "combined")
+STRATEGY_NAMES = PROBABILITY_SCORES + SAMPLE_SCORES + STORED_SCORES + ("random", "coreset", "cluster_margin", "combined")
 
 
 def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
@@ -639,7 +642,7 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     near = params.pop("near_duplicate_distance", 0.0)
     builders = {"random": RandomSampling, "coreset": KCenterGreedy,
                 "cluster_margin": ClusterMargin, "combined": Combined}
-    if name in PROBABILITY_SCORES + SAMPLE_SCORES:
+    if name in PROBABILITY_SCORES + SAMPLE_SCORES + STORED_SCORES:
         strategy = TopK(name, **params)
     elif name in builders:
         try:
