@@ -314,6 +314,28 @@ def to_rgb(frame, reformatter) -> np.ndarray:
     return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
+def upright(rgb: np.ndarray, rotation) -> np.ndarray:
+    """Applies a frame's display rotation, as players (and ``ffmpeg``'s autorotate) do.
+
+    Phone cameras store portrait video as landscape pictures plus a display matrix; PyAV
+    exposes its angle as ``VideoFrame.rotation`` (degrees counter-clockwise, a multiple of 90).
+
+    Parameters
+    ----------
+    rgb : ndarray of uint8, shape (H, W, 3)
+    rotation : int or None
+        Degrees counter-clockwise; 0 or None leaves the frame as it is.
+
+    Returns
+    -------
+    ndarray of uint8, C-contiguous, shape (H, W, 3) or (W, H, 3) for quarter turns.
+    """
+    quarter_turns = (int(round((rotation or 0) / 90.0))) % 4
+    if not quarter_turns:
+        return rgb
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns))
+
+
 def _group_of(keys: Sequence[int], pts: int, default: int) -> int:
     """The keyframe that starts the decode group of a frame with presentation time ``pts``."""
     i = bisect.bisect_right(keys, pts) - 1
@@ -394,7 +416,7 @@ def decode_range(source, video_range: VideoRange, sampling: Sampling = Sampling(
             pending[_group_of(keys, p, start)].discard(p)
         index = video_range.first_index + bisect.bisect_left(pts_list, p)
         emitted.append(p)
-        rgb = to_rgb(frame, reformatter)
+        rgb = upright(to_rgb(frame, reformatter), getattr(frame, "rotation", 0))
         return VideoFrame(index, _seconds(p - video_range.origin_pts, video_range.time_base), rgb)
 
     def feed(packet):
