@@ -9,7 +9,6 @@ the only places that turn a :class:`~schemas.records.Candidate` into stored form
 import json
 from typing import List
 
-from schemas import frames as frames_schema
 from schemas.frames import Field, IndexSpec
 from schemas.records import Candidate
 
@@ -68,11 +67,6 @@ def to_mongo_document(candidate: Candidate) -> dict:
     doc = candidate.to_json_dict()
     doc["_id"] = candidate_key(candidate)
     return doc
-
-
-def bigquery_schema() -> dict:
-    """The BigQuery table schema of ``candidates`` in the JSON form ``WriteToBigQuery`` accepts."""
-    return frames_schema.bigquery_schema(CANDIDATE_FIELDS)
 
 
 def field_names() -> List[str]:

@@ -61,15 +61,6 @@ FRAME_FIELDS = (
 ) + tuple(Field(name, "FLOAT64", "NULLABLE", description) for name, description in EXTRA_SCORES)
 
 
-def bigquery_schema(fields=FRAME_FIELDS) -> dict:
-    """The BigQuery table schema of ``frames`` (or of ``fields``) in the JSON form
-    ``WriteToBigQuery`` accepts."""
-    return {"fields": [
-        {"name": f.name, "type": f.bigquery_type, "mode": f.mode, "description": f.description}
-        for f in fields
-    ]}
-
-
 class IndexSpec(NamedTuple):
     keys: tuple  # ((field, direction), ...) as pymongo's create_index takes them
     name: str
