@@ -354,16 +354,6 @@ def _read_summary(output_dir: str) -> dict:
         return {}
 
 
-def _with_uri_default(uri: str, option: str, value) -> str:
-    """``uri`` with ``option=value`` in its query string unless the URI already sets it."""
-    if option.lower() in uri.lower():
-        return uri
-    base, _, query = uri.partition("?")
-    if "/" not in base.split("://", 1)[-1]:
-        base += "/"
-    return f"{base}?{query + '&' if query else ''}{option}={value}"
-
-
 class _RunRecord:
     """The run's lineage entry in ``<database>.runs`` (:mod:`schemas.runs`), credentials redacted.
 
@@ -376,8 +366,7 @@ class _RunRecord:
     SERVER_SELECTION_TIMEOUT_MS = 5000
 
     def __init__(self, mongo_uri: str, database: str, options: PipelineOptions, run_info: dict):
-        self._uri = _with_uri_default(mongo_uri, "serverSelectionTimeoutMS",
-                                      self.SERVER_SELECTION_TIMEOUT_MS)
+        self._uri = mongo_uri
         self._database = database
         self._started_at = datetime.datetime.now(datetime.timezone.utc)
         explicit = options.get_all_options(drop_default=True, retain_unknown_options=True)
@@ -395,7 +384,8 @@ class _RunRecord:
             finished_at=finished, counts=counts)
         try:
             failed = upsert_documents(self._uri, self._database, tables.runs_table(), [document],
-                                      max_attempts=2)
+                                      max_attempts=2,
+                                      server_selection_timeout_ms=self.SERVER_SELECTION_TIMEOUT_MS)
         except Exception as e:  # noqa: BLE001 - lineage must not fail a finished job
             failed = [str(e)]
         if failed:

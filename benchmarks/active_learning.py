@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from benchmarks.common import print_result
+from models import train_fashion_mnist
 from transforms.strategies import Pool, make_strategy
 
 DIGITS_PNG = "/usr/share/doc/opencv-doc/examples/data/digits.png"
@@ -45,9 +46,8 @@ def load_dataset(name, pool_size, test_size, seed=0):
     """Returns ``(x_pool, y_pool, x_test, y_test)``: uint8 images (N, H, W, 1) and int labels."""
     rng = np.random.default_rng(seed)
     if name == "fashion_mnist":
-        from models.train_fashion_mnist import load_split
-        x, y = load_split("train")
-        xt, yt = load_split("t10k")
+        x, y = train_fashion_mnist.load_split("train")
+        xt, yt = train_fashion_mnist.load_split("t10k")
         pi = rng.permutation(len(x))[:pool_size]
         ti = rng.permutation(len(xt))[:test_size]
         return x[pi, ..., None], y[pi].astype(np.int64), xt[ti, ..., None], yt[ti].astype(np.int64)
@@ -66,24 +66,14 @@ def load_dataset(name, pool_size, test_size, seed=0):
 
 
 def build_model(input_shape, n_classes):
-    """A small CNN (two conv blocks, a 64-d ``embedding`` layer, dropout for MC-dropout)."""
+    """The default model's architecture (:func:`models.train_fashion_mnist.build_model`),
+    narrower (16/32 filters, a 64-d ``embedding`` layer); returns the compiled model and a
+    model giving ``[probabilities, embedding]``."""
     import keras
-    from keras import layers
-    inputs = keras.Input(shape=input_shape)
-    x = layers.Rescaling(1.0 / 255.0)(inputs)
-    x = layers.Conv2D(16, 3, activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(32, 3, activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(0.25)(x)
-    embedding = layers.Dense(64, activation="relu", name="embedding")(x)
-    x = layers.Dropout(0.5)(embedding)
-    outputs = layers.Dense(n_classes, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
+    model = train_fashion_mnist.build_model(input_shape, n_classes, filters=(16, 32), embedding_size=64)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    return model, keras.Model(inputs, [outputs, embedding])
+    return model, keras.Model(model.input, [model.output, model.get_layer("embedding").output])
 
 
 def train(x, y, x_test, y_test, n_classes, seed, epochs, min_steps, batch_size=64):

@@ -47,20 +47,25 @@ def load_split(split: str, data_dir: str = FASHION_MNIST_DIR):
     return images, labels
 
 
-def build_model():
+def build_model(input_shape=(28, 28, 1), n_classes=10, filters=(32, 64), embedding_size=128):
+    """The default model's architecture: two conv blocks, dropout, a dense ``embedding`` layer,
+    dropout (so MC dropout works), softmax ``probabilities``. Input: grey pixels in [0, 255].
+
+    The defaults are the bundled ``fashion_mnist_cnn.keras``; ``benchmarks.active_learning``
+    trains narrower ones per round.
+    """
     import keras
     from keras import layers
-    inputs = keras.Input(shape=(28, 28, 1), name="pixels")
+    inputs = keras.Input(shape=input_shape, name="pixels")
     x = layers.Rescaling(1.0 / 255.0)(inputs)
-    x = layers.Conv2D(32, 3, activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(64, 3, activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
+    for n_filters in filters:
+        x = layers.Conv2D(n_filters, 3, activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
     x = layers.Dropout(0.25)(x)
-    x = layers.Dense(128, activation="relu", name="embedding")(x)
+    x = layers.Dense(embedding_size, activation="relu", name="embedding")(x)
     x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="fashion_mnist_cnn")
 
 

@@ -43,6 +43,11 @@ def _upsert_operation(doc: dict, ingest_time_field: Optional[str], now):
     return UpdateOne({"_id": doc["_id"]}, update, upsert=True)
 
 
+#: How long a write waits for a reachable server before it counts as a transient failure
+#: (a ``serverSelectionTimeoutMS`` in the URI wins).
+DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 30000
+
+
 class _MongoUpsertFn(beam.DoFn):
     """Bulk ``$set`` upserts by ``_id``: one client per worker, retries on transient errors.
 
@@ -52,8 +57,10 @@ class _MongoUpsertFn(beam.DoFn):
     """
 
     def __init__(self, uri, database, collection, indexes, validator=None, ingest_time_field=None,
-                 id_field=None, max_attempts=5, base_delay_s=0.5):
+                 id_field=None, max_attempts=5, base_delay_s=0.5,
+                 server_selection_timeout_ms=DEFAULT_SERVER_SELECTION_TIMEOUT_MS):
         self._uri = uri
+        self._server_selection_timeout_ms = server_selection_timeout_ms
         self._database = database
         self._collection_name = collection
         self._indexes = indexes
@@ -71,7 +78,8 @@ class _MongoUpsertFn(beam.DoFn):
 
     def setup(self):
         import pymongo
-        defaults = {"appname": "activebeam", "serverSelectionTimeoutMS": 30000}
+        defaults = {"appname": "activebeam",
+                    "serverSelectionTimeoutMS": self._server_selection_timeout_ms}
         # Options in the URI win over these defaults (pymongo would let keywords win).
         options = {k: v for k, v in defaults.items() if k.lower() not in self._uri.lower()}
         self._client = pymongo.MongoClient(self._uri, **options)
@@ -206,6 +214,9 @@ class WriteDocumentsToMongoDB(beam.PTransform):
         Attempts per document on transient errors (>= 1), backoff ``base_delay_s * 2**k * U(1, 2)``.
     validate : bool
         Ensure the ``$jsonSchema`` validator (default True).
+    server_selection_timeout_ms : int
+        How long a write waits for a reachable server (milliseconds); a
+        ``serverSelectionTimeoutMS`` in the URI wins.
 
     Returns
     -------
@@ -215,7 +226,8 @@ class WriteDocumentsToMongoDB(beam.PTransform):
     """
 
     def __init__(self, uri: str, database: str, table: tables.TableSpec, batch_size: int = 500,
-                 max_attempts: int = 5, base_delay_s: float = 0.5, validate: bool = True):
+                 max_attempts: int = 5, base_delay_s: float = 0.5, validate: bool = True,
+                 server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS):
         super().__init__()
         if not uri:
             raise ValueError("uri must be a MongoDB connection string")
@@ -228,7 +240,8 @@ class WriteDocumentsToMongoDB(beam.PTransform):
             uri, database, table.name, table.mongo_indexes,
             validator=tables.mongo_validator(table) if validate else None,
             ingest_time_field=table.ingest_time_field, id_field=table.id_field,
-            max_attempts=max_attempts, base_delay_s=base_delay_s)
+            max_attempts=max_attempts, base_delay_s=base_delay_s,
+            server_selection_timeout_ms=server_selection_timeout_ms)
 
     def expand(self, documents):
         written = (
@@ -270,11 +283,14 @@ class WriteFramesToMongoDB(beam.PTransform):
 
 
 def upsert_documents(uri: str, database: str, table: tables.TableSpec, documents: List[dict],
-                     max_attempts: int = 5) -> List[DeadLetter]:
+                     max_attempts: int = 5,
+                     server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS
+                     ) -> List[DeadLetter]:
     """Upserts a few documents from the driver (e.g. the run record) with the mechanics of
     :class:`WriteDocumentsToMongoDB` (validator, indexes, ``$set``, retries); returns the dead
     letters (empty when every document was written)."""
-    fn = WriteDocumentsToMongoDB(uri, database, table, max_attempts=max_attempts)._upsert
+    fn = WriteDocumentsToMongoDB(uri, database, table, max_attempts=max_attempts,
+                                 server_selection_timeout_ms=server_selection_timeout_ms)._upsert
     fn.setup()
     try:
         outputs = list(fn.process(documents))
