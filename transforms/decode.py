@@ -33,14 +33,13 @@ from typing import NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from schemas import records
 from schemas.records import DeadLetter, FileOutcome, Frame
 from transforms import video
-from transforms.files import is_local
+from transforms.files import is_local, open_binary
 from transforms.images import DEFAULT_MAX_PIXELS, decode_image
 from transforms.media_types import HEAD_BYTES, IMAGE, VIDEO, DecodeError, sniff_media_type
 from transforms.video import RangeReport, Sampling, VideoRange
@@ -80,19 +79,11 @@ def _make_frame(source_uri, frame_index, timestamp_s, media_type, pixels, **meta
         pixel_hash=pixel_hash(pixels), pixels=pixels, **metadata)
 
 
-def _open_file(path: str):
-    """A binary file object. Local paths use plain ``open``: Beam's local ``FileSystems.open``
-    allocates a 16 MB read buffer per file, which costs more than decoding a small image."""
-    if FileSystems.get_scheme(path) is None:
-        return open(path, "rb")
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
 def _open_video(uri: str):
     """A local path as is; a remote file as a seekable stream (PyAV reads it through Python)."""
     if is_local(uri):
         return uri
-    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
+    return open_binary(uri)
 
 
 def _close(source):
@@ -166,7 +157,7 @@ class _PlanFileFn(beam.DoFn):
 
     def process(self, path: str):
         try:
-            with _open_file(path) as f:
+            with open_binary(path) as f:
                 head = f.read(HEAD_BYTES)
         except Exception as e:  # pylint: disable=broad-except
             yield from _fail(path, None, records.STAGE_READ, "unreadable", f"cannot read the file: {e}")
@@ -230,7 +221,7 @@ class _DecodeTaskFn(beam.DoFn):
     def _image(self, task: _ImageTask):
         path = task.path
         try:
-            with _open_file(path) as f:
+            with open_binary(path) as f:
                 data = f.read()
         except Exception as e:  # pylint: disable=broad-except
             yield from _fail(path, IMAGE, records.STAGE_READ, "unreadable", f"cannot read the file: {e}")

@@ -33,13 +33,12 @@ import threading
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
 from schemas.records import ModelVersion
-from transforms.files import local_copy
+from transforms.files import local_copy, open_binary
 
 DEFAULT_MODEL_NAME = "fashion_mnist_cnn.keras"
 METRICS_NAMESPACE = "activebeam.model"
@@ -123,7 +122,7 @@ def read_preprocessing(uri: str) -> Optional[dict]:
     path = uri.rstrip("/") + SIDECAR_SUFFIX
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_binary(path) as f:
         declared = json.loads(f.read().decode("utf-8"))
     if not isinstance(declared, dict):
         raise ValueError(f"{path}: the preprocessing sidecar must be a JSON object")
@@ -256,7 +255,7 @@ def file_digest(uri: str) -> str:
         paths = [uri]
     for path in paths:
         digest.update(os.path.relpath(path, uri).encode("utf-8") + b"\0")
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with open_binary(path) as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
