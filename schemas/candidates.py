@@ -41,9 +41,14 @@ MONGO_INDEXES = (
 )
 
 
+def candidate_document_id(selection_id: str, frame_id: str) -> str:
+    """MongoDB ``_id`` of a candidate: ``selection_id:frame_id`` (rerunning a selection rewrites it)."""
+    return f"{selection_id}:{frame_id}"
+
+
 def candidate_key(candidate: Candidate) -> str:
-    """The MongoDB ``_id`` of a candidate: ``<selection_id>:<frame_id>`` (idempotent upserts)."""
-    return f"{candidate.selection_id}:{candidate.frame_id}"
+    """The MongoDB ``_id`` of a ``Candidate`` record (:func:`candidate_document_id`)."""
+    return candidate_document_id(candidate.selection_id, candidate.frame_id)
 
 
 def _json(obj) -> str:

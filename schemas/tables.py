@@ -233,14 +233,9 @@ def bigquery_row_errors(spec: TableSpec, row: dict) -> List[str]:
     return errors
 
 
-def candidate_document_id(selection_id: str, frame_id: str) -> str:
-    """MongoDB ``_id`` of a candidate: ``selection_id:frame_id`` (rerunning a selection rewrites it)."""
-    return f"{selection_id}:{frame_id}"
-
-
 def to_mongo_document(spec: TableSpec, row: dict) -> dict:
     """A flat row (BigQuery columns) as the table's MongoDB document: the id field becomes
-    ``_id`` (candidates: :func:`candidate_document_id`), dotted ``mongo_paths`` become
+    ``_id`` (candidates: :func:`schemas.candidates.candidate_document_id`), dotted ``mongo_paths`` become
     sub-documents, and the ingest-time field is left to the writer.
 
     Raises
@@ -258,7 +253,7 @@ def to_mongo_document(spec: TableSpec, row: dict) -> dict:
             node = node.setdefault(parent, {})
         node[leaf] = value
     if spec.id_field is None:
-        doc["_id"] = candidate_document_id(row["selection_id"], row["frame_id"])
+        doc["_id"] = candidates.candidate_document_id(row["selection_id"], row["frame_id"])
     elif "_id" not in doc:
         raise KeyError(f"{spec.name} row lacks its id field {spec.id_field!r}")
     return doc
