@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import time
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -409,7 +409,11 @@ class DecodeMedia(beam.PTransform):
         videos = (
             decoded[REPORTS]
             | "ReportsPerVideo" >> beam.GroupByKey()
-            | "CloseVideos" >> beam.ParDo(_CloseVideoFn()).with_outputs(DEAD_LETTER, main="outcomes"))
+            # Declared, not inferred: Beam's bytecode inference of this DoFn depends on the hash
+            # seed and may give Union[TaggedOutput, FileOutcome], which it then fails to turn
+            # into a schema (FileOutcome.video_info is a dict) when the pipeline is built.
+            | "CloseVideos" >> beam.ParDo(_CloseVideoFn()).with_output_types(Any).with_outputs(
+                DEAD_LETTER, main="outcomes"))
         outcomes = ((planned[OUTCOME], decoded[OUTCOME], videos.outcomes)
                     | "AllOutcomes" >> beam.Flatten())
         dead_letters = ((matched[DEAD_LETTER], planned[DEAD_LETTER], decoded[DEAD_LETTER],
