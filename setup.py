@@ -20,8 +20,10 @@ setuptools.setup(
     version="0.1.0",
     description="Beam PTransforms for decoding, scoring, indexing and active-learning selection of camera frames",
     python_requires=">=3.10",
-    packages=["beam_pipelines", "transforms", "schemas", "models"],
-    package_data={"models": ["*.keras"],
+    # Only the three packages of the design; models/ (the training script) and benchmarks/ stay
+    # in the checkout. The default model is package data of transforms.score.
+    packages=setuptools.find_packages(include=["beam_pipelines", "transforms", "transforms.*", "schemas"]),
+    package_data={"transforms.score": ["models/*.keras"],
                   "schemas": ["generated/bigquery/*", "generated/mongodb/*", "views/*.sql"]},
     install_requires=_requirements(),
     entry_points={"console_scripts": ["activebeam-mine=beam_pipelines.mine:main"]},

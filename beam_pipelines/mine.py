@@ -36,22 +36,22 @@ from beam_pipelines.local_mongo import LocalMongoD
 from schemas import runs as runs_schema
 from schemas import tables
 from schemas.frames import DEFAULT_DATABASE
-from transforms import gcp_emulators
-from transforms.bigquery_tables import append_rows, sibling_table
-from transforms.decode import DEFAULT_SPLIT_SECONDS, DecodeMedia
-from transforms.detection import BackgroundDifferenceDetector, DetectorHandler
-from transforms.images import DEFAULT_MAX_PIXELS
-from transforms.video import STRATEGIES as SAMPLING_STRATEGIES
-from transforms.files import is_local
-from transforms.model import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
-from transforms.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
+from transforms.common import gcp_emulators
+from transforms.index.bigquery_client import append_rows, sibling_table
+from transforms.decode.ptransforms import DEFAULT_SPLIT_SECONDS, DecodeMedia
+from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
+from transforms.decode.images import DEFAULT_MAX_PIXELS
+from transforms.decode.video import STRATEGIES as SAMPLING_STRATEGIES
+from transforms.common.files import is_local
+from transforms.score.ptransforms import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
+from transforms.common.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
                                 WriteDeadLetters, WriteSummary)
-from transforms.candidate_index import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
-from transforms.novelty import ScoreNovelty
-from transforms.sample import STRATEGIES, SelectCandidates
-from transforms.strategies import make_strategy
-from transforms.store import (WriteFramesToBigQuery, WriteFramesToMongoDB, redact_text, redact_uri,
-                              upsert_documents)
+from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
+from transforms.score.novelty import ScoreNovelty
+from transforms.select.ptransforms import STRATEGIES, SelectCandidates
+from transforms.select.strategies import make_strategy
+from transforms.common.redact import redact_text, redact_uri
+from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB, upsert_documents
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_RUNNER = "FnApiRunner"  # Beam's DirectRunner would first try to download Prism.

@@ -135,12 +135,12 @@ def main(argv=None):
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     os.environ.setdefault("NO_GCE_CHECK", "true")
-    from transforms.store import redact_text
+    from transforms.common.redact import redact_text
     try:
         if args.mongo_uri:
             reports = mongo_stats(args.mongo_uri, args.mongo_database)
         else:
-            from transforms import gcp_emulators
+            from transforms.common import gcp_emulators
             gcp_emulators.use_emulators_if_configured()
             reports = bigquery_stats(args.bigquery_dataset, create_views=args.create_views)
     except Exception as e:  # noqa: BLE001 - one clear line instead of a driver traceback

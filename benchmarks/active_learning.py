@@ -11,8 +11,8 @@ small CNN from scratch on the labelled set, measure test accuracy, compute the m
 on the unlabelled pool (probabilities, ``--mc_samples`` MC-dropout passes for BALD, the
 ``embedding`` layer for diversity) and let the strategy choose ``--batch`` frames, whose labels
 the dataset then reveals (the annotator). The selection is made by the project's own strategy
-classes (:func:`transforms.strategies.make_strategy`, the objects the Beam transforms of
-:mod:`transforms.sample` run per shard and window), called in-process, not a reimplementation.
+classes (:func:`transforms.select.strategies.make_strategy`, the objects the Beam transforms of
+:mod:`transforms.select.ptransforms` run per shard and window), called in-process, not a reimplementation.
 
 Target: ``--target_fraction`` (0.95) of the accuracy of the same model trained on the whole pool.
 ``labels_to_target``: labels at which the mean curve over seeds first reaches the target
@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks.common import print_result
 from models import train_fashion_mnist
-from transforms.strategies import Pool, make_strategy
+from transforms.select.strategies import Pool, make_strategy
 
 DIGITS_PNG = "/usr/share/doc/opencv-doc/examples/data/digits.png"
 STRATEGIES = ("random", "entropy", "margin", "bald", "coreset", "cluster_margin")
@@ -233,7 +233,7 @@ def main(argv=None):
         "full_pool_accuracy": round(full, 4), "target_accuracy": round(target, 4),
         "labels_to_target": {k: None if v is None else round(v, 1) for k, v in to_target.items()},
         "final_accuracy": {k: round(c[-1][1], 4) for k, c in mean_curves.items()},
-        "selection": "transforms.strategies classes in-process (same classes as transforms.sample)",
+        "selection": "transforms.select.strategies classes in-process (same classes as transforms.select.ptransforms)",
     }
     others = [v for k, v in to_target.items() if k != "random" and v is not None]
     random_labels = to_target.get("random")

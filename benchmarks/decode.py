@@ -38,9 +38,9 @@ import numpy as np
 
 from benchmarks.common import PeakRss, interleaved_rates, print_result
 from beam_pipelines.home import media_dir
-from transforms import decode
-from transforms.images import DEFAULT_MAX_PIXELS
-from transforms.video import Sampling
+from transforms.decode import ptransforms as decode
+from transforms.decode.images import DEFAULT_MAX_PIXELS
+from transforms.decode.video import Sampling
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 
@@ -98,7 +98,7 @@ def _ffmpeg(path):
 
 
 def _duration(path):
-    from transforms.video import plan_video
+    from transforms.decode.video import plan_video
     return plan_video(path).info
 
 
@@ -107,7 +107,7 @@ def _long_video_rss(path, timeout_s):
     code = (
         "import os, apache_beam as beam\n"
         "from apache_beam.options.pipeline_options import PipelineOptions\n"
-        "from transforms.decode import DecodeMedia\n"
+        "from transforms.decode.ptransforms import DecodeMedia\n"
         "with beam.Pipeline(options=PipelineOptions([], runner='FnApiRunner')) as p:\n"
         "    d = p | beam.Create([os.environ['BENCH_VIDEO']]) | DecodeMedia(video_fps=0)\n"
         "    _ = d.frames | beam.combiners.Count.Globally() | beam.Map(lambda n: print('FRAMES', n))\n")

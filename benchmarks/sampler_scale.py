@@ -3,8 +3,8 @@
     python -m benchmarks.sampler_scale                      # 10,000 of 1,000,000 x 128; ~3-5 min
     python -m benchmarks.sampler_scale --n 200000 --budget 2000 --compare_n 50000   # quick
 
-1. ``seconds_1m`` / ``peak_rss_mb_1m``: :class:`transforms.strategies.KCenterGreedy` (exact
-   greedy k-center with lazy, batched distance updates, :mod:`transforms.kcenter`) selects
+1. ``seconds_1m`` / ``peak_rss_mb_1m``: :class:`transforms.select.strategies.KCenterGreedy` (exact
+   greedy k-center with lazy, batched distance updates, :mod:`transforms.select.kcenter`) selects
    ``--budget`` of ``--n`` clustered synthetic 128-d float32 embeddings (``--clusters``
    Gaussian blobs of random spread, like embeddings of many scenes). Peak RSS is the whole
    process, data included (``n * 128 * 4`` bytes = 512 MB at 1M).
@@ -28,8 +28,8 @@ import statistics
 import numpy as np
 
 from benchmarks.common import PeakRss, interleaved_rates, print_result, timed
-from transforms.kcenter import coverage_radius
-from transforms.strategies import KCenterGreedy, Pool
+from transforms.select.kcenter import coverage_radius
+from transforms.select.strategies import KCenterGreedy, Pool
 
 
 def clustered_embeddings(n, dim=128, clusters=1000, seed=0, chunk=100_000):

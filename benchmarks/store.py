@@ -37,8 +37,8 @@ from benchmarks.common import PeakRss, interleaved_rates, print_result
 from beam_pipelines.local_mongo import LocalMongoD
 from schemas import frames, tables
 from schemas.records import FrameMetadata, FrameRecord, ModelVersion, make_frame_id
-from transforms import uncertainty
-from transforms.store import WriteDocumentsToMongoDB
+from transforms.score import uncertainty
+from transforms.index import WriteDocumentsToMongoDB
 
 DATABASE = "benchmark"
 

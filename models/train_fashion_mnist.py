@@ -7,7 +7,7 @@ embedding. Dropout layers before and after it make Monte-Carlo-dropout scores po
 
 Data: Debian's ``dataset-fashion-mnist`` (Xiao, Rasul & Vollgraf 2017, MIT licence),
 ``/usr/share/datasets/fashion-mnist``. Everything is seeded, and the training runs on one
-thread, so a rerun reproduces the committed ``models/fashion_mnist_cnn.keras``.
+thread, so a rerun reproduces the committed ``transforms/score/models/fashion_mnist_cnn.keras``.
 
 Run: ``.venv/bin/python -m models.train_fashion_mnist`` (about 2 minutes on 2 CPU cores).
 """
@@ -71,7 +71,7 @@ def build_model(input_shape=(28, 28, 1), n_classes=10, filters=(32, 64), embeddi
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "fashion_mnist_cnn.keras"))
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "transforms", "score", "models", "fashion_mnist_cnn.keras"))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     args = parser.parse_args(argv)
 

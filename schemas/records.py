@@ -94,7 +94,7 @@ class FrameRecord(NamedTuple):
 
     ``embedding``: float32, shape ``(D,)`` (D = width of the model's embedding layer).
     ``probabilities``: float32, shape ``(C,)``, sums to 1. Scores (see
-    :mod:`transforms.uncertainty`): ``entropy`` in nats, ``margin`` = p(1st) - p(2nd) (low is
+    :mod:`transforms.score.uncertainty`): ``entropy`` in nats, ``margin`` = p(1st) - p(2nd) (low is
     uncertain), ``least_confidence`` = 1 - p(1st). ``extra_scores``: further scores as sorted
     ``(name, value)`` pairs (names in :data:`schemas.frames.EXTRA_SCORE_NAMES`, e.g. ``ratio``,
     ``entropy_normalised``, ``bald``, ``uniqueness``, ``detection_max``); a score that was not
@@ -176,7 +176,7 @@ class FileOutcome(NamedTuple):
     """What became of one matched file: ``frames`` decoded, ``failed`` if it yielded none.
 
     A video that stops decoding part-way has ``frames > 0``, ``failed`` False and a dead letter.
-    ``video_info`` (videos only) is what :class:`transforms.video.VideoInfo` records once per file.
+    ``video_info`` (videos only) is what :class:`transforms.decode.video.VideoInfo` records once per file.
     """
     source_uri: str
     media_type: Optional[str]

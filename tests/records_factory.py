@@ -2,7 +2,7 @@
 import numpy as np
 
 from schemas.records import FrameMetadata, FrameRecord, ModelVersion, make_frame_id
-from transforms import uncertainty
+from transforms.score import uncertainty
 
 TEST_MODEL = ModelVersion(name="test_model", version="0123456789abcdef", embedding_layer="embedding")
 

@@ -7,8 +7,8 @@ import pymongo
 from schemas import candidates as candidates_schema
 from tests import harness
 from tests.records_factory import clustered_records
-from transforms.candidate_index import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
-from transforms.sample import SelectCandidates
+from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
+from transforms.select.ptransforms import SelectCandidates
 
 
 def _select_and_write(records, mongo_uri, table):
@@ -25,7 +25,7 @@ def _select_and_write(records, mongo_uri, table):
 def test_candidates_in_mongodb_and_bigquery_with_explanations_and_idempotent_rerun():
     records = clustered_records(300, seed=4)
     with harness.mongod() as mongo, harness.bigquery_emulator() as endpoint:
-        from transforms import gcp_emulators
+        from transforms.common import gcp_emulators
         assert gcp_emulators.use_emulators_if_configured()
         client = harness.bigquery_client(endpoint)
         client.create_dataset("activebeam")

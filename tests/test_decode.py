@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests import harness
-from transforms.decode import DecodeError, DecodeMedia, decode_image, sniff_media_type
+from transforms.decode.ptransforms import DecodeError, DecodeMedia, decode_image, sniff_media_type
 
 
 def _decode(globs, video_fps=1.0, pixels=True, **options):
@@ -224,7 +224,7 @@ def test_decode_image_raises_clear_error():
 
 
 def test_gcs_inputs_through_the_storage_emulator():
-    from transforms import gcp_emulators
+    from transforms.common import gcp_emulators
     with harness.gcs_emulator() as bucket:
         assert gcp_emulators.use_emulators_if_configured()
         bucket.blob("cams/cup clip.mp4").upload_from_filename(harness.media("cup.mp4"))
@@ -377,7 +377,7 @@ def test_mine_summary_reconciles_and_records_frames_per_video():
 
 
 def test_pixel_hash_equal_exactly_for_identical_frames():
-    from transforms.decode import pixel_hash
+    from transforms.decode.ptransforms import pixel_hash
     frame = cv2.cvtColor(cv2.imread(harness.media("china.jpg")), cv2.COLOR_BGR2RGB)
     assert pixel_hash(frame) == pixel_hash(frame.copy()) == pixel_hash(np.asfortranarray(frame))
     changed = frame.copy()

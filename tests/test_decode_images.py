@@ -1,4 +1,4 @@
-"""transforms.images on a real photo and on variants of it made here (orientation, CMYK, bombs)."""
+"""transforms.decode.images on a real photo and on variants of it made here (orientation, CMYK, bombs)."""
 import hashlib
 import io
 
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests import harness
-from transforms.images import DecodeError, apply_orientation, decode_image, probe_image
+from transforms.decode.images import DecodeError, apply_orientation, decode_image, probe_image
 
 
 @pytest.fixture(scope="module")

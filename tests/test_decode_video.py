@@ -1,4 +1,4 @@
-"""transforms.video on the opencv-doc clips and on videos made here with ffmpeg."""
+"""transforms.decode.video on the opencv-doc clips and on videos made here with ffmpeg."""
 import math
 import os
 import subprocess
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from tests import harness
-from transforms.decode import pixel_hash
-from transforms.media_types import DecodeError
-from transforms.video import (RangeReport, Sampling, VideoFrame, decode_range, plan_video,
+from transforms.decode.ptransforms import pixel_hash
+from transforms.decode.media_types import DecodeError
+from transforms.decode.video import (RangeReport, Sampling, VideoFrame, decode_range, plan_video,
                               split_ranges, wanted_pts)
 
 SAMPLINGS = [Sampling("all"), Sampling("fps", fps=1.0), Sampling("fps", fps=2.5),

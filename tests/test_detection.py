@@ -8,10 +8,10 @@ import pytest
 
 from schemas import frames as frames_schema
 from tests import harness
-from transforms.decode import DecodeMedia
-from transforms.detection import (BackgroundDifferenceDetector, DetectorHandler,
-                                  aggregate_detection_scores, box_uncertainty, estimate_background)
-from transforms.model import ScoreFrames, load_model_spec
+from transforms.decode.ptransforms import DecodeMedia
+from transforms.score.detection import aggregate_detection_scores, box_uncertainty, estimate_background
+from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
+from transforms.score.ptransforms import ScoreFrames, load_model_spec
 
 
 def test_box_uncertainty_and_aggregates():

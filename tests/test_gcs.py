@@ -80,7 +80,7 @@ def test_mine_on_gcs_with_credentials_never_leaked(bucket, caplog, capsys):
 
 
 def test_redaction_of_messages():
-    from transforms.store import redact_text
+    from transforms.common.redact import redact_text
     text = "failed: mongodb://u:pw@h1:1,h2:2/db and gs://bucket/x and https://a:b@example.com/p"
     assert redact_text(text) == "failed: mongodb://u:***@h1:1,h2:2/db and gs://bucket/x and https://a:***@example.com/p"
 
@@ -93,11 +93,11 @@ def test_bigquery_file_loads_through_gcs(bucket):
     """Bounded input goes by FILE_LOADS (temp files on gs://) into the pre-created, partitioned table."""
     import apache_beam as beam
     from tests.records_factory import frame_record
-    from transforms.store import WriteFramesToBigQuery
+    from transforms.index import WriteFramesToBigQuery
     records = [frame_record(f"gs://{bucket.name}/cam/{i}.png") for i in range(5)]
     bad = frame_record(f"gs://{bucket.name}/cam/bad.png")._replace(margin=float("inf"))
     with harness.bigquery_emulator(gcs_data_dir=bucket.data_dir) as endpoint:
-        from transforms import gcp_emulators
+        from transforms.common import gcp_emulators
         gcp_emulators.use_emulators_if_configured()
         client = harness.bigquery_client(endpoint)
         client.create_dataset("loads")

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from tests import harness
-from transforms.decode import DecodeMedia
-from transforms.handlers import (KERAS, ONNX, SAVED_MODEL, TFLITE, ModelOutput, default_model_path,
+from transforms.decode.ptransforms import DecodeMedia
+from transforms.score.handlers import (KERAS, ONNX, SAVED_MODEL, TFLITE, ModelOutput, default_model_path,
                                  load_embedding_classifier, load_model_spec, make_handler,
                                  prepare_input)
-from transforms.model import ScoreFrames
+from transforms.score.ptransforms import ScoreFrames
 
 PNGS = "t10k-000[0-1][0-9].png"  # 20 real Fashion-MNIST test images
 
@@ -193,7 +193,7 @@ def test_ensemble_disagreement_through_score_frames(exported, reference, tmp_pat
     Jensen-Shannon divergence of the two models' own predictions)."""
     import cv2
     import keras
-    from transforms import uncertainty
+    from transforms.score import uncertainty
     _, _, base = load_embedding_classifier(default_model_path())
     rng = np.random.default_rng(0)
     layer = base.get_layer("probabilities")

@@ -8,8 +8,8 @@ import pytest
 
 from models.train_fashion_mnist import load_split
 from tests import harness
-from transforms.decode import DecodeMedia
-from transforms.model import (default_model_path, load_embedding_classifier, load_model_spec,
+from transforms.decode.ptransforms import DecodeMedia
+from transforms.score.ptransforms import (default_model_path, load_embedding_classifier, load_model_spec,
                               prepare_input)
 
 
@@ -54,7 +54,7 @@ def test_prepare_input_grey_and_resize():
 
 
 def test_score_frames_through_run_inference(spec):
-    from transforms.model import ScoreFrames
+    from transforms.score.ptransforms import ScoreFrames
     with open(harness.media("fashion-mnist", "labels.csv")) as f:
         labels = {row["file"]: int(row["label"]) for row in csv.DictReader(f)}
 
@@ -82,7 +82,7 @@ def test_score_frames_through_run_inference(spec):
 
 
 def test_inference_failure_sends_every_frame_to_dead_letter(spec):
-    from transforms.model import ScoreFrames
+    from transforms.score.ptransforms import ScoreFrames
     wrong = spec._replace(input_shape=(32, 32, 1))  # the model takes 28x28: inference fails
     globs = [harness.media("fashion-mnist", "t10k-0000[0-9].png"), harness.media("china.jpg")]
 

@@ -8,8 +8,8 @@ from sklearn.neighbors import NearestNeighbors
 from models.train_fashion_mnist import load_split
 from tests import harness
 from tests.records_factory import frame_record
-from transforms.model import default_model_path, load_embedding_classifier
-from transforms.novelty import (COSINE, FIFTYONE_WEIGHTS, ScoreNovelty, duplicate_groups,
+from transforms.score.ptransforms import default_model_path, load_embedding_classifier
+from transforms.score.novelty import (COSINE, FIFTYONE_WEIGHTS, ScoreNovelty, duplicate_groups,
                                 knn_uniqueness, merge_neighbours, search_shard)
 
 N = 300

@@ -16,9 +16,9 @@ from apache_beam.transforms import window
 
 from beam_pipelines.local_mongo import free_port
 from tests import harness
-from transforms.decode import DecodeMedia
-from transforms.model import ScoreFrames, load_model_spec
-from transforms.sample import SelectCandidates
+from transforms.decode.ptransforms import DecodeMedia
+from transforms.score.ptransforms import ScoreFrames, load_model_spec
+from transforms.select.ptransforms import SelectCandidates
 
 EMULATOR = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 PROJECT = "activebeam-test"

@@ -14,7 +14,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from tests import harness
 from tests.records_factory import frame_record
-from transforms.sample import SelectCandidates
+from transforms.select.ptransforms import SelectCandidates
 
 
 def _record(name, confidence):

@@ -117,7 +117,7 @@ def test_generated_validators_accept_real_documents_and_reject_bad_ones(mongo):
 
 
 def test_bigquery_tables_created_partitioned_and_clustered():
-    from transforms.bigquery_tables import ensure_table
+    from transforms.index.bigquery_client import ensure_table
     with harness.bigquery_emulator() as endpoint:
         client = harness.bigquery_client(endpoint)
         client.create_dataset("schemas_test")

@@ -10,8 +10,8 @@ from schemas import tables
 from schemas.annotations import make_annotation_id
 from tests import harness
 from tests.records_factory import TEST_MODEL, frame_record
-from transforms.bigquery_tables import ensure_table
-from transforms.store import WriteFramesToBigQuery, WriteFramesToMongoDB, upsert_documents
+from transforms.index.bigquery_client import ensure_table
+from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB, upsert_documents
 
 RECORDS = ([frame_record("gs://b/cam1/a.mp4", i, timestamp_s=float(i)) for i in range(5)]
            + [frame_record("gs://b/cam1/b.png"), frame_record("gs://b/cam2/c.png")])
@@ -81,7 +81,7 @@ def test_stats_from_mongodb(capsys):
 
 def test_stats_from_bigquery():
     with harness.bigquery_emulator() as endpoint:
-        from transforms import gcp_emulators
+        from transforms.common import gcp_emulators
         gcp_emulators.use_emulators_if_configured()
         client = harness.bigquery_client(endpoint)
         client.create_dataset("stats")

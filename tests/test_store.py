@@ -8,9 +8,10 @@ import pytest
 from schemas import frames as frames_schema
 from tests import harness
 from tests.records_factory import frame_record
-from transforms.decode import DecodeMedia
-from transforms.model import ScoreFrames, load_model_spec
-from transforms.store import WriteFramesToBigQuery, WriteFramesToMongoDB, redact_uri
+from transforms.decode.ptransforms import DecodeMedia
+from transforms.score.ptransforms import ScoreFrames, load_model_spec
+from transforms.common.redact import redact_uri
+from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_generic_writer_on_annotations_validates_and_names_the_id(mongo):
     import datetime
     from schemas import tables
     from schemas.annotations import make_annotation_id
-    from transforms.store import WriteDocumentsToMongoDB
+    from transforms.index import WriteDocumentsToMongoDB
     spec = tables.annotations_table()
     now = datetime.datetime(2026, 11, 22, tzinfo=datetime.timezone.utc)
     rows = [{"annotation_id": make_annotation_id(f"f{i}", "classification", "ann"), "frame_id": f"f{i}",
@@ -128,7 +129,7 @@ def test_redact_uri():
 
 def test_bigquery_rows_read_back(real_records):
     with harness.bigquery_emulator() as endpoint:
-        from transforms import gcp_emulators
+        from transforms.common import gcp_emulators
         assert gcp_emulators.use_emulators_if_configured()
         client = harness.bigquery_client(endpoint)
         client.create_dataset("activebeam")
@@ -235,13 +236,13 @@ class _RecordingProxy:
 
 def test_bigquery_streaming_insert_ids_are_deterministic():
     import json
-    from transforms.store import frame_insert_id
+    from transforms.index import frame_insert_id
     records = [frame_record(f"file:///cam/ids{i}.png") for i in range(4)]
     with harness.bigquery_emulator() as endpoint:
         proxy = _RecordingProxy(endpoint)
         try:
             with harness.environment(BIGQUERY_EMULATOR_HOST=proxy.endpoint):
-                from transforms import gcp_emulators
+                from transforms.common import gcp_emulators
                 assert gcp_emulators.use_emulators_if_configured()
                 harness.bigquery_client(endpoint).create_dataset("ids")
                 out = harness.run_collect(lambda p: {"dead_letters": p | beam.Create(records)

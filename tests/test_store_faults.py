@@ -8,7 +8,7 @@ import pytest
 
 from tests import harness
 from tests.records_factory import frame_record
-from transforms.store import WriteFramesToBigQuery, WriteFramesToMongoDB
+from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 
 N_FRAMES = 30000
 
@@ -97,7 +97,7 @@ def test_bigquery_unreachable_fails_the_job_clearly():
     port = harness.free_port()
     with harness.environment(BIGQUERY_EMULATOR_HOST=f"http://127.0.0.1:{port}",
                              GOOGLE_CLOUD_PROJECT=harness.BIGQUERY_PROJECT):
-        from transforms import gcp_emulators
+        from transforms.common import gcp_emulators
         gcp_emulators.use_emulators_if_configured()
         started = time.monotonic()
         with pytest.raises(Exception, match=r"BigQuery .*unreachable|BigQuery request failed") as raised:

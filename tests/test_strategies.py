@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from tests import harness
-from transforms import kcenter, strategies
-from transforms.strategies import (Balanced, ClusterMargin, Combined, Excluding, KCenterGreedy, Pool,
+from transforms.select import kcenter, strategies
+from transforms.select.strategies import (Balanced, ClusterMargin, Combined, Excluding, KCenterGreedy, Pool,
                                    RandomSampling, TopK, allocate_quotas, make_strategy,
                                    round_robin_by_cluster)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from transforms import uncertainty
+from transforms.score import uncertainty
 
 
 def test_known_values():

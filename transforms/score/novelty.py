@@ -27,180 +27,21 @@ FiftyOne Brain, ``fiftyone/brain/internal/core/uniqueness.py`` (voxel51/fiftyone
 Johnson, Douze & Jégou (2019), Billion-scale similarity search with GPUs (faiss);
 Tarjan (1975), Efficiency of a good but not linear set union algorithm (union-find).
 """
-import heapq
 import itertools
-import zlib
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
 from schemas.records import FrameRecord
+from transforms.score.knn import (  # noqa: F401  (re-exported: the public names of novelty)
+    COSINE, DEFAULT_DUPLICATE_THRESHOLD, EUCLIDEAN, FIFTYONE_K, FIFTYONE_WEIGHTS, Neighbour,
+    build_index, duplicate_groups, frame_uniqueness, knn_uniqueness, merge_neighbours,
+    near_duplicate_pairs, search_shard, shard_of)
 
-FIFTYONE_K = 3
-FIFTYONE_WEIGHTS = (0.6, 0.3, 0.1)
-EUCLIDEAN, COSINE = "euclidean", "cosine"
-DEFAULT_DUPLICATE_THRESHOLD = 0.99
 _NAMESPACE = "activebeam.novelty"
 _PAIRS = "near_duplicate_pairs"
-
-
-class Neighbour(NamedTuple):
-    """One found neighbour of a frame: distance (in the chosen metric) and its frame id."""
-    distance: float
-    frame_id: str
-
-
-def knn_uniqueness(distances, weights: Sequence[float]) -> np.ndarray:
-    """Weighted mean distance to the nearest neighbours: ``mean_j(w_j * d_j)``.
-
-    Parameters
-    ----------
-    distances : array-like of float, shape (N, k)
-        Distances to each sample's k nearest other samples, ascending.
-    weights : sequence of float, length k
-        Weight of the j-th nearest neighbour (FiftyOne: ``(0.6, 0.3, 0.1)``).
-
-    Returns
-    -------
-    ndarray of float64, shape (N,).
-
-    Raises
-    ------
-    ValueError
-        If ``distances`` is not (N, k) with ``k == len(weights)``, or has negative values.
-
-    References
-    ----------
-    FiftyOne Brain ``_compute_uniqueness`` (``np.mean(dists[:, 1:] * weights, axis=1)``).
-    """
-    d = np.asarray(distances, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    if d.ndim != 2 or d.shape[1] != len(w):
-        raise ValueError(f"distances must have shape (N, {len(w)}), got {d.shape}")
-    if np.any(d < 0):
-        raise ValueError("distances must be non-negative")
-    return (d * w).mean(axis=1)
-
-
-def frame_uniqueness(neighbours: Sequence[Neighbour], weights: Sequence[float]) -> float:
-    """:func:`knn_uniqueness` of one frame from its neighbours (ascending). With fewer
-    neighbours than weights (tiny runs) the first weights are used; with none, the frame is
-    as unique as can be: ``inf`` (the normalised score maps it to 1)."""
-    if not neighbours:
-        return float("inf")
-    k = min(len(neighbours), len(weights))
-    return float(knn_uniqueness([[n.distance for n in neighbours[:k]]], weights[:k])[0])
-
-
-def shard_of(frame_id: str, num_shards: int) -> int:
-    """Deterministic shard of a frame id (crc32, stable across processes and runs)."""
-    return zlib.crc32(frame_id.encode("utf-8")) % num_shards
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def build_index(embeddings: np.ndarray, metric: str = EUCLIDEAN, index_factory: str = "Flat"):
-    """A faiss index over ``float32 (n, D)`` embeddings (L2 for euclidean; inner product of unit
-    vectors for cosine). Trains it first if the factory needs training (IVF, PQ, ...)."""
-    import faiss
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if metric == COSINE:
-        x = _unit(x)
-    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == COSINE else faiss.METRIC_L2
-    index = faiss.index_factory(x.shape[1], index_factory, faiss_metric)
-    if not index.is_trained:
-        index.train(x)
-    index.add(x)
-    return index
-
-
-def search_shard(shard_ids: Sequence[str], shard_embeddings: np.ndarray, query_ids: Sequence[str],
-                 queries: np.ndarray, k: int, metric: str = EUCLIDEAN, index=None) -> List[List[Neighbour]]:
-    """The k nearest frames of the shard for each query, the query itself excluded.
-
-    Parameters
-    ----------
-    shard_ids, shard_embeddings : frame ids and float32 ``(n, D)`` embeddings of the shard
-    query_ids, queries : frame ids and float32 ``(m, D)`` embeddings of the queries
-    k : int, neighbours per query
-    metric : ``"euclidean"`` (L2 distance) or ``"cosine"`` (``1 - cosine similarity``)
-    index : optional prebuilt :func:`build_index` of the shard
-
-    Returns
-    -------
-    list (length m) of lists of at most k :class:`Neighbour`, ascending distance.
-    """
-    if len(shard_ids) == 0 or len(query_ids) == 0:
-        return [[] for _ in query_ids]
-    index = index if index is not None else build_index(shard_embeddings, metric)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    scores, positions = index.search(_unit(q) if metric == COSINE else q, min(k + 1, len(shard_ids)))
-    found = []
-    for query_id, row_scores, row_positions in zip(query_ids, scores, positions):
-        neighbours = []
-        for score, position in zip(row_scores, row_positions):
-            if position < 0 or shard_ids[position] == query_id:
-                continue
-            distance = 1.0 - float(score) if metric == COSINE else float(np.sqrt(max(score, 0.0)))
-            neighbours.append(Neighbour(max(distance, 0.0), shard_ids[position]))
-        found.append(neighbours[:k])
-    return found
-
-
-def near_duplicate_pairs(shard_ids: Sequence[str], cosine_index, query_ids: Sequence[str],
-                         queries: np.ndarray, threshold: float) -> List[Tuple[str, str]]:
-    """Every (query, shard frame) pair with cosine similarity ``>= threshold`` (faiss range
-    search on unit vectors), each unordered pair once (``query id < frame id``).
-
-    ``cosine_index`` is :func:`build_index` of the shard with ``metric="cosine"``.
-    """
-    if len(shard_ids) == 0 or len(query_ids) == 0:
-        return []
-    unit_q = _unit(np.ascontiguousarray(queries, dtype=np.float32))
-    # faiss keeps results strictly above the radius: step just below the threshold.
-    lims, _, positions = cosine_index.range_search(unit_q, float(np.nextafter(np.float32(threshold), -1)))
-    pairs = []
-    for row, query_id in enumerate(query_ids):
-        for position in positions[lims[row]:lims[row + 1]]:
-            other = shard_ids[position]
-            if query_id < other:
-                pairs.append((query_id, other))
-    return pairs
-
-
-def merge_neighbours(lists: Iterable[Sequence[Neighbour]], k: int) -> List[Neighbour]:
-    """The k nearest of several shards' neighbour lists (ties broken by frame id)."""
-    return heapq.nsmallest(k, itertools.chain.from_iterable(lists), key=lambda n: (n.distance, n.frame_id))
-
-
-def duplicate_groups(pairs: Iterable[Tuple[str, str]]) -> Dict[str, Tuple[str, ...]]:
-    """Connected components of near-duplicate pairs (union-find with path halving).
-
-    Returns
-    -------
-    dict leader -> sorted member ids (leader = the smallest id of the group, so the result does
-    not depend on the order of ``pairs``); only groups of 2 or more.
-    """
-    parent: Dict[str, str] = {}
-
-    def find(x):
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: Dict[str, List[str]] = {}
-    for x in list(parent):
-        groups.setdefault(find(x), []).append(x)
-    return {leader: tuple(sorted(members)) for leader, members in groups.items() if len(members) > 1}
 
 
 class _SearchShardFn(beam.DoFn):

@@ -1,7 +1,7 @@
 """Selection of annotation candidates in Beam, batch or streaming, at any scale.
 
 ``SelectCandidates`` keeps one frame per group of identical frames (same decoded pixels), then
-runs a selection strategy of :mod:`transforms.strategies` without gathering the frames on one
+runs a selection strategy of :mod:`transforms.select.strategies` without gathering the frames on one
 worker: a ``CombineFn`` keeps, per worker, at most ``shard_size`` frames (a few numbers and the
 embedding each); when it holds more it *preselects* (``Strategy.preselect``: the frames that
 can still win: per-shard top-k, margin preselection for Cluster-Margin, a per-shard k-center
@@ -16,7 +16,7 @@ Memory per worker: ``O(shard_size * (D + C))`` floats (``D`` embedding width, ``
 whatever the number of frames: an accumulator peaks at ``2 * shard_size`` frames of about
 1 KB each with 128-d embeddings (Python objects included), about 100 MB with the default
 ``shard_size=50_000``, for 10M frames as for 10K. Exact for top-k, random and Cluster-Margin's preselection; a
-composable core-set for k-center (see :meth:`transforms.strategies.Strategy.preselect`).
+composable core-set for k-center (see :meth:`transforms.select.strategies.Strategy.preselect`).
 
 Streaming: in an event-time window (``beam.WindowInto`` before this transform, or the
 ``window_s``/``period_s`` arguments) the selection runs per window and per trigger firing:
@@ -26,7 +26,7 @@ watermark passes the window's end, then again (accumulating) for each late frame
 ``allowed_lateness_s``.
 
 Scores (always "higher = more wanted"): ``entropy`` (nats), ``margin`` ranked as
-``1 - (p1 - p2)``, ``least_confidence``; see :mod:`transforms.strategies` for the others.
+``1 - (p1 - p2)``, ``least_confidence``; see :mod:`transforms.select.strategies` for the others.
 """
 import json
 import logging
@@ -40,7 +40,7 @@ from apache_beam.transforms import trigger, window
 
 from schemas.frames import SCORE_NAMES
 from schemas.records import Candidate, FrameRecord, ModelVersion
-from transforms.strategies import (STRATEGY_NAMES, Pool, Strategy, make_strategy, selection_id)
+from transforms.select.strategies import (STRATEGY_NAMES, Pool, Strategy, make_strategy, selection_id)
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = "activebeam.sample"
@@ -136,7 +136,7 @@ def to_pool(items: Sequence[_Scored]) -> Pool:
 
 
 class SelectFn(beam.CombineFn):
-    """Runs a :class:`~transforms.strategies.Strategy` as a ``CombineFn`` in bounded memory.
+    """Runs a :class:`~transforms.select.strategies.Strategy` as a ``CombineFn`` in bounded memory.
 
     Accumulator: a list of at most ``shard_size`` ``_Scored`` frames (plus what one
     ``add_input`` brings before it is compressed with ``Strategy.preselect``). Output: a list of
@@ -236,8 +236,8 @@ class SelectCandidates(beam.PTransform):
     budget : int
         Number of candidates per window, ``>= 0``.
     strategy : str or Strategy
-        A name of :data:`transforms.strategies.STRATEGY_NAMES` (built with ``params`` by
-        :func:`~transforms.strategies.make_strategy`) or a strategy object.
+        A name of :data:`transforms.select.strategies.STRATEGY_NAMES` (built with ``params`` by
+        :func:`~transforms.select.strategies.make_strategy`) or a strategy object.
     params : mapping, optional
         The strategy's parameters (with a name), e.g. ``{"n_clusters": 50}``.
     exclude_ids : PCollection[str], optional

@@ -12,10 +12,10 @@ dead letters for everything that could not be decoded::
     decoded.dead_letters  # PCollection[DeadLetter]: globs matching nothing, unreadable or
                           #   undecodable files, one per video whose frames are partly missing
 
-The media type is decided by the file's content (magic bytes, :mod:`transforms.media_types`),
-never by its extension. Still images are decoded by :mod:`transforms.images` (header checked
+The media type is decided by the file's content (magic bytes, :mod:`transforms.decode.media_types`),
+never by its extension. Still images are decoded by :mod:`transforms.decode.images` (header checked
 against a pixel limit before decoding, EXIF orientation, optional resize). Videos are planned
-from their packet headers (:mod:`transforms.video`: no decoding), cut into time ranges starting
+from their packet headers (:mod:`transforms.decode.video`: no decoding), cut into time ranges starting
 on keyframes, and the ranges are redistributed (``Reshuffle``) so that different workers decode
 different parts of a long video; each range's report is gathered per file into one outcome and
 at most one dead letter.
@@ -38,11 +38,11 @@ from apache_beam.metrics import Metrics
 
 from schemas import records
 from schemas.records import DeadLetter, FileOutcome, Frame
-from transforms import video
-from transforms.files import is_local, open_binary
-from transforms.images import DEFAULT_MAX_PIXELS, decode_image
-from transforms.media_types import HEAD_BYTES, IMAGE, VIDEO, DecodeError, sniff_media_type
-from transforms.video import RangeReport, Sampling, VideoRange
+from transforms.decode import video
+from transforms.common.files import is_local, open_binary
+from transforms.decode.images import DEFAULT_MAX_PIXELS, decode_image
+from transforms.decode.media_types import HEAD_BYTES, IMAGE, VIDEO, DecodeError, sniff_media_type
+from transforms.decode.video import RangeReport, Sampling, VideoRange
 
 __all__ = ["DecodeMedia", "DecodedMedia", "DecodeError", "decode_image", "sniff_media_type",
            "pixel_hash", "DEFAULT_SPLIT_SECONDS"]
@@ -355,7 +355,7 @@ class DecodeMedia(beam.PTransform):
         every frame.
     sampling : str
         ``fps`` (default), ``all``, ``every_n``, ``keyframes`` or ``scene``; see
-        :class:`transforms.video.Sampling`.
+        :class:`transforms.decode.video.Sampling`.
     every_n : int
         Keep frames whose index is a multiple of ``every_n`` (``sampling="every_n"``).
     scene_threshold : float

@@ -33,7 +33,7 @@ class WriteCandidates(beam.PTransform):
 
     Windowed candidates (streaming selections) are sorted by window start, then rank. In a
     streaming pipeline each window firing rewrites the file; use the MongoDB or BigQuery
-    candidate writers of :mod:`transforms.candidate_index` there.
+    candidate writers of :mod:`transforms.index.candidates` there.
     """
 
     def __init__(self, path: str):

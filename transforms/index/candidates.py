@@ -18,8 +18,8 @@ from schemas import candidates as candidates_schema
 from schemas import tables
 from schemas.frames import DEFAULT_DATABASE
 from schemas.records import DeadLetter
-from transforms.bigquery_store import WriteRowsToBigQuery
-from transforms.mongo_store import WriteDocumentsToMongoDB, WrittenFrames
+from transforms.index.bigquery import WriteRowsToBigQuery
+from transforms.index.mongodb import WriteDocumentsToMongoDB, WrittenFrames
 
 STAGE_CANDIDATES = "candidates"
 
@@ -31,7 +31,7 @@ def _as_candidate_dead_letter(dead: DeadLetter) -> DeadLetter:
 class WriteCandidatesToMongoDB(beam.PTransform):
     """Upserts ``Candidate``\\ s into ``<database>.candidates`` (``_id`` = selection:frame).
 
-    The store's generic writer (:class:`transforms.mongo_store.WriteDocumentsToMongoDB`): bulk
+    The store's generic writer (:class:`transforms.index.mongodb.WriteDocumentsToMongoDB`): bulk
     ``$set`` upserts with retries; indexes of :func:`schemas.tables.candidates_table` (unique
     ``(selection_id, frame_id)``, ``(selection_id, rank)``) plus ``frame_id``. Documents keep the
     nested layout of ``candidates.jsonl`` (``scores``, ``components``, ``parameters`` and ``model``
@@ -61,7 +61,7 @@ class WriteCandidatesToMongoDB(beam.PTransform):
 class WriteCandidatesToBigQuery(beam.PTransform):
     """Appends one row per ``Candidate`` to a BigQuery table (schema: :func:`schemas.tables.candidates_table`).
 
-    The store's :class:`transforms.bigquery_store.WriteRowsToBigQuery`: the table is created
+    The store's :class:`transforms.index.bigquery.WriteRowsToBigQuery`: the table is created
     beforehand, partitioned by ``indexed_at`` and clustered on ``(selection_id, source_uri,
     model_version)``; rows are checked against the schema; a rerun of the same selections
     appends nothing (one query finds the ``(selection_id, frame_id)`` pairs present) and

@@ -1,6 +1,6 @@
 """Model handlers for Beam ``RunInference``: Keras/SavedModel, TFLite and ONNX Runtime.
 
-Every handler has the same contract, so :class:`~transforms.model.ScoreFrames` and the tests treat
+Every handler has the same contract, so :class:`~transforms.score.ptransforms.ScoreFrames` and the tests treat
 them alike: input ``float32`` arrays prepared by :func:`prepare_input` from the model's
 :class:`Preprocessing`, output ``PredictionResult(example, ModelOutput(embedding, output,
 samples))`` from ONE forward pass (plus ``T`` stochastic passes for MC dropout, Keras only)::
@@ -38,7 +38,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
 from schemas.records import ModelVersion
-from transforms.files import local_copy, open_binary
+from transforms.common.files import local_copy, open_binary
 
 DEFAULT_MODEL_NAME = "fashion_mnist_cnn.keras"
 METRICS_NAMESPACE = "activebeam.model"
@@ -52,13 +52,13 @@ SIDECAR_SUFFIX = ".json"
 
 
 def default_model_path() -> str:
-    """Local path of the bundled default model (``models/fashion_mnist_cnn.keras``).
+    """Local path of the bundled default model (``transforms/score/models/fashion_mnist_cnn.keras``).
 
-    Resolved in each process from the installed ``models`` package, so it also works on
-    Dataflow workers that installed the project with ``--setup_file``.
+    Package data of :mod:`transforms.score`, found next to this module in each process, never
+    through the working directory (a user's own ``models/`` folder cannot shadow it), so it also
+    works on Dataflow workers that installed the project with ``--setup_file``.
     """
-    import models
-    return os.path.join(os.path.dirname(os.path.realpath(models.__file__)), DEFAULT_MODEL_NAME)
+    return os.path.join(os.path.dirname(os.path.realpath(__file__)), "models", DEFAULT_MODEL_NAME)
 
 
 class Preprocessing(NamedTuple):

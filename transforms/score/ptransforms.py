@@ -1,12 +1,12 @@
 """Embeddings and class probabilities from one forward pass, through Beam ``RunInference``.
 
 ``ScoreFrames`` takes decoded frames, prepares each as the model declares (its
-:class:`~transforms.handlers.Preprocessing`: resize, colour order, scaling, in the same fused
+:class:`~transforms.score.handlers.Preprocessing`: resize, colour order, scaling, in the same fused
 step as decoding so pixels never cross a shuffle), runs the model through the handler of its
-runtime (Keras, SavedModel, TFLite or ONNX Runtime; see :mod:`transforms.handlers`), and emits
+runtime (Keras, SavedModel, TFLite or ONNX Runtime; see :mod:`transforms.score.handlers`), and emits
 :class:`~schemas.records.FrameRecord` with the embedding, probabilities and uncertainty scores::
 
-    model = load_model_spec("models/fashion_mnist_cnn.keras", mc_passes=10)
+    model = load_model_spec("my_model.keras", mc_passes=10)
     scored = frames | ScoreFrames(model)
     scored.records        # PCollection[FrameRecord]
     scored.dead_letters   # PCollection[DeadLetter] (stages ``preprocess`` and ``inference``)
@@ -14,7 +14,7 @@ runtime (Keras, SavedModel, TFLite or ONNX Runtime; see :mod:`transforms.handler
 Scores: ``entropy``, ``margin`` and ``least_confidence`` as fields, plus ``ratio`` and
 ``entropy_normalised`` in ``FrameRecord.extra_scores``, and with ``mc_passes`` = T > 0 the
 Bayesian scores ``bald``, ``variation_ratios`` and ``mean_std`` over the T dropout passes (see
-:mod:`transforms.uncertainty`). Every record carries the model's name, weights digest and
+:mod:`transforms.score.uncertainty`). Every record carries the model's name, weights digest and
 embedding layer (:class:`~schemas.records.ModelVersion`).
 """
 from typing import NamedTuple, Optional, Sequence, Tuple
@@ -26,9 +26,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from schemas import records
 from schemas.records import DeadLetter, Frame, FrameMetadata, FrameRecord
-from transforms import uncertainty
-from transforms.detection import DetectorHandler, aggregate_detection_scores
-from transforms.handlers import (  # noqa: F401  (re-exported: the public names of this stage)
+from transforms.score import uncertainty
+from transforms.score.detection import aggregate_detection_scores
+from transforms.score.detectors import DetectorHandler
+from transforms.score.handlers import (  # noqa: F401  (re-exported: the public names of this stage)
     DEFAULT_MODEL_NAME, LOGITS, METRICS_NAMESPACE as _NAMESPACE, PROBABILITIES, KerasHandler,
     ModelOutput, ModelSpec, Preprocessing, default_model_path, load_embedding_classifier,
     load_model_spec, make_handler, prepare_input)
@@ -38,7 +39,7 @@ EmbeddingClassifierHandler = KerasHandler  # the skeleton's name
 
 
 def probability_scores(probabilities: np.ndarray, samples=None) -> dict:
-    """Every score of one frame: name -> float (see :mod:`transforms.uncertainty`).
+    """Every score of one frame: name -> float (see :mod:`transforms.score.uncertainty`).
 
     ``probabilities`` float ``(C,)``; ``samples`` float ``(T, C)`` probabilities of T stochastic
     passes or ``None`` (then no Bayesian scores).
@@ -166,13 +167,13 @@ class ScoreFrames(beam.PTransform):
 
     Input: ``PCollection[Frame]``. Output: :class:`ScoredFrames` with ``FrameRecord``\\ s (embedding
     ``float32 (D,)``, probabilities ``float32 (C,)``, entropy, margin, least confidence; see
-    :mod:`transforms.uncertainty`; more in ``extra_scores``) and dead letters for frames that
+    :mod:`transforms.score.uncertainty`; more in ``extra_scores``) and dead letters for frames that
     could not be prepared or inferred. The model is loaded once per worker process (Beam's shared
-    model handle). With a ``detector`` (:class:`~transforms.detection.DetectorHandler`) each frame
+    model handle). With a ``detector`` (:class:`~transforms.score.detectors.DetectorHandler`) each frame
     also runs through it and gets the ``detection_*`` aggregates of its boxes' confidences. With
     an ``ensemble`` (further ModelSpecs with the same classes) each frame also runs through every
     member and gets ``ensemble_disagreement``, the Jensen-Shannon divergence of the member's and
-    the model's probabilities (:func:`transforms.uncertainty.ensemble_disagreement`); the record's
+    the model's probabilities (:func:`transforms.score.uncertainty.ensemble_disagreement`); the record's
     embedding and other scores stay the model's own.
     """
 

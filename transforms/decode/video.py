@@ -32,7 +32,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from transforms.media_types import DecodeError
+from transforms.decode.media_types import DecodeError
 
 ALL, EVERY_N, FPS, KEYFRAMES, SCENE = "all", "every_n", "fps", "keyframes", "scene"
 STRATEGIES = (ALL, EVERY_N, FPS, KEYFRAMES, SCENE)

@@ -11,7 +11,7 @@ frames, earlier selections and near-duplicates around any inner strategy::
                          exclude_ids=already_labelled, near_duplicate_distance=0.05)
     selection = strategy.select(pool, budget=500, labelled=labelled_pool)
 
-The Beam transforms of :mod:`transforms.sample` run these same classes on bounded per-shard and
+The Beam transforms of :mod:`transforms.select.ptransforms` run these same classes on bounded per-shard and
 per-window subsets (see there). :func:`make_strategy` builds one from a name and parameters
 (the ``mine`` job's ``--strategy`` and ``--strategy_params``).
 
@@ -33,8 +33,8 @@ from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from transforms import uncertainty
-from transforms.kcenter import k_center_greedy, nearest_sq_distance
+from transforms.score import uncertainty
+from transforms.select.kcenter import k_center_greedy, nearest_sq_distance
 
 
 class Pool(NamedTuple):
@@ -95,7 +95,7 @@ def _require(pool: Pool, field: str, strategy: str):
 PROBABILITY_SCORES = ("entropy", "margin", "least_confidence")
 SAMPLE_SCORES = ("bald", "variation_ratios", "mean_std")
 #: Scores only read from ``pool.scores`` (computed upstream, e.g. k-NN ``uniqueness`` by
-#: :mod:`transforms.novelty`).
+#: :mod:`transforms.score.novelty`).
 STORED_SCORES = ("uniqueness",)
 
 
@@ -103,7 +103,7 @@ def score_values(pool: Pool, name: str) -> np.ndarray:
     """Score ``name`` of every pool frame as float64 ``(N,)``, oriented so that higher = more wanted.
 
     Looks in ``pool.scores`` first, then computes from ``probabilities`` (entropy, margin,
-    least_confidence, see :mod:`transforms.uncertainty`) or ``probability_samples`` (bald,
+    least_confidence, see :mod:`transforms.score.uncertainty`) or ``probability_samples`` (bald,
     variation_ratios, mean_std). ``margin`` is returned as ``1 - (p1 - p2)``.
 
     Raises
@@ -253,7 +253,7 @@ class KCenterGreedy(Strategy):
 
     Labelled frames are the initial centres; each pick is the frame farthest from every centre.
     The rank score is the pick's distance to its nearest earlier centre. Cost and memory: see
-    :func:`transforms.kcenter.k_center_greedy` (exact, with lazy batched updates).
+    :func:`transforms.select.kcenter.k_center_greedy` (exact, with lazy batched updates).
 
     Parameters
     ----------

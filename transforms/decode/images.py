@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from transforms.media_types import DecodeError
+from transforms.decode.media_types import DecodeError
 
 # Pillow raises above 2 x Image.MAX_IMAGE_PIXELS (about 179 million): stay under it so our own,
 # clearer error is the one users see.

@@ -21,7 +21,7 @@ from schemas import frames as frames_schema
 from schemas import records
 from schemas import tables
 from schemas.records import DeadLetter
-from transforms.store_common import DEAD_LETTER, MAX_ERROR_CHARS, METRICS_NAMESPACE, redact_text
+from transforms.common.redact import DEAD_LETTER, MAX_ERROR_CHARS, METRICS_NAMESPACE, redact_text
 
 _LOG = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """BigQuery writer of the frame index, on Beam's ``WriteToBigQuery``.
 
-Tables are created beforehand, partitioned and clustered (:mod:`transforms.bigquery_tables`);
+Tables are created beforehand, partitioned and clustered (:mod:`transforms.index.bigquery_client`);
 rows are checked against the schema before they are sent; streaming inserts carry deterministic
 ``insertId``\\ s; rows that do not fit or that BigQuery rejects go to the dead-letter output::
 
@@ -18,8 +18,8 @@ from schemas import frames as frames_schema
 from schemas import records
 from schemas import tables
 from schemas.records import DeadLetter
-from transforms.bigquery_tables import ensure_table
-from transforms.store_common import DEAD_LETTER, MAX_ERROR_CHARS, METRICS_NAMESPACE, redact_text
+from transforms.index.bigquery_client import ensure_table
+from transforms.common.redact import DEAD_LETTER, MAX_ERROR_CHARS, METRICS_NAMESPACE, redact_text
 
 _LOG = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _use_deterministic_insert_ids(write_applied, key_columns: Tuple[str, ...]) -
 class WriteRowsToBigQuery(beam.PTransform):
     r"""Appends one row per element to a BigQuery table of :mod:`schemas.tables`.
 
-    The table is created beforehand (:func:`transforms.bigquery_tables.ensure_table`) with the
+    The table is created beforehand (:func:`transforms.index.bigquery_client.ensure_table`) with the
     spec's daily time partitioning (on its ingest-time column, stamped here) and clustering;
     Beam's ``WriteToBigQuery`` then only appends (``CREATE_NEVER``). Every row is checked against
     the schema first (:func:`schemas.tables.bigquery_row_errors`): a row that does not fit

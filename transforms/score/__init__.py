@@ -1,0 +1,21 @@
+"""Stage **EmbedAndScore**: embeddings, class probabilities and uncertainty scores of frames.
+
+Public transforms: :class:`ScoreFrames` (:mod:`.ptransforms`: ``RunInference`` with the handler of
+the model's runtime, :mod:`.handlers`) and :class:`ScoreNovelty` (:mod:`.novelty`: k-NN
+uniqueness over sharded faiss indexes); detectors in :mod:`.detectors`. Pure modules (no Beam;
+enforced by ``//transforms/score:pure_test``):
+
+* :mod:`.registry`: the one registry of score names, their functions and orientation.
+* :mod:`.uncertainty`: least confidence, margin, ratio, entropy, BALD, variation ratios, ...
+* :mod:`.detection`: per-box detection uncertainty aggregated per frame.
+* :mod:`.knn`: k-NN uniqueness and near-duplicate pairs with faiss.
+"""
+from transforms._exports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ptransforms": ("ScoreFrames", "ScoredFrames", "probability_scores"),
+    "handlers": ("ModelSpec", "load_model_spec", "make_handler", "default_model_path",
+                 "DEFAULT_MODEL_NAME", "LOGITS", "PROBABILITIES"),
+    "novelty": ("ScoreNovelty", "NoveltyResult"),
+    "detectors": ("DetectorHandler", "BackgroundDifferenceDetector"),
+})

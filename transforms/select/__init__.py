@@ -1,0 +1,15 @@
+"""Stage **SelectCandidates**: the frames worth annotating next.
+
+Public transform: :class:`SelectCandidates` (:mod:`.ptransforms`: identical frames collapsed, any
+strategy run as a bounded-memory ``CombineFn``, batch or per event-time window). Pure modules
+(no Beam; enforced by ``//transforms/select:pure_test``):
+
+* :mod:`.strategies`: one ``Strategy`` interface, a class per strategy, composable wrappers.
+* :mod:`.kcenter`: exact lazy greedy k-center (coreset) with batched faiss updates.
+"""
+from transforms._exports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ptransforms": ("SelectCandidates", "SelectFn", "STRATEGIES"),
+    "strategies": ("Pool", "Strategy", "make_strategy", "selection_id", "STRATEGY_NAMES"),
+})
