@@ -39,6 +39,7 @@ from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
 from transforms.index.bigquery_client import append_rows, sibling_table
 from transforms.decode.ptransforms import DEFAULT_SPLIT_SECONDS, DecodeMedia
+from transforms.score import registry as score_registry
 from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.decode.video import STRATEGIES as SAMPLING_STRATEGIES
@@ -259,9 +260,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
     if not isinstance(strategy_params, dict):
         raise ValueError(f"--strategy_params must be a JSON object, got {mine.strategy_params!r}")
     make_strategy(mine.strategy, strategy_params)  # fails now, naming the bad parameter
-    if mine.strategy in ("bald", "variation_ratios", "mean_std") and mine.mc_passes < 2:
+    needs = score_registry.get(mine.strategy).needs if mine.strategy in score_registry.names() else None
+    if needs == score_registry.MC_SAMPLES and mine.mc_passes < 2:
         raise ValueError(f"--strategy={mine.strategy} needs MC-dropout samples: set --mc_passes >= 2")
-    if mine.strategy == "uniqueness" and mine.uniqueness_k < 1:
+    if needs == score_registry.EMBEDDINGS and mine.uniqueness_k < 1:
         raise ValueError("--strategy=uniqueness needs --uniqueness_k >= 1")
     candidates_table = mine.bigquery_candidates_table
     if not candidates_table and mine.bigquery_table:

@@ -7,26 +7,15 @@ the only places that turn a :class:`~schemas.records.FrameRecord` into stored fo
 from typing import List, NamedTuple
 
 from schemas.records import FrameRecord
+from transforms.score import registry as score_registry
 
 DEFAULT_DATABASE = "activebeam"
 FRAMES_COLLECTION = "frames"
-SCORE_NAMES = ("entropy", "margin", "least_confidence")
-# Optional scores (FrameRecord.extra_scores): name -> description. Nullable columns in BigQuery,
-# ``scores.<name>`` in MongoDB when present.
-EXTRA_SCORES = (
-    ("ratio", "p(2nd) / p(1st); high means uncertain."),
-    ("entropy_normalised", "Entropy / ln(num_classes), in [0, 1]."),
-    ("bald", "BALD mutual information over MC-dropout passes, in nats."),
-    ("variation_ratios", "1 - share of MC-dropout passes voting for the modal class."),
-    ("mean_std", "Mean over classes of the std of p_c across MC-dropout passes."),
-    ("ensemble_disagreement", "Jensen-Shannon divergence between ensemble members, in nats."),
-    ("uniqueness", "Distance of the embedding to its k nearest neighbours (weighted, cosine)."),
-    ("detection_max", "Highest per-box uncertainty of the frame's detections."),
-    ("detection_mean", "Mean per-box uncertainty of the frame's detections."),
-    ("detection_sum", "Sum of per-box uncertainties of the frame's detections."),
-    ("detection_uncertain_count", "Number of boxes with a confidence inside the uncertain band."),
-    ("detection_count", "Number of detected boxes."),
-)
+#: Required score columns, then optional scores (FrameRecord.extra_scores): name -> description,
+#: nullable columns in BigQuery and ``scores.<name>`` in MongoDB when present. Both from the one
+#: score registry, :mod:`transforms.score.registry`.
+SCORE_NAMES = score_registry.names(column=True)
+EXTRA_SCORES = tuple((s.name, s.description) for s in score_registry.SCORES if not s.column)
 EXTRA_SCORE_NAMES = tuple(name for name, _ in EXTRA_SCORES)
 
 
@@ -48,9 +37,7 @@ FRAME_FIELDS = (
     Field("pixel_hash", "STRING", "REQUIRED", "MurmurHash3 x64-128 (hex) of the decoded RGB pixels and shape; equal for identical frames."),
     Field("embedding", "FLOAT64", "REPEATED", "Output of the model's embedding layer."),
     Field("predicted_class", "INT64", "REQUIRED", "argmax of the class probabilities."),
-    Field("entropy", "FLOAT64", "REQUIRED", "Shannon entropy of the class probabilities, in nats."),
-    Field("margin", "FLOAT64", "REQUIRED", "p(1st) - p(2nd); low means uncertain."),
-    Field("least_confidence", "FLOAT64", "REQUIRED", "1 - p(1st); high means uncertain."),
+) + tuple(Field(name, "FLOAT64", "REQUIRED", score_registry.get(name).description) for name in SCORE_NAMES) + (
     Field("model_name", "STRING", "REQUIRED", "Name of the model (file stem)."),
     Field("model_version", "STRING", "REQUIRED", "sha256 of the model file, first 16 hex digits."),
     Field("channels", "INT64", "NULLABLE", "Channels stored in the file: 1 grey, 2 grey+alpha, 3 colour, 4 RGBA/CMYK."),

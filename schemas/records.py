@@ -18,6 +18,11 @@ STAGE_PREPROCESS = "preprocess"
 STAGE_INFERENCE = "inference"
 STAGE_MONGODB = "mongodb"
 STAGE_BIGQUERY = "bigquery"
+STAGE_CANDIDATES = "candidates"
+#: Tag of the dead-letter output of every DoFn: ``beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(...))``.
+DEAD_LETTER_TAG = "dead_letter"
+#: Longest ``DeadLetter.error`` written by the stores (server messages can be long).
+MAX_ERROR_CHARS = 500
 
 
 def make_frame_id(source_uri: str, frame_index: int) -> str:

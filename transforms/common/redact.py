@@ -1,10 +1,6 @@
-"""What the index writers share: dead-letter tag, metric namespace, credential redaction."""
+"""Credentials out of URIs and messages (pure): what every log line, record and dead letter shows."""
 import re
 from typing import Optional
-
-METRICS_NAMESPACE = "activebeam.store"
-DEAD_LETTER = "dead_letter"
-MAX_ERROR_CHARS = 500
 
 _CREDENTIALS = re.compile(r"(?<=://)([^:/?#@\s]*):([^@/?#\s]*)@")
 

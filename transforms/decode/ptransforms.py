@@ -49,7 +49,7 @@ __all__ = ["DecodeMedia", "DecodedMedia", "DecodeError", "decode_image", "sniff_
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = "activebeam.decode"
-DEAD_LETTER = "dead_letter"
+DEAD_LETTER = records.DEAD_LETTER_TAG
 OUTCOME = "outcome"
 REPORTS = "reports"
 DEFAULT_SPLIT_SECONDS = 60.0

@@ -18,6 +18,9 @@ rows checked before sending, deterministic insert ids, rerun-safe); the candidat
 """
 from transforms._exports import lazy_exports
 
+#: Namespace of the writers' Beam metrics (``mongodb_documents_written``, ...).
+METRICS_NAMESPACE = "activebeam.store"
+
 __getattr__, __dir__ = lazy_exports(__name__, {
     "mongodb": ("WriteDocumentsToMongoDB", "WriteFramesToMongoDB", "WrittenDocuments",
                 "WrittenFrames", "TRANSIENT_ERROR_CODES", "upsert_documents"),

@@ -17,11 +17,12 @@ import apache_beam as beam
 from schemas import candidates as candidates_schema
 from schemas import tables
 from schemas.frames import DEFAULT_DATABASE
+from schemas import records
 from schemas.records import DeadLetter
 from transforms.index.bigquery import WriteRowsToBigQuery
 from transforms.index.mongodb import WriteDocumentsToMongoDB, WrittenFrames
 
-STAGE_CANDIDATES = "candidates"
+STAGE_CANDIDATES = records.STAGE_CANDIDATES
 
 
 def _as_candidate_dead_letter(dead: DeadLetter) -> DeadLetter:

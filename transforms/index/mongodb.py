@@ -21,7 +21,9 @@ from schemas import frames as frames_schema
 from schemas import records
 from schemas import tables
 from schemas.records import DeadLetter
-from transforms.common.redact import DEAD_LETTER, MAX_ERROR_CHARS, METRICS_NAMESPACE, redact_text
+from schemas.records import DEAD_LETTER_TAG as DEAD_LETTER, MAX_ERROR_CHARS
+from transforms.common.redact import redact_text
+from transforms.index import METRICS_NAMESPACE
 
 _LOG = logging.getLogger(__name__)
 

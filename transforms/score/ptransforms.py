@@ -26,7 +26,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from schemas import records
 from schemas.records import DeadLetter, Frame, FrameMetadata, FrameRecord
-from transforms.score import uncertainty
+from transforms.score import registry, uncertainty
 from transforms.score.detection import aggregate_detection_scores
 from transforms.score.detectors import DetectorHandler
 from transforms.score.handlers import (  # noqa: F401  (re-exported: the public names of this stage)
@@ -34,7 +34,7 @@ from transforms.score.handlers import (  # noqa: F401  (re-exported: the public 
     ModelOutput, ModelSpec, Preprocessing, default_model_path, load_embedding_classifier,
     load_model_spec, make_handler, prepare_input)
 
-DEAD_LETTER = "dead_letter"
+DEAD_LETTER = records.DEAD_LETTER_TAG
 EmbeddingClassifierHandler = KerasHandler  # the skeleton's name
 
 
@@ -48,7 +48,8 @@ def probability_scores(probabilities: np.ndarray, samples=None) -> dict:
               for name, values in uncertainty.classification_scores(probabilities[None, :]).items()}
     if samples is not None and len(samples):
         t = np.asarray(samples, dtype=np.float64)[:, None, :]
-        scores.update({name: float(fn(t)[0]) for name, fn in uncertainty.BAYESIAN_SCORES.items()})
+        scores.update({name: float(registry.compute(name, t)[0])
+                       for name in registry.names(needs=registry.MC_SAMPLES)})
     return scores
 
 

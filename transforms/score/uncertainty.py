@@ -220,10 +220,3 @@ def classification_scores(probabilities):
         "entropy": h,
         "entropy_normalised": h / np.log(p.shape[1]),
     }
-
-# Scores of T stochastic passes (MC dropout), name -> function (T, N, C) -> (N,).
-BAYESIAN_SCORES = {
-    "bald": bald,
-    "variation_ratios": variation_ratios,
-    "mean_std": mean_std,
-}

@@ -40,23 +40,19 @@ from apache_beam.transforms import trigger, window
 
 from schemas.frames import SCORE_NAMES
 from schemas.records import Candidate, FrameRecord, ModelVersion
+from transforms.score import registry
 from transforms.select.strategies import (STRATEGY_NAMES, Pool, Strategy, make_strategy, selection_id)
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = "activebeam.sample"
-#: Scores a ``FrameRecord`` may carry in ``extra_scores`` that rank frames directly: the Bayesian
-#: ones when the model ran with MC dropout (``--mc_passes``), ``uniqueness`` with k-NN novelty.
-STORED_SCORE_STRATEGIES = ("bald", "variation_ratios", "mean_std", "uniqueness")
-#: Strategies the ``mine`` job can run on ``FrameRecord``\\ s.
-STRATEGIES = SCORE_NAMES + STORED_SCORE_STRATEGIES + ("random", "coreset", "cluster_margin", "combined")
+#: Strategies the ``mine`` job can run on ``FrameRecord``\\ s (:func:`transforms.score.registry.strategy_names`).
+STRATEGIES = STRATEGY_NAMES
 DEFAULT_SHARD_SIZE = 50_000
 
 
 def strategy_score(record: FrameRecord, strategy: str) -> float:
     """The ranking score of ``record`` under an uncertainty ``strategy``; higher means more wanted."""
-    if strategy == "margin":
-        return 1.0 - float(record.margin)
-    return float(getattr(record, strategy))
+    return float(registry.wanted(strategy, [getattr(record, strategy)])[0])
 
 
 class _Scored(NamedTuple):

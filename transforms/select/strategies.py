@@ -33,7 +33,7 @@ from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from transforms.score import uncertainty
+from transforms.score import registry
 from transforms.select.kcenter import k_center_greedy, nearest_sq_distance
 
 
@@ -91,20 +91,23 @@ def _require(pool: Pool, field: str, strategy: str):
     return np.asarray(value)
 
 
-#: Scores computed from ``probabilities`` (N, C) or ``probability_samples`` (T, N, C).
-PROBABILITY_SCORES = ("entropy", "margin", "least_confidence")
-SAMPLE_SCORES = ("bald", "variation_ratios", "mean_std")
-#: Scores only read from ``pool.scores`` (computed upstream, e.g. k-NN ``uniqueness`` by
+#: Rankable scores (top-k strategies) by what they are computed from, all from the one registry
+#: (:mod:`transforms.score.registry`): ``probabilities`` (N, C), ``probability_samples`` (T, N, C),
+#: or only read from ``pool.scores`` (computed upstream, e.g. k-NN ``uniqueness`` by
 #: :mod:`transforms.score.novelty`).
-STORED_SCORES = ("uniqueness",)
+PROBABILITY_SCORES = registry.names(needs=registry.PROBABILITIES, rankable=True)
+SAMPLE_SCORES = registry.names(needs=registry.MC_SAMPLES, rankable=True)
+STORED_SCORES = registry.names(needs=registry.EMBEDDINGS, rankable=True)
+_POOL_INPUT = {registry.PROBABILITIES: "probabilities", registry.MC_SAMPLES: "probability_samples"}
 
 
 def score_values(pool: Pool, name: str) -> np.ndarray:
     """Score ``name`` of every pool frame as float64 ``(N,)``, oriented so that higher = more wanted.
 
     Looks in ``pool.scores`` first, then computes from ``probabilities`` (entropy, margin,
-    least_confidence, see :mod:`transforms.score.uncertainty`) or ``probability_samples`` (bald,
-    variation_ratios, mean_std). ``margin`` is returned as ``1 - (p1 - p2)``.
+    least_confidence, ...) or ``probability_samples`` (bald, variation_ratios, mean_std) with
+    the registry's function; oriented by :func:`transforms.score.registry.wanted` (``margin`` is
+    returned as ``1 - (p1 - p2)``).
 
     Raises
     ------
@@ -113,15 +116,15 @@ def score_values(pool: Pool, name: str) -> np.ndarray:
     """
     if pool.scores is not None and name in pool.scores:
         values = np.asarray(pool.scores[name], dtype=np.float64)
-    elif name in PROBABILITY_SCORES:
-        values = getattr(uncertainty, name)(_require(pool, "probabilities", name))
-    elif name in SAMPLE_SCORES:
-        values = getattr(uncertainty, name)(_require(pool, "probability_samples", name))
+    elif name in PROBABILITY_SCORES + SAMPLE_SCORES:
+        field = _POOL_INPUT[registry.get(name).needs]
+        values = registry.compute(name, _require(pool, field, name))
     else:
         raise ValueError(f"unknown score {name!r}: not in pool.scores nor one of "
                          f"{', '.join(PROBABILITY_SCORES + SAMPLE_SCORES)}")
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    return 1.0 - values if name == "margin" else values
+    if name not in registry.names():
+        return np.asarray(values, dtype=np.float64).reshape(-1)  # a user's own stored score
+    return registry.wanted(name, values)
 
 
 def _rank_by(values: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -621,7 +624,7 @@ def _drop_near_duplicates(x: np.ndarray, radius: float) -> np.ndarray:
 
 
 #: Strategy names accepted by :func:`make_strategy` (uncertainty names are :class:`TopK`).
-STRATEGY_NAMES = PROBABILITY_SCORES + SAMPLE_SCORES + STORED_SCORES + ("random", "coreset", "cluster_margin", "combined")
+STRATEGY_NAMES = registry.strategy_names()
 
 
 def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
@@ -642,7 +645,7 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     near = params.pop("near_duplicate_distance", 0.0)
     builders = {"random": RandomSampling, "coreset": KCenterGreedy,
                 "cluster_margin": ClusterMargin, "combined": Combined}
-    if name in PROBABILITY_SCORES + SAMPLE_SCORES + STORED_SCORES:
+    if name in registry.names(rankable=True):
         strategy = TopK(name, **params)
     elif name in builders:
         try:
