@@ -24,7 +24,7 @@ setuptools.setup(
     # in the checkout. The default model is package data of transforms.score.
     packages=setuptools.find_packages(include=["beam_pipelines", "transforms", "transforms.*", "schemas"]),
     package_data={"transforms.score": ["models/*.keras"],
-                  "schemas": ["generated/bigquery/*", "generated/mongodb/*", "views/*.sql"]},
+                  "schemas": ["generated/*.md", "generated/bigquery/*", "generated/mongodb/*", "views/*.sql"]},
     install_requires=_requirements(),
     entry_points={"console_scripts": ["activebeam-mine=beam_pipelines.mine:main"]},
 )

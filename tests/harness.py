@@ -47,6 +47,24 @@ def _remove_created_dirs():
         shutil.rmtree(path, ignore_errors=True)
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+PROJECT_FILES = ("setup.py", "MANIFEST.in", "README.md", "requirements.txt", "requirements-dev.txt")
+PROJECT_DIRS = ("beam_pipelines", "transforms", "schemas", "models", "benchmarks")
+
+
+def project_copy(d: str) -> str:
+    """A writable copy of the project under ``d``; returns its ``setup.py`` (building a wheel or an
+    sdist writes next to setup.py; Bazel's sandbox keeps the checkout read-only)."""
+    root = os.path.join(d, "project")
+    os.makedirs(root)
+    for name in PROJECT_FILES:
+        shutil.copy(os.path.join(CHECKOUT, name), root)
+    for package in PROJECT_DIRS:
+        shutil.copytree(os.path.join(CHECKOUT, package), os.path.join(root, package),
+                        ignore=shutil.ignore_patterns("__pycache__", "BUILD"))
+    return os.path.join(root, "setup.py")
+
+
 def media(*parts) -> str:
     """Path (or glob) of bundled sample media (prepared by scripts/setup.sh)."""
     path = os.path.join(media_dir(), *parts)

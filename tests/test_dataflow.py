@@ -5,7 +5,6 @@ submission then goes to a closed port on 127.0.0.1 and fails, so nothing leaves 
 """
 import json
 import os
-import shutil
 import tarfile
 
 import pytest
@@ -14,22 +13,6 @@ import requests
 from beam_pipelines import mine
 from tests import harness
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-PROJECT_FILES = ("setup.py", "MANIFEST.in", "README.md", "requirements.txt", "requirements-dev.txt")
-PACKAGES = ("beam_pipelines", "transforms", "schemas", "models")
-
-
-def _project_copy(d):
-    """A writable copy of the project (building the sdist writes next to setup.py; Bazel's
-    sandbox keeps the checkout read-only)."""
-    root = os.path.join(d, "project")
-    os.makedirs(root)
-    for name in PROJECT_FILES:
-        shutil.copy(os.path.join(CHECKOUT, name), root)
-    for package in PACKAGES:
-        shutil.copytree(os.path.join(CHECKOUT, package), os.path.join(root, package),
-                        ignore=shutil.ignore_patterns("__pycache__", "BUILD"))
-    return os.path.join(root, "setup.py")
 
 
 def test_dataflow_job_spec_and_setup_file_package():
@@ -42,7 +25,7 @@ def test_dataflow_job_spec_and_setup_file_package():
             f"--temp_location=gs://{bucket.name}/temp", f"--staging_location=gs://{bucket.name}/staging",
             f"--dataflow_job_file={d}/job.json",
             f"--dataflow_endpoint=http://localhost:{harness.free_port()}",
-            "--no_auth", "--sdk_location=container", f"--setup_file={_project_copy(d)}",
+            "--no_auth", "--sdk_location=container", f"--setup_file={harness.project_copy(d)}",
             "--input=gs://cameras/site-1/*.mp4", "--mongo_uri=mongodb://db.internal:27017",
             "--output_dir=gs://cameras/activebeam-out", "--budget=500"]
         with pytest.raises(requests.exceptions.ConnectionError, match="localhost"):
