@@ -17,13 +17,39 @@ import gzip
 import io
 import os
 import shutil
+import struct
 import tempfile
+
+import numpy as np
 
 from beam_pipelines.home import media_dir
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 OPENCV_HTML = "/usr/share/doc/opencv-doc/opencv4/html"
 FASHION_MNIST_COUNT = 300
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+CLASS_NAMES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads a (gzipped) IDX file (LeCun's MNIST format) into a uint8 array."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if dtype_code != 0x08:
+        raise ValueError(f"{path}: only unsigned-byte IDX files are supported, got 0x{dtype_code:02x}")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_split(split: str, data_dir: str = FASHION_MNIST_DIR):
+    """Returns ``(images uint8 (N, 28, 28), labels uint8 (N,))`` for split ``train`` or ``t10k``."""
+    images = read_idx(os.path.join(data_dir, f"{split}-images-idx3-ubyte.gz"))
+    labels = read_idx(os.path.join(data_dir, f"{split}-labels-idx1-ubyte.gz"))
+    return images, labels
 
 
 def _atomic_copy(src_open, dst):
@@ -51,7 +77,6 @@ def prepare(directory: str = None, fashion_mnist_count: int = FASHION_MNIST_COUN
     """
     import cv2
     import sklearn.datasets
-    from models.train_fashion_mnist import CLASS_NAMES, FASHION_MNIST_DIR, load_split
 
     directory = directory or media_dir()
     vtest = _require(os.path.join(OPENCV_DATA, "vtest.avi"), "opencv-doc")

@@ -12,39 +12,15 @@ thread, so a rerun reproduces the committed ``transforms/score/models/fashion_mn
 Run: ``.venv/bin/python -m models.train_fashion_mnist`` (about 2 minutes on 2 CPU cores).
 """
 import argparse
-import gzip
 import json
 import os
-import struct
 
-import numpy as np
+from beam_pipelines.sample_media import (  # noqa: F401  (the data set, re-exported)
+    CLASS_NAMES, FASHION_MNIST_DIR, load_split, read_idx)
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-CLASS_NAMES = (
-    "t-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)
 SEED = 20261122
 EPOCHS = 4
 BATCH_SIZE = 128
-
-
-def read_idx(path: str) -> np.ndarray:
-    """Reads a (gzipped) IDX file (LeCun's MNIST format) into a uint8 array."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if dtype_code != 0x08:
-        raise ValueError(f"{path}: only unsigned-byte IDX files are supported, got 0x{dtype_code:02x}")
-    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_split(split: str, data_dir: str = FASHION_MNIST_DIR):
-    """Returns ``(images uint8 (N, 28, 28), labels uint8 (N,))`` for split ``train`` or ``t10k``."""
-    images = read_idx(os.path.join(data_dir, f"{split}-images-idx3-ubyte.gz"))
-    labels = read_idx(os.path.join(data_dir, f"{split}-labels-idx1-ubyte.gz"))
-    return images, labels
 
 
 def build_model(input_shape=(28, 28, 1), n_classes=10, filters=(32, 64), embedding_size=128):

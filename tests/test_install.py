@@ -38,7 +38,7 @@ def test_wheel_holds_only_the_three_packages_with_their_data(wheel):
     assert not [n for n in names if n.endswith("/BUILD")]
 
 
-def test_installed_package_finds_its_model_from_a_folder_with_its_own_models(wheel):
+def test_installed_package_finds_its_model_and_media_from_a_folder_with_its_own_models(wheel):
     d = harness.tmpdir()
     site = os.path.join(d, "site")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
@@ -47,19 +47,24 @@ def test_installed_package_finds_its_model_from_a_folder_with_its_own_models(whe
     os.makedirs(os.path.join(user, "models"))
     with open(os.path.join(user, "models", "__init__.py"), "w") as f:
         f.write("raise ImportError('the user project models package was imported')\n")
-    code = ("import json, os\n"
+    code = ("import json, os, sys\n"
+            "from beam_pipelines import sample_media\n"
             "from transforms.score import handlers\n"
             "spec = handlers.load_model_spec()\n"
+            "globs = sample_media.prepare(sys.argv[1])\n"
             "print(json.dumps({'module': handlers.__file__, 'model': handlers.default_model_path(),\n"
-            "                  'name': spec.version.name, 'cwd': os.getcwd()}))\n")
+            "                  'name': spec.version.name, 'cwd': os.getcwd(), 'globs': globs}))\n")
     env = dict(os.environ, PYTHONPATH=site, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, "-c", code], cwd=user, env=env, check=True,
+    media = os.path.join(d, "media")
+    out = subprocess.run([sys.executable, "-c", code, media], cwd=user, env=env, check=True,
                          capture_output=True, text=True).stdout
     found = json.loads(out.strip().splitlines()[-1])
     assert found["module"].startswith(site)  # the installed copy, not the checkout
     assert found["model"].startswith(site) and os.path.isfile(found["model"])
     assert found["name"] == "fashion_mnist_cnn"
     assert found["cwd"] == user
+    # The default input (the bundled sample media) is prepared by the installed package alone.
+    assert all(glob.glob(g) for g in found["globs"]), found["globs"]
 
 
 if __name__ == "__main__":
