@@ -17,42 +17,53 @@ Outputs in ``--output_dir``: ``candidates.jsonl`` (sorted by rank), ``dead_lette
 object per failed file or frame: ``source_uri``, ``stage``, ``error``) and ``summary.json``
 (with the ``run_id``). The run's lineage (options with credentials redacted, code and model
 versions, inputs, counts, status) is upserted into MongoDB ``<database>.runs``.
+
+The driver goes one way: every option is checked (:func:`check_options`, a ``ValueError``
+naming the option) before the model is loaded or a server started; the run's identity is
+computed, then the pipeline runs inside its :class:`~beam_pipelines.run_record.RunRecord`,
+whose counts come from the pipeline's metrics (:data:`SUMMARY_COUNTERS`).
 """
 import contextlib
-import datetime
 import json
 import logging
+import math
 import os
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.gcp.bigquery_tools import parse_table_reference
+from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from beam_pipelines import sample_media
 from beam_pipelines.local_mongo import LocalMongoD
-from schemas import runs as runs_schema
-from schemas import tables
+from beam_pipelines.run_record import RunRecord, describe_run
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
-from transforms.index.bigquery_client import append_rows, sibling_table
 from transforms.decode.ptransforms import DEFAULT_SPLIT_SECONDS, DecodeMedia
+from transforms.decode.ptransforms import METRICS_NAMESPACE as DECODE_METRICS
 from transforms.score import registry as score_registry
 from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
 from transforms.decode.images import DEFAULT_MAX_PIXELS
-from transforms.decode.video import STRATEGIES as SAMPLING_STRATEGIES
+from transforms.decode.video import MODES
 from transforms.common.files import is_local
 from transforms.score.ptransforms import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
+from transforms.score.handlers import METRICS_NAMESPACE as SCORE_METRICS
 from transforms.common.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
                                 WriteDeadLetters, WriteSummary)
+from transforms.common.outputs import METRICS_NAMESPACE as OUTPUT_METRICS
 from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.score.novelty import ScoreNovelty
 from transforms.select.ptransforms import STRATEGIES, SelectCandidates
+from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
 from transforms.select.strategies import make_strategy
-from transforms.common.redact import redact_text, redact_uri
-from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB, upsert_documents
+from transforms.common.redact import redact_uri
+from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
+from transforms.index import METRICS_NAMESPACE as INDEX_METRICS
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_RUNNER = "FnApiRunner"  # Beam's DirectRunner would first try to download Prism.
@@ -97,7 +108,7 @@ class MineOptions(PipelineOptions):
         parser.add_argument("--video_fps", type=float, default=1.0,
                             help="Frames sampled per second of video; 0 keeps every frame.")
         parser.add_argument(
-            "--video_sampling", default="fps", choices=SAMPLING_STRATEGIES,
+            "--video_sampling", default="fps", choices=MODES,
             help="Which video frames to keep: fps (--video_fps per second, the default), all, "
                  "every_n (--video_every_n), keyframes (nothing else is decoded), scene "
                  "(--scene_threshold). See docs/decoding.md.")
@@ -237,178 +248,248 @@ def _from_caller_dir(path: str) -> str:
     return path
 
 
-def run(argv: Optional[List[str]] = None) -> dict:
-    """Runs the job and returns the contents of ``summary.json``.
+class SummaryCounter(NamedTuple):
+    """A pipeline counter that counts what a ``summary.json`` count counts."""
+    namespace: str
+    name: str
+    step: Optional[str] = None  # a step of MineFrames whose counter it is; None: every step
+
+
+#: ``summary.json``'s counts and the counters of :class:`MineFrames`' stages that count the same
+#: things: the run's entry in ``<database>.runs`` takes its counts from the pipeline's metrics.
+SUMMARY_COUNTERS = {
+    "files_matched": SummaryCounter(DECODE_METRICS, "files_matched"),
+    "files_decoded": SummaryCounter(DECODE_METRICS, "files_decoded"),
+    "files_failed": SummaryCounter(DECODE_METRICS, "files_failed"),
+    "frames_decoded": SummaryCounter(DECODE_METRICS, "frames_decoded"),
+    "frames_scored": SummaryCounter(SCORE_METRICS, "frames_scored"),
+    "frames_written": SummaryCounter(INDEX_METRICS, "mongodb_documents_written", "IndexInMongoDB"),
+    "dead_letters": SummaryCounter(OUTPUT_METRICS, "dead_letters_written"),
+    "candidates": SummaryCounter(SELECT_METRICS, "candidates_selected"),
+    "candidates_written": SummaryCounter(INDEX_METRICS, "mongodb_documents_written", "CandidatesToMongoDB"),
+}
+
+
+def summary_counts(metrics: MetricResults) -> Dict[str, int]:
+    """The counts of :data:`SUMMARY_COUNTERS` from a finished pipeline's metrics (committed values,
+    or attempted ones on runners that do not commit metrics)."""
+    return {name: _counter_total(metrics, counter) for name, counter in SUMMARY_COUNTERS.items()}
+
+
+def _counter_total(metrics: MetricResults, counter: SummaryCounter) -> int:
+    query = MetricsFilter().with_namespace(counter.namespace).with_name(counter.name)
+    if counter.step:
+        query = query.with_step(counter.step)
+    return sum(_committed(result) for result in metrics.query(query)[MetricResults.COUNTERS])
+
+
+def _committed(result) -> int:
+    committed = result.committed
+    return result.attempted if committed is None else committed
+
+
+class MineJob(NamedTuple):
+    """The ``mine`` job's options once checked, with what follows from them (nothing loaded)."""
+    runner: str
+    local_runner: bool
+    globs: Tuple[str, ...]  # empty: the bundled sample media
+    output_dir: str
+    strategy_params: dict
+    candidates_table: Optional[str]
+    bigquery_write_method: str  # AUTO resolved
+    detector_background: Optional[str]
+
+
+def check_options(options: PipelineOptions) -> MineJob:
+    """Checks every option of the ``mine`` job, cheaply: nothing is loaded, started or written.
 
     Raises
     ------
     ValueError
-        For option values that cannot work (negative budget, embedded MongoDB with a remote runner
-        or a remote output directory).
+        Naming the first option whose value cannot work, and why.
     """
-    options = PipelineOptions(argv)
     mine = options.view_as(MineOptions)
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = DEFAULT_RUNNER
-    if mine.budget < 0:
-        raise ValueError(f"--budget must be >= 0, got {mine.budget}")
+    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    local_runner = runner.lower() in LOCAL_RUNNERS
+    _check_ranges(mine)
+    strategy_params = _checked_strategy(mine)
+    _check_tables(mine)
+    globs = tuple(_from_caller_dir(g) for g in _split_globs(mine.input))
+    if not globs and not local_runner:
+        raise ValueError("--input is required with a remote runner: the bundled sample media "
+                         "are on this machine only")
+    output_dir = _from_caller_dir(mine.output_dir)
+    if is_local(output_dir):
+        output_dir = os.path.abspath(output_dir)
+    if not mine.mongo_uri and (not local_runner or not is_local(output_dir)):
+        raise ValueError("--mongo_uri is required unless the runner and --output_dir are local: "
+                         "the embedded mongod lives on this machine")
+    candidates_table = mine.bigquery_candidates_table
+    if not candidates_table and mine.bigquery_table:
+        candidates_table = mine.bigquery_table.rsplit(".", 1)[0] + ".candidates"
+    write_method = mine.bigquery_write_method
+    if write_method == "AUTO":
+        temp_location = options.view_as(GoogleCloudOptions).temp_location or ""
+        write_method = "FILE_LOADS" if temp_location.startswith("gs://") else "STREAMING_INSERTS"
+    return MineJob(runner, local_runner, globs, output_dir, strategy_params, candidates_table,
+                   write_method, mine.detector_background and _from_caller_dir(mine.detector_background))
+
+
+def _check_ranges(mine):
+    """Each numeric option against its range (NaN is out of every range)."""
+    for flag, value, valid, expected in (
+            ("budget", mine.budget, mine.budget >= 0, ">= 0"),
+            ("mc_passes", mine.mc_passes, mine.mc_passes >= 0, ">= 0 (0: off)"),
+            ("uniqueness_k", mine.uniqueness_k, mine.uniqueness_k >= 0, ">= 0 (0: off)"),
+            ("video_fps", mine.video_fps, not math.isnan(mine.video_fps),
+             "a number (<= 0: every frame)"),
+            ("video_every_n", mine.video_every_n, mine.video_every_n >= 1, ">= 1"),
+            ("scene_threshold", mine.scene_threshold, 0 < mine.scene_threshold <= 1, "in (0, 1]"),
+            ("max_image_pixels", mine.max_image_pixels, mine.max_image_pixels >= 0,
+             ">= 0 (0: no limit)"),
+            ("resize_longest_side", mine.resize_longest_side, mine.resize_longest_side >= 0,
+             ">= 0 (0: the decoded size)"),
+            ("video_split_seconds", mine.video_split_seconds, mine.video_split_seconds >= 0,
+             ">= 0 (0: not split)")):
+        if not valid:
+            raise ValueError(f"--{flag} must be {expected}, got {value!r}")
+
+
+def _checked_strategy(mine) -> dict:
+    """The strategy's parameters, once the strategy accepts them and its score will be computed."""
     try:
         strategy_params = json.loads(mine.strategy_params)
     except json.JSONDecodeError as e:
         raise ValueError(f"--strategy_params must be a JSON object: {e}") from None
     if not isinstance(strategy_params, dict):
         raise ValueError(f"--strategy_params must be a JSON object, got {mine.strategy_params!r}")
-    make_strategy(mine.strategy, strategy_params)  # fails now, naming the bad parameter
+    try:
+        make_strategy(mine.strategy, strategy_params)
+    except ValueError as e:
+        raise ValueError(f"--strategy_params: {e}") from None
     needs = score_registry.get(mine.strategy).needs if mine.strategy in score_registry.names() else None
     if needs == score_registry.MC_SAMPLES and mine.mc_passes < 2:
         raise ValueError(f"--strategy={mine.strategy} needs MC-dropout samples: set --mc_passes >= 2")
     if needs == score_registry.EMBEDDINGS and mine.uniqueness_k < 1:
-        raise ValueError("--strategy=uniqueness needs --uniqueness_k >= 1")
-    candidates_table = mine.bigquery_candidates_table
-    if not candidates_table and mine.bigquery_table:
-        candidates_table = mine.bigquery_table.rsplit(".", 1)[0] + ".candidates"
-    local_runner = standard.runner.lower() in LOCAL_RUNNERS
-    globs = [_from_caller_dir(g) for g in _split_globs(mine.input)]
-    if not globs:
-        if not local_runner:
-            raise ValueError("--input is required with a remote runner: the bundled sample media "
-                             "are on this machine only")
-        globs = sample_media.prepare()
-    output_dir = _from_caller_dir(mine.output_dir)
-    if is_local(output_dir):
-        output_dir = os.path.abspath(output_dir)
-        os.makedirs(output_dir, exist_ok=True)
-    if mine.bigquery_write_method == "AUTO":
-        temp_location = options.view_as(GoogleCloudOptions).temp_location or ""
-        mine.bigquery_write_method = ("FILE_LOADS" if temp_location.startswith("gs://")
-                                      else "STREAMING_INSERTS")
+        raise ValueError(f"--strategy={mine.strategy} needs k-NN neighbours: set --uniqueness_k >= 1")
+    return strategy_params
+
+
+def _check_tables(mine):
+    """BigQuery tables in the forms the index writers read."""
+    for flag, table in (("bigquery_table", mine.bigquery_table),
+                        ("bigquery_candidates_table", mine.bigquery_candidates_table)):
+        if table and not _is_table_id(table):
+            raise ValueError(f"--{flag} must be PROJECT:DATASET.TABLE or DATASET.TABLE, got {table!r}")
+
+
+def _is_table_id(table: str) -> bool:
+    try:
+        parse_table_reference(table)  # Beam's own check of the names
+    except ValueError:
+        return False
+    return table.rpartition(":")[2].count(".") == 1  # not PROJECT.DATASET.TABLE
+
+
+def run(argv: Optional[List[str]] = None) -> dict:
+    """Runs the job and returns the contents of ``summary.json`` plus ``wall_seconds``.
+
+    Every option is checked (:func:`check_options`) before the model is loaded or a server
+    started. The run's entry in ``<database>.runs`` (:class:`~beam_pipelines.run_record.RunRecord`)
+    takes its counts from the pipeline's metrics (:data:`SUMMARY_COUNTERS`).
+
+    Raises
+    ------
+    ValueError
+        For option values that cannot work, naming the option (negative budget, a strategy
+        without its score, embedded MongoDB with a remote runner or a remote output directory...).
+    """
+    options = PipelineOptions(argv)
+    job = check_options(options)
+    mine = options.view_as(MineOptions)
+    globs = list(job.globs) or sample_media.prepare()
+    if is_local(job.output_dir):
+        os.makedirs(job.output_dir, exist_ok=True)
     gcp_emulators.use_emulators_if_configured()
     model = load_model_spec(mine.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
-    if mine.uniqueness_k < 0:
-        raise ValueError(f"--uniqueness_k must be >= 0, got {mine.uniqueness_k}")
 
     with contextlib.ExitStack() as stack:
-        mongo_uri = mine.mongo_uri
-        if not mongo_uri:
-            if not local_runner or not is_local(output_dir):
-                raise ValueError("--mongo_uri is required unless the runner and --output_dir are local: "
-                                 "the embedded mongod lives on this machine")
-            mongo = stack.enter_context(LocalMongoD(os.path.join(output_dir, "mongo-data")))
-            mongo_uri = mongo.uri
-            _LOG.info("started embedded mongod at %s (data in %s)", mongo_uri, mongo.dbpath)
-        run_info = {
-            "inputs": globs,
-            "output_dir": output_dir,
-            "mongo_uri": redact_uri(mongo_uri),
-            "mongo_embedded": not mine.mongo_uri,
-            "mongo_database": mine.mongo_database,
-            "bigquery_table": mine.bigquery_table,
-            "bigquery_write_method": mine.bigquery_write_method if mine.bigquery_table else None,
-            "budget": mine.budget,
-            "strategy": mine.strategy,
-            "strategy_params": strategy_params,
-            "bigquery_candidates_table": candidates_table,
-            "video_fps": mine.video_fps,
-            "decode": _decode_options(mine),
-            "model": model.version._asdict(),
-            "model_runtime": model.runtime,
-            "mc_passes": model.mc_passes,
-            "detector_background": mine.detector_background,
-            "uniqueness_k": mine.uniqueness_k,
-            "runner": standard.runner,
-        }
-        run = _RunRecord(mongo_uri, mine.mongo_database, options, run_info)
+        mongo_uri = mine.mongo_uri or _embedded_mongod(stack, job.output_dir)
+        facts = _run_facts(mine, job, globs, mongo_uri, model)
+        lineage = describe_run(
+            "mine", options.get_all_options(drop_default=True, retain_unknown_options=True), facts,
+            inputs=globs, output_dir=job.output_dir, model=facts["model"],
+            bigquery_table=mine.bigquery_table)
+        run_info = dict(facts, run_id=lineage.run_id, code_version=lineage.code_version)
         started = time.monotonic()
-        run.record("running")
-        try:
-            with beam.Pipeline(options=options) as pipeline:
-                _ = (pipeline
-                     | "Globs" >> beam.Create(globs)
-                     | "Mine" >> MineFrames(
-                         model=model, mongo_uri=mongo_uri, output_dir=output_dir, budget=mine.budget,
-                         strategy=mine.strategy, video_fps=mine.video_fps,
-                         mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
-                         bigquery_write_method=mine.bigquery_write_method, run_info=run_info,
-                         decode_options=_decode_options(mine),
-                         detector_background=(mine.detector_background
-                                              and _from_caller_dir(mine.detector_background)),
-                         uniqueness_k=mine.uniqueness_k,
-                         strategy_params=strategy_params, bigquery_candidates_table=candidates_table,
-                         inputs=globs))
-        except BaseException:
-            run.record("failed")
-            raise
+        with RunRecord(lineage, mongo_uri, mine.mongo_database) as run_record:
+            mine_frames = MineFrames(
+                model=model, mongo_uri=mongo_uri, output_dir=job.output_dir, budget=mine.budget,
+                strategy=mine.strategy, video_fps=mine.video_fps,
+                mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
+                bigquery_write_method=job.bigquery_write_method, run_info=run_info,
+                decode_options=_decode_options(mine), detector_background=job.detector_background,
+                uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
+                bigquery_candidates_table=job.candidates_table, inputs=globs)
+            result = _run_pipeline(options, job.runner, globs, mine_frames)
+            finished = PipelineState.is_terminal(result.state)
+            run_record.set_counts(summary_counts(result.metrics()) if finished else None)
         elapsed = time.monotonic() - started
-        summary = _read_summary(output_dir)
-        run.record("succeeded", {k: v for k, v in summary.items() if isinstance(v, int)
-                                 and not isinstance(v, bool)} if summary else None)
-    if summary:
-        summary["wall_seconds"] = round(elapsed, 1)
-    return summary
+    summary = _written_summary(job.output_dir)
+    return dict(summary, wall_seconds=round(elapsed, 1)) if summary else summary
 
 
-def _read_summary(output_dir: str) -> dict:
+def _embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
+    """Starts a mongod with its data under ``output_dir`` for the ``stack``'s life; its URI."""
+    mongo = stack.enter_context(LocalMongoD(os.path.join(output_dir, "mongo-data")))
+    _LOG.info("started embedded mongod at %s (data in %s)", mongo.uri, mongo.dbpath)
+    return mongo.uri
+
+
+def _run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: ModelSpec) -> dict:
+    """What ``summary.json`` and the run's entry say about the run's settings."""
+    return {
+        "inputs": globs,
+        "output_dir": job.output_dir,
+        "mongo_uri": redact_uri(mongo_uri),
+        "mongo_embedded": not mine.mongo_uri,
+        "mongo_database": mine.mongo_database,
+        "bigquery_table": mine.bigquery_table,
+        "bigquery_write_method": job.bigquery_write_method if mine.bigquery_table else None,
+        "budget": mine.budget,
+        "strategy": mine.strategy,
+        "strategy_params": job.strategy_params,
+        "bigquery_candidates_table": job.candidates_table,
+        "video_fps": mine.video_fps,
+        "decode": _decode_options(mine),
+        "model": model.version._asdict(),
+        "model_runtime": model.runtime,
+        "mc_passes": model.mc_passes,
+        "detector_background": mine.detector_background,
+        "uniqueness_k": mine.uniqueness_k,
+        "runner": job.runner,
+    }
+
+
+def _run_pipeline(options: PipelineOptions, runner: str, globs: List[str],
+                  mine_frames: MineFrames) -> PipelineResult:
+    """Builds and runs the pipeline; waits for it unless ``--no_wait_until_finish``."""
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    _ = pipeline | "Globs" >> beam.Create(globs) | "Mine" >> mine_frames
+    result = pipeline.run()
+    if not options.view_as(StandardOptions).no_wait_until_finish:
+        result.wait_until_finish()
+    return result
+
+
+def _written_summary(output_dir: str) -> dict:
+    """The contents of the run's ``summary.json`` for the caller ({} if not written yet, e.g. a
+    Dataflow job not waited for)."""
     try:
         with FileSystems.open(FileSystems.join(output_dir, SUMMARY_FILE)) as f:
             return json.loads(f.read().decode("utf-8"))
-    except (OSError, IOError):  # e.g. a Dataflow job submitted without waiting
+    except (OSError, IOError):
         return {}
-
-
-class _RunRecord:
-    """The run's lineage entry in ``<database>.runs`` (:mod:`schemas.runs`), credentials redacted.
-
-    Adds ``run_id`` and ``code_version`` to ``run_info`` (so ``summary.json`` carries them).
-    A run entry that cannot be written is logged, not fatal: the frames are already indexed.
-    """
-
-    #: The driver may not reach a store only the workers can (e.g. Dataflow on a private
-    #: network): lineage gives up after this long instead of holding the job for minutes.
-    SERVER_SELECTION_TIMEOUT_MS = 5000
-
-    def __init__(self, mongo_uri: str, database: str, options: PipelineOptions, run_info: dict):
-        self._uri = mongo_uri
-        self._database = database
-        self._started_at = datetime.datetime.now(datetime.timezone.utc)
-        explicit = options.get_all_options(drop_default=True, retain_unknown_options=True)
-        self._options_json = redact_text(json.dumps(dict(explicit, **run_info), sort_keys=True, default=str))
-        self._run_id = runs_schema.make_run_id("mine", self._started_at, json.loads(self._options_json))
-        self._code = runs_schema.code_version()
-        self._run_info = run_info
-        run_info.update(run_id=self._run_id, code_version=self._code)
-
-    def record(self, status: str, counts: Optional[dict] = None):
-        finished = None if status == "running" else datetime.datetime.now(datetime.timezone.utc)
-        document = runs_schema.run_document(
-            self._run_id, "mine", self._started_at, status, self._code, self._options_json,
-            self._run_info["inputs"], self._run_info["output_dir"], self._run_info["model"],
-            finished_at=finished, counts=counts)
-        try:
-            failed = upsert_documents(self._uri, self._database, tables.runs_table(), [document],
-                                      max_attempts=2,
-                                      server_selection_timeout_ms=self.SERVER_SELECTION_TIMEOUT_MS)
-        except Exception as e:  # noqa: BLE001 - lineage must not fail a finished job
-            failed = [str(e)]
-        if failed:
-            _LOG.error("run %s: could not record status %r in %s.runs: %s", self._run_id, status,
-                       self._database, redact_text(str(failed[0])))
-        if self._run_info.get("bigquery_table") and status != "running":
-            self._append_to_bigquery(document, status)
-
-    def _append_to_bigquery(self, document: dict, status: str):
-        """One row per finished run in the ``runs`` table next to the frames table."""
-        table_id = sibling_table(self._run_info["bigquery_table"], runs_schema.RUNS_COLLECTION)
-        row = {k: (v.isoformat() if isinstance(v, datetime.datetime) else v)
-               for k, v in document.items() if k != "_id"}
-        row["run_id"] = document["_id"]
-        try:
-            problems = append_rows(table_id, tables.runs_table(), [row], [f"{self._run_id}:{status}"])
-        except Exception as e:  # noqa: BLE001 - lineage must not fail a finished job
-            problems = [f"{type(e).__name__}: {e}"]
-        if problems:
-            _LOG.error("run %s: could not append to %s: %s", self._run_id, table_id,
-                       redact_text(problems[0])[:500])
 
 
 def main(argv=None):

@@ -2,8 +2,9 @@
 
 A run entry says what produced the indexed records: the job's options (credentials redacted),
 the code version (git commit or package version), the model version, the input globs and the
-counts of the run's ``summary.json``. Frames and candidates are keyed by content, so a run entry
-is how a user finds which code and model wrote them and when.
+run's counts (those of its ``summary.json``, read from the pipeline's metrics). Frames and
+candidates are keyed by content, so a run entry is how a user finds which code and model wrote
+them and when.
 """
 import datetime
 import hashlib
@@ -15,14 +16,14 @@ from typing import Optional
 from schemas.frames import Field
 
 RUNS_COLLECTION = "runs"
-RUN_STATUSES = ("running", "succeeded", "failed")
+RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
 
 RUN_FIELDS = (
     Field("run_id", "STRING", "REQUIRED", "Id of the run: sha256 of job name, start time and options, first 32 hex digits; MongoDB _id."),
     Field("job", "STRING", "REQUIRED", "Name of the job (e.g. 'mine')."),
     Field("started_at", "TIMESTAMP", "REQUIRED", "When the run started (UTC); the BigQuery partitioning column."),
     Field("finished_at", "TIMESTAMP", "NULLABLE", "When the run finished (UTC); null while it runs."),
-    Field("status", "STRING", "REQUIRED", "'running', 'succeeded' or 'failed'."),
+    Field("status", "STRING", "REQUIRED", "'running', 'succeeded', 'failed' or 'cancelled' (interrupted)."),
     Field("code_version", "STRING", "REQUIRED", "git commit of the checkout (suffixed '-dirty' if modified) or the installed package version."),
     Field("model_name", "STRING", "NULLABLE", "Name of the model the run used."),
     Field("model_version", "STRING", "NULLABLE", "Digest of the model's weights."),
@@ -65,7 +66,7 @@ def run_document(run_id: str, job: str, started_at: datetime.datetime, status: s
     """The MongoDB document of a run (fields of :data:`RUN_FIELDS`, ``_id`` = ``run_id``).
 
     ``options_json`` must already have its credentials redacted; ``model`` is a
-    ``ModelVersion._asdict()``; ``counts`` the integer counts of the run's summary.
+    ``ModelVersion._asdict()``; ``counts`` the run's integer counts (named as in its summary).
     """
     if status not in RUN_STATUSES:
         raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")

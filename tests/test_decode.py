@@ -342,7 +342,7 @@ def test_frames_carry_file_metadata_and_resize_applies_to_images():
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"sampling": "often"}, "sampling strategy"), ({"every_n": 0, "sampling": "every_n"}, "every_n"),
+    ({"sampling": "often"}, "sampling mode"), ({"every_n": 0, "sampling": "every_n"}, "every_n"),
     ({"max_pixels": -1}, "max_pixels"), ({"split_seconds": float("nan")}, "split_seconds"),
     ({"scene_threshold": 2.0}, "scene_threshold"), ({"video_threads": -1}, "video_threads")])
 def test_options_validated_with_the_parameter_named(options, match):

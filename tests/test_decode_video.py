@@ -75,7 +75,7 @@ def test_ranges_partition_the_frames_and_start_on_keyframes(made, split_seconds)
         assert len(ranges) == math.ceil(12 / max(split_seconds, 1.0))  # keyframes every second
 
 
-@pytest.mark.parametrize("sampling", SAMPLINGS, ids=lambda s: f"{s.strategy}-{s.fps}-{s.every_n}")
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=lambda s: f"{s.mode}-{s.fps}-{s.every_n}")
 @pytest.mark.parametrize("name", ["gop.mp4", "cup.mp4", "box.mp4"])
 def test_split_decoding_equals_whole_decoding_and_full_decode(made, name, sampling):
     """No frame lost or doubled at a range boundary, and frames sampled with skipped decoding
@@ -84,7 +84,7 @@ def test_split_decoding_equals_whole_decoding_and_full_decode(made, name, sampli
     _, whole, [whole_report] = _decode_all(path, sampling, None)
     _, split, reports = _decode_all(path, sampling, 2.0)
     key = lambda f: (f.frame_index, f.timestamp_s, pixel_hash(f.pixels))  # noqa: E731
-    if sampling.strategy == "scene":  # each range starts with a new scene by construction
+    if sampling.mode == "scene":  # each range starts with a new scene by construction
         assert {f.frame_index for f in whole} <= {f.frame_index for f in split}
     else:
         assert sorted(map(key, split)) == sorted(map(key, whole))

@@ -1,18 +1,32 @@
-"""The `mine` job end to end on real media, against a real mongod and the BigQuery emulator."""
+"""The `mine` job end to end on real media, against a real mongod and the BigQuery emulator;
+its option checks and its run record."""
+import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 
+import apache_beam as beam
 import pymongo
 import pytest
 
 from beam_pipelines import mine
 from beam_pipelines.local_mongo import LocalMongoD
+from beam_pipelines.run_record import RunRecord, describe_run
 from tests import harness
 
 REQUIRED_CANDIDATE_FIELDS = {"frame_id", "source_uri", "frame_index", "timestamp_s", "score", "strategy", "rank"}
+RUNS_DATABASE = "activebeam_runs_test"  # the run-record tests' own database: no frames in it
+
+
+@pytest.fixture(scope="module")
+def mongo():
+    """One real mongod for the tests of this file."""
+    with harness.mongod() as server:
+        yield server
 
 
 def _read_jsonl(path):
@@ -44,9 +58,9 @@ def inputs():
     return [os.path.join(d, "*"), os.path.join(pngs, "*.png")]
 
 
-def test_mine_end_to_end_and_idempotent_rerun(inputs):
+def test_mine_end_to_end_and_idempotent_rerun(inputs, mongo):
     out_dir = harness.tmpdir("mine-out-")
-    with harness.mongod() as mongo, harness.bigquery_emulator() as endpoint:
+    with harness.bigquery_emulator() as endpoint:
         client = harness.bigquery_client(endpoint)
         client.create_dataset("activebeam")
         # Its own table name: Beam remembers tables it created (class-level cache) for the whole
@@ -68,6 +82,14 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs):
         assert summary["dead_letters"] == 2 and summary["candidates"] == 25
         assert summary["mongo_uri"] == mongo.uri and summary["bigquery_table"] == table
         assert summary["model"]["name"] == "fashion_mnist_cnn"
+        # The run's entry takes its counts from the pipeline's metrics: those of summary.json.
+        with open(os.path.join(out_dir, "summary.json")) as f:
+            written = json.load(f)
+        run = pymongo.MongoClient(mongo.uri)["activebeam"]["runs"].find_one({"_id": summary["run_id"]})
+        assert run["status"] == "succeeded" and run["code_version"] == written["code_version"]
+        assert json.loads(run["counts"]) == {name: written[name] for name in mine.SUMMARY_COUNTERS}
+        integers = {k for k, v in written.items() if isinstance(v, int) and not isinstance(v, bool)}
+        assert set(mine.SUMMARY_COUNTERS) == integers - {"budget", "mc_passes", "uniqueness_k"}
 
         dead = _read_jsonl(os.path.join(out_dir, "dead_letter.jsonl"))
         assert sorted(os.path.basename(d["source_uri"]) for d in dead) == ["notes.mp4", "truncated.jpg"]
@@ -139,6 +161,71 @@ def test_invalid_options_fail_clearly():
     with pytest.raises(ValueError, match="--mongo_uri is required"):
         mine.run(["--runner=DataflowRunner", f"--output_dir={harness.tmpdir()}",
                   f"--input={harness.media('china.jpg')}"])
+
+
+BAD_OPTIONS = [
+    (["--budget=-3"], "--budget must be >= 0"),
+    (["--uniqueness_k=-1"], "--uniqueness_k must be >= 0"),
+    (["--mc_passes=-2"], "--mc_passes must be >= 0"),
+    (["--strategy=bald"], "--mc_passes >= 2"),
+    (["--strategy=uniqueness", "--uniqueness_k=0"], "--uniqueness_k >= 1"),
+    (["--strategy_params=[1]"], "--strategy_params must be a JSON object"),
+    (["--strategy=coreset", '--strategy_params={"n_clusters": 2}'], "--strategy_params: bad parameters"),
+    (["--video_fps=nan"], "--video_fps must be a number"),
+    (["--video_every_n=0"], "--video_every_n must be >= 1"),
+    (["--scene_threshold=1.5"], "--scene_threshold must be in (0, 1]"),
+    (["--max_image_pixels=-1"], "--max_image_pixels must be >= 0"),
+    (["--resize_longest_side=-1"], "--resize_longest_side must be >= 0"),
+    (["--video_split_seconds=-5"], "--video_split_seconds must be >= 0"),
+    (["--bigquery_table=frames"], "--bigquery_table must be PROJECT:DATASET.TABLE"),
+    (["--bigquery_candidates_table=p:d.t.x"], "--bigquery_candidates_table must be"),
+    (["--output_dir=gs://bucket/out"], "--mongo_uri is required"),
+    (["--runner=DataflowRunner", "--mongo_uri=mongodb://127.0.0.1:1"], "--input is required"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_OPTIONS, ids=[argv[0] for argv, _ in BAD_OPTIONS])
+def test_every_option_is_checked_before_the_model_loads_or_a_server_starts(argv, message, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(mine, "load_model_spec", lambda *args: loaded.append("model"))
+    monkeypatch.setattr(mine, "LocalMongoD", lambda *args: loaded.append("mongod"))
+    monkeypatch.setattr(mine.sample_media, "prepare", lambda: loaded.append("sample media"))
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        mine.run([f"--output_dir={harness.tmpdir()}"] + argv)
+    assert time.monotonic() - started < 1.0 and loaded == []
+    assert "\n" not in str(raised.value)  # one line
+
+
+@pytest.mark.parametrize("interruption, status", [(KeyboardInterrupt, "cancelled"), (RuntimeError, "failed")])
+def test_run_record_says_cancelled_or_failed(interruption, status, mongo, monkeypatch):
+    def interrupted(pipeline):
+        raise interruption("stopped while the pipeline runs")
+    monkeypatch.setattr(beam.Pipeline, "run", interrupted)
+    out_dir = harness.tmpdir("mine-stopped-")
+    with pytest.raises(interruption):
+        mine.run([f"--input={harness.media('china.jpg')}", f"--output_dir={out_dir}",
+                  f"--mongo_uri={mongo.uri}", f"--mongo_database={RUNS_DATABASE}"])
+    [run] = pymongo.MongoClient(mongo.uri)[RUNS_DATABASE]["runs"].find({"output_dir": out_dir})
+    assert run["status"] == status and run["finished_at"] is not None and run["counts"] is None
+    assert run["model_name"] == "fashion_mnist_cnn" and run["inputs"] == [harness.media("china.jpg")]
+
+
+def test_run_record_changes_nothing_it_is_given(mongo):
+    facts = {"inputs": ["/data/*.jpg"], "output_dir": "/out", "model": {"name": "m", "version": "v1"},
+             "mongo_uri": "mongodb://127.0.0.1:1"}
+    options = {"budget": 5, "mongo_uri": "mongodb://reader:s3cret@127.0.0.1:1"}
+    before = copy.deepcopy((facts, options))
+    lineage = describe_run("mine", options, facts, inputs=facts["inputs"], output_dir="/out",
+                           model=facts["model"])
+    counts = {"frames_written": 3}
+    with RunRecord(lineage, mongo.uri, RUNS_DATABASE) as run:
+        run.set_counts(counts)
+    assert (facts, options) == before and counts == {"frames_written": 3}
+    entry = pymongo.MongoClient(mongo.uri)[RUNS_DATABASE]["runs"].find_one({"_id": lineage.run_id})
+    assert entry["status"] == "succeeded" and json.loads(entry["counts"]) == counts
+    assert entry["code_version"] == lineage.code_version and "s3cret" not in entry["options"]
+    assert json.loads(entry["options"])["mongo_uri"] == "mongodb://127.0.0.1:1"  # facts win
 
 
 if __name__ == "__main__":

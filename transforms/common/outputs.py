@@ -1,16 +1,19 @@
 """Result files of a selection run: ``candidates.jsonl``, ``dead_letter.jsonl``, ``summary.json``.
 
 All three are written through Beam's ``FileSystems``, so ``output_dir`` may be local or ``gs://``.
+Metric (namespace ``activebeam.outputs``): ``dead_letters_written``.
 """
 import json
 from typing import Dict, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 CANDIDATES_FILE = "candidates.jsonl"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 SUMMARY_FILE = "summary.json"
+METRICS_NAMESPACE = "activebeam.outputs"
 
 
 def _write_text(path: str, text: str) -> str:
@@ -21,6 +24,11 @@ def _write_text(path: str, text: str) -> str:
 
 def _json_line(obj) -> str:
     return json.dumps(obj, sort_keys=False, ensure_ascii=False, allow_nan=False)
+
+
+def _dead_letter_line(dead_letter, counter) -> str:
+    counter.inc()
+    return _json_line(dead_letter.to_json_dict())
 
 
 def _write_candidates(candidates, path):
@@ -50,7 +58,7 @@ class WriteDeadLetters(beam.PTransform):
     """Writes ``DeadLetter``\\ s to one JSON-lines file (``source_uri``, ``stage``, ``error``...).
 
     Uses Beam's ``WriteToText`` (one shard, exact file name), so the file exists, possibly
-    empty, after every run.
+    empty, after every run. Counts them in the ``dead_letters_written`` counter.
     """
 
     def __init__(self, path: str):
@@ -59,7 +67,8 @@ class WriteDeadLetters(beam.PTransform):
 
     def expand(self, dead_letters):
         return (dead_letters
-                | "ToJson" >> beam.Map(lambda d: _json_line(d.to_json_dict()))
+                | "ToJson" >> beam.Map(_dead_letter_line,
+                                       Metrics.counter(METRICS_NAMESPACE, "dead_letters_written"))
                 | "Write" >> beam.io.WriteToText(self._path, num_shards=1, shard_name_template=""))
 
 

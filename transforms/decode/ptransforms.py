@@ -20,10 +20,11 @@ on keyframes, and the ranges are redistributed (``Reshuffle``) so that different
 different parts of a long video; each range's report is gathered per file into one outcome and
 at most one dead letter.
 
-Metrics (namespace ``activebeam.decode``): ``files_matched``, ``images_decoded``,
-``videos_planned``, ``video_ranges``, ``frames_decoded``, ``frames_missing``,
-``files_failed``, ``failed_<stage>_<reason>`` per failure reason, ``videos_incomplete``,
-distributions ``frames_per_video`` and ``decode_ms_per_image``.
+Metrics (namespace ``activebeam.decode``, :data:`METRICS_NAMESPACE`): ``files_matched``
+(distinct files), ``files_decoded`` and ``files_failed`` (one of the two per matched file, as
+the outcomes), ``globs_without_match``, ``images_decoded``, ``videos_planned``,
+``video_ranges``, ``frames_decoded``, ``frames_missing``, ``failed_<stage>_<reason>`` per failure
+reason, ``videos_incomplete``, distributions ``frames_per_video`` and ``decode_ms_per_image``.
 """
 import logging
 import math
@@ -48,7 +49,7 @@ __all__ = ["DecodeMedia", "DecodedMedia", "DecodeError", "decode_image", "sniff_
            "pixel_hash", "DEFAULT_SPLIT_SECONDS"]
 
 _LOG = logging.getLogger(__name__)
-_NAMESPACE = "activebeam.decode"
+METRICS_NAMESPACE = "activebeam.decode"
 DEAD_LETTER = records.DEAD_LETTER_TAG
 OUTCOME = "outcome"
 REPORTS = "reports"
@@ -104,8 +105,7 @@ class _MatchFn(beam.DoFn):
     """Expands a glob to file paths; a glob that matches nothing becomes a dead letter."""
 
     def __init__(self):
-        self._files = Metrics.counter(_NAMESPACE, "files_matched")
-        self._empty = Metrics.counter(_NAMESPACE, "globs_without_match")
+        self._empty = Metrics.counter(METRICS_NAMESPACE, "globs_without_match")
 
     def process(self, pattern: str):
         local = is_local(pattern)
@@ -125,14 +125,13 @@ class _MatchFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
                 pattern, records.STAGE_MATCH, "no file matches this glob"))
         for metadata in files:
-            self._files.inc()
             yield metadata.path
 
 
 def _fail(path, media_type, stage, reason, error):
     """Dead letter and failed outcome of a file that yielded no frame; counted per reason."""
-    Metrics.counter(_NAMESPACE, "files_failed").inc()
-    Metrics.counter(_NAMESPACE, f"failed_{stage}_{reason}").inc()
+    Metrics.counter(METRICS_NAMESPACE, "files_failed").inc()
+    Metrics.counter(METRICS_NAMESPACE, f"failed_{stage}_{reason}").inc()
     yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(path, stage, error))
     yield beam.pvalue.TaggedOutput(OUTCOME, FileOutcome(path, media_type, 0, True))
 
@@ -152,10 +151,12 @@ class _PlanFileFn(beam.DoFn):
 
     def __init__(self, split_seconds):
         self._split_seconds = split_seconds
-        self._videos = Metrics.counter(_NAMESPACE, "videos_planned")
-        self._ranges = Metrics.counter(_NAMESPACE, "video_ranges")
+        self._files = Metrics.counter(METRICS_NAMESPACE, "files_matched")  # distinct paths
+        self._videos = Metrics.counter(METRICS_NAMESPACE, "videos_planned")
+        self._ranges = Metrics.counter(METRICS_NAMESPACE, "video_ranges")
 
     def process(self, path: str):
+        self._files.inc()
         try:
             with open_binary(path) as f:
                 head = f.read(HEAD_BYTES)
@@ -208,9 +209,10 @@ class _DecodeTaskFn(beam.DoFn):
         self._max_side = max_side
         self._sampling = sampling
         self._threads = threads
-        self._images = Metrics.counter(_NAMESPACE, "images_decoded")
-        self._frames = Metrics.counter(_NAMESPACE, "frames_decoded")
-        self._image_ms = Metrics.distribution(_NAMESPACE, "decode_ms_per_image")
+        self._images = Metrics.counter(METRICS_NAMESPACE, "images_decoded")
+        self._files = Metrics.counter(METRICS_NAMESPACE, "files_decoded")
+        self._frames = Metrics.counter(METRICS_NAMESPACE, "frames_decoded")
+        self._image_ms = Metrics.distribution(METRICS_NAMESPACE, "decode_ms_per_image")
 
     def process(self, task):
         if isinstance(task, _ImageTask):
@@ -239,6 +241,7 @@ class _DecodeTaskFn(beam.DoFn):
             return
         self._image_ms.update(int(1000 * (time.perf_counter() - started)))
         self._images.inc()
+        self._files.inc()
         self._frames.inc()
         yield _make_frame(path, 0, None, IMAGE, image.pixels, channels=image.channels,
                           format=image.format, file_size=image.file_size,
@@ -290,10 +293,11 @@ class _CloseVideoFn(beam.DoFn):
     """Gathers the range reports of one video into its outcome and at most one dead letter."""
 
     def __init__(self):
-        self._incomplete = Metrics.counter(_NAMESPACE, "videos_incomplete")
-        self._missing = Metrics.counter(_NAMESPACE, "frames_missing")
-        self._failed = Metrics.counter(_NAMESPACE, "files_failed")
-        self._frames_per_video = Metrics.distribution(_NAMESPACE, "frames_per_video")
+        self._incomplete = Metrics.counter(METRICS_NAMESPACE, "videos_incomplete")
+        self._missing = Metrics.counter(METRICS_NAMESPACE, "frames_missing")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "files_failed")
+        self._decoded = Metrics.counter(METRICS_NAMESPACE, "files_decoded")
+        self._frames_per_video = Metrics.distribution(METRICS_NAMESPACE, "frames_per_video")
 
     def process(self, element):
         uri, parts = element
@@ -313,7 +317,9 @@ class _CloseVideoFn(beam.DoFn):
         self._frames_per_video.update(emitted)
         if emitted == 0:
             self._failed.inc()
-            Metrics.counter(_NAMESPACE, "failed_decode_no_decodable_frame").inc()
+            Metrics.counter(METRICS_NAMESPACE, "failed_decode_no_decodable_frame").inc()
+        else:
+            self._decoded.inc()
         if missing or task.truncated or (first and first.error):
             self._incomplete.inc()
             self._missing.inc(missing)
@@ -374,7 +380,7 @@ class DecodeMedia(beam.PTransform):
     Raises
     ------
     ValueError
-        For an unknown strategy or out-of-range numbers, naming the parameter.
+        For an unknown sampling mode or out-of-range numbers, naming the parameter.
     """
 
     def __init__(self, video_fps: float = 1.0, *, sampling: str = video.FPS, every_n: int = 1,

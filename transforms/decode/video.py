@@ -35,14 +35,14 @@ import numpy as np
 from transforms.decode.media_types import DecodeError
 
 ALL, EVERY_N, FPS, KEYFRAMES, SCENE = "all", "every_n", "fps", "keyframes", "scene"
-STRATEGIES = (ALL, EVERY_N, FPS, KEYFRAMES, SCENE)
+MODES = (ALL, EVERY_N, FPS, KEYFRAMES, SCENE)
 SCENE_THUMBNAIL = (64, 36)  # width, height of the grey thumbnails compared for scene changes
 
 
 class Sampling(NamedTuple):
     """Which frames of a video are kept.
 
-    ``strategy``: ``all`` (every frame); ``every_n`` (frames whose index is a multiple of
+    ``mode``: ``all`` (every frame); ``every_n`` (frames whose index is a multiple of
     ``every_n``); ``fps`` (the first frame of every ``1/fps`` second interval of presentation
     time; ``fps <= 0`` means every frame); ``keyframes`` (intra-coded frames only, nothing else is
     decoded); ``scene`` (the first frame, then each frame whose mean absolute difference from the
@@ -50,14 +50,14 @@ class Sampling(NamedTuple):
     the content-change score of Lienhart, "Comparison of automatic shot boundary detection
     algorithms", SPIE 1999, also used by FFmpeg's ``select=gt(scene,T)`` filter).
     """
-    strategy: str = FPS
+    mode: str = FPS
     every_n: int = 1
     fps: float = 1.0
     scene_threshold: float = 0.3
 
     def validated(self) -> "Sampling":
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"sampling strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"sampling mode must be one of {MODES}, got {self.mode!r}")
         if not isinstance(self.every_n, int) or self.every_n < 1:
             raise ValueError(f"every_n must be an integer >= 1, got {self.every_n!r}")
         if not isinstance(self.fps, (int, float)) or math.isnan(self.fps):
@@ -264,14 +264,14 @@ def wanted_pts(video_range: VideoRange, sampling: Sampling) -> Optional[set]:
     """The pts of the range's frames that ``sampling`` keeps; None for ``scene`` (decided on
     the pixels). ``fps`` intervals and ``every_n`` indexes are absolute, so ranges agree."""
     pts = video_range.pts
-    if sampling.strategy == ALL or (sampling.strategy == FPS and sampling.fps <= 0):
+    if sampling.mode == ALL or (sampling.mode == FPS and sampling.fps <= 0):
         return set(pts)
-    if sampling.strategy == KEYFRAMES:
+    if sampling.mode == KEYFRAMES:
         return set(video_range.keyframe_pts)
-    if sampling.strategy == EVERY_N:
+    if sampling.mode == EVERY_N:
         offset = (-video_range.first_index) % sampling.every_n
         return set(pts[offset::sampling.every_n])
-    if sampling.strategy == FPS:
+    if sampling.mode == FPS:
         num, den = video_range.time_base
         # A frame is kept if it is the first of its interval: its bucket differs from that of
         # the frame before it (for the first frame of a range, the last frame of the previous one).
@@ -349,7 +349,7 @@ def scene_score(previous: np.ndarray, current: np.ndarray) -> float:
 
 def decode_range(source, video_range: VideoRange, sampling: Sampling = Sampling(),
                  threads: int = 1) -> Iterator:
-    """Decodes the sampled frames of one range of a video.
+    """Decodes the sampled frames of one range of a video (see :class:`RangeDecoder`).
 
     Seeks to the range's first keyframe, feeds the decoder only the packets needed for the
     sampled frames, and converts only those to RGB. A frame belongs to the range by its pts.
@@ -381,116 +381,175 @@ def decode_range(source, video_range: VideoRange, sampling: Sampling = Sampling(
     DecodeError
         If the container cannot be opened or has no video stream.
     """
-    import av
-    from av.video.reformatter import VideoReformatter
-    pts_list = video_range.pts
-    wanted = wanted_pts(video_range, sampling)
-    keys = video_range.keyframe_pts
-    start, end = video_range.start_pts, video_range.end_pts
-    # Wanted frames not yet emitted, per decode group (keyframe interval, by pts): a group with
-    # none left is not decoded further.
-    pending = {}
-    if wanted is not None:
-        for p in wanted:
-            pending.setdefault(_group_of(keys, p, start), set()).add(p)
-    unfed = {group: set(members) for group, members in pending.items()}  # not yet sent to decoder
-    emitted, seen, decoded, first_error = [], set(), 0, None
-    previous_thumb = None
-    reformatter = VideoReformatter()
+    yield from RangeDecoder(video_range, sampling).decode(source, threads)
 
-    def take(frame):
-        nonlocal previous_thumb
-        p = frame.pts
-        if p is None or p in seen or p < start or (end is not None and p >= end):
-            return None
-        seen.add(p)
-        if wanted is None:  # scene change
-            thumb = _thumbnail(frame)
-            keep = previous_thumb is None or scene_score(previous_thumb, thumb) >= sampling.scene_threshold
-            previous_thumb = thumb
-            if not keep:
-                return None
-        elif p not in wanted:
-            return None
-        else:
-            pending[_group_of(keys, p, start)].discard(p)
-        index = video_range.first_index + bisect.bisect_left(pts_list, p)
-        emitted.append(p)
-        rgb = upright(to_rgb(frame, reformatter), getattr(frame, "rotation", 0))
-        return VideoFrame(index, _seconds(p - video_range.origin_pts, video_range.time_base), rgb)
 
-    def feed(packet):
-        nonlocal decoded, first_error
+class RangeDecoder:
+    """The decoding of one :class:`VideoRange`: which packets to feed, which frames to keep.
+
+    One instance per range and per decoding (it holds the range's progress). Wanted frames are
+    tracked per decode group (keyframe interval, by pts): a group with none left to feed is not
+    decoded at all, and one whose last wanted frame is in the decoder is drained at once.
+    """
+
+    def __init__(self, video_range: VideoRange, sampling: Sampling = Sampling()):
+        self._range = video_range
+        self._sampling = sampling
+        self._wanted = wanted_pts(video_range, sampling)  # None: decided on the pixels (scene)
+        self._pending = {}  # group -> wanted pts not yet emitted
+        for p in self._wanted or ():
+            self._pending.setdefault(self._group_of(p), set()).add(p)
+        self._unfed = {group: set(members) for group, members in self._pending.items()}
+        self._skipping = (self._wanted is not None and sampling.mode != ALL
+                          and len(self._wanted) < len(video_range.pts))
+        self._emitted, self._seen, self._decoded, self._first_error = [], set(), 0, None
+        self._previous_thumb = None
+        self._codec = self._reformatter = None
+
+    def decode(self, source, threads: int = 1) -> Iterator:
+        """Yields the range's sampled ``VideoFrame``\\ s, then its ``RangeReport``."""
+        import av
+        from av.video.reformatter import VideoReformatter
+        self._reformatter = VideoReformatter()
+        container, stream = _open(source, threads)
+        with container:
+            self._codec = stream.codec_context
+            group = self._first_group(container, stream)
+            try:
+                yield from self._demux(container, stream, group)
+            except av.error.FFmpegError as e:  # the demuxer itself failed: damaged container
+                self._note_error(f"demuxing failed: {e}")
+            self._codec.skip_frame = "DEFAULT"
+            yield from self._feed(None)  # drain the decoder's delayed frames
+        yield self._report()
+
+    def _group_of(self, pts: int) -> int:
+        return _group_of(self._range.keyframe_pts, pts, self._range.start_pts)
+
+    def _first_group(self, container, stream) -> Optional[int]:
+        """Positions the demuxer for the range; returns the decode group it starts in, or None
+        until the range's first keyframe is read (range 0 decodes from the first packet:
+        edit-list priming frames may precede its first keyframe)."""
+        video_range = self._range
+        if video_range.range_index == 0:
+            return video_range.keyframe_pts[0] if video_range.keyframe_pts else video_range.start_pts
+        container.seek(video_range.start_pts, stream=stream, backward=True, any_frame=False)
+        return None
+
+    def _demux(self, container, stream, group: Optional[int]) -> Iterator[VideoFrame]:
+        """Feeds the packets of the range's groups, up to the next range's first keyframe."""
+        video_range = self._range
+        packets = iter(container.demux(stream))
+        for packet in packets:
+            p = packet.pts
+            if p is None and packet.dts is None:
+                continue  # the demuxer's end-of-stream marker
+            if packet.is_keyframe and p is not None and _is_frame_packet(packet):
+                if video_range.end_pts is not None and p >= video_range.end_pts:
+                    yield from self._leading_frames(packets, boundary=packet)
+                    return
+                if p >= video_range.start_pts:
+                    group = p
+            if group is None:
+                continue  # before the range's first keyframe (the seek landed earlier)
+            if self._skipping:
+                yield from self._feed_sampled(packet, group)
+            else:
+                yield from self._feed(packet)
+
+    def _leading_frames(self, packets, boundary) -> Iterator[VideoFrame]:
+        """After the next range's first keyframe (``boundary``, held back), only leading B-frames
+        of an open GOP (pts before the boundary) still belong here: they need the keyframe."""
+        boundary_fed = False
+        for packet in packets:
+            p = packet.pts
+            if p is None and packet.dts is None:
+                continue
+            if p is None or p >= boundary.pts or self._nothing_pending():
+                return
+            if not boundary_fed:
+                yield from self._feed(boundary)
+                boundary_fed = True
+            yield from self._feed(packet)
+
+    def _feed_sampled(self, packet, group: int) -> Iterator[VideoFrame]:
+        """Feeds a packet of a group that still holds wanted frames, skipping non-reference
+        frames that are not wanted; drains the decoder once the group's last wanted frame is in."""
+        unfed = self._unfed.get(group)
+        if not unfed:
+            return  # nothing (left) to sample in this group: not decoded at all
+        self._codec.skip_frame = "DEFAULT" if packet.pts in self._wanted or packet.is_keyframe else "NONREF"
+        unfed.discard(packet.pts)
+        yield from self._feed(packet)
+        if not unfed:
+            # Every sampled frame of the group is in the decoder: drain it instead of decoding
+            # later frames just to push the delayed ones out.
+            self._codec.skip_frame = "DEFAULT"
+            yield from self._feed(None)
+            self._codec.flush_buffers()
+
+    def _nothing_pending(self) -> bool:
+        return self._wanted is not None and not any(self._pending.values())
+
+    def _feed(self, packet) -> Iterator[VideoFrame]:
+        """Sends one packet (None: end of stream) to the decoder; yields the frames kept."""
+        import av
         try:
-            frames = codec.decode(packet)
+            frames = self._codec.decode(packet)
         except av.error.FFmpegError as e:
             where = ("at the end of the stream" if packet is None or packet.pts is None else
-                     f"at {_seconds(packet.pts - video_range.origin_pts, video_range.time_base):.3f} s")
-            first_error = first_error or f"decoder error {where}: {e}"
+                     f"at {self._seconds(packet.pts):.3f} s")
+            self._note_error(f"decoder error {where}: {e}")
             return
         for frame in frames:
-            decoded += 1
-            item = take(frame)
+            self._decoded += 1
+            item = self._take(frame)
             if item is not None:
                 yield item
 
-    container, stream = _open(source, threads)
-    with container:
-        codec = stream.codec_context
-        skipping = wanted is not None and sampling.strategy != ALL and len(wanted) < len(pts_list)
-        # Range 0 decodes from the first packet (edit-list priming frames may precede it).
-        group = (keys[0] if keys else start) if video_range.range_index == 0 else None
-        if video_range.range_index > 0:
-            container.seek(start, stream=stream, backward=True, any_frame=False)
-        boundary, boundary_fed = None, False  # the next range's first keyframe packet, held back
-        try:
-            for packet in container.demux(stream):
-                p = packet.pts
-                if p is None and packet.dts is None:
-                    continue  # the demuxer's end-of-stream marker
-                if boundary is not None:
-                    # Only leading B-frames of an open GOP (pts before the boundary) still belong here.
-                    if p is None or p >= boundary.pts or (wanted is not None and not any(pending.values())):
-                        break
-                    if not boundary_fed:
-                        yield from feed(boundary)
-                        boundary_fed = True
-                    yield from feed(packet)
-                    continue
-                if packet.is_keyframe and p is not None and _is_frame_packet(packet):
-                    if end is not None and p >= end:
-                        boundary = packet
-                        continue
-                    if p >= start:
-                        group = p
-                if group is None:
-                    continue  # before the range's first keyframe (the seek landed earlier)
-                if skipping:
-                    if not unfed.get(group):
-                        continue  # nothing (left) to sample in this group: not decoded at all
-                    codec.skip_frame = "DEFAULT" if p in wanted or packet.is_keyframe else "NONREF"
-                    unfed[group].discard(p)
-                    yield from feed(packet)
-                    if not unfed[group]:
-                        # Every sampled frame of the group is in the decoder: drain it instead of
-                        # decoding later frames just to push the delayed ones out.
-                        codec.skip_frame = "DEFAULT"
-                        yield from feed(None)
-                        codec.flush_buffers()
-                    continue
-                yield from feed(packet)
-        except av.error.FFmpegError as e:  # the demuxer itself failed: damaged container
-            first_error = first_error or f"demuxing failed: {e}"
-        codec.skip_frame = "DEFAULT"
-        yield from feed(None)  # drain the decoder's delayed frames
-    expected = len(pts_list) if wanted is None else len(wanted)
-    if wanted is None:
-        missing_pts = sorted(set(pts_list) - seen)
-    else:
-        missing_pts = sorted(wanted - set(emitted))
-    yield RangeReport(expected, len(emitted), len(missing_pts),
-                      (_seconds(missing_pts[0] - video_range.origin_pts, video_range.time_base)
-                       if missing_pts else None), first_error, decoded)
+    def _take(self, frame) -> Optional[VideoFrame]:
+        """The decoded frame as a ``VideoFrame`` if it is in the range, new and sampled."""
+        p = frame.pts
+        end = self._range.end_pts
+        if p is None or p in self._seen or p < self._range.start_pts or (end is not None and p >= end):
+            return None
+        self._seen.add(p)
+        if not self._keep(frame, p):
+            return None
+        index = self._range.first_index + bisect.bisect_left(self._range.pts, p)
+        self._emitted.append(p)
+        rgb = upright(to_rgb(frame, self._reformatter), getattr(frame, "rotation", 0))
+        return VideoFrame(index, self._seconds(p), rgb)
+
+    def _keep(self, frame, p: int) -> bool:
+        """Whether the sampling keeps a frame seen for the first time (scene: on its pixels)."""
+        if self._wanted is None:  # scene change
+            thumb = _thumbnail(frame)
+            keep = (self._previous_thumb is None
+                    or scene_score(self._previous_thumb, thumb) >= self._sampling.scene_threshold)
+            self._previous_thumb = thumb
+            return keep
+        if p not in self._wanted:
+            return False
+        self._pending[self._group_of(p)].discard(p)
+        return True
+
+    def _note_error(self, message: str):
+        self._first_error = self._first_error or message
+
+    def _seconds(self, pts: int) -> float:
+        """Presentation time from the video's first frame, in seconds."""
+        return _seconds(pts - self._range.origin_pts, self._range.time_base)
+
+    def _report(self) -> RangeReport:
+        pts = self._range.pts
+        if self._wanted is None:
+            expected, missing = len(pts), sorted(set(pts) - self._seen)
+        else:
+            expected, missing = len(self._wanted), sorted(self._wanted - set(self._emitted))
+        return RangeReport(expected, len(self._emitted), len(missing),
+                           self._seconds(missing[0]) if missing else None, self._first_error,
+                           self._decoded)
 
 
 def iter_video_frames(source, sampling: Sampling = Sampling(), threads: int = 1) -> Iterator:

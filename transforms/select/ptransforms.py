@@ -44,7 +44,7 @@ from transforms.score import registry
 from transforms.select.strategies import (STRATEGY_NAMES, Pool, Strategy, make_strategy, selection_id)
 
 _LOG = logging.getLogger(__name__)
-_NAMESPACE = "activebeam.sample"
+METRICS_NAMESPACE = "activebeam.sample"
 #: Strategies the ``mine`` job can run on ``FrameRecord``\\ s (:func:`transforms.score.registry.strategy_names`).
 STRATEGIES = STRATEGY_NAMES
 DEFAULT_SHARD_SIZE = 50_000
@@ -196,7 +196,7 @@ class _AssignRanks(beam.DoFn):
         self._description = strategy.describe()
         self._parameters = json.dumps(self._description, sort_keys=True)
         self._inputs = tuple(inputs)
-        self._selected = Metrics.counter(_NAMESPACE, "candidates_selected")
+        self._selected = Metrics.counter(METRICS_NAMESPACE, "candidates_selected")
 
     def process(self, ranked, win=beam.DoFn.WindowParam):
         if not ranked:
@@ -307,7 +307,7 @@ class SelectCandidates(beam.PTransform):
             | "KeyByPixelHash" >> beam.Map(_to_scored)
             | "OnePerIdenticalFrames" >> beam.CombinePerKey(_FirstOfIdenticalFn())
             | "CountDuplicates" >> beam.Map(
-                _with_duplicates, Metrics.counter(_NAMESPACE, "identical_frames_skipped"))
+                _with_duplicates, Metrics.counter(METRICS_NAMESPACE, "identical_frames_skipped"))
             | "Select" >> beam.CombineGlobally(
                 SelectFn(self._strategy, self._budget, self._shard_size, self._labelled)).without_defaults()
             | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs)))
