@@ -153,7 +153,7 @@ class MineFrames(beam.PTransform):
                  decode_options: Optional[dict] = None,
                  detector_background: Optional[str] = None, uniqueness_k: int = 0,
                  strategy_params: Optional[dict] = None, bigquery_candidates_table: Optional[str] = None,
-                 inputs: Sequence[str] = ()):
+                 inputs: Sequence[str] = (), project: Optional[str] = None):
         super().__init__()
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
         detector = (DetectorHandler(BackgroundDifferenceDetector(detector_background))
@@ -161,11 +161,12 @@ class MineFrames(beam.PTransform):
         self._score = ScoreFrames(model, detector=detector)
         self._novelty = ScoreNovelty(k=uniqueness_k, duplicate_threshold=None) if uniqueness_k else None
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
-        self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method)
+        self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
                                 if bigquery_table else None)
         self._select = SelectCandidates(budget, strategy, strategy_params, inputs=inputs)
         self._candidates_mongo = WriteCandidatesToMongoDB(mongo_uri, mongo_database)
-        self._candidates_bigquery = (WriteCandidatesToBigQuery(bigquery_candidates_table, bigquery_write_method)
+        self._candidates_bigquery = (WriteCandidatesToBigQuery(bigquery_candidates_table, bigquery_write_method,
+                                                               project=project)
                                      if bigquery_candidates_table else None)
         self._output_dir = output_dir
         self._run_info = run_info or {}
@@ -267,7 +268,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         raise ValueError("--strategy=uniqueness needs --uniqueness_k >= 1")
     candidates_table = mine.bigquery_candidates_table
     if not candidates_table and mine.bigquery_table:
-        candidates_table = mine.bigquery_table.rsplit(".", 1)[0] + ".candidates"
+        candidates_table = sibling_table(mine.bigquery_table, "candidates")
     local_runner = standard.runner.lower() in LOCAL_RUNNERS
     globs = [_from_caller_dir(g) for g in _split_globs(mine.input)]
     if not globs:
@@ -335,7 +336,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
                                               and _from_caller_dir(mine.detector_background)),
                          uniqueness_k=mine.uniqueness_k,
                          strategy_params=strategy_params, bigquery_candidates_table=candidates_table,
-                         inputs=globs))
+                         inputs=globs, project=options.view_as(GoogleCloudOptions).project))
         except BaseException:
             run.record("failed")
             raise
@@ -376,6 +377,7 @@ class _RunRecord:
         self._run_id = runs_schema.make_run_id("mine", self._started_at, json.loads(self._options_json))
         self._code = runs_schema.code_version()
         self._run_info = run_info
+        self._project = options.view_as(GoogleCloudOptions).project
         run_info.update(run_id=self._run_id, code_version=self._code)
 
     def record(self, status: str, counts: Optional[dict] = None):
@@ -403,7 +405,8 @@ class _RunRecord:
                for k, v in document.items() if k != "_id"}
         row["run_id"] = document["_id"]
         try:
-            problems = append_rows(table_id, tables.runs_table(), [row], [f"{self._run_id}:{status}"])
+            problems = append_rows(table_id, tables.runs_table(), [row], [f"{self._run_id}:{status}"],
+                                   project=self._project)
         except Exception as e:  # noqa: BLE001 - lineage must not fail a finished job
             problems = [f"{type(e).__name__}: {e}"]
         if problems:

@@ -23,8 +23,10 @@ METRICS_NAMESPACE = "activebeam.store"
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "mongodb": ("WriteDocumentsToMongoDB", "WriteFramesToMongoDB", "WrittenDocuments",
-                "WrittenFrames", "TRANSIENT_ERROR_CODES", "upsert_documents"),
-    "bigquery": ("WriteRowsToBigQuery", "WriteFramesToBigQuery", "BIGQUERY_METHODS",
-                 "frame_insert_id"),
+                "WrittenFrames"),
+    "mongodb_client": ("MongoUpserter", "UpsertResult", "UpsertFailure", "TRANSIENT_ERROR_CODES",
+                       "upsert_documents"),
+    "bigquery": ("WriteRowsToBigQuery", "WriteFramesToBigQuery", "BIGQUERY_METHODS"),
+    "bigquery_client": ("TableRef", "parse_table_id", "frame_insert_id", "row_insert_id"),
     "candidates": ("WriteCandidatesToMongoDB", "WriteCandidatesToBigQuery"),
 })
