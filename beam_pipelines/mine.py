@@ -34,7 +34,6 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.gcp.bigquery_tools import parse_table_reference
 from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
@@ -44,26 +43,28 @@ from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.run_record import RunRecord, describe_run
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
+from transforms.common.files import is_local
+from transforms.common.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
+                                       WriteDeadLetters, WriteSummary)
+from transforms.common.outputs import METRICS_NAMESPACE as OUTPUT_METRICS
+from transforms.common.redact import redact_uri
+from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.decode.ptransforms import DEFAULT_SPLIT_SECONDS, DecodeMedia
 from transforms.decode.ptransforms import METRICS_NAMESPACE as DECODE_METRICS
+from transforms.decode.video import MODES
+from transforms.index import METRICS_NAMESPACE as INDEX_METRICS
+from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
+from transforms.index.bigquery_client import parse_table_id, sibling_table
+from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.score import registry as score_registry
 from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
-from transforms.decode.images import DEFAULT_MAX_PIXELS
-from transforms.decode.video import MODES
-from transforms.common.files import is_local
-from transforms.score.ptransforms import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames, load_model_spec
 from transforms.score.handlers import METRICS_NAMESPACE as SCORE_METRICS
-from transforms.common.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
-                                WriteDeadLetters, WriteSummary)
-from transforms.common.outputs import METRICS_NAMESPACE as OUTPUT_METRICS
-from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.score.novelty import ScoreNovelty
-from transforms.select.ptransforms import STRATEGIES, SelectCandidates
+from transforms.score.ptransforms import (DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES, ModelSpec, ScoreFrames,
+                                          load_model_spec)
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
+from transforms.select.ptransforms import STRATEGIES, SelectCandidates
 from transforms.select.strategies import make_strategy
-from transforms.common.redact import redact_uri
-from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
-from transforms.index import METRICS_NAMESPACE as INDEX_METRICS
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_RUNNER = "FnApiRunner"  # Beam's DirectRunner would first try to download Prism.
@@ -164,7 +165,7 @@ class MineFrames(beam.PTransform):
                  decode_options: Optional[dict] = None,
                  detector_background: Optional[str] = None, uniqueness_k: int = 0,
                  strategy_params: Optional[dict] = None, bigquery_candidates_table: Optional[str] = None,
-                 inputs: Sequence[str] = ()):
+                 inputs: Sequence[str] = (), project: Optional[str] = None):
         super().__init__()
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
         detector = (DetectorHandler(BackgroundDifferenceDetector(detector_background))
@@ -172,11 +173,12 @@ class MineFrames(beam.PTransform):
         self._score = ScoreFrames(model, detector=detector)
         self._novelty = ScoreNovelty(k=uniqueness_k, duplicate_threshold=None) if uniqueness_k else None
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
-        self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method)
+        self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
                                 if bigquery_table else None)
         self._select = SelectCandidates(budget, strategy, strategy_params, inputs=inputs)
         self._candidates_mongo = WriteCandidatesToMongoDB(mongo_uri, mongo_database)
-        self._candidates_bigquery = (WriteCandidatesToBigQuery(bigquery_candidates_table, bigquery_write_method)
+        self._candidates_bigquery = (WriteCandidatesToBigQuery(bigquery_candidates_table, bigquery_write_method,
+                                                               project=project)
                                      if bigquery_candidates_table else None)
         self._output_dir = output_dir
         self._run_info = run_info or {}
@@ -326,7 +328,7 @@ def check_options(options: PipelineOptions) -> MineJob:
                          "the embedded mongod lives on this machine")
     candidates_table = mine.bigquery_candidates_table
     if not candidates_table and mine.bigquery_table:
-        candidates_table = mine.bigquery_table.rsplit(".", 1)[0] + ".candidates"
+        candidates_table = sibling_table(mine.bigquery_table, "candidates")
     write_method = mine.bigquery_write_method
     if write_method == "AUTO":
         temp_location = options.view_as(GoogleCloudOptions).temp_location or ""
@@ -379,16 +381,12 @@ def _check_tables(mine):
     """BigQuery tables in the forms the index writers read."""
     for flag, table in (("bigquery_table", mine.bigquery_table),
                         ("bigquery_candidates_table", mine.bigquery_candidates_table)):
-        if table and not _is_table_id(table):
-            raise ValueError(f"--{flag} must be PROJECT:DATASET.TABLE or DATASET.TABLE, got {table!r}")
-
-
-def _is_table_id(table: str) -> bool:
-    try:
-        parse_table_reference(table)  # Beam's own check of the names
-    except ValueError:
-        return False
-    return table.rpartition(":")[2].count(".") == 1  # not PROJECT.DATASET.TABLE
+        if table:
+            try:
+                parse_table_id(table)
+            except ValueError:
+                raise ValueError(f"--{flag} must be PROJECT:DATASET.TABLE, PROJECT.DATASET.TABLE or "
+                                 f"DATASET.TABLE, got {table!r}") from None
 
 
 def run(argv: Optional[List[str]] = None) -> dict:
@@ -419,7 +417,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         lineage = describe_run(
             "mine", options.get_all_options(drop_default=True, retain_unknown_options=True), facts,
             inputs=globs, output_dir=job.output_dir, model=facts["model"],
-            bigquery_table=mine.bigquery_table)
+            bigquery_table=mine.bigquery_table, project=options.view_as(GoogleCloudOptions).project)
         run_info = dict(facts, run_id=lineage.run_id, code_version=lineage.code_version)
         started = time.monotonic()
         with RunRecord(lineage, mongo_uri, mine.mongo_database) as run_record:
@@ -430,7 +428,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 bigquery_write_method=job.bigquery_write_method, run_info=run_info,
                 decode_options=_decode_options(mine), detector_background=job.detector_background,
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
-                bigquery_candidates_table=job.candidates_table, inputs=globs)
+                bigquery_candidates_table=job.candidates_table, inputs=globs,
+                project=options.view_as(GoogleCloudOptions).project)
             result = _run_pipeline(options, job.runner, globs, mine_frames)
             finished = PipelineState.is_terminal(result.state)
             run_record.set_counts(summary_counts(result.metrics()) if finished else None)

@@ -37,11 +37,12 @@ class RunLineage(NamedTuple):
     output_dir: Optional[str]
     model: Optional[dict]  # ModelVersion._asdict()
     bigquery_table: Optional[str]  # the finished run is appended to the `runs` table next to it
+    project: Optional[str] = None  # the job's --project: BigQuery's when the table names none
 
 
 def describe_run(job: str, options: Mapping, facts: Mapping, *, inputs: Sequence[str],
                  output_dir: Optional[str] = None, model: Optional[dict] = None,
-                 bigquery_table: Optional[str] = None,
+                 bigquery_table: Optional[str] = None, project: Optional[str] = None,
                  started_at: Optional[datetime.datetime] = None) -> RunLineage:
     """The lineage of a run starting now: its options as redacted JSON (``options`` overridden by
     ``facts``), its id (:func:`schemas.runs.make_run_id`) and the code version. Reads its
@@ -50,7 +51,7 @@ def describe_run(job: str, options: Mapping, facts: Mapping, *, inputs: Sequence
     options_json = redact_text(json.dumps(dict(options, **facts), sort_keys=True, default=str))
     run_id = runs_schema.make_run_id(job, started_at, json.loads(options_json))
     return RunLineage(job, run_id, started_at, runs_schema.code_version(), options_json,
-                      tuple(inputs), output_dir, model, bigquery_table)
+                      tuple(inputs), output_dir, model, bigquery_table, project)
 
 
 class RunRecord:
@@ -127,7 +128,8 @@ class RunRecord:
                for k, v in document.items() if k != "_id"}
         row["run_id"] = document["_id"]
         try:
-            problems = append_rows(table_id, tables.runs_table(), [row], [f"{self.run_id}:{status}"])
+            problems = append_rows(table_id, tables.runs_table(), [row], [f"{self.run_id}:{status}"],
+                                   project=self._lineage.project)
         except Exception as e:  # noqa: BLE001 - lineage must not fail a finished job
             problems = [f"{type(e).__name__}: {e}"]
         if problems:

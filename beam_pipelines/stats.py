@@ -87,8 +87,10 @@ def bigquery_stats(dataset: str, client=None, create_views: bool = False) -> Dic
     shipped views' SQL; with ``create_views`` also (re)creates them as views named after the report."""
     from google.api_core import exceptions
     from google.cloud import bigquery
-    dataset = dataset.replace(":", ".")
-    client = client or bigquery.Client(project=dataset.split(".")[0])
+    from transforms.index.bigquery_client import make_client, parse_dataset_id
+    project, dataset_name = parse_dataset_id(dataset)
+    client = client or make_client(project)
+    dataset = f"{project or client.project}.{dataset_name}"
     reports = {}
     for name in REPORTS:
         sql = view_sql(name, dataset)

@@ -21,6 +21,13 @@ def mongo():
 
 
 @pytest.fixture(scope="module")
+def bigquery():
+    """One BigQuery emulator for the module's tests (each uses its own dataset); its endpoint."""
+    with harness.bigquery_emulator() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
 def real_records():
     """FrameRecords of 12 real Fashion-MNIST PNGs and the sample video, from the real model."""
     globs = [harness.media("fashion-mnist", "t10k-0000*.png"), harness.media("fashion-mnist", "t10k-0001[01].png"),
@@ -127,70 +134,128 @@ def test_redact_uri():
     assert redact_uri(None) is None
 
 
-def test_bigquery_rows_read_back(real_records):
-    with harness.bigquery_emulator() as endpoint:
-        from transforms.common import gcp_emulators
-        assert gcp_emulators.use_emulators_if_configured()
-        client = harness.bigquery_client(endpoint)
-        client.create_dataset("activebeam")
-        table = f"{harness.BIGQUERY_PROJECT}:activebeam.frames"
-        out = harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
-        assert out["dead_letters"] == []
-        rows = list(client.query(
-            "SELECT frame_id, source_uri, frame_index, timestamp_s, entropy, model_name, embedding "
-            "FROM `activebeam.frames`").result())
-        assert len(rows) == len(real_records)
-        by_id = {r.frame.frame_id: r for r in real_records}
-        assert {row["frame_id"] for row in rows} == set(by_id)
-        for row in rows:
-            record = by_id[row["frame_id"]]
-            assert row["source_uri"] == record.frame.source_uri
-            assert row["frame_index"] == record.frame.frame_index
-            assert row["timestamp_s"] == (None if record.frame.timestamp_s is None
-                                          else pytest.approx(record.frame.timestamp_s))
-            assert row["entropy"] == pytest.approx(record.entropy, rel=1e-6)
-            assert row["model_name"] == "fashion_mnist_cnn"
-            assert len(row["embedding"]) == 128
-        # A rerun appends nothing; the same frames scored by another model version are new rows.
-        out = harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
-        assert out["dead_letters"] == []
-        count = "SELECT COUNT(*) AS n FROM `activebeam.frames`"
-        assert list(client.query(count).result())[0]["n"] == len(real_records)
-        retrained = [r._replace(model=r.model._replace(version="fedcba9876543210")) for r in real_records[:3]]
-        harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create(retrained) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
-        assert list(client.query(count).result())[0]["n"] == len(real_records) + 3
-        schema = {f.name: (f.field_type, f.mode) for f in client.get_table("activebeam.frames").schema}
-        assert schema["embedding"] == ("FLOAT", "REPEATED") or schema["embedding"] == ("FLOAT64", "REPEATED")
-        assert set(schema) == set(frames_schema.field_names()) | {"indexed_at"}
-        # Created partitioned and clustered before the first row (a load-created table is neither).
-        created = client.get_table("activebeam.frames")
-        assert (created.time_partitioning.type_, created.time_partitioning.field) == ("DAY", "indexed_at")
-        assert created.clustering_fields == ["source_uri", "model_version"]
-        stamped = list(client.query("SELECT COUNT(*) AS n FROM `activebeam.frames` "
-                                    "WHERE indexed_at IS NOT NULL").result())
-        assert stamped[0]["n"] == len(real_records) + 3
+def test_bigquery_rows_read_back(real_records, bigquery):
+    from transforms.common import gcp_emulators
+    assert gcp_emulators.use_emulators_if_configured()
+    client = harness.bigquery_client(bigquery)
+    client.create_dataset("activebeam")
+    table = f"{harness.BIGQUERY_PROJECT}:activebeam.frames"
+    out = harness.run_collect(lambda p: {
+        "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
+    assert out["dead_letters"] == []
+    rows = list(client.query(
+        "SELECT frame_id, source_uri, frame_index, timestamp_s, entropy, model_name, embedding "
+        "FROM `activebeam.frames`").result())
+    assert len(rows) == len(real_records)
+    by_id = {r.frame.frame_id: r for r in real_records}
+    assert {row["frame_id"] for row in rows} == set(by_id)
+    for row in rows:
+        record = by_id[row["frame_id"]]
+        assert row["source_uri"] == record.frame.source_uri
+        assert row["frame_index"] == record.frame.frame_index
+        assert row["timestamp_s"] == (None if record.frame.timestamp_s is None
+                                      else pytest.approx(record.frame.timestamp_s))
+        assert row["entropy"] == pytest.approx(record.entropy, rel=1e-6)
+        assert row["model_name"] == "fashion_mnist_cnn"
+        assert len(row["embedding"]) == 128
+    # A rerun appends nothing; the same frames scored by another model version are new rows.
+    out = harness.run_collect(lambda p: {
+        "dead_letters": p | beam.Create(real_records) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
+    assert out["dead_letters"] == []
+    count = "SELECT COUNT(*) AS n FROM `activebeam.frames`"
+    assert list(client.query(count).result())[0]["n"] == len(real_records)
+    retrained = [r._replace(model=r.model._replace(version="fedcba9876543210")) for r in real_records[:3]]
+    harness.run_collect(lambda p: {
+        "dead_letters": p | beam.Create(retrained) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
+    assert list(client.query(count).result())[0]["n"] == len(real_records) + 3
+    schema = {f.name: (f.field_type, f.mode) for f in client.get_table("activebeam.frames").schema}
+    assert schema["embedding"] == ("FLOAT", "REPEATED") or schema["embedding"] == ("FLOAT64", "REPEATED")
+    assert set(schema) == set(frames_schema.field_names()) | {"indexed_at"}
+    # Created partitioned and clustered before the first row (a load-created table is neither).
+    created = client.get_table("activebeam.frames")
+    assert (created.time_partitioning.type_, created.time_partitioning.field) == ("DAY", "indexed_at")
+    assert created.clustering_fields == ["source_uri", "model_version"]
+    stamped = list(client.query("SELECT COUNT(*) AS n FROM `activebeam.frames` "
+                                "WHERE indexed_at IS NOT NULL").result())
+    assert stamped[0]["n"] == len(real_records) + 3
 
-        # Rows that do not fit the schema are dead letters at once; the good rows are written.
-        good = frame_record("file:///cam/good.png")
-        bad = frame_record("file:///cam/nan.png")._replace(entropy=float("nan"))
-        out = harness.run_collect(lambda p: {
-            "dead_letters": p | beam.Create([good, bad]) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
-        [dead] = out["dead_letters"]
-        assert (dead.stage, dead.frame_id, dead.source_uri) == ("bigquery", bad.frame.frame_id, "file:///cam/nan.png")
-        assert "entropy: expected FLOAT64" in dead.error
-        assert list(client.query(count).result())[0]["n"] == len(real_records) + 3 + 1
+    # Rows that do not fit the schema are dead letters at once; the good rows are written.
+    good = frame_record("file:///cam/good.png")
+    bad = frame_record("file:///cam/nan.png")._replace(entropy=float("nan"))
+    out = harness.run_collect(lambda p: {
+        "dead_letters": p | beam.Create([good, bad]) | WriteFramesToBigQuery(table, "STREAMING_INSERTS")})
+    [dead] = out["dead_letters"]
+    assert (dead.stage, dead.frame_id, dead.source_uri) == ("bigquery", bad.frame.frame_id, "file:///cam/nan.png")
+    assert "entropy: expected FLOAT64" in dead.error
+    assert list(client.query(count).result())[0]["n"] == len(real_records) + 3 + 1
+
+
+def test_bigquery_rows_bigquery_rejects_are_dead_letters(bigquery):
+    """A row that fits the schema check but that BigQuery refuses (a TIMESTAMP that is no time) is
+    a dead letter in the format of the writer's stage; the good row of the same request is written."""
+    import datetime
+    from schemas import tables
+    from transforms.common import gcp_emulators
+    from transforms.index import WriteRowsToBigQuery
+    assert gcp_emulators.use_emulators_if_configured()
+    client = harness.bigquery_client(bigquery)
+    client.create_dataset("rejects")
+    now = datetime.datetime(2026, 11, 22, tzinfo=datetime.timezone.utc)
+    good = {"annotation_id": "a1", "frame_id": "f1", "source_uri": "file:///cam/1.png", "frame_index": 0,
+            "task": "classification", "label": "coat", "annotator": "ann", "annotated_at": now}
+    bad = dict(good, annotation_id="a2", frame_id="f2", source_uri="file:///cam/2.png",
+               annotated_at="not a time")
+    out = harness.run_collect(lambda p: {"dead_letters": p | beam.Create([good, bad]) | WriteRowsToBigQuery(
+        f"{harness.BIGQUERY_PROJECT}:rejects.annotations", tables.annotations_table(), dict,
+        ("annotation_id",), "task", "annotations", "STREAMING_INSERTS")})
+    [dead] = out["dead_letters"]
+    assert (dead.stage, dead.frame_id, dead.source_uri) == ("annotations", "f2", "file:///cam/2.png")
+    assert dead.error.startswith("BigQuery rejected the row: [{") and "'reason': 'invalid'" in dead.error
+    rows = list(client.query("SELECT annotation_id, annotated_at FROM `rejects.annotations`").result())
+    assert [(r["annotation_id"], r["annotated_at"]) for r in rows] == [("a1", now)]
+
+
+@pytest.fixture
+def no_environment_project():
+    """``GOOGLE_CLOUD_PROJECT`` unset and anonymous credentials without a project, as on a machine
+    whose only project is the job's ``--project``."""
+    import os
+    from transforms.common import gcp_emulators
+    saved = os.environ.pop("GOOGLE_CLOUD_PROJECT", None)
+    gcp_emulators.use_emulators_if_configured()
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["GOOGLE_CLOUD_PROJECT"] = saved
+        gcp_emulators.use_emulators_if_configured()
+
+
+def test_bigquery_clients_use_the_jobs_project(bigquery, no_environment_project):
+    """Every client the writer makes has a project: the table's, else the job's ``--project``
+    (``project=``), never one guessed from an environment that has none."""
+    from google.cloud import bigquery as bq
+    with pytest.raises(OSError, match="Project was not passed"):
+        bq.Client()  # the environment names no project
+    client = harness.bigquery_client(bigquery)
+    client.create_dataset("jobproject")
+    records = [frame_record(f"file:///cam/project{i}.png") for i in range(4)]
+    # --bigquery_table P:jobproject.frames (the project in the table id is enough)
+    out = harness.run_collect(lambda p: {"dead_letters": p | beam.Create(records[:2]) | WriteFramesToBigQuery(
+        f"{harness.BIGQUERY_PROJECT}:jobproject.frames", "STREAMING_INSERTS")})
+    assert out["dead_letters"] == []
+    # --bigquery_table jobproject.frames --project P
+    out = harness.run_collect(lambda p: {"dead_letters": p | beam.Create(records[2:]) | WriteFramesToBigQuery(
+        "jobproject.frames", "STREAMING_INSERTS", project=harness.BIGQUERY_PROJECT)})
+    assert out["dead_letters"] == []
+    rows = client.query("SELECT frame_id FROM `jobproject.frames`").result()
+    assert sorted(r["frame_id"] for r in rows) == sorted(r.frame.frame_id for r in records)
 
 
 def test_bigquery_table_name_validated():
     with pytest.raises(ValueError, match="PROJECT:DATASET.TABLE"):
         WriteFramesToBigQuery("not a table")
 
-
-if __name__ == "__main__":
-    harness.main(__file__)
 
 
 class _RecordingProxy:
@@ -234,26 +299,29 @@ class _RecordingProxy:
         self._server.shutdown()
 
 
-def test_bigquery_streaming_insert_ids_are_deterministic():
+def test_bigquery_streaming_insert_ids_are_deterministic(bigquery):
     import json
+    from transforms.common import gcp_emulators
     from transforms.index import frame_insert_id
     records = [frame_record(f"file:///cam/ids{i}.png") for i in range(4)]
-    with harness.bigquery_emulator() as endpoint:
-        proxy = _RecordingProxy(endpoint)
-        try:
-            with harness.environment(BIGQUERY_EMULATOR_HOST=proxy.endpoint):
-                from transforms.common import gcp_emulators
-                assert gcp_emulators.use_emulators_if_configured()
-                harness.bigquery_client(endpoint).create_dataset("ids")
-                out = harness.run_collect(lambda p: {"dead_letters": p | beam.Create(records)
-                                                     | WriteFramesToBigQuery(f"{harness.BIGQUERY_PROJECT}:ids.frames",
-                                                                             "STREAMING_INSERTS")})
-        finally:
-            proxy.close()
-            gcp_emulators.use_emulators_if_configured()
-        assert out["dead_letters"] == []
-        sent = [row["insertId"] for method, path, body in proxy.bodies if "/insertAll" in path
-                for row in json.loads(body)["rows"]]
-        expected = sorted(f"{r.frame.frame_id}:{r.model.version}" for r in records)
-        assert sorted(sent) == expected
-        assert frame_insert_id({"frame_id": "f", "model_version": "v"}) == "f:v"
+    proxy = _RecordingProxy(bigquery)
+    try:
+        with harness.environment(BIGQUERY_EMULATOR_HOST=proxy.endpoint):
+            assert gcp_emulators.use_emulators_if_configured()
+            harness.bigquery_client(bigquery).create_dataset("ids")
+            out = harness.run_collect(lambda p: {"dead_letters": p | beam.Create(records)
+                                                 | WriteFramesToBigQuery(f"{harness.BIGQUERY_PROJECT}:ids.frames",
+                                                                         "STREAMING_INSERTS")})
+    finally:
+        proxy.close()
+        gcp_emulators.use_emulators_if_configured()
+    assert out["dead_letters"] == []
+    sent = [row["insertId"] for method, path, body in proxy.bodies if "/insertAll" in path
+            for row in json.loads(body)["rows"]]
+    expected = sorted(f"{r.frame.frame_id}:{r.model.version}" for r in records)
+    assert sorted(sent) == expected
+    assert frame_insert_id({"frame_id": "f", "model_version": "v"}) == "f:v"
+
+
+if __name__ == "__main__":
+    harness.main(__file__)

@@ -6,7 +6,7 @@ transient errors retried, the rest to dead letters); :class:`WriteRowsToBigQuery
 :class:`WriteFramesToBigQuery` (:mod:`.bigquery`: pre-created partitioned and clustered table,
 rows checked before sending, deterministic insert ids, rerun-safe); the candidate writers of
 :mod:`.candidates`. Pure modules (no Beam; enforced by ``//transforms/index:pure_test``):
-:mod:`.mongodb_client` (the upserter both the DoFn and the driver use) and :mod:`.bigquery_client`
+:mod:`.mongodb_client` (``MongoUpserter``, which the DoFn and the driver both use) and :mod:`.bigquery_client`
 (tables, insert ids, appends on the official client).
 
 ::
@@ -23,8 +23,10 @@ METRICS_NAMESPACE = "activebeam.store"
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "mongodb": ("WriteDocumentsToMongoDB", "WriteFramesToMongoDB", "WrittenDocuments",
-                "WrittenFrames", "TRANSIENT_ERROR_CODES", "upsert_documents"),
-    "bigquery": ("WriteRowsToBigQuery", "WriteFramesToBigQuery", "BIGQUERY_METHODS",
-                 "frame_insert_id"),
+                "WrittenFrames"),
+    "mongodb_client": ("MongoUpserter", "UpsertResult", "UpsertFailure", "TRANSIENT_ERROR_CODES",
+                       "upsert_documents"),
+    "bigquery": ("WriteRowsToBigQuery", "WriteFramesToBigQuery", "BIGQUERY_METHODS"),
+    "bigquery_client": ("TableRef", "parse_table_id", "frame_insert_id", "row_insert_id"),
     "candidates": ("WriteCandidatesToMongoDB", "WriteCandidatesToBigQuery"),
 })

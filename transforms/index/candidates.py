@@ -73,17 +73,20 @@ class WriteCandidatesToBigQuery(beam.PTransform):
     Parameters
     ----------
     table : str
-        ``PROJECT:DATASET.TABLE`` or ``DATASET.TABLE``.
+        ``PROJECT:DATASET.TABLE``, ``PROJECT.DATASET.TABLE`` or ``DATASET.TABLE``.
     method : str, optional
         ``STREAMING_INSERTS`` (default), ``FILE_LOADS`` (needs a ``gs://`` temp location) or
         None (by boundedness).
+    project : str, optional
+        The job's ``--project``: for a ``table`` without one, and for the clients.
     """
 
-    def __init__(self, table: str, method: Optional[str] = "STREAMING_INSERTS"):
+    def __init__(self, table: str, method: Optional[str] = "STREAMING_INSERTS",
+                 project: Optional[str] = None):
         super().__init__()
         self._write = WriteRowsToBigQuery(
             table, tables.candidates_table(), candidates_schema.to_bigquery_row,
-            ("selection_id", "frame_id"), "selection_id", STAGE_CANDIDATES, method)
+            ("selection_id", "frame_id"), "selection_id", STAGE_CANDIDATES, method, project=project)
 
     def expand(self, candidates):
         return candidates | self._write

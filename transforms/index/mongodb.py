@@ -2,180 +2,60 @@
 
 :class:`WriteDocumentsToMongoDB` writes the documents of any table of :mod:`schemas.tables`
 (frames, candidates, annotations, runs); :class:`WriteFramesToMongoDB` turns ``FrameRecord``\\ s
-into frame documents first; :func:`upsert_documents` is the same mechanics from the driver::
+into frame documents first. The mechanics (validator, indexes, ``$set`` upserts, retries) are the
+pure :class:`transforms.index.mongodb_client.MongoUpserter`, one per worker here, and also what
+the driver uses (:func:`~transforms.index.mongodb_client.upsert_documents`)::
 
     written = records | WriteFramesToMongoDB("mongodb://127.0.0.1:27017", "activebeam")
     written.frame_ids     # PCollection[str]: frames acknowledged by MongoDB
     written.dead_letters  # PCollection[DeadLetter]: documents rejected or failing after retries
 """
-import datetime
-import logging
-import random
 import time
-from typing import List, NamedTuple, Optional
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from schemas import frames as frames_schema
-from schemas import records
 from schemas import tables
-from schemas.records import DeadLetter
-from schemas.records import DEAD_LETTER_TAG as DEAD_LETTER, MAX_ERROR_CHARS
-from transforms.common.redact import redact_text
+from schemas.records import DEAD_LETTER_TAG as DEAD_LETTER
 from transforms.index import METRICS_NAMESPACE
-
-_LOG = logging.getLogger(__name__)
-
-# Server error codes that mean "try again": the write did not happen or is safe to repeat
-# (HostUnreachable, HostNotFound, NetworkTimeout, ShutdownInProgress, PrimarySteppedDown,
-# ExceededTimeLimit, SocketException, NotWritablePrimary, InterruptedAtShutdown,
-# InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary), as in
-# the MongoDB drivers' retryable-writes specification.
-TRANSIENT_ERROR_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
-
-
-def _upsert_operation(doc: dict, ingest_time_field: Optional[str], now):
-    """``$set`` every field but ``_id``; ``$setOnInsert`` the ingest time (kept on reruns)."""
-    from pymongo import UpdateOne
-    fields = {k: v for k, v in doc.items() if k != "_id" and k != ingest_time_field}
-    update = {"$set": fields}
-    if ingest_time_field:
-        update["$setOnInsert"] = {ingest_time_field: now}
-    return UpdateOne({"_id": doc["_id"]}, update, upsert=True)
-
-
-#: How long a write waits for a reachable server before it counts as a transient failure
-#: (a ``serverSelectionTimeoutMS`` in the URI wins).
-DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 30000
+from transforms.index.mongodb_client import DEFAULT_SERVER_SELECTION_TIMEOUT_MS, MongoUpserter
 
 
 class _MongoUpsertFn(beam.DoFn):
-    """Bulk ``$set`` upserts by ``_id``: one client per worker, retries on transient errors.
+    """One :class:`~transforms.index.mongodb_client.MongoUpserter` per worker (``setup``); each
+    batch is one :meth:`~transforms.index.mongodb_client.MongoUpserter.upsert`: acknowledged
+    ``_id``\\ s out, failures to the dead-letter output, counts to Beam metrics."""
 
-    Retrying is safe: an upsert by ``_id`` applied twice leaves one document. Only the operations
-    that failed transiently are retried; those failing for good (validation, unique index) go to
-    the dead-letter output at once, the others after ``max_attempts``.
-    """
-
-    def __init__(self, uri, database, collection, indexes, validator=None, ingest_time_field=None,
-                 id_field=None, max_attempts=5, base_delay_s=0.5,
-                 server_selection_timeout_ms=DEFAULT_SERVER_SELECTION_TIMEOUT_MS):
-        self._uri = uri
-        self._server_selection_timeout_ms = server_selection_timeout_ms
-        self._database = database
-        self._collection_name = collection
-        self._indexes = indexes
-        self._validator = validator
-        self._ingest_time_field = ingest_time_field
-        self._id_field = id_field
-        self._max_attempts = max_attempts
-        self._base_delay_s = base_delay_s
+    def __init__(self, uri: str, database: str, table: tables.TableSpec, validate: bool = True,
+                 max_attempts: int = 5, base_delay_s: float = 0.5,
+                 server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS):
+        # Built (and its arguments validated) now; its client is opened on the worker.
+        self._upserter = MongoUpserter(uri, database, table, validate=validate,
+                                       max_attempts=max_attempts, base_delay_s=base_delay_s,
+                                       server_selection_timeout_ms=server_selection_timeout_ms)
         self._upserted = Metrics.counter(METRICS_NAMESPACE, "mongodb_documents_written")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "mongodb_documents_failed")
         self._retries = Metrics.counter(METRICS_NAMESPACE, "mongodb_retries")
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "mongodb_bulk_write_ms")
-        self._client = None
-        self._collection = None
 
     def setup(self):
-        import pymongo
-        defaults = {"appname": "activebeam",
-                    "serverSelectionTimeoutMS": self._server_selection_timeout_ms}
-        # Options in the URI win over these defaults (pymongo would let keywords win).
-        options = {k: v for k, v in defaults.items() if k.lower() not in self._uri.lower()}
-        self._client = pymongo.MongoClient(self._uri, **options)
-        self._collection = self._client[self._database][self._collection_name]
-        self._collection_ready = False
-
-    def _ensure_collection(self):
-        """Validator and indexes, once per worker before its first write (idempotent)."""
-        if self._collection_ready:
-            return
-        from pymongo import errors
-        database = self._client[self._database]
-        if self._validator:
-            try:
-                database.create_collection(self._collection_name, validator=self._validator)
-            except errors.CollectionInvalid:  # it exists: bring its validator up to date
-                try:
-                    database.command("collMod", self._collection_name, validator=self._validator)
-                except errors.OperationFailure as e:
-                    if e.code != 13:  # Unauthorized: keep the validator the owner set
-                        raise
-                    _LOG.warning("not allowed to update the validator of %s.%s: %s",
-                                 self._database, self._collection_name, e)
-        for spec in self._indexes:
-            self._collection.create_index(list(spec.keys), name=spec.name, unique=spec.unique)
-        self._collection_ready = True
-
-    def _bulk_write(self, ops):
-        """Writes ``ops``; returns ``(retry, failed)``: indices to retry, ``{index: reason}`` lost."""
-        from pymongo import errors
-        try:
-            self._ensure_collection()
-            self._collection.bulk_write(ops, ordered=False)
-            return [], {}
-        except errors.BulkWriteError as e:
-            retry, failed = [], {}
-            for write_error in e.details.get("writeErrors", []):
-                if write_error.get("code") in TRANSIENT_ERROR_CODES:
-                    retry.append(write_error["index"])
-                else:
-                    failed[write_error["index"]] = write_error.get("errmsg", "write error")
-            if e.details.get("writeConcernErrors"):  # applied but unconfirmed: upsert again
-                retry = [i for i in range(len(ops)) if i not in failed]
-            return retry, failed
-        except errors.AutoReconnect:  # also NotPrimaryError, ServerSelectionTimeoutError, NetworkTimeout
-            raise
-        except errors.OperationFailure as e:
-            if e.code in TRANSIENT_ERROR_CODES:
-                raise errors.AutoReconnect(str(e)) from e
-            return [], {i: str(e) for i in range(len(ops))}
+        self._upserter.open()
 
     def process(self, batch):
-        from pymongo import errors
-        now = datetime.datetime.now(datetime.timezone.utc)
-        ops = [_upsert_operation(doc, self._ingest_time_field, now) for doc in batch]
-        pending, failed, last_error = list(range(len(batch))), {}, None
         start = time.monotonic()
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                retry, lost = self._bulk_write([ops[i] for i in pending])
-                failed.update({pending[i]: reason for i, reason in lost.items()})
-                pending = [pending[i] for i in retry]
-                last_error = "transient write errors" if pending else None
-            except errors.PyMongoError as e:  # transient: nothing of this attempt is known to be lost
-                last_error = e
-            if not pending:
-                break
-            if attempt < self._max_attempts:
-                self._retries.inc()
-                delay = self._base_delay_s * 2 ** (attempt - 1) * (1 + random.random())
-                _LOG.warning("MongoDB transient error on %d documents (attempt %d/%d), retrying in "
-                             "%.1fs: %s", len(pending), attempt, self._max_attempts, delay,
-                             redact_text(str(last_error)))
-                time.sleep(delay)
-        for i in pending:
-            failed[i] = f"MongoDB write failed after {self._max_attempts} attempts: {last_error}"
+        result = self._upserter.upsert(batch)
         self._latency.update(int((time.monotonic() - start) * 1000))
-        self._failed.inc(len(failed))
-        self._upserted.inc(len(batch) - len(failed))
-        for i, doc in enumerate(batch):
-            if i in failed:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, self._dead_letter(doc, failed[i]))
-            else:
-                yield doc["_id"]
-
-    def _dead_letter(self, doc, reason) -> DeadLetter:
-        frame_id = doc["_id"] if self._id_field == "frame_id" else doc.get("frame_id")
-        error = f"{self._collection_name} _id={doc['_id']}: {reason}"
-        return DeadLetter(doc.get("source_uri", ""), records.STAGE_MONGODB,
-                          redact_text(error)[:MAX_ERROR_CHARS], doc.get("frame_index"), frame_id)
+        self._retries.inc(result.retries)
+        self._failed.inc(len(result.failures))
+        self._upserted.inc(len(result.written_ids))
+        yield from result.written_ids
+        for failure in result.failures:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, self._upserter.dead_letter(failure))
 
     def teardown(self):
-        if self._client is not None:
-            self._client.close()
+        self._upserter.close()
 
 
 class WrittenDocuments(NamedTuple):
@@ -238,12 +118,9 @@ class WriteDocumentsToMongoDB(beam.PTransform):
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self._batch_size = batch_size
-        self._upsert = _MongoUpsertFn(
-            uri, database, table.name, table.mongo_indexes,
-            validator=tables.mongo_validator(table) if validate else None,
-            ingest_time_field=table.ingest_time_field, id_field=table.id_field,
-            max_attempts=max_attempts, base_delay_s=base_delay_s,
-            server_selection_timeout_ms=server_selection_timeout_ms)
+        self._upsert = _MongoUpsertFn(uri, database, table, validate=validate,
+                                      max_attempts=max_attempts, base_delay_s=base_delay_s,
+                                      server_selection_timeout_ms=server_selection_timeout_ms)
 
     def expand(self, documents):
         written = (
@@ -282,20 +159,3 @@ class WriteFramesToMongoDB(beam.PTransform):
                    | "ToDocuments" >> beam.Map(frames_schema.to_mongo_document)
                    | "Upsert" >> self._write)
         return WrittenFrames(written.ids, written.dead_letters)
-
-
-def upsert_documents(uri: str, database: str, table: tables.TableSpec, documents: List[dict],
-                     max_attempts: int = 5,
-                     server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS
-                     ) -> List[DeadLetter]:
-    """Upserts a few documents from the driver (e.g. the run record) with the mechanics of
-    :class:`WriteDocumentsToMongoDB` (validator, indexes, ``$set``, retries); returns the dead
-    letters (empty when every document was written)."""
-    fn = WriteDocumentsToMongoDB(uri, database, table, max_attempts=max_attempts,
-                                 server_selection_timeout_ms=server_selection_timeout_ms)._upsert
-    fn.setup()
-    try:
-        outputs = list(fn.process(documents))
-    finally:
-        fn.teardown()
-    return [o.value for o in outputs if isinstance(o, beam.pvalue.TaggedOutput)]

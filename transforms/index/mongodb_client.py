@@ -1,0 +1,245 @@
+"""MongoDB upserts without Beam: the mechanics the Beam writer and the job driver share.
+
+:class:`MongoUpserter` holds one ``MongoClient``, ensures the collection's ``$jsonSchema``
+validator and indexes before its first write, and upserts documents by ``_id`` with ``$set``,
+retrying transient failures with exponential backoff and jitter::
+
+    with MongoUpserter("mongodb://127.0.0.1:27017/?retryWrites=false", "activebeam",
+                       tables.runs_table()) as upserter:
+        result = upserter.upsert(documents)
+    result.written_ids   # [_id, ...] acknowledged by MongoDB
+    result.failures      # [UpsertFailure(document, reason), ...] rejected or failing after retries
+
+:class:`transforms.index.mongodb.WriteDocumentsToMongoDB` runs one upserter per worker;
+:func:`upsert_documents` is one call from the driver (the ``mine`` job's run record).
+"""
+import datetime
+import logging
+import random
+import time
+from typing import List, NamedTuple, Optional
+
+from schemas import records
+from schemas import tables
+from schemas.records import DeadLetter, MAX_ERROR_CHARS
+from transforms.common.redact import redact_text
+
+_LOG = logging.getLogger(__name__)
+
+# Server error codes that mean "try again": the write did not happen or is safe to repeat
+# (HostUnreachable, HostNotFound, NetworkTimeout, ShutdownInProgress, PrimarySteppedDown,
+# ExceededTimeLimit, SocketException, NotWritablePrimary, InterruptedAtShutdown,
+# InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary), as in
+# the MongoDB drivers' retryable-writes specification.
+TRANSIENT_ERROR_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+
+#: How long a write waits for a reachable server before it counts as a transient failure
+#: (a ``serverSelectionTimeoutMS`` in the URI wins).
+DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 30000
+
+
+class UpsertFailure(NamedTuple):
+    """A document MongoDB rejected for good, or that still failed after the last attempt."""
+    document: dict
+    reason: str
+
+
+class UpsertResult(NamedTuple):
+    """What :meth:`MongoUpserter.upsert` did: ids acknowledged (input order), failures, retries made."""
+    written_ids: List[str]
+    failures: List[UpsertFailure]
+    retries: int
+
+
+def _upsert_operation(doc: dict, ingest_time_field: Optional[str], now):
+    """``$set`` every field but ``_id``; ``$setOnInsert`` the ingest time (kept on reruns)."""
+    from pymongo import UpdateOne
+    fields = {k: v for k, v in doc.items() if k != "_id" and k != ingest_time_field}
+    update = {"$set": fields}
+    if ingest_time_field:
+        update["$setOnInsert"] = {ingest_time_field: now}
+    return UpdateOne({"_id": doc["_id"]}, update, upsert=True)
+
+
+class MongoUpserter:
+    r"""Bulk ``$set`` upserts by ``_id`` into the collection of a :class:`~schemas.tables.TableSpec`.
+
+    Retrying is safe: an upsert by ``_id`` applied twice leaves one document. Only the operations
+    that failed transiently (connection lost, no server selectable, not primary, the server's
+    :data:`TRANSIENT_ERROR_CODES`, write-concern errors) are retried, with backoff
+    ``base_delay_s * 2**k * U(1, 2)``; those failing for good (validator, unique index) are
+    failures at once, the others after ``max_attempts``.
+
+    Parameters
+    ----------
+    uri : str
+        MongoDB connection string (a standalone ``mongod`` needs ``retryWrites=false``).
+    database : str
+        Database name.
+    table : schemas.tables.TableSpec
+        The collection (``table.name``), its indexes, validator and ingest-time field.
+    validate : bool
+        Ensure the ``$jsonSchema`` validator (:func:`schemas.tables.mongo_validator`).
+    max_attempts : int
+        Attempts per document on transient errors (>= 1).
+    base_delay_s : float
+        First backoff delay in seconds.
+    server_selection_timeout_ms : int
+        How long a write waits for a reachable server; a ``serverSelectionTimeoutMS`` in the URI wins.
+
+    Use it as a context manager, or call :meth:`open` and :meth:`close`.
+    """
+
+    def __init__(self, uri: str, database: str, table: tables.TableSpec, validate: bool = True,
+                 max_attempts: int = 5, base_delay_s: float = 0.5,
+                 server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS):
+        if not uri:
+            raise ValueError("uri must be a MongoDB connection string")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if base_delay_s < 0:
+            raise ValueError(f"base_delay_s must be >= 0, got {base_delay_s}")
+        self._uri = uri
+        self._database_name = database
+        self._collection_name = table.name
+        self._indexes = tuple(table.mongo_indexes)
+        self._validator = tables.mongo_validator(table) if validate else None
+        self._ingest_time_field = table.ingest_time_field
+        self._id_field = table.id_field
+        self._max_attempts = max_attempts
+        self._base_delay_s = base_delay_s
+        self._server_selection_timeout_ms = server_selection_timeout_ms
+        self._client = None
+        self._collection = None
+        self._collection_ready = False
+
+    @property
+    def collection_name(self) -> str:
+        return self._collection_name
+
+    def open(self) -> "MongoUpserter":
+        """Creates the ``MongoClient`` (connects lazily, on the first write)."""
+        import pymongo
+        if self._client is None:
+            defaults = {"appname": "activebeam",
+                        "serverSelectionTimeoutMS": self._server_selection_timeout_ms}
+            # Options in the URI win over these defaults (pymongo would let keywords win).
+            options = {k: v for k, v in defaults.items() if k.lower() not in self._uri.lower()}
+            self._client = pymongo.MongoClient(self._uri, **options)
+            self._collection = self._client[self._database_name][self._collection_name]
+            self._collection_ready = False
+        return self
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+            self._client = self._collection = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _ensure_collection(self):
+        """Validator and indexes, once per upserter before its first write (idempotent)."""
+        if self._collection_ready:
+            return
+        from pymongo import errors
+        database = self._client[self._database_name]
+        if self._validator:
+            try:
+                database.create_collection(self._collection_name, validator=self._validator)
+            except errors.CollectionInvalid:  # it exists: bring its validator up to date
+                try:
+                    database.command("collMod", self._collection_name, validator=self._validator)
+                except errors.OperationFailure as e:
+                    if e.code != 13:  # Unauthorized: keep the validator the owner set
+                        raise
+                    _LOG.warning("not allowed to update the validator of %s.%s: %s",
+                                 self._database_name, self._collection_name, e)
+        for spec in self._indexes:
+            self._collection.create_index(list(spec.keys), name=spec.name, unique=spec.unique)
+        self._collection_ready = True
+
+    def _bulk_write(self, ops):
+        """Writes ``ops``; returns ``(retry, failed)``: indices to retry, ``{index: reason}`` lost."""
+        from pymongo import errors
+        try:
+            self._ensure_collection()
+            self._collection.bulk_write(ops, ordered=False)
+            return [], {}
+        except errors.BulkWriteError as e:
+            retry, failed = [], {}
+            for write_error in e.details.get("writeErrors", []):
+                if write_error.get("code") in TRANSIENT_ERROR_CODES:
+                    retry.append(write_error["index"])
+                else:
+                    failed[write_error["index"]] = write_error.get("errmsg", "write error")
+            if e.details.get("writeConcernErrors"):  # applied but unconfirmed: upsert again
+                retry = [i for i in range(len(ops)) if i not in failed]
+            return retry, failed
+        except errors.AutoReconnect:  # also NotPrimaryError, ServerSelectionTimeoutError, NetworkTimeout
+            raise
+        except errors.OperationFailure as e:
+            if e.code in TRANSIENT_ERROR_CODES:
+                raise errors.AutoReconnect(str(e)) from e
+            return [], {i: str(e) for i in range(len(ops))}
+
+    def upsert(self, documents: List[dict]) -> UpsertResult:
+        """Upserts ``documents`` (dicts with an ``_id``) in one bulk write, retried as needed.
+
+        Returns
+        -------
+        UpsertResult
+            ``written_ids`` in input order, ``failures`` (document and reason), ``retries`` made.
+        """
+        from pymongo import errors
+        if self._client is None:
+            raise RuntimeError("MongoUpserter is not open: call open() or use it in a with block")
+        documents = list(documents)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ops = [_upsert_operation(doc, self._ingest_time_field, now) for doc in documents]
+        pending, failed, last_error, retries = list(range(len(documents))), {}, None, 0
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                retry, lost = self._bulk_write([ops[i] for i in pending])
+                failed.update({pending[i]: reason for i, reason in lost.items()})
+                pending = [pending[i] for i in retry]
+                last_error = "transient write errors" if pending else None
+            except errors.PyMongoError as e:  # transient: nothing of this attempt is known to be lost
+                last_error = e
+            if not pending:
+                break
+            if attempt < self._max_attempts:
+                retries += 1
+                delay = self._base_delay_s * 2 ** (attempt - 1) * (1 + random.random())
+                _LOG.warning("MongoDB transient error on %d documents (attempt %d/%d), retrying in "
+                             "%.1fs: %s", len(pending), attempt, self._max_attempts, delay,
+                             redact_text(str(last_error)))
+                time.sleep(delay)
+        for i in pending:
+            failed[i] = f"MongoDB write failed after {self._max_attempts} attempts: {last_error}"
+        return UpsertResult([doc["_id"] for i, doc in enumerate(documents) if i not in failed],
+                            [UpsertFailure(documents[i], failed[i]) for i in sorted(failed)], retries)
+
+    def dead_letter(self, failure: UpsertFailure) -> DeadLetter:
+        """The :class:`~schemas.records.DeadLetter` of a failure: stage ``mongodb``, error
+        ``COLLECTION _id=ID: reason`` (credentials redacted)."""
+        doc = failure.document
+        frame_id = doc["_id"] if self._id_field == "frame_id" else doc.get("frame_id")
+        error = f"{self._collection_name} _id={doc['_id']}: {failure.reason}"
+        return DeadLetter(doc.get("source_uri", ""), records.STAGE_MONGODB,
+                          redact_text(error)[:MAX_ERROR_CHARS], doc.get("frame_index"), frame_id)
+
+
+def upsert_documents(uri: str, database: str, table: tables.TableSpec, documents: List[dict],
+                     max_attempts: int = 5,
+                     server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS
+                     ) -> List[DeadLetter]:
+    """Upserts a few documents from the driver (e.g. the run record) with a :class:`MongoUpserter`
+    (validator, indexes, ``$set``, retries); returns the dead letters (empty when every document
+    was written)."""
+    with MongoUpserter(uri, database, table, max_attempts=max_attempts,
+                       server_selection_timeout_ms=server_selection_timeout_ms) as upserter:
+        return [upserter.dead_letter(failure) for failure in upserter.upsert(documents).failures]
