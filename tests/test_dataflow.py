@@ -26,7 +26,7 @@ def test_dataflow_job_spec_and_setup_file_package():
             f"--dataflow_job_file={d}/job.json",
             f"--dataflow_endpoint=http://localhost:{harness.free_port()}",
             "--no_auth", "--sdk_location=container", f"--setup_file={harness.project_copy(d)}",
-            "--input=gs://cameras/site-1/*.mp4", "--mongo_uri=mongodb://db.internal:27017",
+            "--input=gs://cameras/site-1/*.mp4", "--mongo_uri=mongodb://127.0.0.1:9",
             "--output_dir=gs://cameras/activebeam-out", "--budget=500"]
         with pytest.raises(requests.exceptions.ConnectionError, match="localhost"):
             mine.run(argv)
@@ -53,7 +53,7 @@ def test_dataflow_job_spec_and_setup_file_package():
 
 def test_remote_runner_needs_explicit_input():
     with pytest.raises(ValueError, match="--input is required"):
-        mine.run(["--runner=DataflowRunner", "--output_dir=gs://b/out", "--mongo_uri=mongodb://db"])
+        mine.run(["--runner=DataflowRunner", "--output_dir=gs://b/out", "--mongo_uri=mongodb://127.0.0.1:9"])
 
 
 if __name__ == "__main__":
