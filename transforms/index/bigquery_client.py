@@ -31,7 +31,7 @@ from schemas import tables
 
 _LOG = logging.getLogger(__name__)
 
-_PROJECT = r"[\w.:-]+"
+_PROJECT = r"(?:[\w-]+(?:\.[\w-]+)+:)?[\w-]+"  # domain-scoped: example.com:proj
 _DATASET = r"\w+"
 _TABLE = r"[\w$-]+"
 _TABLE_FORMS = "PROJECT:DATASET.TABLE, PROJECT.DATASET.TABLE or DATASET.TABLE"

@@ -1,0 +1,228 @@
+"""Options of the ``mine`` job and their checks, before anything starts.
+
+:class:`MineOptions` is the job's ``PipelineOptions`` subclass (its flags and help);
+:func:`check_options` validates every option at once, without loading a model or starting a
+server, and returns the :class:`MineJob` the driver runs (a ``ValueError`` naming the option,
+its value and what is allowed, otherwise).
+"""
+import json
+import math
+import os
+from typing import List, NamedTuple, Optional, Tuple
+
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+
+from schemas.frames import DEFAULT_DATABASE
+from transforms.common.files import is_local
+from transforms.decode.images import DEFAULT_MAX_PIXELS
+from transforms.decode.ptransforms import DEFAULT_SPLIT_SECONDS
+from transforms.decode.video import MODES
+from transforms.index.bigquery_client import parse_table_id, sibling_table
+from transforms.score import registry as score_registry
+from transforms.score.handlers import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES
+from transforms.select.ptransforms import STRATEGIES
+from transforms.select.strategies import make_strategy
+
+DEFAULT_RUNNER = "FnApiRunner"  # Beam's DirectRunner would first try to download Prism.
+LOCAL_RUNNERS = ("fnapirunner", "directrunner", "bundlebaseddirectrunner", "switchingdirectrunner")
+
+
+class MineOptions(PipelineOptions):
+    """Options of the ``mine`` job (plus all standard Beam options)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input", action="append", default=None,
+            help="File glob of images and/or videos (local or gs://); repeat the flag or separate "
+                 "globs with commas. Default: the bundled real sample media.")
+        parser.add_argument("--output_dir", default="./activebeam-out",
+                            help="Where candidates.jsonl, dead_letter.jsonl and summary.json go.")
+        parser.add_argument(
+            "--mongo_uri", default=None,
+            help="MongoDB connection string. Default: an embedded mongod on 127.0.0.1 with its data "
+                 "in <output_dir>/mongo-data, started and stopped by the job (local runners only).")
+        parser.add_argument("--mongo_database", default=DEFAULT_DATABASE)
+        parser.add_argument("--bigquery_table", default=None,
+                            help="Optional PROJECT:DATASET.TABLE to append one row per frame to.")
+        parser.add_argument("--bigquery_write_method", default="AUTO",
+                            choices=("AUTO", "STREAMING_INSERTS", "FILE_LOADS"),
+                            help="AUTO: FILE_LOADS when --temp_location is on gs:// (load jobs are "
+                                 "free and atomic), else STREAMING_INSERTS.")
+        parser.add_argument("--budget", type=int, default=50, help="Number of candidates to select.")
+        parser.add_argument("--strategy", default="entropy", choices=STRATEGIES,
+                            help="Selection strategy: an uncertainty score (top-k), random, coreset "
+                                 "(k-center greedy), cluster_margin or combined (docs/sampling.md).")
+        parser.add_argument(
+            "--strategy_params", default="{}",
+            help='JSON object of the strategy\'s parameters, e.g. \'{"n_clusters": 20}\' for '
+                 'cluster_margin, \'{"strengths": {"entropy": 1, "least_confidence": 0.5}}\' for '
+                 'combined, \'{"balance_key": "camera"}\' (source, camera, predicted_class) for quotas, '
+                 '\'{"near_duplicate_distance": 0.1}\'.')
+        parser.add_argument("--bigquery_candidates_table", default=None,
+                            help="PROJECT:DATASET.TABLE for candidates; default: table 'candidates' "
+                                 "in --bigquery_table's dataset when that is given.")
+        parser.add_argument("--video_fps", type=float, default=1.0,
+                            help="Frames sampled per second of video; 0 keeps every frame.")
+        parser.add_argument(
+            "--video_sampling", default="fps", choices=MODES,
+            help="Which video frames to keep: fps (--video_fps per second, the default), all, "
+                 "every_n (--video_every_n), keyframes (nothing else is decoded), scene "
+                 "(--scene_threshold). See docs/decoding.md.")
+        parser.add_argument("--video_every_n", type=int, default=1,
+                            help="Keep every Nth frame with --video_sampling=every_n.")
+        parser.add_argument("--scene_threshold", type=float, default=0.3,
+                            help="Mean absolute grey difference in (0, 1] between consecutive "
+                                 "frames that starts a scene, with --video_sampling=scene.")
+        parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                            help="Images whose header declares more pixels are dead-lettered "
+                                 "without decoding (decompression-bomb guard); 0 disables.")
+        parser.add_argument("--resize_longest_side", type=int, default=0,
+                            help="Shrink images so that their longest side is at most this many "
+                                 "pixels; 0 keeps the decoded size.")
+        parser.add_argument("--video_split_seconds", type=float, default=DEFAULT_SPLIT_SECONDS,
+                            help="Cut videos into ranges of at least this many seconds, starting "
+                                 "on keyframes, decoded by different workers; 0 does not split.")
+        parser.add_argument("--model", default=None,
+                            help="Path or gs:// URI of a Keras model (.keras/.h5). Default: the "
+                                 "bundled Fashion-MNIST CNN, models/" + DEFAULT_MODEL_NAME)
+        parser.add_argument("--embedding_layer", default=None,
+                            help="Layer whose output is the embedding (default: 'embedding' or the "
+                                 "penultimate layer).")
+        parser.add_argument("--model_output", default=None, choices=(PROBABILITIES, LOGITS),
+                            help="What the model's class output holds (default: its sidecar's "
+                                 "declaration, else probabilities).")
+        parser.add_argument("--mc_passes", type=int, default=0,
+                            help="MC-dropout passes T per frame for BALD, variation ratios and mean "
+                                 "std (Keras models with dropout; 0 = off).")
+        parser.add_argument("--detector_background", default=None,
+                            help="Turns on detection scores: .npy RGB background of a fixed camera "
+                                 "for the background-difference detector (see docs/models.md).")
+        parser.add_argument("--uniqueness_k", type=int, default=3,
+                            help="Neighbours for the k-NN uniqueness score (FiftyOne: 3); 0 = off.")
+
+
+def _split_globs(values: Optional[List[str]]) -> List[str]:
+    return [g.strip() for value in values or [] for g in value.split(",") if g.strip()]
+
+
+
+def _decode_options(mine) -> dict:
+    """``DecodeMedia`` keyword arguments from the job's options (0 means "off")."""
+    return {
+        "sampling": mine.video_sampling,
+        "every_n": mine.video_every_n,
+        "scene_threshold": mine.scene_threshold,
+        "max_pixels": mine.max_image_pixels or None,
+        "max_side": mine.resize_longest_side or None,
+        "split_seconds": mine.video_split_seconds or None,
+    }
+
+
+def _from_caller_dir(path: str) -> str:
+    """Resolves a relative local path against the caller's directory (``bazel run`` runs from
+    its runfiles tree and says where it was called in ``BUILD_WORKING_DIRECTORY``)."""
+    caller = os.environ.get("BUILD_WORKING_DIRECTORY")
+    if caller and is_local(path) and not os.path.isabs(path):
+        return os.path.join(caller, path)
+    return path
+
+
+
+class MineJob(NamedTuple):
+    """The ``mine`` job's options once checked, with what follows from them (nothing loaded)."""
+    runner: str
+    local_runner: bool
+    globs: Tuple[str, ...]  # empty: the bundled sample media
+    output_dir: str
+    strategy_params: dict
+    candidates_table: Optional[str]
+    bigquery_write_method: str  # AUTO resolved
+    detector_background: Optional[str]
+
+
+def check_options(options: PipelineOptions) -> MineJob:
+    """Checks every option of the ``mine`` job, cheaply: nothing is loaded, started or written.
+
+    Raises
+    ------
+    ValueError
+        Naming the first option whose value cannot work, and why.
+    """
+    mine = options.view_as(MineOptions)
+    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    local_runner = runner.lower() in LOCAL_RUNNERS
+    _check_ranges(mine)
+    strategy_params = _checked_strategy(mine)
+    _check_tables(mine)
+    globs = tuple(_from_caller_dir(g) for g in _split_globs(mine.input))
+    if not globs and not local_runner:
+        raise ValueError("--input is required with a remote runner: the bundled sample media "
+                         "are on this machine only")
+    output_dir = _from_caller_dir(mine.output_dir)
+    if is_local(output_dir):
+        output_dir = os.path.abspath(output_dir)
+    if not mine.mongo_uri and (not local_runner or not is_local(output_dir)):
+        raise ValueError("--mongo_uri is required unless the runner and --output_dir are local: "
+                         "the embedded mongod lives on this machine")
+    candidates_table = mine.bigquery_candidates_table
+    if not candidates_table and mine.bigquery_table:
+        candidates_table = sibling_table(mine.bigquery_table, "candidates")
+    write_method = mine.bigquery_write_method
+    if write_method == "AUTO":
+        temp_location = options.view_as(GoogleCloudOptions).temp_location or ""
+        write_method = "FILE_LOADS" if temp_location.startswith("gs://") else "STREAMING_INSERTS"
+    return MineJob(runner, local_runner, globs, output_dir, strategy_params, candidates_table,
+                   write_method, mine.detector_background and _from_caller_dir(mine.detector_background))
+
+
+def _check_ranges(mine):
+    """Each numeric option against its range (NaN is out of every range)."""
+    for flag, value, valid, expected in (
+            ("budget", mine.budget, mine.budget >= 0, ">= 0"),
+            ("mc_passes", mine.mc_passes, mine.mc_passes >= 0, ">= 0 (0: off)"),
+            ("uniqueness_k", mine.uniqueness_k, mine.uniqueness_k >= 0, ">= 0 (0: off)"),
+            ("video_fps", mine.video_fps, not math.isnan(mine.video_fps),
+             "a number (<= 0: every frame)"),
+            ("video_every_n", mine.video_every_n, mine.video_every_n >= 1, ">= 1"),
+            ("scene_threshold", mine.scene_threshold, 0 < mine.scene_threshold <= 1, "in (0, 1]"),
+            ("max_image_pixels", mine.max_image_pixels, mine.max_image_pixels >= 0,
+             ">= 0 (0: no limit)"),
+            ("resize_longest_side", mine.resize_longest_side, mine.resize_longest_side >= 0,
+             ">= 0 (0: the decoded size)"),
+            ("video_split_seconds", mine.video_split_seconds, mine.video_split_seconds >= 0,
+             ">= 0 (0: not split)")):
+        if not valid:
+            raise ValueError(f"--{flag} must be {expected}, got {value!r}")
+
+
+def _checked_strategy(mine) -> dict:
+    """The strategy's parameters, once the strategy accepts them and its score will be computed."""
+    try:
+        strategy_params = json.loads(mine.strategy_params)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--strategy_params must be a JSON object: {e}") from None
+    if not isinstance(strategy_params, dict):
+        raise ValueError(f"--strategy_params must be a JSON object, got {mine.strategy_params!r}")
+    try:
+        make_strategy(mine.strategy, strategy_params)
+    except ValueError as e:
+        raise ValueError(f"--strategy_params: {e}") from None
+    needs = score_registry.get(mine.strategy).needs if mine.strategy in score_registry.names() else None
+    if needs == score_registry.MC_SAMPLES and mine.mc_passes < 2:
+        raise ValueError(f"--strategy={mine.strategy} needs MC-dropout samples: set --mc_passes >= 2")
+    if needs == score_registry.EMBEDDINGS and mine.uniqueness_k < 1:
+        raise ValueError(f"--strategy={mine.strategy} needs k-NN neighbours: set --uniqueness_k >= 1")
+    return strategy_params
+
+
+def _check_tables(mine):
+    """BigQuery tables in the forms the index writers read."""
+    for flag, table in (("bigquery_table", mine.bigquery_table),
+                        ("bigquery_candidates_table", mine.bigquery_candidates_table)):
+        if table:
+            try:
+                parse_table_id(table)
+            except ValueError:
+                raise ValueError(f"--{flag} must be PROJECT:DATASET.TABLE, PROJECT.DATASET.TABLE or "
+                                 f"DATASET.TABLE, got {table!r}") from None
