@@ -5,6 +5,7 @@
 server, and returns the :class:`MineJob` the driver runs (a ``ValueError`` naming the option,
 its value and what is allowed, otherwise).
 """
+import argparse
 import json
 import math
 import os
@@ -25,6 +26,11 @@ from transforms.select.strategies import make_strategy
 
 DEFAULT_RUNNER = "FnApiRunner"  # Beam's DirectRunner would first try to download Prism.
 LOCAL_RUNNERS = ("fnapirunner", "directrunner", "bundlebaseddirectrunner", "switchingdirectrunner")
+
+
+#: ``--max_dead_letter_fraction``'s default: a run that loses more than half its inputs failed.
+DEFAULT_MAX_DEAD_LETTER_FRACTION = 0.5
+PROG = "python -m beam_pipelines.mine"
 
 
 class MineOptions(PipelineOptions):
@@ -100,6 +106,12 @@ class MineOptions(PipelineOptions):
                                  "for the background-difference detector (see docs/models.md).")
         parser.add_argument("--uniqueness_k", type=int, default=3,
                             help="Neighbours for the k-NN uniqueness score (FiftyOne: 3); 0 = off.")
+        parser.add_argument(
+            "--max_dead_letter_fraction", type=float, default=DEFAULT_MAX_DEAD_LETTER_FRACTION,
+            help="The run fails (exit 1, run record 'failed') when the larger of the share of matched "
+                 "files that failed and the share of decoded frames dead-lettered later exceeds "
+                 "this; every input is still accounted for. 1 never fails. Default: "
+                 f"{DEFAULT_MAX_DEAD_LETTER_FRACTION}.")
 
 
 def _split_globs(values: Optional[List[str]]) -> List[str]:
@@ -191,7 +203,9 @@ def _check_ranges(mine):
             ("resize_longest_side", mine.resize_longest_side, mine.resize_longest_side >= 0,
              ">= 0 (0: the decoded size)"),
             ("video_split_seconds", mine.video_split_seconds, mine.video_split_seconds >= 0,
-             ">= 0 (0: not split)")):
+             ">= 0 (0: not split)"),
+            ("max_dead_letter_fraction", mine.max_dead_letter_fraction,
+             0 <= mine.max_dead_letter_fraction <= 1, "in [0, 1]")):
         if not valid:
             raise ValueError(f"--{flag} must be {expected}, got {value!r}")
 
@@ -226,3 +240,32 @@ def _check_tables(mine):
             except ValueError:
                 raise ValueError(f"--{flag} must be PROJECT:DATASET.TABLE, PROJECT.DATASET.TABLE or "
                                  f"DATASET.TABLE, got {table!r}") from None
+
+
+def dead_letter_fraction(counts) -> float:
+    """The share of inputs a run lost, in [0, 1]: the larger of ``files_failed / files_matched``
+    and ``(dead_letters - files_failed) / frames_decoded`` (frames dead-lettered after decoding:
+    preprocess, inference, stores, candidates). A glob that matched nothing counts as a lost input.
+    """
+    files_failed = counts.get("files_failed", 0)
+    later = max(0, counts.get("dead_letters", 0) - files_failed)
+    return max(files_failed / max(1, counts.get("files_matched", 0)),
+               min(1.0, later / max(1, counts.get("frames_decoded", 0))))
+
+
+def help_text(beam: bool = False) -> str:
+    """``--help``: the job's own options; ``--help_beam``: Beam's (runner, workers, Dataflow...)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, add_help=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=("Beam's standard pipeline options (every PipelineOptions subclass but the "
+                     "job's own)." if beam else
+                     "Decode images and videos, embed and score every frame, index them in "
+                     "MongoDB (and BigQuery) and select the frames to label next."),
+        epilog=None if beam else (f"Beam's own options (--runner, --direct_num_workers, --project, "
+                                  f"--region, --temp_location, ...): {PROG} --help_beam"))
+    classes = ([c for c in PipelineOptions.__subclasses__() if c is not MineOptions] if beam
+               else [MineOptions])
+    for options_class in classes:
+        group = parser.add_argument_group(options_class.__name__)
+        options_class._add_argparse_args(group)
+    return parser.format_help()
