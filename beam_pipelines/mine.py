@@ -40,7 +40,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from beam_pipelines import sample_media
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
-    MineJob, MineOptions, _decode_options, check_options)
+    PROG, MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
 from beam_pipelines.run_record import RunRecord, describe_run
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
@@ -224,10 +224,28 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 project=options.view_as(GoogleCloudOptions).project)
             result = _run_pipeline(options, job.runner, globs, mine_frames)
             finished = PipelineState.is_terminal(result.state)
-            run_record.set_counts(summary_counts(result.metrics()) if finished else None)
+            counts = summary_counts(result.metrics()) if finished else None
+            run_record.set_counts(counts)
+            if counts is not None:
+                _check_dead_letters(counts, mine.max_dead_letter_fraction, job.output_dir)
         elapsed = time.monotonic() - started
     summary = _written_summary(job.output_dir)
     return dict(summary, wall_seconds=round(elapsed, 1)) if summary else summary
+
+
+class TooManyDeadLetters(RuntimeError):
+    """The run lost more of its inputs than ``--max_dead_letter_fraction`` allows."""
+
+
+def _check_dead_letters(counts: Dict[str, int], max_fraction: float, output_dir: str):
+    """Raises :class:`TooManyDeadLetters` past ``max_fraction`` (see :func:`dead_letter_fraction`)."""
+    fraction = dead_letter_fraction(counts)
+    if fraction > max_fraction:
+        raise TooManyDeadLetters(
+            f"{fraction:.0%} of the inputs failed ({counts.get('files_failed', 0)} of "
+            f"{counts.get('files_matched', 0)} files, {counts.get('dead_letters', 0)} dead letters in "
+            f"all), more than --max_dead_letter_fraction={max_fraction:g}: see "
+            f"{FileSystems.join(output_dir, DEAD_LETTER_FILE)}")
 
 
 def _embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
@@ -284,10 +302,18 @@ def _written_summary(output_dir: str) -> dict:
 
 
 def main(argv=None):
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if "-h" in argv or "--help" in argv or "--help_beam" in argv:
+        print(help_text(beam="--help_beam" in argv))
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     os.environ.setdefault("NO_GCE_CHECK", "true")  # never probe the cloud metadata server
-    summary = run(argv if argv is not None else sys.argv[1:])
+    try:
+        summary = run(argv)
+    except TooManyDeadLetters as e:
+        print(f"mine: failed: {e}", file=sys.stderr)
+        sys.exit(1)
     if summary:
         out = summary["output_dir"]
         print(json.dumps({k: summary[k] for k in (

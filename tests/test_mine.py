@@ -228,5 +228,52 @@ def test_run_record_changes_nothing_it_is_given(mongo):
     assert json.loads(entry["options"])["mongo_uri"] == "mongodb://127.0.0.1:1"  # facts win
 
 
+def test_help_lists_the_jobs_options_and_says_how_to_see_beams(capsys):
+    from beam_pipelines.options import MineOptions
+    import argparse
+    parser = argparse.ArgumentParser()
+    MineOptions._add_argparse_args(parser)
+    flags = {a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"}
+    mine.main(["--help"])
+    text = capsys.readouterr().out
+    assert flags and all(flag in text for flag in flags), flags - {f for f in flags if f in text}
+    assert "--help_beam" in text and "--runner RUNNER" not in text
+    mine.main(["--help_beam"])
+    beam_text = capsys.readouterr().out
+    assert "--runner" in beam_text and "--direct_num_workers" in beam_text and "--budget" not in beam_text
+
+
+def test_dead_letter_fraction():
+    from beam_pipelines.options import dead_letter_fraction
+    assert dead_letter_fraction({"files_matched": 4, "files_failed": 4, "dead_letters": 4}) == 1.0
+    assert dead_letter_fraction({"files_matched": 10, "files_failed": 1, "dead_letters": 1,
+                                 "frames_decoded": 50}) == 0.1
+    # every decoded frame lost later (e.g. the model fails on all of them): 100 % though no file failed
+    assert dead_letter_fraction({"files_matched": 100, "files_failed": 0, "dead_letters": 100,
+                                 "frames_decoded": 100}) == 1.0
+    assert dead_letter_fraction({"files_matched": 0, "dead_letters": 1}) == 1.0  # a glob matched nothing
+
+
+def test_run_fails_past_max_dead_letter_fraction_and_accounts_for_every_input(mongo, capsys):
+    folder = harness.tmpdir("mine-all-bad-")
+    for name, data in (("empty.jpg", b""), ("notes.png", b"not an image at all"), ("cut.jpg", b"\xff\xd8\xff\xe0")):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    out_dir = os.path.join(folder, "out")
+    argv = [f"--input={folder}/*", f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}",
+            f"--mongo_database={RUNS_DATABASE}"]
+    with pytest.raises(SystemExit) as exited:
+        mine.main(argv)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mine: failed: 100% of the inputs failed (3 of 3 files")
+    assert len(_read_jsonl(os.path.join(out_dir, "dead_letter.jsonl"))) == 3  # all accounted for
+    [run] = pymongo.MongoClient(mongo.uri)[RUNS_DATABASE]["runs"].find({"output_dir": out_dir})
+    assert run["status"] == "failed"
+    assert json.loads(run["counts"])["files_failed"] == 3 and json.loads(run["counts"])["dead_letters"] == 3
+    mine.main(argv + ["--max_dead_letter_fraction=1"])  # allowed: succeeds, nothing duplicated
+    assert len(_read_jsonl(os.path.join(out_dir, "dead_letter.jsonl"))) == 3
+
+
 if __name__ == "__main__":
     harness.main(__file__)
