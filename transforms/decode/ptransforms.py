@@ -136,10 +136,18 @@ def _fail(path, media_type, stage, reason, error):
     yield beam.pvalue.TaggedOutput(OUTCOME, FileOutcome(path, media_type, 0, True))
 
 
+#: Files up to this size are read whole when sniffed and their bytes travel with the task, so
+#: small images (thumbnails, crops, 28x28 sets) are opened once; larger ones are read again
+#: where they are decoded (encoded bytes of large files never cross the fan-out).
+SMALL_FILE_BYTES = 64 << 10
+
+
 class _ImageTask(NamedTuple):
-    """An image file to decode after the fan-out (read again there: pixels never cross it)."""
+    """An image file to decode after the fan-out (pixels never cross it): its path, format and,
+    for a file of at most :data:`SMALL_FILE_BYTES`, its bytes."""
     path: str
     format: str
+    data: Optional[bytes] = None
 
 
 class _PlanFileFn(beam.DoFn):
@@ -159,11 +167,11 @@ class _PlanFileFn(beam.DoFn):
         self._files.inc()
         try:
             with open_binary(path) as f:
-                head = f.read(HEAD_BYTES)
+                head = f.read(SMALL_FILE_BYTES)
         except Exception as e:  # pylint: disable=broad-except
             yield from _fail(path, None, records.STAGE_READ, "unreadable", f"cannot read the file: {e}")
             return
-        sniffed = sniff_media_type(head)
+        sniffed = sniff_media_type(head[:HEAD_BYTES])
         if not head:
             yield from _fail(path, None, records.STAGE_DECODE, "empty", "empty file (0 bytes)")
             return
@@ -174,7 +182,7 @@ class _PlanFileFn(beam.DoFn):
             return
         media_type, format_name = sniffed
         if media_type == IMAGE:
-            yield _ImageTask(path, format_name)
+            yield _ImageTask(path, format_name, head if len(head) < SMALL_FILE_BYTES else None)
             return
         try:
             yield from self._plan(path, format_name)
@@ -221,10 +229,11 @@ class _DecodeTaskFn(beam.DoFn):
             yield from self._range(task)
 
     def _image(self, task: _ImageTask):
-        path = task.path
+        path, data = task.path, task.data
         try:
-            with open_binary(path) as f:
-                data = f.read()
+            if data is None:
+                with open_binary(path) as f:
+                    data = f.read()
         except Exception as e:  # pylint: disable=broad-except
             yield from _fail(path, IMAGE, records.STAGE_READ, "unreadable", f"cannot read the file: {e}")
             return
