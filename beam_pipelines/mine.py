@@ -40,7 +40,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from beam_pipelines import sample_media
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
-    PROG, MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
+    MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
 from beam_pipelines.run_record import RunRecord, describe_run
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
@@ -176,6 +176,14 @@ def _counter_total(metrics: MetricResults, counter: SummaryCounter) -> int:
     return sum(_committed(result) for result in metrics.query(query)[MetricResults.COUNTERS])
 
 
+def model_loads(metrics: MetricResults) -> int:
+    """How many times worker processes loaded the scoring model (``RunInference``'s
+    ``load_model_latency_milli_secs`` samples): one per worker process when models are shared."""
+    query = MetricsFilter().with_namespace(SCORE_METRICS).with_name("load_model_latency_milli_secs")
+    return sum(_committed(result).count for result in metrics.query(query)[MetricResults.DISTRIBUTIONS]
+               if _committed(result) is not None)
+
+
 def _committed(result) -> int:
     committed = result.committed
     return result.attempted if committed is None else committed
@@ -225,12 +233,13 @@ def run(argv: Optional[List[str]] = None) -> dict:
             result = _run_pipeline(options, job.runner, globs, mine_frames)
             finished = PipelineState.is_terminal(result.state)
             counts = summary_counts(result.metrics()) if finished else None
+            loads = model_loads(result.metrics()) if finished else None
             run_record.set_counts(counts)
             if counts is not None:
                 _check_dead_letters(counts, mine.max_dead_letter_fraction, job.output_dir)
         elapsed = time.monotonic() - started
     summary = _written_summary(job.output_dir)
-    return dict(summary, wall_seconds=round(elapsed, 1)) if summary else summary
+    return dict(summary, wall_seconds=round(elapsed, 1), model_loads=loads) if summary else summary
 
 
 class TooManyDeadLetters(RuntimeError):

@@ -136,6 +136,30 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs, mongo):
         assert _read_jsonl(os.path.join(out_dir, "candidates.jsonl")) == candidates
 
 
+def test_two_worker_processes_give_what_one_gives_with_one_model_copy_each(inputs, mongo):
+    """The job with two worker processes (FnApiRunner multi_processing) on a fresh database:
+    every file accounted for, the same frames and candidates as one in-process worker, each
+    worker loading the model once (not per bundle)."""
+    runs = {}
+    for workers in (2, 1):
+        out_dir = harness.tmpdir(f"mine-{workers}w-")
+        argv = [f"--input={g}" for g in inputs] + [
+            f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}", f"--mongo_database=workers{workers}",
+            "--budget=10", "--video_fps=1", "--video_split_seconds=20"]
+        if workers > 1:
+            argv += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+        runs[workers] = mine.run(argv), _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
+    (two, two_candidates), (one, one_candidates) = runs[2], runs[1]
+    for name in mine.SUMMARY_COUNTERS:
+        assert two[name] == one[name], name
+    assert two["dead_letters"] == 2 and two["frames_written"] == 80 + 9 + 1 + 41
+    assert 1 <= two["model_loads"] <= 2 and one["model_loads"] == 1
+    assert [(c["frame_id"], c["rank"]) for c in two_candidates] == [(c["frame_id"], c["rank"]) for c in one_candidates]
+    client = pymongo.MongoClient(mongo.uri)
+    assert (sorted(client["workers2"]["frames"].distinct("_id"))
+            == sorted(client["workers1"]["frames"].distinct("_id")))
+
+
 def test_cli_with_embedded_mongod(inputs):
     out_dir = harness.tmpdir("mine-cli-")
     png_glob = inputs[1]
