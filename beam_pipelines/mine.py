@@ -232,6 +232,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 project=options.view_as(GoogleCloudOptions).project)
             result = _run_pipeline(options, job.runner, globs, mine_frames)
             finished = PipelineState.is_terminal(result.state)
+            # A Flex Template launch (--template_location): Beam wrote a job file, no job runs yet.
+            finished = finished and getattr(result, "has_job", True)
             counts = summary_counts(result.metrics()) if finished else None
             loads = model_loads(result.metrics()) if finished else None
             run_record.set_counts(counts)
@@ -303,6 +305,8 @@ def _run_pipeline(options: PipelineOptions, runner: str, globs: List[str],
 def _written_summary(output_dir: str) -> dict:
     """The contents of the run's ``summary.json`` for the caller ({} if not written yet, e.g. a
     Dataflow job not waited for)."""
+    if not FileSystems.exists(FileSystems.join(output_dir, SUMMARY_FILE)):
+        return {}  # (opening a missing gs:// object raises google's NotFound, not an OSError)
     try:
         with FileSystems.open(FileSystems.join(output_dir, SUMMARY_FILE)) as f:
             return json.loads(f.read().decode("utf-8"))
