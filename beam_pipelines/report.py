@@ -126,7 +126,7 @@ def report_for_run(output_dir: str, mongo_uri: Optional[str], database: str = "a
 
 
 def report_for_selection(mongo_uri: str, selection_id: str, report_dir: str,
-                         database: str = "activebeam") -> str:
+                         database: str = "activebeam", page_size: int = PAGE_SIZE) -> str:
     """The report of any selection stored in MongoDB's ``candidates``; its run (for inputs,
     summary and dead letters) is the ``runs`` entry whose inputs give that ``selection_id``."""
     with _mongo(mongo_uri) as client:
@@ -139,7 +139,7 @@ def report_for_selection(mongo_uri: str, selection_id: str, report_dir: str,
         summary, dead_letters = _run_outputs(run)
         summary.setdefault("selection_id", selection_id)
         frames = pool_frames(db, version, (run or {}).get("inputs") or ())
-        return write_report(report_dir, candidates, frames, dead_letters, summary)
+        return write_report(report_dir, candidates, frames, dead_letters, summary, page_size=page_size)
 
 
 def write_run_report_safely(output_dir: str, mongo_uri: Optional[str], database: str) -> Optional[str]:
@@ -587,12 +587,14 @@ def main(argv=None) -> int:
     parser.add_argument("--mongo_database", default="activebeam")
     parser.add_argument("--selection_id", required=True, help="a selection_id of the candidates collection")
     parser.add_argument("--output", required=True, help="report directory (local or gs://); index.html goes there")
+    parser.add_argument("--page_size", type=int, default=PAGE_SIZE, help="candidates per page of the grid")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("NO_GCE_CHECK", "true")
     from transforms.common.redact import redact_text
     try:
-        path = report_for_selection(args.mongo_uri, args.selection_id, args.output, args.mongo_database)
+        path = report_for_selection(args.mongo_uri, args.selection_id, args.output, args.mongo_database,
+                                    args.page_size)
     except Exception as e:  # noqa: BLE001 - one clear line instead of a traceback
         print(f"report: {type(e).__name__}: {redact_text(str(e))[:500]}", file=sys.stderr)
         return 2
