@@ -516,7 +516,7 @@ def _map_note(embedding_map, pool: _Pool) -> str:
         return "<p>No embeddings to map.</p>"
     ev = embedding_map["explained"]
     return (f"<p>PCA (scikit-learn) of {embedding_map['pool_shown']} of {pool.frames} pool frames (a uniform "
-            f"sample) and {len(embedding_map['candidates'])} candidates; the two axes explain "
+            f"sample) and {len(embedding_map['candidates'])} candidates; the axes (1st to 99th percentile) explain "
             f"{100 * ev[0]:.1f}% and {100 * ev[1]:.1f}% of the variance. Click a candidate to go to its card.</p>")
 
 

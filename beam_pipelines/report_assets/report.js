@@ -124,12 +124,20 @@
     var ctx = canvas.getContext("2d");
     var all = map.pool.concat(map.candidates);
     var xs = all.map(function (p) { return p[0]; }), ys = all.map(function (p) { return p[1]; });
-    var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
-    var y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
+    // Bounds from the 1st to the 99th percentile: a few outliers must not squash the map
+    // (points beyond are drawn on the edge).
+    function bounds(v) {
+      var s = v.slice().sort(function (a, b) { return a - b; });
+      var lo = s[Math.floor(0.01 * (s.length - 1))], hi = s[Math.ceil(0.99 * (s.length - 1))];
+      return hi > lo ? [lo, hi] : [s[0], s[s.length - 1]];
+    }
+    var bx = bounds(xs), by = bounds(ys);
+    var x0 = bx[0], x1 = bx[1], y0 = by[0], y1 = by[1];
+    function clamp(v) { return Math.min(1, Math.max(0, v)); }
     var pad = 12, w = canvas.width - 2 * pad, h = canvas.height - 2 * pad;
     function px(p) {
-      return [pad + (x1 > x0 ? (p[0] - x0) / (x1 - x0) : 0.5) * w,
-              pad + (y1 > y0 ? 1 - (p[1] - y0) / (y1 - y0) : 0.5) * h];
+      return [pad + (x1 > x0 ? clamp((p[0] - x0) / (x1 - x0)) : 0.5) * w,
+              pad + (y1 > y0 ? 1 - clamp((p[1] - y0) / (y1 - y0)) : 0.5) * h];
     }
     ctx.fillStyle = "rgba(154,165,177,0.55)";
     map.pool.forEach(function (p) { var q = px(p); ctx.fillRect(q[0] - 1.5, q[1] - 1.5, 3, 3); });
