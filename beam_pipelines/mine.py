@@ -37,7 +37,7 @@ from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_pipelines import sample_media
+from beam_pipelines import progress, report, sample_media
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
     MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
@@ -77,8 +77,10 @@ class MineFrames(beam.PTransform):
                  decode_options: Optional[dict] = None,
                  detector_background: Optional[str] = None, uniqueness_k: int = 0,
                  strategy_params: Optional[dict] = None, bigquery_candidates_table: Optional[str] = None,
-                 inputs: Sequence[str] = (), project: Optional[str] = None):
+                 inputs: Sequence[str] = (), project: Optional[str] = None,
+                 progress_dir: Optional[str] = None):
         super().__init__()
+        self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
         detector = (DetectorHandler(BackgroundDifferenceDetector(detector_background))
                     if detector_background else None)
@@ -114,6 +116,9 @@ class MineFrames(beam.PTransform):
             dead_letters.append(candidates | "CandidatesToBigQuery" >> self._candidates_bigquery)
 
         dead_letters = dead_letters | "AllDeadLetters" >> beam.Flatten()
+        if self._progress_dir:
+            _ = {"files": decoded.outcomes, "frames_decoded": decoded.frames, "frames_scored": scored.records,
+                 "frames_indexed": indexed.frame_ids} | "Progress" >> progress.CountProgress(self._progress_dir)
         candidates | "WriteCandidates" >> WriteCandidates(self._path(CANDIDATES_FILE))
         dead_letters | "WriteDeadLetters" >> WriteDeadLetters(self._path(DEAD_LETTER_FILE))
         outcomes = decoded.outcomes
@@ -220,6 +225,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
             bigquery_table=mine.bigquery_table, project=options.view_as(GoogleCloudOptions).project)
         run_info = dict(facts, run_id=lineage.run_id, code_version=lineage.code_version)
         started = time.monotonic()
+        lines = (progress.ProgressLines(progress.count_files(globs)) if job.local_runner and not mine.quiet
+                 else None)
+        progress_dir = stack.enter_context(lines) if lines else None
         with RunRecord(lineage, mongo_uri, mine.mongo_database) as run_record:
             mine_frames = MineFrames(
                 model=model, mongo_uri=mongo_uri, output_dir=job.output_dir, budget=mine.budget,
@@ -229,8 +237,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 decode_options=_decode_options(mine), detector_background=job.detector_background,
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
-                project=options.view_as(GoogleCloudOptions).project)
+                project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir)
             result = _run_pipeline(options, job.runner, globs, mine_frames)
+            if lines:
+                lines.stop()
             finished = PipelineState.is_terminal(result.state)
             # A Flex Template launch (--template_location): Beam wrote a job file, no job runs yet.
             finished = finished and getattr(result, "has_job", True)
@@ -240,6 +250,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
             if counts is not None:
                 _check_dead_letters(counts, mine.max_dead_letter_fraction, job.output_dir)
         elapsed = time.monotonic() - started
+        if finished:  # <output_dir>/report/index.html; a failure is logged, the run stands
+            report.write_run_report_safely(job.output_dir, mongo_uri, mine.mongo_database)
     summary = _written_summary(job.output_dir)
     return dict(summary, wall_seconds=round(elapsed, 1), model_loads=loads) if summary else summary
 

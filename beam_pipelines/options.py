@@ -104,6 +104,8 @@ class MineOptions(PipelineOptions):
         parser.add_argument("--detector_background", default=None,
                             help="Turns on detection scores: .npy RGB background of a fixed camera "
                                  "for the background-difference detector (see docs/models.md).")
+        parser.add_argument("--quiet", action="store_true",
+                            help="No progress lines while the job runs (local runners print one every few seconds).")
         parser.add_argument("--uniqueness_k", type=int, default=3,
                             help="Neighbours for the k-NN uniqueness score (FiftyOne: 3); 0 = off.")
         parser.add_argument(
