@@ -326,6 +326,13 @@ def _written_summary(output_dir: str) -> dict:
         return {}
 
 
+class _QuietBeamNoise(logging.Filter):
+    """Drops Beam's repeated, harmless "Resource module is not available" warning."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Resource module is not available")
+
+
 def main(argv=None):
     argv = list(argv if argv is not None else sys.argv[1:])
     if "-h" in argv or "--help" in argv or "--help_beam" in argv:
@@ -333,6 +340,8 @@ def main(argv=None):
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
+    logging.getLogger().addFilter(_QuietBeamNoise())
     os.environ.setdefault("NO_GCE_CHECK", "true")  # never probe the cloud metadata server
     try:
         summary = run(argv)
@@ -347,6 +356,7 @@ def main(argv=None):
         print(f"candidates:   {FileSystems.join(out, CANDIDATES_FILE)}")
         print(f"dead letters: {FileSystems.join(out, DEAD_LETTER_FILE)}")
         print(f"summary:      {FileSystems.join(out, SUMMARY_FILE)}")
+        print(f"report:       {FileSystems.join(out, 'report', 'index.html')}")
         if summary.get("mongo_embedded"):
             print(f"MongoDB data: {os.path.join(out, 'mongo-data')} (database "
                   f"{summary['mongo_database']!r}, collection 'frames'; start mongod with --dbpath there)")
