@@ -190,8 +190,12 @@ class LocalMongoD:
              "--setParameter", "diagnosticDataCollectionEnabled=false"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=_parent_death_signal())
-        self._write_owner()
-        self._wait_ready()
+        try:
+            self._write_owner()
+            self._wait_ready()
+        except BaseException:  # e.g. the job cancelled while the server starts: stop it too
+            self.stop()
+            raise
         return self
 
     def _owner_path(self) -> str:

@@ -28,6 +28,7 @@ References
 * LightlyOne selection configuration: strategies ``input``/``strategy`` with ``strength``,
   ``threshold`` and ``BALANCE`` target distributions (docs.lightly.ai, "Selection").
 """
+import functools
 import json
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
@@ -409,6 +410,9 @@ class Combined(Strategy):
     name = "combined"
 
     def __init__(self, strengths: Mapping[str, float], thresholds: Optional[Mapping[str, float]] = None):
+        if not isinstance(strengths, Mapping) or not isinstance(thresholds or {}, Mapping):
+            raise ValueError(f"strengths and thresholds must map score names to numbers, got "
+                             f"{strengths!r} and {thresholds!r}")
         if not strengths:
             raise ValueError("strengths must name at least one score")
         if any(float(v) <= 0 for v in strengths.values()):
@@ -646,14 +650,15 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     builders = {"random": RandomSampling, "coreset": KCenterGreedy,
                 "cluster_margin": ClusterMargin, "combined": Combined}
     if name in registry.names(rankable=True):
-        strategy = TopK(name, **params)
+        builder = functools.partial(TopK, name)
     elif name in builders:
-        try:
-            strategy = builders[name](**params)
-        except TypeError as e:
-            raise ValueError(f"bad parameters for strategy {name!r}: {e}") from None
+        builder = builders[name]
     else:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}, got {name!r}")
+    try:
+        strategy = builder(**params)
+    except TypeError as e:
+        raise ValueError(f"bad parameters for strategy {name!r}: {e}") from None
     if balance_key:
         strategy = Balanced(strategy, balance_key, quotas)
     if exclude_ids or near:
