@@ -314,7 +314,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     os.environ.setdefault("NO_GCE_CHECK", "true")  # never probe the cloud metadata server
-    with shutdown.exit_codes("mine"), shutdown.cancel_on_signals():
+    with shutdown.exit_codes("mine", hard_exit_on_cancel=argv is None), shutdown.cancel_on_signals():
         summary = run(argv if argv is not None else sys.argv[1:])
     if summary:
         out = summary["output_dir"]

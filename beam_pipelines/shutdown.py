@@ -67,7 +67,51 @@ def _on_signal(signum, frame):  # pylint: disable=unused-argument
         sys.stderr.write(f"{signal.Signals(signum).name} received: already stopping (cleaning up)\n")
         return
     _received = signum
+    _stop_beam_workers(signum)
     raise Cancelled(signum)
+
+
+#: What identifies the SDK worker processes of Beam's local runners in their command line.
+_BEAM_WORKER = b"apache_beam.runners.worker.sdk_worker_main"
+
+
+def _stop_beam_workers(signum: int):
+    """Sends ``signum`` to the SDK worker processes this job's local runner started (Linux).
+
+    A terminal's Ctrl-C reaches them anyway (same process group); a ``kill`` of the job does not,
+    and the runner, unwinding, would wait for them forever (``--direct_running_mode=
+    multi_processing``). Nothing else is touched: the embedded ``mongod`` stops after the run
+    record is written."""
+    children = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append((int(entry), command))
+    pending = [os.getpid()]
+    while pending:
+        for pid, command in children.get(pending.pop(), ()):
+            pending.append(pid)
+            if _BEAM_WORKER in command:
+                try:
+                    os.kill(pid, signum)
+                except OSError:
+                    pass
+
+
+class _QuietCancellation(logging.Filter):
+    """Drops the log records of a cancellation (Beam logs the exception a DoFn raised, traceback
+    and all, before re-raising it): a cancelled run says so in one line."""
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, KeyboardInterrupt) and "Cancelled: cancelled by" not in record.getMessage()
 
 
 @contextlib.contextmanager
@@ -80,11 +124,16 @@ def cancel_on_signals(signals=STOP_SIGNALS) -> Iterator[None]:
         return
     _received = None
     previous = {s: signal.signal(s, _on_signal) for s in signals}
+    quiet, handlers = _QuietCancellation(), list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def cancelled_instead(error: BaseException) -> Optional[Cancelled]:
@@ -132,9 +181,13 @@ def removes_beam_temp(output_dir: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def exit_codes(prog: str) -> Iterator[None]:
+def exit_codes(prog: str, hard_exit_on_cancel: bool = False) -> Iterator[None]:
     """Turns the job's expected errors into one line on stderr and an exit code (see the module
-    docstring); any other exception goes on (a traceback, exit code 1)."""
+    docstring); any other exception goes on (a traceback, exit code 1).
+
+    With ``hard_exit_on_cancel`` (a command's own process), a cancelled run ends the process at
+    once once its clean-up is done (``os._exit``): a local runner's worker threads may still be
+    inside TensorFlow, which aborts if the interpreter finalises under it."""
     try:
         yield
     except OptionError as e:
@@ -144,11 +197,14 @@ def exit_codes(prog: str) -> Iterator[None]:
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Cancelled) else signal.SIGINT
         _exit(prog, f"cancelled by {signal.Signals(signum).name}: the run is recorded as "
-                    f"cancelled; its outputs are incomplete", 128 + signum)
+                    f"cancelled; its outputs are incomplete", 128 + signum, hard=hard_exit_on_cancel)
 
 
-def _exit(prog: str, message: str, code: int):
+def _exit(prog: str, message: str, code: int, hard: bool = False):
     sys.stdout.flush()
     sys.stderr.write(f"{prog}: {message}\n")
     sys.stderr.flush()
+    if hard:
+        logging.shutdown()
+        os._exit(code)  # pylint: disable=protected-access
     raise SystemExit(code)
