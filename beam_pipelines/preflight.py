@@ -66,7 +66,7 @@ def one_line(text: str, limit: int = 400) -> str:
 # --- the command line -------------------------------------------------------------------------
 
 class _OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are :class:`OptionError`\\ s instead of usage and exit."""
+    """An argument parser whose errors are :class:`OptionError` instead of usage and exit."""
 
     def error(self, message):
         raise OptionError(one_line(message))
@@ -107,7 +107,7 @@ def parse_command_line(argv: Sequence[str], options_class) -> PipelineOptions:
 
 
 def check_job(argv: Sequence[str], options_class, check):
-    """``(options, check(options))`` for a job's command line: :func:`parse_command_line`, then the
+    r"""``(options, check(options))`` for a job's command line: :func:`parse_command_line`, then the
     job's own checks (e.g. :func:`beam_pipelines.options.check_options`), whose ``ValueError``\ s
     become :class:`OptionError`\ s (nothing else runs in them)."""
     options = parse_command_line(argv, options_class)
