@@ -134,6 +134,7 @@ def cancel_on_signals(signals=STOP_SIGNALS) -> Iterator[None]:
             signal.signal(s, handler)
         for handler in handlers:
             handler.removeFilter(quiet)
+        _received = None
 
 
 def cancelled_instead(error: BaseException) -> Optional[Cancelled]:

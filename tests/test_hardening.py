@@ -508,7 +508,7 @@ def test_orphaned_mongod_of_a_crashed_run_is_stopped_with_a_message(caplog):
 def test_stale_lock_of_a_crashed_mongod_is_recovered_with_a_message(caplog):
     dbpath = os.path.join(harness.tmpdir("stale-lock-"), "db")
     with LocalMongoD(dbpath) as server:
-        pymongo.MongoClient(server.uri)["db"]["c"].insert_one({"_id": 1})
+        pymongo.MongoClient(server.uri, journal=True)["db"]["c"].insert_one({"_id": 1})  # on disk
         crashed = server.pid
         harness.kill_mongod(server)  # SIGKILL: mongod.lock keeps its PID
         with open(os.path.join(dbpath, "mongod.lock")) as f:

@@ -24,7 +24,7 @@ SECRET_OPTION_WORDS = ("password", "passwd", "pwd", "secret", "token", "signatur
 
 _SECRET_OPTION = re.compile(
     r"(?i)([?&;#](?:[\w.-]*(?:" + "|".join(re.escape(w) for w in SECRET_OPTION_WORDS) + r")[\w.-]*)=)"
-    r"([^&;#\s'\"]*)")
+    r"((?:[^&;#\s'\":]|:(?=[^&;#\s'\"]))*)")  # a colon ending the value (a message's "uri: why") is not its
 
 
 def redact_uri(uri: Optional[str]) -> Optional[str]:
