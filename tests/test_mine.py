@@ -168,7 +168,7 @@ def test_invalid_options_fail_clearly():
 BAD_OPTIONS = [
     (["--budget=-3"], "--budget must be >= 0"),
     (["--uniqueness_k=-1"], "--uniqueness_k must be >= 0"),
-    (["--mc_passes=-2"], "--mc_passes must be >= 0"),
+    (["--mc_passes=-2"], "--mc_passes must be 0 (off) or >= 2"),
     (["--strategy=bald"], "--mc_passes >= 2"),
     (["--strategy=uniqueness", "--uniqueness_k=0"], "--uniqueness_k >= 1"),
     (["--strategy_params=[1]"], "--strategy_params must be a JSON object"),
