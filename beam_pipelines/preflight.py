@@ -213,19 +213,25 @@ def check_model_file(flag: str, uri: str):
     bytes (nothing is loaded): a ``.keras`` file is a zip archive holding ``config.json``, an
     ``.h5`` file HDF5, a ``.tflite`` file a FlatBuffer with the ``TFL3`` identifier, an ``.onnx``
     file not empty, a SavedModel directory holds ``saved_model.pb``. A ``<model>.json``
-    preprocessing sidecar, if present, must be a JSON object."""
+    preprocessing sidecar, if present, must be a JSON object. A remote model (``gs://``) is
+    judged by its name only: reading it needs credentials and the network, and happens when the
+    model loads (whose errors also name ``--model``)."""
     if _has_surrogates(uri):
         raise OptionError(f"--{flag} must be valid UTF-8, got {_printable(uri)!r}")
     path = uri.rstrip("/")
-    local = FileSystems.get_scheme(path) is None
-    if local and os.path.isdir(path) or FileSystems.exists(FileSystems.join(path, "saved_model.pb")):
-        if not FileSystems.exists(FileSystems.join(path, "saved_model.pb")):
+    if FileSystems.get_scheme(path) is not None:
+        extension = os.path.splitext(path)[1].lower()
+        if extension and extension not in (".keras", ".h5", ".hdf5", ".tflite", ".onnx"):
+            raise OptionError(f"--{flag} must be {MODEL_FORMS}, got {uri!r}")
+        return
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
             raise OptionError(f"--{flag} {uri!r} is a directory without saved_model.pb: it must be "
                               f"{MODEL_FORMS}")
         _check_sidecar(flag, path)
         return
-    if not FileSystems.exists(path):
-        if local and os.path.islink(path):
+    if not os.path.exists(path):
+        if os.path.islink(path):
             raise OptionError(f"--{flag} {uri!r} is a dangling symbolic link (to {os.readlink(path)!r})")
         raise OptionError(f"--{flag} {uri!r}: no such file or directory")
     extension = os.path.splitext(path)[1].lower()
@@ -237,7 +243,7 @@ def check_model_file(flag: str, uri: str):
     if extension == ".keras":
         if not head.startswith(b"PK\x03\x04"):
             problem = f"a .keras file is a zip archive, this one starts with {head[:8]!r}"
-        elif local and "config.json" not in _zip_names(path):
+        elif "config.json" not in _zip_names(path):
             problem = "a .keras archive holds config.json, this one does not"
     elif extension in (".h5", ".hdf5"):
         if not head.startswith(b"\x89HDF\r\n\x1a\n"):
@@ -277,7 +283,10 @@ def _check_sidecar(flag: str, model_path: str):
 
 
 def check_npy_file(flag: str, uri: str):
-    """``uri`` is an existing NumPy ``.npy`` file (by its magic bytes)."""
+    """``uri`` is an existing NumPy ``.npy`` file (by its magic bytes); remote files are read
+    when the job starts."""
+    if FileSystems.get_scheme(uri) is not None:
+        return
     if not FileSystems.exists(uri):
         raise OptionError(f"--{flag} {uri!r}: no such file")
     try:

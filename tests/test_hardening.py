@@ -322,7 +322,12 @@ def odd_files():
     shutil.copy(harness.media("china.jpg"), os.fsdecode(os.path.join(os.fsencode(d), b"caf\xe9-latin1.jpg")))
     os.mkfifo(os.path.join(d, "fifo.jpg"))
     server = socket.socket(socket.AF_UNIX)
-    server.bind(os.path.join(d, "socket.jpg"))
+    here = os.getcwd()
+    os.chdir(d)  # a relative address: Bazel's temporary paths are longer than AF_UNIX allows
+    try:
+        server.bind("socket.jpg")
+    finally:
+        os.chdir(here)
     os.symlink("/dev/zero", os.path.join(d, "device.jpg"))
     os.symlink(os.path.join(d, "deleted-long-ago.jpg"), os.path.join(d, "dangling.jpg"))
     os.makedirs(os.path.join(d, "folder.jpg"))
