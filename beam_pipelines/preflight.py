@@ -57,7 +57,7 @@ class StoreUnavailable(RuntimeError):
     message names the option and the store (credentials redacted) and says why, on one line."""
 
 
-def one_line(text: str, limit: int = 400) -> str:
+def one_line(text: str, limit: int = 2000) -> str:
     """``text`` with its whitespace runs (newlines included) collapsed, cut at ``limit`` characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
