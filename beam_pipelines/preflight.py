@@ -69,7 +69,7 @@ class _OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are :class:`OptionError` instead of usage and exit."""
 
     def error(self, message):
-        raise OptionError(one_line(message))
+        raise OptionError(one_line(redact_text(message)))
 
 
 def _all_options_parser(options_class) -> argparse.ArgumentParser:

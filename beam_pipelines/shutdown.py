@@ -192,7 +192,7 @@ def exit_codes(prog: str, hard_exit_on_cancel: bool = False) -> Iterator[None]:
     try:
         yield
     except OptionError as e:
-        _exit(prog, f"error: {one_line(e)}", EXIT_OPTIONS)
+        _exit(prog, f"error: {one_line(redact_text(str(e)))}", EXIT_OPTIONS)
     except (StoreUnavailable, MongoDStartError, MongoDNotFound) as e:
         _exit(prog, f"error: {one_line(redact_text(str(e)), 600)}", EXIT_STORE)
     except KeyboardInterrupt as e:
