@@ -195,9 +195,15 @@ def run(argv: Optional[List[str]] = None) -> dict:
 
     Raises
     ------
-    ValueError
-        For option values that cannot work, naming the option (negative budget, a strategy
-        without its score, embedded MongoDB with a remote runner or a remote output directory...).
+    beam_pipelines.preflight.OptionError
+        (A ``ValueError``.) For option values that cannot work, naming the option (negative
+        budget, a strategy without its score, embedded MongoDB with a remote runner or a remote
+        output directory, a model that does not load...).
+    beam_pipelines.preflight.StoreUnavailable
+        With a local runner, for a MongoDB or BigQuery dataset that does not answer within
+        ``--store_check_timeout_s`` or refuses, before the model loads.
+    beam_pipelines.local_mongo.MongoDStartError
+        When the embedded mongod cannot start (e.g. its data directory in use by another run).
     """
     gcp_emulators.use_emulators_if_configured()
     options, job = preflight.check_job(sys.argv[1:] if argv is None else argv, MineOptions, check_options)

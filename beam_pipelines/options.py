@@ -241,7 +241,7 @@ def _checked_strategy(mine) -> dict:
                          f"got {balance_key!r}")
     for name, where in _scores_used(mine.strategy, strategy_params):
         if name not in score_registry.names():
-            raise ValueError(f"--strategy_params: {where} names an unknown score {name!r}; scores: "
+            raise ValueError(f"{where} names an unknown score {name!r}; scores: "
                              f"{', '.join(score_registry.names())}")
         needs = score_registry.get(name).needs
         if needs == score_registry.MC_SAMPLES and mine.mc_passes < 2:
