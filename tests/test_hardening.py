@@ -108,7 +108,8 @@ BAD_OPTIONS = [
     (["--input"], "argument --input: expected one argument"),
     (["--strategy_params=not json"], "--strategy_params must be a JSON object, got 'not json'"),
     (["--strategy=entropy", '--strategy_params={"n_clusters": 20}'],
-     "--strategy_params: bad parameters for strategy 'entropy'"),
+     "--strategy_params: bad parameters for strategy 'entropy': got an unexpected keyword argument "
+     "'n_clusters'; it takes no parameters"),
     (["--strategy=cluster_margin", '--strategy_params={"n_clusters": -3}'], "n_clusters must be >= 1, got -3"),
     (["--strategy=coreset", '--strategy_params={"balance_key": "site"}'],
      "balance_key must be one of source, camera, predicted_class, got 'site'"),

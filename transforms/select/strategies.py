@@ -29,7 +29,9 @@ References
   ``threshold`` and ``BALANCE`` target distributions (docs.lightly.ai, "Selection").
 """
 import functools
+import inspect
 import json
+import re
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -658,7 +660,10 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     try:
         strategy = builder(**params)
     except TypeError as e:
-        raise ValueError(f"bad parameters for strategy {name!r}: {e}") from None
+        takes = ", ".join(inspect.signature(builder).parameters) or "no parameters"
+        reason = re.sub(r"^[\w.]+[(][)] ", "", str(e))  # not the class's name: the strategy's
+        raise ValueError(f"bad parameters for strategy {name!r}: {reason}; it takes {takes} (any "
+                         f"strategy: balance_key, quotas, exclude_ids, near_duplicate_distance)") from None
     if balance_key:
         strategy = Balanced(strategy, balance_key, quotas)
     if exclude_ids or near:
