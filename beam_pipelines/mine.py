@@ -23,6 +23,11 @@ naming the option) before the model is loaded or a server started; the run's ide
 computed, then the pipeline runs inside its :class:`~beam_pipelines.run_record.RunRecord`,
 whose counts come from the pipeline's metrics (:data:`SUMMARY_COUNTERS`).
 """
+if __name__ == "__main__":  # a bad option fails at once, before TensorFlow loads (seconds)
+    import sys
+    from beam_pipelines import preflight
+    preflight.exit_if_options_are_bad("mine", sys.argv[1:])
+
 import contextlib
 import json
 import logging
@@ -37,7 +42,7 @@ from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_pipelines import progress, report, sample_media
+from beam_pipelines import preflight, progress, report, sample_media, shutdown
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
     MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
@@ -203,20 +208,29 @@ def run(argv: Optional[List[str]] = None) -> dict:
 
     Raises
     ------
-    ValueError
-        For option values that cannot work, naming the option (negative budget, a strategy
-        without its score, embedded MongoDB with a remote runner or a remote output directory...).
+    beam_pipelines.preflight.OptionError
+        (A ``ValueError``.) For option values that cannot work, naming the option (negative
+        budget, a strategy without its score, embedded MongoDB with a remote runner or a remote
+        output directory, a model that does not load...).
+    beam_pipelines.preflight.StoreUnavailable
+        With a local runner, for a MongoDB or BigQuery dataset that does not answer within
+        ``--store_check_timeout_s`` or refuses, before the model loads.
+    beam_pipelines.local_mongo.MongoDStartError
+        When the embedded mongod cannot start (e.g. its data directory in use by another run).
     """
-    options = PipelineOptions(argv)
-    job = check_options(options)
+    gcp_emulators.use_emulators_if_configured()
+    options, job = preflight.check_job(sys.argv[1:] if argv is None else argv, MineOptions, check_options)
     mine = options.view_as(MineOptions)
+    if job.local_runner:  # a remote runner's workers may reach stores the driver cannot
+        preflight.check_stores(mine.mongo_uri, [t for t in (mine.bigquery_table, job.candidates_table) if t],
+                               options.view_as(GoogleCloudOptions).project, mine.store_check_timeout_s)
     globs = list(job.globs) or sample_media.prepare()
     if is_local(job.output_dir):
         os.makedirs(job.output_dir, exist_ok=True)
-    gcp_emulators.use_emulators_if_configured()
-    model = load_model_spec(mine.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
+    model = _load_model(mine)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
         mongo_uri = mine.mongo_uri or _embedded_mongod(stack, job.output_dir)
         facts = _run_facts(mine, job, globs, mongo_uri, model)
         lineage = describe_run(
@@ -238,25 +252,32 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
                 project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir)
-            result = _run_pipeline(options, job.runner, globs, mine_frames)
-            if lines:
-                lines.stop()
+            try:
+                result = _run_pipeline(options, job.runner, globs, mine_frames)
+            except Exception as e:
+                cancelled = shutdown.cancelled_instead(e)
+                if cancelled:
+                    raise cancelled from e
+                raise
+            finally:
+                if lines:
+                    lines.stop()
             finished = PipelineState.is_terminal(result.state)
             # A Flex Template launch (--template_location): Beam wrote a job file, no job runs yet.
             finished = finished and getattr(result, "has_job", True)
             counts = summary_counts(result.metrics()) if finished else None
             loads = model_loads(result.metrics()) if finished else None
             run_record.set_counts(counts)
+            if finished:  # <output_dir>/report/index.html; a failure is logged, the run stands
+                report.write_run_report_safely(job.output_dir, mongo_uri, mine.mongo_database)
             if counts is not None:
                 _check_dead_letters(counts, mine.max_dead_letter_fraction, job.output_dir)
         elapsed = time.monotonic() - started
-        if finished:  # <output_dir>/report/index.html; a failure is logged, the run stands
-            report.write_run_report_safely(job.output_dir, mongo_uri, mine.mongo_database)
     summary = _written_summary(job.output_dir)
     return dict(summary, wall_seconds=round(elapsed, 1), model_loads=loads) if summary else summary
 
 
-class TooManyDeadLetters(RuntimeError):
+class TooManyDeadLetters(shutdown.RunFailed):
     """The run lost more of its inputs than ``--max_dead_letter_fraction`` allows."""
 
 
@@ -269,6 +290,16 @@ def _check_dead_letters(counts: Dict[str, int], max_fraction: float, output_dir:
             f"{counts.get('files_matched', 0)} files, {counts.get('dead_letters', 0)} dead letters in "
             f"all), more than --max_dead_letter_fraction={max_fraction:g}: see "
             f"{FileSystems.join(output_dir, DEAD_LETTER_FILE)}")
+
+
+def _load_model(mine) -> ModelSpec:
+    """The model's spec; a model that cannot be loaded is an option error naming ``--model``."""
+    try:
+        return load_model_spec(mine.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
+    except Exception as e:  # noqa: BLE001 - Keras, LiteRT and ONNX raise all sorts
+        raise preflight.OptionError(
+            f"--model {mine.model or '(the bundled default)'} cannot be used: {type(e).__name__}: "
+            f"{preflight.one_line(e, 300)}") from e
 
 
 def _embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
@@ -334,20 +365,20 @@ class _QuietBeamNoise(logging.Filter):
 
 
 def main(argv=None):
-    argv = list(argv if argv is not None else sys.argv[1:])
-    if "-h" in argv or "--help" in argv or "--help_beam" in argv:
-        print(help_text(beam="--help_beam" in argv))
+    """The command: :func:`run`, with one line ``mine: error: ...`` and an exit code for bad options
+    (2), unusable stores (3), a cancelling signal (128 + its number) or frames left unindexed (1)
+    (see :mod:`beam_pipelines.shutdown`)."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "-h" in args or "--help" in args or "--help_beam" in args:
+        print(help_text(beam="--help_beam" in args))
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
     logging.getLogger().addFilter(_QuietBeamNoise())
     os.environ.setdefault("NO_GCE_CHECK", "true")  # never probe the cloud metadata server
-    try:
-        summary = run(argv)
-    except TooManyDeadLetters as e:
-        print(f"mine: failed: {e}", file=sys.stderr)
-        sys.exit(1)
+    with shutdown.exit_codes("mine", hard_exit_on_cancel=argv is None), shutdown.cancel_on_signals():
+        summary = run(args)
     if summary:
         out = summary["output_dir"]
         print(json.dumps({k: summary[k] for k in (
@@ -360,6 +391,12 @@ def main(argv=None):
         if summary.get("mongo_embedded"):
             print(f"MongoDB data: {os.path.join(out, 'mongo-data')} (database "
                   f"{summary['mongo_database']!r}, collection 'frames'; start mongod with --dbpath there)")
+        unindexed = summary.get("frames_scored", 0) - summary.get("frames_written", 0)
+        if unindexed > 0:
+            sys.stderr.write(f"mine: error: {unindexed} of {summary['frames_scored']} scored frames "
+                             f"were not indexed in MongoDB (dead letters at stage 'mongodb' in "
+                             f"{FileSystems.join(out, DEAD_LETTER_FILE)})\n")
+            sys.exit(shutdown.EXIT_FAILED)
 
 
 if __name__ == "__main__":

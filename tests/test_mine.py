@@ -54,7 +54,8 @@ def inputs():
         f.write(jpeg[: len(jpeg) // 2])
     with open(os.path.join(d, "notes.mp4"), "w") as f:
         f.write("camera 7 was offline on Tuesday\n")
-    # 3 videos/photos + truncated.jpg + notes.mp4 at top level, 41 PNGs below.
+    # 3 videos/photos + truncated.jpg + notes.mp4 at top level, 41 PNGs below (in fmnist/, which
+    # the top-level glob matches as a directory: a dead letter, its PNGs come from the second glob).
     return [os.path.join(d, "*"), os.path.join(pngs, "*.png")]
 
 
@@ -79,7 +80,7 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs, mongo):
         # vtest.avi 80 frames at 1 fps, cup.mp4 9, china.jpg 1, 41 PNGs.
         assert summary["frames_decoded"] == 80 + 9 + 1 + 41
         assert summary["frames_written"] == summary["frames_scored"] == summary["frames_decoded"]
-        assert summary["dead_letters"] == 2 and summary["candidates"] == 25
+        assert summary["dead_letters"] == 3 and summary["candidates"] == 25
         assert summary["mongo_uri"] == mongo.uri and summary["bigquery_table"] == table
         assert summary["model"]["name"] == "fashion_mnist_cnn"
         # The run's entry takes its counts from the pipeline's metrics: those of summary.json.
@@ -92,8 +93,9 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs, mongo):
         assert set(mine.SUMMARY_COUNTERS) == integers - {"budget", "mc_passes", "uniqueness_k"}
 
         dead = _read_jsonl(os.path.join(out_dir, "dead_letter.jsonl"))
-        assert sorted(os.path.basename(d["source_uri"]) for d in dead) == ["notes.mp4", "truncated.jpg"]
-        assert all(d["stage"] == "decode" and d["error"] for d in dead)
+        assert sorted((os.path.basename(d["source_uri"]), d["stage"]) for d in dead) == [
+            ("fmnist", "match"), ("notes.mp4", "decode"), ("truncated.jpg", "decode")]
+        assert all(d["error"] for d in dead)
 
         candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
         assert [c["rank"] for c in candidates] == list(range(1, 26))
@@ -190,7 +192,7 @@ def test_invalid_options_fail_clearly():
 BAD_OPTIONS = [
     (["--budget=-3"], "--budget must be >= 0"),
     (["--uniqueness_k=-1"], "--uniqueness_k must be >= 0"),
-    (["--mc_passes=-2"], "--mc_passes must be >= 0"),
+    (["--mc_passes=-2"], "--mc_passes must be 0 (off) or >= 2"),
     (["--strategy=bald"], "--mc_passes >= 2"),
     (["--strategy=uniqueness", "--uniqueness_k=0"], "--uniqueness_k >= 1"),
     (["--strategy_params=[1]"], "--strategy_params must be a JSON object"),
