@@ -154,7 +154,7 @@ def test_two_worker_processes_give_what_one_gives_with_one_model_copy_each(input
     (two, two_candidates), (one, one_candidates) = runs[2], runs[1]
     for name in mine.SUMMARY_COUNTERS:
         assert two[name] == one[name], name
-    assert two["dead_letters"] == 2 and two["frames_written"] == 80 + 9 + 1 + 41
+    assert two["dead_letters"] == 3 and two["frames_written"] == 80 + 9 + 1 + 41  # + the fmnist/ directory
     assert 1 <= two["model_loads"] <= 2 and one["model_loads"] == 1
     assert [(c["frame_id"], c["rank"]) for c in two_candidates] == [(c["frame_id"], c["rank"]) for c in one_candidates]
     client = pymongo.MongoClient(mongo.uri)
@@ -285,7 +285,7 @@ def test_run_fails_past_max_dead_letter_fraction_and_accounts_for_every_input(mo
     for name, data in (("empty.jpg", b""), ("notes.png", b"not an image at all"), ("cut.jpg", b"\xff\xd8\xff\xe0")):
         with open(os.path.join(folder, name), "wb") as f:
             f.write(data)
-    out_dir = os.path.join(folder, "out")
+    out_dir = harness.tmpdir("mine-all-bad-out-")
     argv = [f"--input={folder}/*", f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}",
             f"--mongo_database={RUNS_DATABASE}"]
     with pytest.raises(SystemExit) as exited:
