@@ -184,6 +184,9 @@ def _committed(result) -> int:
 def run(argv: Optional[List[str]] = None) -> dict:
     """Runs the job and returns the contents of ``summary.json`` plus ``wall_seconds``.
 
+    With ``--input_subscription`` or ``--watch`` (or ``--streaming``) the job is the streaming
+    job of :mod:`beam_pipelines.streaming` instead.
+
     Every option is checked (:func:`check_options`) before the model is loaded or a server
     started. The run's entry in ``<database>.runs`` (:class:`~beam_pipelines.run_record.RunRecord`)
     takes its counts from the pipeline's metrics (:data:`SUMMARY_COUNTERS`).
@@ -194,7 +197,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
         For option values that cannot work, naming the option (negative budget, a strategy
         without its score, embedded MongoDB with a remote runner or a remote output directory...).
     """
+    from beam_pipelines import streaming  # its options; it imports this module
     options = PipelineOptions(argv)
+    if streaming.requested(options):
+        return streaming.run(options)
     job = check_options(options)
     mine = options.view_as(MineOptions)
     globs = list(job.globs) or sample_media.prepare()
@@ -288,7 +294,10 @@ def main(argv=None):
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     os.environ.setdefault("NO_GCE_CHECK", "true")  # never probe the cloud metadata server
     summary = run(argv if argv is not None else sys.argv[1:])
-    if summary:
+    if summary.get("streaming"):
+        from beam_pipelines import streaming
+        streaming.print_summary(summary)
+    elif summary:
         out = summary["output_dir"]
         print(json.dumps({k: summary[k] for k in (
             "files_matched", "files_decoded", "files_failed", "frames_decoded", "frames_written",

@@ -141,8 +141,10 @@ class MineJob(NamedTuple):
     detector_background: Optional[str]
 
 
-def check_options(options: PipelineOptions) -> MineJob:
+def check_options(options: PipelineOptions, streaming: bool = False) -> MineJob:
     """Checks every option of the ``mine`` job, cheaply: nothing is loaded, started or written.
+    ``streaming``: the job reads a subscription or a watched glob instead of ``--input``
+    (:func:`beam_pipelines.streaming.check_streaming` checks those options).
 
     Raises
     ------
@@ -156,7 +158,7 @@ def check_options(options: PipelineOptions) -> MineJob:
     strategy_params = _checked_strategy(mine)
     _check_tables(mine)
     globs = tuple(_from_caller_dir(g) for g in _split_globs(mine.input))
-    if not globs and not local_runner:
+    if not globs and not local_runner and not streaming:
         raise ValueError("--input is required with a remote runner: the bundled sample media "
                          "are on this machine only")
     output_dir = _from_caller_dir(mine.output_dir)
