@@ -44,31 +44,26 @@ from typing import Dict, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from beam_pipelines.mine import SummaryCounter, _counter_total, _embedded_mongod, _run_facts
+from beam_pipelines.mine import _embedded_mongod, _run_facts
 from beam_pipelines.options import LOCAL_RUNNERS, MineJob, MineOptions, _decode_options, check_options
 from beam_pipelines.run_record import RunRecord, describe_run
 from schemas import arrivals as arrivals_schema
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
 from transforms.common.files import is_local
-from transforms.common.outputs import METRICS_NAMESPACE as OUTPUT_METRICS
 from transforms.common.outputs import SUMMARY_FILE
 from transforms.common.window_outputs import CANDIDATES_DIR, DEAD_LETTERS_DIR, WINDOWS_FILE, WriteWindowPanes, read_windows_log
 from transforms.decode import event_time as event_times
-from transforms.decode.ptransforms import METRICS_NAMESPACE as DECODE_METRICS
+from transforms.decode.ledger import ArrivalLedger
 from transforms.decode.ptransforms import DecodeMedia
 from transforms.decode.streaming import (INTAKE_WINDOW_S, METRICS_NAMESPACE as STREAM_METRICS, AcknowledgeArrivals,
                                          AttachEventTime, ClaimArrivals, FeedSpec, LedgerConfig, ParseNotifications,
                                          ReadArrivals, ReplayArrivals, arrival_glob, intake_windows)
-from transforms.index import METRICS_NAMESPACE as INDEX_METRICS
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
-from transforms.score.handlers import METRICS_NAMESPACE as SCORE_METRICS
 from transforms.score.ptransforms import ModelSpec, ScoreFrames, load_model_spec
-from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
 from transforms.select.windows import WindowSpec, SelectPerWindow
 
 _LOG = logging.getLogger(__name__)
@@ -280,7 +275,7 @@ class MineStream(beam.PTransform):
         dead_letters = ((parsed.dead_letters, timed.dead_letters, index_dead_letters)
                         | "AllDeadLetters" >> beam.Flatten()
                         | "CountDeadLetters" >> beam.Map(_counted_dead_letter))
-        restored = pbegin | "ReplayArrivals" >> self._replay
+        restored = pbegin | "ReplayArrivals" >> self._replay | "RestoredIntakeWindows" >> intake_windows()
         panes = ((timed.records, dead_letters, restored)
                  | "ForWindows" >> beam.Flatten()
                  | "SelectPerWindow" >> self._select)
@@ -295,39 +290,35 @@ def _counted_dead_letter(dead):
     return dead
 
 
-#: The run's counts and the counters that count them (see :data:`beam_pipelines.mine.SUMMARY_COUNTERS`).
-STREAM_COUNTERS = {
-    "notifications_read": SummaryCounter(STREAM_METRICS, "notifications_read"),
-    "notifications_malformed": SummaryCounter(STREAM_METRICS, "notifications_malformed"),
-    "arrivals_claimed": SummaryCounter(STREAM_METRICS, "arrivals_claimed"),
-    "arrivals_taken_over": SummaryCounter(STREAM_METRICS, "arrivals_taken_over"),
-    "arrivals_duplicate": SummaryCounter(STREAM_METRICS, "arrivals_duplicate"),
-    "arrivals_done": SummaryCounter(STREAM_METRICS, "arrivals_done"),
-    "files_matched": SummaryCounter(DECODE_METRICS, "files_matched"),
-    "files_decoded": SummaryCounter(DECODE_METRICS, "files_decoded"),
-    "files_failed": SummaryCounter(DECODE_METRICS, "files_failed"),
-    "frames_decoded": SummaryCounter(DECODE_METRICS, "frames_decoded"),
-    "frames_scored": SummaryCounter(SCORE_METRICS, "frames_scored"),
-    "frames_written": SummaryCounter(INDEX_METRICS, "mongodb_documents_written", "IndexInMongoDB"),
-    "frames_too_late": SummaryCounter(SELECT_METRICS, "frames_too_late"),
-    "frames_restored": SummaryCounter(STREAM_METRICS, "frames_restored"),
-    "dead_letters": SummaryCounter(STREAM_METRICS, "dead_letters"),
-    "window_panes": SummaryCounter(OUTPUT_METRICS, "window_panes_written"),
-    "window_panes_unchanged": SummaryCounter(OUTPUT_METRICS, "window_panes_unchanged"),
-    "candidates_not_indexed": SummaryCounter(OUTPUT_METRICS, "candidates_not_indexed"),
-}
+class RunCounts:
+    """The counts of a local streaming run, from what is durable: the run's entries in the
+    ``arrivals`` ledger, its lines in ``windows.jsonl``, and what its feed read.
 
+    Not from the pipeline's metrics: Beam 2.77's ``BundleBasedDirectRunner`` keeps only the
+    first bundle's user counters of each step (its worker thread's ``StateSampler`` caches each
+    step's ``ScopedState`` with the first bundle's ``MetricsContainer``; later bundles' increments
+    go to that container after it was committed). The pipeline still counts in Beam metrics
+    (namespace ``activebeam.stream`` and the stages'), which Dataflow reports correctly.
+    """
 
-def stream_counts(metrics: MetricResults) -> Dict[str, int]:
-    """The run's counts so far (:data:`STREAM_COUNTERS`; ``dead_letters`` includes the frames too
-    late for their window; ``notifications_skipped`` sums the other event types)."""
-    counts = {name: _counter_total(metrics, counter) for name, counter in STREAM_COUNTERS.items()}
-    counts["dead_letters"] += counts["frames_too_late"]
-    skipped = metrics.query(MetricsFilter().with_namespace(STREAM_METRICS))[MetricResults.COUNTERS]
-    counts["notifications_skipped"] = sum(
-        (r.committed if r.committed is not None else r.attempted) or 0
-        for r in skipped if r.key.metric.name.startswith("notifications_skipped_"))
-    return counts
+    def __init__(self, ledger, feed, output_dir: str, run_id: str):
+        self._ledger, self._feed, self._output_dir, self._run_id = ledger, feed, output_dir, run_id
+
+    def __call__(self) -> Dict[str, object]:
+        counts = dict(self._ledger.run_counts())
+        counts.update(_window_totals(self._output_dir, self._run_id))
+        feed = dict(self._feed.counts)
+        events = feed.pop("events", {})
+        counts["feed"] = feed
+        if events:
+            counts["notifications_by_event_type"] = events
+            finalize = events.get("OBJECT_FINALIZE", 0)
+            claimed = counts["files_done"] + counts["files_claimed"]
+            # Re-sent or duplicated notifications of versions done or already in flight, and
+            # messages delivered again after a lease ran out.
+            counts["notifications_duplicate"] = max(0, finalize - claimed - counts["notifications_malformed"])
+            counts["notifications_skipped"] = sum(n for e, n in events.items() if e != "OBJECT_FINALIZE")
+        return counts
 
 
 class _Supervisor:
@@ -335,8 +326,9 @@ class _Supervisor:
     first SIGINT/SIGTERM (the pipeline then drains), cancels it on the second, records the counts
     every ``status_interval_s``."""
 
-    def __init__(self, result, feed, record: RunRecord, max_runtime_s: float, status_interval_s: float):
-        self._result, self._feed, self._record = result, feed, record
+    def __init__(self, result, feed, record: RunRecord, counts: RunCounts, max_runtime_s: float,
+                 status_interval_s: float):
+        self._result, self._feed, self._record, self._counts = result, feed, record, counts
         self._max_runtime_s, self._status_interval_s = max_runtime_s, status_interval_s
         self._signals = 0
         self.stop_reason: Optional[str] = None
@@ -381,7 +373,7 @@ class _Supervisor:
                 if now >= next_update:
                     next_update = now + self._status_interval_s
                     try:
-                        self._record.update(stream_counts(self._result.metrics()))
+                        self._record.update(self._counts())
                     except Exception as e:  # pylint: disable=broad-except  # counts are best effort
                         _LOG.warning("could not update the run's counts: %s", e)
         except KeyboardInterrupt:
@@ -397,13 +389,19 @@ class _Supervisor:
             raise RuntimeError(f"the streaming source failed: {self._feed.error}") from self._feed.error
 
 
-def _window_totals(output_dir: str) -> dict:
-    """Windows written and candidates in their latest panes (from ``windows.jsonl``)."""
-    latest = {}
+def _window_totals(output_dir: str, run_id: str) -> dict:
+    """From ``windows.jsonl``: windows this run wrote, panes, late panes, and the candidates and
+    dead letters of their latest panes (a dead letter of sliding windows counts in each)."""
+    latest, panes, late = {}, 0, 0
     for line in read_windows_log(output_dir):
+        if line.get("run_id") != run_id:
+            continue
+        panes += 1
+        late += line.get("pane") == "late"
         latest[(line.get("window_start"), line.get("window_end"))] = line
-    return {"windows": len(latest), "candidates": sum(line.get("candidates", 0) for line in latest.values()),
-            "windows_with_late_panes": sum(1 for line in latest.values() if line.get("pane") == "late")}
+    return {"windows": len(latest), "window_panes": panes, "late_panes": late,
+            "candidates": sum(line.get("candidates", 0) for line in latest.values()),
+            "dead_letters": sum(line.get("dead_letters", 0) for line in latest.values())}
 
 
 def run(options: PipelineOptions) -> dict:
@@ -457,15 +455,18 @@ def run(options: PipelineOptions) -> dict:
             if not job.local:  # Dataflow: the job runs on; drain it with gcloud
                 record.finish_as("running")
                 return dict(facts, run_id=lineage.run_id, job_id=getattr(result, "job_id", lambda: None)())
-            supervisor = _Supervisor(result, feed, record, job.max_runtime_s, job.status_interval_s)
+            run_counts = RunCounts(stack.enter_context(ArrivalLedger(mongo_uri, mine.mongo_database,
+                                                                     job.input_name, lineage.run_id)),
+                                   feed, output_dir, lineage.run_id)
+            supervisor = _Supervisor(result, feed, record, run_counts, job.max_runtime_s, job.status_interval_s)
             supervisor.run()
             stop_reason = supervisor.stop_reason
-            counts = stream_counts(result.metrics())
+            counts = run_counts()
             record.set_counts(counts)
             record.finish_as("drained")
-        summary = dict(facts, **counts, **_window_totals(output_dir), run_id=lineage.run_id,
-                       code_version=lineage.code_version, status="drained", stop_reason=stop_reason,
-                       feed=dict(feed.counts), wall_seconds=round(time.monotonic() - started, 1))
+        summary = dict(facts, **counts, run_id=lineage.run_id, code_version=lineage.code_version,
+                       status="drained", stop_reason=stop_reason,
+                       wall_seconds=round(time.monotonic() - started, 1))
     from transforms.common.window_outputs import write_atomically
     write_atomically(FileSystems.join(output_dir, SUMMARY_FILE),
                      json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
@@ -484,7 +485,6 @@ def _done_keys(ledger):
 
 def _start_feed(stack: contextlib.ExitStack, job: StreamJob, mongo_uri: str, database: str, run_id: str):
     """Starts the local runners' :class:`~transforms.decode.watch.ArrivalFeed` for the ``stack``'s life."""
-    from transforms.decode.ledger import ArrivalLedger
     from transforms.decode.watch import ArrivalFeed
     done_keys = None
     if job.watch:
@@ -499,9 +499,9 @@ def _start_feed(stack: contextlib.ExitStack, job: StreamJob, mongo_uri: str, dat
 
 def print_summary(summary: dict):
     """What ``python -m beam_pipelines.mine`` prints when a streaming run ends."""
-    keys = ("notifications_read", "notifications_malformed", "notifications_skipped", "arrivals_claimed",
-            "arrivals_duplicate", "files_decoded", "files_failed", "frames_decoded", "frames_written",
-            "frames_too_late", "dead_letters", "windows", "candidates", "stop_reason", "wall_seconds")
+    keys = ("notifications_by_event_type", "notifications_malformed", "notifications_duplicate",
+            "files_done", "files_without_frames", "frames_written", "dead_letters", "windows",
+            "late_panes", "candidates", "stop_reason", "wall_seconds")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     out = summary["output_dir"]
     print(f"candidates:   {FileSystems.join(out, CANDIDATES_DIR)}/<window_start>_<window_end>.jsonl")

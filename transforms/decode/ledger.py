@@ -13,12 +13,11 @@ indexed::
 Claiming is one atomic conditional upsert, so two deliveries of the same notification, even on
 two workers at once, start the work once.
 """
-import datetime
 import enum
 import logging
 import random
 import time
-from typing import Iterator, List, NamedTuple, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 from schemas import arrivals as arrivals_schema
 from schemas import tables
@@ -131,16 +130,33 @@ class ArrivalLedger:
         return iter(self._retrying(lambda: list(self._collection.find(
             {"input": self._input, "status": arrivals_schema.DONE, "event_time_max": {"$gte": since_s}}))))
 
+    def run_counts(self, run_id: Optional[str] = None) -> dict:
+        """What a run (default: this one) holds in the ledger: ``files_done``, ``files_claimed``
+        (claimed, not done: in flight, or lost to a crash), ``files_without_frames`` (done,
+        nothing decoded), ``frames_written`` (frames of its done files) and
+        ``notifications_malformed`` (recorded as dead letters)."""
+        pipeline = [
+            {"$match": {"run_id": run_id or self._run_id, "input": self._input}},
+            {"$group": {"_id": {"status": "$status",
+                                "message": {"$eq": [{"$substrCP": ["$_id", 0, 8]}, "message:"]},
+                                "empty": {"$eq": [{"$ifNull": ["$frames", 0]}, 0]}},
+                        "n": {"$sum": 1}, "frames": {"$sum": {"$ifNull": ["$frames", 0]}}}}]
+        counts = dict.fromkeys(("files_done", "files_claimed", "files_without_frames", "frames_written",
+                                "notifications_malformed"), 0)
+        for group in self._retrying(lambda: list(self._collection.aggregate(pipeline))):
+            key = group["_id"]
+            if key.get("message"):
+                counts["notifications_malformed"] += group["n"]
+            elif key.get("status") == arrivals_schema.DONE:
+                counts["files_done"] += group["n"]
+                counts["frames_written"] += group["frames"]
+                counts["files_without_frames"] += group["n"] if key.get("empty") else 0
+            else:
+                counts["files_claimed"] += group["n"]
+        return counts
+
     def statuses(self, keys: Sequence[str]) -> dict:
         """``{key: status}`` of the given keys that have an entry."""
         found = self._retrying(lambda: list(self._collection.find({"_id": {"$in": list(keys)}}, {"status": 1})))
         return {doc["_id"]: doc.get("status") for doc in found}
 
-
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def chunks(items: List, size: int) -> Iterator[List]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

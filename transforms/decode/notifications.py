@@ -20,6 +20,7 @@ for a watched file its path, modification time and size (:func:`file_key`).
 """
 import datetime
 import json
+import re
 from typing import Mapping, NamedTuple, Optional, Union
 
 from schemas.records import Arrival
@@ -33,6 +34,7 @@ NONE_PAYLOAD = "NONE"
 #: ``Arrival.fallback_source`` of a notified object (its ``timeCreated``) and of a watched file.
 FROM_NOTIFICATION = "notification"
 FROM_MTIME = "mtime"
+_FRACTION = re.compile(r"\.(\d+)")
 #: Longest data a malformed notification's dead letter quotes.
 _QUOTE_CHARS = 120
 
@@ -87,10 +89,9 @@ def parse_rfc3339(text: str) -> float:
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
-    if "." in value:  # Python < 3.11 wants at most 6 fractional digits
-        head, _, rest = value.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        value = head + "." + (digits[:6] or "0") + rest[len(digits):]
+    fraction = _FRACTION.search(value)
+    if fraction:  # at most 6 fractional digits for datetime (RFC 3339 allows any number)
+        value = value[:fraction.start()] + "." + fraction.group(1)[:6] + value[fraction.end():]
     parsed = datetime.datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError(f"RFC 3339 time without a time zone: {text!r}")

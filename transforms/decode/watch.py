@@ -20,12 +20,13 @@ and serves what it reads to a ``TestStream(endpoint=...)`` in the pipeline throu
 
 What the feed sends, every ``tick_s``:
 
-* on :data:`ARRIVALS`, Pub/Sub messages as :class:`~transforms.decode.notifications.PubsubNotice`
+* on :data:`ARRIVALS` (timestamped with the time they were read, or the watermark if later),
+  Pub/Sub messages as :class:`~transforms.decode.notifications.PubsubNotice`
   (with their ``ack_id``: the pipeline acknowledges them through :func:`acknowledge` once their
   frames are indexed; until then the feed renews their lease, so a crashed job's messages are
   delivered again after at most ``lease_s``), or watched file versions as
   :class:`~schemas.records.Arrival` (each version once; one not acknowledged within
-  ``redeliver_after_s`` is sent again), timestamped with the time they were read;
+  ``redeliver_after_s`` is sent again);
 * on :data:`MODELS` (with ``model_glob``), one ``ModelMetadata`` per intake window of
   ``window_s`` seconds: the newest file matching the glob written after the feed started, or
   ``model_id=""`` (keep the job's ``--model``): the side input of ``RunInference``;
@@ -156,7 +157,7 @@ class ArrivalFeed:
         self.error: Optional[BaseException] = None
         self.counts = {"messages_pulled": 0, "messages_acknowledged": 0, "files_listed": 0,
                        "versions_sent": 0, "versions_resent": 0, "versions_already_done": 0,
-                       "model_switches": 0}
+                       "model_switches": 0, "events": {}}
         self._model = ""
         self._ready: list = []
         self._wake = threading.Event()
@@ -255,8 +256,9 @@ class ArrivalFeed:
                         raise
                     items = []
                 if items:
+                    read_at = time.time()
                     with self._lock:
-                        self._ready.extend(items)
+                        self._ready.append((read_at, items))
                     self._wake.set()
                 if not self._subscription or not items:
                     self._stop.wait(max(0.0, self._poll_s - (time.time() - started)))
@@ -280,11 +282,11 @@ class ArrivalFeed:
                 self._wake.clear()
                 finished = self._polling_done.is_set()
                 with self._lock:
-                    items, self._ready = self._ready, []
+                    batches, self._ready = self._ready, []
+                for read_at, items in batches:  # stamped when read, never behind the watermark
+                    yield _elements(items, max(watermark, _millis(read_at)), ARRIVALS)
                 now = time.time()
                 watermark = max(watermark, _millis(now))
-                if items:
-                    yield _elements(items, watermark, ARRIVALS)
                 if self._model_glob:
                     last_window = math.floor(now / self._window_s)
                     while next_model_window <= last_window:
@@ -320,6 +322,9 @@ class ArrivalFeed:
         notices = []
         for r in received:
             message = r.message
+            event = message.attributes.get("eventType") or "(none)"
+            with self._lock:
+                self.counts["events"][event] = self.counts["events"].get(event, 0) + 1
             publish = message.publish_time
             notices.append(PubsubNotice(
                 message_id=message.message_id, data=bytes(message.data),
