@@ -23,6 +23,11 @@ naming the option) before the model is loaded or a server started; the run's ide
 computed, then the pipeline runs inside its :class:`~beam_pipelines.run_record.RunRecord`,
 whose counts come from the pipeline's metrics (:data:`SUMMARY_COUNTERS`).
 """
+if __name__ == "__main__":  # a bad option fails at once, before TensorFlow loads (seconds)
+    import sys
+    from beam_pipelines import preflight
+    preflight.exit_if_options_are_bad("mine", sys.argv[1:])
+
 import contextlib
 import json
 import logging
@@ -37,10 +42,10 @@ from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_pipelines import sample_media
+from beam_pipelines import preflight, progress, report, sample_media, shutdown
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
-    MineJob, MineOptions, _decode_options, check_options)
+    MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
 from beam_pipelines.run_record import RunRecord, describe_run
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
@@ -77,8 +82,10 @@ class MineFrames(beam.PTransform):
                  decode_options: Optional[dict] = None,
                  detector_background: Optional[str] = None, uniqueness_k: int = 0,
                  strategy_params: Optional[dict] = None, bigquery_candidates_table: Optional[str] = None,
-                 inputs: Sequence[str] = (), project: Optional[str] = None):
+                 inputs: Sequence[str] = (), project: Optional[str] = None,
+                 progress_dir: Optional[str] = None):
         super().__init__()
+        self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
         detector = (DetectorHandler(BackgroundDifferenceDetector(detector_background))
                     if detector_background else None)
@@ -114,6 +121,9 @@ class MineFrames(beam.PTransform):
             dead_letters.append(candidates | "CandidatesToBigQuery" >> self._candidates_bigquery)
 
         dead_letters = dead_letters | "AllDeadLetters" >> beam.Flatten()
+        if self._progress_dir:
+            _ = {"files": decoded.outcomes, "frames_decoded": decoded.frames, "frames_scored": scored.records,
+                 "frames_indexed": indexed.frame_ids} | "Progress" >> progress.CountProgress(self._progress_dir)
         candidates | "WriteCandidates" >> WriteCandidates(self._path(CANDIDATES_FILE))
         dead_letters | "WriteDeadLetters" >> WriteDeadLetters(self._path(DEAD_LETTER_FILE))
         outcomes = decoded.outcomes
@@ -176,6 +186,14 @@ def _counter_total(metrics: MetricResults, counter: SummaryCounter) -> int:
     return sum(_committed(result) for result in metrics.query(query)[MetricResults.COUNTERS])
 
 
+def model_loads(metrics: MetricResults) -> int:
+    """How many times worker processes loaded the scoring model (``RunInference``'s
+    ``load_model_latency_milli_secs`` samples): one per worker process when models are shared."""
+    query = MetricsFilter().with_namespace(SCORE_METRICS).with_name("load_model_latency_milli_secs")
+    return sum(_committed(result).count for result in metrics.query(query)[MetricResults.DISTRIBUTIONS]
+               if _committed(result) is not None)
+
+
 def _committed(result) -> int:
     committed = result.committed
     return result.attempted if committed is None else committed
@@ -193,23 +211,33 @@ def run(argv: Optional[List[str]] = None) -> dict:
 
     Raises
     ------
-    ValueError
-        For option values that cannot work, naming the option (negative budget, a strategy
-        without its score, embedded MongoDB with a remote runner or a remote output directory...).
+    beam_pipelines.preflight.OptionError
+        (A ``ValueError``.) For option values that cannot work, naming the option (negative
+        budget, a strategy without its score, embedded MongoDB with a remote runner or a remote
+        output directory, a model that does not load...).
+    beam_pipelines.preflight.StoreUnavailable
+        With a local runner, for a MongoDB or BigQuery dataset that does not answer within
+        ``--store_check_timeout_s`` or refuses, before the model loads.
+    beam_pipelines.local_mongo.MongoDStartError
+        When the embedded mongod cannot start (e.g. its data directory in use by another run).
     """
-    from beam_pipelines import streaming  # its options; it imports this module
-    options = PipelineOptions(argv)
-    if streaming.requested(options):
-        return streaming.run(options)
-    job = check_options(options)
+    from beam_pipelines import streaming  # registers its options; it imports this module
+    gcp_emulators.use_emulators_if_configured()
+    argv = sys.argv[1:] if argv is None else argv
+    if streaming.requested(preflight.parse_command_line(argv, MineOptions)):
+        return streaming.run(argv)
+    options, job = preflight.check_job(argv, MineOptions, check_options)
     mine = options.view_as(MineOptions)
+    if job.local_runner:  # a remote runner's workers may reach stores the driver cannot
+        preflight.check_stores(mine.mongo_uri, [t for t in (mine.bigquery_table, job.candidates_table) if t],
+                               options.view_as(GoogleCloudOptions).project, mine.store_check_timeout_s)
     globs = list(job.globs) or sample_media.prepare()
     if is_local(job.output_dir):
         os.makedirs(job.output_dir, exist_ok=True)
-    gcp_emulators.use_emulators_if_configured()
-    model = load_model_spec(mine.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
+    model = _load_model(mine)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
         mongo_uri = mine.mongo_uri or _embedded_mongod(stack, job.output_dir)
         facts = _run_facts(mine, job, globs, mongo_uri, model)
         lineage = describe_run(
@@ -218,6 +246,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
             bigquery_table=mine.bigquery_table, project=options.view_as(GoogleCloudOptions).project)
         run_info = dict(facts, run_id=lineage.run_id, code_version=lineage.code_version)
         started = time.monotonic()
+        lines = (progress.ProgressLines(progress.count_files(globs)) if job.local_runner and not mine.quiet
+                 else None)
+        progress_dir = stack.enter_context(lines) if lines else None
         with RunRecord(lineage, mongo_uri, mine.mongo_database) as run_record:
             mine_frames = MineFrames(
                 model=model, mongo_uri=mongo_uri, output_dir=job.output_dir, budget=mine.budget,
@@ -227,13 +258,55 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 decode_options=_decode_options(mine), detector_background=job.detector_background,
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
-                project=options.view_as(GoogleCloudOptions).project)
-            result = _run_pipeline(options, job.runner, globs, mine_frames)
+                project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir)
+            try:
+                result = _run_pipeline(options, job.runner, globs, mine_frames)
+            except Exception as e:
+                cancelled = shutdown.cancelled_instead(e)
+                if cancelled:
+                    raise cancelled from e
+                raise
+            finally:
+                if lines:
+                    lines.stop()
             finished = PipelineState.is_terminal(result.state)
-            run_record.set_counts(summary_counts(result.metrics()) if finished else None)
+            # A Flex Template launch (--template_location): Beam wrote a job file, no job runs yet.
+            finished = finished and getattr(result, "has_job", True)
+            counts = summary_counts(result.metrics()) if finished else None
+            loads = model_loads(result.metrics()) if finished else None
+            run_record.set_counts(counts)
+            if finished:  # <output_dir>/report/index.html; a failure is logged, the run stands
+                report.write_run_report_safely(job.output_dir, mongo_uri, mine.mongo_database)
+            if counts is not None:
+                _check_dead_letters(counts, mine.max_dead_letter_fraction, job.output_dir)
         elapsed = time.monotonic() - started
     summary = _written_summary(job.output_dir)
-    return dict(summary, wall_seconds=round(elapsed, 1)) if summary else summary
+    return dict(summary, wall_seconds=round(elapsed, 1), model_loads=loads) if summary else summary
+
+
+class TooManyDeadLetters(shutdown.RunFailed):
+    """The run lost more of its inputs than ``--max_dead_letter_fraction`` allows."""
+
+
+def _check_dead_letters(counts: Dict[str, int], max_fraction: float, output_dir: str):
+    """Raises :class:`TooManyDeadLetters` past ``max_fraction`` (see :func:`dead_letter_fraction`)."""
+    fraction = dead_letter_fraction(counts)
+    if fraction > max_fraction:
+        raise TooManyDeadLetters(
+            f"{fraction:.0%} of the inputs failed ({counts.get('files_failed', 0)} of "
+            f"{counts.get('files_matched', 0)} files, {counts.get('dead_letters', 0)} dead letters in "
+            f"all), more than --max_dead_letter_fraction={max_fraction:g}: see "
+            f"{FileSystems.join(output_dir, DEAD_LETTER_FILE)}")
+
+
+def _load_model(mine) -> ModelSpec:
+    """The model's spec; a model that cannot be loaded is an option error naming ``--model``."""
+    try:
+        return load_model_spec(mine.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
+    except Exception as e:  # noqa: BLE001 - Keras, LiteRT and ONNX raise all sorts
+        raise preflight.OptionError(
+            f"--model {mine.model or '(the bundled default)'} cannot be used: {type(e).__name__}: "
+            f"{preflight.one_line(e, 300)}") from e
 
 
 def _embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
@@ -282,6 +355,8 @@ def _run_pipeline(options: PipelineOptions, runner: str, globs: List[str],
 def _written_summary(output_dir: str) -> dict:
     """The contents of the run's ``summary.json`` for the caller ({} if not written yet, e.g. a
     Dataflow job not waited for)."""
+    if not FileSystems.exists(FileSystems.join(output_dir, SUMMARY_FILE)):
+        return {}  # (opening a missing gs:// object raises google's NotFound, not an OSError)
     try:
         with FileSystems.open(FileSystems.join(output_dir, SUMMARY_FILE)) as f:
             return json.loads(f.read().decode("utf-8"))
@@ -289,11 +364,28 @@ def _written_summary(output_dir: str) -> dict:
         return {}
 
 
+class _QuietBeamNoise(logging.Filter):
+    """Drops Beam's repeated, harmless "Resource module is not available" warning."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Resource module is not available")
+
+
 def main(argv=None):
+    """The command: :func:`run`, with one line ``mine: error: ...`` and an exit code for bad options
+    (2), unusable stores (3), a cancelling signal (128 + its number) or frames left unindexed (1)
+    (see :mod:`beam_pipelines.shutdown`)."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "-h" in args or "--help" in args or "--help_beam" in args:
+        print(help_text(beam="--help_beam" in args))
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
+    logging.getLogger().addFilter(_QuietBeamNoise())
     os.environ.setdefault("NO_GCE_CHECK", "true")  # never probe the cloud metadata server
-    summary = run(argv if argv is not None else sys.argv[1:])
+    with shutdown.exit_codes("mine", hard_exit_on_cancel=argv is None), shutdown.cancel_on_signals():
+        summary = run(args)
     if summary.get("streaming"):
         from beam_pipelines import streaming
         streaming.print_summary(summary)
@@ -305,9 +397,16 @@ def main(argv=None):
         print(f"candidates:   {FileSystems.join(out, CANDIDATES_FILE)}")
         print(f"dead letters: {FileSystems.join(out, DEAD_LETTER_FILE)}")
         print(f"summary:      {FileSystems.join(out, SUMMARY_FILE)}")
+        print(f"report:       {FileSystems.join(out, 'report', 'index.html')}")
         if summary.get("mongo_embedded"):
             print(f"MongoDB data: {os.path.join(out, 'mongo-data')} (database "
                   f"{summary['mongo_database']!r}, collection 'frames'; start mongod with --dbpath there)")
+        unindexed = summary.get("frames_scored", 0) - summary.get("frames_written", 0)
+        if unindexed > 0:
+            sys.stderr.write(f"mine: error: {unindexed} of {summary['frames_scored']} scored frames "
+                             f"were not indexed in MongoDB (dead letters at stage 'mongodb' in "
+                             f"{FileSystems.join(out, DEAD_LETTER_FILE)})\n")
+            sys.exit(shutdown.EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,16 @@
 server, and returns the :class:`MineJob` the driver runs (a ``ValueError`` naming the option,
 its value and what is allowed, otherwise).
 """
+import argparse
 import json
-import math
 import os
 from typing import List, NamedTuple, Optional, Tuple
 
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions)
 
+from beam_pipelines import preflight
+from beam_pipelines.preflight import check_range
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common.files import is_local
 from transforms.decode.images import DEFAULT_MAX_PIXELS
@@ -19,12 +22,17 @@ from transforms.decode.ptransforms import DEFAULT_SPLIT_SECONDS
 from transforms.decode.video import MODES
 from transforms.index.bigquery_client import parse_table_id, sibling_table
 from transforms.score import registry as score_registry
-from transforms.score.handlers import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES
-from transforms.select.ptransforms import STRATEGIES
+from transforms.score.handlers import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES  # no TensorFlow import
+from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
 from transforms.select.strategies import make_strategy
 
 DEFAULT_RUNNER = "FnApiRunner"  # Beam's DirectRunner would first try to download Prism.
 LOCAL_RUNNERS = ("fnapirunner", "directrunner", "bundlebaseddirectrunner", "switchingdirectrunner")
+
+
+#: ``--max_dead_letter_fraction``'s default: a run that loses more than half its inputs failed.
+DEFAULT_MAX_DEAD_LETTER_FRACTION = 0.5
+PROG = "python -m beam_pipelines.mine"
 
 
 class MineOptions(PipelineOptions):
@@ -98,8 +106,21 @@ class MineOptions(PipelineOptions):
         parser.add_argument("--detector_background", default=None,
                             help="Turns on detection scores: .npy RGB background of a fixed camera "
                                  "for the background-difference detector (see docs/models.md).")
+        parser.add_argument("--quiet", action="store_true",
+                            help="No progress lines while the job runs (local runners print one every few seconds).")
         parser.add_argument("--uniqueness_k", type=int, default=3,
                             help="Neighbours for the k-NN uniqueness score (FiftyOne: 3); 0 = off.")
+        parser.add_argument(
+            "--max_dead_letter_fraction", type=float, default=DEFAULT_MAX_DEAD_LETTER_FRACTION,
+            help="The run fails (exit 1, run record 'failed') when the larger of the share of matched "
+                 "files that failed and the share of decoded frames dead-lettered later exceeds "
+                 "this; every input is still accounted for. 1 never fails. Default: "
+                 f"{DEFAULT_MAX_DEAD_LETTER_FRACTION}.")
+        parser.add_argument(
+            "--store_check_timeout_s", type=float, default=preflight.DEFAULT_STORE_CHECK_TIMEOUT_S,
+            help="Before the pipeline starts (local runners), MongoDB and each BigQuery dataset "
+                 "must answer within this many seconds, or the job stops (exit code 3); 0 skips "
+                 "the checks.")
 
 
 def _split_globs(values: Optional[List[str]]) -> List[str]:
@@ -153,17 +174,29 @@ def check_options(options: PipelineOptions, streaming: bool = False) -> MineJob:
     """
     mine = options.view_as(MineOptions)
     runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    preflight.check_runner(runner)
     local_runner = runner.lower() in LOCAL_RUNNERS
     _check_ranges(mine)
+    check_range("direct_num_workers", options.view_as(DirectOptions).direct_num_workers,
+                options.view_as(DirectOptions).direct_num_workers >= 0, ">= 0 (0: one per CPU)")
     strategy_params = _checked_strategy(mine)
     _check_tables(mine)
     globs = tuple(_from_caller_dir(g) for g in _split_globs(mine.input))
+    preflight.check_input_globs(mine.input, globs)
     if not globs and not local_runner and not streaming:
         raise ValueError("--input is required with a remote runner: the bundled sample media "
                          "are on this machine only")
     output_dir = _from_caller_dir(mine.output_dir)
     if is_local(output_dir):
         output_dir = os.path.abspath(output_dir)
+    preflight.check_output_dir(output_dir)
+    if mine.model:
+        preflight.check_model_file("model", _from_caller_dir(mine.model))
+    if mine.detector_background:
+        preflight.check_npy_file("detector_background", _from_caller_dir(mine.detector_background))
+    if mine.mongo_uri:
+        preflight.check_mongo_uri(mine.mongo_uri)
+    preflight.check_mongo_database(mine.mongo_database)
     if not mine.mongo_uri and (not local_runner or not is_local(output_dir)):
         raise ValueError("--mongo_uri is required unless the runner and --output_dir are local: "
                          "the embedded mongod lives on this machine")
@@ -171,21 +204,25 @@ def check_options(options: PipelineOptions, streaming: bool = False) -> MineJob:
     if not candidates_table and mine.bigquery_table:
         candidates_table = sibling_table(mine.bigquery_table, "candidates")
     write_method = mine.bigquery_write_method
+    temp_location = options.view_as(GoogleCloudOptions).temp_location or ""
     if write_method == "AUTO":
-        temp_location = options.view_as(GoogleCloudOptions).temp_location or ""
         write_method = "FILE_LOADS" if temp_location.startswith("gs://") else "STREAMING_INSERTS"
+    elif write_method == "FILE_LOADS" and mine.bigquery_table and not temp_location.startswith("gs://"):
+        raise ValueError(f"--bigquery_write_method=FILE_LOADS needs --temp_location on gs:// (load "
+                         f"jobs read files from Cloud Storage), got {temp_location or None!r}")
     return MineJob(runner, local_runner, globs, output_dir, strategy_params, candidates_table,
                    write_method, mine.detector_background and _from_caller_dir(mine.detector_background))
 
 
 def _check_ranges(mine):
-    """Each numeric option against its range (NaN is out of every range)."""
+    """Each numeric option against its range (NaN and infinities are out of every range)."""
     for flag, value, valid, expected in (
             ("budget", mine.budget, mine.budget >= 0, ">= 0"),
-            ("mc_passes", mine.mc_passes, mine.mc_passes >= 0, ">= 0 (0: off)"),
+            ("mc_passes", mine.mc_passes, mine.mc_passes == 0 or mine.mc_passes >= 2,
+             "0 (off) or >= 2 (one pass has no spread to measure)"),
             ("uniqueness_k", mine.uniqueness_k, mine.uniqueness_k >= 0, ">= 0 (0: off)"),
-            ("video_fps", mine.video_fps, not math.isnan(mine.video_fps),
-             "a number (<= 0: every frame)"),
+            ("video_fps", mine.video_fps, mine.video_fps >= 0,
+             "a number >= 0 (0: every frame)"),
             ("video_every_n", mine.video_every_n, mine.video_every_n >= 1, ">= 1"),
             ("scene_threshold", mine.scene_threshold, 0 < mine.scene_threshold <= 1, "in (0, 1]"),
             ("max_image_pixels", mine.max_image_pixels, mine.max_image_pixels >= 0,
@@ -193,9 +230,12 @@ def _check_ranges(mine):
             ("resize_longest_side", mine.resize_longest_side, mine.resize_longest_side >= 0,
              ">= 0 (0: the decoded size)"),
             ("video_split_seconds", mine.video_split_seconds, mine.video_split_seconds >= 0,
-             ">= 0 (0: not split)")):
-        if not valid:
-            raise ValueError(f"--{flag} must be {expected}, got {value!r}")
+             ">= 0 (0: not split)"),
+            ("max_dead_letter_fraction", mine.max_dead_letter_fraction,
+             0 <= mine.max_dead_letter_fraction <= 1, "in [0, 1]"),
+            ("store_check_timeout_s", mine.store_check_timeout_s, mine.store_check_timeout_s >= 0,
+             ">= 0 (0: no check)")):
+        check_range(flag, value, valid, expected)
 
 
 def _checked_strategy(mine) -> dict:
@@ -203,19 +243,44 @@ def _checked_strategy(mine) -> dict:
     try:
         strategy_params = json.loads(mine.strategy_params)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--strategy_params must be a JSON object: {e}") from None
+        raise ValueError(f"--strategy_params must be a JSON object, got {mine.strategy_params!r} "
+                         f"({e})") from None
     if not isinstance(strategy_params, dict):
         raise ValueError(f"--strategy_params must be a JSON object, got {mine.strategy_params!r}")
     try:
         make_strategy(mine.strategy, strategy_params)
-    except ValueError as e:
-        raise ValueError(f"--strategy_params: {e}") from None
-    needs = score_registry.get(mine.strategy).needs if mine.strategy in score_registry.names() else None
-    if needs == score_registry.MC_SAMPLES and mine.mc_passes < 2:
-        raise ValueError(f"--strategy={mine.strategy} needs MC-dropout samples: set --mc_passes >= 2")
-    if needs == score_registry.EMBEDDINGS and mine.uniqueness_k < 1:
-        raise ValueError(f"--strategy={mine.strategy} needs k-NN neighbours: set --uniqueness_k >= 1")
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"--strategy_params: {preflight.one_line(e)}") from None
+    balance_key = strategy_params.get("balance_key")
+    if balance_key is not None and balance_key not in METADATA_COLUMNS:
+        raise ValueError(f"--strategy_params: balance_key must be one of {', '.join(METADATA_COLUMNS)}, "
+                         f"got {balance_key!r}")
+    for name, where in _scores_used(mine.strategy, strategy_params):
+        if name not in score_registry.names():
+            raise ValueError(f"{where} names an unknown score {name!r}; scores: "
+                             f"{', '.join(score_registry.names())}")
+        needs = score_registry.get(name).needs
+        if needs == score_registry.MC_SAMPLES and mine.mc_passes < 2:
+            raise ValueError(f"{where} needs MC-dropout samples: set --mc_passes >= 2")
+        if needs == score_registry.EMBEDDINGS and mine.uniqueness_k < 1:
+            raise ValueError(f"{where} needs k-NN neighbours: set --uniqueness_k >= 1")
+        if needs == score_registry.DETECTIONS and not mine.detector_background:
+            raise ValueError(f"{where} needs detections: set --detector_background")
+        if needs == score_registry.ENSEMBLE:
+            raise ValueError(f"{where} needs an ensemble of models, which the mine job does not run")
     return strategy_params
+
+
+def _scores_used(strategy: str, params: dict):
+    """``(score name, where it is named)`` for every score a strategy and its parameters use."""
+    if strategy in score_registry.names():
+        yield strategy, f"--strategy={strategy}"
+    if strategy == "cluster_margin" and "score" in params:
+        yield params["score"], "--strategy_params score"
+    if strategy == "combined":
+        for key in ("strengths", "thresholds"):
+            for name in params.get(key) or {}:
+                yield name, f"--strategy_params {key}"
 
 
 def _check_tables(mine):
@@ -228,3 +293,32 @@ def _check_tables(mine):
             except ValueError:
                 raise ValueError(f"--{flag} must be PROJECT:DATASET.TABLE, PROJECT.DATASET.TABLE or "
                                  f"DATASET.TABLE, got {table!r}") from None
+
+
+def dead_letter_fraction(counts) -> float:
+    """The share of inputs a run lost, in [0, 1]: the larger of ``files_failed / files_matched``
+    and ``(dead_letters - files_failed) / frames_decoded`` (frames dead-lettered after decoding:
+    preprocess, inference, stores, candidates). A glob that matched nothing counts as a lost input.
+    """
+    files_failed = counts.get("files_failed", 0)
+    later = max(0, counts.get("dead_letters", 0) - files_failed)
+    return max(files_failed / max(1, counts.get("files_matched", 0)),
+               min(1.0, later / max(1, counts.get("frames_decoded", 0))))
+
+
+def help_text(beam: bool = False) -> str:
+    """``--help``: the job's own options; ``--help_beam``: Beam's (runner, workers, Dataflow...)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, add_help=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=("Beam's standard pipeline options (every PipelineOptions subclass but the "
+                     "job's own)." if beam else
+                     "Decode images and videos, embed and score every frame, index them in "
+                     "MongoDB (and BigQuery) and select the frames to label next."),
+        epilog=None if beam else (f"Beam's own options (--runner, --direct_num_workers, --project, "
+                                  f"--region, --temp_location, ...): {PROG} --help_beam"))
+    classes = ([c for c in PipelineOptions.__subclasses__() if c is not MineOptions] if beam
+               else [MineOptions])
+    for options_class in classes:
+        group = parser.add_argument_group(options_class.__name__)
+        options_class._add_argparse_args(group)
+    return parser.format_help()

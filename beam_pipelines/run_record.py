@@ -107,9 +107,9 @@ class RunRecord:
         if exc_type is None:
             self._record(self._final_status, self._counts)
         elif issubclass(exc_type, KeyboardInterrupt):
-            self._record("cancelled")
+            self._record("cancelled", self._counts)
         else:
-            self._record("failed")
+            self._record("failed", self._counts)  # counts known when the run ended, then failed
         return False
 
     def _record(self, status: str, counts: Optional[dict] = None):

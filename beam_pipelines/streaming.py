@@ -21,9 +21,9 @@ per window (rewritten atomically by late panes), ``windows.jsonl`` (one line per
 the job stops, ``summary.json``. The ``runs`` entry says ``running`` (counts updated every
 ``--status_interval_seconds``), then ``drained`` (stopped cleanly), ``cancelled`` or ``failed``.
 
-Stopping (local runners): ``--max_runtime_seconds``, SIGINT or SIGTERM stop the reading; the open
-windows fire, their outputs are written, and the job exits 0 (a second SIGINT or SIGTERM
-cancels at once). On Dataflow the job is left running: drain it with ``gcloud dataflow jobs
+Stopping (local runners): ``--max_runtime_seconds``, SIGINT, SIGTERM or SIGHUP stop the reading;
+the open windows fire, their outputs are written, and the job exits 0 (a second signal cancels
+at once: exit code 128 + its number, run ``cancelled``). On Dataflow the job is left running: drain it with ``gcloud dataflow jobs
 drain``. Restarting on the same source resumes: Pub/Sub redelivers what was not acknowledged
 (messages are acknowledged once their frames are indexed), the watcher skips the versions the
 ledger has done, and the windows that can still change are rebuilt from the stores.
@@ -46,7 +46,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from beam_pipelines.mine import _embedded_mongod, _run_facts
+from beam_pipelines import preflight, shutdown
+from beam_pipelines.mine import _embedded_mongod, _load_model, _run_facts
 from beam_pipelines.options import LOCAL_RUNNERS, MineJob, MineOptions, _decode_options, check_options
 from beam_pipelines.run_record import RunRecord, describe_run
 from schemas import arrivals as arrivals_schema
@@ -63,7 +64,7 @@ from transforms.decode.streaming import (INTAKE_WINDOW_S, METRICS_NAMESPACE as S
                                          ReadArrivals, ReplayArrivals, arrival_glob, intake_windows)
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
-from transforms.score.ptransforms import ModelSpec, ScoreFrames, load_model_spec
+from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.windows import WindowSpec, SelectPerWindow
 
 _LOG = logging.getLogger(__name__)
@@ -336,7 +337,7 @@ class _Supervisor:
     def _on_signal(self, signum, unused_frame):
         self._signals += 1
         if self._signals > 1:
-            raise KeyboardInterrupt(f"signal {signum} while draining")
+            raise shutdown.Cancelled(signum)
         self._stop(f"signal {signal.Signals(signum).name}")
 
     def _stop(self, reason: str):
@@ -358,7 +359,7 @@ class _Supervisor:
         waiter.start()
         handlers = {}
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in shutdown.STOP_SIGNALS:  # over the job's own cancel-on-signal handlers
                 handlers[signum] = signal.signal(signum, self._on_signal)
         started = time.monotonic()
         next_update = started + self._status_interval_s
@@ -404,21 +405,28 @@ def _window_totals(output_dir: str, run_id: str) -> dict:
             "dead_letters": sum(line.get("dead_letters", 0) for line in latest.values())}
 
 
-def run(options: PipelineOptions) -> dict:
+def run(argv) -> dict:
     """Runs the streaming ``mine`` job until it is stopped; returns its summary (also written to
     ``summary.json``) with ``wall_seconds``.
 
     Raises
     ------
-    ValueError
-        For options that cannot work (:func:`check_streaming`), before anything starts.
+    beam_pipelines.preflight.OptionError
+        (A ``ValueError``.) For options that cannot work (:func:`check_streaming`), before
+        anything starts.
+    beam_pipelines.preflight.StoreUnavailable
+        With a local runner, for a MongoDB or BigQuery dataset that does not answer.
     RuntimeError
         When the source fails (the run is recorded ``failed``).
-    KeyboardInterrupt
-        On a second SIGINT/SIGTERM (the run is recorded ``cancelled``).
+    beam_pipelines.shutdown.Cancelled
+        On a second stop signal while draining (the run is recorded ``cancelled``).
     """
-    job = check_streaming(options)
+    options, job = preflight.check_job(argv, MineOptions, check_streaming)
     mine = options.view_as(MineOptions)
+    project = options.view_as(GoogleCloudOptions).project
+    if job.local:
+        preflight.check_stores(mine.mongo_uri, [t for t in (mine.bigquery_table, job.mine.candidates_table) if t],
+                               project, mine.store_check_timeout_s)
     standard = options.view_as(StandardOptions)
     standard.streaming = True
     standard.runner = job.runner
@@ -426,8 +434,7 @@ def run(options: PipelineOptions) -> dict:
     if is_local(output_dir):
         os.makedirs(output_dir, exist_ok=True)
     gcp_emulators.use_emulators_if_configured()
-    model = load_model_spec(mine.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
-    project = options.view_as(GoogleCloudOptions).project
+    model = _load_model(mine)
     with contextlib.ExitStack() as stack:
         mongo_uri = mine.mongo_uri or _embedded_mongod(stack, output_dir)
         facts = dict(_run_facts(mine, job.mine, [], mongo_uri, model), streaming=True,

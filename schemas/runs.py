@@ -42,12 +42,18 @@ def make_run_id(job: str, started_at: datetime.datetime, options: dict) -> str:
 
 def code_version(checkout: Optional[str] = None) -> str:
     """The git commit of ``checkout`` (default: this package's), ``-dirty`` if modified, or the
-    installed ``activebeam`` package version, or ``'unknown'``."""
+    installed ``activebeam`` package version, or ``'unknown'``.
+
+    Read-only: git runs with ``--no-optional-locks``, so it neither takes the checkout's
+    ``.git/index.lock`` nor rewrites its index (a plain ``git status`` refreshes the index, which
+    fails or disturbs a concurrent ``git commit`` in the same checkout).
+    """
     checkout = checkout or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    git = ["git", "--no-optional-locks", "-C", checkout]
     try:
-        sha = subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True,
+        sha = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", checkout, "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

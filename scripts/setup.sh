@@ -12,7 +12,8 @@ PYTHON="${PYTHON:-python3}"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # 1. Debian packages.
-APT_PACKAGES=(bazel-bootstrap opencv-doc dataset-fashion-mnist ffmpeg ca-certificates)
+# chromium: the real browser that tests the HTML report (driven by Playwright; never `playwright install`).
+APT_PACKAGES=(bazel-bootstrap opencv-doc dataset-fashion-mnist ffmpeg ca-certificates chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

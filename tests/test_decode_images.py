@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests import harness
+from transforms.decode import images
 from transforms.decode.images import DecodeError, apply_orientation, decode_image, probe_image
 
 
@@ -75,6 +76,32 @@ def test_pixel_layouts_become_rgb_uint8(photo, mode, channels):
     assert decoded.pixels.shape == (427, 640, 3) and decoded.pixels.dtype == np.uint8
     if mode in ("L", "LA"):
         np.testing.assert_array_equal(decoded.pixels[..., 0], np.asarray(image.convert("L")))
+
+
+def test_png_headers_read_directly_are_pillows(photo, monkeypatch):
+    """The direct PNG header reader gives what Pillow gives, on real PNGs and on every colour
+    type, bit depth, palette transparency; an eXIf chunk is left to Pillow."""
+    image, _ = photo
+    small = image.resize((64, 43))
+    palette_alpha = small.convert("P")
+    palette_alpha.info["transparency"] = 0
+    variants = [_encode(small.convert(mode)) for mode in ("L", "LA", "RGB", "RGBA", "P", "I;16", "1")]
+    variants += [_encode(palette_alpha, transparency=0), _encode(small, optimize=True),
+                 cv2.imencode(".png", np.zeros((5, 7, 4), np.uint16))[1].tobytes()]
+    for name in ("fashion-mnist/t10k-00000.png", "fashion-mnist/t10k-00007.png"):
+        with open(harness.media(*name.split("/")), "rb") as f:
+            variants.append(f.read())
+    with open("/usr/share/doc/opencv-doc/examples/data/digits.png", "rb") as f:
+        variants.append(f.read())
+    direct = [images.probe_png(data) for data in variants]
+    assert None not in direct
+    monkeypatch.setattr(images, "probe_png", lambda data: None)  # Pillow alone
+    assert direct == [probe_image(data) for data in variants]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: Pillow must read it
+    with_exif = _encode(small, exif=exif.tobytes())
+    monkeypatch.undo()
+    assert images.probe_png(with_exif) is None and probe_image(with_exif).orientation == 6
 
 
 @pytest.mark.parametrize("width, height", [(100_000, 100_000), (20_000, 10_000)])

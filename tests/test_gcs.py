@@ -52,8 +52,12 @@ def test_mine_on_gcs_with_credentials_never_leaked(bucket, caplog, capsys):
         assert list(run_row["inputs"]) == [f"gs://{bucket.name}/camera drop/*"]
         assert json.loads(run_row["counts"])["frames_written"] == 15
         assert bigquery.get_table("gcs_test.runs").time_partitioning.field == "started_at"
-        outputs = {b.name: b.download_as_text() for b in bucket.list_blobs(prefix="out/")}
-        assert set(outputs) == {"out/candidates.jsonl", "out/dead_letter.jsonl", "out/summary.json"}
+        written = {b.name: b.download_as_bytes() for b in bucket.list_blobs(prefix="out/")}
+        results = {"out/candidates.jsonl", "out/dead_letter.jsonl", "out/summary.json"}
+        report = {name for name in written if name.startswith("out/report/")}
+        assert set(written) == results | report and "out/report/index.html" in report
+        assert any(name.startswith("out/report/thumbs/") for name in report)
+        outputs = {name: written[name].decode("utf-8") for name in results}
         candidates = [json.loads(line) for line in outputs["out/candidates.jsonl"].splitlines()]
         assert [c["rank"] for c in candidates] == [1, 2, 3, 4]
         assert all(c["source_uri"].startswith(f"gs://{bucket.name}/camera drop/") for c in candidates)
@@ -77,6 +81,8 @@ def test_mine_on_gcs_with_credentials_never_leaked(bucket, caplog, capsys):
         for where, text in [("outputs", json.dumps(outputs)), ("runs", stored), ("logs", caplog.text),
                             ("stdout", captured.out), ("stderr", captured.err)]:
             assert PASSWORD not in text, where
+        for name, data in written.items():  # the report too (its summary and lineage)
+            assert PASSWORD.encode() not in data, name
 
 
 def test_redaction_of_messages():

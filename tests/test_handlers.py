@@ -4,6 +4,8 @@ probabilities on real images, through RunInference, with its declared preprocess
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import apache_beam as beam
 import numpy as np
@@ -219,6 +221,37 @@ def test_ensemble_disagreement_through_score_frames(exported, reference, tmp_pat
         assert dict(record.extra_scores)["ensemble_disagreement"] == pytest.approx(expected, abs=1e-4)
         np.testing.assert_allclose(record.probabilities, reference[name][1], atol=2e-4)  # still the model's own
     assert max(dict(r.extra_scores)["ensemble_disagreement"] for r in disagreeing.values()) > 1e-3
+
+
+def test_keras_files_are_read_without_tensorflow_as_keras_loads_them(tmp_path):
+    """The driver reads a plain .keras file's configuration (no TensorFlow import: the job starts
+    in about a second); it must say what Keras itself says, and defer to Keras when unsure."""
+    import keras
+    from transforms.score import handlers
+
+    def loaded(path, layer=None):
+        _, name, model = handlers.load_embedding_classifier(path, layer)
+        return tuple(model.inputs[0].shape[1:]), int(model.outputs[0].shape[-1]), name
+
+    sequential = keras.Sequential([keras.Input((32, 24, 3)), keras.layers.Conv2D(4, 3),
+                                   keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(7, name="feat"),
+                                   keras.layers.Dense(5, activation="softmax")])
+    sequential.save(str(tmp_path / "seq.keras"))
+    inner = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    outer_in = keras.Input((8, 8, 1))
+    nested = keras.Model(outer_in, keras.layers.Dense(2, activation="softmax")(inner(outer_in)))
+    nested.save(str(tmp_path / "nested.keras"))
+    default = handlers.default_model_path()
+    for path, layer in ((default, None), (default, "dropout_2"), (str(tmp_path / "seq.keras"), None),
+                        (str(tmp_path / "seq.keras"), "feat")):
+        assert handlers.keras_file_summary(path, layer) == loaded(path, layer), (path, layer)
+    assert handlers.keras_file_summary(str(tmp_path / "nested.keras")) is None  # Keras decides
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        handlers.keras_file_summary(default, "nope")
+    code = ("import sys; from transforms.score.handlers import load_model_spec; load_model_spec(); "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 if __name__ == "__main__":

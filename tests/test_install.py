@@ -33,7 +33,8 @@ def test_wheel_holds_only_the_three_packages_with_their_data(wheel):
     for required in ("transforms/score/models/fashion_mnist_cnn.keras",
                      "transforms/decode/ptransforms.py", "transforms/score/registry.py",
                      "schemas/generated/bigquery/frames.json", "schemas/generated/scores.md",
-                     "schemas/views/overview.sql", "beam_pipelines/mine.py"):
+                     "schemas/views/overview.sql", "beam_pipelines/mine.py",
+                     "beam_pipelines/report_assets/index.html", "beam_pipelines/report_assets/report.js"):
         assert required in names, required
     assert not [n for n in names if n.endswith("/BUILD")]
 

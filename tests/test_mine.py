@@ -54,7 +54,8 @@ def inputs():
         f.write(jpeg[: len(jpeg) // 2])
     with open(os.path.join(d, "notes.mp4"), "w") as f:
         f.write("camera 7 was offline on Tuesday\n")
-    # 3 videos/photos + truncated.jpg + notes.mp4 at top level, 41 PNGs below.
+    # 3 videos/photos + truncated.jpg + notes.mp4 at top level, 41 PNGs below (in fmnist/, which
+    # the top-level glob matches as a directory: a dead letter, its PNGs come from the second glob).
     return [os.path.join(d, "*"), os.path.join(pngs, "*.png")]
 
 
@@ -79,7 +80,7 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs, mongo):
         # vtest.avi 80 frames at 1 fps, cup.mp4 9, china.jpg 1, 41 PNGs.
         assert summary["frames_decoded"] == 80 + 9 + 1 + 41
         assert summary["frames_written"] == summary["frames_scored"] == summary["frames_decoded"]
-        assert summary["dead_letters"] == 2 and summary["candidates"] == 25
+        assert summary["dead_letters"] == 3 and summary["candidates"] == 25
         assert summary["mongo_uri"] == mongo.uri and summary["bigquery_table"] == table
         assert summary["model"]["name"] == "fashion_mnist_cnn"
         # The run's entry takes its counts from the pipeline's metrics: those of summary.json.
@@ -92,8 +93,9 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs, mongo):
         assert set(mine.SUMMARY_COUNTERS) == integers - {"budget", "mc_passes", "uniqueness_k"}
 
         dead = _read_jsonl(os.path.join(out_dir, "dead_letter.jsonl"))
-        assert sorted(os.path.basename(d["source_uri"]) for d in dead) == ["notes.mp4", "truncated.jpg"]
-        assert all(d["stage"] == "decode" and d["error"] for d in dead)
+        assert sorted((os.path.basename(d["source_uri"]), d["stage"]) for d in dead) == [
+            ("fmnist", "match"), ("notes.mp4", "decode"), ("truncated.jpg", "decode")]
+        assert all(d["error"] for d in dead)
 
         candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
         assert [c["rank"] for c in candidates] == list(range(1, 26))
@@ -136,6 +138,30 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs, mongo):
         assert _read_jsonl(os.path.join(out_dir, "candidates.jsonl")) == candidates
 
 
+def test_two_worker_processes_give_what_one_gives_with_one_model_copy_each(inputs, mongo):
+    """The job with two worker processes (FnApiRunner multi_processing) on a fresh database:
+    every file accounted for, the same frames and candidates as one in-process worker, each
+    worker loading the model once (not per bundle)."""
+    runs = {}
+    for workers in (2, 1):
+        out_dir = harness.tmpdir(f"mine-{workers}w-")
+        argv = [f"--input={g}" for g in inputs] + [
+            f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}", f"--mongo_database=workers{workers}",
+            "--budget=10", "--video_fps=1", "--video_split_seconds=20"]
+        if workers > 1:
+            argv += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+        runs[workers] = mine.run(argv), _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
+    (two, two_candidates), (one, one_candidates) = runs[2], runs[1]
+    for name in mine.SUMMARY_COUNTERS:
+        assert two[name] == one[name], name
+    assert two["dead_letters"] == 3 and two["frames_written"] == 80 + 9 + 1 + 41  # + the fmnist/ directory
+    assert 1 <= two["model_loads"] <= 2 and one["model_loads"] == 1
+    assert [(c["frame_id"], c["rank"]) for c in two_candidates] == [(c["frame_id"], c["rank"]) for c in one_candidates]
+    client = pymongo.MongoClient(mongo.uri)
+    assert (sorted(client["workers2"]["frames"].distinct("_id"))
+            == sorted(client["workers1"]["frames"].distinct("_id")))
+
+
 def test_cli_with_embedded_mongod(inputs):
     out_dir = harness.tmpdir("mine-cli-")
     png_glob = inputs[1]
@@ -166,7 +192,7 @@ def test_invalid_options_fail_clearly():
 BAD_OPTIONS = [
     (["--budget=-3"], "--budget must be >= 0"),
     (["--uniqueness_k=-1"], "--uniqueness_k must be >= 0"),
-    (["--mc_passes=-2"], "--mc_passes must be >= 0"),
+    (["--mc_passes=-2"], "--mc_passes must be 0 (off) or >= 2"),
     (["--strategy=bald"], "--mc_passes >= 2"),
     (["--strategy=uniqueness", "--uniqueness_k=0"], "--uniqueness_k >= 1"),
     (["--strategy_params=[1]"], "--strategy_params must be a JSON object"),
@@ -226,6 +252,53 @@ def test_run_record_changes_nothing_it_is_given(mongo):
     assert entry["status"] == "succeeded" and json.loads(entry["counts"]) == counts
     assert entry["code_version"] == lineage.code_version and "s3cret" not in entry["options"]
     assert json.loads(entry["options"])["mongo_uri"] == "mongodb://127.0.0.1:1"  # facts win
+
+
+def test_help_lists_the_jobs_options_and_says_how_to_see_beams(capsys):
+    from beam_pipelines.options import MineOptions
+    import argparse
+    parser = argparse.ArgumentParser()
+    MineOptions._add_argparse_args(parser)
+    flags = {a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"}
+    mine.main(["--help"])
+    text = capsys.readouterr().out
+    assert flags and all(flag in text for flag in flags), flags - {f for f in flags if f in text}
+    assert "--help_beam" in text and "--runner RUNNER" not in text
+    mine.main(["--help_beam"])
+    beam_text = capsys.readouterr().out
+    assert "--runner" in beam_text and "--direct_num_workers" in beam_text and "--budget" not in beam_text
+
+
+def test_dead_letter_fraction():
+    from beam_pipelines.options import dead_letter_fraction
+    assert dead_letter_fraction({"files_matched": 4, "files_failed": 4, "dead_letters": 4}) == 1.0
+    assert dead_letter_fraction({"files_matched": 10, "files_failed": 1, "dead_letters": 1,
+                                 "frames_decoded": 50}) == 0.1
+    # every decoded frame lost later (e.g. the model fails on all of them): 100 % though no file failed
+    assert dead_letter_fraction({"files_matched": 100, "files_failed": 0, "dead_letters": 100,
+                                 "frames_decoded": 100}) == 1.0
+    assert dead_letter_fraction({"files_matched": 0, "dead_letters": 1}) == 1.0  # a glob matched nothing
+
+
+def test_run_fails_past_max_dead_letter_fraction_and_accounts_for_every_input(mongo, capsys):
+    folder = harness.tmpdir("mine-all-bad-")
+    for name, data in (("empty.jpg", b""), ("notes.png", b"not an image at all"), ("cut.jpg", b"\xff\xd8\xff\xe0")):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    out_dir = harness.tmpdir("mine-all-bad-out-")
+    argv = [f"--input={folder}/*", f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}",
+            f"--mongo_database={RUNS_DATABASE}"]
+    with pytest.raises(SystemExit) as exited:
+        mine.main(argv)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mine: failed: 100% of the inputs failed (3 of 3 files")
+    assert len(_read_jsonl(os.path.join(out_dir, "dead_letter.jsonl"))) == 3  # all accounted for
+    [run] = pymongo.MongoClient(mongo.uri)[RUNS_DATABASE]["runs"].find({"output_dir": out_dir})
+    assert run["status"] == "failed"
+    assert json.loads(run["counts"])["files_failed"] == 3 and json.loads(run["counts"])["dead_letters"] == 3
+    mine.main(argv + ["--max_dead_letter_fraction=1"])  # allowed: succeeds, nothing duplicated
+    assert len(_read_jsonl(os.path.join(out_dir, "dead_letter.jsonl"))) == 3
 
 
 if __name__ == "__main__":

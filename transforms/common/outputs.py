@@ -78,13 +78,51 @@ def _write_summary(counts: Dict[str, int], path: str, static: dict):
     return _write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
+class _SummaryFn(beam.CombineFn):
+    """Sums ``(name, number)`` and gathers ``(name, (key, value))`` into one dict, every name
+    present (0 or ``{}`` when nothing was seen)."""
+
+    def __init__(self, numbers, mappings):
+        self._numbers, self._mappings = tuple(numbers), tuple(mappings)
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, element):
+        name, value = element
+        if name in self._mappings:
+            key, item = value
+            accumulator.setdefault(name, {})[key] = item
+        else:
+            accumulator[name] = accumulator.get(name, 0) + value
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            for name, value in accumulator.items():
+                if name in self._mappings:
+                    merged.setdefault(name, {}).update(value)
+                else:
+                    merged[name] = merged.get(name, 0) + value
+        return merged
+
+    def extract_output(self, accumulator):
+        summary = {name: 0 for name in self._numbers}
+        summary.update({name: {} for name in self._mappings})
+        summary.update(accumulator)
+        return summary
+
+
 class WriteSummary(beam.PTransform):
     """Counts named PCollections exactly and writes them, with static facts, to a JSON file.
 
-    Input: a dict ``{name: PCollection}``; each count is ``Count.Globally`` (combiner-lifted,
-    so only partial counts cross workers). ``sums`` maps names to ``(PCollection, fn)`` whose
-    ``fn(element)`` values are summed. ``mappings`` maps names to ``(PCollection, fn)`` whose
-    ``fn(element)`` returns a ``(key, value)`` pair or None; the pairs become a JSON object.
+    Input: a dict ``{name: PCollection}`` whose elements are counted. ``sums`` maps names to
+    ``(PCollection, fn)`` whose ``fn(element)`` values are summed. ``mappings`` maps names to
+    ``(PCollection, fn)`` whose ``fn(element)`` returns a ``(key, value)`` pair or None; the pairs
+    become a JSON object. Every element becomes a ``(name, number)`` or ``(name, pair)`` and one
+    combiner-lifted ``CombineGlobally`` makes the whole summary (one shuffle of partial sums, not
+    one per count).
     """
 
     def __init__(self, path: str, static: Optional[dict] = None, sums: Optional[dict] = None,
@@ -100,18 +138,15 @@ class WriteSummary(beam.PTransform):
         parts = []
         for name, pcoll in sorted(named_pcolls.items()):
             pipeline = pcoll.pipeline
-            parts.append(pcoll | f"Count_{name}" >> beam.combiners.Count.Globally()
-                         | f"Name_{name}" >> beam.Map(lambda n, key=name: (key, n)))
+            parts.append(pcoll | f"Count_{name}" >> beam.Map(lambda _, key=name: (key, 1)))
         for name, (pcoll, fn) in sorted(self._sums.items()):
             pipeline = pcoll.pipeline
-            parts.append(pcoll | f"Values_{name}" >> beam.Map(fn)
-                         | f"Sum_{name}" >> beam.CombineGlobally(sum)
-                         | f"Name_{name}" >> beam.Map(lambda n, key=name: (key, n)))
+            parts.append(pcoll | f"Sum_{name}" >> beam.Map(lambda e, key=name, f=fn: (key, f(e))))
         for name, (pcoll, fn) in sorted(self._mappings.items()):
             pipeline = pcoll.pipeline
-            parts.append(pcoll | f"Pairs_{name}" >> beam.FlatMap(lambda e, f=fn: [p for p in [f(e)] if p])
-                         | f"Map_{name}" >> beam.combiners.ToDict()
-                         | f"Name_{name}" >> beam.Map(lambda d, key=name: (key, d)))
+            parts.append(pcoll | f"Map_{name}" >> beam.FlatMap(
+                lambda e, key=name, f=fn: [(key, pair) for pair in [f(e)] if pair]))
+        numbers = sorted(named_pcolls) + sorted(self._sums)
         return (parts | "FlattenCounts" >> beam.Flatten(pipeline=pipeline)
-                | "ToDict" >> beam.combiners.ToDict()
+                | "Summarise" >> beam.CombineGlobally(_SummaryFn(numbers, sorted(self._mappings)))
                 | "Write" >> beam.Map(_write_summary, self._path, self._static))

@@ -12,6 +12,13 @@ dead letters for everything that could not be decoded::
     decoded.dead_letters  # PCollection[DeadLetter]: globs matching nothing, unreadable or
                           #   undecodable files, one per video whose frames are partly missing
 
+No single file can stop or hang the job: only regular files are opened (a FIFO, socket or device
+matched by a glob is refused without blocking, :func:`transforms.common.files.open_regular_file`);
+dangling symbolic links, files deleted after matching, names that are not valid UTF-8 are failed
+files with a dead letter; directories matched as a whole by a glob without ``**``, symbolic links
+to directories and unlistable directories get a dead letter at stage ``match``
+(:func:`transforms.common.files.match_local`; docs/failures.md lists every case).
+
 The media type is decided by the file's content (magic bytes, :mod:`transforms.decode.media_types`),
 never by its extension. Still images are decoded by :mod:`transforms.decode.images` (header checked
 against a pixel limit before decoding, EXIF orientation, optional resize). Videos are planned
@@ -24,7 +31,8 @@ Metrics (namespace ``activebeam.decode``, :data:`METRICS_NAMESPACE`): ``files_ma
 (distinct files), ``files_decoded`` and ``files_failed`` (one of the two per matched file, as
 the outcomes), ``globs_without_match``, ``images_decoded``, ``videos_planned``,
 ``video_ranges``, ``frames_decoded``, ``frames_missing``, ``failed_<stage>_<reason>`` per failure
-reason, ``videos_incomplete``, distributions ``frames_per_video`` and ``decode_ms_per_image``.
+reason, ``videos_incomplete``, ``directories_skipped``, distributions ``frames_per_video`` and
+``decode_ms_per_image``.
 """
 import logging
 import math
@@ -40,6 +48,7 @@ from apache_beam.metrics import Metrics
 from schemas import records
 from schemas.records import DeadLetter, FileOutcome, Frame
 from transforms.decode import video
+from transforms.common import files
 from transforms.common.files import is_local, open_binary
 from transforms.decode.images import DEFAULT_MAX_PIXELS, decode_image
 from transforms.decode.media_types import HEAD_BYTES, IMAGE, VIDEO, DecodeError, sniff_media_type
@@ -101,31 +110,89 @@ class _VideoTask(NamedTuple):
     truncated: Optional[str]
 
 
+def _printable_path(path: str) -> str:
+    """``path`` as valid UTF-8 text: bytes of a name that is not UTF-8 (decoded by the OS with
+    surrogate escapes) shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 class _MatchFn(beam.DoFn):
-    """Expands a glob to file paths; a glob that matches nothing becomes a dead letter."""
+    """Expands a glob to file paths. Local globs are matched by
+    :func:`~transforms.common.files.match_local`, which reports what Beam's matcher drops:
+    a glob matching nothing, a directory matched as a whole (without ``**``), a symbolic link
+    to a directory, an unlistable directory each get a dead letter; a file whose name is not
+    valid UTF-8 (which no record can carry) gets a dead letter and a failed outcome. Everything
+    else that is not a directory goes on, to be refused when read if it is not a regular file."""
 
     def __init__(self):
         self._empty = Metrics.counter(METRICS_NAMESPACE, "globs_without_match")
+        self._skipped = Metrics.counter(METRICS_NAMESPACE, "directories_skipped")
 
     def process(self, pattern: str):
-        local = is_local(pattern)
+        local = FileSystems.get_scheme(pattern) is None
         if local and os.path.isdir(pattern):
             pattern = os.path.join(pattern, "**")  # a directory means everything below it
         try:
-            results = FileSystems.match([pattern])[0].metadata_list
+            if local:
+                entries = list(files.match_local(pattern))
+            else:
+                entries = [files.LocalMatch(m.path, files.FILE)
+                           for m in FileSystems.match([pattern])[0].metadata_list
+                           if not m.path.endswith("/") and not (is_local(m.path) and os.path.isdir(m.path))]
         except Exception as e:  # pylint: disable=broad-except
             self._empty.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
                 pattern, records.STAGE_MATCH, f"cannot list files matching this glob: {e}"))
             return
-        files = [m for m in results
-                 if not m.path.endswith("/") and not (local and os.path.isdir(m.path))]
-        if not files:
+        if not entries:
             self._empty.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
                 pattern, records.STAGE_MATCH, "no file matches this glob"))
-        for metadata in files:
-            yield metadata.path
+        for entry in entries:
+            if not _is_utf8(entry.path):
+                Metrics.counter(METRICS_NAMESPACE, "files_matched").inc()
+                yield from _fail(_printable_path(entry.path), None, records.STAGE_MATCH, "bad_name",
+                                 "the file name is not valid UTF-8 (it cannot be stored as a source "
+                                 "URI): rename the file")
+            elif entry.kind == files.FILE:
+                yield entry.path
+            else:
+                self._skipped.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
+                    _printable_path(entry.path), records.STAGE_MATCH, _NOT_READ[entry.kind].format(
+                        pattern=pattern, error=entry.error)))
+
+
+#: Dead-letter messages of matched entries that are not read, by ``LocalMatch.kind``.
+_NOT_READ = {
+    files.DIRECTORY: "a directory matched by the glob {pattern!r}: its files are not read "
+                     "(name the directory itself, or use a ** glob, to read everything below it)",
+    files.DIRECTORY_LINK: "a symbolic link to a directory: never followed (name the directory it "
+                          "points to in --input to read it)",
+    files.UNLISTABLE: "cannot list this directory ({error}): files below it were not matched",
+}
+
+
+def _read_failure(path, media_type, error: Exception):
+    """Dead letter and failed outcome of a file that could not be opened or read, by cause."""
+    if isinstance(error, files.NotARegularFile):
+        reason = "not_regular_file"
+    elif isinstance(error, files.DanglingSymlink):
+        reason = "dangling_symlink"
+    elif isinstance(error, FileNotFoundError):
+        reason = "missing"
+        error = f"the file disappeared after it was matched (deleted or moved): {error}"
+    else:
+        reason = "unreadable"
+    return _fail(path, media_type, records.STAGE_READ, reason, f"cannot read the file: {error}")
 
 
 def _fail(path, media_type, stage, reason, error):
@@ -136,10 +203,18 @@ def _fail(path, media_type, stage, reason, error):
     yield beam.pvalue.TaggedOutput(OUTCOME, FileOutcome(path, media_type, 0, True))
 
 
+#: Files up to this size are read whole when sniffed and their bytes travel with the task, so
+#: small images (thumbnails, crops, 28x28 sets) are opened once; larger ones are read again
+#: where they are decoded (encoded bytes of large files never cross the fan-out).
+SMALL_FILE_BYTES = 64 << 10
+
+
 class _ImageTask(NamedTuple):
-    """An image file to decode after the fan-out (read again there: pixels never cross it)."""
+    """An image file to decode after the fan-out (pixels never cross it): its path, format and,
+    for a file of at most :data:`SMALL_FILE_BYTES`, its bytes."""
     path: str
     format: str
+    data: Optional[bytes] = None
 
 
 class _PlanFileFn(beam.DoFn):
@@ -159,11 +234,11 @@ class _PlanFileFn(beam.DoFn):
         self._files.inc()
         try:
             with open_binary(path) as f:
-                head = f.read(HEAD_BYTES)
+                head = f.read(SMALL_FILE_BYTES)
         except Exception as e:  # pylint: disable=broad-except
-            yield from _fail(path, None, records.STAGE_READ, "unreadable", f"cannot read the file: {e}")
+            yield from _read_failure(path, None, e)
             return
-        sniffed = sniff_media_type(head)
+        sniffed = sniff_media_type(head[:HEAD_BYTES])
         if not head:
             yield from _fail(path, None, records.STAGE_DECODE, "empty", "empty file (0 bytes)")
             return
@@ -174,7 +249,7 @@ class _PlanFileFn(beam.DoFn):
             return
         media_type, format_name = sniffed
         if media_type == IMAGE:
-            yield _ImageTask(path, format_name)
+            yield _ImageTask(path, format_name, head if len(head) < SMALL_FILE_BYTES else None)
             return
         try:
             yield from self._plan(path, format_name)
@@ -221,12 +296,13 @@ class _DecodeTaskFn(beam.DoFn):
             yield from self._range(task)
 
     def _image(self, task: _ImageTask):
-        path = task.path
+        path, data = task.path, task.data
         try:
-            with open_binary(path) as f:
-                data = f.read()
+            if data is None:
+                with open_binary(path) as f:
+                    data = f.read()
         except Exception as e:  # pylint: disable=broad-except
-            yield from _fail(path, IMAGE, records.STAGE_READ, "unreadable", f"cannot read the file: {e}")
+            yield from _read_failure(path, IMAGE, e)
             return
         started = time.perf_counter()
         try:
@@ -400,7 +476,7 @@ class DecodeMedia(beam.PTransform):
 
     def expand(self, patterns):
         matched = patterns | "MatchGlobs" >> beam.ParDo(_MatchFn()).with_outputs(
-            DEAD_LETTER, main="paths")
+            DEAD_LETTER, OUTCOME, main="paths")
         planned = (
             matched.paths
             | "DistinctPaths" >> beam.Distinct()
@@ -420,7 +496,7 @@ class DecodeMedia(beam.PTransform):
             # into a schema (FileOutcome.video_info is a dict) when the pipeline is built.
             | "CloseVideos" >> beam.ParDo(_CloseVideoFn()).with_output_types(Any).with_outputs(
                 DEAD_LETTER, main="outcomes"))
-        outcomes = ((planned[OUTCOME], decoded[OUTCOME], videos.outcomes)
+        outcomes = ((matched[OUTCOME], planned[OUTCOME], decoded[OUTCOME], videos.outcomes)
                     | "AllOutcomes" >> beam.Flatten())
         dead_letters = ((matched[DEAD_LETTER], planned[DEAD_LETTER], decoded[DEAD_LETTER],
                          videos[DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten())

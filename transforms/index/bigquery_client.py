@@ -124,7 +124,9 @@ def table_resource(table_id: str, spec: tables.TableSpec):
 
 
 def ensure_table(client, table_id: str, spec: tables.TableSpec, **request) -> bool:
-    """Creates ``table_id`` (``project.dataset.table``) unless it exists; returns whether it did.
+    """Creates ``table_id`` (``project.dataset.table``), and its dataset, unless they exist; returns
+    whether it created the table. Safe with any number of workers doing it at once: a dataset or
+    table another worker created meanwhile (``409 Conflict``) counts as existing.
 
     ``request``: ``retry``/``timeout`` passed to every client call. An existing table is left as it is (a warning is logged when its partitioning or clustering
     differ from the spec: BigQuery cannot change them in place).
@@ -138,6 +140,11 @@ def ensure_table(client, table_id: str, spec: tables.TableSpec, **request) -> bo
     try:
         existing = client.get_table(table_id, **request)
     except exceptions.NotFound:
+        dataset_id = table_id.rsplit(".", 1)[0]
+        try:
+            client.create_dataset(dataset_id, exists_ok=True, **request)
+        except exceptions.Forbidden as e:  # may write tables but not create datasets: try the table
+            _LOG.debug("not allowed to create dataset %s: %s", dataset_id, e)
         try:
             client.create_table(table_resource(table_id, spec), **request)
             _LOG.info("created BigQuery table %s partitioned by %s, clustered by %s",

@@ -111,13 +111,10 @@ class WriteDocumentsToMongoDB(beam.PTransform):
                  max_attempts: int = 5, base_delay_s: float = 0.5, validate: bool = True,
                  server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS):
         super().__init__()
-        if not uri:
-            raise ValueError("uri must be a MongoDB connection string")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self._batch_size = batch_size
+        # The DoFn's MongoUpserter checks uri, max_attempts and base_delay_s.
         self._upsert = _MongoUpsertFn(uri, database, table, validate=validate,
                                       max_attempts=max_attempts, base_delay_s=base_delay_s,
                                       server_selection_timeout_ms=server_selection_timeout_ms)

@@ -38,6 +38,12 @@ TRANSIENT_ERROR_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 1
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 30000
 
 
+#: ``NamespaceExists``: a ``create`` raced by another client that created the collection first.
+NAMESPACE_EXISTS = 48
+#: ``IndexBuildAlreadyInProgress``: another client is building the same index; waited out.
+CONCURRENT_INDEX_BUILD_CODES = frozenset({276})
+
+
 class UpsertFailure(NamedTuple):
     """A document MongoDB rejected for good, or that still failed after the last attempt."""
     document: dict
@@ -142,7 +148,9 @@ class MongoUpserter:
         self.close()
 
     def _ensure_collection(self):
-        """Validator and indexes, once per upserter before its first write (idempotent)."""
+        """Validator and indexes, once per upserter before its first write (idempotent, and safe
+        with any number of workers doing it at once on a new database: a collection another
+        worker created meanwhile is taken as existing, ``NamespaceExists`` included)."""
         if self._collection_ready:
             return
         from pymongo import errors
@@ -150,7 +158,14 @@ class MongoUpserter:
         if self._validator:
             try:
                 database.create_collection(self._collection_name, validator=self._validator)
-            except errors.CollectionInvalid:  # it exists: bring its validator up to date
+                created = True
+            except errors.CollectionInvalid:  # it exists (pymongo looked first)
+                created = False
+            except errors.OperationFailure as e:
+                if e.code != NAMESPACE_EXISTS:  # not created by another worker between look and create
+                    raise
+                created = False
+            if not created:  # bring its validator up to date
                 try:
                     database.command("collMod", self._collection_name, validator=self._validator)
                 except errors.OperationFailure as e:
@@ -159,8 +174,21 @@ class MongoUpserter:
                     _LOG.warning("not allowed to update the validator of %s.%s: %s",
                                  self._database_name, self._collection_name, e)
         for spec in self._indexes:
-            self._collection.create_index(list(spec.keys), name=spec.name, unique=spec.unique)
+            self._create_index(spec)
         self._collection_ready = True
+
+    def _create_index(self, spec):
+        """``createIndexes`` of one spec; concurrent identical builds by other workers are waited
+        for by the server or reported as already in progress, which this waits out."""
+        from pymongo import errors
+        for attempt in range(1, 11):
+            try:
+                self._collection.create_index(list(spec.keys), name=spec.name, unique=spec.unique)
+                return
+            except errors.OperationFailure as e:
+                if e.code not in CONCURRENT_INDEX_BUILD_CODES or attempt == 10:
+                    raise
+                time.sleep(0.05 * attempt)
 
     def _bulk_write(self, ops):
         """Writes ``ops``; returns ``(retry, failed)``: indices to retry, ``{index: reason}`` lost."""

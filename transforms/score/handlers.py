@@ -23,8 +23,11 @@ float32 in [0, 255]. The pixel transform is ``(pixel * scale - mean) / std`` per
 Runtimes, chosen by the model URI: a directory holding ``saved_model.pb`` is a TensorFlow
 SavedModel (loaded as ``keras.layers.TFSMLayer(path, call_endpoint="serve")``, as Beam's stock
 handler cannot load Keras 3 exports), ``.tflite`` runs in LiteRT (``ai_edge_litert``), ``.onnx``
-in ONNX Runtime (CPU), anything else (``.keras``, ``.h5``) in Keras through Beam's
-``TFModelHandlerNumpy``.
+in ONNX Runtime (CPU), anything else (``.keras``, ``.h5``) in Keras.
+
+Importing this module imports neither TensorFlow nor a runtime: each is imported where a model
+is loaded, so the job's driver (option checks, ``--help``, Dataflow submission) starts in about
+a second, and each worker process imports TensorFlow once, when it loads its model.
 """
 import hashlib
 import json
@@ -35,7 +38,6 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
 from schemas.records import ModelVersion
 from transforms.common.files import local_copy, open_binary
@@ -357,8 +359,8 @@ def mc_dropout_samples(model, x: np.ndarray, passes: int) -> np.ndarray:
 
 
 def _keras_inference(model, batch, inference_args, model_id=None):
-    """TFModelHandlerNumpy inference function: one deterministic forward pass with two outputs
-    per example, plus ``mc_passes`` passes with dropout active (``training=True``)."""
+    """One deterministic forward pass with two outputs per example, plus ``mc_passes`` passes
+    with dropout active (``training=True``)."""
     args = dict(inference_args or {})
     mc_passes = int(args.pop("mc_passes", 0))
     x = np.stack(batch, axis=0)
@@ -371,9 +373,9 @@ def _keras_inference(model, batch, inference_args, model_id=None):
             for example, e, o, s in zip(batch, embeddings, outputs, samples)]
 
 
-class KerasHandler(TFModelHandlerNumpy):
-    """Beam's TensorFlow numpy handler loading a Keras model (``.keras``, ``.h5``) as an
-    (embedding, class scores) model, or a SavedModel directory through ``keras.layers.TFSMLayer``.
+class KerasHandler(ModelHandler):
+    """Beam ``ModelHandler`` loading a Keras model (``.keras``, ``.h5``) as an (embedding, class
+    scores) model, or a SavedModel directory through ``keras.layers.TFSMLayer``.
 
     ``model_uri`` ``None`` loads the bundled default model, resolved on each worker. With
     ``mc_passes`` = T > 0 each batch also runs T passes with dropout active (Gal & Ghahramani
@@ -383,8 +385,8 @@ class KerasHandler(TFModelHandlerNumpy):
     def __init__(self, model_uri: Optional[str], embedding_layer: Optional[str] = None,
                  min_batch_size: int = 16, max_batch_size: int = 64, mc_passes: int = 0,
                  preprocessing: Optional[Preprocessing] = None, **batch_kwargs):
-        super().__init__(model_uri or DEFAULT_MODEL_NAME, inference_fn=_keras_inference,
-                         min_batch_size=min_batch_size, max_batch_size=max_batch_size, **batch_kwargs)
+        super().__init__()
+        self._batching = dict(min_batch_size=min_batch_size, max_batch_size=max_batch_size, **batch_kwargs)
         self._uri = model_uri
         self._embedding_layer = embedding_layer
         self._mc_passes = mc_passes
@@ -402,7 +404,13 @@ class KerasHandler(TFModelHandlerNumpy):
         args = dict(inference_args or {})
         if self._mc_passes:
             args["mc_passes"] = self._mc_passes
-        return self._inference_fn(model, batch, args, self._uri)
+        return _keras_inference(model, batch, args, self._uri)
+
+    def batch_elements_kwargs(self):
+        return self._batching
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(x.nbytes for x in batch)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
@@ -509,8 +517,65 @@ class RuntimeHandler(ModelHandler):
 
 # --- Specs and handlers ---------------------------------------------------------------------
 
+def keras_file_summary(uri: str, embedding_layer: Optional[str] = None
+                       ) -> Optional[Tuple[Tuple[Optional[int], ...], int, str]]:
+    """``(input shape without batch, num_classes, embedding layer)`` of a Keras 3 ``.keras`` file
+    read from its ``config.json``, without TensorFlow; ``None`` when the file is not a plain
+    one-input, one-``Dense``-output ``Functional`` or ``Sequential`` model this reading is sure of
+    (the caller then loads the model). The same answers as :func:`load_embedding_classifier`.
+
+    Raises
+    ------
+    ValueError
+        If ``embedding_layer`` names no layer of the model.
+    """
+    import zipfile
+    if not uri.lower().endswith(".keras"):
+        return None
+    try:
+        with open_binary(uri) as f, zipfile.ZipFile(f) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if config.get("class_name") not in ("Functional", "Sequential"):
+        return None
+    layers = config.get("config", {}).get("layers") or []
+    names = [layer.get("config", {}).get("name") for layer in layers]
+    if len(layers) < 2 or layers[0].get("class_name") != "InputLayer" or None in names:
+        return None
+    if config["class_name"] == "Functional":
+        # One node: ``[name, 0, 0]``, or ``[[name, 0, 0]]`` in the list form.
+        ends = [config["config"].get(key) for key in ("input_layers", "output_layers")]
+        ends = [end[0] if end and isinstance(end[0], list) and len(end) == 1 else end for end in ends]
+        if ends != [[names[0], 0, 0], [names[-1], 0, 0]]:
+            return None
+    batch_shape = layers[0]["config"].get("batch_shape")
+    last = layers[-1]
+    units = last.get("config", {}).get("units")
+    if (not batch_shape or len(batch_shape) != 4 or last.get("class_name") != "Dense"
+            or not isinstance(units, int) or any(layer.get("class_name") in ("Functional", "Sequential",
+                                                                               "Model") for layer in layers)):
+        return None
+    if embedding_layer:
+        if embedding_layer not in names:
+            raise ValueError(f"model has no layer named {embedding_layer!r}; its layers: {', '.join(names)}")
+        name = embedding_layer
+    else:
+        name = "embedding" if "embedding" in names else names[-2]
+    return tuple(batch_shape[1:]), units, name
+
+
 def _inspect(uri: str, runtime: str, declared: Optional[dict], embedding_layer: Optional[str]):
-    """Loads the model once; returns ``(preprocessing, num_classes, embedding name)``."""
+    """Reads the model once; returns ``(preprocessing, num_classes, embedding name)``. A plain
+    ``.keras`` file is read from its configuration (no TensorFlow on the driver); other models
+    are loaded."""
+    summary = keras_file_summary(uri, embedding_layer) if runtime == KERAS else None
+    if summary:
+        input_shape, num_classes, layer_name = summary
+        if None in input_shape or input_shape[2] not in (1, 3):
+            raise ValueError(f"{uri}: the model input must be (H, W, 1) or (H, W, 3) with fixed H "
+                             f"and W, got {input_shape}")
+        return _preprocessing(declared, input_shape, uri), num_classes, layer_name
     if runtime == KERAS:
         _, layer_name, model = load_embedding_classifier(uri, embedding_layer)
         prep = _preprocessing(declared, tuple(model.inputs[0].shape[1:]), uri)

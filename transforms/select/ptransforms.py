@@ -15,7 +15,8 @@ on at most ``shard_size`` frames::
 Memory per worker: ``O(shard_size * (D + C))`` floats (``D`` embedding width, ``C`` classes),
 whatever the number of frames: an accumulator peaks at ``2 * shard_size`` frames of about
 1 KB each with 128-d embeddings (Python objects included), about 100 MB with the default
-``shard_size=50_000``, for 10M frames as for 10K. Exact for top-k, random and Cluster-Margin's preselection; a
+``shard_size=50_000``, for 10M frames as for 10K (a budget above 25,000 raises the default
+shard size to ``2 * budget``, so memory grows with the budget, not with the data). Exact for top-k, random and Cluster-Margin's preselection; a
 composable core-set for k-center (see :meth:`transforms.select.strategies.Strategy.preselect`).
 
 Streaming: in an event-time window (``beam.WindowInto`` before this transform, or the
@@ -115,6 +116,10 @@ def _shared_scores(items: Sequence[_Scored]) -> dict:
     per_item = [dict(s.scores) for s in items]
     names = set.intersection(*(set(d) for d in per_item)) if per_item else set()
     return {name: np.array([d[name] for d in per_item], dtype=np.float64) for name in sorted(names)}
+
+
+#: The metadata columns of :func:`to_pool` (what ``balance_key`` may name).
+METADATA_COLUMNS = ("source", "camera", "predicted_class")
 
 
 def to_pool(items: Sequence[_Scored]) -> Pool:
@@ -249,9 +254,10 @@ class SelectCandidates(beam.PTransform):
         Frame ids never to select (already labelled, earlier selections); a side input.
     labelled : Pool, optional
         Embeddings of labelled frames: initial k-center centres and near-duplicate exclusion.
-    shard_size : int
+    shard_size : int, optional
         Frames one accumulator holds before it preselects, ``> budget`` (and ``> k_m`` for
-        Cluster-Margin).
+        Cluster-Margin, else raised to it). Default: ``max(DEFAULT_SHARD_SIZE, 2 * budget)``,
+        so any budget works.
     inputs : sequence of str
         Names of the inputs (globs, table), hashed into the ``selection_id``.
     window_s, period_s : float, optional
@@ -269,7 +275,7 @@ class SelectCandidates(beam.PTransform):
 
     def __init__(self, budget: int, strategy="entropy", params: Optional[Mapping] = None, *,
                  exclude_ids=None, labelled: Optional[Pool] = None,
-                 shard_size: int = DEFAULT_SHARD_SIZE, inputs: Sequence[str] = (),
+                 shard_size: Optional[int] = None, inputs: Sequence[str] = (),
                  window_s: Optional[float] = None, period_s: Optional[float] = None,
                  allowed_lateness_s: float = 0.0):
         super().__init__()
@@ -281,7 +287,9 @@ class SelectCandidates(beam.PTransform):
             strategy = make_strategy(strategy, params)
         elif not isinstance(strategy, Strategy):
             raise ValueError(f"strategy must be a name or a Strategy, got {strategy!r}")
-        if shard_size <= budget:
+        if shard_size is None:
+            shard_size = max(DEFAULT_SHARD_SIZE, 2 * budget)
+        elif shard_size <= budget:
             raise ValueError(f"shard_size must be > budget ({budget}), got {shard_size}")
         if window_s is not None and window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")

@@ -28,7 +28,10 @@ References
 * LightlyOne selection configuration: strategies ``input``/``strategy`` with ``strength``,
   ``threshold`` and ``BALANCE`` target distributions (docs.lightly.ai, "Selection").
 """
+import functools
+import inspect
 import json
+import re
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -409,6 +412,9 @@ class Combined(Strategy):
     name = "combined"
 
     def __init__(self, strengths: Mapping[str, float], thresholds: Optional[Mapping[str, float]] = None):
+        if not isinstance(strengths, Mapping) or not isinstance(thresholds or {}, Mapping):
+            raise ValueError(f"strengths and thresholds must map score names to numbers, got "
+                             f"{strengths!r} and {thresholds!r}")
         if not strengths:
             raise ValueError("strengths must name at least one score")
         if any(float(v) <= 0 for v in strengths.values()):
@@ -646,14 +652,18 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     builders = {"random": RandomSampling, "coreset": KCenterGreedy,
                 "cluster_margin": ClusterMargin, "combined": Combined}
     if name in registry.names(rankable=True):
-        strategy = TopK(name, **params)
+        builder = functools.partial(TopK, name)
     elif name in builders:
-        try:
-            strategy = builders[name](**params)
-        except TypeError as e:
-            raise ValueError(f"bad parameters for strategy {name!r}: {e}") from None
+        builder = builders[name]
     else:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}, got {name!r}")
+    try:
+        strategy = builder(**params)
+    except TypeError as e:
+        takes = ", ".join(inspect.signature(builder).parameters) or "no parameters"
+        reason = re.sub(r"^[\w.]+[(][)] ", "", str(e))  # not the class's name: the strategy's
+        raise ValueError(f"bad parameters for strategy {name!r}: {reason}; it takes {takes} (any "
+                         f"strategy: balance_key, quotas, exclude_ids, near_duplicate_distance)") from None
     if balance_key:
         strategy = Balanced(strategy, balance_key, quotas)
     if exclude_ids or near:

@@ -1,0 +1,237 @@
+"""The HTML report, opened in a real headless Chromium, and the progress lines of a run.
+
+One small ``mine`` run on real media (a video, two photos, PNGs and a truncated JPEG) against a
+real mongod is shared by the tests of this file: its ``report/index.html`` and a report of the
+same selection written by the ``python -m beam_pipelines.report`` CLI with small pages.
+"""
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from beam_pipelines import mine, progress, report, report_frames
+from tests import harness
+
+CHROMIUM = "/usr/bin/chromium"
+BUDGET = 14
+# Keep the browser off every network: names resolve to nothing, background services off.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-default-apps", "--no-first-run", "--no-pings",
+                 "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication"]
+
+
+@pytest.fixture(scope="module")
+def mongo():
+    with harness.mongod() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def run(mongo):
+    """One mine run on real media; its summary, output directory and stderr (progress lines)."""
+    d = os.path.join(harness.tmpdir(), "media")
+    os.makedirs(d)
+    shutil.copy(harness.media("cup.mp4"), d)
+    shutil.copy(harness.media("china.jpg"), d)
+    shutil.copy(harness.media("flower.jpg"), d)
+    for i in range(12):
+        shutil.copy(harness.media("fashion-mnist", f"t10k-{i:05d}.png"), d)
+    with open(harness.media("china.jpg"), "rb") as f:
+        jpeg = f.read()
+    with open(os.path.join(d, "truncated.jpg"), "wb") as f:
+        f.write(jpeg[: len(jpeg) // 3])
+    out_dir = harness.tmpdir("report-run-")
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        summary = mine.run([f"--input={d}/*", f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}",
+                            f"--budget={BUDGET}", "--video_fps=1"])
+    return summary, out_dir, stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (never ``playwright install``: it downloads)."""
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run scripts/setup.sh (apt-get install chromium)"
+    from playwright.sync_api import sync_playwright
+    home = harness.tmpdir("chromium-home-")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                              env=dict(os.environ, HOME=home, XDG_CONFIG_HOME=home))
+        yield b
+        b.close()
+
+
+class Page:
+    """A report opened in the browser, with every console message, page error, failed and
+    non-file request recorded (non-file requests are aborted)."""
+
+    def __init__(self, browser, index_html):
+        self.errors, self.failed, self.outside = [], [], []
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.page.on("console", lambda m: m.type in ("error", "warning") and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("requestfailed", lambda r: self.failed.append(r.url))
+        self.page.route("**/*", self._route)
+        self.page.goto("file://" + index_html)
+        self.page.wait_for_selector("body[data-ready='1']")
+
+    def _route(self, route):
+        if route.request.url.startswith("file://"):
+            route.continue_()
+        else:
+            self.outside.append(route.request.url)
+            route.abort()
+
+    def images(self):
+        """(complete and decoded, src) of every img on the page, once they have settled."""
+        self.page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+        return self.page.eval_on_selector_all("img", "els => els.map(i => [i.complete && i.naturalWidth > 0, i.src])")
+
+    def clean(self):
+        assert self.errors == [] and self.failed == [] and self.outside == []
+
+
+def _read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_mine_writes_report_and_progress(run):
+    summary, out_dir, stderr = run
+    assert summary["candidates"] == BUDGET and summary["dead_letters"] == 1
+    report_dir = os.path.join(out_dir, "report")
+    candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
+    for c in candidates:  # every candidate pictured, thumbnail and full frame
+        for sub in ("thumbs", "frames"):
+            assert os.path.getsize(os.path.join(report_dir, sub, f"{c['frame_id']}.jpg")) > 0
+    # The progress side channel counted what the pipeline's metrics counted.
+    last = [line for line in stderr.splitlines() if line.startswith("progress ")][-1]
+    n = summary["frames_decoded"]
+    assert f"files {summary['files_matched']}/{summary['files_matched']} (100%)" in last
+    assert f"frames {n} decoded, {n} scored, {n} indexed" in last
+
+
+def test_report_in_chromium(run, browser):
+    summary, out_dir, _ = run
+    page = Page(browser, os.path.join(out_dir, "report", "index.html"))
+    images = page.images()
+    assert len(images) == BUDGET and all(ok for ok, _ in images), images
+    p = page.page
+    ranks = p.eval_on_selector_all(".card .rank", "els => els.map(e => e.textContent)")
+    assert ranks == [f"#{r}" for r in range(1, BUDGET + 1)]
+    # Score components, source and timestamp on the cards; a video frame says where it is.
+    assert p.locator(".card tr.comp").count() == BUDGET
+    texts = p.eval_on_selector_all(".card .src", "els => els.map(e => e.textContent)")
+    for c, text in zip(_read_jsonl(os.path.join(out_dir, "candidates.jsonl")), texts):
+        where = "" if c["timestamp_s"] is None else f" @ {c['timestamp_s']:.2f} s (frame {c['frame_index']})"
+        assert text == os.path.basename(c["source_uri"]) + where
+    # Histograms with pool and selection bars, the PCA map drawn, counts, dead letters, summary.
+    assert p.locator("svg.hist").count() >= 3
+    assert p.locator("svg.hist rect.sel").count() > 0 and p.locator("svg.hist rect.pool").count() > 0
+    orange = p.evaluate("""() => { const c = document.getElementById('map');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i+1] > 100 && d[i+1] < 150 && d[i+2] < 60) n++;
+        return n; }""")
+    assert orange > 30  # candidate dots (about 50 px each, some overlap)
+    assert int(p.get_attribute("#map", "data-points")) == summary["frames_decoded"]
+    assert p.locator("#counts table.counts").first.locator("tbody tr").count() == summary["files_decoded"]
+    assert "truncated.jpg" in p.inner_text("#dead-letter-table")
+    assert summary["run_id"] in p.inner_text("#summary")
+    # The full frame behind a thumbnail loads too.
+    href = p.get_attribute(".card a", "href")
+    page.page.goto(p.evaluate("h => new URL(h, location.href).href", href))
+    assert page.page.evaluate("document.images[0].naturalWidth") > 0
+    page.clean()
+    page.context.close()
+
+
+def test_cli_report_paging_in_chromium(run, mongo, browser):
+    summary, out_dir, _ = run
+    selection_id = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))[0]["selection_id"]
+    report_dir = harness.tmpdir("cli-report-")
+    cli = subprocess.run([sys.executable, "-m", "beam_pipelines.report", "--mongo_uri", mongo.uri,
+                          "--selection_id", selection_id, "--output", report_dir, "--page_size", "5"],
+                         capture_output=True, text=True, cwd=harness.CHECKOUT, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.strip() == os.path.join(report_dir, "index.html")
+    page = Page(browser, os.path.join(report_dir, "index.html"))
+    p = page.page
+    seen = []
+    for expected_page in (1, 2, 3):
+        assert p.get_attribute("body", "data-page") == str(expected_page)
+        images = page.images()
+        assert len(images) == min(5, BUDGET - 5 * (expected_page - 1)) and all(ok for ok, _ in images)
+        seen += p.eval_on_selector_all(".card .rank", "els => els.map(e => e.textContent)")
+        assert p.locator("#pager-top .page-info").inner_text().startswith(f"page {expected_page} of 3")
+        if expected_page < 3:
+            p.click("#pager-top button.next")
+    assert p.locator("#pager-top button.next").is_disabled()
+    assert seen == [f"#{r}" for r in range(1, BUDGET + 1)]
+    # A rank link goes to that candidate's page; the run found from the runs index gives lineage.
+    p.evaluate("location.hash = 'rank-7'")
+    p.wait_for_selector("#rank-7.target")
+    assert p.get_attribute("body", "data-page") == "2"
+    assert summary["run_id"] in p.inner_text("#summary")
+    assert "truncated.jpg" in p.inner_text("#dead-letter-table")
+    page.clean()
+    page.context.close()
+
+
+def test_boxes_are_drawn_from_detections(run):
+    """A candidate with detections gets its boxes drawn, scaled from the scored frame's size."""
+    import cv2
+    summary, out_dir, _ = run
+    china = [c for c in _read_jsonl(os.path.join(out_dir, "candidates.jsonl")) if c["source_uri"].endswith("china.jpg")]
+    candidate = dict(china[0] if china else _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))[0])
+    candidate.update(source_uri=harness.media("china.jpg"), timestamp_s=None, frame_index=0,
+                     detections=[{"label": "palace", "class_id": 1, "score": 0.7, "box": [100, 100, 500, 300]}])
+    report_dir = harness.tmpdir("boxes-")
+    report.write_report(report_dir, [candidate], [{"_id": candidate["frame_id"], "width": 640, "height": 427}])
+    full = cv2.imread(os.path.join(report_dir, "frames", f"{candidate['frame_id']}.jpg"))[..., ::-1]
+    box = np.array(report_frames.BOX_COLOUR)
+    assert np.abs(full[200, 99:102].astype(int) - box).max(axis=1).min() < 60  # left edge
+    assert np.abs(full[250, 300].astype(int) - box).max() > 60  # inside: the photo
+
+
+def test_report_failure_does_not_fail_the_run(tmp_path, caplog):
+    (tmp_path / "candidates.jsonl").write_text('{"rank": 1}\n')  # no frame_id
+    assert report.write_run_report_safely(str(tmp_path), None, "activebeam") is None
+    assert "could not be written" in caplog.text
+
+
+def test_progress_lines_format_and_counts():
+    d = harness.tmpdir("progress-")
+    import apache_beam as beam
+    with beam.Pipeline(options=harness.local_options()) as p:
+        numbers = p | beam.Create(range(1000))
+        _ = {"frames_scored": numbers, "files": numbers | beam.Filter(lambda x: x % 100 == 0)} \
+            | progress.CountProgress(d)
+    assert progress.read_counts(d) == {"frames_scored": 1000, "files": 10}
+    line = progress.format_line(75, {"files": 3, "frames_decoded": 40, "frames_scored": 30,
+                                     "frames_indexed": 20}, 12, 4.0, 225)
+    assert line == ("progress 1:15  files 3/12 (25%)  frames 40 decoded, 30 scored, 20 indexed  "
+                    "4.0 frames/s  ~3:45 left")
+    out = io.StringIO()
+    with progress.ProgressLines(files_total=4, interval_s=0.05, out=out) as progress_dir:
+        with open(os.path.join(progress_dir, "files.a.count"), "w") as f:
+            f.write("2")
+        with open(os.path.join(progress_dir, "frames_indexed.b.count"), "w") as f:
+            f.write("7")
+        import time
+        time.sleep(0.3)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3 and "files 2/4 (50%)" in lines[-1] and "7 indexed" in lines[-1]
+    assert any("left" in line for line in lines[:-1])
+    assert not os.path.exists(progress_dir)
+
+
+if __name__ == "__main__":
+    harness.main(__file__)
