@@ -237,7 +237,8 @@ class MineStream(beam.PTransform):
                                   model_glob=job.model_watch, feed=feed)
         self._parse = ParseNotifications(self._ledger, feed_id)
         self._claim = ClaimArrivals(self._ledger, feed_id)
-        self._decode = DecodeMedia(video_fps, **(decode_options or {}))
+        # On the local runner, no fan-out: its per-key state would grow with every file.
+        self._decode = DecodeMedia(video_fps, **dict(decode_options or {}, fan_out=not job.local))
         background = job.mine.detector_background
         self._detector = DetectorHandler(BackgroundDifferenceDetector(background)) if background else None
         self._event_time = AttachEventTime(job.fallback_source)

@@ -206,3 +206,16 @@ def literal_glob(path: str) -> str:
     """``path`` as a glob that matches exactly that file (``*``, ``?`` and ``[`` escaped as
     one-character classes), for transforms that take globs."""
     return "".join(_GLOB_CHARS.get(c, c) for c in path)
+
+
+def notification_attributes(resource: Mapping, event_type: str = OBJECT_FINALIZE,
+                            config: str = "1") -> dict:
+    """The attributes Cloud Storage gives the notification of an object resource (the JSON API's
+    ``storage#object``; its JSON is the message's data with ``payloadFormat=JSON_API_V1``): how
+    demos and tests publish notifications exactly as a bucket would."""
+    return {
+        "notificationConfig": f"projects/_/buckets/{resource['bucket']}/notificationConfigs/{config}",
+        "eventType": event_type, "payloadFormat": JSON_API_V1, "bucketId": resource["bucket"],
+        "objectId": resource["name"], "objectGeneration": str(resource["generation"]),
+        "eventTime": resource.get("updated") or resource["timeCreated"],
+    }

@@ -26,6 +26,7 @@ Metrics (namespace ``activebeam.stream``): ``notifications_read``, ``notificatio
 """
 import logging
 import time
+import zlib
 from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -47,6 +48,29 @@ DEAD_LETTER = records.DEAD_LETTER_TAG
 RESULTS = "results"
 #: Seconds of reading time per intake window (see the module docstring).
 INTAKE_WINDOW_S = 1.0
+#: The per-file groupings are keyed by one of this many shards of the file's URI, not by the file:
+#: parallel enough, and the local runner's per-key bookkeeping (never released) stays bounded.
+SHARDS = 16
+
+
+def _shard(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8")) % SHARDS
+
+
+def _by_shard(kind: str, key_fn):
+    """``element -> (shard, (kind, key, element))`` for a per-file grouping (see :data:`SHARDS`)."""
+    def keyed(element):
+        key = key_fn(element)
+        return _shard(key), (kind, key, element)
+    return keyed
+
+
+def _by_file(items, kinds):
+    """``{file key: {kind: [elements]}}`` of one shard's grouped ``(kind, key, element)``\\ s."""
+    files = {}
+    for kind, key, element in items:
+        files.setdefault(key, {k: [] for k in kinds})[kind].append(element)
+    return files
 
 
 class LedgerConfig(NamedTuple):
@@ -285,8 +309,11 @@ def _dead_letter_key(dead: DeadLetter) -> str:
     return dead.source_uri if dead.stage == records.STAGE_MATCH else literal_glob(dead.source_uri)
 
 
+_EVENT_TIME_KINDS = ("arrivals", "records", "dead_letters", "outcomes")
+
+
 class _AttachEventTimeFn(beam.DoFn):
-    """Per file (a CoGroupByKey of its arrival, records, dead letters and outcome): event times."""
+    """Per file (grouped with its arrival, records, dead letters and outcome): event times."""
 
     def __init__(self, fallback_source: str):
         self._fallback_source = fallback_source
@@ -295,7 +322,11 @@ class _AttachEventTimeFn(beam.DoFn):
         self._orphans = Metrics.counter(METRICS_NAMESPACE, "frames_without_arrival")
 
     def process(self, element, win=beam.DoFn.WindowParam):
-        _, grouped = element
+        _, items = element
+        for grouped in _by_file(items, _EVENT_TIME_KINDS).values():
+            yield from self._file(grouped, win)
+
+    def _file(self, grouped, win):
         arrivals = sorted(grouped["arrivals"], key=lambda a: (a.fallback_time, a.key))
         if arrivals:
             arrival = arrivals[-1]
@@ -351,17 +382,13 @@ class AttachEventTime(beam.PTransform):
         self._fn = _AttachEventTimeFn(fallback_source)
 
     def expand(self, inputs):
-        keyed = {
-            "arrivals": inputs["arrivals"] | "KeyArrivals" >> beam.Map(lambda a: (arrival_glob(a), a)),
-            "records": inputs["records"] | "KeyRecords" >> beam.Map(
-                lambda r: (literal_glob(r.frame.source_uri), r)).with_output_types(Tuple[str, FrameRecord]),
-            "dead_letters": inputs["dead_letters"] | "KeyDeadLetters" >> beam.Map(
-                lambda d: (_dead_letter_key(d), d)),
-            "outcomes": inputs["outcomes"] | "KeyOutcomes" >> beam.Map(
-                lambda o: (literal_glob(o.source_uri), o)),
-        }
+        keys = {"arrivals": arrival_glob, "records": lambda r: literal_glob(r.frame.source_uri),
+                "dead_letters": _dead_letter_key, "outcomes": lambda o: literal_glob(o.source_uri)}
+        keyed = [inputs[kind] | f"Key_{kind}" >> beam.Map(_by_shard(kind, keys[kind]))
+                 for kind in _EVENT_TIME_KINDS]
         timed = (keyed
-                 | "ByFile" >> beam.CoGroupByKey()
+                 | "Together" >> beam.Flatten()
+                 | "ByFile" >> beam.GroupByKey()
                  | "EventTimes" >> beam.ParDo(self._fn).with_output_types(FrameRecord).with_outputs(
                      DEAD_LETTER, RESULTS, main="records"))
         return TimedFrames(timed.records, timed[DEAD_LETTER], timed[RESULTS])
@@ -370,7 +397,8 @@ class AttachEventTime(beam.PTransform):
 # --- acknowledging ----------------------------------------------------------------------------
 
 def _with_timestamp(dead, timestamp=beam.DoFn.TimestampParam):
-    return literal_glob(dead.source_uri), (dead, float(timestamp))
+    key = literal_glob(dead.source_uri)
+    return _shard(key), ("index_dead_letters", key, (dead, float(timestamp)))
 
 
 class _AcknowledgeFn(beam.DoFn):
@@ -389,7 +417,11 @@ class _AcknowledgeFn(beam.DoFn):
             self._ledger.close()
 
     def process(self, element):
-        _, grouped = element
+        _, items = element
+        for grouped in _by_file(items, ("results", "index_dead_letters")).values():
+            self._file(grouped)
+
+    def _file(self, grouped):
         late_dead = list(grouped["index_dead_letters"])
         for result in grouped["results"]:
             arrival = result.arrival
@@ -420,15 +452,14 @@ class AcknowledgeArrivals(beam.PTransform):
         self._fn = _AcknowledgeFn(ledger, feed_id)
 
     def expand(self, inputs):
-        keyed = {
-            "results": inputs["results"] | "KeyResults" >> beam.Map(lambda r: (arrival_glob(r.arrival), r)),
-            "index_dead_letters": inputs["index_dead_letters"] | "KeyIndexDeadLetters" >> beam.Map(_with_timestamp),
-        }
+        keyed = [inputs["results"] | "KeyResults" >> beam.Map(_by_shard("results", lambda r: arrival_glob(r.arrival))),
+                 inputs["index_dead_letters"] | "KeyIndexDeadLetters" >> beam.Map(_with_timestamp)]
         for name, pcoll in sorted(inputs.items()):
-            if name not in keyed:  # only their watermark matters
-                keyed[name] = pcoll | f"Wait_{name}" >> beam.FlatMap(lambda _: ())
+            if name not in ("results", "index_dead_letters"):  # only their watermark matters
+                keyed.append(pcoll | f"Wait_{name}" >> beam.FlatMap(lambda _: ()))
         return (keyed
-                | "WhenIndexed" >> beam.CoGroupByKey()
+                | "Together" >> beam.Flatten()
+                | "WhenIndexed" >> beam.GroupByKey()
                 | "Acknowledge" >> beam.ParDo(self._fn))
 
 
