@@ -36,7 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -48,7 +47,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from beam_pipelines import preflight, shutdown
 from beam_pipelines.mine import _embedded_mongod, _load_model, _run_facts
-from beam_pipelines.options import LOCAL_RUNNERS, MineJob, MineOptions, _decode_options, check_options
+from beam_pipelines.options import (MineJob, MineOptions, StreamingOptions, _decode_options, check_options,
+                                    streaming_requested)
 from beam_pipelines.run_record import RunRecord, describe_run
 from schemas import arrivals as arrivals_schema
 from schemas.frames import DEFAULT_DATABASE
@@ -68,53 +68,11 @@ from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.windows import WindowSpec, SelectPerWindow
 
 _LOG = logging.getLogger(__name__)
-STREAMING_RUNNER = "BundleBasedDirectRunner"
-SUBSCRIPTION_PATTERN = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")
-
-
-class StreamingOptions(PipelineOptions):
-    """Options of the streaming ``mine`` job (with :class:`~beam_pipelines.options.MineOptions`)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument(
-            "--input_subscription", default=None,
-            help="projects/P/subscriptions/S receiving Cloud Storage notifications (JSON_API_V1): "
-                 "each OBJECT_FINALIZE is a new file to mine. Makes the job a streaming job.")
-        parser.add_argument(
-            "--watch", default=None,
-            help="Glob (local or gs://) listed every --watch_interval_seconds: each new or "
-                 "replaced file is mined once. Makes the job a streaming job. Write files "
-                 "atomically (write elsewhere, then rename into place).")
-        parser.add_argument("--watch_interval_seconds", type=float, default=10.0,
-                            help="Seconds between two listings of --watch (and of --model_watch).")
-        parser.add_argument("--window_seconds", type=float, default=60.0,
-                            help="Length of the event-time (capture-time) windows; --budget "
-                                 "candidates are selected per window.")
-        parser.add_argument("--window_period_seconds", type=float, default=None,
-                            help="Sliding windows: a window of --window_seconds starts every this "
-                                 "many seconds (default: fixed windows).")
-        parser.add_argument("--allowed_lateness_seconds", type=float, default=600.0,
-                            help="A frame read up to this long after its window ended still updates "
-                                 "it (a late pane); later ones are dead letters of stage 'window'.")
-        parser.add_argument("--max_runtime_seconds", type=float, default=0.0,
-                            help="Local runners: stop reading after this long, write the open "
-                                 "windows and exit 0 (as on SIGINT/SIGTERM); 0 runs until stopped.")
-        parser.add_argument("--model_watch", default=None,
-                            help="Glob of model files: the newest written after the job started "
-                                 "replaces --model without a restart (same runtime, input and "
-                                 "classes); records keep the version that scored them.")
-        parser.add_argument("--ack_deadline_seconds", type=float, default=60.0,
-                            help="Local runners: lease (10-600 s) kept on Pub/Sub messages until "
-                                 "their frames are indexed; after a crash they come back this late.")
-        parser.add_argument("--status_interval_seconds", type=float, default=10.0,
-                            help="Seconds between updates of the run's counts in <database>.runs.")
 
 
 def requested(options: PipelineOptions) -> bool:
-    """Whether ``options`` ask for the streaming job."""
-    stream = options.view_as(StreamingOptions)
-    return bool(options.view_as(StandardOptions).streaming or stream.input_subscription or stream.watch)
+    """Whether ``options`` ask for the streaming job (:func:`~beam_pipelines.options.streaming_requested`)."""
+    return streaming_requested(options)
 
 
 class StreamJob(NamedTuple):
@@ -143,56 +101,18 @@ class StreamJob(NamedTuple):
 
 
 def check_streaming(options: PipelineOptions) -> StreamJob:
-    """Checks every option of the streaming job (and of ``mine``, :func:`check_options`).
+    """Checks every option of the streaming job (:func:`~beam_pipelines.options.check_options`,
+    which checks the streaming ones too) and returns what the driver runs.
 
     Raises
     ------
     ValueError
-        Naming the first option whose value cannot work: no source or two, ``--input`` with a
-        streaming source, a malformed subscription, a runner that cannot stream, numbers out of
-        range, ``FILE_LOADS``.
+        Naming the first option whose value cannot work.
     """
-    mine = options.view_as(MineOptions)
+    job = check_options(options)
     stream = options.view_as(StreamingOptions)
-    standard = options.view_as(StandardOptions)
-    if stream.input_subscription and stream.watch:
-        raise ValueError("--input_subscription and --watch are two sources: give one")
-    if not stream.input_subscription and not stream.watch:
-        raise ValueError("--streaming needs a source: --input_subscription projects/P/subscriptions/S "
-                         "or --watch GLOB (--input is for batch runs)")
-    if mine.input:
-        raise ValueError("--input is for batch runs: a streaming job reads --input_subscription or --watch")
-    if stream.input_subscription and not SUBSCRIPTION_PATTERN.match(stream.input_subscription):
-        raise ValueError(f"--input_subscription must be projects/PROJECT/subscriptions/NAME, "
-                         f"got {stream.input_subscription!r}")
-    for flag, value, valid, expected in (
-            ("window_seconds", stream.window_seconds, stream.window_seconds > 0, "> 0"),
-            ("window_period_seconds", stream.window_period_seconds,
-             stream.window_period_seconds is None or 0 < stream.window_period_seconds <= stream.window_seconds,
-             "in (0, --window_seconds]"),
-            ("allowed_lateness_seconds", stream.allowed_lateness_seconds, stream.allowed_lateness_seconds >= 0, ">= 0"),
-            ("watch_interval_seconds", stream.watch_interval_seconds, stream.watch_interval_seconds > 0, "> 0"),
-            ("max_runtime_seconds", stream.max_runtime_seconds, stream.max_runtime_seconds >= 0, ">= 0 (0: until stopped)"),
-            ("ack_deadline_seconds", stream.ack_deadline_seconds, 10 <= stream.ack_deadline_seconds <= 600,
-             "in [10, 600] (Pub/Sub's range)"),
-            ("status_interval_seconds", stream.status_interval_seconds, stream.status_interval_seconds > 0, "> 0")):
-        if not valid:  # NaN fails every comparison
-            raise ValueError(f"--{flag} must be {expected}, got {value!r}")
-    if mine.bigquery_write_method == "FILE_LOADS":
-        raise ValueError("--bigquery_write_method=FILE_LOADS needs a bounded input: a streaming job "
-                         "uses STREAMING_INSERTS (or AUTO)")
-    runner = standard.runner
-    if runner and runner.lower() == "fnapirunner":
-        raise ValueError("--runner=FnApiRunner cannot run a streaming job (it fires no window before "
-                         "its source ends): use BundleBasedDirectRunner (the local default) or DataflowRunner")
-    local = not runner or runner.lower() in LOCAL_RUNNERS
-    runner = STREAMING_RUNNER if local else runner
-    if not local and stream.watch and is_local(stream.watch):
-        raise ValueError(f"--watch must be a gs:// glob with a remote runner, got {stream.watch!r}")
-    job = check_options(options, streaming=True)
-    job = job._replace(bigquery_write_method="STREAMING_INSERTS", runner=runner, local_runner=local)
     return StreamJob(
-        mine=job, runner=runner, local=local,
+        mine=job, runner=job.runner, local=job.local_runner,
         input_name=stream.input_subscription or stream.watch,
         subscription=stream.input_subscription, watch=stream.watch,
         windows=WindowSpec(stream.window_seconds, stream.window_period_seconds,

@@ -141,6 +141,9 @@ def main(argv=None):
                  f"--mongo_uri={mongo.uri}", "--mongo_database=bench_stream",
                  f"--output_dir={os.path.join(work, 'out-stream')}", "--budget=50", f"--project={PROJECT}"],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
+            def job_log():
+                with open(os.path.join(work, "job.log"), errors="replace") as f:
+                    return f.read()[-3000:]
             try:
                 uri = f"gs://{BUCKET}/warm-up.png"
                 watcher.expect([uri])
@@ -178,6 +181,8 @@ def main(argv=None):
                 stream_rate = len(burst_uris) / (last - start)
                 print(f"streaming: {len(burst_uris)} frames in {last - start:.1f} s "
                       f"({stream_rate:.1f} frames/s)", file=sys.stderr, flush=True)
+            except TimeoutError as e:
+                raise TimeoutError(f"{e}; the streaming job's log ends with:\n{job_log()}") from None
             finally:
                 job.send_signal(signal.SIGTERM)
                 try:
@@ -187,8 +192,7 @@ def main(argv=None):
                 log.close()
                 watcher.close()
             if job.returncode != 0:
-                with open(os.path.join(work, "job.log"), errors="replace") as f:
-                    raise RuntimeError(f"the streaming job exited {job.returncode}:\n{f.read()[-3000:]}")
+                raise RuntimeError(f"the streaming job exited {job.returncode}:\n{job_log()}")
 
             # 3. The batch job on the same files (and on the first half of them).
             half = len(burst_pngs) // 2
