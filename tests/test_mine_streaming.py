@@ -313,7 +313,8 @@ def test_notifications_to_per_window_candidates(mongo, gcs, pubsub_host):
     assert [c["source_uri"].rsplit("/", 1)[1] for c in candidates_a] == sorted(
         confidences, key=lambda name: -confidences[name])[:2]
     # MongoDB holds the window's latest selection, no stale entry of the on-time pane.
-    stored = list(db.candidates.find({"window_start": start_a}))
+    stored = list(db.candidates.find({"window_start": start_a, "selection_id": {
+        "$in": [p["selection_id"] for p in panes_a if p["selection_id"]]}}))
     assert sorted(c["frame_id"] for c in stored) == sorted(c["frame_id"] for c in candidates_a)
 
     # Dead letters: the malformed notification in A, the 2019 photo as too late.
@@ -386,7 +387,9 @@ def test_killed_job_restarts_without_loss_or_duplicates(mongo, gcs, pubsub_host)
         digests = [line["digest"] for line in lines if line["window_start_s"] == start]
         assert len(digests) == len(set(digests)), lines
         latest = _latest_panes(out)[start]
-        stored = sorted(c["frame_id"] for c in db.candidates.find({"window_start": start}))
+        selections = {line["selection_id"] for line in lines if line["window_start_s"] == start} - {None}
+        stored = sorted(c["frame_id"] for c in db.candidates.find(
+            {"window_start": start, "selection_id": {"$in": sorted(selections)}}))
         written = sorted(c["frame_id"] for c in _read_jsonl(_window_file(out, "candidates", start)))
         assert stored == written and len(written) == latest["candidates"] == min(2, expected[start])
     runs = list(db.runs.find({"inputs": notifier.subscription}).sort("started_at", 1))
