@@ -203,6 +203,9 @@ def _committed(result) -> int:
 def run(argv: Optional[List[str]] = None) -> dict:
     """Runs the job and returns the contents of ``summary.json`` plus ``wall_seconds``.
 
+    With ``--input_subscription`` or ``--watch`` (or ``--streaming``) the job is the streaming
+    job of :mod:`beam_pipelines.streaming` instead.
+
     Every option is checked (:func:`check_options`) before the model is loaded or a server
     started. The run's entry in ``<database>.runs`` (:class:`~beam_pipelines.run_record.RunRecord`)
     takes its counts from the pipeline's metrics (:data:`SUMMARY_COUNTERS`).
@@ -219,8 +222,12 @@ def run(argv: Optional[List[str]] = None) -> dict:
     beam_pipelines.local_mongo.MongoDStartError
         When the embedded mongod cannot start (e.g. its data directory in use by another run).
     """
+    from beam_pipelines import streaming  # registers its options; it imports this module
     gcp_emulators.use_emulators_if_configured()
-    options, job = preflight.check_job(sys.argv[1:] if argv is None else argv, MineOptions, check_options)
+    argv = sys.argv[1:] if argv is None else argv
+    if streaming.requested(preflight.parse_command_line(argv, MineOptions)):
+        return streaming.run(argv)
+    options, job = preflight.check_job(argv, MineOptions, check_options)
     mine = options.view_as(MineOptions)
     if job.local_runner:  # a remote runner's workers may reach stores the driver cannot
         preflight.check_stores(mine.mongo_uri, [t for t in (mine.bigquery_table, job.candidates_table) if t],
@@ -394,7 +401,10 @@ def main(argv=None):
     os.environ.setdefault("NO_GCE_CHECK", "true")  # never probe the cloud metadata server
     with shutdown.exit_codes("mine", hard_exit_on_cancel=argv is None), shutdown.cancel_on_signals():
         summary = run(args)
-    if summary:
+    if summary.get("streaming"):
+        from beam_pipelines import streaming
+        streaming.print_summary(summary)
+    elif summary:
         out = summary["output_dir"]
         print(json.dumps({k: summary[k] for k in (
             "files_matched", "files_decoded", "files_failed", "frames_decoded", "frames_written",

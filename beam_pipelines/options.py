@@ -8,6 +8,7 @@ its value and what is allowed, otherwise).
 import argparse
 import json
 import os
+import re
 from typing import List, NamedTuple, Optional, Tuple
 
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
@@ -164,6 +165,9 @@ class MineJob(NamedTuple):
 
 def check_options(options: PipelineOptions) -> MineJob:
     """Checks every option of the ``mine`` job, cheaply: nothing is loaded, started or written.
+    A streaming job's (``--input_subscription``, ``--watch``, ``--streaming``) too: see
+    :func:`check_streaming_options`; its local runner is then the ``BundleBasedDirectRunner``
+    and its BigQuery writes are streaming inserts.
 
     Raises
     ------
@@ -171,9 +175,14 @@ def check_options(options: PipelineOptions) -> MineJob:
         Naming the first option whose value cannot work, and why.
     """
     mine = options.view_as(MineOptions)
-    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    streaming = streaming_requested(options)
+    if streaming:
+        check_streaming_options(options)
+    runner = options.view_as(StandardOptions).runner or (STREAMING_RUNNER if streaming else DEFAULT_RUNNER)
     preflight.check_runner(runner)
     local_runner = runner.lower() in LOCAL_RUNNERS
+    if streaming and local_runner:
+        runner = STREAMING_RUNNER
     _check_ranges(mine)
     check_range("direct_num_workers", options.view_as(DirectOptions).direct_num_workers,
                 options.view_as(DirectOptions).direct_num_workers >= 0, ">= 0 (0: one per CPU)")
@@ -181,7 +190,7 @@ def check_options(options: PipelineOptions) -> MineJob:
     _check_tables(mine)
     globs = tuple(_from_caller_dir(g) for g in _split_globs(mine.input))
     preflight.check_input_globs(mine.input, globs)
-    if not globs and not local_runner:
+    if not globs and not local_runner and not streaming:
         raise ValueError("--input is required with a remote runner: the bundled sample media "
                          "are on this machine only")
     output_dir = _from_caller_dir(mine.output_dir)
@@ -204,7 +213,8 @@ def check_options(options: PipelineOptions) -> MineJob:
     write_method = mine.bigquery_write_method
     temp_location = options.view_as(GoogleCloudOptions).temp_location or ""
     if write_method == "AUTO":
-        write_method = "FILE_LOADS" if temp_location.startswith("gs://") else "STREAMING_INSERTS"
+        write_method = ("FILE_LOADS" if temp_location.startswith("gs://") and not streaming
+                        else "STREAMING_INSERTS")
     elif write_method == "FILE_LOADS" and mine.bigquery_table and not temp_location.startswith("gs://"):
         raise ValueError(f"--bigquery_write_method=FILE_LOADS needs --temp_location on gs:// (load "
                          f"jobs read files from Cloud Storage), got {temp_location or None!r}")
@@ -320,9 +330,107 @@ def help_text(beam: bool = False) -> str:
                      "MongoDB (and BigQuery) and select the frames to label next."),
         epilog=None if beam else (f"Beam's own options (--runner, --direct_num_workers, --project, "
                                   f"--region, --temp_location, ...): {PROG} --help_beam"))
-    classes = ([c for c in PipelineOptions.__subclasses__() if c is not MineOptions] if beam
-               else [MineOptions])
+    classes = ([c for c in PipelineOptions.__subclasses__() if c not in (MineOptions, StreamingOptions)]
+               if beam else [MineOptions, StreamingOptions])
     for options_class in classes:
         group = parser.add_argument_group(options_class.__name__)
         options_class._add_argparse_args(group)
     return parser.format_help()
+
+
+# --- the streaming job -----------------------------------------------------------------------
+
+#: The local runner of a streaming job: the only one that fires event-time windows in real time.
+STREAMING_RUNNER = "BundleBasedDirectRunner"
+SUBSCRIPTION_PATTERN = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")
+
+
+class StreamingOptions(PipelineOptions):
+    """Options of the streaming ``mine`` job (:mod:`beam_pipelines.streaming`)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_subscription", default=None,
+            help="projects/P/subscriptions/S receiving Cloud Storage notifications (JSON_API_V1): "
+                 "each OBJECT_FINALIZE is a new file to mine. Makes the job a streaming job.")
+        parser.add_argument(
+            "--watch", default=None,
+            help="Glob (local or gs://) listed every --watch_interval_seconds: each new or "
+                 "replaced file is mined once. Makes the job a streaming job. Write files "
+                 "atomically (write elsewhere, then rename into place).")
+        parser.add_argument("--watch_interval_seconds", type=float, default=10.0,
+                            help="Seconds between two listings of --watch (and of --model_watch).")
+        parser.add_argument("--window_seconds", type=float, default=60.0,
+                            help="Length of the event-time (capture-time) windows; --budget "
+                                 "candidates are selected per window.")
+        parser.add_argument("--window_period_seconds", type=float, default=None,
+                            help="Sliding windows: a window of --window_seconds starts every this "
+                                 "many seconds (default: fixed windows).")
+        parser.add_argument("--allowed_lateness_seconds", type=float, default=600.0,
+                            help="A frame read up to this long after its window ended still updates "
+                                 "it (a late pane); later ones are dead letters of stage 'window'.")
+        parser.add_argument("--max_runtime_seconds", type=float, default=0.0,
+                            help="Local runners: stop reading after this long, write the open "
+                                 "windows and exit 0 (as on SIGINT/SIGTERM); 0 runs until stopped.")
+        parser.add_argument("--model_watch", default=None,
+                            help="Glob of model files: the newest written after the job started "
+                                 "replaces --model without a restart (same runtime, input and "
+                                 "classes); records keep the version that scored them.")
+        parser.add_argument("--ack_deadline_seconds", type=float, default=60.0,
+                            help="Local runners: lease (10-600 s) kept on Pub/Sub messages until "
+                                 "their frames are indexed; after a crash they come back this late.")
+        parser.add_argument("--status_interval_seconds", type=float, default=10.0,
+                            help="Seconds between updates of the run's counts in <database>.runs.")
+
+
+def streaming_requested(options: PipelineOptions) -> bool:
+    """Whether ``options`` ask for the streaming job."""
+    stream = options.view_as(StreamingOptions)
+    return bool(options.view_as(StandardOptions).streaming or stream.input_subscription or stream.watch)
+
+
+def check_streaming_options(options: PipelineOptions):
+    """The streaming job's own options (see :func:`check_options`).
+
+    Raises
+    ------
+    ValueError
+        No source or two, ``--input`` with a streaming source, a malformed subscription, a
+        runner that cannot stream, numbers out of range, ``FILE_LOADS``, a local glob to watch
+        with a remote runner.
+    """
+    mine = options.view_as(MineOptions)
+    stream = options.view_as(StreamingOptions)
+    if stream.input_subscription and stream.watch:
+        raise ValueError("--input_subscription and --watch are two sources: give one")
+    if not stream.input_subscription and not stream.watch:
+        raise ValueError("--streaming needs a source: --input_subscription projects/P/subscriptions/S "
+                         "or --watch GLOB (--input is for batch runs)")
+    if mine.input:
+        raise ValueError("--input is for batch runs: a streaming job reads --input_subscription or --watch")
+    if stream.input_subscription and not SUBSCRIPTION_PATTERN.match(stream.input_subscription):
+        raise ValueError(f"--input_subscription must be projects/PROJECT/subscriptions/NAME, "
+                         f"got {stream.input_subscription!r}")
+    for flag, value, valid, expected in (
+            ("window_seconds", stream.window_seconds, stream.window_seconds > 0, "> 0"),
+            ("window_period_seconds", stream.window_period_seconds,
+             stream.window_period_seconds is None or 0 < stream.window_period_seconds <= stream.window_seconds,
+             "in (0, --window_seconds]"),
+            ("allowed_lateness_seconds", stream.allowed_lateness_seconds, stream.allowed_lateness_seconds >= 0, ">= 0"),
+            ("watch_interval_seconds", stream.watch_interval_seconds, stream.watch_interval_seconds > 0, "> 0"),
+            ("max_runtime_seconds", stream.max_runtime_seconds, stream.max_runtime_seconds >= 0,
+             ">= 0 (0: until stopped)"),
+            ("ack_deadline_seconds", stream.ack_deadline_seconds, 10 <= stream.ack_deadline_seconds <= 600,
+             "in [10, 600] (Pub/Sub's range)"),
+            ("status_interval_seconds", stream.status_interval_seconds, stream.status_interval_seconds > 0, "> 0")):
+        check_range(flag, value, valid, expected)
+    if mine.bigquery_write_method == "FILE_LOADS":
+        raise ValueError("--bigquery_write_method=FILE_LOADS needs a bounded input: a streaming job "
+                         "uses STREAMING_INSERTS (or AUTO)")
+    runner = options.view_as(StandardOptions).runner
+    if runner and runner.lower() == "fnapirunner":
+        raise ValueError("--runner=FnApiRunner cannot run a streaming job (it fires no window before "
+                         "its source ends): use BundleBasedDirectRunner (the local default) or DataflowRunner")
+    if runner and runner.lower() not in LOCAL_RUNNERS and stream.watch and is_local(stream.watch):
+        raise ValueError(f"--watch must be a gs:// glob with a remote runner, got {stream.watch!r}")

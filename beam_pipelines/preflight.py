@@ -132,10 +132,10 @@ def print_help(prog: str, options_class, file=None):
 def exit_if_options_are_bad(prog: str, argv: Sequence[str]):
     """For a job's ``__main__``: ``--help``, or one line ``PROG: error: ...`` and exit code 2 when
     an option is bad, before anything heavy is imported (TensorFlow takes seconds)."""
-    from beam_pipelines.options import MineOptions, check_options  # not at the top: options imports this module
+    from beam_pipelines.options import MineOptions, check_options, help_text  # options imports this module
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
-        print_help(f"python -m beam_pipelines.{prog}", MineOptions)
+        print(help_text())  # the job's options, the streaming ones included
         sys.exit(0)
     try:
         check_job(argv, MineOptions, check_options)

@@ -8,7 +8,8 @@ The run's identity is computed first and never changes; the record only writes i
     with RunRecord(lineage, mongo_uri, database) as run:   # status "running"
         result = ...                                         # run the pipeline
         run.set_counts(counts)
-    # on exit: "succeeded" with the counts, "cancelled" on KeyboardInterrupt, else "failed"
+    # on exit: "succeeded" (or the status given to finish_as, e.g. "drained") with the counts,
+    # "cancelled" on KeyboardInterrupt, else "failed"; run.update(counts) while it runs
 
 A run entry that cannot be written is logged, not fatal: the frames are already indexed.
 """
@@ -77,6 +78,7 @@ class RunRecord:
         self._uri = mongo_uri
         self._database = database
         self._counts: Optional[dict] = None
+        self._final_status = "succeeded"
 
     @property
     def run_id(self) -> str:
@@ -86,13 +88,24 @@ class RunRecord:
         """The counts recorded with ``succeeded`` (None: unknown, e.g. a job not waited for)."""
         self._counts = None if counts is None else dict(counts)
 
+    def update(self, counts: Optional[Mapping[str, int]]):
+        """Records ``running`` again with the counts so far (a streaming run, periodically)."""
+        self._record("running", None if counts is None else dict(counts))
+
+    def finish_as(self, status: str):
+        """The status recorded on a normal exit instead of ``succeeded``: ``drained`` (a streaming
+        run stopped cleanly) or ``running`` (a job left running, e.g. on Dataflow)."""
+        if status not in runs_schema.RUN_STATUSES:
+            raise ValueError(f"status must be one of {runs_schema.RUN_STATUSES}, got {status!r}")
+        self._final_status = status
+
     def __enter__(self) -> "RunRecord":
         self._record("running")
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
         if exc_type is None:
-            self._record("succeeded", self._counts)
+            self._record(self._final_status, self._counts)
         elif issubclass(exc_type, KeyboardInterrupt):
             self._record("cancelled", self._counts)
         else:

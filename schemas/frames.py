@@ -6,7 +6,9 @@ the only places that turn a :class:`~schemas.records.FrameRecord` into stored fo
 """
 from typing import List, NamedTuple
 
-from schemas.records import FrameRecord
+import numpy as np
+
+from schemas.records import FrameMetadata, FrameRecord, ModelVersion
 from transforms.score import registry as score_registry
 
 DEFAULT_DATABASE = "activebeam"
@@ -45,7 +47,11 @@ FRAME_FIELDS = (
     Field("file_size", "INT64", "NULLABLE", "Size of the source file in bytes."),
     Field("content_sha256", "STRING", "NULLABLE", "sha256 (hex) of the source file's bytes (images)."),
     Field("capture_time", "STRING", "NULLABLE", "EXIF capture time, ISO 8601 without time zone (images)."),
-) + tuple(Field(name, "FLOAT64", "NULLABLE", description) for name, description in EXTRA_SCORES)
+) + tuple(Field(name, "FLOAT64", "NULLABLE", description) for name, description in EXTRA_SCORES) + (
+    # Streaming (appended last: BigQuery adds columns at the end of an existing table).
+    Field("event_time", "FLOAT64", "NULLABLE", "Streaming: capture time the frame was windowed by, seconds since the epoch (UTC); null in batch."),
+    Field("event_time_source", "STRING", "NULLABLE", "Streaming: where event_time came from: 'exif', 'container' (creation_time + presentation time), 'notification' (the object's timeCreated) or 'mtime'."),
+)
 
 
 class IndexSpec(NamedTuple):
@@ -99,3 +105,22 @@ def to_bigquery_row(record: FrameRecord) -> dict:
 
 def field_names() -> List[str]:
     return [f.name for f in FRAME_FIELDS]
+
+
+def from_mongo_document(doc: dict) -> FrameRecord:
+    """The :class:`~schemas.records.FrameRecord` of a frame document (the inverse of
+    :func:`to_mongo_document`, up to float32 rounding of the stored embedding and probabilities):
+    how a restarted streaming job puts indexed frames back into their windows."""
+    metadata = {name: doc.get(name) for name in FrameMetadata._fields if name != "frame_id"}
+    scores = dict(doc.get("scores") or {})
+    extra = tuple(sorted((name, float(value)) for name, value in scores.items()
+                         if name in EXTRA_SCORE_NAMES and value is not None))
+    return FrameRecord(
+        frame=FrameMetadata(frame_id=doc["_id"], **metadata),
+        embedding=np.asarray(doc.get("embedding") or [], dtype=np.float32),
+        probabilities=np.asarray(doc.get("probabilities") or [], dtype=np.float32),
+        predicted_class=int(doc["predicted_class"]),
+        entropy=float(scores["entropy"]), margin=float(scores["margin"]),
+        least_confidence=float(scores["least_confidence"]),
+        model=ModelVersion(**{k: (doc.get("model") or {}).get(k) for k in ModelVersion._fields}),
+        extra_scores=extra)

@@ -19,6 +19,8 @@ STAGE_INFERENCE = "inference"
 STAGE_MONGODB = "mongodb"
 STAGE_BIGQUERY = "bigquery"
 STAGE_CANDIDATES = "candidates"
+STAGE_NOTIFICATION = "notification"  # streaming: a Pub/Sub message that is not a usable notification
+STAGE_WINDOW = "window"  # streaming: a frame later than its window's allowed lateness
 #: Tag of the dead-letter output of every DoFn: ``beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(...))``.
 DEAD_LETTER_TAG = "dead_letter"
 #: Longest ``DeadLetter.error`` written by the stores (server messages can be long).
@@ -45,6 +47,10 @@ class Frame(NamedTuple):
     2 grey+alpha, 3, 4 RGBA/CMYK; 3 for video), ``format`` (e.g. ``JPEG``, ``PNG``, ``AVI/msmpeg4``),
     ``file_size`` in bytes, ``content_sha256`` (hex sha256 of the file bytes; images only) and
     ``capture_time`` (EXIF DateTimeOriginal as ISO 8601 without time zone; images only).
+    Streaming only: ``event_time``, seconds since the epoch (UTC), the time the frame was
+    captured as the streaming job windows it, and ``event_time_source``, where that time came
+    from (``exif``, ``container``, ``notification`` or ``mtime``; see
+    :mod:`transforms.decode.event_time`).
     """
     frame_id: str
     source_uri: str
@@ -60,6 +66,8 @@ class Frame(NamedTuple):
     file_size: Optional[int] = None
     content_sha256: Optional[str] = None
     capture_time: Optional[str] = None
+    event_time: Optional[float] = None
+    event_time_source: Optional[str] = None
 
     def metadata(self) -> "FrameMetadata":
         fields = self._asdict()
@@ -82,6 +90,8 @@ class FrameMetadata(NamedTuple):
     file_size: Optional[int] = None
     content_sha256: Optional[str] = None
     capture_time: Optional[str] = None
+    event_time: Optional[float] = None
+    event_time_source: Optional[str] = None
 
 
 class ModelVersion(NamedTuple):
@@ -188,3 +198,53 @@ class FileOutcome(NamedTuple):
     frames: int
     failed: bool
     video_info: Optional[dict] = None  # codec, fps, duration_s, frame_count, width, height, ...
+
+
+class Arrival(NamedTuple):
+    """A file version a streaming job takes in: a Cloud Storage object generation it was notified
+    of, or a file version it found in a watched glob.
+
+    ``key`` identifies the version (``gs://bucket/object#generation``, or ``path#mtime:size``;
+    see :mod:`transforms.decode.notifications`): a duplicated or re-sent notification has the same
+    key and changes nothing. ``fallback_time`` (seconds since the epoch) is the event time of its
+    frames that have no capture time of their own: the object's ``timeCreated``
+    (``fallback_source`` ``notification``) or the file's modification time (``mtime``).
+    ``message_id`` and ``ack_ids`` are the Pub/Sub message(s) that announced it (acknowledged once
+    its frames are indexed).
+    """
+    key: str
+    uri: str
+    fallback_time: float
+    fallback_source: str
+    generation: Optional[str] = None
+    size: Optional[int] = None
+    message_id: Optional[str] = None
+    ack_ids: Tuple[str, ...] = ()
+
+
+class WindowPane(NamedTuple):
+    """One firing of an event-time window of the streaming ``mine`` job: everything its output
+    files and ``windows.jsonl`` line hold.
+
+    ``window_start``/``window_end`` in seconds since the epoch; ``pane`` ``on_time`` (the
+    watermark passed the window's end, or the job drained) or ``late`` (a late frame or dead
+    letter updated it; the pane holds the window's whole content, not just the late part);
+    ``pane_index`` counts the window's firings in this run (0 the first). ``files`` distinct
+    source files and ``frames`` frames seen in the window (identical frames included);
+    ``candidates`` in rank order; ``dead_letters`` of the window (sorted).
+    """
+    window_start: float
+    window_end: float
+    pane: str
+    pane_index: int
+    files: int
+    frames: int
+    candidates: Tuple[Candidate, ...]
+    dead_letters: Tuple[DeadLetter, ...]
+
+
+class Restored(NamedTuple):
+    """A :class:`FrameRecord` or :class:`DeadLetter` a restarted streaming job replays from its
+    stores into its window: counted in the window, never indexed again, and dropped without a
+    dead letter if its window no longer accepts data."""
+    item: object

@@ -16,14 +16,14 @@ from typing import Optional
 from schemas.frames import Field
 
 RUNS_COLLECTION = "runs"
-RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
+RUN_STATUSES = ("running", "succeeded", "failed", "cancelled", "drained")
 
 RUN_FIELDS = (
     Field("run_id", "STRING", "REQUIRED", "Id of the run: sha256 of job name, start time and options, first 32 hex digits; MongoDB _id."),
     Field("job", "STRING", "REQUIRED", "Name of the job (e.g. 'mine')."),
     Field("started_at", "TIMESTAMP", "REQUIRED", "When the run started (UTC); the BigQuery partitioning column."),
     Field("finished_at", "TIMESTAMP", "NULLABLE", "When the run finished (UTC); null while it runs."),
-    Field("status", "STRING", "REQUIRED", "'running', 'succeeded', 'failed' or 'cancelled' (interrupted)."),
+    Field("status", "STRING", "REQUIRED", "'running', 'succeeded', 'failed', 'cancelled' (interrupted) or 'drained' (a streaming run stopped cleanly: reading stopped, open windows written)."),
     Field("code_version", "STRING", "REQUIRED", "git commit of the checkout (suffixed '-dirty' if modified) or the installed package version."),
     Field("model_name", "STRING", "NULLABLE", "Name of the model the run used."),
     Field("model_version", "STRING", "NULLABLE", "Digest of the model's weights."),

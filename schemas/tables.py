@@ -19,7 +19,7 @@ import datetime
 import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from schemas import annotations, candidates, frames, runs
+from schemas import annotations, arrivals, candidates, frames, runs
 from schemas.frames import Field, IndexSpec
 
 # BigQuery type -> BSON type(s) of the value the writers store ("number" = int, long, double, decimal).
@@ -105,9 +105,18 @@ def runs_table() -> TableSpec:
         partition_field="started_at", clustering=("job", "model_version"))
 
 
+def arrivals_table() -> TableSpec:
+    """The streaming job's ledger of file versions (:mod:`schemas.arrivals`)."""
+    return TableSpec(
+        name=arrivals.ARRIVALS_COLLECTION, fields=arrivals.ARRIVAL_FIELDS, id_field="arrival_key",
+        mongo_indexes=(IndexSpec((("input", 1), ("status", 1), ("event_time_max", 1)), "input_status_event_time"),
+                       IndexSpec((("source_uri", 1),), "source_uri")),
+        partition_field="claimed_at", clustering=("input", "status"))
+
+
 def all_tables() -> Dict[str, TableSpec]:
     """Every table activebeam writes, by name (built on call, so extended field lists are seen)."""
-    specs = (frames_table(), candidates_table(), annotations_table(), runs_table())
+    specs = (frames_table(), candidates_table(), annotations_table(), runs_table(), arrivals_table())
     return {spec.name: spec for spec in specs}
 
 

@@ -452,6 +452,11 @@ class DecodeMedia(beam.PTransform):
         different workers decode; None decodes each video in one piece.
     video_threads : int
         Decoder threads per video range (1 is the most efficient when workers run in parallel).
+    fan_out : bool
+        Spread the work over workers (distinct paths, a reshuffle, videos cut into ranges). False
+        decodes each file where it was read, a video in one piece, with no grouping: for inputs
+        that are already distinct files, on a single-threaded runner (the streaming job on the
+        local runner, whose per-key state would grow with every file).
 
     Raises
     ------
@@ -462,7 +467,8 @@ class DecodeMedia(beam.PTransform):
     def __init__(self, video_fps: float = 1.0, *, sampling: str = video.FPS, every_n: int = 1,
                  scene_threshold: float = 0.3, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
                  max_side: Optional[int] = None,
-                 split_seconds: Optional[float] = DEFAULT_SPLIT_SECONDS, video_threads: int = 1):
+                 split_seconds: Optional[float] = DEFAULT_SPLIT_SECONDS, video_threads: int = 1,
+                 fan_out: bool = True):
         super().__init__()
         if not isinstance(video_fps, (int, float)) or math.isnan(video_fps):
             raise ValueError(f"video_fps must be a number (<= 0 for every frame), got {video_fps!r}")
@@ -473,24 +479,30 @@ class DecodeMedia(beam.PTransform):
         if not isinstance(video_threads, int) or video_threads < 0:
             raise ValueError(f"video_threads must be an integer >= 0 (0: automatic), got {video_threads!r}")
         self._threads = video_threads
+        self._fan_out = fan_out
+        if not fan_out:
+            self._split_seconds = None
 
     def expand(self, patterns):
         matched = patterns | "MatchGlobs" >> beam.ParDo(_MatchFn()).with_outputs(
             DEAD_LETTER, OUTCOME, main="paths")
-        planned = (
-            matched.paths
-            | "DistinctPaths" >> beam.Distinct()
-            | "SniffAndPlan" >> beam.ParDo(_PlanFileFn(self._split_seconds)).with_outputs(
-                DEAD_LETTER, OUTCOME, main="tasks"))
-        decoded = (
-            planned.tasks
-            | "SpreadTasks" >> beam.Reshuffle()  # video ranges of one file go to several workers
-            | "DecodeFiles" >> beam.ParDo(_DecodeTaskFn(
-                self._max_pixels, self._max_side, self._sampling, self._threads)).with_outputs(
-                    DEAD_LETTER, OUTCOME, REPORTS, main="frames"))
+        paths = matched.paths
+        if self._fan_out:
+            paths = paths | "DistinctPaths" >> beam.Distinct()
+        planned = paths | "SniffAndPlan" >> beam.ParDo(_PlanFileFn(self._split_seconds)).with_outputs(
+            DEAD_LETTER, OUTCOME, main="tasks")
+        tasks = planned.tasks
+        if self._fan_out:
+            tasks = tasks | "SpreadTasks" >> beam.Reshuffle()  # video ranges of one file go to several workers
+        decoded = tasks | "DecodeFiles" >> beam.ParDo(_DecodeTaskFn(
+            self._max_pixels, self._max_side, self._sampling, self._threads)).with_outputs(
+                DEAD_LETTER, OUTCOME, REPORTS, main="frames")
+        if self._fan_out:
+            reports = decoded[REPORTS] | "ReportsPerVideo" >> beam.GroupByKey()
+        else:  # one range per video: its report is whole
+            reports = decoded[REPORTS] | "OneReportPerVideo" >> beam.MapTuple(lambda uri, part: (uri, [part]))
         videos = (
-            decoded[REPORTS]
-            | "ReportsPerVideo" >> beam.GroupByKey()
+            reports
             # Declared, not inferred: Beam's bytecode inference of this DoFn depends on the hash
             # seed and may give Union[TaggedOutput, FileOutcome], which it then fails to turn
             # into a schema (FileOutcome.video_info is a dict) when the pipeline is built.

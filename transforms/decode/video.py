@@ -83,6 +83,7 @@ class VideoInfo(NamedTuple):
     declared_frames: int
     declared_duration_s: Optional[float]
     keyframes: int
+    creation_time: Optional[str] = None  # the container's creation_time tag, as written (UTC)
 
     def to_json_dict(self) -> dict:
         return self._asdict()
@@ -212,6 +213,7 @@ def plan_video(source) -> VideoPlan:
         codec = stream.codec_context.name
         intra_only = stream.codec_context.codec.intra_only
         width, height = stream.codec_context.width, stream.codec_context.height
+        creation_time = container.metadata.get("creation_time") or stream.metadata.get("creation_time")
     if not pts:
         raise DecodeError("the video stream holds no coded frame (zero-frame video)", "no_frames")
     pts_array = np.unique(np.asarray(pts, dtype=np.int64))
@@ -228,7 +230,7 @@ def plan_video(source) -> VideoPlan:
                      f"{declared_duration:.3f} s ({declared or 'unknown'} frames): the file is "
                      f"truncated and {len(pts_array)} frames are present")
     info = VideoInfo(codec, int(width), int(height), round(fps, 6), duration, len(pts_array),
-                     declared, declared_duration, len(set(keys)))
+                     declared, declared_duration, len(set(keys)), creation_time)
     return VideoPlan(info, time_base, pts_array, np.unique(np.asarray(keys, dtype=np.int64)), truncated)
 
 

@@ -29,6 +29,7 @@ from schemas.records import DeadLetter, Frame, FrameMetadata, FrameRecord
 from transforms.score import registry, uncertainty
 from transforms.score.detection import aggregate_detection_scores
 from transforms.score.detectors import DetectorHandler
+from transforms.score.model_updates import ModelVersions, make_updatable_handler
 from transforms.score.handlers import (  # noqa: F401  (re-exported: the public names of this stage)
     DEFAULT_MODEL_NAME, LOGITS, METRICS_NAMESPACE as _NAMESPACE, PROBABILITIES, KerasHandler,
     ModelOutput, ModelSpec, Preprocessing, default_model_path, load_embedding_classifier,
@@ -110,6 +111,7 @@ class _PrepareFn(beam.DoFn):
 class _ToRecordFn(beam.DoFn):
     def __init__(self, spec: ModelSpec):
         self._spec = spec
+        self._versions = ModelVersions(spec)  # the model that ran, when it can change
         self._entropy = Metrics.distribution(_NAMESPACE, "entropy_millinats")
         self._scored = Metrics.counter(_NAMESPACE, "frames_scored")
 
@@ -134,7 +136,7 @@ class _ToRecordFn(beam.DoFn):
             entropy=scores.pop("entropy"),
             margin=scores.pop("margin"),
             least_confidence=scores.pop("least_confidence"),
-            model=self._spec.version,
+            model=self._versions.of(result.model_id),
             extra_scores=tuple(sorted(scores.items())))
         self._scored.inc()
         self._entropy.update(int(record.entropy * 1000))
@@ -175,18 +177,24 @@ class ScoreFrames(beam.PTransform):
     an ``ensemble`` (further ModelSpecs with the same classes) each frame also runs through every
     member and gets ``ensemble_disagreement``, the Jensen-Shannon divergence of the member's and
     the model's probabilities (:func:`transforms.score.uncertainty.ensemble_disagreement`); the record's
-    embedding and other scores stay the model's own.
+    embedding and other scores stay the model's own. With ``model_updates`` (a
+    ``PCollection[ModelMetadata]`` such as ``WatchFilePattern``'s) the model switches to each new
+    path it names while the pipeline runs, and each record's ``model`` is the version that scored
+    it (:mod:`transforms.score.model_updates`).
     """
 
     def __init__(self, spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int = 128,
-                 detector: Optional[DetectorHandler] = None, ensemble: Sequence[ModelSpec] = ()):
+                 detector: Optional[DetectorHandler] = None, ensemble: Sequence[ModelSpec] = (),
+                 model_updates: Optional[beam.PCollection] = None):
         super().__init__()
         for member in ensemble:
             if member.num_classes != spec.num_classes:
                 raise ValueError(f"ensemble member {member.version.name} has {member.num_classes} "
                                  f"classes, the model {spec.num_classes}")
         self._spec = spec
-        self._handler = KeyedModelHandler(make_handler(spec, min_batch_size, max_batch_size))
+        self._model_updates = model_updates
+        handler = make_updatable_handler if model_updates is not None else make_handler
+        self._handler = KeyedModelHandler(handler(spec, min_batch_size, max_batch_size))
         self._detector = detector
         self._members = [(member, KeyedModelHandler(make_handler(member, min_batch_size, max_batch_size)))
                          for member in ensemble]
@@ -213,7 +221,8 @@ class ScoreFrames(beam.PTransform):
         prepared = keyed | "PrepareModelInput" >> beam.ParDo(
             _PrepareFn(self._spec.prep())).with_outputs(DEAD_LETTER, main="inputs")
         inferred, failed = (prepared.inputs
-                            | "RunInference" >> RunInference(self._handler).with_exception_handling())
+                            | "RunInference" >> RunInference(
+                                self._handler, model_metadata_pcoll=self._model_updates).with_exception_handling())
         scored = inferred | "ToFrameRecords" >> beam.ParDo(_ToRecordFn(self._spec))
         dead_letters += [prepared[DEAD_LETTER],
                          failed.failed_inferences | "InferenceDeadLetters" >> beam.FlatMap(_inference_dead_letters)]

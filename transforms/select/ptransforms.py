@@ -193,34 +193,43 @@ class SelectFn(beam.CombineFn):
                 for r, i in enumerate(selection.indices)]
 
 
+def ranked_candidates(ranked, strategy: Strategy, inputs: Sequence[str] = (),
+                      start: Optional[float] = None, end: Optional[float] = None):
+    """``Candidate``\\ s from :class:`SelectFn`'s ranked list of one selection: ranks from 1, the
+    selection id of the strategy, the first candidate's model version, ``inputs`` and the window
+    ``[start, end)`` (None in batch)."""
+    if not ranked:
+        return []
+    description = strategy.describe()
+    parameters = json.dumps(description, sort_keys=True)
+    bounded = start is not None
+    sid = selection_id(description, ranked[0][0].model.version,
+                       tuple(inputs) + ((f"window:{start}:{end}",) if bounded else ()))
+    return [Candidate(
+        rank=rank, frame_id=scored.frame_id, source_uri=scored.source_uri,
+        frame_index=scored.frame_index, timestamp_s=scored.timestamp_s, score=score,
+        strategy=strategy.name, scores=scored.scores,
+        predicted_class=scored.predicted_class, duplicates=scored.duplicates,
+        model=scored.model, selection_id=sid, parameters=parameters,
+        components=components, window_start=start, window_end=end)
+        for rank, (scored, score, components) in enumerate(ranked, start=1)]
+
+
 class _AssignRanks(beam.DoFn):
     """Turns one window's ranked list into ``Candidate``\\ s with the selection's id."""
 
     def __init__(self, strategy: Strategy, inputs: Sequence[str]):
         self._strategy = strategy
-        self._description = strategy.describe()
-        self._parameters = json.dumps(self._description, sort_keys=True)
         self._inputs = tuple(inputs)
         self._selected = Metrics.counter(METRICS_NAMESPACE, "candidates_selected")
 
     def process(self, ranked, win=beam.DoFn.WindowParam):
-        if not ranked:
-            return
         bounded = isinstance(win, window.IntervalWindow) and not isinstance(win, window.GlobalWindow)
         start = float(win.start) if bounded else None
         end = float(win.end) if bounded else None
-        model = ranked[0][0].model
-        sid = selection_id(self._description, model.version,
-                           self._inputs + ((f"window:{start}:{end}",) if bounded else ()))
-        for rank, (scored, score, components) in enumerate(ranked, start=1):
+        for candidate in ranked_candidates(ranked, self._strategy, self._inputs, start, end):
             self._selected.inc()
-            yield Candidate(
-                rank=rank, frame_id=scored.frame_id, source_uri=scored.source_uri,
-                frame_index=scored.frame_index, timestamp_s=scored.timestamp_s, score=score,
-                strategy=self._strategy.name, scores=scored.scores,
-                predicted_class=scored.predicted_class, duplicates=scored.duplicates,
-                model=scored.model, selection_id=sid, parameters=self._parameters,
-                components=components, window_start=start, window_end=end)
+            yield candidate
 
 
 class SelectCandidates(beam.PTransform):

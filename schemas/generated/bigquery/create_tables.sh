@@ -6,6 +6,8 @@ DATASET="$1"
 HERE="$(dirname "$0")"
 bq mk --table --time_partitioning_type=DAY --time_partitioning_field=annotated_at --clustering_fields=task,label,source_uri \
   --schema="$HERE/annotations.json" "$DATASET.annotations"
+bq mk --table --time_partitioning_type=DAY --time_partitioning_field=claimed_at --clustering_fields=input,status \
+  --schema="$HERE/arrivals.json" "$DATASET.arrivals"
 bq mk --table --time_partitioning_type=DAY --time_partitioning_field=indexed_at --clustering_fields=selection_id,source_uri,model_version \
   --schema="$HERE/candidates.json" "$DATASET.candidates"
 bq mk --table --time_partitioning_type=DAY --time_partitioning_field=indexed_at --clustering_fields=source_uri,model_version \

@@ -1,0 +1,142 @@
+"""Local Cloud Storage and Pub/Sub emulators for the streaming demo and benchmark, on 127.0.0.1.
+
+* :func:`gcs_emulator`: ``gcp-storage-emulator`` (installed by ``scripts/setup.sh`` in its own
+  virtualenv under ``$ACTIVEBEAM_HOME/venvs``) with one bucket; sets ``STORAGE_EMULATOR_HOST``.
+* :func:`pubsub_emulator`: the Cloud SDK's Pub/Sub emulator (Debian package
+  ``google-cloud-cli-pubsub-emulator``, not installable from PyPI); sets ``PUBSUB_EMULATOR_HOST``.
+* :class:`Uploader`: writes a file to a bucket and publishes its Cloud Storage notification in
+  the real format, as a bucket with a Pub/Sub notification configuration would.
+
+::
+
+    with gcs_emulator("cams") as bucket, pubsub_emulator() as host:
+        uploader = Uploader(bucket, "my-project", "uploads")   # topic and subscription
+        uploader.upload("cam1/0001.jpg", "/data/0001.jpg")     # then the job sees it
+"""
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.request
+from typing import Iterator, Optional
+
+from beam_pipelines.home import activebeam_home
+from beam_pipelines.local_mongo import free_port
+
+PUBSUB_EMULATOR = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
+
+
+class EmulatorNotFound(FileNotFoundError):
+    pass
+
+
+@contextlib.contextmanager
+def _process(name: str, argv, health_url: str, env_vars: dict, timeout_s: float = 60) -> Iterator[str]:
+    log_dir = tempfile.mkdtemp(prefix=f"activebeam-{name}-")
+    log_path = os.path.join(log_dir, f"{name}.log")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        saved = {k: os.environ.get(k) for k in env_vars}
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {process.returncode}; see {log_path}")
+                try:
+                    with urllib.request.urlopen(health_url, timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{name} not ready after {timeout_s}s; see {log_path}")
+                    time.sleep(0.3)
+            os.environ.update(env_vars)
+            yield log_path
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextlib.contextmanager
+def gcs_emulator(bucket: str, data_dir: Optional[str] = None):
+    """A ``gcp-storage-emulator`` with ``bucket``; yields a ``google.cloud.storage.Bucket``."""
+    binary = os.path.join(activebeam_home(), "venvs", "gcs-emulator", "bin", "gcp-storage-emulator")
+    if not os.path.exists(binary):
+        raise EmulatorNotFound(f"{binary} is missing: run scripts/setup.sh")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    data_dir = data_dir or tempfile.mkdtemp(prefix="activebeam-gcs-")
+    argv = [binary, "-d", data_dir, "start", "--host", "127.0.0.1", "--port", str(port),
+            "--default-bucket", bucket, "-q"]
+    with _process("gcs-emulator", argv, f"{endpoint}/storage/v1/b/{bucket}",
+                  {"STORAGE_EMULATOR_HOST": endpoint, "NO_GCE_CHECK": "true"}):
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+        client = storage.Client(project="activebeam-local", credentials=AnonymousCredentials())
+        yield client.bucket(bucket)
+
+
+@contextlib.contextmanager
+def pubsub_emulator():
+    """The Cloud SDK's Pub/Sub emulator; yields its ``host:port``.
+
+    Raises
+    ------
+    EmulatorNotFound
+        Where the Cloud SDK's emulator is not installed.
+    """
+    if not os.path.exists(PUBSUB_EMULATOR):
+        raise EmulatorNotFound(f"{PUBSUB_EMULATOR} is missing (Debian package google-cloud-cli-pubsub-emulator)")
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    with _process("pubsub-emulator", [PUBSUB_EMULATOR, "--host=127.0.0.1", f"--port={port}"],
+                  f"http://{host}/", {"PUBSUB_EMULATOR_HOST": host}):
+        yield host
+
+
+class Uploader:
+    """Uploads files to a bucket and publishes their ``OBJECT_FINALIZE`` notifications
+    (:func:`transforms.decode.notifications.notification_attributes`) to a topic, creating the
+    topic and a subscription of the same name in ``project``."""
+
+    def __init__(self, bucket, project: str, name: str, ack_deadline_s: int = 60):
+        from google.cloud import pubsub_v1
+        self.bucket = bucket
+        self.publisher = pubsub_v1.PublisherClient()
+        self.topic = self.publisher.topic_path(project, name)
+        self.publisher.create_topic(name=self.topic)
+        subscriber = pubsub_v1.SubscriberClient()
+        self.subscription = subscriber.subscription_path(project, name)
+        subscriber.create_subscription(name=self.subscription, topic=self.topic,
+                                       ack_deadline_seconds=ack_deadline_s)
+        subscriber.close()
+
+    def put(self, name: str, path: Optional[str] = None, data: Optional[bytes] = None) -> dict:
+        """Uploads a file (``path``) or bytes; returns the object resource (not notified yet)."""
+        blob = self.bucket.blob(name)
+        if data is not None:
+            blob.upload_from_string(data)
+        else:
+            blob.upload_from_filename(path)
+        blob.reload()
+        return dict(blob._properties)  # noqa: SLF001 - the JSON API's object resource
+
+    def notify(self, resource: dict, event_type: str = "OBJECT_FINALIZE"):
+        """Publishes the notification of ``resource`` and waits for Pub/Sub to accept it."""
+        from transforms.decode.notifications import notification_attributes
+        attributes = notification_attributes(resource, event_type)
+        self.publisher.publish(self.topic, json.dumps(resource).encode("utf-8"), **attributes).result()
+
+    def upload(self, name: str, path: Optional[str] = None, data: Optional[bytes] = None) -> dict:
+        resource = self.put(name, path, data)
+        self.notify(resource)
+        return resource
