@@ -329,7 +329,8 @@ def help_text(beam: bool = False) -> str:
                      "Decode images and videos, embed and score every frame, index them in "
                      "MongoDB (and BigQuery) and select the frames to label next."),
         epilog=None if beam else (f"Beam's own options (--runner, --direct_num_workers, --project, "
-                                  f"--region, --temp_location, ...): {PROG} --help_beam"))
+                                  f"--region, --temp_location, ...): {PROG} --help_beam. Exit codes "
+                                  f"and what each bad input gets: docs/failures.md."))
     classes = ([c for c in PipelineOptions.__subclasses__() if c not in (MineOptions, StreamingOptions)]
                if beam else [MineOptions, StreamingOptions])
     for options_class in classes:
