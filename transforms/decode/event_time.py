@@ -36,15 +36,7 @@ def exif_seconds(capture_time: Optional[str]) -> Optional[float]:
     """Seconds since the epoch of an EXIF time as :mod:`transforms.decode.images` gives it (ISO 8601
     without a zone, read as UTC; an ISO time with an offset is honoured); None if absent or
     malformed."""
-    if not capture_time:
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(capture_time)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-    return parsed.timestamp()
+    return _iso_seconds(capture_time) if capture_time else None
 
 
 def container_seconds(creation_time: Optional[str]) -> Optional[float]:
@@ -55,6 +47,11 @@ def container_seconds(creation_time: Optional[str]) -> Optional[float]:
     text = creation_time.strip().replace(" ", "T", 1)
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
+    return _iso_seconds(text)
+
+
+def _iso_seconds(text: str) -> Optional[float]:
+    """Seconds since the epoch of an ISO 8601 time (UTC when it has no zone); None if malformed."""
     try:
         parsed = datetime.datetime.fromisoformat(text)
     except ValueError:

@@ -42,7 +42,7 @@ from apache_beam.transforms import trigger, window
 from schemas.frames import SCORE_NAMES
 from schemas.records import Candidate, FrameRecord, ModelVersion
 from transforms.score import registry
-from transforms.select.strategies import (STRATEGY_NAMES, Pool, Strategy, make_strategy, selection_id)
+from transforms.select.strategies import STRATEGY_NAMES, Pool, Strategy, checked_strategy, selection_id
 
 _LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "activebeam.sample"
@@ -279,14 +279,7 @@ class SelectCandidates(beam.PTransform):
                  window_s: Optional[float] = None, period_s: Optional[float] = None,
                  allowed_lateness_s: float = 0.0):
         super().__init__()
-        if not isinstance(budget, int) or budget < 0:
-            raise ValueError(f"budget must be an integer >= 0, got {budget!r}")
-        if isinstance(strategy, str):
-            if strategy not in STRATEGY_NAMES:
-                raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}, got {strategy!r}")
-            strategy = make_strategy(strategy, params)
-        elif not isinstance(strategy, Strategy):
-            raise ValueError(f"strategy must be a name or a Strategy, got {strategy!r}")
+        strategy = checked_strategy(budget, strategy, params)
         if shard_size is None:
             shard_size = max(DEFAULT_SHARD_SIZE, 2 * budget)
         elif shard_size <= budget:

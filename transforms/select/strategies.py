@@ -671,6 +671,24 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     return strategy
 
 
+def checked_strategy(budget: int, strategy, params: Optional[Mapping] = None) -> Strategy:
+    """``strategy`` (a name of :data:`STRATEGY_NAMES`, built with ``params``, or a
+    :class:`Strategy`) for a selection of ``budget`` frames.
+
+    Raises
+    ------
+    ValueError
+        For a budget that is not an integer >= 0, an unknown name or parameter, or another object.
+    """
+    if not isinstance(budget, int) or budget < 0:
+        raise ValueError(f"budget must be an integer >= 0, got {budget!r}")
+    if isinstance(strategy, str):
+        return make_strategy(strategy, params)
+    if not isinstance(strategy, Strategy):
+        raise ValueError(f"strategy must be a name or a Strategy, got {strategy!r}")
+    return strategy
+
+
 def selection_id(description: dict, model_version: str, inputs: Sequence[str] = ()) -> str:
     """Deterministic id of a selection: sha256 of strategy, parameters, model version and inputs
     (first 24 hex digits). The same run repeated gets the same id, so its writes are upserts."""

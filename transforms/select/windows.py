@@ -41,9 +41,9 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from schemas import records
 from schemas.records import DeadLetter, Restored, WindowPane
 from transforms.score.knn import FIFTYONE_WEIGHTS, frame_uniqueness, search_shard
-from transforms.select.ptransforms import (METRICS_NAMESPACE, STRATEGIES, SelectFn, _to_scored,
+from transforms.select.ptransforms import (METRICS_NAMESPACE, SelectFn, _to_scored,
                                            ranked_candidates)
-from transforms.select.strategies import Strategy, make_strategy
+from transforms.select.strategies import Strategy, checked_strategy
 
 #: Beam keeps a window this long beyond ``allowed_lateness_s``: the wall-clock check of
 #: :class:`SelectPerWindow` decides what is too late; Beam's own (by the watermark, which lags the
@@ -256,12 +256,7 @@ class SelectPerWindow(beam.PTransform):
                  uniqueness_k: int = 0, inputs: Sequence[str] = ()):
         super().__init__()
         self._spec = spec.validated()
-        if not isinstance(budget, int) or budget < 0:
-            raise ValueError(f"budget must be an integer >= 0, got {budget!r}")
-        if isinstance(strategy, str):
-            if strategy not in STRATEGIES:
-                raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-            strategy = make_strategy(strategy, params)
+        strategy = checked_strategy(budget, strategy, params)
         if uniqueness_k < 0:
             raise ValueError(f"uniqueness_k must be >= 0, got {uniqueness_k}")
         self._strategy, self._budget, self._k = strategy, budget, uniqueness_k
