@@ -33,11 +33,22 @@ class EmulatorNotFound(FileNotFoundError):
 
 
 @contextlib.contextmanager
-def _process(name: str, argv, health_url: str, env_vars: dict, timeout_s: float = 60) -> Iterator[str]:
-    log_dir = tempfile.mkdtemp(prefix=f"activebeam-{name}-")
+def run_emulator(name: str, argv, health_url: str, env_vars: dict, extra_env: Optional[dict] = None,
+                 timeout_s: float = 60, log_dir: Optional[str] = None) -> Iterator[str]:
+    """Runs an emulator process (``extra_env`` added to its environment) until ``health_url``
+    answers, sets ``env_vars`` in this process while it runs; yields its log's path (in
+    ``log_dir``, default a new temporary folder). Stops it (SIGTERM, then SIGKILL) on exit.
+
+    Raises
+    ------
+    RuntimeError, TimeoutError
+        If the process exits, or does not answer within ``timeout_s``, before it is ready.
+    """
+    log_dir = log_dir or tempfile.mkdtemp(prefix=f"activebeam-{name}-")
     log_path = os.path.join(log_dir, f"{name}.log")
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, **(extra_env or {})))
         saved = {k: os.environ.get(k) for k in env_vars}
         try:
             deadline = time.monotonic() + timeout_s
@@ -67,7 +78,8 @@ def _process(name: str, argv, health_url: str, env_vars: dict, timeout_s: float 
 
 
 @contextlib.contextmanager
-def gcs_emulator(bucket: str, data_dir: Optional[str] = None):
+def gcs_emulator(bucket: str, data_dir: Optional[str] = None, project: str = "activebeam-local",
+                 log_dir: Optional[str] = None):
     """A ``gcp-storage-emulator`` with ``bucket``; yields a ``google.cloud.storage.Bucket``."""
     binary = os.path.join(activebeam_home(), "venvs", "gcs-emulator", "bin", "gcp-storage-emulator")
     if not os.path.exists(binary):
@@ -77,11 +89,11 @@ def gcs_emulator(bucket: str, data_dir: Optional[str] = None):
     data_dir = data_dir or tempfile.mkdtemp(prefix="activebeam-gcs-")
     argv = [binary, "-d", data_dir, "start", "--host", "127.0.0.1", "--port", str(port),
             "--default-bucket", bucket, "-q"]
-    with _process("gcs-emulator", argv, f"{endpoint}/storage/v1/b/{bucket}",
-                  {"STORAGE_EMULATOR_HOST": endpoint, "NO_GCE_CHECK": "true"}):
+    with run_emulator("gcs-emulator", argv, f"{endpoint}/storage/v1/b/{bucket}",
+                      {"STORAGE_EMULATOR_HOST": endpoint, "NO_GCE_CHECK": "true"}, log_dir=log_dir):
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
-        client = storage.Client(project="activebeam-local", credentials=AnonymousCredentials())
+        client = storage.Client(project=project, credentials=AnonymousCredentials())
         yield client.bucket(bucket)
 
 
@@ -98,7 +110,7 @@ def pubsub_emulator():
         raise EmulatorNotFound(f"{PUBSUB_EMULATOR} is missing (Debian package google-cloud-cli-pubsub-emulator)")
     port = free_port()
     host = f"127.0.0.1:{port}"
-    with _process("pubsub-emulator", [PUBSUB_EMULATOR, "--host=127.0.0.1", f"--port={port}"],
+    with run_emulator("pubsub-emulator", [PUBSUB_EMULATOR, "--host=127.0.0.1", f"--port={port}"],
                   f"http://{host}/", {"PUBSUB_EMULATOR_HOST": host}):
         yield host
 

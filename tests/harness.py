@@ -12,17 +12,15 @@ import glob
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
+from beam_pipelines import emulators  # noqa: E402
 from beam_pipelines.home import activebeam_home, media_dir  # noqa: E402
 from beam_pipelines.local_mongo import LocalMongoD, free_port  # noqa: E402
 
@@ -106,31 +104,10 @@ def environment(**variables):
 
 @contextlib.contextmanager
 def _emulator(name, argv, health_url, env_vars, extra_env=None, timeout_s=60):
-    """Runs an emulator process until ``health_url`` answers, sets ``env_vars`` while it runs."""
-    log = open(os.path.join(tmpdir(f"{name}-"), f"{name}.log"), "wb")
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, **(extra_env or {})))
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(health_url, timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not ready after {timeout_s}s; see {log.name}")
-                time.sleep(0.3)
-        with environment(**env_vars):
-            yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    """:func:`beam_pipelines.emulators.run_emulator` with its log in a test folder."""
+    with emulators.run_emulator(name, argv, health_url, env_vars, extra_env, timeout_s,
+                                log_dir=tmpdir(f"{name}-")):
+        yield
 
 
 def _emulator_binary(venv, name):
@@ -164,22 +141,15 @@ def bigquery_emulator(project: str = BIGQUERY_PROJECT, gcs_data_dir: str = None)
 
 @contextlib.contextmanager
 def gcs_emulator(bucket: str = "activebeam-test"):
-    """A real ``gcp-storage-emulator`` on a free 127.0.0.1 port, with ``bucket`` created.
+    """A real ``gcp-storage-emulator`` on a free 127.0.0.1 port, with ``bucket`` created
+    (:func:`beam_pipelines.emulators.gcs_emulator`).
 
     Sets ``STORAGE_EMULATOR_HOST`` while it runs; yields a ``google.cloud.storage.Bucket`` whose
     ``data_dir`` attribute is the emulator's data directory.
     """
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
     data_dir = tmpdir("gcs-data-")
-    argv = [_emulator_binary("gcs-emulator", "gcp-storage-emulator"), "-d", data_dir,
-            "start", "--host", "127.0.0.1", "--port", str(port), "--default-bucket", bucket, "-q"]
-    with _emulator("gcs-emulator", argv, endpoint + f"/storage/v1/b/{bucket}",
-                   {"STORAGE_EMULATOR_HOST": endpoint}):
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-        client = storage.Client(project="activebeam-test", credentials=AnonymousCredentials())
-        handle = client.bucket(bucket)
+    with emulators.gcs_emulator(bucket, data_dir, project="activebeam-test",
+                                log_dir=tmpdir("gcs-emulator-")) as handle:
         handle.data_dir = data_dir
         yield handle
 

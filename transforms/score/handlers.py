@@ -373,7 +373,26 @@ def _keras_inference(model, batch, inference_args, model_id=None):
             for example, e, o, s in zip(batch, embeddings, outputs, samples)]
 
 
-class KerasHandler(ModelHandler):
+class _ArrayHandler(ModelHandler):
+    """What the Keras and runtime handlers share: batches of ``float32`` arrays bounded by
+    ``min_batch_size``/``max_batch_size`` (and any other ``BatchElements`` argument), sized by their
+    bytes, metrics under :data:`METRICS_NAMESPACE`."""
+
+    def __init__(self, min_batch_size: int, max_batch_size: int, **batch_kwargs):
+        super().__init__()
+        self._batching = dict(min_batch_size=min_batch_size, max_batch_size=max_batch_size, **batch_kwargs)
+
+    def batch_elements_kwargs(self):
+        return self._batching
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(x.nbytes for x in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+
+class KerasHandler(_ArrayHandler):
     """Beam ``ModelHandler`` loading a Keras model (``.keras``, ``.h5``) as an (embedding, class
     scores) model, or a SavedModel directory through ``keras.layers.TFSMLayer``.
 
@@ -385,8 +404,7 @@ class KerasHandler(ModelHandler):
     def __init__(self, model_uri: Optional[str], embedding_layer: Optional[str] = None,
                  min_batch_size: int = 16, max_batch_size: int = 64, mc_passes: int = 0,
                  preprocessing: Optional[Preprocessing] = None, **batch_kwargs):
-        super().__init__()
-        self._batching = dict(min_batch_size=min_batch_size, max_batch_size=max_batch_size, **batch_kwargs)
+        super().__init__(min_batch_size, max_batch_size, **batch_kwargs)
         self._uri = model_uri
         self._embedding_layer = embedding_layer
         self._mc_passes = mc_passes
@@ -405,15 +423,6 @@ class KerasHandler(ModelHandler):
         if self._mc_passes:
             args["mc_passes"] = self._mc_passes
         return _keras_inference(model, batch, args, self._uri)
-
-    def batch_elements_kwargs(self):
-        return self._batching
-
-    def get_num_bytes(self, batch) -> int:
-        return sum(x.nbytes for x in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
 
 
 # --- TFLite and ONNX Runtime ----------------------------------------------------------------
@@ -478,7 +487,7 @@ def _pick_outputs(names, prep: Preprocessing, path: str):
     return embedding, prep.class_output or next(n for n in names if n != embedding)
 
 
-class RuntimeHandler(ModelHandler):
+class RuntimeHandler(_ArrayHandler):
     """Beam ``ModelHandler`` for ``.tflite`` (LiteRT interpreter) and ``.onnx`` (ONNX Runtime,
     CPU) models with an embedding output and a class-score output (named in the sidecar).
 
@@ -488,13 +497,12 @@ class RuntimeHandler(ModelHandler):
 
     def __init__(self, model_uri: str, runtime: str, preprocessing: Preprocessing,
                  min_batch_size: int = 16, max_batch_size: int = 64, **batch_kwargs):
-        super().__init__()
+        super().__init__(min_batch_size, max_batch_size, **batch_kwargs)
         if runtime not in (TFLITE, ONNX):
             raise ValueError(f"runtime must be 'tflite' or 'onnx', got {runtime!r}")
         self._uri = model_uri
         self._runtime = runtime
         self._prep = preprocessing
-        self._batching = dict(min_batch_size=min_batch_size, max_batch_size=max_batch_size, **batch_kwargs)
 
     def load_model(self) -> _Runtime:
         with local_copy(self._uri) as local:
@@ -504,15 +512,6 @@ class RuntimeHandler(ModelHandler):
         embeddings, outputs = model.run(np.stack(batch, axis=0).astype(np.float32, copy=False))
         return [PredictionResult(x, ModelOutput(np.asarray(e).reshape(-1), np.asarray(o).reshape(-1)), self._uri)
                 for x, e, o in zip(batch, embeddings, outputs)]
-
-    def batch_elements_kwargs(self):
-        return self._batching
-
-    def get_num_bytes(self, batch) -> int:
-        return sum(x.nbytes for x in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
 
 
 # --- Specs and handlers ---------------------------------------------------------------------
