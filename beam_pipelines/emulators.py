@@ -33,6 +33,21 @@ class EmulatorNotFound(FileNotFoundError):
 
 
 @contextlib.contextmanager
+def environment(**variables):
+    """Sets environment variables for the block, then restores them (removes the new ones)."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def run_emulator(name: str, argv, health_url: str, env_vars: dict, extra_env: Optional[dict] = None,
                  timeout_s: float = 60, log_dir: Optional[str] = None) -> Iterator[str]:
     """Runs an emulator process (``extra_env`` added to its environment) until ``health_url``
@@ -49,7 +64,6 @@ def run_emulator(name: str, argv, health_url: str, env_vars: dict, extra_env: Op
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                    env=dict(os.environ, **(extra_env or {})))
-        saved = {k: os.environ.get(k) for k in env_vars}
         try:
             deadline = time.monotonic() + timeout_s
             while True:
@@ -62,14 +76,9 @@ def run_emulator(name: str, argv, health_url: str, env_vars: dict, extra_env: Op
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{name} not ready after {timeout_s}s; see {log_path}")
                     time.sleep(0.3)
-            os.environ.update(env_vars)
-            yield log_path
+            with environment(**env_vars):
+                yield log_path
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
             process.terminate()
             try:
                 process.wait(timeout=20)

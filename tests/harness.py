@@ -87,19 +87,7 @@ def kill_mongod(server: LocalMongoD) -> None:
     server._process = None
 
 
-@contextlib.contextmanager
-def environment(**variables):
-    """Sets environment variables for the duration of the block, then restores them."""
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+environment = emulators.environment  # sets variables for a block, then restores them
 
 
 @contextlib.contextmanager
