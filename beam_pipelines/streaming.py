@@ -61,7 +61,7 @@ from transforms.decode.ledger import ArrivalLedger
 from transforms.decode.ptransforms import DecodeMedia
 from transforms.decode.streaming import (INTAKE_WINDOW_S, METRICS_NAMESPACE as STREAM_METRICS, AcknowledgeArrivals,
                                          AttachEventTime, ClaimArrivals, FeedSpec, LedgerConfig, ParseNotifications,
-                                         ReadArrivals, ReplayArrivals, arrival_glob, intake_windows)
+                                         ReadArrivals, ReplayArrivals, arrival_path, intake_windows)
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
@@ -158,7 +158,8 @@ class MineStream(beam.PTransform):
         self._parse = ParseNotifications(self._ledger, feed_id)
         self._claim = ClaimArrivals(self._ledger, feed_id)
         # On the local runner, no fan-out: its per-key state would grow with every file.
-        self._decode = DecodeMedia(video_fps, **dict(decode_options or {}, fan_out=not job.local))
+        self._decode = DecodeMedia(video_fps, **dict(decode_options or {}, fan_out=not job.local,
+                                                      match_globs=False))  # arrivals are known files
         background = job.mine.detector_background
         self._detector = DetectorHandler(BackgroundDifferenceDetector(background)) if background else None
         self._event_time = AttachEventTime(job.fallback_source)
@@ -178,7 +179,7 @@ class MineStream(beam.PTransform):
                   | "IntakeWindows" >> intake_windows()
                   | "ParseNotifications" >> self._parse)
         claimed = parsed.arrivals | "ClaimArrivals" >> self._claim
-        decoded = claimed | "ToGlobs" >> beam.Map(arrival_glob) | "Decode" >> self._decode
+        decoded = claimed | "ToPaths" >> beam.Map(arrival_path) | "Decode" >> self._decode
         models = read.models
         if models is not None and self._feed is not None:  # one model element per intake window
             models = models | "ModelWindows" >> intake_windows()
