@@ -176,7 +176,7 @@ class MineStream(beam.PTransform):
     def expand(self, pbegin):
         read = pbegin | "ReadArrivals" >> self._read
         parsed = (read.arrivals
-                  | "IntakeWindows" >> intake_windows()
+                  | "IntakeWindows" >> intake_windows(0.0 if self._feed else REMOTE_INTAKE_LATENESS_S)
                   | "ParseNotifications" >> self._parse)
         claimed = parsed.arrivals | "ClaimArrivals" >> self._claim
         decoded = claimed | "ToPaths" >> beam.Map(arrival_path) | "Decode" >> self._decode
@@ -205,6 +205,8 @@ class MineStream(beam.PTransform):
         return panes | "WriteWindows" >> self._write
 
 
+#: On Dataflow, how late (behind the watermark) a notification may be read and still be mined.
+REMOTE_INTAKE_LATENESS_S = 3600.0
 _DEAD_LETTERS = beam.metrics.Metrics.counter(STREAM_METRICS, "dead_letters")
 
 

@@ -507,6 +507,8 @@ class ReplayArrivals(beam.PTransform):
                 | "ReadDoneArrivals" >> beam.ParDo(self._fn).with_output_types(Restored))
 
 
-def intake_windows():
-    """The ``WindowInto`` of the intake windows (see the module docstring)."""
-    return beam.WindowInto(window.FixedWindows(INTAKE_WINDOW_S))
+def intake_windows(allowed_lateness_s: float = 0.0):
+    """The ``WindowInto`` of the intake windows (see the module docstring). The local runner's
+    feed never sends late data (``allowed_lateness_s`` 0: its per-window state goes at once);
+    Beam's sources may, and a late arrival then fires its intake window again."""
+    return beam.WindowInto(window.FixedWindows(INTAKE_WINDOW_S), allowed_lateness=allowed_lateness_s)
