@@ -476,6 +476,44 @@ def test_watched_folder_model_switch_and_restart(mongo):
     assert runs == ["drained", "drained"]
 
 
+def test_bigquery_written_continuously(mongo):
+    """Frames and each window's candidates reach BigQuery (the emulator) while the job runs."""
+    root = harness.tmpdir("stream-bq-")
+    folder, out = os.path.join(root, "incoming"), os.path.join(root, "out")
+    os.makedirs(folder)
+    db = _database(mongo)
+    with harness.bigquery_emulator() as endpoint:
+        client = harness.bigquery_client(endpoint)
+        client.create_dataset("stream")
+        table = f"{harness.BIGQUERY_PROJECT}:stream.frames"
+        job = Job([f"--watch={folder}/*.png", "--watch_interval_seconds=1", f"--bigquery_table={table}",
+                   *_stream_args(out, mongo, f"--project={harness.BIGQUERY_PROJECT}")], "bigquery")
+        names = [f"b{i}.png" for i in range(4)]
+        for i, name in enumerate(names):
+            shutil.copyfile(_png(150 + i), os.path.join(root, name))
+            os.replace(os.path.join(root, name), os.path.join(folder, name))
+        paths = [os.path.join(folder, n) for n in names]
+        _wait(lambda: db.arrivals.count_documents({"source_uri": {"$in": paths}, "status": "done"}) == 4, 150,
+              "the files indexed", job)
+
+        def rows(sql):
+            return [dict(r) for r in client.query(sql).result()]
+        # Frames are in BigQuery before the job stops, with their event time and its source.
+        frames = _wait(lambda: (lambda r: r if len(r) == 4 else None)(rows(
+            "SELECT source_uri, event_time, event_time_source FROM `stream.frames`")), 30, "frame rows", job)
+        assert sorted(r["source_uri"] for r in frames) == sorted(paths)
+        assert {r["event_time_source"] for r in frames} == {"mtime"}
+        mtimes = {p: os.path.getmtime(p) for p in paths}
+        assert all(r["event_time"] == pytest.approx(mtimes[r["source_uri"]], abs=1e-3) for r in frames)
+        assert job.stop(signal.SIGTERM) == 0, job.log()
+        # The windows were written when the job drained: one row per candidate of each pane.
+        candidates = rows("SELECT selection_id, frame_id, rank, window_start, indexed_at FROM `stream.candidates`")
+    latest = _latest_panes(out)
+    expected = {(line["selection_id"], line["window_start_s"]) for line in latest.values() if line["candidates"]}
+    assert {(c["selection_id"], c["window_start"]) for c in candidates} == expected
+    assert len(candidates) == sum(line["candidates"] for line in latest.values())
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--streaming"], "needs a source"),
     (["--watch=/tmp/x/*", "--input_subscription=projects/p/subscriptions/s"], "two sources"),
