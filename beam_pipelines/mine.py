@@ -52,6 +52,7 @@ from transforms.common import gcp_emulators
 from transforms.common.files import is_local
 from transforms.common.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMARY_FILE, WriteCandidates,
                                        WriteDeadLetters, WriteSummary)
+from transforms.common.outputs import DEAD_LETTERS_AT
 from transforms.common.outputs import METRICS_NAMESPACE as OUTPUT_METRICS
 from transforms.common.redact import redact_uri
 from transforms.decode.ptransforms import DecodeMedia
@@ -278,7 +279,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
             if finished:  # <output_dir>/report/index.html; a failure is logged, the run stands
                 report.write_run_report_safely(job.output_dir, mongo_uri, mine.mongo_database)
             if counts is not None:
-                _check_dead_letters(counts, mine.max_dead_letter_fraction, job.output_dir)
+                _check_dead_letters(counts, dead_letters_by_stage(result.metrics()),
+                                    mine.max_dead_letter_fraction, job.output_dir)
         elapsed = time.monotonic() - started
     summary = _written_summary(job.output_dir)
     return dict(summary, wall_seconds=round(elapsed, 1), model_loads=loads) if summary else summary
@@ -288,9 +290,22 @@ class TooManyDeadLetters(shutdown.RunFailed):
     """The run lost more of its inputs than ``--max_dead_letter_fraction`` allows."""
 
 
-def _check_dead_letters(counts: Dict[str, int], max_fraction: float, output_dir: str):
+def dead_letters_by_stage(metrics: MetricResults) -> Dict[str, int]:
+    """Written dead letters per stage (``match``, ``decode``, ``inference``, ...), from the metrics."""
+    query = MetricsFilter().with_namespace(OUTPUT_METRICS)
+    by_stage = {}
+    for result in metrics.query(query)[MetricResults.COUNTERS]:
+        name = result.key.metric.name
+        if name.startswith(DEAD_LETTERS_AT):
+            stage = name[len(DEAD_LETTERS_AT):]
+            by_stage[stage] = by_stage.get(stage, 0) + _committed(result)
+    return by_stage
+
+
+def _check_dead_letters(counts: Dict[str, int], by_stage: Dict[str, int], max_fraction: float,
+                        output_dir: str):
     """Raises :class:`TooManyDeadLetters` past ``max_fraction`` (see :func:`dead_letter_fraction`)."""
-    fraction = dead_letter_fraction(counts)
+    fraction = dead_letter_fraction(counts, by_stage)
     if fraction > max_fraction:
         raise TooManyDeadLetters(
             f"{fraction:.0%} of the inputs failed ({counts.get('files_failed', 0)} of "

@@ -303,14 +303,20 @@ def _check_tables(mine):
                                  f"DATASET.TABLE, got {table!r}") from None
 
 
-def dead_letter_fraction(counts) -> float:
-    """The share of inputs a run lost, in [0, 1]: the larger of ``files_failed / files_matched``
-    and ``(dead_letters - files_failed) / frames_decoded`` (frames dead-lettered after decoding:
-    preprocess, inference, stores, candidates). A glob that matched nothing counts as a lost input.
+def dead_letter_fraction(counts, by_stage=None) -> float:
+    """The share of inputs a run lost, in [0, 1]: the larger of the share of inputs lost whole
+    (files that failed, plus what matching refused: globs matching nothing, dangling links,
+    directories; ``by_stage["match"]``) and the share of decoded frames dead-lettered later
+    (preprocess, inference, stores, candidates). Without ``by_stage``, every dead letter that is
+    not a failed file counts as a lost frame.
     """
     files_failed = counts.get("files_failed", 0)
-    later = max(0, counts.get("dead_letters", 0) - files_failed)
-    return max(files_failed / max(1, counts.get("files_matched", 0)),
+    if by_stage is None:
+        refused, later = 0, max(0, counts.get("dead_letters", 0) - files_failed)
+    else:
+        refused = by_stage.get("match", 0)
+        later = sum(n for stage, n in by_stage.items() if stage not in ("match", "read", "decode"))
+    return max(min(1.0, (files_failed + refused) / max(1, counts.get("files_matched", 0) + refused)),
                min(1.0, later / max(1, counts.get("frames_decoded", 0))))
 
 
@@ -323,7 +329,8 @@ def help_text(beam: bool = False) -> str:
                      "Decode images and videos, embed and score every frame, index them in "
                      "MongoDB (and BigQuery) and select the frames to label next."),
         epilog=None if beam else (f"Beam's own options (--runner, --direct_num_workers, --project, "
-                                  f"--region, --temp_location, ...): {PROG} --help_beam"))
+                                  f"--region, --temp_location, ...): {PROG} --help_beam. Exit codes "
+                                  f"and what each bad input gets: docs/failures.md."))
     classes = ([c for c in PipelineOptions.__subclasses__() if c not in (MineOptions, StreamingOptions)]
                if beam else [MineOptions, StreamingOptions])
     for options_class in classes:

@@ -402,7 +402,7 @@ def test_odd_files_in_a_whole_run(odd_files, mongo, deleted_after_match):
     """The job on the same folder: the two good images indexed and selectable, every odd entry
     in dead_letter.jsonl with its reason, the counts reconciled."""
     out_dir = harness.tmpdir("odd-run-")
-    summary = mine.run([f"--input={odd_files}/*.jpg", f"--output_dir={out_dir}",
+    summary = mine.run(["--max_dead_letter_fraction=1", f"--input={odd_files}/*.jpg", f"--output_dir={out_dir}",
                         f"--mongo_uri={mongo.uri}", f"--mongo_database={DATABASE}", "--budget=5"])
     assert summary["files_matched"] == len(FAILED_FILES) + 2
     assert (summary["files_failed"], summary["files_decoded"]) == (len(FAILED_FILES), 2)

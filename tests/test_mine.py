@@ -278,6 +278,10 @@ def test_dead_letter_fraction():
     assert dead_letter_fraction({"files_matched": 100, "files_failed": 0, "dead_letters": 100,
                                  "frames_decoded": 100}) == 1.0
     assert dead_letter_fraction({"files_matched": 0, "dead_letters": 1}) == 1.0  # a glob matched nothing
+    # with the stages: what matching refused is a lost input, not a lost frame
+    counts = {"files_matched": 8, "files_failed": 2, "dead_letters": 4, "frames_decoded": 6}
+    assert dead_letter_fraction(counts, {"match": 2, "decode": 2}) == 0.4
+    assert dead_letter_fraction(counts, {"match": 1, "decode": 2, "inference": 1}) == max(3 / 9, 1 / 6)
 
 
 def test_run_fails_past_max_dead_letter_fraction_and_accounts_for_every_input(mongo, capsys):

@@ -26,8 +26,13 @@ def _json_line(obj) -> str:
     return json.dumps(obj, sort_keys=False, ensure_ascii=False, allow_nan=False)
 
 
+#: Per-stage counters of written dead letters are named ``DEAD_LETTERS_AT + stage``.
+DEAD_LETTERS_AT = "dead_letters_at_"
+
+
 def _dead_letter_line(dead_letter, counter) -> str:
     counter.inc()
+    Metrics.counter(METRICS_NAMESPACE, DEAD_LETTERS_AT + dead_letter.stage).inc()
     return _json_line(dead_letter.to_json_dict())
 
 
@@ -58,7 +63,8 @@ class WriteDeadLetters(beam.PTransform):
     """Writes ``DeadLetter``\\ s to one JSON-lines file (``source_uri``, ``stage``, ``error``...).
 
     Uses Beam's ``WriteToText`` (one shard, exact file name), so the file exists, possibly
-    empty, after every run. Counts them in the ``dead_letters_written`` counter.
+    empty, after every run. Counts them in the ``dead_letters_written`` counter, and per stage in
+    ``dead_letters_at_<stage>``.
     """
 
     def __init__(self, path: str):
