@@ -351,6 +351,8 @@ def run(argv) -> dict:
     if job.local:
         preflight.check_stores(mine.mongo_uri, [t for t in (mine.bigquery_table, job.mine.candidates_table) if t],
                                project, mine.store_check_timeout_s)
+        if job.subscription:
+            _check_subscription(job.subscription, mine.store_check_timeout_s)
     standard = options.view_as(StandardOptions)
     standard.streaming = True
     standard.runner = job.runner
@@ -402,6 +404,26 @@ def run(argv) -> dict:
     write_atomically(FileSystems.join(output_dir, SUMMARY_FILE),
                      json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return summary
+
+
+def _check_subscription(subscription: str, timeout_s: float):
+    """A :class:`~beam_pipelines.preflight.StoreUnavailable` (exit code 3) unless the subscription
+    answers within ``timeout_s`` (0: not checked)."""
+    if not timeout_s:
+        return
+    from google.api_core import exceptions
+    from google.cloud import pubsub_v1
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        subscriber.get_subscription(request={"subscription": subscription}, timeout=timeout_s)
+    except exceptions.NotFound:
+        raise preflight.StoreUnavailable(f"--input_subscription {subscription} does not exist: create it "
+                                         f"on the topic of the bucket's notifications") from None
+    except exceptions.GoogleAPIError as e:
+        raise preflight.StoreUnavailable(
+            f"--input_subscription {subscription} cannot be read: {preflight.one_line(e, 300)}") from None
+    finally:
+        subscriber.close()
 
 
 def _done_keys(ledger):

@@ -514,6 +514,18 @@ def test_bigquery_written_continuously(mongo):
     assert len(candidates) == sum(line["candidates"] for line in latest.values())
 
 
+def test_a_missing_subscription_is_a_store_error(mongo, pubsub_host):
+    out = harness.tmpdir("no-subscription-")
+    done = subprocess.run(
+        [sys.executable, "-m", "beam_pipelines.mine", f"--input_subscription=projects/{PROJECT}/subscriptions/nope",
+         f"--mongo_uri={mongo.uri}", f"--output_dir={out}"],
+        cwd=harness.CHECKOUT, env=dict(os.environ, NO_GCE_CHECK="true", PYTHONPATH=harness.CHECKOUT),
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("mine: error: --input_subscription projects/")
+    assert "does not exist" in done.stderr
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--streaming"], "needs a source"),
     (["--watch=/tmp/x/*", "--input_subscription=projects/p/subscriptions/s"], "two sources"),

@@ -410,10 +410,16 @@ class _AcknowledgeFn(beam.DoFn):
         if self._ledger is not None:
             self._ledger.close()
 
+    def start_bundle(self):
+        self._ack_ids, self._keys = [], []
+
     def process(self, element):
         _, items = element
         for grouped in _by_file(items, ("results", "index_dead_letters")).values():
             self._file(grouped)
+
+    def finish_bundle(self):  # one acknowledgement request per bundle, once the ledger says done
+        acknowledge(self._feed_id, self._ack_ids, self._keys)
 
     def _file(self, grouped):
         late_dead = list(grouped["index_dead_letters"])
@@ -427,7 +433,8 @@ class _AcknowledgeFn(beam.DoFn):
                 _LOG.warning("could not mark %s done (its message will be delivered again): %s",
                              arrival.key, e)
                 continue
-            acknowledge(self._feed_id, arrival.ack_ids, [arrival.key])
+            self._ack_ids.extend(arrival.ack_ids)
+            self._keys.append(arrival.key)
             self._done.inc()
 
 
