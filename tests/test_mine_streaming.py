@@ -261,6 +261,10 @@ def test_notifications_to_per_window_candidates(mongo, gcs, pubsub_host):
     start_a = _window_of(window_a)
     _wait(lambda: any(line["window_start_s"] == start_a for line in _windows_log(out)), 90,
           "window A's on-time pane", job)
+    # While it runs, its entry in `runs` says so, with its counts so far.
+    running = _wait(lambda: db.runs.find_one({"inputs": notifier.subscription, "status": "running",
+                                              "counts": {"$ne": None}}), 30, "the running run's counts", job)
+    assert json.loads(running["counts"])["files_done"] >= 4
     # A photo captured in window A arrives after A closed: a late pane updates A.
     notifier.upload("e2e/late.jpg", data=_jpeg_with_exif(_png(30), window_a + 2))
     _wait(lambda: any(line["window_start_s"] == start_a and line["pane"] == "late" for line in _windows_log(out)),
