@@ -23,8 +23,8 @@ the job stops, ``summary.json``. The ``runs`` entry says ``running`` (counts upd
 
 Stopping (local runners): ``--max_runtime_seconds``, SIGINT, SIGTERM or SIGHUP stop the reading;
 the open windows fire, their outputs are written, and the job exits 0 (a second signal cancels
-at once: exit code 128 + its number, run ``cancelled``). On Dataflow the job is left running: drain it with ``gcloud dataflow jobs
-drain``. Restarting on the same source resumes: Pub/Sub redelivers what was not acknowledged
+at once: exit code 128 + its number, run ``cancelled``). On Dataflow the job is left running:
+drain it with ``gcloud dataflow jobs drain``. Restarting on the same source resumes: Pub/Sub redelivers what was not acknowledged
 (messages are acknowledged once their frames are indexed), the watcher skips the versions the
 ledger has done, and the windows that can still change are rebuilt from the stores.
 
@@ -55,13 +55,15 @@ from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
 from transforms.common.files import is_local
 from transforms.common.outputs import SUMMARY_FILE
-from transforms.common.window_outputs import CANDIDATES_DIR, DEAD_LETTERS_DIR, WINDOWS_FILE, WriteWindowPanes, read_windows_log
+from transforms.common.window_outputs import (CANDIDATES_DIR, DEAD_LETTERS_DIR, WINDOWS_FILE, WriteWindowPanes,
+                                              read_windows_log, write_atomically)
 from transforms.decode import event_time as event_times
 from transforms.decode.ledger import ArrivalLedger
 from transforms.decode.ptransforms import DecodeMedia
-from transforms.decode.streaming import (INTAKE_WINDOW_S, METRICS_NAMESPACE as STREAM_METRICS, AcknowledgeArrivals,
-                                         AttachEventTime, ClaimArrivals, FeedSpec, LedgerConfig, ParseNotifications,
-                                         ReadArrivals, ReplayArrivals, arrival_path, intake_windows)
+from transforms.decode.streaming import METRICS_NAMESPACE as STREAM_METRICS
+from transforms.decode.streaming import (INTAKE_WINDOW_S, AcknowledgeArrivals, AttachEventTime, ClaimArrivals,
+                                         FeedSpec, LedgerConfig, ParseNotifications, ReadArrivals, ReplayArrivals,
+                                         arrival_path, intake_windows)
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
@@ -185,9 +187,10 @@ class MineStream(beam.PTransform):
             models = models | "ModelWindows" >> intake_windows()
         scored = decoded.frames | "EmbedAndScore" >> ScoreFrames(self._model, detector=self._detector,
                                                                 model_updates=models)
-        timed = {"arrivals": claimed, "records": scored.records, "outcomes": decoded.outcomes,
-                 "dead_letters": (decoded.dead_letters, scored.dead_letters) | "DecodeAndScoreDeadLetters" >> beam.Flatten(),
-                 } | "EventTime" >> self._event_time
+        failed = (decoded.dead_letters, scored.dead_letters) | "DecodeAndScoreDeadLetters" >> beam.Flatten()
+        timed = ({"arrivals": claimed, "records": scored.records, "outcomes": decoded.outcomes,
+                  "dead_letters": failed}
+                 | "EventTime" >> self._event_time)
         indexed = timed.records | "IndexInMongoDB" >> self._index_mongo
         index_dead_letters = [indexed.dead_letters]
         if self._index_bigquery:
@@ -400,7 +403,6 @@ def run(argv) -> dict:
         summary = dict(facts, **counts, run_id=lineage.run_id, code_version=lineage.code_version,
                        status="drained", stop_reason=stop_reason,
                        wall_seconds=round(time.monotonic() - started, 1))
-    from transforms.common.window_outputs import write_atomically
     write_atomically(FileSystems.join(output_dir, SUMMARY_FILE),
                      json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return summary

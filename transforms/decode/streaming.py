@@ -38,7 +38,8 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas import records
 from schemas.records import Arrival, DeadLetter, FileOutcome, FrameRecord, Restored
 from transforms.decode import event_time as event_times
-from transforms.decode.notifications import NotificationError, PubsubNotice, Skipped, parse_notification, watched_arrival
+from transforms.decode.notifications import (NotificationError, PubsubNotice, Skipped, parse_notification,
+                                             watched_arrival)
 from transforms.decode.watch import ARRIVALS, FEED_CODER, MODELS, acknowledge
 
 _LOG = logging.getLogger(__name__)
@@ -453,7 +454,8 @@ class AcknowledgeArrivals(beam.PTransform):
         self._fn = _AcknowledgeFn(ledger, feed_id)
 
     def expand(self, inputs):
-        keyed = [inputs["results"] | "KeyResults" >> beam.Map(_by_shard("results", lambda r: arrival_path(r.arrival))),
+        by_arrival = _by_shard("results", lambda r: arrival_path(r.arrival))
+        keyed = [inputs["results"] | "KeyResults" >> beam.Map(by_arrival),
                  inputs["index_dead_letters"] | "KeyIndexDeadLetters" >> beam.Map(_with_timestamp)]
         for name, pcoll in sorted(inputs.items()):
             if name not in ("results", "index_dead_letters"):  # only their watermark matters
