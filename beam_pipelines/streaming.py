@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Dict, NamedTuple, Optional
@@ -270,8 +271,9 @@ class _Supervisor:
     def _stop(self, reason: str):
         if self.stop_reason is None:
             self.stop_reason = reason
-            _LOG.info("stopping (%s): no more reading; writing the open windows "
-                      "(SIGINT or SIGTERM again cancels)", reason)
+            sys.stderr.write(f"mine: stopping ({reason}): no more reading; writing the open windows "
+                             f"(a second SIGINT or SIGTERM cancels)\n")
+            sys.stderr.flush()
             self._feed.request_stop()
 
     def run(self):

@@ -448,7 +448,11 @@ def test_watched_folder_model_switch_and_restart(mongo):
     original_version = db.frames.find_one({"source_uri": replaced})["model"]["version"]
 
     _save_model_copy(os.path.join(models, "retrained.keras"))
-    time.sleep(4)  # the model glob is listed every second; then one intake window
+    def switched():
+        run = db.runs.find_one({"inputs": pattern, "status": "running", "counts": {"$ne": None}})
+        return run and json.loads(run["counts"])["feed"]["model_switches"] == 1
+    _wait(switched, 60, "the job to see the new model", first)
+    time.sleep(2.5)  # files read from the next intake window on are scored by it
     later = [add(f"after-model{i}.png", _png(270 + i)) for i in range(2)]
     _wait(lambda: db.frames.count_documents({"source_uri": {"$in": later}}) == 2, 60, "frames after the switch", first)
     assert first.stop(signal.SIGTERM) == 0, first.log()
