@@ -119,23 +119,26 @@ def check_job(argv: Sequence[str], options_class, check):
         raise OptionError(one_line(e)) from None
 
 
-def print_help(prog: str, options_class, file=None):
-    """The job's own options with their help, and a pointer to Beam's."""
+def print_help(prog: str, options_class, file=None, also=()):
+    """The job's own options (and those of the classes ``also``) with their help, and a pointer
+    to Beam's."""
     parser = argparse.ArgumentParser(
         prog=prog, add_help=False, description=(options_class.__doc__ or "").strip(),
         epilog="Plus every standard Apache Beam pipeline option (--runner, --project, "
                "--temp_location, --direct_num_workers...). What each bad input gets: docs/failures.md.")
     options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+    for other in also:
+        other._add_argparse_args(parser.add_argument_group(other.__name__))  # pylint: disable=protected-access
     parser.print_help(file)
 
 
 def exit_if_options_are_bad(prog: str, argv: Sequence[str]):
     """For a job's ``__main__``: ``--help``, or one line ``PROG: error: ...`` and exit code 2 when
     an option is bad, before anything heavy is imported (TensorFlow takes seconds)."""
-    from beam_pipelines.options import MineOptions, check_options, help_text  # options imports this module
+    from beam_pipelines.options import MineOptions, StreamingOptions, check_options  # options imports this module
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
-        print(help_text())  # the job's options, the streaming ones included
+        print_help(f"python -m beam_pipelines.{prog}", MineOptions, also=(StreamingOptions,))
         sys.exit(0)
     try:
         check_job(argv, MineOptions, check_options)

@@ -23,8 +23,8 @@ the job stops, ``summary.json``. The ``runs`` entry says ``running`` (counts upd
 
 Stopping (local runners): ``--max_runtime_seconds``, SIGINT, SIGTERM or SIGHUP stop the reading;
 the open windows fire, their outputs are written, and the job exits 0 (a second signal cancels
-at once: exit code 128 + its number, run ``cancelled``). On Dataflow the job is left running: drain it with ``gcloud dataflow jobs
-drain``. Restarting on the same source resumes: Pub/Sub redelivers what was not acknowledged
+at once: exit code 128 + its number, run ``cancelled``). On Dataflow the job is left running:
+drain it with ``gcloud dataflow jobs drain``. Restarting on the same source resumes: Pub/Sub redelivers what was not acknowledged
 (messages are acknowledged once their frames are indexed), the watcher skips the versions the
 ledger has done, and the windows that can still change are rebuilt from the stores.
 
@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Dict, NamedTuple, Optional
@@ -55,13 +56,15 @@ from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
 from transforms.common.files import is_local
 from transforms.common.outputs import SUMMARY_FILE
-from transforms.common.window_outputs import CANDIDATES_DIR, DEAD_LETTERS_DIR, WINDOWS_FILE, WriteWindowPanes, read_windows_log
+from transforms.common.window_outputs import (CANDIDATES_DIR, DEAD_LETTERS_DIR, WINDOWS_FILE, WriteWindowPanes,
+                                              read_windows_log, write_atomically)
 from transforms.decode import event_time as event_times
 from transforms.decode.ledger import ArrivalLedger
 from transforms.decode.ptransforms import DecodeMedia
-from transforms.decode.streaming import (INTAKE_WINDOW_S, METRICS_NAMESPACE as STREAM_METRICS, AcknowledgeArrivals,
-                                         AttachEventTime, ClaimArrivals, FeedSpec, LedgerConfig, ParseNotifications,
-                                         ReadArrivals, ReplayArrivals, arrival_glob, intake_windows)
+from transforms.decode.streaming import METRICS_NAMESPACE as STREAM_METRICS
+from transforms.decode.streaming import (INTAKE_WINDOW_S, AcknowledgeArrivals, AttachEventTime, ClaimArrivals,
+                                         FeedSpec, LedgerConfig, ParseNotifications, ReadArrivals, ReplayArrivals,
+                                         arrival_path, intake_windows)
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
@@ -158,7 +161,8 @@ class MineStream(beam.PTransform):
         self._parse = ParseNotifications(self._ledger, feed_id)
         self._claim = ClaimArrivals(self._ledger, feed_id)
         # On the local runner, no fan-out: its per-key state would grow with every file.
-        self._decode = DecodeMedia(video_fps, **dict(decode_options or {}, fan_out=not job.local))
+        self._decode = DecodeMedia(video_fps, **dict(decode_options or {}, fan_out=not job.local,
+                                                      match_globs=False))  # arrivals are known files
         background = job.mine.detector_background
         self._detector = DetectorHandler(BackgroundDifferenceDetector(background)) if background else None
         self._event_time = AttachEventTime(job.fallback_source)
@@ -175,18 +179,19 @@ class MineStream(beam.PTransform):
     def expand(self, pbegin):
         read = pbegin | "ReadArrivals" >> self._read
         parsed = (read.arrivals
-                  | "IntakeWindows" >> intake_windows()
+                  | "IntakeWindows" >> intake_windows(0.0 if self._feed else REMOTE_INTAKE_LATENESS_S)
                   | "ParseNotifications" >> self._parse)
         claimed = parsed.arrivals | "ClaimArrivals" >> self._claim
-        decoded = claimed | "ToGlobs" >> beam.Map(arrival_glob) | "Decode" >> self._decode
+        decoded = claimed | "ToPaths" >> beam.Map(arrival_path) | "Decode" >> self._decode
         models = read.models
         if models is not None and self._feed is not None:  # one model element per intake window
             models = models | "ModelWindows" >> intake_windows()
         scored = decoded.frames | "EmbedAndScore" >> ScoreFrames(self._model, detector=self._detector,
                                                                 model_updates=models)
-        timed = {"arrivals": claimed, "records": scored.records, "outcomes": decoded.outcomes,
-                 "dead_letters": (decoded.dead_letters, scored.dead_letters) | "DecodeAndScoreDeadLetters" >> beam.Flatten(),
-                 } | "EventTime" >> self._event_time
+        failed = (decoded.dead_letters, scored.dead_letters) | "DecodeAndScoreDeadLetters" >> beam.Flatten()
+        timed = ({"arrivals": claimed, "records": scored.records, "outcomes": decoded.outcomes,
+                  "dead_letters": failed}
+                 | "EventTime" >> self._event_time)
         indexed = timed.records | "IndexInMongoDB" >> self._index_mongo
         index_dead_letters = [indexed.dead_letters]
         if self._index_bigquery:
@@ -204,6 +209,8 @@ class MineStream(beam.PTransform):
         return panes | "WriteWindows" >> self._write
 
 
+#: On Dataflow, how late (behind the watermark) a notification may be read and still be mined.
+REMOTE_INTAKE_LATENESS_S = 3600.0
 _DEAD_LETTERS = beam.metrics.Metrics.counter(STREAM_METRICS, "dead_letters")
 
 
@@ -264,8 +271,9 @@ class _Supervisor:
     def _stop(self, reason: str):
         if self.stop_reason is None:
             self.stop_reason = reason
-            _LOG.info("stopping (%s): no more reading; writing the open windows "
-                      "(SIGINT or SIGTERM again cancels)", reason)
+            sys.stderr.write(f"mine: stopping ({reason}): no more reading; writing the open windows "
+                             f"(a second SIGINT or SIGTERM cancels)\n")
+            sys.stderr.flush()
             self._feed.request_stop()
 
     def run(self):
@@ -348,6 +356,8 @@ def run(argv) -> dict:
     if job.local:
         preflight.check_stores(mine.mongo_uri, [t for t in (mine.bigquery_table, job.mine.candidates_table) if t],
                                project, mine.store_check_timeout_s)
+        if job.subscription:
+            _check_subscription(job.subscription, mine.store_check_timeout_s)
     standard = options.view_as(StandardOptions)
     standard.streaming = True
     standard.runner = job.runner
@@ -395,10 +405,29 @@ def run(argv) -> dict:
         summary = dict(facts, **counts, run_id=lineage.run_id, code_version=lineage.code_version,
                        status="drained", stop_reason=stop_reason,
                        wall_seconds=round(time.monotonic() - started, 1))
-    from transforms.common.window_outputs import write_atomically
     write_atomically(FileSystems.join(output_dir, SUMMARY_FILE),
                      json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return summary
+
+
+def _check_subscription(subscription: str, timeout_s: float):
+    """A :class:`~beam_pipelines.preflight.StoreUnavailable` (exit code 3) unless the subscription
+    answers within ``timeout_s`` (0: not checked)."""
+    if not timeout_s:
+        return
+    from google.api_core import exceptions
+    from google.cloud import pubsub_v1
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        subscriber.get_subscription(request={"subscription": subscription}, timeout=timeout_s)
+    except exceptions.NotFound:
+        raise preflight.StoreUnavailable(f"--input_subscription {subscription} does not exist: create it "
+                                         f"on the topic of the bucket's notifications") from None
+    except exceptions.GoogleAPIError as e:
+        raise preflight.StoreUnavailable(
+            f"--input_subscription {subscription} cannot be read: {preflight.one_line(e, 300)}") from None
+    finally:
+        subscriber.close()
 
 
 def _done_keys(ledger):

@@ -164,8 +164,11 @@ def main(argv=None):
                 achieved_rate = len(resources) / (time.time() - start)
                 watcher.wait(uris, 300)
                 latencies = [watcher.seen[u] - published[u] for u in uris]
+                quarters = [statistics.median(latencies[i * len(latencies) // 4:(i + 1) * len(latencies) // 4])
+                            for i in range(4)]
                 print(f"latency: p50 {statistics.median(latencies):.2f} s, p95 "
-                      f"{_percentile(latencies, 0.95):.2f} s", file=sys.stderr, flush=True)
+                      f"{_percentile(latencies, 0.95):.2f} s; medians by quarter of the run "
+                      f"{[round(q, 2) for q in quarters]}", file=sys.stderr, flush=True)
 
                 # 2. Sustained throughput: a burst.
                 resources = [bucket_put for bucket_put in

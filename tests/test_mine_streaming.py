@@ -261,6 +261,10 @@ def test_notifications_to_per_window_candidates(mongo, gcs, pubsub_host):
     start_a = _window_of(window_a)
     _wait(lambda: any(line["window_start_s"] == start_a for line in _windows_log(out)), 90,
           "window A's on-time pane", job)
+    # While it runs, its entry in `runs` says so, with its counts so far.
+    running = _wait(lambda: db.runs.find_one({"inputs": notifier.subscription, "status": "running",
+                                              "counts": {"$ne": None}}), 30, "the running run's counts", job)
+    assert json.loads(running["counts"])["files_done"] >= 4
     # A photo captured in window A arrives after A closed: a late pane updates A.
     notifier.upload("e2e/late.jpg", data=_jpeg_with_exif(_png(30), window_a + 2))
     _wait(lambda: any(line["window_start_s"] == start_a and line["pane"] == "late" for line in _windows_log(out)),
@@ -444,7 +448,11 @@ def test_watched_folder_model_switch_and_restart(mongo):
     original_version = db.frames.find_one({"source_uri": replaced})["model"]["version"]
 
     _save_model_copy(os.path.join(models, "retrained.keras"))
-    time.sleep(4)  # the model glob is listed every second; then one intake window
+    def switched():
+        run = db.runs.find_one({"inputs": pattern, "status": "running", "counts": {"$ne": None}})
+        return run and json.loads(run["counts"])["feed"]["model_switches"] == 1
+    _wait(switched, 60, "the job to see the new model", first)
+    time.sleep(2.5)  # files read from the next intake window on are scored by it
     later = [add(f"after-model{i}.png", _png(270 + i)) for i in range(2)]
     _wait(lambda: db.frames.count_documents({"source_uri": {"$in": later}}) == 2, 60, "frames after the switch", first)
     assert first.stop(signal.SIGTERM) == 0, first.log()
@@ -474,6 +482,56 @@ def test_watched_folder_model_switch_and_restart(mongo):
     assert summary["files_done"] == 2 and summary["feed"]["versions_already_done"] == len(done_before) - 1
     runs = [r["status"] for r in db.runs.find({"inputs": pattern})]
     assert runs == ["drained", "drained"]
+
+
+def test_bigquery_written_continuously(mongo):
+    """Frames and each window's candidates reach BigQuery (the emulator) while the job runs."""
+    root = harness.tmpdir("stream-bq-")
+    folder, out = os.path.join(root, "incoming"), os.path.join(root, "out")
+    os.makedirs(folder)
+    db = _database(mongo)
+    with harness.bigquery_emulator() as endpoint:
+        client = harness.bigquery_client(endpoint)
+        client.create_dataset("stream")
+        table = f"{harness.BIGQUERY_PROJECT}:stream.frames"
+        job = Job([f"--watch={folder}/*.png", "--watch_interval_seconds=1", f"--bigquery_table={table}",
+                   *_stream_args(out, mongo, f"--project={harness.BIGQUERY_PROJECT}")], "bigquery")
+        names = [f"b{i}.png" for i in range(4)]
+        for i, name in enumerate(names):
+            shutil.copyfile(_png(150 + i), os.path.join(root, name))
+            os.replace(os.path.join(root, name), os.path.join(folder, name))
+        paths = [os.path.join(folder, n) for n in names]
+        _wait(lambda: db.arrivals.count_documents({"source_uri": {"$in": paths}, "status": "done"}) == 4, 150,
+              "the files indexed", job)
+
+        def rows(sql):
+            return [dict(r) for r in client.query(sql).result()]
+        # Frames are in BigQuery before the job stops, with their event time and its source.
+        frames = _wait(lambda: (lambda r: r if len(r) == 4 else None)(rows(
+            "SELECT source_uri, event_time, event_time_source FROM `stream.frames`")), 30, "frame rows", job)
+        assert sorted(r["source_uri"] for r in frames) == sorted(paths)
+        assert {r["event_time_source"] for r in frames} == {"mtime"}
+        mtimes = {p: os.path.getmtime(p) for p in paths}
+        assert all(r["event_time"] == pytest.approx(mtimes[r["source_uri"]], abs=1e-3) for r in frames)
+        assert job.stop(signal.SIGTERM) == 0, job.log()
+        # The windows were written when the job drained: one row per candidate of each pane.
+        candidates = rows("SELECT selection_id, frame_id, rank, window_start, indexed_at FROM `stream.candidates`")
+    latest = _latest_panes(out)
+    expected = {(line["selection_id"], line["window_start_s"]) for line in latest.values() if line["candidates"]}
+    assert {(c["selection_id"], c["window_start"]) for c in candidates} == expected
+    assert len(candidates) == sum(line["candidates"] for line in latest.values())
+
+
+def test_a_missing_subscription_is_a_store_error(mongo, pubsub_host):
+    out = harness.tmpdir("no-subscription-")
+    done = subprocess.run(
+        [sys.executable, "-m", "beam_pipelines.mine", f"--input_subscription=projects/{PROJECT}/subscriptions/nope",
+         f"--mongo_uri={mongo.uri}", f"--output_dir={out}"],
+        cwd=harness.CHECKOUT, env=dict(os.environ, NO_GCE_CHECK="true", PYTHONPATH=harness.CHECKOUT),
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("mine: error: --input_subscription projects/")
+    assert "does not exist" in done.stderr
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -4,10 +4,8 @@ names, literal globs. No servers."""
 import datetime
 import io
 import json
-import os
 
 import pytest
-from apache_beam.io.filesystems import FileSystems
 
 from tests import harness
 from transforms.common.window_outputs import pane_digest, window_file_name
@@ -96,16 +94,6 @@ def test_watched_file_key_changes_when_the_file_is_replaced():
     assert first.key == "/data/cam/a.jpg#1700000000250000:100" and first.fallback_source == "mtime"
     assert notifications.watched_arrival("/data/cam/a.jpg", 1700000001.0, 100).key != first.key
     assert notifications.watched_arrival("/data/cam/a.jpg", 1700000000.25, 101).key != first.key
-
-
-def test_literal_glob_matches_exactly_the_file():
-    d = harness.tmpdir("glob-")
-    for name in ("cam[1] *?.png", "cam1 xy.png", "cam1 ab.png"):
-        with open(os.path.join(d, name), "wb") as f:
-            f.write(b"x")
-    target = os.path.join(d, "cam[1] *?.png")
-    matched = FileSystems.match([notifications.literal_glob(target)])[0].metadata_list
-    assert [m.path for m in matched] == [target]
 
 
 NOW = datetime.datetime(2026, 11, 29, 22, 0, tzinfo=datetime.timezone.utc).timestamp()

@@ -199,15 +199,6 @@ def watched_arrival(uri: str, mtime_s: float, size: int) -> Arrival:
                    fallback_source=FROM_MTIME, size=int(size))
 
 
-_GLOB_CHARS = {"*": "[*]", "?": "[?]", "[": "[[]"}
-
-
-def literal_glob(path: str) -> str:
-    """``path`` as a glob that matches exactly that file (``*``, ``?`` and ``[`` escaped as
-    one-character classes), for transforms that take globs."""
-    return "".join(_GLOB_CHARS.get(c, c) for c in path)
-
-
 def notification_attributes(resource: Mapping, event_type: str = OBJECT_FINALIZE,
                             config: str = "1") -> dict:
     """The attributes Cloud Storage gives the notification of an object resource (the JSON API's

@@ -452,6 +452,9 @@ class DecodeMedia(beam.PTransform):
         different workers decode; None decodes each video in one piece.
     video_threads : int
         Decoder threads per video range (1 is the most efficient when workers run in parallel).
+    match_globs : bool
+        False: the inputs are paths of files known to exist (e.g. notified uploads), read as
+        they are, without listing them first.
     fan_out : bool
         Spread the work over workers (distinct paths, a reshuffle, videos cut into ranges). False
         decodes each file where it was read, a video in one piece, with no grouping: for inputs
@@ -468,7 +471,7 @@ class DecodeMedia(beam.PTransform):
                  scene_threshold: float = 0.3, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
                  max_side: Optional[int] = None,
                  split_seconds: Optional[float] = DEFAULT_SPLIT_SECONDS, video_threads: int = 1,
-                 fan_out: bool = True):
+                 fan_out: bool = True, match_globs: bool = True):
         super().__init__()
         if not isinstance(video_fps, (int, float)) or math.isnan(video_fps):
             raise ValueError(f"video_fps must be a number (<= 0 for every frame), got {video_fps!r}")
@@ -480,13 +483,17 @@ class DecodeMedia(beam.PTransform):
             raise ValueError(f"video_threads must be an integer >= 0 (0: automatic), got {video_threads!r}")
         self._threads = video_threads
         self._fan_out = fan_out
+        self._match_globs = match_globs
         if not fan_out:
             self._split_seconds = None
 
     def expand(self, patterns):
-        matched = patterns | "MatchGlobs" >> beam.ParDo(_MatchFn()).with_outputs(
-            DEAD_LETTER, OUTCOME, main="paths")
-        paths = matched.paths
+        if self._match_globs:
+            matched = patterns | "MatchGlobs" >> beam.ParDo(_MatchFn()).with_outputs(
+                DEAD_LETTER, OUTCOME, main="paths")
+            paths, unmatched, unmatched_dead = matched.paths, [matched[OUTCOME]], [matched[DEAD_LETTER]]
+        else:  # paths of files already known to exist (a file gone since fails when read)
+            paths, unmatched, unmatched_dead = patterns, [], []
         if self._fan_out:
             paths = paths | "DistinctPaths" >> beam.Distinct()
         planned = paths | "SniffAndPlan" >> beam.ParDo(_PlanFileFn(self._split_seconds)).with_outputs(
@@ -508,8 +515,8 @@ class DecodeMedia(beam.PTransform):
             # into a schema (FileOutcome.video_info is a dict) when the pipeline is built.
             | "CloseVideos" >> beam.ParDo(_CloseVideoFn()).with_output_types(Any).with_outputs(
                 DEAD_LETTER, main="outcomes"))
-        outcomes = ((matched[OUTCOME], planned[OUTCOME], decoded[OUTCOME], videos.outcomes)
+        outcomes = (unmatched + [planned[OUTCOME], decoded[OUTCOME], videos.outcomes]
                     | "AllOutcomes" >> beam.Flatten())
-        dead_letters = ((matched[DEAD_LETTER], planned[DEAD_LETTER], decoded[DEAD_LETTER],
-                         videos[DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten())
+        dead_letters = (unmatched_dead + [planned[DEAD_LETTER], decoded[DEAD_LETTER], videos[DEAD_LETTER]]
+                        | "FlattenDeadLetters" >> beam.Flatten())
         return DecodedMedia(decoded.frames, outcomes, dead_letters)

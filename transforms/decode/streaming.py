@@ -6,7 +6,7 @@ The transforms of the streaming ``mine`` job around :class:`~transforms.decode.p
     read = p | ReadArrivals(subscription="projects/p/subscriptions/s", feed=feed_spec)
     parsed = read.arrivals | ParseNotifications(ledger, "projects/p/subscriptions/s", feed_id)
     claimed = parsed.arrivals | ClaimArrivals(ledger, feed_id)     # duplicates stop here
-    decoded = claimed | beam.Map(arrival_glob) | DecodeMedia()
+    decoded = claimed | beam.Map(arrival_path) | DecodeMedia(match_globs=False)
     scored = decoded.frames | ScoreFrames(model)
     timed = {"arrivals": claimed, "records": scored.records, ...} | AttachEventTime()
     timed.records        # FrameRecords timestamped with their capture time (event_time set)
@@ -38,8 +38,8 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas import records
 from schemas.records import Arrival, DeadLetter, FileOutcome, FrameRecord, Restored
 from transforms.decode import event_time as event_times
-from transforms.decode.notifications import (NotificationError, PubsubNotice, Skipped, literal_glob,
-                                             parse_notification, watched_arrival)
+from transforms.decode.notifications import (NotificationError, PubsubNotice, Skipped, parse_notification,
+                                             watched_arrival)
 from transforms.decode.watch import ARRIVALS, FEED_CODER, MODELS, acknowledge
 
 _LOG = logging.getLogger(__name__)
@@ -101,9 +101,9 @@ class FeedSpec(NamedTuple):
     with_models: bool
 
 
-def arrival_glob(arrival: Arrival) -> str:
-    """The glob :class:`DecodeMedia` gets for an arrival: its URI, with glob characters escaped."""
-    return literal_glob(arrival.uri)
+def arrival_path(arrival: Arrival) -> str:
+    """What :class:`DecodeMedia` (``match_globs=False``) gets for an arrival: its URI."""
+    return arrival.uri
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -304,11 +304,6 @@ class ClaimArrivals(beam.PTransform):
 
 # --- event time -------------------------------------------------------------------------------
 
-def _dead_letter_key(dead: DeadLetter) -> str:
-    # Globs that match nothing are dead-lettered under the glob itself; the rest under the file.
-    return dead.source_uri if dead.stage == records.STAGE_MATCH else literal_glob(dead.source_uri)
-
-
 _EVENT_TIME_KINDS = ("arrivals", "records", "dead_letters", "outcomes")
 
 
@@ -382,8 +377,8 @@ class AttachEventTime(beam.PTransform):
         self._fn = _AttachEventTimeFn(fallback_source)
 
     def expand(self, inputs):
-        keys = {"arrivals": arrival_glob, "records": lambda r: literal_glob(r.frame.source_uri),
-                "dead_letters": _dead_letter_key, "outcomes": lambda o: literal_glob(o.source_uri)}
+        keys = {"arrivals": arrival_path, "records": lambda r: r.frame.source_uri,
+                "dead_letters": lambda d: d.source_uri, "outcomes": lambda o: o.source_uri}
         keyed = [inputs[kind] | f"Key_{kind}" >> beam.Map(_by_shard(kind, keys[kind]))
                  for kind in _EVENT_TIME_KINDS]
         timed = (keyed
@@ -397,7 +392,7 @@ class AttachEventTime(beam.PTransform):
 # --- acknowledging ----------------------------------------------------------------------------
 
 def _with_timestamp(dead, timestamp=beam.DoFn.TimestampParam):
-    key = literal_glob(dead.source_uri)
+    key = dead.source_uri
     return _shard(key), ("index_dead_letters", key, (dead, float(timestamp)))
 
 
@@ -416,10 +411,16 @@ class _AcknowledgeFn(beam.DoFn):
         if self._ledger is not None:
             self._ledger.close()
 
+    def start_bundle(self):
+        self._ack_ids, self._keys = [], []
+
     def process(self, element):
         _, items = element
         for grouped in _by_file(items, ("results", "index_dead_letters")).values():
             self._file(grouped)
+
+    def finish_bundle(self):  # one acknowledgement request per bundle, once the ledger says done
+        acknowledge(self._feed_id, self._ack_ids, self._keys)
 
     def _file(self, grouped):
         late_dead = list(grouped["index_dead_letters"])
@@ -433,7 +434,8 @@ class _AcknowledgeFn(beam.DoFn):
                 _LOG.warning("could not mark %s done (its message will be delivered again): %s",
                              arrival.key, e)
                 continue
-            acknowledge(self._feed_id, arrival.ack_ids, [arrival.key])
+            self._ack_ids.extend(arrival.ack_ids)
+            self._keys.append(arrival.key)
             self._done.inc()
 
 
@@ -452,7 +454,8 @@ class AcknowledgeArrivals(beam.PTransform):
         self._fn = _AcknowledgeFn(ledger, feed_id)
 
     def expand(self, inputs):
-        keyed = [inputs["results"] | "KeyResults" >> beam.Map(_by_shard("results", lambda r: arrival_glob(r.arrival))),
+        by_arrival = _by_shard("results", lambda r: arrival_path(r.arrival))
+        keyed = [inputs["results"] | "KeyResults" >> beam.Map(by_arrival),
                  inputs["index_dead_letters"] | "KeyIndexDeadLetters" >> beam.Map(_with_timestamp)]
         for name, pcoll in sorted(inputs.items()):
             if name not in ("results", "index_dead_letters"):  # only their watermark matters
@@ -513,6 +516,8 @@ class ReplayArrivals(beam.PTransform):
                 | "ReadDoneArrivals" >> beam.ParDo(self._fn).with_output_types(Restored))
 
 
-def intake_windows():
-    """The ``WindowInto`` of the intake windows (see the module docstring)."""
-    return beam.WindowInto(window.FixedWindows(INTAKE_WINDOW_S))
+def intake_windows(allowed_lateness_s: float = 0.0):
+    """The ``WindowInto`` of the intake windows (see the module docstring). The local runner's
+    feed never sends late data (``allowed_lateness_s`` 0: its per-window state goes at once);
+    Beam's sources may, and a late arrival then fires its intake window again."""
+    return beam.WindowInto(window.FixedWindows(INTAKE_WINDOW_S), allowed_lateness=allowed_lateness_s)

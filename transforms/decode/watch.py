@@ -18,7 +18,7 @@ and serves what it reads to a ``TestStream(endpoint=...)`` in the pipeline throu
     feed.request_stop()     # stop reading: the stream ends, the watermark goes to the end of time
     feed.close()            # after the pipeline has finished (leases are renewed until then)
 
-What the feed sends, every ``tick_s``:
+What the feed sends (an event every ``tick_s``, what was read every ``batch_s``):
 
 * on :data:`ARRIVALS` (timestamped with the time they were read, or the watermark if later),
   Pub/Sub messages as :class:`~transforms.decode.notifications.PubsubNotice`
@@ -81,13 +81,17 @@ def _model_name(path: str) -> str:
     return path.rsplit("/", 1)[-1].rsplit(".", 1)[0] if path else ""
 
 
-def _elements(values: Iterable, timestamp_ms: int, tag: str):
+def _timestamped_elements(values_and_ms: Iterable, tag: str):
     # Beam's RPC reader takes these timestamps in microseconds (TestStream's own protos write ms).
     return beam_runner_api_pb2.TestStreamPayload.Event(
         element_event=beam_runner_api_pb2.TestStreamPayload.Event.AddElements(
             elements=[beam_runner_api_pb2.TestStreamPayload.TimestampedElement(
-                encoded_element=FEED_CODER.encode(v), timestamp=timestamp_ms * 1000) for v in values],
+                encoded_element=FEED_CODER.encode(v), timestamp=ms * 1000) for v, ms in values_and_ms],
             tag=tag))
+
+
+def _elements(values: Iterable, timestamp_ms: int, tag: str):
+    return _timestamped_elements(((v, timestamp_ms) for v in values), tag)
 
 
 def _watermark(timestamp_ms: int, tag: str):
@@ -112,7 +116,11 @@ class ArrivalFeed:
     window_s : float
         Intake window of the pipeline (one model side-input element per window).
     tick_s : float
-        Longest time between two events of the stream (watermark updates).
+        Longest time between two events of the stream (watermark updates): Beam's local runner
+        waits for the stream's next event on its only worker thread, between its other work.
+    batch_s, max_batch : float, int
+        What was read is sent at most every ``batch_s`` seconds, or as soon as ``max_batch``
+        items wait: the local runner's cost is per bundle and step, whatever the bundle's size.
     poll_s : float
         Seconds between two Pub/Sub pulls that found nothing (also their longest wait).
     lease_s : float
@@ -129,7 +137,8 @@ class ArrivalFeed:
 
     def __init__(self, *, subscription: Optional[str] = None, glob: Optional[str] = None,
                  interval_s: float = 10.0, model_glob: Optional[str] = None, window_s: float = 1.0,
-                 tick_s: float = 0.05, poll_s: float = 0.2, lease_s: float = 60.0, max_messages: int = 200,
+                 tick_s: float = 0.05, batch_s: float = 0.5, max_batch: int = 500, poll_s: float = 0.2,
+                 lease_s: float = 60.0, max_messages: int = 200,
                  redeliver_after_s: float = 300.0,
                  done_keys: Optional[Callable[[Sequence[str]], Set[str]]] = None):
         if (subscription is None) == (glob is None):
@@ -142,6 +151,7 @@ class ArrivalFeed:
         self._subscription, self._glob, self._interval_s = subscription, glob, interval_s
         self._model_glob, self._window_s, self._tick_s = model_glob, window_s, tick_s
         self._poll_s = poll_s
+        self._batch_s, self._max_batch = batch_s, max_batch
         self._lease_s, self._max_messages = lease_s, max_messages
         self._redeliver_after_s, self._done_keys = redeliver_after_s, done_keys
         self._started_at = time.time()
@@ -255,11 +265,10 @@ class ArrivalFeed:
                     if failures >= MAX_CONSECUTIVE_FAILURES:
                         raise
                     items = []
-                if items:
+                if items:  # served at the next tick, with everything else read until then
                     read_at = time.time()
                     with self._lock:
                         self._ready.append((read_at, items))
-                    self._wake.set()
                 if not self._subscription or not items:
                     self._stop.wait(max(0.0, self._poll_s - (time.time() - started)))
         except Exception as e:  # pylint: disable=broad-except  # ends the stream; the driver raises it
@@ -271,22 +280,29 @@ class ArrivalFeed:
             self._wake.set()
 
     def read_multiple(self, unused_keys, tail=True):  # noqa: ARG002 - TestStreamService's reader API
-        """Yields the events of the stream: what was read, one model element per intake window,
-        and the watermark, every ``tick_s`` at most (Beam's local runner waits for each event on
-        its only worker thread, so the stream never keeps it waiting longer)."""
+        """Yields the events of the stream: what was read (batched), one model element per intake
+        window, and the watermark, every ``tick_s`` at most."""
         watermark = 0
         next_model_window = math.floor(self._started_at / self._window_s)
+        last_batch = 0.0
         try:
             while True:
                 self._wake.wait(self._tick_s)
                 self._wake.clear()
                 finished = self._polling_done.is_set()
-                with self._lock:
-                    batches, self._ready = self._ready, []
-                for read_at, items in batches:  # stamped when read, never behind the watermark
-                    yield _elements(items, max(watermark, _millis(read_at)), ARRIVALS)
                 now = time.time()
-                watermark = max(watermark, _millis(now))
+                with self._lock:
+                    waiting = sum(len(items) for _, items in self._ready)
+                    due = finished or waiting >= self._max_batch or now - last_batch >= self._batch_s
+                    batches, self._ready = (self._ready, []) if due else ([], self._ready)
+                    oldest = self._ready[0][0] if self._ready else now
+                if batches:  # few, large bundles: the local runner's cost is per bundle, not per element
+                    last_batch = now
+                    yield _timestamped_elements(
+                        [(item, max(watermark, _millis(read_at))) for read_at, items in batches for item in items],
+                        ARRIVALS)
+                # Held back for the next batch, an item keeps the watermark at the time it was read.
+                watermark = max(watermark, _millis(min(now, oldest)))
                 if self._model_glob:
                     last_window = math.floor(now / self._window_s)
                     while next_model_window <= last_window:
