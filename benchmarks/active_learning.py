@@ -36,10 +36,11 @@ same frames go through :class:`transforms.select.SelectCandidates` on Beam's FnA
 ``FrameRecord``\\s, in shards of ``--beam_shard_size`` so the per-shard preselection runs), and
 the run fails unless Beam's ranked frame ids equal the in-process picks.
 
-Strategy names: any ``--strategy`` of the ``mine`` job, or ``<score>+<mode>`` for stochastic
+Strategy names: any ``--strategy`` of the ``mine`` job, ``<score>+<mode>`` for stochastic
 batch acquisition of a score (Kirsch et al. 2023; :mod:`transforms.select.stochastic`),
 ``mode`` one of power, softmax, softrank, with ``--beta`` and a seed derived from the seed and
-the round.
+the round, or ``batchbald`` (Kirsch et al. 2019; :mod:`transforms.select.batchbald`, with
+``--batchbald_configs``; not in the defaults, see its cost there).
 
 Writes ``learning_curves_<dataset>.png``, ``diagnostics_<dataset>.png`` and
 ``results_<dataset>.json`` to ``--out_dir``; the last stdout line is the JSON result.
@@ -161,6 +162,9 @@ def strategy_for(name, seed, round_index, args):
         score, mode = name.split("+", 1)
         return make_strategy(score, {"stochastic": mode, "beta": args.beta,
                                      "seed": seed * 1000 + round_index})
+    if name == "batchbald":  # a library strategy: needs every frame's MC samples (see its cost)
+        from transforms.select.batchbald import BatchBALD
+        return BatchBALD(num_configs=args.batchbald_configs, seed=seed * 1000 + round_index)
     if name == "cluster_margin":
         return make_strategy(name, {"n_clusters": args.clusters, "margin_multiplier": args.margin_multiplier,
                                     "seed": seed})
@@ -171,7 +175,7 @@ def strategy_for(name, seed, round_index, args):
 
 def needs_samples(name):
     from transforms.score import registry
-    return any(part in registry.names(needs=registry.MC_SAMPLES) for part in name.split("+"))
+    return name == "batchbald" or any(part in registry.names(needs=registry.MC_SAMPLES) for part in name.split("+"))
 
 
 def frame_ids(n, dataset):
@@ -426,6 +430,9 @@ def parse_args(argv=None):
     parser.add_argument("--min_steps", type=int, help="gradient steps at least, for small labelled sets")
     parser.add_argument("--mc_samples", type=int, default=20)
     parser.add_argument("--beta", type=float, default=1.0, help="coldness of stochastic acquisition")
+    parser.add_argument("--batchbald_configs", type=int, default=1000,
+                        help="joint label configurations of BatchBALD (strategy batchbald; not in the defaults: "
+                             "its cost, see transforms.select.batchbald)")
     parser.add_argument("--clusters", type=int, default=20)
     parser.add_argument("--margin_multiplier", type=float, default=5.0)
     parser.add_argument("--target_fraction", type=float, default=0.98)

@@ -7,6 +7,7 @@ from transforms.select import kcenter, stochastic, strategies
 from transforms.select.strategies import (Balanced, ClusterMargin, Combined, Excluding, KCenterGreedy, Pool,
                                    RandomSampling, TopK, allocate_quotas, make_strategy,
                                    round_robin_by_cluster)
+from transforms.select.batchbald import BatchBALD, batch_bald
 from transforms.select.stochastic import StochasticBatch
 
 
@@ -33,9 +34,10 @@ ALL = [
     StochasticBatch("bald", "power", seed=2), StochasticBatch("margin", "softmax", beta=4.0),
     StochasticBatch("entropy", "softrank"),
     Balanced(StochasticBatch("variation_ratios", "power"), key="camera"),
+    BatchBALD(num_configs=64),
 ]
 # Strategies whose result depends only on the ids and values, not on the pool's order.
-ORDER_FREE = [s for s in ALL if not isinstance(s, (KCenterGreedy, ClusterMargin, Excluding))
+ORDER_FREE = [s for s in ALL if not isinstance(s, (KCenterGreedy, ClusterMargin, Excluding, BatchBALD))
               and not (isinstance(s, Balanced) and isinstance(s.inner, KCenterGreedy))]
 
 
@@ -256,6 +258,25 @@ def test_stochastic_through_make_strategy_and_validation():
         StochasticBatch("bald", beta=-1)
     with pytest.raises(ValueError, match="finite"):
         stochastic.stochastic_keys(np.array([np.nan]), np.array(["a"]))
+
+
+def test_batchbald_takes_one_of_many_copies_where_top_k_bald_takes_them_all():
+    """Kirsch et al. 2019's motivating case: a highly informative frame repeated 20 times."""
+    rng = np.random.default_rng(0)
+    copies = np.repeat(rng.dirichlet(np.ones(4) * 0.2, size=(10, 1)), 20, axis=1)
+    samples = np.concatenate([copies, rng.dirichlet(np.ones(4) * 0.6, size=(10, 60))], axis=1)
+    pool = Pool(ids=np.array([f"f{i:03d}" for i in range(80)], dtype=object), probability_samples=samples)
+    top_k = TopK("bald").select(pool, 10).indices
+    chosen = BatchBALD(num_configs=1000, shortlist_multiplier=8).select(pool, 10)
+    assert np.sum(top_k < 20) >= 5 and np.sum(chosen.indices < 20) == 1
+    # while configurations are enumerated exactly, the gains are exact conditional informations
+    indices, gains = batch_bald(samples, 3, num_configs=10**6)
+    bald = strategies.score_values(pool, "bald")
+    assert gains[0] == pytest.approx(bald.max()) and np.all(np.diff(gains) <= 1e-9)
+    with pytest.raises(ValueError, match="probability_samples"):
+        BatchBALD().select(Pool(ids=pool.ids, probabilities=samples[0]), 3)
+    with pytest.raises(ValueError, match="num_configs"):
+        BatchBALD(num_configs=0)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ strategy run as a bounded-memory ``CombineFn``, batch or per event-time window).
 * :mod:`.strategies`: one ``Strategy`` interface, a class per strategy, composable wrappers.
 * :mod:`.kcenter`: exact lazy greedy k-center (coreset) with batched faiss updates.
 * :mod:`.stochastic`: stochastic batch acquisition (power, softmax, soft-rank sampling of any score).
+* :mod:`.batchbald`: BatchBALD (greedy joint mutual information over MC-dropout samples), on a BALD shortlist.
 """
 from transforms._exports import lazy_exports
 
