@@ -26,8 +26,9 @@ seed (ratio, wins, one-sided sign-test p-value). ``best_vs_random`` = the lowest
 the picks (normalised entropy of their true labels, 1 = balanced), their redundancy (mean
 distance of each pick to the nearest other pick, divided by the same for a random batch; < 1 =
 clumped) and how far out they are (mean distance to their 10 nearest pool frames, divided by the
-same for random frames; > 1 = outliers), and the model's expected calibration error on the test
-split.
+same for random frames; > 1 = outliers), the model's expected calibration error on the test
+split and, for BALD, how many of its top-k frames stay top-k under a second, independent set of
+MC-dropout samples (``mc_topk_overlap``; 1 = a stable ranking).
 
 **The selections are the project's own**: the strategy objects of
 :func:`transforms.select.strategies.make_strategy`, called in-process each round; and for the
@@ -261,6 +262,15 @@ def pick_diagnostics(emb, picked, labels, n_classes, rng):
             "redundancy": float(redundancy), "outlier_ratio": float(outliers)}
 
 
+def mc_topk_overlap(samples, other_samples, k):
+    """Share of the top-``k`` BALD frames under one set of MC-dropout samples (T, N, C) that are
+    also top-``k`` under an independent set: how much of a top-k BALD batch is signal, not
+    Monte-Carlo noise (1 = stable ranking)."""
+    from transforms.score import registry
+    a, b = (set(np.argsort(-registry.compute("bald", s))[:k].tolist()) for s in (samples, other_samples))
+    return len(a & b) / k
+
+
 def run_curve(name, seed, data, args, n_classes, target, beam_check=False):
     """One learning curve: list of per-round dicts (labels, accuracy, ece, pick diagnostics)."""
     x_pool, y_pool, x_test, y_test = data
@@ -291,6 +301,9 @@ def run_curve(name, seed, data, args, n_classes, target, beam_check=False):
             beam_seconds.append(beam_selection_matches(pool, batch, strategy, pool.ids[selection.indices],
                                                        args.dataset, args.beam_shard_size))
         point.update(pick_diagnostics(emb, selection.indices, y_pool[unl], n_classes, rng))
+        if samples is not None:
+            point["mc_topk_overlap"] = mc_topk_overlap(samples, pool_outputs(model, x_pool[unl], len(samples))[2],
+                                                       batch)
         labelled = np.concatenate([labelled, unl[selection.indices]])
     return curve, beam_seconds
 
@@ -340,7 +353,8 @@ def summarise(curves, target, args):
         rounds = [p for run in curves[name] for p in run if "class_balance" in p]
         if rounds:
             out["diagnostics"][name] = {k: round(float(np.mean([p[k] for p in rounds])), 3)
-                                        for k in ("class_balance", "redundancy", "outlier_ratio")}
+                                        for k in ("class_balance", "redundancy", "outlier_ratio", "mc_topk_overlap")
+                                        if k in rounds[0]}
         out["diagnostics"].setdefault(name, {})["ece"] = round(float(np.mean([p["ece"] for run in curves[name]
                                                                                for p in run])), 4)
     random_seeds = per_seed.get("random")

@@ -53,6 +53,8 @@ def test_head_only_mc_dropout_samples_the_model():
     assert np.allclose(samples.sum(axis=2), 1, atol=1e-5)
     assert not np.allclose(samples[0], samples[1])  # fresh dropout masks per pass
     assert al.pool_outputs(model, x, 0)[2] is None
+    assert al.mc_topk_overlap(samples, samples, 10) == 1.0
+    assert 0 <= al.mc_topk_overlap(samples, al.pool_outputs(model, x, 6)[2], 10) <= 1
 
 
 def test_figures_labels_to_target_auc_and_paired_comparison():
