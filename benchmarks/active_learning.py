@@ -1,18 +1,20 @@
 """Proof on real labels: does activebeam's sampler save labels against random sampling?
 
     python -m benchmarks.active_learning                    # default protocol, ~45 min on 2 idle cores
-    python -m benchmarks.active_learning --quick            # the same loop, small: ~6 min
+    python -m benchmarks.active_learning --quick            # the same loop, small: ~25 min
     python -m benchmarks.active_learning --full             # pool 60,000, 10 seeds: hours
     python -m benchmarks.active_learning --dataset digits   # OpenCV's digits.png, Gal et al.'s table beside it
 
 **Protocol** (defaults): Fashion-MNIST, a pool of 20,000 images of the train split and 5,000 test
 images of the t10k split; 5 seeds; per strategy and seed, start from 200 labels drawn at random
-(the same for every strategy of a seed), then rounds of 500. Each round trains the same small
+(the same for every strategy of a seed), then rounds of 1,000. Each round trains the same small
 CNN from scratch on the labelled set (:func:`build_model`), measures test accuracy, computes the
 model's outputs on the unlabelled pool (probabilities, the ``embedding`` layer for diversity,
 ``--mc_samples`` MC-dropout passes for BALD) and lets the strategy choose the batch, whose labels
 the dataset then reveals (the annotator). A curve runs at least to ``--auc_labels`` labels, then
-until it reaches the target or ``--max_labels``.
+until it reaches the target or ``--max_labels``, or (``--stop_after_random``, the default) until
+it has as many labels as random needed in the same seed: past that it has lost the seed, and
+its ``labels_to_target`` for that seed is null. Random runs first.
 
 **Target**: ``--target_fraction`` (0.98) of the test accuracy of the same model trained the same
 way on the whole pool (mean of 2 seeds). Per strategy and seed ``labels_to_target`` is the first
@@ -64,12 +66,12 @@ from models import train_fashion_mnist
 from transforms.select.strategies import Pool, make_strategy
 
 DIGITS_PNG = "/usr/share/doc/opencv-doc/examples/data/digits.png"
-STRATEGIES = ("random", "margin", "bald", "bald+power", "coreset", "cluster_margin")
+STRATEGIES = ("random", "margin", "bald+power", "bald", "cluster_margin", "coreset")
 GAL_2017_MNIST = {"random": 835, "bald": 335, "variation_ratios": 295, "entropy": 355}
 #: Sizes per preset and dataset; flags given on the command line win.
 PRESETS = {
-    ("fashion_mnist", "default"): dict(pool_size=20000, test_size=5000, seeds=5, initial=200, batch=500,
-                                       auc_labels=3200, max_labels=10000, epochs=8, min_steps=300),
+    ("fashion_mnist", "default"): dict(pool_size=20000, test_size=5000, seeds=5, initial=200, batch=1000,
+                                       auc_labels=3200, max_labels=15200, epochs=6, min_steps=300),
     ("fashion_mnist", "quick"): dict(pool_size=6000, test_size=2000, seeds=3, initial=100, batch=200,
                                      auc_labels=1300, max_labels=5100, epochs=8, min_steps=200,
                                      strategies="random,margin,bald,bald+power"),
@@ -271,8 +273,12 @@ def mc_topk_overlap(samples, other_samples, k):
     return len(a & b) / k
 
 
-def run_curve(name, seed, data, args, n_classes, target, beam_check=False):
-    """One learning curve: list of per-round dicts (labels, accuracy, ece, pick diagnostics)."""
+def run_curve(name, seed, data, args, n_classes, target, beam_check=False, cap=None):
+    """One learning curve: list of per-round dicts (labels, accuracy, ece, pick diagnostics).
+
+    The curve stops at the first round (past ``args.auc_labels``) that reaches ``target``, or at
+    ``args.max_labels``, or at ``cap`` labels (random's labels to target for this seed: past it
+    the strategy has lost the seed)."""
     x_pool, y_pool, x_test, y_test = data
     rng = np.random.default_rng(1000 + seed)
     labelled = rng.choice(len(x_pool), size=args.initial, replace=False)
@@ -284,8 +290,8 @@ def run_curve(name, seed, data, args, n_classes, target, beam_check=False):
         point = {"labels": int(len(labelled)), "accuracy": acc,
                  "ece": expected_calibration_error(test_probs, y_test)}
         curve.append(point)
-        reached = acc >= target and len(labelled) >= args.auc_labels
-        if reached or len(labelled) >= args.max_labels:
+        reached = acc >= target or (cap is not None and len(labelled) >= cap)
+        if (reached and len(labelled) >= args.auc_labels) or len(labelled) >= args.max_labels:
             break
         unl = np.setdiff1d(np.arange(len(x_pool)), labelled)
         probs, emb, samples = pool_outputs(model, x_pool[unl], args.mc_samples if needs_samples(name) else 0)
@@ -450,6 +456,9 @@ def parse_args(argv=None):
     parser.add_argument("--clusters", type=int, default=20)
     parser.add_argument("--margin_multiplier", type=float, default=5.0)
     parser.add_argument("--target_fraction", type=float, default=0.98)
+    parser.add_argument("--stop_after_random", type=int, default=1,
+                        help="1: a strategy's curve stops once it has as many labels as random needed "
+                             "in that seed (it has lost the seed; saves time); 0: run every curve out")
     parser.add_argument("--beam_check", default="margin,bald+power",
                         help="strategies whose every seed-0 selection also runs through SelectCandidates")
     parser.add_argument("--beam_shard_size", type=int, default=4000)
@@ -490,12 +499,16 @@ def main(argv=None):
     print(f"whole pool ({len(data[0])} labels): accuracy {full:.4f}; target {target:.4f}", flush=True)
 
     curves, beam_checks = {}, {}
-    for name in names:
+    caps = [None] * args.seeds
+    for name in sorted(names, key=lambda n: n != "random"):  # random first: it caps the others
         curves[name] = []
         for seed in range(args.seeds):
             t0 = time.monotonic()
             check = seed == 0 and name in args.beam_check.split(",")
-            curve, beam_seconds = run_curve(name, seed, data, args, n_classes, target, beam_check=check)
+            curve, beam_seconds = run_curve(name, seed, data, args, n_classes, target, beam_check=check,
+                                            cap=caps[seed] if args.stop_after_random else None)
+            if name == "random":
+                caps[seed] = labels_to_reach([(p["labels"], p["accuracy"]) for p in curve], target)
             curves[name].append(curve)
             if check:
                 beam_checks[name] = {"rounds": len(beam_seconds), "equal": True,
@@ -503,6 +516,8 @@ def main(argv=None):
                                      if beam_seconds else None}
             print(f"{name} seed {seed}: {[(p['labels'], round(p['accuracy'], 4)) for p in curve]} "
                   f"({time.monotonic() - t0:.0f}s)", flush=True)
+        with open(os.path.join(out_dir, f"results_{args.dataset}.partial.json"), "w") as f:
+            json.dump(dict(summarise(curves, target, args), curves=curves, target_accuracy=target), f)
 
     result = {"dataset": args.dataset, "preset": "quick" if args.quick else "full" if args.full else "default",
               "pool_size": len(data[0]), "test_size": len(data[2]), "seeds": args.seeds,
