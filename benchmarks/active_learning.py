@@ -432,6 +432,29 @@ def plot(curves, target, out_dir, dataset, title):
     return curves_png, diagnostics_png
 
 
+#: What must match for a run's curves to be reused by another (same data, seeds, rounds, model).
+REUSE_KEYS = ("dataset", "pool_size", "test_size", "seeds", "initial", "batch", "auc_labels", "max_labels",
+              "target_fraction")
+
+
+def reused_run(args):
+    """Whole-pool accuracy and curves of an earlier ``results_<dataset>.json`` (``--reuse``) run
+    with the same protocol, so that new strategies are compared with the same random curves.
+
+    Raises
+    ------
+    ValueError
+        If the earlier run's protocol differs (names the first differing setting).
+    """
+    with open(args.reuse) as f:
+        earlier = json.load(f)
+    for key in REUSE_KEYS:
+        if earlier.get(key) != getattr(args, key):
+            raise ValueError(f"--reuse {args.reuse}: {key} was {earlier.get(key)!r}, this run has "
+                             f"{getattr(args, key)!r}")
+    return float(earlier.get("full_pool_accuracy_exact", earlier["full_pool_accuracy"])), earlier["curves"]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "digits"))
@@ -464,6 +487,8 @@ def parse_args(argv=None):
     parser.add_argument("--beam_shard_size", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra/inter-op threads (0: TensorFlow's default); 1 helps on a busy machine")
+    parser.add_argument("--reuse", help="results_<dataset>.json of an earlier run with the same protocol: "
+                                        "its curves (random's among them) are kept, only new strategies run")
     parser.add_argument("--out_dir", default="activebeam-out/active_learning")
     args = parser.parse_args(argv)
     preset = PRESETS[(args.dataset, "quick" if args.quick else "full" if args.full else "default")]
@@ -492,14 +517,17 @@ def main(argv=None):
     started = time.monotonic()
     data = load_dataset(args.dataset, args.pool_size, args.test_size)
     n_classes = 10
-    full_acc = [train(data[0], data[1], data[2], data[3], n_classes, s, args.epochs, args.min_steps)[1]
-                for s in range(2)]
-    full = float(np.mean(full_acc))
+    curves, beam_checks = {}, {}
+    if args.reuse:
+        full, curves = reused_run(args)
+    else:
+        full = float(np.mean([train(data[0], data[1], data[2], data[3], n_classes, s, args.epochs,
+                                    args.min_steps)[1] for s in range(2)]))
     target = args.target_fraction * full
     print(f"whole pool ({len(data[0])} labels): accuracy {full:.4f}; target {target:.4f}", flush=True)
-
-    curves, beam_checks = {}, {}
-    caps = [None] * args.seeds
+    caps = [labels_to_reach([(p["labels"], p["accuracy"]) for p in run], target)
+            for run in curves["random"]] if "random" in curves else [None] * args.seeds
+    names = [n for n in names if n not in curves]  # reused curves are not run again
     for name in sorted(names, key=lambda n: n != "random"):  # random first: it caps the others
         curves[name] = []
         for seed in range(args.seeds):
@@ -523,7 +551,8 @@ def main(argv=None):
               "pool_size": len(data[0]), "test_size": len(data[2]), "seeds": args.seeds,
               "initial": args.initial, "batch": args.batch, "auc_labels": args.auc_labels,
               "max_labels": args.max_labels, "mc_samples": args.mc_samples, "beta": args.beta,
-              "full_pool_accuracy": round(full, 4), "target_fraction": args.target_fraction,
+              "full_pool_accuracy": round(full, 4), "full_pool_accuracy_exact": full,
+              "target_fraction": args.target_fraction,
               "target_accuracy": round(target, 4)}
     result.update(summarise(curves, target, args))
     result["beam_selections_equal_in_process"] = beam_checks

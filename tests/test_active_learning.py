@@ -1,5 +1,6 @@
 """The active-learning benchmark's machinery: Beam selections equal the in-process picks, the
 head-only MC dropout, and the figures (labels to target, AUC, paired comparison with random)."""
+import json
 import types
 
 import numpy as np
@@ -75,6 +76,17 @@ def test_figures_labels_to_target_auc_and_paired_comparison():
     assert out["vs_random"]["margin"]["wins"] == "2/2" and out["vs_random"]["bald"]["wins"] == "1/2"
     assert out["labels_to_target"]["random"]["mean"] is None and out["best_vs_random"] is None
     assert out["auc"]["margin"]["mean"] > out["auc"]["random"]["mean"]
+
+
+def test_reuse_keeps_an_earlier_runs_curves_only_for_the_same_protocol(tmp_path):
+    args = al.parse_args(["--quick", "--reuse", str(tmp_path / "results.json")])
+    earlier = {key: getattr(args, key) for key in al.REUSE_KEYS}
+    earlier.update(full_pool_accuracy=0.83, full_pool_accuracy_exact=0.8291, curves={"random": [[]]})
+    (tmp_path / "results.json").write_text(json.dumps(earlier))
+    assert al.reused_run(args) == (0.8291, {"random": [[]]})
+    other = al.parse_args(["--quick", "--batch", "300", "--reuse", str(tmp_path / "results.json")])
+    with pytest.raises(ValueError, match="batch was 200, this run has 300"):
+        al.reused_run(other)
 
 
 def test_ece_of_a_calibrated_and_an_overconfident_model():
