@@ -14,4 +14,6 @@ from transforms._exports import lazy_exports
 __getattr__, __dir__ = lazy_exports(__name__, {
     "ptransforms": ("SelectCandidates", "SelectFn", "STRATEGIES"),
     "strategies": ("Pool", "Strategy", "make_strategy", "selection_id", "STRATEGY_NAMES"),
+    "stochastic": ("StochasticBatch",),
+    "batchbald": ("BatchBALD",),
 })
