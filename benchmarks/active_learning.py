@@ -434,12 +434,13 @@ def plot(curves, target, out_dir, dataset, title):
 
 #: What must match for a run's curves to be reused by another (same data, seeds, rounds, model).
 REUSE_KEYS = ("dataset", "pool_size", "test_size", "seeds", "initial", "batch", "auc_labels", "max_labels",
-              "target_fraction")
+              "target_fraction", "epochs", "min_steps")
 
 
 def reused_run(args):
     """Whole-pool accuracy and curves of an earlier ``results_<dataset>.json`` (``--reuse``) run
     with the same protocol, so that new strategies are compared with the same random curves.
+    A strategy name the earlier run has is not run again, whatever its ``--beta``.
 
     Raises
     ------
@@ -449,7 +450,7 @@ def reused_run(args):
     with open(args.reuse) as f:
         earlier = json.load(f)
     for key in REUSE_KEYS:
-        if earlier.get(key) != getattr(args, key):
+        if earlier.get(key, getattr(args, key)) != getattr(args, key):  # results before 2026-11-30 lack epochs
             raise ValueError(f"--reuse {args.reuse}: {key} was {earlier.get(key)!r}, this run has "
                              f"{getattr(args, key)!r}")
     return float(earlier.get("full_pool_accuracy_exact", earlier["full_pool_accuracy"])), earlier["curves"]
@@ -550,7 +551,8 @@ def main(argv=None):
     result = {"dataset": args.dataset, "preset": "quick" if args.quick else "full" if args.full else "default",
               "pool_size": len(data[0]), "test_size": len(data[2]), "seeds": args.seeds,
               "initial": args.initial, "batch": args.batch, "auc_labels": args.auc_labels,
-              "max_labels": args.max_labels, "mc_samples": args.mc_samples, "beta": args.beta,
+              "max_labels": args.max_labels, "epochs": args.epochs, "min_steps": args.min_steps,
+              "mc_samples": args.mc_samples, "beta": args.beta,
               "full_pool_accuracy": round(full, 4), "full_pool_accuracy_exact": full,
               "target_fraction": args.target_fraction,
               "target_accuracy": round(target, 4)}
