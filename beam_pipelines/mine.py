@@ -60,9 +60,10 @@ from transforms.decode.ptransforms import METRICS_NAMESPACE as DECODE_METRICS
 from transforms.index import METRICS_NAMESPACE as INDEX_METRICS
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
-from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
+from transforms.score.detectors import (AddClassRarity, BackgroundDifferenceDetector, DetectorHandler,
+                                        detector_version, nanodet_handler)
 from transforms.score.handlers import METRICS_NAMESPACE as SCORE_METRICS
-from transforms.score.novelty import ScoreNovelty
+from transforms.score.novelty import AddDuplicateGroups, ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames, load_model_spec
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
 from transforms.select.ptransforms import SelectCandidates
@@ -84,14 +85,18 @@ class MineFrames(beam.PTransform):
                  detector_background: Optional[str] = None, uniqueness_k: int = 0,
                  strategy_params: Optional[dict] = None, bigquery_candidates_table: Optional[str] = None,
                  inputs: Sequence[str] = (), project: Optional[str] = None,
-                 progress_dir: Optional[str] = None):
+                 progress_dir: Optional[str] = None, detector: Optional[DetectorHandler] = None,
+                 near_duplicate_similarity: float = 0.0):
         super().__init__()
         self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
-        detector = (DetectorHandler(BackgroundDifferenceDetector(detector_background))
-                    if detector_background else None)
+        if detector_background:
+            detector = DetectorHandler(BackgroundDifferenceDetector(detector_background))
         self._score = ScoreFrames(model, detector=detector)
-        self._novelty = ScoreNovelty(k=uniqueness_k, duplicate_threshold=None) if uniqueness_k else None
+        self._rarity = AddClassRarity() if detector is not None else None
+        self._novelty = (ScoreNovelty(k=uniqueness_k, duplicate_threshold=near_duplicate_similarity or None)
+                         if uniqueness_k else None)
+        self._near_duplicates = bool(uniqueness_k and near_duplicate_similarity)
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
                                 if bigquery_table else None)
@@ -109,8 +114,14 @@ class MineFrames(beam.PTransform):
     def expand(self, globs):
         decoded = globs | "Decode" >> self._decode
         scored = decoded.frames | "EmbedAndScore" >> self._score
+        if self._rarity:
+            scored = scored._replace(records=scored.records | "RareClasses" >> self._rarity)
         if self._novelty:
-            scored = scored._replace(records=(scored.records | "Uniqueness" >> self._novelty).records)
+            novelty = scored.records | "Uniqueness" >> self._novelty
+            records = novelty.records
+            if self._near_duplicates:
+                records = (records, novelty.duplicate_groups) | "NearDuplicates" >> AddDuplicateGroups()
+            scored = scored._replace(records=records)
         indexed = scored.records | "IndexInMongoDB" >> self._index_mongo
         dead_letters = [decoded.dead_letters, scored.dead_letters, indexed.dead_letters]
         if self._index_bigquery:
@@ -235,7 +246,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     globs = list(job.globs) or sample_media.prepare()
     if is_local(job.output_dir):
         os.makedirs(job.output_dir, exist_ok=True)
-    model = _load_model(mine)
+    model = _load_model(mine, job)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
@@ -257,6 +268,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
                 bigquery_write_method=job.bigquery_write_method, run_info=run_info,
                 decode_options=_decode_options(mine), detector_background=job.detector_background,
+                detector=make_detector(mine, job), near_duplicate_similarity=mine.near_duplicate_similarity,
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
                 project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir)
@@ -314,14 +326,25 @@ def _check_dead_letters(counts: Dict[str, int], by_stage: Dict[str, int], max_fr
             f"{FileSystems.join(output_dir, DEAD_LETTER_FILE)}")
 
 
-def _load_model(mine) -> ModelSpec:
+def _load_model(mine, job: MineJob) -> ModelSpec:
     """The model's spec; a model that cannot be loaded is an option error naming ``--model``."""
     try:
-        return load_model_spec(mine.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
+        return load_model_spec(job.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
     except Exception as e:  # noqa: BLE001 - Keras, LiteRT and ONNX raise all sorts
         raise preflight.OptionError(
-            f"--model {mine.model or '(the bundled default)'} cannot be used: {type(e).__name__}: "
+            f"--model {job.model or '(the bundled default)'} cannot be used: {type(e).__name__}: "
             f"{preflight.one_line(e, 300)}") from e
+
+
+def make_detector(mine, job: MineJob) -> Optional[DetectorHandler]:
+    """The detector the job runs (``--detector``, resolved in ``job.detector``), or ``None``;
+    a ``--detector_background`` example detector is built by :class:`MineFrames` itself."""
+    if not job.detector or job.detector_background:
+        return None
+    try:
+        return nanodet_handler(job.detector, flip=mine.detector_flip == "on")
+    except Exception as e:  # noqa: BLE001 - an unreadable file
+        raise preflight.OptionError(f"--detector {job.detector} cannot be used: {preflight.one_line(e, 300)}") from e
 
 
 def _embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
@@ -346,6 +369,8 @@ def _run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Mode
         "strategy_params": job.strategy_params,
         "bigquery_candidates_table": job.candidates_table,
         "video_fps": mine.video_fps,
+        "detector": detector_version(job.detector)._asdict() if job.detector and not job.detector_background else None,
+        "near_duplicate_similarity": mine.near_duplicate_similarity if mine.uniqueness_k else None,
         "decode": _decode_options(mine),
         "model": model.version._asdict(),
         "model_runtime": model.runtime,

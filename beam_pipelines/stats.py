@@ -9,7 +9,9 @@ Reports (same names and columns from both stores):
 * ``overview``: distinct sources (files), frames and model versions;
 * ``frames_per_source_day``: frames per source file and day of indexing (UTC);
 * ``candidates_per_selection``: candidates, strategy, model version and best score per selection;
-* ``annotations_per_label``: annotations and distinct frames per (task, label).
+* ``annotations_per_label``: annotations and distinct frames per (task, label);
+* ``near_duplicates``: frames and sources per near-duplicate group (``duplicate_group``, the
+  frame_id of the group's representative, the one frame of the group that can be a candidate).
 
 On BigQuery each report is the SQL view shipped in ``schemas/views/NAME.sql`` (``{dataset}``
 stands for ``PROJECT.DATASET``); ``--create_views`` also creates them as views in the dataset.
@@ -22,7 +24,8 @@ import os
 import sys
 from typing import Dict, List
 
-REPORTS = ("overview", "frames_per_source_day", "candidates_per_selection", "annotations_per_label")
+REPORTS = ("overview", "frames_per_source_day", "candidates_per_selection", "annotations_per_label",
+           "near_duplicates")
 VIEWS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "views")
 
 
@@ -63,11 +66,17 @@ def _mongo_reports(database) -> Dict[str, List[dict]]:
         {"$project": {"_id": 0, "task": "$_id.task", "label": "$_id.label", "annotations": 1,
                       "frames": {"$size": "$frames"}}},
         {"$sort": {"task": 1, "annotations": -1, "label": 1}}])
+    near_duplicates = frames.aggregate([
+        {"$match": {"duplicate_group": {"$type": "string"}}},
+        {"$group": {"_id": "$duplicate_group", "frames": {"$sum": 1}, "sources": {"$addToSet": "$source_uri"}}},
+        {"$project": {"_id": 0, "duplicate_group": "$_id", "frames": 1, "sources": {"$size": "$sources"}}},
+        {"$sort": {"duplicate_group": 1}}])
     return {
         "overview": overview or [{"sources": 0, "frames": 0, "model_versions": 0}],
         "frames_per_source_day": list(per_day),
         "candidates_per_selection": list(per_selection),
         "annotations_per_label": list(per_label),
+        "near_duplicates": list(near_duplicates),
     }
 
 

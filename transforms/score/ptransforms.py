@@ -25,7 +25,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from schemas import records
-from schemas.records import DeadLetter, Frame, FrameMetadata, FrameRecord
+from schemas.records import DeadLetter, Detection, Frame, FrameMetadata, FrameRecord
 from transforms.score import registry, uncertainty
 from transforms.score.detection import aggregate_detection_scores
 from transforms.score.detectors import DetectorHandler
@@ -60,6 +60,7 @@ class _Key(NamedTuple):
     frame: FrameMetadata
     scores: Tuple[Tuple[str, float], ...] = ()
     members: Tuple[np.ndarray, ...] = ()  # class probabilities (C,) of the ensemble members
+    detections: Optional[Tuple[Detection, ...]] = None  # None: no detector ran on the frame
 
 
 def _to_probabilities(output, model_output: str) -> np.ndarray:
@@ -79,12 +80,23 @@ def _key_frame(frame):
     return _Key(frame.metadata()), frame.pixels
 
 
+def detection_records(found) -> Tuple[Detection, ...]:
+    """A detector's :class:`~transforms.score.detection.Detections` as stored
+    :class:`~schemas.records.Detection` records (boxes ``[x1, y1, x2, y2]``, best first)."""
+    labels = found.labels or ("object",) * len(found.confidences)
+    class_ids = found.class_ids if found.class_ids is not None else np.zeros(len(found.confidences), np.int32)
+    return tuple(Detection(str(label), int(class_id), float(score), tuple(float(v) for v in box))
+                 for label, class_id, score, box in zip(labels, class_ids, found.confidences, found.boxes))
+
+
 def _with_detection_scores(keyed_result, band):
     key, result = keyed_result
     if result.inference is None:  # the detector does not apply to this frame
         return key, result.example
-    scores = aggregate_detection_scores(result.inference.confidences, band)
-    return key._replace(scores=tuple(sorted(dict(key.scores, **scores).items()))), result.example
+    found = result.inference
+    scores = aggregate_detection_scores(found.confidences, band, found.localisation)
+    return key._replace(scores=tuple(sorted(dict(key.scores, **scores).items())),
+                        detections=detection_records(found)), result.example
 
 
 class _PrepareFn(beam.DoFn):
@@ -109,8 +121,9 @@ class _PrepareFn(beam.DoFn):
 
 
 class _ToRecordFn(beam.DoFn):
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, detector_version=None):
         self._spec = spec
+        self._detector_version = detector_version
         self._versions = ModelVersions(spec)  # the model that ran, when it can change
         self._entropy = Metrics.distribution(_NAMESPACE, "entropy_millinats")
         self._scored = Metrics.counter(_NAMESPACE, "frames_scored")
@@ -137,7 +150,9 @@ class _ToRecordFn(beam.DoFn):
             margin=scores.pop("margin"),
             least_confidence=scores.pop("least_confidence"),
             model=self._versions.of(result.model_id),
-            extra_scores=tuple(sorted(scores.items())))
+            extra_scores=tuple(sorted(scores.items())),
+            detections=key.detections or (),
+            detector=self._detector_version if key.detections is not None else None)
         self._scored.inc()
         self._entropy.update(int(record.entropy * 1000))
         yield record
@@ -223,7 +238,8 @@ class ScoreFrames(beam.PTransform):
         inferred, failed = (prepared.inputs
                             | "RunInference" >> RunInference(
                                 self._handler, model_metadata_pcoll=self._model_updates).with_exception_handling())
-        scored = inferred | "ToFrameRecords" >> beam.ParDo(_ToRecordFn(self._spec))
+        detector_version = getattr(self._detector, "version", None)
+        scored = inferred | "ToFrameRecords" >> beam.ParDo(_ToRecordFn(self._spec, detector_version))
         dead_letters += [prepared[DEAD_LETTER],
                          failed.failed_inferences | "InferenceDeadLetters" >> beam.FlatMap(_inference_dead_letters)]
         return ScoredFrames(scored, dead_letters | "FlattenDeadLetters" >> beam.Flatten())

@@ -68,6 +68,7 @@ class _Scored(NamedTuple):
     embedding: np.ndarray
     probabilities: np.ndarray
     duplicates: int = 1
+    duplicate_group: Optional[str] = None
 
 
 def _to_scored(record: FrameRecord):
@@ -79,7 +80,16 @@ def _to_scored(record: FrameRecord):
         + tuple((name, float(value)) for name, value in record.extra_scores),
         predicted_class=record.predicted_class, model=record.model,
         embedding=np.asarray(record.embedding, dtype=np.float32),
-        probabilities=np.asarray(record.probabilities, dtype=np.float32))
+        probabilities=np.asarray(record.probabilities, dtype=np.float32),
+        duplicate_group=getattr(record, "duplicate_group", None))
+
+
+def _eligible(scored: _Scored, counter) -> bool:
+    """False for a near-duplicate that its group's representative stands for."""
+    if scored.duplicate_group in (None, scored.frame_id):
+        return True
+    counter.inc()
+    return False
 
 
 class _FirstOfIdenticalFn(beam.CombineFn):
@@ -233,7 +243,9 @@ class _AssignRanks(beam.DoFn):
 
 
 class SelectCandidates(beam.PTransform):
-    """Selects up to ``budget`` frames per window with a strategy, skipping exact duplicates.
+    """Selects up to ``budget`` frames per window with a strategy, skipping exact duplicates
+    and the near-duplicates a record's ``duplicate_group`` names (only the group's
+    representative, whose own id is the group id, stays eligible).
 
     Input: ``PCollection[FrameRecord]``. Output: ``PCollection[Candidate]`` with ranks ``1..k``
     per window, ``k = min(budget, number of distinct frames)`` (fewer if a threshold or an
@@ -318,6 +330,8 @@ class SelectCandidates(beam.PTransform):
             | "OnePerIdenticalFrames" >> beam.CombinePerKey(_FirstOfIdenticalFn())
             | "CountDuplicates" >> beam.Map(
                 _with_duplicates, Metrics.counter(METRICS_NAMESPACE, "identical_frames_skipped"))
+            | "SkipNearDuplicates" >> beam.Filter(
+                _eligible, Metrics.counter(METRICS_NAMESPACE, "near_duplicates_skipped"))
             | "Select" >> beam.CombineGlobally(
                 SelectFn(self._strategy, self._budget, self._shard_size, self._labelled)).without_defaults()
             | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs)))

@@ -16,6 +16,10 @@ Pure modules (no Beam): every module of this package.
 """
 import os
 
+#: Set to ``fashion_mnist`` to make the ``mine`` job's default the small bundled Fashion-MNIST
+#: CNN without a detector (the test suite does, except the tests of the pretrained models).
+DEFAULT_MODEL_ENV = "ACTIVEBEAM_DEFAULT_MODEL"
+SMALL_DEFAULT = "fashion_mnist"
 DETECTOR_FILE = "nanodet_g.tflite"
 BACKBONE_FILE = "efficientnet_lite0.tflite"
 IMAGENET_CLASSES_FILE = "imagenet_classes.json"
@@ -44,3 +48,15 @@ def detector_path() -> str:
 def backbone_path() -> str:
     """Path of the converted EfficientNet-Lite0 TFLite model (may not exist before set-up)."""
     return os.path.join(models_dir(), BACKBONE_FILE)
+
+
+def default_models():
+    """``(backbone path, detector path)`` the ``mine`` job uses when ``--model`` is not given:
+    the converted EfficientNet-Lite0 and NanoDet-g, or ``(None, None)`` (the bundled
+    Fashion-MNIST CNN, no detector) when ``$ACTIVEBEAM_DEFAULT_MODEL`` is ``fashion_mnist`` or
+    set-up has not converted them."""
+    if os.environ.get(DEFAULT_MODEL_ENV, "") == SMALL_DEFAULT:
+        return None, None
+    if os.path.isfile(backbone_path()) and os.path.isfile(detector_path()):
+        return backbone_path(), detector_path()
+    return None, None
