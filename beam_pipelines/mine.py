@@ -86,13 +86,14 @@ class MineFrames(beam.PTransform):
                  strategy_params: Optional[dict] = None, bigquery_candidates_table: Optional[str] = None,
                  inputs: Sequence[str] = (), project: Optional[str] = None,
                  progress_dir: Optional[str] = None, detector: Optional[DetectorHandler] = None,
-                 near_duplicate_similarity: float = 0.0):
+                 near_duplicate_similarity: float = 0.0, selection_embedding: str = "frame"):
         super().__init__()
         self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
         if detector_background:
             detector = DetectorHandler(BackgroundDifferenceDetector(detector_background))
-        self._score = ScoreFrames(model, detector=detector)
+        objects = selection_embedding == "objects"
+        self._score = ScoreFrames(model, detector=detector, objects=objects)
         self._rarity = AddClassRarity() if detector is not None else None
         self._novelty = (ScoreNovelty(k=uniqueness_k, duplicate_threshold=near_duplicate_similarity or None)
                          if uniqueness_k else None)
@@ -100,7 +101,8 @@ class MineFrames(beam.PTransform):
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
                                 if bigquery_table else None)
-        self._select = SelectCandidates(budget, strategy, strategy_params, inputs=inputs)
+        self._select = SelectCandidates(budget, strategy, strategy_params, inputs=inputs,
+                                        embedding=selection_embedding)
         self._candidates_mongo = WriteCandidatesToMongoDB(mongo_uri, mongo_database)
         self._candidates_bigquery = (WriteCandidatesToBigQuery(bigquery_candidates_table, bigquery_write_method,
                                                                project=project)
@@ -114,6 +116,7 @@ class MineFrames(beam.PTransform):
     def expand(self, globs):
         decoded = globs | "Decode" >> self._decode
         scored = decoded.frames | "EmbedAndScore" >> self._score
+        model_outputs = scored.records  # before the steps that wait for every frame (progress)
         if self._rarity:
             scored = scored._replace(records=scored.records | "RareClasses" >> self._rarity)
         if self._novelty:
@@ -134,7 +137,7 @@ class MineFrames(beam.PTransform):
 
         dead_letters = dead_letters | "AllDeadLetters" >> beam.Flatten()
         if self._progress_dir:
-            _ = {"files": decoded.outcomes, "frames_decoded": decoded.frames, "frames_scored": scored.records,
+            _ = {"files": decoded.outcomes, "frames_decoded": decoded.frames, "frames_scored": model_outputs,
                  "frames_indexed": indexed.frame_ids} | "Progress" >> progress.CountProgress(self._progress_dir)
         candidates | "WriteCandidates" >> WriteCandidates(self._path(CANDIDATES_FILE))
         dead_letters | "WriteDeadLetters" >> WriteDeadLetters(self._path(DEAD_LETTER_FILE))
@@ -269,6 +272,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 bigquery_write_method=job.bigquery_write_method, run_info=run_info,
                 decode_options=_decode_options(mine), detector_background=job.detector_background,
                 detector=make_detector(mine, job), near_duplicate_similarity=mine.near_duplicate_similarity,
+                selection_embedding=mine.selection_embedding,
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
                 project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir)
@@ -371,6 +375,7 @@ def _run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Mode
         "video_fps": mine.video_fps,
         "detector": detector_version(job.detector)._asdict() if job.detector and not job.detector_background else None,
         "near_duplicate_similarity": mine.near_duplicate_similarity if mine.uniqueness_k else None,
+        "selection_embedding": mine.selection_embedding,
         "decode": _decode_options(mine),
         "model": model.version._asdict(),
         "model_runtime": model.runtime,

@@ -65,14 +65,15 @@ class MineOptions(PipelineOptions):
                             help="AUTO: FILE_LOADS when --temp_location is on gs:// (load jobs are "
                                  "free and atomic), else STREAMING_INSERTS.")
         parser.add_argument("--budget", type=int, default=50, help="Number of candidates to select.")
-        parser.add_argument("--strategy", default="entropy", choices=STRATEGIES,
+        parser.add_argument("--strategy", default=None, choices=STRATEGIES,
                             help="Selection strategy: an uncertainty score (top-k), random, coreset "
-                                 "(k-center greedy), cluster_margin or combined (docs/sampling.md).")
+                                 "(k-center greedy), cluster_margin or combined (docs/sampling.md). "
+                                 "Default: detection_sum when a detector runs, else entropy.")
         parser.add_argument(
             "--strategy_params", default="{}",
             help='JSON object of the strategy\'s parameters, e.g. \'{"n_clusters": 20}\' for '
                  'cluster_margin, \'{"strengths": {"entropy": 1, "least_confidence": 0.5}}\' for '
-                 'combined, \'{"balance_key": "camera"}\' (source, camera, predicted_class) for quotas, '
+                 'combined, \'{"balance_key": "camera"}\' (source, camera, predicted_class, detected_class) for quotas, '
                  '\'{"near_duplicate_distance": 0.1}\'.')
         parser.add_argument("--bigquery_candidates_table", default=None,
                             help="PROJECT:DATASET.TABLE for candidates; default: table 'candidates' "
@@ -112,6 +113,10 @@ class MineOptions(PipelineOptions):
         parser.add_argument("--detector_flip", default="on", choices=("on", "off"),
                             help="Also detect on the mirrored frame for detection_localisation "
                                  "(doubles the detector's cost).")
+        parser.add_argument("--selection_embedding", default="frame", choices=("frame", "objects"),
+                            help="What coreset, cluster_margin and near_duplicate_distance see: the "
+                                 "frame's embedding, or 'objects': the mean embedding of the crops of "
+                                 "its detected objects (object-level diversity; needs a detector).")
         parser.add_argument("--near_duplicate_similarity", type=float, default=NEAR_DUPLICATE_SIMILARITY,
                             help="Frames whose embeddings have at least this cosine similarity are "
                                  "near-duplicates: grouped (duplicate_group), and only each group's "
@@ -231,9 +236,19 @@ def check_options(options: PipelineOptions) -> MineJob:
         runner = STREAMING_RUNNER
     _check_ranges(mine)
     model, detector = _models(mine)
+    if not local_runner:
+        for flag, path in (("model", None if mine.model else model), ("detector", detector)):
+            if path and is_local(path):
+                raise ValueError(f"--{flag}: {path} is on this machine only, the {runner} workers cannot "
+                                 f"read it: copy it (and its .json sidecar) to gs:// and name it, or "
+                                 f"--detector none")
+    if mine.strategy is None:  # what the frames' uncertainty is best measured by
+        mine.strategy = "detection_sum" if detector or mine.detector_background else "entropy"
     check_range("direct_num_workers", options.view_as(DirectOptions).direct_num_workers,
                 options.view_as(DirectOptions).direct_num_workers >= 0, ">= 0 (0: one per CPU)")
     strategy_params = _checked_strategy(mine, detector)
+    if mine.selection_embedding == "objects" and not (detector or mine.detector_background):
+        raise ValueError("--selection_embedding=objects needs a detector: set --detector")
     _check_tables(mine)
     globs = tuple(_from_caller_dir(g) for g in _split_globs(mine.input))
     preflight.check_input_globs(mine.input, globs)

@@ -131,6 +131,9 @@ class FrameRecord(NamedTuple):
     ``detector``: which detector (``None`` if none ran). ``duplicate_group``: the ``frame_id`` of
     the representative of the frame's near-duplicate group (the representative itself included),
     ``None`` for a frame with no near-duplicate or when groups were not computed.
+    ``object_embedding``: float32 ``(D,)``, the mean of the unit-normalised embeddings of the
+    frame's object crops (``ScoreFrames(objects=True)``; ``None`` without objects); used by
+    selection, not stored.
     """
     frame: FrameMetadata
     embedding: np.ndarray
@@ -144,6 +147,7 @@ class FrameRecord(NamedTuple):
     detections: Tuple[Detection, ...] = ()
     detector: Optional[ModelVersion] = None
     duplicate_group: Optional[str] = None
+    object_embedding: Optional[np.ndarray] = None
 
 
 class Candidate(NamedTuple):

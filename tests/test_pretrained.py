@@ -187,6 +187,53 @@ def test_nanodet_decoding_of_a_hand_made_output():
     np.testing.assert_allclose(boxes[0], [(112 - 32) * 2, 80 - 64, (112 + 96) * 2, 80 + 128], atol=1e-3)
 
 
+def test_object_embeddings_and_object_level_selection(models, vtest_frames):
+    """ScoreFrames(objects=True): each frame's object crops go through the backbone with it; the
+    record's object_embedding is the mean of their unit embeddings (recomputed here with a plain
+    interpreter); SelectCandidates(embedding="objects") runs k-center on them, balanced by
+    detected class."""
+    import apache_beam as beam
+    from schemas.records import Frame, make_frame_id
+    from transforms.score.detection import mean_unit_embedding, object_windows
+    from transforms.score.detectors import nanodet_handler
+    from transforms.score.handlers import prepare_input
+    from transforms.score.ptransforms import ScoreFrames, load_model_spec
+    from transforms.select.ptransforms import SelectCandidates
+
+    uri = harness.media("vtest.avi")
+    flower = np.ascontiguousarray(cv2.imread(harness.media("flower.jpg"))[:, :, ::-1])
+    frames = [Frame(make_frame_id(uri, i), uri, i, i / 10, 768, 576, "video", f"h{i}", vtest_frames[i])
+              for i in FRAMES_WITH_CROWDS[:2]]
+    frames.append(Frame(make_frame_id("flower.jpg", 0), "flower.jpg", 0, None, flower.shape[1],
+                        flower.shape[0], "image", "hf", flower))
+    spec = load_model_spec(pretrained.backbone_path())
+
+    def build(p):
+        scored = (p | beam.Create(frames)
+                  | ScoreFrames(spec, detector=nanodet_handler(pretrained.detector_path(), flip=False),
+                                objects=True))
+        chosen = scored.records | SelectCandidates(3, "coreset", {"balance_key": "detected_class"},
+                                                   embedding="objects")
+        return {"records": scored.records, "dead": scored.dead_letters, "chosen": chosen}
+    out = harness.run_collect(build)
+    assert out["dead"] == [] and len(out["records"]) == 3 and len(out["chosen"]) == 3
+    interpreter = _tflite(pretrained.backbone_path())
+    width = {d["shape"][-1]: n for n, d in enumerate(interpreter.get_output_details())}[1280]
+    (flower_record,) = [r for r in out["records"] if r.frame.source_uri == "flower.jpg"]
+    assert flower_record.object_embedding is None  # no confident object in the flower photo
+    for record in (r for r in out["records"] if r.frame.media_type == "video"):
+        pixels = vtest_frames[record.frame.frame_index]
+        windows = object_windows([d.box for d in record.detections], [d.score for d in record.detections], 768, 576)
+        assert len(windows) >= 4
+        crops = np.stack([prepare_input(np.ascontiguousarray(pixels[y1:y2, x1:x2]), spec.prep())
+                          for x1, y1, x2, y2 in windows])
+        expected = mean_unit_embedding(_run(interpreter, crops)[width])
+        np.testing.assert_allclose(record.object_embedding, expected, atol=1e-4)
+        # It describes the objects, not the whole scene.
+        assert not np.allclose(record.object_embedding / np.linalg.norm(record.object_embedding),
+                               record.embedding / np.linalg.norm(record.embedding), atol=0.05)
+
+
 def test_mine_with_the_default_models(models, tmp_path):
     """The whole job with its defaults (EfficientNet-Lite0 + NanoDet-g) on real media: every frame
     document has detections, the backbone's 1280-d embedding, detection scores and both models'
@@ -234,6 +281,33 @@ def test_mine_with_the_default_models(models, tmp_path):
     assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates), reverse=True)
     assert candidates[0]["source_uri"].endswith("vtest.avi")  # the crowded frames are the most uncertain
     assert reports["near_duplicates"] == [{"duplicate_group": first["_id"], "frames": 2, "sources": 2}]
+
+
+def test_default_models_and_options(models):
+    """--model/--detector resolution: the pretrained pair by default, the small model when pinned,
+    no detector with a user's model unless asked, and local defaults refused for remote workers."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_pipelines.options import check_options
+    out = harness.tmpdir("opts-")
+
+    def job(*argv):
+        return check_options(PipelineOptions([f"--output_dir={out}", *argv]))
+    with harness.pretrained_defaults():
+        default = job()
+        assert (default.model, default.detector) == (pretrained.backbone_path(), pretrained.detector_path())
+        own = job(f"--model={pretrained.backbone_path()}")
+        assert own.detector is None
+        assert job(f"--model={pretrained.backbone_path()}", "--detector=nanodet").detector == pretrained.detector_path()
+        assert job("--detector=none").detector is None
+        with pytest.raises(ValueError, match="on this machine only"):
+            job("--runner=DataflowRunner", "--input=gs://b/*.jpg", "--mongo_uri=mongodb://db:27017",
+                "--output_dir=gs://b/out", "--project=p", "--region=r", "--temp_location=gs://b/tmp")
+        with pytest.raises(ValueError, match="needs a detector"):
+            job("--detector=none", "--selection_embedding=objects")
+    pinned = job()
+    assert (pinned.model, pinned.detector) == (None, None)
+    with pytest.raises(ValueError, match="needs detections"):
+        job("--strategy=detection_sum")
 
 
 if __name__ == "__main__":

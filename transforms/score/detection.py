@@ -138,6 +138,36 @@ def count_classes(frame_classes: Iterable[Sequence[str]]) -> Dict[str, int]:
     return counts
 
 
+#: Object crops embedded for object-level diversity: the best boxes of at least this score...
+OBJECT_MIN_SCORE = 0.5
+#: ... at most this many per frame, each side at least this many pixels.
+MAX_OBJECTS = 8
+MIN_OBJECT_SIDE = 8
+
+
+def object_windows(boxes, confidences, width: int, height: int, min_score: float = OBJECT_MIN_SCORE,
+                   max_objects: int = MAX_OBJECTS, min_side: int = MIN_OBJECT_SIDE) -> np.ndarray:
+    """Integer crop windows ``[x1, y1, x2, y2]`` (int64 ``(K, 4)``, inside the frame) of the
+    boxes worth embedding: confidence >= ``min_score``, both sides >= ``min_side`` pixels, at
+    most ``max_objects``, best first (``confidences`` are taken as sorted, best first)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    c = np.asarray(confidences, dtype=np.float64).reshape(-1)
+    w = np.stack([np.floor(b[:, 0]), np.floor(b[:, 1]), np.ceil(b[:, 2]), np.ceil(b[:, 3])], axis=1)
+    w = np.clip(w, 0, [width, height, width, height]).astype(np.int64)
+    keep = (c >= min_score) & (w[:, 2] - w[:, 0] >= min_side) & (w[:, 3] - w[:, 1] >= min_side)
+    return w[keep][:max_objects]
+
+
+def mean_unit_embedding(embeddings) -> Optional[np.ndarray]:
+    """The mean of the unit-normalised rows of ``embeddings`` ``(K, D)`` as float32 ``(D,)``,
+    ``None`` for K = 0: a frame's object-level embedding (each object weighs the same)."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    if e.ndim != 2 or len(e) == 0:
+        return None
+    unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return unit.mean(axis=0).astype(np.float32)
+
+
 def box_uncertainty(confidences) -> np.ndarray:
     """Per-box uncertainty ``1 - |2c - 1|`` of detection confidences ``c`` in [0, 1].
 
