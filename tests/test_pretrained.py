@@ -238,7 +238,7 @@ def test_mine_with_the_default_models(models, tmp_path):
     """The whole job with its defaults (EfficientNet-Lite0 + NanoDet-g) on real media: every frame
     document has detections, the backbone's 1280-d embedding, detection scores and both models'
     versions; a re-encoded copy of china.jpg is a near-duplicate group, of which only the
-    representative can be a candidate; stats reports the group."""
+    representative can be a candidate; stats reports the group; BigQuery rows hold the same."""
     from beam_pipelines import mine, stats
     media = tmp_path / "media"
     media.mkdir()
@@ -248,15 +248,22 @@ def test_mine_with_the_default_models(models, tmp_path):
     os.symlink(harness.media("flower.jpg"), media / "flower.jpg")
     os.symlink(harness.media("vtest.avi"), media / "vtest.avi")
     out_dir = str(tmp_path / "out")
-    with harness.mongod() as server, harness.pretrained_defaults():
+    with harness.mongod() as server, harness.pretrained_defaults(), harness.bigquery_emulator() as endpoint:
+        bigquery = harness.bigquery_client(endpoint)
+        bigquery.create_dataset("detect")
+        table = f"{harness.BIGQUERY_PROJECT}:detect.pretrained_frames"
         summary = mine.run([f"--input={media}/*", f"--output_dir={out_dir}", f"--mongo_uri={server.uri}",
-                            "--video_fps=0.1", "--budget=20", "--strategy=detection_sum", "--quiet"])
+                            f"--bigquery_table={table}", "--video_fps=0.1", "--budget=20", "--quiet"])
         import pymongo
         with pymongo.MongoClient(server.uri) as client:
             docs = {d["source_uri"].rsplit("/", 1)[-1] + f":{d['frame_index']}": d
                     for d in client.activebeam.frames.find()}
         reports = stats.mongo_stats(server.uri)
-    assert summary["frames_written"] == len(docs) == 3 + 8
+        rows = {r["frame_id"]: dict(r.items()) for r in bigquery.query(
+            f"SELECT frame_id, detections, detector_name, duplicate_group, detection_sum "
+            f"FROM `{table.replace(':', '.')}`").result()}
+    assert summary["frames_written"] == len(docs) == len(rows) == 3 + 8
+    assert summary["strategy"] == "detection_sum"  # the default when a detector runs
     assert summary["model"]["name"] == "efficientnet_lite0" and summary["detector"]["name"] == pretrained.DETECTOR_FILE
     for key, doc in docs.items():
         assert len(doc["embedding"]) == 1280 and len(doc["probabilities"]) == 1000
@@ -281,6 +288,12 @@ def test_mine_with_the_default_models(models, tmp_path):
     assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates), reverse=True)
     assert candidates[0]["source_uri"].endswith("vtest.avi")  # the crowded frames are the most uncertain
     assert reports["near_duplicates"] == [{"duplicate_group": first["_id"], "frames": 2, "sources": 2}]
+    # BigQuery holds the same: detections as JSON text, the detector, the group.
+    for doc in docs.values():
+        row = rows[doc["_id"]]
+        assert json.loads(row["detections"]) == doc["detections"]
+        assert row["detector_name"] == pretrained.DETECTOR_FILE and row["duplicate_group"] == doc["duplicate_group"]
+        assert row["detection_sum"] == pytest.approx(doc["scores"]["detection_sum"])
 
 
 def test_default_models_and_options(models):
