@@ -250,6 +250,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     if is_local(job.output_dir):
         os.makedirs(job.output_dir, exist_ok=True)
     model = _load_model(mine, job)
+    detector = make_detector(mine, job)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
@@ -271,7 +272,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
                 bigquery_write_method=job.bigquery_write_method, run_info=run_info,
                 decode_options=_decode_options(mine), detector_background=job.detector_background,
-                detector=make_detector(mine, job), near_duplicate_similarity=mine.near_duplicate_similarity,
+                detector=detector, near_duplicate_similarity=mine.near_duplicate_similarity,
                 selection_embedding=mine.selection_embedding,
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
