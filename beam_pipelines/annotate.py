@@ -65,14 +65,14 @@ class Session:
         from transforms.annotate.client import LabelStudioClient
         stack = self._stack.__enter__()
         os.makedirs(self.job.output_dir, exist_ok=True)
-        if self.o.mongo_uri:
-            preflight.check_stores(self.o.mongo_uri, (), None, self.o.store_check_timeout_s)
-            self.mongo_uri = self.o.mongo_uri
+        if self.job.mongo_uri:
+            preflight.check_stores(self.job.mongo_uri, (), None, self.job.store_check_timeout_s)
+            self.mongo_uri = self.job.mongo_uri
         else:
             from beam_pipelines.local_mongo import LocalMongoD
             self.mongo_uri = stack.enter_context(LocalMongoD(os.path.join(self.job.output_dir, "mongo-data"))).uri
         mongo = stack.enter_context(pymongo.MongoClient(self.mongo_uri, serverSelectionTimeoutMS=30000))
-        self.db = mongo[self.o.mongo_database]
+        self.db = mongo[self.job.mongo_database]
         if not self._need_ls:
             return self
         if self.o.label_studio_url:
@@ -192,7 +192,7 @@ def export(options, job: AnnotateJob) -> dict:
         candidates = list(s.db["candidates"].find({"selection_id": o.selection_id}).sort("rank", 1))
         if not candidates:
             raise preflight.OptionError(f"--selection_id {o.selection_id}: no candidates in "
-                                        f"{o.mongo_database}.candidates")
+                                        f"{job.mongo_database}.candidates")
         gold = read_gold(o.gold, s.db) if o.gold else {}
         frames = _frames_by_id(s.db, [c["frame_id"] for c in candidates] + list(gold))
         kind = o.task if o.task != "auto" else (
@@ -221,7 +221,7 @@ def export(options, job: AnnotateJob) -> dict:
             docs = exported.label_tasks | "ToDocuments" >> beam.Map(
                 lambda row: tables.to_mongo_document(tables.label_tasks_table(), row))
             written = docs | "LabelTasksToMongoDB" >> WriteDocumentsToMongoDB(
-                s.mongo_uri, o.mongo_database, tables.label_tasks_table())
+                s.mongo_uri, job.mongo_database, tables.label_tasks_table())
             _write_dead_letters((exported.dead_letters, written.dead_letters) | beam.Flatten(), dead_path)
         _run(build, options)
         synced = _sync_tasks(s, project["id"], title)
@@ -255,7 +255,7 @@ def _sync_tasks(s: Session, project_id: int, title: str) -> int:
         if not task.get("annotations") and task.get("overlap") != entry["overlap"]:
             s.client.update_task(task["id"], overlap=int(entry["overlap"]))
     if updates:
-        upsert_documents(s.mongo_uri, s.o.mongo_database, tables.label_tasks_table(), updates)
+        upsert_documents(s.mongo_uri, s.job.mongo_database, tables.label_tasks_table(), updates)
     return n
 
 
@@ -285,7 +285,7 @@ def import_annotations(options, job: AnnotateJob) -> dict:
             size = sizes.get(entry["frame_id"]) or {}
             entry["frame_width"] = size.get("width") or entry["image_width"]
             entry["frame_height"] = size.get("height") or entry["image_height"]
-            entry.pop("_id", None)
+            entry["label_task_key"] = entry.pop("_id")
             entry.pop("exported_at", None)
             entry.pop("qc_at", None)
         users = s.client.users()
@@ -296,7 +296,7 @@ def import_annotations(options, job: AnnotateJob) -> dict:
             imported = (p | "Tasks" >> beam.Create(tasks)
                         | "Normalise" >> NormaliseAnnotations(classes, users, p | "Ledger" >> beam.Create(ledger)))
             written = (imported.annotations | "ToDocuments" >> beam.Map(lambda r: tables.to_mongo_document(spec, r))
-                       | "AnnotationsToMongoDB" >> WriteDocumentsToMongoDB(s.mongo_uri, o.mongo_database, spec))
+                       | "AnnotationsToMongoDB" >> WriteDocumentsToMongoDB(s.mongo_uri, job.mongo_database, spec))
             dead = [imported.dead_letters, written.dead_letters]
             if o.bigquery_annotations_table:
                 dead.append(imported.annotations | "AnnotationsToBigQuery" >> WriteRowsToBigQuery(
@@ -308,7 +308,7 @@ def import_annotations(options, job: AnnotateJob) -> dict:
         updates = [{"_id": e["label_task_key"], "status": "labelled"} for e in ledger
                    if e["frame_id"] in set(labelled) and e.get("status") == "exported"]
         if updates:
-            upsert_documents(s.mongo_uri, o.mongo_database, tables.label_tasks_table(), updates)
+            upsert_documents(s.mongo_uri, job.mongo_database, tables.label_tasks_table(), updates)
         return {"project": project["title"], "tasks_read": len(tasks),
                 "annotations": s.db["annotations"].count_documents({"label_project": project["title"]}),
                 "frames_labelled": len(labelled), "dead_letters": _count_lines(dead_path)}
@@ -355,8 +355,8 @@ def run_qc(options, job: AnnotateJob) -> dict:
                             and kind == ls.DETECTION else None, "qc_at": now})
             if task["status"] == qc.RELABEL and entry.get("task_id") is not None:
                 relabel.append((entry["task_id"], len(task["annotators"]) + 1))
-        dead = upsert_documents(s.mongo_uri, o.mongo_database, tables.qc_reports_table(), docs)
-        dead += upsert_documents(s.mongo_uri, o.mongo_database, tables.label_tasks_table(), updates) if updates else []
+        dead = upsert_documents(s.mongo_uri, job.mongo_database, tables.qc_reports_table(), docs)
+        dead += upsert_documents(s.mongo_uri, job.mongo_database, tables.label_tasks_table(), updates) if updates else []
         if not o.no_relabel:
             for task_id, overlap in relabel:  # one more annotator: Label Studio offers the task again
                 s.client.update_task(task_id, overlap=overlap)
@@ -430,7 +430,7 @@ def _retrain_trigger(s: Session, title: str, dataset_dir: str, version: str, lin
         from google.cloud import pubsub_v1
         message = json.dumps({k: v for k, v in doc.items() if k != "created_at"}, default=str).encode("utf-8")
         pubsub_v1.PublisherClient().publish(s.o.retrain_topic, message, trigger_id=trigger_id).result(timeout=60)
-    dead = upsert_documents(s.mongo_uri, s.o.mongo_database, tables.retrain_triggers_table(), [doc])
+    dead = upsert_documents(s.mongo_uri, s.job.mongo_database, tables.retrain_triggers_table(), [doc])
     if dead:
         raise shutdown.RunFailed(f"could not write the retraining trigger: {dead[0].error}")
     return {"trigger_id": trigger_id, "new": True, "new_labels": new_labels}

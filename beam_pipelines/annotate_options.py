@@ -8,8 +8,8 @@ from typing import List, NamedTuple, Optional, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipelines.options import MineOptions
 from beam_pipelines.preflight import check_mongo_uri, check_range
-from schemas.frames import DEFAULT_DATABASE
 from transforms.annotate import qc
 
 SUBCOMMANDS = ("export", "import", "qc", "dataset")
@@ -18,18 +18,14 @@ PROG = "python -m beam_pipelines.annotate"
 
 
 class AnnotateOptions(PipelineOptions):
-    """Options of the ``annotate`` job (plus all standard Beam options)."""
+    """Options of the ``annotate`` job, plus ``--output_dir``, ``--mongo_uri``, ``--mongo_database`` and
+    ``--store_check_timeout_s`` shared with ``mine`` (:class:`beam_pipelines.options.MineOptions`: Beam
+    registers every options class of the process, so one flag has one definition), and every standard
+    Beam option."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--selection_id", default=None, help="export: the selection whose candidates are sent.")
-        parser.add_argument("--output_dir", default="./activebeam-out",
-                            help="Where pictures, reports, dead letters and (embedded) server data go; "
-                                 "the same as mine's to use its embedded MongoDB.")
-        parser.add_argument("--mongo_uri", default=None,
-                            help="MongoDB connection string. Default: an embedded mongod with its data in "
-                                 "<output_dir>/mongo-data (as mine).")
-        parser.add_argument("--mongo_database", default=DEFAULT_DATABASE)
         parser.add_argument("--label_studio_url", default=None,
                             help="Label Studio's URL. Default: an embedded Label Studio on 127.0.0.1 with "
                                  "its data in <output_dir>/label-studio (installed by scripts/setup.sh).")
@@ -71,14 +67,15 @@ class AnnotateOptions(PipelineOptions):
                             help="dataset: projects/P/topics/T to publish the trigger to.")
         parser.add_argument("--serve", action="store_true",
                             help="export: keep the embedded Label Studio running for annotators until Ctrl-C.")
-        parser.add_argument("--store_check_timeout_s", type=float, default=10.0,
-                            help="How long MongoDB and Label Studio may take to answer before exit code 3.")
 
 
 class AnnotateJob(NamedTuple):
-    """Checked options of one ``annotate`` command."""
+    """Checked options of one ``annotate`` command (with those shared with ``mine``)."""
     command: str
     output_dir: str
+    mongo_uri: Optional[str]
+    mongo_database: str
+    store_check_timeout_s: float
     classes: Optional[Tuple[str, ...]]
     dataset_dir: str
 
@@ -109,11 +106,11 @@ def _classes(value: Optional[str]) -> Optional[Tuple[str, ...]]:
 
 def check_options(command: str, options: PipelineOptions) -> AnnotateJob:
     """Every check that needs no server; ``ValueError`` naming the option."""
-    o = options.view_as(AnnotateOptions)
+    o, shared = options.view_as(AnnotateOptions), options.view_as(MineOptions)
     if command == "export" and not o.selection_id:
         raise ValueError("export needs --selection_id (the selection_id of candidates.jsonl)")
-    if o.mongo_uri:
-        check_mongo_uri(o.mongo_uri)
+    if shared.mongo_uri:
+        check_mongo_uri(shared.mongo_uri)
     if o.label_studio_url:
         if not o.label_studio_url.startswith(("http://", "https://")):
             raise ValueError(f"--label_studio_url must be an http(s) URL, got {o.label_studio_url!r}")
@@ -133,6 +130,7 @@ def check_options(command: str, options: PipelineOptions) -> AnnotateJob:
         raise ValueError(f"--export_file {o.export_file}: no such file")
     if o.retrain_topic and not o.retrain_topic.startswith("projects/"):
         raise ValueError(f"--retrain_topic must be projects/P/topics/T, got {o.retrain_topic!r}")
-    output_dir = os.path.abspath(o.output_dir)
-    return AnnotateJob(command, output_dir, _classes(o.classes),
+    output_dir = os.path.abspath(shared.output_dir)
+    return AnnotateJob(command, output_dir, shared.mongo_uri, shared.mongo_database, shared.store_check_timeout_s,
+                       _classes(o.classes),
                        os.path.abspath(o.dataset_dir or os.path.join(output_dir, "dataset")))
