@@ -79,9 +79,12 @@ class Session:
             self.url, key = self.o.label_studio_url, self.o.label_studio_api_key
             self.document_root = os.path.abspath(self.o.label_studio_document_root or self.job.output_dir)
         else:
-            from beam_pipelines.local_label_studio import LocalLabelStudio
-            self.embedded_ls = stack.enter_context(LocalLabelStudio(
-                os.path.join(self.job.output_dir, "label-studio"), document_root=self.job.output_dir))
+            from beam_pipelines.local_label_studio import LabelStudioNotFound, LabelStudioStartError, LocalLabelStudio
+            try:
+                self.embedded_ls = stack.enter_context(LocalLabelStudio(
+                    os.path.join(self.job.output_dir, "label-studio"), document_root=self.job.output_dir))
+            except (LabelStudioNotFound, LabelStudioStartError) as e:
+                raise preflight.StoreUnavailable(f"the embedded Label Studio cannot start: {e}") from e
             self.url, key, self.document_root = self.embedded_ls.url, self.embedded_ls.api_key, self.job.output_dir
             print(f"Label Studio: {self.url}  user {self.embedded_ls.user}  password {self.embedded_ls.password}  "
                   f"API key {key}", flush=True)
@@ -442,6 +445,8 @@ COMMANDS = {"export": export, "import": import_annotations, "qc": run_qc, "datas
 def run(argv: List[str]) -> dict:
     """Runs one subcommand; returns its counts. OptionError (exit 2), StoreUnavailable (exit 3)."""
     from transforms.annotate.client import LabelStudioError
+    from transforms.common import gcp_emulators
+    gcp_emulators.use_emulators_if_configured()  # BigQuery / Pub/Sub emulators when their hosts are set
     try:
         command, rest = split_command(list(argv))
     except ValueError as e:

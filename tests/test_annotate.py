@@ -133,9 +133,17 @@ def test_annotators_answer_then_import_normalises_idempotently(loop):
     project = client.project_by_title(PROJECT)
     client.import_tasks(project["id"], [{"data": {"image": "/data/local-files/?d=nowhere.png"},
                                          "annotations": [{"result": _choice("bag"), "completed_by": users[ANN1]}]}])
-    counts = annotate.run(["import"] + loop["common"])
     n_overlap = len(loop["overlap"])
     expected_rows = (BUDGET + 2) + (n_overlap + 2)
+    with harness.bigquery_emulator() as endpoint:  # and the BigQuery annotations table, once
+        bq = harness.bigquery_client(endpoint)
+        bq.create_dataset("labels")
+        table = f"{harness.BIGQUERY_PROJECT}:labels.annotations"
+        for _ in range(2):
+            counts = annotate.run(["import", "--bigquery_annotations_table", table] + loop["common"])
+            (bq_rows,) = bq.query(f"SELECT COUNT(*) AS n, COUNT(DISTINCT annotation_id) AS ids "
+                                  f"FROM `{harness.BIGQUERY_PROJECT}.labels.annotations`").result()
+            assert (bq_rows["n"], bq_rows["ids"]) == (expected_rows, expected_rows)
     assert counts["annotations"] == expected_rows and counts["frames_labelled"] == BUDGET + 2
     assert counts["dead_letters"] == 2
     with open(os.path.join(loop["root"], "ann", annotate.DEAD_LETTER_FILE)) as f:
