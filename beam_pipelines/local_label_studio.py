@@ -26,7 +26,9 @@ _LOG = logging.getLogger(__name__)
 ADMIN_USER = "admin@activebeam.local"
 CREDENTIALS_FILE = "activebeam-credentials"
 #: Variables Label Studio reads that must not leak in from the caller's environment.
-CLEARED = ("USERNAME", "PASSWORD", "HOST", "PORT", "DEBUG", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PORT")
+#: The caller's Python path (Bazel's runfiles, a test runner's) must not reach Label Studio's own virtualenv.
+CLEARED = ("USERNAME", "PASSWORD", "HOST", "PORT", "DEBUG", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PORT",
+           "PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "DJANGO_SETTINGS_MODULE")
 
 
 class LabelStudioNotFound(FileNotFoundError):
@@ -100,6 +102,10 @@ class LocalLabelStudio:
             "LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": self.document_root,
             "LATEST_VERSION_CHECK": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
             "COLLECT_ANALYTICS": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",
+            # Label Studio runs `git describe` in its package folder and writes the answer there when
+            # it finds a repository (a virtualenv under a checkout's .activebeam/): none, so it reads
+            # its shipped version file and never writes into its (possibly read-only) installation.
+            "GIT_DIR": os.devnull,
         })
         return env
 
@@ -114,8 +120,10 @@ class LocalLabelStudio:
         deadline = time.monotonic() + self._timeout_s
         while True:
             if self._process.poll() is not None:
+                with open(log_path, "rb") as f:
+                    tail = f.read()[-600:].decode("utf-8", "replace")
                 raise LabelStudioStartError(
-                    f"Label Studio exited with code {self._process.returncode}; see {log_path}")
+                    f"Label Studio exited with code {self._process.returncode}; see {log_path}; it ends: {tail}")
             try:  # exactly our port: a busy port makes Label Studio silently take the next one
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
                     if b"UP" in response.read():
