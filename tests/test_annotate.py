@@ -154,8 +154,11 @@ def test_annotators_answer_then_import_normalises_idempotently(loop):
     assert row["label"] != row.get("label_index") and row["label"] in CLASS_NAMES
     assert row["selection_id"] == loop["first"][0]["selection_id"] and row["lead_time_s"] == 20.0
     assert row["model_version"].startswith("fashion_mnist_cnn@") and row["label_task_id"] == loop["tasks"][wrong]["id"]
-    # Rerun: the same rows, nothing added.
-    assert annotate.run(["import"] + loop["common"])["annotations"] == expected_rows
+    # Rerun from a Label Studio JSON export file: the same rows, nothing added.
+    export_file = os.path.join(loop["root"], "ls-export.json")
+    with open(export_file, "w") as f:
+        json.dump(client.export(project["id"]), f)
+    assert annotate.run(["import", "--export_file", export_file] + loop["common"])["annotations"] == expected_rows
     assert db["annotations"].count_documents({}) == expected_rows
     loop["wrong"] = wrong
 
@@ -206,11 +209,52 @@ def test_next_selection_skips_frames_sent_for_labelling(loop):
     assert len(second) <= BUDGET
 
 
+def _with_pubsub_topic(fn):
+    """``fn(topic)`` with a topic of the Cloud SDK's Pub/Sub emulator, then the messages on it
+    (``fn(None)`` and no messages where that emulator is not installed)."""
+    from beam_pipelines import emulators
+    try:
+        context = emulators.pubsub_emulator()
+        context.__enter__()
+    except emulators.EmulatorNotFound:
+        return fn(None), None
+    try:
+        from google.cloud import pubsub_v1
+        publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        topic, subscription = "projects/activebeam-test/topics/retrain", "projects/activebeam-test/subscriptions/trainer"
+        publisher.create_topic(name=topic)
+        subscriber.create_subscription(name=subscription, topic=topic)
+        result = fn(topic)
+        pulled = subscriber.pull(subscription=subscription, max_messages=10, timeout=30)
+        return result, [m.message for m in pulled.received_messages]
+    finally:
+        context.__exit__(None, None, None)
+
+
+def test_labelled_frames_and_their_near_duplicates_are_excluded(loop):
+    """``duplicate_group`` (the detector engineer's field): a labelled frame's group is excluded too."""
+    from transforms.annotate.ptransforms import ReadLabelledFrameIds
+    db = pymongo.MongoClient(loop["mongo"].uri)["dups"]
+    db["frames"].insert_many([{"_id": "rep", "duplicate_group": "rep"}, {"_id": "twin", "duplicate_group": "rep"},
+                              {"_id": "sent", "duplicate_group": None}, {"_id": "other", "duplicate_group": "x"},
+                              {"_id": "x"}, {"_id": "near-sent", "duplicate_group": "sent"}])
+    db["label_tasks"].insert_one({"_id": "k1", "frame_id": "twin"})
+    db["annotations"].insert_one({"_id": "a1", "frame_id": "sent"})
+    ids = harness.run_collect(lambda p: {"ids": p | ReadLabelledFrameIds(loop["mongo"].uri, "dups")})["ids"]
+    assert sorted(ids) == ["near-sent", "rep", "sent", "twin"]
+    assert harness.run_collect(lambda p: {"ids": p | ReadLabelledFrameIds(loop["mongo"].uri, "empty")})["ids"] == []
+
+
 def test_dataset_and_retraining_trigger_written_once(loop):
     out = os.path.join(loop["root"], "dataset")
     argv = ["dataset", "--dataset_dir", out, "--retrain_after", str(BUDGET - 1)] + loop["common"]
-    result = annotate.run(argv)
+    result, messages = _with_pubsub_topic(
+        lambda topic: annotate.run(argv + (["--retrain_topic", topic] if topic else [])))
     assert result["accepted_labels"] == BUDGET - 1 and result["trigger"]["new"]
+    if messages is not None:  # the training job's start signal
+        (message,) = messages
+        assert message.attributes["trigger_id"] == result["trigger"]["trigger_id"]
+        assert json.loads(message.data)["accepted_labels"] == BUDGET - 1
     with open(os.path.join(out, "manifest.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == BUDGET - 1 and all(r["split"] == dataset_lib.split_of(r["frame_id"], 0.2) for r in rows)
