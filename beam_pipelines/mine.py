@@ -59,6 +59,7 @@ from transforms.decode.ptransforms import DecodeMedia
 from transforms.decode.ptransforms import METRICS_NAMESPACE as DECODE_METRICS
 from transforms.index import METRICS_NAMESPACE as INDEX_METRICS
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
+from transforms.annotate.ptransforms import ReadLabelledFrameIds
 from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.score.detectors import (AddClassRarity, BackgroundDifferenceDetector, DetectorHandler,
                                         detector_version, nanodet_handler)
@@ -85,8 +86,9 @@ class MineFrames(beam.PTransform):
                  detector_background: Optional[str] = None, uniqueness_k: int = 0,
                  strategy_params: Optional[dict] = None, bigquery_candidates_table: Optional[str] = None,
                  inputs: Sequence[str] = (), project: Optional[str] = None,
-                 progress_dir: Optional[str] = None, detector: Optional[DetectorHandler] = None,
-                 near_duplicate_similarity: float = 0.0, selection_embedding: str = "frame"):
+                 progress_dir: Optional[str] = None, exclude_labelled: bool = True,
+                 detector: Optional[DetectorHandler] = None, near_duplicate_similarity: float = 0.0,
+                 selection_embedding: str = "frame"):
         super().__init__()
         self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
@@ -101,8 +103,11 @@ class MineFrames(beam.PTransform):
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
                                 if bigquery_table else None)
-        self._select = SelectCandidates(budget, strategy, strategy_params, inputs=inputs,
-                                        embedding=selection_embedding)
+        self._select_args = (budget, strategy, strategy_params, inputs, selection_embedding)
+        SelectCandidates(budget, strategy, strategy_params, inputs=inputs,  # ValueError now, not in expand
+                         embedding=selection_embedding)
+        # Selections remember: frames sent for labelling or labelled (and their near-duplicates) are skipped.
+        self._labelled = ReadLabelledFrameIds(mongo_uri, mongo_database) if exclude_labelled else None
         self._candidates_mongo = WriteCandidatesToMongoDB(mongo_uri, mongo_database)
         self._candidates_bigquery = (WriteCandidatesToBigQuery(bigquery_candidates_table, bigquery_write_method,
                                                                project=project)
@@ -129,7 +134,10 @@ class MineFrames(beam.PTransform):
         dead_letters = [decoded.dead_letters, scored.dead_letters, indexed.dead_letters]
         if self._index_bigquery:
             dead_letters.append(scored.records | "IndexInBigQuery" >> self._index_bigquery)
-        candidates = scored.records | "SelectCandidates" >> self._select
+        budget, strategy, params, inputs, embedding = self._select_args
+        exclude_ids = globs.pipeline | "LabelledFrames" >> self._labelled if self._labelled else None
+        candidates = scored.records | "SelectCandidates" >> SelectCandidates(
+            budget, strategy, params, inputs=inputs, exclude_ids=exclude_ids, embedding=embedding)
         candidates_indexed = candidates | "CandidatesToMongoDB" >> self._candidates_mongo
         dead_letters.append(candidates_indexed.dead_letters)
         if self._candidates_bigquery:
@@ -276,7 +284,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 selection_embedding=mine.selection_embedding,
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
-                project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir)
+                project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir,
+                exclude_labelled=not mine.include_labelled)
             try:
                 result = _run_pipeline(options, job.runner, globs, mine_frames)
             except Exception as e:
@@ -383,6 +392,7 @@ def _run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Mode
         "mc_passes": model.mc_passes,
         "detector_background": mine.detector_background,
         "uniqueness_k": mine.uniqueness_k,
+        "include_labelled": mine.include_labelled,
         "runner": job.runner,
     }
 

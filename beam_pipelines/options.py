@@ -135,6 +135,10 @@ class MineOptions(PipelineOptions):
         parser.add_argument("--detector_background", default=None,
                             help="Turns on detection scores: .npy RGB background of a fixed camera "
                                  "for the background-difference detector (see docs/models.md).")
+        parser.add_argument(
+            "--include_labelled", action="store_true",
+            help="Let the selection pick frames already sent for labelling or labelled (label_tasks, "
+                 "annotations) and their near-duplicates; by default they are skipped.")
         parser.add_argument("--quiet", action="store_true",
                             help="No progress lines while the job runs (local runners print one every few seconds).")
         parser.add_argument("--uniqueness_k", type=int, default=3,

@@ -44,7 +44,7 @@ from typing import Dict, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from beam_pipelines import preflight, shutdown
 from beam_pipelines.mine import _embedded_mongod, _load_model, _run_facts
@@ -354,6 +354,11 @@ def run(argv) -> dict:
     options, job = preflight.check_job(argv, MineOptions, check_streaming)
     mine = options.view_as(MineOptions)
     project = options.view_as(GoogleCloudOptions).project
+    direct = options.view_as(DirectOptions)
+    if job.local and (direct.direct_running_mode != "in_memory" or (direct.direct_num_workers or 0) > 1):
+        sys.stderr.write("mine: streaming on the local runner runs in one process (Beam's "
+                         "BundleBasedDirectRunner): --direct_running_mode and --direct_num_workers "
+                         "apply to batch runs only; on Dataflow, set --max_num_workers\n")
     if job.local:
         preflight.check_stores(mine.mongo_uri, [t for t in (mine.bigquery_table, job.mine.candidates_table) if t],
                                project, mine.store_check_timeout_s)

@@ -526,10 +526,11 @@ def test_a_missing_subscription_is_a_store_error(mongo, pubsub_host):
     out = harness.tmpdir("no-subscription-")
     done = subprocess.run(
         [sys.executable, "-m", "beam_pipelines.mine", f"--input_subscription=projects/{PROJECT}/subscriptions/nope",
-         f"--mongo_uri={mongo.uri}", f"--output_dir={out}"],
+         f"--mongo_uri={mongo.uri}", f"--output_dir={out}", "--direct_num_workers=2"],
         cwd=harness.CHECKOUT, env=dict(os.environ, NO_GCE_CHECK="true", PYTHONPATH=harness.CHECKOUT),
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr[-2000:]
+    assert "streaming on the local runner runs in one process" in done.stderr  # not silently ignored
     assert done.stderr.strip().splitlines()[-1].startswith("mine: error: --input_subscription projects/")
     assert "does not exist" in done.stderr
 

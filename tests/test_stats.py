@@ -57,6 +57,8 @@ def expected(today):
         "annotations_per_label": [
             {"task": "classification", "label": "coat", "annotations": 3, "frames": 2},
             {"task": "classification", "label": "bag", "annotations": 1, "frames": 1}],
+        "labelling_funnel": [],  # nothing sent to annotators (tests/test_annotate.py fills them)
+        "qc_per_annotator": [],
         "near_duplicates": [{"duplicate_group": GROUP, "frames": 3, "sources": 2}],
     }
 

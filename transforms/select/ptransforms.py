@@ -248,13 +248,35 @@ class _AssignRanks(beam.DoFn):
         self._inputs = tuple(inputs)
         self._selected = Metrics.counter(METRICS_NAMESPACE, "candidates_selected")
 
-    def process(self, ranked, win=beam.DoFn.WindowParam):
+    def process(self, ranked, excluded: str = "", win=beam.DoFn.WindowParam):
         bounded = isinstance(win, window.IntervalWindow) and not isinstance(win, window.GlobalWindow)
         start = float(win.start) if bounded else None
         end = float(win.end) if bounded else None
-        for candidate in ranked_candidates(ranked, self._strategy, self._inputs, start, end):
+        inputs = self._inputs + ((excluded,) if excluded else ())
+        for candidate in ranked_candidates(ranked, self._strategy, inputs, start, end):
             self._selected.inc()
             yield candidate
+
+
+class _ExcludedDigestFn(beam.CombineFn):
+    """Order-independent digest of a set of frame ids: ``excluded:<count>:<xor of their sha256
+    prefixes>``, or ``""`` for none."""
+
+    def create_accumulator(self):
+        return 0, 0
+
+    def add_input(self, acc, frame_id):
+        import hashlib
+        return acc[0] + 1, acc[1] ^ int(hashlib.sha256(str(frame_id).encode()).hexdigest()[:16], 16)
+
+    def merge_accumulators(self, accumulators):
+        count, xor = 0, 0
+        for c, x in accumulators:
+            count, xor = count + c, xor ^ x
+        return count, xor
+
+    def extract_output(self, acc):
+        return f"excluded:{acc[0]}:{acc[1]:016x}" if acc[0] else ""
 
 
 class SelectCandidates(beam.PTransform):
@@ -278,7 +300,9 @@ class SelectCandidates(beam.PTransform):
     params : mapping, optional
         The strategy's parameters (with a name), e.g. ``{"n_clusters": 50}``.
     exclude_ids : PCollection[str], optional
-        Frame ids never to select (already labelled, earlier selections); a side input.
+        Frame ids never to select (already labelled, earlier selections); a side input. Their
+        digest joins the ``selection_id`` (none excluded: the id without exclusions), so a
+        selection that skips newly labelled frames is a new selection.
     labelled : Pool, optional
         Embeddings of labelled frames: initial k-center centres and near-duplicate exclusion.
     shard_size : int, optional
@@ -347,7 +371,7 @@ class SelectCandidates(beam.PTransform):
             excluded = beam.pvalue.AsDict(self._exclude_ids | "KeyExcluded" >> beam.Map(lambda i: (i, True)))
             frame_records = frame_records | "SkipExcluded" >> beam.Filter(
                 lambda r, ex: r.frame.frame_id not in ex, excluded)
-        return (
+        ranked = (
             frame_records
             | "KeyByPixelHash" >> beam.Map(_to_scored, self._embedding)
             | "OnePerIdenticalFrames" >> beam.CombinePerKey(_FirstOfIdenticalFn())
@@ -356,5 +380,11 @@ class SelectCandidates(beam.PTransform):
             | "SkipNearDuplicates" >> beam.Filter(
                 _eligible, Metrics.counter(METRICS_NAMESPACE, "near_duplicates_skipped"))
             | "Select" >> beam.CombineGlobally(
-                SelectFn(self._strategy, self._budget, self._shard_size, self._labelled)).without_defaults()
-            | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs)))
+                SelectFn(self._strategy, self._budget, self._shard_size, self._labelled)).without_defaults())
+        if self._exclude_ids is None:
+            return ranked | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs))
+        # What was excluded is part of the selection's identity: a later selection that skips newly
+        # labelled frames gets a new selection_id (none excluded: the id of a plain selection).
+        excluded = beam.pvalue.AsSingleton(
+            self._exclude_ids | "ExcludedDigest" >> beam.CombineGlobally(_ExcludedDigestFn()))
+        return ranked | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs), excluded)
