@@ -13,7 +13,9 @@ Reports (same names and columns from both stores):
 * ``labelling_funnel``: per selection sent to annotators (``annotate export``), frames selected ->
   exported -> labelled -> accepted (and sent back for relabelling), gold tasks left out;
 * ``qc_per_annotator``: the latest ``annotate qc`` of each project: per annotator and per batch,
-  annotations, class agreement, box F1, gold accuracy, throughput, accepted and relabelled tasks.
+  annotations, class agreement, box F1, gold accuracy, throughput, accepted and relabelled tasks;
+* ``near_duplicates``: frames and sources per near-duplicate group (``duplicate_group``, the
+  frame_id of the group's representative, the one frame of the group that can be a candidate).
 
 On BigQuery each report is the SQL view shipped in ``schemas/views/NAME.sql`` (``{dataset}``
 stands for ``PROJECT.DATASET``); ``--create_views`` also creates them as views in the dataset.
@@ -27,7 +29,7 @@ import sys
 from typing import Dict, List
 
 REPORTS = ("overview", "frames_per_source_day", "candidates_per_selection", "annotations_per_label",
-           "labelling_funnel", "qc_per_annotator")
+           "labelling_funnel", "qc_per_annotator", "near_duplicates")
 QC_COLUMNS = ("project", "scope", "name", "annotations", "class_agreement", "box_f1", "gold_accuracy",
               "per_hour", "accepted", "relabel")
 VIEWS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "views")
@@ -70,6 +72,11 @@ def _mongo_reports(database) -> Dict[str, List[dict]]:
         {"$project": {"_id": 0, "task": "$_id.task", "label": "$_id.label", "annotations": 1,
                       "frames": {"$size": "$frames"}}},
         {"$sort": {"task": 1, "annotations": -1, "label": 1}}])
+    near_duplicates = frames.aggregate([
+        {"$match": {"duplicate_group": {"$type": "string"}}},
+        {"$group": {"_id": "$duplicate_group", "frames": {"$sum": 1}, "sources": {"$addToSet": "$source_uri"}}},
+        {"$project": {"_id": 0, "duplicate_group": "$_id", "frames": 1, "sources": {"$size": "$sources"}}},
+        {"$sort": {"duplicate_group": 1}}])
     return {
         "overview": overview or [{"sources": 0, "frames": 0, "model_versions": 0}],
         "frames_per_source_day": list(per_day),
@@ -77,6 +84,7 @@ def _mongo_reports(database) -> Dict[str, List[dict]]:
         "annotations_per_label": list(per_label),
         "labelling_funnel": _mongo_funnel(database),
         "qc_per_annotator": _mongo_latest_qc(database),
+        "near_duplicates": list(near_duplicates),
     }
 
 

@@ -187,7 +187,8 @@ def main(argv=None):
     from beam_pipelines.local_mongo import LocalMongoD
     import pymongo
     work = tempfile.mkdtemp(prefix="activebeam-bench-mine-")
-    env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3",
+               ACTIVEBEAM_DEFAULT_MODEL="fashion_mnist")  # its baseline runs that model
     try:
         globs = prepare_media(os.path.join(work, "media"), args.images)
         with LocalMongoD(os.path.join(work, "mongo")) as mongo:

@@ -70,8 +70,10 @@ def frames_table() -> TableSpec:
         name=frames.FRAMES_COLLECTION, fields=tuple(frames.FRAME_FIELDS) + (INDEXED_AT,),
         id_field="frame_id", mongo_indexes=tuple(frames.MONGO_INDEXES) + (
             IndexSpec(((INDEXED_AT.name, 1),), INDEXED_AT.name),),
-        mongo_paths=dict(scores, model_name="model.name", model_version="model.version"),
-        mongo_only=(PROBABILITIES,), ingest_time_field=INDEXED_AT.name,
+        mongo_paths=dict(scores, model_name="model.name", model_version="model.version",
+                         detector_name="model.detector_name", detector_version="model.detector_version"),
+        # detections: JSON text in BigQuery, the list itself in MongoDB (this entry wins there).
+        mongo_only=(PROBABILITIES, frames.DETECTIONS_DOCUMENT), ingest_time_field=INDEXED_AT.name,
         partition_field=INDEXED_AT.name, clustering=("source_uri", "model_version"))
 
 

