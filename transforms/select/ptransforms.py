@@ -248,7 +248,9 @@ class _AssignRanks(beam.DoFn):
         self._inputs = tuple(inputs)
         self._selected = Metrics.counter(METRICS_NAMESPACE, "candidates_selected")
 
-    def process(self, ranked, excluded: str = "", win=beam.DoFn.WindowParam):
+    def process(self, ranked, excluded: str, win=beam.DoFn.WindowParam):
+        # ``excluded`` (the digest of the excluded ids, "" for none) is a plain argument without a
+        # default: Beam binds the window parameter wrongly after a defaulted extra argument.
         bounded = isinstance(win, window.IntervalWindow) and not isinstance(win, window.GlobalWindow)
         start = float(win.start) if bounded else None
         end = float(win.end) if bounded else None
@@ -382,7 +384,7 @@ class SelectCandidates(beam.PTransform):
             | "Select" >> beam.CombineGlobally(
                 SelectFn(self._strategy, self._budget, self._shard_size, self._labelled)).without_defaults())
         if self._exclude_ids is None:
-            return ranked | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs))
+            return ranked | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs), "")
         # What was excluded is part of the selection's identity: a later selection that skips newly
         # labelled frames gets a new selection_id (none excluded: the id of a plain selection).
         excluded = beam.pvalue.AsSingleton(
