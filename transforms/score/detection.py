@@ -168,6 +168,32 @@ def mean_unit_embedding(embeddings) -> Optional[np.ndarray]:
     return unit.mean(axis=0).astype(np.float32)
 
 
+def describe_objects(detections: Iterable[Mapping], confident: float = 0.5) -> str:
+    """What a frame shows, in words: ``"person 9 (3 below 0.5), car 2"``.
+
+    Parameters
+    ----------
+    detections : iterable of mapping
+        A frame document's ``detections`` (``label``, ``score`` in [0, 1]).
+    confident : float
+        Boxes scored below this are counted as uncertain, per label.
+
+    Returns
+    -------
+    str
+        Labels by decreasing count (then name), ``""`` without detections.
+    """
+    counts: Dict[str, List[int]] = {}
+    for d in detections:
+        count = counts.setdefault(str(d.get("label")), [0, 0])
+        count[0] += 1
+        count[1] += float(d.get("score") or 0.0) < confident
+    parts = []
+    for label, (n, low) in sorted(counts.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        parts.append(f"{label} {n}" + (f" ({low} below {confident:g})" if low else ""))
+    return ", ".join(parts)
+
+
 def box_uncertainty(confidences) -> np.ndarray:
     """Per-box uncertainty ``1 - |2c - 1|`` of detection confidences ``c`` in [0, 1].
 
