@@ -39,10 +39,10 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricResults, MetricsFilter
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_pipelines import preflight, progress, report, sample_media, shutdown
+from beam_pipelines import emulators, preflight, progress, report, sample_media, shutdown
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
     MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
@@ -63,6 +63,7 @@ from transforms.annotate.ptransforms import ReadLabelledFrameIds
 from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.score.detectors import (AddClassRarity, BackgroundDifferenceDetector, DetectorHandler,
                                         detector_version, nanodet_handler)
+from transforms.score.handlers import INFERENCE_THREADS_ENV
 from transforms.score.handlers import METRICS_NAMESPACE as SCORE_METRICS
 from transforms.score.novelty import AddDuplicateGroups, ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames, load_model_spec
@@ -222,6 +223,19 @@ def _committed(result) -> int:
     return result.attempted if committed is None else committed
 
 
+def _cpus_shared_between_workers(options: PipelineOptions):
+    """For the run: a local multi-process run gives each worker process ``CPUs // workers``
+    inference threads (``$ACTIVEBEAM_INFERENCE_THREADS``, inherited by the workers; a value
+    already set wins): N processes with one interpreter thread per CPU each would oversubscribe
+    the machine."""
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing" or INFERENCE_THREADS_ENV in os.environ:
+        return contextlib.nullcontext()
+    cpus = os.cpu_count() or 1
+    workers = direct.direct_num_workers or cpus  # 0: one per CPU
+    return emulators.environment(**{INFERENCE_THREADS_ENV: str(max(1, cpus // workers))})
+
+
 def run(argv: Optional[List[str]] = None) -> dict:
     """Runs the job and returns the contents of ``summary.json`` plus ``wall_seconds``.
 
@@ -261,6 +275,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     detector = make_detector(mine, job)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_cpus_shared_between_workers(options))
         stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
         mongo_uri = mine.mongo_uri or _embedded_mongod(stack, job.output_dir)
         facts = _run_facts(mine, job, globs, mongo_uri, model)

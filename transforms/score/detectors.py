@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.common.files import local_copy
+from transforms.score.handlers import inference_threads
 from transforms.score.detection import (RARE_CLASS_SCORE, UNCERTAIN_BAND, Detections,
                                         aggregate_detection_scores, localisation_instability,
                                         rare_class_scores)
@@ -42,7 +43,7 @@ class NanoDetDetector:
         Also run the mirrored frame and give each box its :func:`localisation_instability`
         (``detection_localisation``); doubles the detector's cost.
     num_threads : int, optional
-        Interpreter threads (default: the CPU count).
+        Interpreter threads (default: :func:`~transforms.score.handlers.inference_threads`).
 
     Raises
     ------
@@ -65,7 +66,7 @@ class NanoDetDetector:
     def load(self) -> "NanoDetDetector":
         from ai_edge_litert.interpreter import Interpreter
         with local_copy(self.model_uri) as local:
-            self._interpreter = Interpreter(model_path=local, num_threads=self.num_threads or os.cpu_count())
+            self._interpreter = Interpreter(model_path=local, num_threads=self.num_threads or inference_threads())
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._outputs = [d["index"] for d in self._interpreter.get_output_details()]

@@ -63,6 +63,18 @@ def default_model_path() -> str:
     return os.path.join(os.path.dirname(os.path.realpath(__file__)), "models", DEFAULT_MODEL_NAME)
 
 
+#: Environment variable: TFLite interpreter threads per worker process (default: the CPU count).
+#: The ``mine`` job sets it to ``CPUs // workers`` for a local multi-process run, so that worker
+#: processes do not each start one thread per CPU.
+INFERENCE_THREADS_ENV = "ACTIVEBEAM_INFERENCE_THREADS"
+
+
+def inference_threads() -> int:
+    """Threads for a TFLite interpreter in this process: ``$ACTIVEBEAM_INFERENCE_THREADS`` if
+    set to a positive integer, else the CPU count."""
+    value = os.environ.get(INFERENCE_THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
 class Preprocessing(NamedTuple):
     """How a frame becomes a model input: the model's own declaration (its JSON sidecar).
 
@@ -442,7 +454,7 @@ class _Runtime:
         self._runtime = runtime
         if runtime == TFLITE:
             from ai_edge_litert.interpreter import Interpreter
-            self._interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+            self._interpreter = Interpreter(model_path=path, num_threads=inference_threads())
             self._interpreter.allocate_tensors()
             self._input = self._interpreter.get_input_details()[0]
             outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
