@@ -142,6 +142,17 @@ def _terminate(pid: int, timeout_s: float = 30.0):
         time.sleep(0.1)
 
 
+def stop_process(process: subprocess.Popen, timeout_s: float = 30.0):
+    """SIGTERM a server we started (its clean shutdown), SIGKILL after ``timeout_s``; waits for the end."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class LocalMongoD:
     """Starts ``mongod`` bound to 127.0.0.1 on a free port; stops it on exit.
 
@@ -295,13 +306,7 @@ class LocalMongoD:
         """Shuts the server down cleanly (SIGTERM), killing it after 30 s."""
         if self._process is None:
             return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
         self._process = None
         if self._read_owner().get("owner_pid") == os.getpid():
             try:

@@ -39,10 +39,10 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricResults, MetricsFilter
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_pipelines import preflight, progress, report, sample_media, shutdown
+from beam_pipelines import emulators, preflight, progress, report, sample_media, shutdown
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
     MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
@@ -59,10 +59,13 @@ from transforms.decode.ptransforms import DecodeMedia
 from transforms.decode.ptransforms import METRICS_NAMESPACE as DECODE_METRICS
 from transforms.index import METRICS_NAMESPACE as INDEX_METRICS
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
+from transforms.annotate.ptransforms import ReadLabelledFrameIds
 from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
-from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
+from transforms.score.detectors import (AddClassRarity, BackgroundDifferenceDetector, DetectorHandler,
+                                        detector_version, nanodet_handler)
+from transforms.score.handlers import INFERENCE_THREADS_ENV
 from transforms.score.handlers import METRICS_NAMESPACE as SCORE_METRICS
-from transforms.score.novelty import ScoreNovelty
+from transforms.score.novelty import AddDuplicateGroups, ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames, load_model_spec
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
 from transforms.select.ptransforms import SelectCandidates
@@ -84,18 +87,28 @@ class MineFrames(beam.PTransform):
                  detector_background: Optional[str] = None, uniqueness_k: int = 0,
                  strategy_params: Optional[dict] = None, bigquery_candidates_table: Optional[str] = None,
                  inputs: Sequence[str] = (), project: Optional[str] = None,
-                 progress_dir: Optional[str] = None):
+                 progress_dir: Optional[str] = None, exclude_labelled: bool = True,
+                 detector: Optional[DetectorHandler] = None, near_duplicate_similarity: float = 0.0,
+                 selection_embedding: str = "frame"):
         super().__init__()
         self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
-        detector = (DetectorHandler(BackgroundDifferenceDetector(detector_background))
-                    if detector_background else None)
-        self._score = ScoreFrames(model, detector=detector)
-        self._novelty = ScoreNovelty(k=uniqueness_k, duplicate_threshold=None) if uniqueness_k else None
+        if detector_background:
+            detector = DetectorHandler(BackgroundDifferenceDetector(detector_background))
+        objects = selection_embedding == "objects"
+        self._score = ScoreFrames(model, detector=detector, objects=objects)
+        self._rarity = AddClassRarity() if detector is not None else None
+        self._novelty = (ScoreNovelty(k=uniqueness_k, duplicate_threshold=near_duplicate_similarity or None)
+                         if uniqueness_k else None)
+        self._near_duplicates = bool(uniqueness_k and near_duplicate_similarity)
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
                                 if bigquery_table else None)
-        self._select = SelectCandidates(budget, strategy, strategy_params, inputs=inputs)
+        self._select_args = (budget, strategy, strategy_params, inputs, selection_embedding)
+        SelectCandidates(budget, strategy, strategy_params, inputs=inputs,  # ValueError now, not in expand
+                         embedding=selection_embedding)
+        # Selections remember: frames sent for labelling or labelled (and their near-duplicates) are skipped.
+        self._labelled = ReadLabelledFrameIds(mongo_uri, mongo_database) if exclude_labelled else None
         self._candidates_mongo = WriteCandidatesToMongoDB(mongo_uri, mongo_database)
         self._candidates_bigquery = (WriteCandidatesToBigQuery(bigquery_candidates_table, bigquery_write_method,
                                                                project=project)
@@ -109,13 +122,23 @@ class MineFrames(beam.PTransform):
     def expand(self, globs):
         decoded = globs | "Decode" >> self._decode
         scored = decoded.frames | "EmbedAndScore" >> self._score
+        model_outputs = scored.records  # before the steps that wait for every frame (progress)
+        if self._rarity:
+            scored = scored._replace(records=scored.records | "RareClasses" >> self._rarity)
         if self._novelty:
-            scored = scored._replace(records=(scored.records | "Uniqueness" >> self._novelty).records)
+            novelty = scored.records | "Uniqueness" >> self._novelty
+            records = novelty.records
+            if self._near_duplicates:
+                records = (records, novelty.duplicate_groups) | "NearDuplicates" >> AddDuplicateGroups()
+            scored = scored._replace(records=records)
         indexed = scored.records | "IndexInMongoDB" >> self._index_mongo
         dead_letters = [decoded.dead_letters, scored.dead_letters, indexed.dead_letters]
         if self._index_bigquery:
             dead_letters.append(scored.records | "IndexInBigQuery" >> self._index_bigquery)
-        candidates = scored.records | "SelectCandidates" >> self._select
+        budget, strategy, params, inputs, embedding = self._select_args
+        exclude_ids = globs.pipeline | "LabelledFrames" >> self._labelled if self._labelled else None
+        candidates = scored.records | "SelectCandidates" >> SelectCandidates(
+            budget, strategy, params, inputs=inputs, exclude_ids=exclude_ids, embedding=embedding)
         candidates_indexed = candidates | "CandidatesToMongoDB" >> self._candidates_mongo
         dead_letters.append(candidates_indexed.dead_letters)
         if self._candidates_bigquery:
@@ -123,7 +146,7 @@ class MineFrames(beam.PTransform):
 
         dead_letters = dead_letters | "AllDeadLetters" >> beam.Flatten()
         if self._progress_dir:
-            _ = {"files": decoded.outcomes, "frames_decoded": decoded.frames, "frames_scored": scored.records,
+            _ = {"files": decoded.outcomes, "frames_decoded": decoded.frames, "frames_scored": model_outputs,
                  "frames_indexed": indexed.frame_ids} | "Progress" >> progress.CountProgress(self._progress_dir)
         candidates | "WriteCandidates" >> WriteCandidates(self._path(CANDIDATES_FILE))
         dead_letters | "WriteDeadLetters" >> WriteDeadLetters(self._path(DEAD_LETTER_FILE))
@@ -200,6 +223,19 @@ def _committed(result) -> int:
     return result.attempted if committed is None else committed
 
 
+def _cpus_shared_between_workers(options: PipelineOptions):
+    """For the run: a local multi-process run gives each worker process ``CPUs // workers``
+    inference threads (``$ACTIVEBEAM_INFERENCE_THREADS``, inherited by the workers; a value
+    already set wins): N processes with one interpreter thread per CPU each would oversubscribe
+    the machine."""
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing" or INFERENCE_THREADS_ENV in os.environ:
+        return contextlib.nullcontext()
+    cpus = os.cpu_count() or 1
+    workers = direct.direct_num_workers or cpus  # 0: one per CPU
+    return emulators.environment(**{INFERENCE_THREADS_ENV: str(max(1, cpus // workers))})
+
+
 def run(argv: Optional[List[str]] = None) -> dict:
     """Runs the job and returns the contents of ``summary.json`` plus ``wall_seconds``.
 
@@ -235,9 +271,11 @@ def run(argv: Optional[List[str]] = None) -> dict:
     globs = list(job.globs) or sample_media.prepare()
     if is_local(job.output_dir):
         os.makedirs(job.output_dir, exist_ok=True)
-    model = _load_model(mine)
+    model = _load_model(mine, job)
+    detector = make_detector(mine, job)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_cpus_shared_between_workers(options))
         stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
         mongo_uri = mine.mongo_uri or _embedded_mongod(stack, job.output_dir)
         facts = _run_facts(mine, job, globs, mongo_uri, model)
@@ -257,9 +295,12 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
                 bigquery_write_method=job.bigquery_write_method, run_info=run_info,
                 decode_options=_decode_options(mine), detector_background=job.detector_background,
+                detector=detector, near_duplicate_similarity=mine.near_duplicate_similarity,
+                selection_embedding=mine.selection_embedding,
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
-                project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir)
+                project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir,
+                exclude_labelled=not mine.include_labelled)
             try:
                 result = _run_pipeline(options, job.runner, globs, mine_frames)
             except Exception as e:
@@ -314,14 +355,25 @@ def _check_dead_letters(counts: Dict[str, int], by_stage: Dict[str, int], max_fr
             f"{FileSystems.join(output_dir, DEAD_LETTER_FILE)}")
 
 
-def _load_model(mine) -> ModelSpec:
+def _load_model(mine, job: MineJob) -> ModelSpec:
     """The model's spec; a model that cannot be loaded is an option error naming ``--model``."""
     try:
-        return load_model_spec(mine.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
+        return load_model_spec(job.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
     except Exception as e:  # noqa: BLE001 - Keras, LiteRT and ONNX raise all sorts
         raise preflight.OptionError(
-            f"--model {mine.model or '(the bundled default)'} cannot be used: {type(e).__name__}: "
+            f"--model {job.model or '(the bundled default)'} cannot be used: {type(e).__name__}: "
             f"{preflight.one_line(e, 300)}") from e
+
+
+def make_detector(mine, job: MineJob) -> Optional[DetectorHandler]:
+    """The detector the job runs (``--detector``, resolved in ``job.detector``), or ``None``;
+    a ``--detector_background`` example detector is built by :class:`MineFrames` itself."""
+    if not job.detector or job.detector_background:
+        return None
+    try:
+        return nanodet_handler(job.detector, flip=mine.detector_flip == "on")
+    except Exception as e:  # noqa: BLE001 - an unreadable file
+        raise preflight.OptionError(f"--detector {job.detector} cannot be used: {preflight.one_line(e, 300)}") from e
 
 
 def _embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
@@ -346,12 +398,16 @@ def _run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Mode
         "strategy_params": job.strategy_params,
         "bigquery_candidates_table": job.candidates_table,
         "video_fps": mine.video_fps,
+        "detector": detector_version(job.detector)._asdict() if job.detector and not job.detector_background else None,
+        "near_duplicate_similarity": mine.near_duplicate_similarity if mine.uniqueness_k else None,
+        "selection_embedding": mine.selection_embedding,
         "decode": _decode_options(mine),
         "model": model.version._asdict(),
         "model_runtime": model.runtime,
         "mc_passes": model.mc_passes,
         "detector_background": mine.detector_background,
         "uniqueness_k": mine.uniqueness_k,
+        "include_labelled": mine.include_labelled,
         "runner": job.runner,
     }
 

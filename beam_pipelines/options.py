@@ -22,11 +22,17 @@ from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.decode.ptransforms import DEFAULT_SPLIT_SECONDS
 from transforms.decode.video import MODES
 from transforms.index.bigquery_client import parse_table_id, sibling_table
+from transforms.score import pretrained
 from transforms.score import registry as score_registry
 from transforms.score.handlers import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES  # no TensorFlow import
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
 from transforms.select.strategies import make_strategy
 
+AUTO, NONE, NANODET = "auto", "none", "nanodet"
+#: Cosine similarity of embeddings from which two frames are near-duplicates (FiftyOne's
+#: ``find_duplicates`` default threshold is a distance of 0.1 on normalised embeddings, i.e.
+#: a cosine similarity of 0.995; see docs/sampling.md).
+NEAR_DUPLICATE_SIMILARITY = 0.995
 DEFAULT_RUNNER = "FnApiRunner"  # Beam's DirectRunner would first try to download Prism.
 LOCAL_RUNNERS = ("fnapirunner", "directrunner", "bundlebaseddirectrunner", "switchingdirectrunner")
 
@@ -59,14 +65,16 @@ class MineOptions(PipelineOptions):
                             help="AUTO: FILE_LOADS when --temp_location is on gs:// (load jobs are "
                                  "free and atomic), else STREAMING_INSERTS.")
         parser.add_argument("--budget", type=int, default=50, help="Number of candidates to select.")
-        parser.add_argument("--strategy", default="entropy", choices=STRATEGIES,
+        parser.add_argument("--strategy", default=None, choices=STRATEGIES,
                             help="Selection strategy: an uncertainty score (top-k), random, coreset "
-                                 "(k-center greedy), cluster_margin or combined (docs/sampling.md).")
+                                 "(k-center greedy), cluster_margin or combined (docs/sampling.md). "
+                                 "Default: detection_sum when a detector runs, else entropy.")
         parser.add_argument(
             "--strategy_params", default="{}",
             help='JSON object of the strategy\'s parameters, e.g. \'{"n_clusters": 20}\' for '
                  'cluster_margin, \'{"strengths": {"entropy": 1, "least_confidence": 0.5}}\' for '
-                 'combined, \'{"balance_key": "camera"}\' (source, camera, predicted_class) for quotas, '
+                 'combined, \'{"balance_key": "camera"}\' (source, camera, predicted_class, '
+                 'detected_class) for quotas, '
                  '\'{"near_duplicate_distance": 0.1}\'.')
         parser.add_argument("--bigquery_candidates_table", default=None,
                             help="PROJECT:DATASET.TABLE for candidates; default: table 'candidates' "
@@ -93,8 +101,28 @@ class MineOptions(PipelineOptions):
                             help="Cut videos into ranges of at least this many seconds, starting "
                                  "on keyframes, decoded by different workers; 0 does not split.")
         parser.add_argument("--model", default=None,
-                            help="Path or gs:// URI of a Keras model (.keras/.h5). Default: the "
-                                 "bundled Fashion-MNIST CNN, models/" + DEFAULT_MODEL_NAME)
+                            help="Path or gs:// URI of a model (.keras, .h5, SavedModel directory, "
+                                 ".tflite, .onnx, with an optional <model>.json sidecar). Default: "
+                                 "EfficientNet-Lite0 (ImageNet) converted by set-up under "
+                                 "$ACTIVEBEAM_HOME/models, else the bundled Fashion-MNIST CNN "
+                                 "transforms/score/models/" + DEFAULT_MODEL_NAME)
+        parser.add_argument("--detector", default=AUTO,
+                            help="Object detector whose boxes every frame gets (detections, "
+                                 "detection_* scores): 'auto' (NanoDet-g, COCO's 80 classes, when "
+                                 "--model is not given and set-up converted it), 'nanodet' (NanoDet-g "
+                                 "with any --model), a NanoDet .tflite path or gs:// URI, or 'none'.")
+        parser.add_argument("--detector_flip", default="on", choices=("on", "off"),
+                            help="Also detect on the mirrored frame for detection_localisation "
+                                 "(doubles the detector's cost).")
+        parser.add_argument("--selection_embedding", default="frame", choices=("frame", "objects"),
+                            help="What coreset, cluster_margin and near_duplicate_distance see: the "
+                                 "frame's embedding, or 'objects': the mean embedding of the crops of "
+                                 "its detected objects (object-level diversity; needs a detector).")
+        parser.add_argument("--near_duplicate_similarity", type=float, default=NEAR_DUPLICATE_SIMILARITY,
+                            help="Frames whose embeddings have at least this cosine similarity are "
+                                 "near-duplicates: grouped (duplicate_group), and only each group's "
+                                 "representative can be a candidate (needs --uniqueness_k >= 1); "
+                                 "0 turns grouping off.")
         parser.add_argument("--embedding_layer", default=None,
                             help="Layer whose output is the embedding (default: 'embedding' or the "
                                  "penultimate layer).")
@@ -107,6 +135,10 @@ class MineOptions(PipelineOptions):
         parser.add_argument("--detector_background", default=None,
                             help="Turns on detection scores: .npy RGB background of a fixed camera "
                                  "for the background-difference detector (see docs/models.md).")
+        parser.add_argument(
+            "--include_labelled", action="store_true",
+            help="Let the selection pick frames already sent for labelling or labelled (label_tasks, "
+                 "annotations) and their near-duplicates; by default they are skipped.")
         parser.add_argument("--quiet", action="store_true",
                             help="No progress lines while the job runs (local runners print one every few seconds).")
         parser.add_argument("--uniqueness_k", type=int, default=3,
@@ -161,6 +193,30 @@ class MineJob(NamedTuple):
     candidates_table: Optional[str]
     bigquery_write_method: str  # AUTO resolved
     detector_background: Optional[str]
+    model: Optional[str] = None     # resolved --model; None: the bundled Fashion-MNIST CNN
+    detector: Optional[str] = None  # NanoDet .tflite the job runs, or None
+
+
+def _models(mine):
+    """``(model, detector)`` the job runs, ``--model``/``--detector`` resolved (see their help)."""
+    backbone, default_detector = pretrained.default_models()
+    model = _from_caller_dir(mine.model) if mine.model else backbone
+    choice = mine.detector or AUTO
+    if choice == NONE:
+        detector = None
+    elif choice == AUTO:
+        detector = None if mine.model else default_detector
+    elif choice == NANODET:
+        detector = pretrained.detector_path()
+        if not os.path.isfile(detector):
+            raise ValueError(f"--detector=nanodet: {detector} does not exist; run scripts/setup.sh "
+                             "(or python -m transforms.score.pretrained.convert)")
+    else:
+        detector = _from_caller_dir(choice)
+        preflight.check_model_file("detector", detector)
+        if not detector.lower().endswith(".tflite"):
+            raise ValueError(f"--detector must be auto, nanodet, none or a NanoDet .tflite file, got {choice!r}")
+    return model, detector
 
 
 def check_options(options: PipelineOptions) -> MineJob:
@@ -184,9 +240,20 @@ def check_options(options: PipelineOptions) -> MineJob:
     if streaming and local_runner:
         runner = STREAMING_RUNNER
     _check_ranges(mine)
+    model, detector = _models(mine)
+    if not local_runner:
+        for flag, path in (("model", None if mine.model else model), ("detector", detector)):
+            if path and is_local(path):
+                raise ValueError(f"--{flag}: {path} is on this machine only, the {runner} workers cannot "
+                                 f"read it: copy it (and its .json sidecar) to gs:// and name it, or "
+                                 f"--detector none")
+    if mine.strategy is None:  # what the frames' uncertainty is best measured by
+        mine.strategy = "detection_sum" if detector or mine.detector_background else "entropy"
     check_range("direct_num_workers", options.view_as(DirectOptions).direct_num_workers,
                 options.view_as(DirectOptions).direct_num_workers >= 0, ">= 0 (0: one per CPU)")
-    strategy_params = _checked_strategy(mine)
+    strategy_params = _checked_strategy(mine, detector)
+    if mine.selection_embedding == "objects" and not (detector or mine.detector_background):
+        raise ValueError("--selection_embedding=objects needs a detector: set --detector")
     _check_tables(mine)
     globs = tuple(_from_caller_dir(g) for g in _split_globs(mine.input))
     preflight.check_input_globs(mine.input, globs)
@@ -219,7 +286,8 @@ def check_options(options: PipelineOptions) -> MineJob:
         raise ValueError(f"--bigquery_write_method=FILE_LOADS needs --temp_location on gs:// (load "
                          f"jobs read files from Cloud Storage), got {temp_location or None!r}")
     return MineJob(runner, local_runner, globs, output_dir, strategy_params, candidates_table,
-                   write_method, mine.detector_background and _from_caller_dir(mine.detector_background))
+                   write_method, mine.detector_background and _from_caller_dir(mine.detector_background),
+                   model, detector)
 
 
 def _check_ranges(mine):
@@ -229,6 +297,8 @@ def _check_ranges(mine):
             ("mc_passes", mine.mc_passes, mine.mc_passes == 0 or mine.mc_passes >= 2,
              "0 (off) or >= 2 (one pass has no spread to measure)"),
             ("uniqueness_k", mine.uniqueness_k, mine.uniqueness_k >= 0, ">= 0 (0: off)"),
+            ("near_duplicate_similarity", mine.near_duplicate_similarity,
+             0 <= mine.near_duplicate_similarity <= 1, "in [0, 1] (0: off)"),
             ("video_fps", mine.video_fps, mine.video_fps >= 0,
              "a number >= 0 (0: every frame)"),
             ("video_every_n", mine.video_every_n, mine.video_every_n >= 1, ">= 1"),
@@ -246,7 +316,7 @@ def _check_ranges(mine):
         check_range(flag, value, valid, expected)
 
 
-def _checked_strategy(mine) -> dict:
+def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
     """The strategy's parameters, once the strategy accepts them and its score will be computed."""
     try:
         strategy_params = json.loads(mine.strategy_params)
@@ -272,8 +342,8 @@ def _checked_strategy(mine) -> dict:
             raise ValueError(f"{where} needs MC-dropout samples: set --mc_passes >= 2")
         if needs == score_registry.EMBEDDINGS and mine.uniqueness_k < 1:
             raise ValueError(f"{where} needs k-NN neighbours: set --uniqueness_k >= 1")
-        if needs == score_registry.DETECTIONS and not mine.detector_background:
-            raise ValueError(f"{where} needs detections: set --detector_background")
+        if needs == score_registry.DETECTIONS and not (mine.detector_background or detector):
+            raise ValueError(f"{where} needs detections: set --detector (or --detector_background)")
         if needs == score_registry.ENSEMBLE:
             raise ValueError(f"{where} needs an ensemble of models, which the mine job does not run")
     return strategy_params

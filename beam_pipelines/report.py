@@ -39,6 +39,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from beam_pipelines.report_frames import FrameRequest, render_frames
+from transforms.score.detection import describe_objects
 
 _LOG = logging.getLogger(__name__)
 
@@ -363,6 +364,7 @@ def _card(c: dict, images, doc: dict) -> dict:
         "t": c.get("timestamp_s"), "score": _finite(c.get("score")), "cls": c.get("predicted_class"),
         "dup": c.get("duplicates") or 1, "components": _finite_dict(c.get("components")),
         "scores": _finite_dict(c.get("scores")), "boxes": len(detections),
+        "objects": describe_objects(detections),
         "thumb": images.thumb if images else None, "full": images.full if images else None,
         "error": images.error if images else "not rendered",
     }

@@ -9,7 +9,13 @@ Reports (same names and columns from both stores):
 * ``overview``: distinct sources (files), frames and model versions;
 * ``frames_per_source_day``: frames per source file and day of indexing (UTC);
 * ``candidates_per_selection``: candidates, strategy, model version and best score per selection;
-* ``annotations_per_label``: annotations and distinct frames per (task, label).
+* ``annotations_per_label``: annotations and distinct frames per (task, label);
+* ``labelling_funnel``: per selection sent to annotators (``annotate export``), frames selected ->
+  exported -> labelled -> accepted (and sent back for relabelling), gold tasks left out;
+* ``qc_per_annotator``: the latest ``annotate qc`` of each project: per annotator and per batch,
+  annotations, class agreement, box F1, gold accuracy, throughput, accepted and relabelled tasks;
+* ``near_duplicates``: frames and sources per near-duplicate group (``duplicate_group``, the
+  frame_id of the group's representative, the one frame of the group that can be a candidate).
 
 On BigQuery each report is the SQL view shipped in ``schemas/views/NAME.sql`` (``{dataset}``
 stands for ``PROJECT.DATASET``); ``--create_views`` also creates them as views in the dataset.
@@ -22,7 +28,10 @@ import os
 import sys
 from typing import Dict, List
 
-REPORTS = ("overview", "frames_per_source_day", "candidates_per_selection", "annotations_per_label")
+REPORTS = ("overview", "frames_per_source_day", "candidates_per_selection", "annotations_per_label",
+           "labelling_funnel", "qc_per_annotator", "near_duplicates")
+QC_COLUMNS = ("project", "scope", "name", "annotations", "class_agreement", "box_f1", "gold_accuracy",
+              "per_hour", "accepted", "relabel")
 VIEWS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "views")
 
 
@@ -63,12 +72,47 @@ def _mongo_reports(database) -> Dict[str, List[dict]]:
         {"$project": {"_id": 0, "task": "$_id.task", "label": "$_id.label", "annotations": 1,
                       "frames": {"$size": "$frames"}}},
         {"$sort": {"task": 1, "annotations": -1, "label": 1}}])
+    near_duplicates = frames.aggregate([
+        {"$match": {"duplicate_group": {"$type": "string"}}},
+        {"$group": {"_id": "$duplicate_group", "frames": {"$sum": 1}, "sources": {"$addToSet": "$source_uri"}}},
+        {"$project": {"_id": 0, "duplicate_group": "$_id", "frames": 1, "sources": {"$size": "$sources"}}},
+        {"$sort": {"duplicate_group": 1}}])
     return {
         "overview": overview or [{"sources": 0, "frames": 0, "model_versions": 0}],
         "frames_per_source_day": list(per_day),
         "candidates_per_selection": list(per_selection),
         "annotations_per_label": list(per_label),
+        "labelling_funnel": _mongo_funnel(database),
+        "qc_per_annotator": _mongo_latest_qc(database),
+        "near_duplicates": list(near_duplicates),
     }
+
+
+def _mongo_funnel(database) -> List[dict]:
+    """``labelling_funnel`` (as ``schemas/views/labelling_funnel.sql``)."""
+    rows = list(database["label_tasks"].aggregate([
+        {"$match": {"gold": False, "selection_id": {"$type": "string"}}},
+        {"$group": {"_id": "$selection_id", "exported": {"$sum": 1},
+                    "labelled": {"$sum": {"$cond": [{"$in": ["$status", ["labelled", "accepted", "relabel"]]}, 1, 0]}},
+                    "accepted": {"$sum": {"$cond": [{"$eq": ["$status", "accepted"]}, 1, 0]}},
+                    "relabel": {"$sum": {"$cond": [{"$eq": ["$status", "relabel"]}, 1, 0]}}}},
+        {"$sort": {"_id": 1}}]))
+    out = []
+    for row in rows:
+        selected = len(database["candidates"].distinct("frame_id", {"selection_id": row["_id"]}))
+        out.append({"selection_id": row["_id"], "selected": selected, "exported": row["exported"],
+                    "labelled": row["labelled"], "accepted": row["accepted"], "relabel": row["relabel"]})
+    return out
+
+
+def _mongo_latest_qc(database) -> List[dict]:
+    """``qc_per_annotator`` (as ``schemas/views/qc_per_annotator.sql``)."""
+    rows = []
+    for project in sorted(database["qc_reports"].distinct("project")):
+        latest = database["qc_reports"].find_one({"project": project}, sort=[("created_at", -1)])
+        for doc in database["qc_reports"].find({"qc_id": latest["qc_id"]}).sort([("scope", 1), ("name", 1)]):
+            rows.append({c: doc.get(c) for c in QC_COLUMNS})
+    return rows
 
 
 def mongo_stats(uri: str, database: str = "activebeam") -> Dict[str, List[dict]]:

@@ -44,7 +44,7 @@ from typing import Dict, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from beam_pipelines import preflight, shutdown
 from beam_pipelines.mine import _embedded_mongod, _load_model, _run_facts
@@ -66,7 +66,7 @@ from transforms.decode.streaming import (INTAKE_WINDOW_S, AcknowledgeArrivals, A
                                          FeedSpec, LedgerConfig, ParseNotifications, ReadArrivals, ReplayArrivals,
                                          arrival_path, intake_windows)
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
-from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
+from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler, nanodet_handler
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.windows import WindowSpec, SelectPerWindow
 
@@ -164,7 +164,8 @@ class MineStream(beam.PTransform):
         self._decode = DecodeMedia(video_fps, **dict(decode_options or {}, fan_out=not job.local,
                                                       match_globs=False))  # arrivals are known files
         background = job.mine.detector_background
-        self._detector = DetectorHandler(BackgroundDifferenceDetector(background)) if background else None
+        self._detector = (DetectorHandler(BackgroundDifferenceDetector(background)) if background
+                          else nanodet_handler(job.mine.detector) if job.mine.detector else None)
         self._event_time = AttachEventTime(job.fallback_source)
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, "STREAMING_INSERTS", project=project)
@@ -353,6 +354,11 @@ def run(argv) -> dict:
     options, job = preflight.check_job(argv, MineOptions, check_streaming)
     mine = options.view_as(MineOptions)
     project = options.view_as(GoogleCloudOptions).project
+    direct = options.view_as(DirectOptions)
+    if job.local and (direct.direct_running_mode != "in_memory" or (direct.direct_num_workers or 0) > 1):
+        sys.stderr.write("mine: streaming on the local runner runs in one process (Beam's "
+                         "BundleBasedDirectRunner): --direct_running_mode and --direct_num_workers "
+                         "apply to batch runs only; on Dataflow, set --max_num_workers\n")
     if job.local:
         preflight.check_stores(mine.mongo_uri, [t for t in (mine.bigquery_table, job.mine.candidates_table) if t],
                                project, mine.store_check_timeout_s)
@@ -365,7 +371,7 @@ def run(argv) -> dict:
     if is_local(output_dir):
         os.makedirs(output_dir, exist_ok=True)
     gcp_emulators.use_emulators_if_configured()
-    model = _load_model(mine)
+    model = _load_model(mine, job.mine)
     with contextlib.ExitStack() as stack:
         mongo_uri = mine.mongo_uri or _embedded_mongod(stack, output_dir)
         facts = dict(_run_facts(mine, job.mine, [], mongo_uri, model), streaming=True,

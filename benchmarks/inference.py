@@ -18,6 +18,18 @@ Also measures the plain loop's images/s per batch size (what ``--batch_size`` an
 ``BatchElements`` bounds were chosen from). Last stdout line: one JSON object with
 ``embed_ratio`` = pipeline / loop images/s (goal >= 0.85) and ``mc_dropout_cost_ratio`` =
 images/s with one pass / images/s with T passes (pipeline).
+
+The pretrained models (converted by set-up; skipped with a note when they are missing), on
+``--detect_frames`` real frames of ``vtest.avi`` (768x576), decoded inside each side:
+
+* ``detect_pipeline``: the NanoDet-g detector through ``RunInference`` (``DetectorHandler``,
+  LiteRT, ``--threads`` interpreter threads) on the FnApiRunner;
+* ``detect_loop``: a plain loop: the same decoding, one LiteRT interpreter with the same
+  threads, NanoDet's preparation and box decoding per frame (the flip is off on both sides);
+
+``detect_ratio`` = pipeline / loop frames/s (goal >= 0.85); ``detector_ms_per_frame`` and
+``backbone_ms_per_frame`` (EfficientNet-Lite0, batches of ``--batch_size`` 224x224 inputs) are
+the plain loop's milliseconds per frame. ``--only detect`` runs just these sides.
 """
 import argparse
 import functools
@@ -34,6 +46,7 @@ from schemas.records import Frame, make_frame_id
 from transforms.score.handlers import (default_model_path, load_embedding_classifier, load_model_spec,
                                  mc_dropout_samples, prepare_input)
 from transforms.score.ptransforms import ScoreFrames, probability_scores
+from transforms.score import pretrained
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,6 +94,96 @@ def run_loop(count, spec, batch_size, mc_passes=0, chunk=500) -> int:
     return count
 
 
+def vtest_frames(start: int, stop: int):
+    """Frames ``start..stop-1`` of the sample video ``vtest.avi`` as RGB ``Frame``s."""
+    import av
+    from beam_pipelines.home import media_dir
+    uri = os.path.join(media_dir(), "vtest.avi")
+    frames = []
+    with av.open(uri) as container:
+        for i, f in enumerate(container.decode(video=0)):
+            if i >= stop:
+                break
+            if i >= start:
+                pixels = f.to_ndarray(format="rgb24")
+                frames.append(Frame(make_frame_id(uri, i), uri, i, i / 10.0, pixels.shape[1], pixels.shape[0],
+                                    "video", f"v{i}", pixels))
+    return frames
+
+
+def run_detect_pipeline(count, threads, chunk=25) -> int:
+    """NanoDet-g through ``RunInference`` on ``count`` vtest frames decoded in the pipeline."""
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from transforms.score.detectors import DetectorHandler, NanoDetDetector
+    handler = KeyedModelHandler(DetectorHandler(NanoDetDetector(pretrained.detector_path(), flip=False,
+                                                                num_threads=threads)))
+    with beam.Pipeline(options=PipelineOptions(runner="FnApiRunner")) as p:
+        found = (p | beam.Create([(s, min(s + chunk, count)) for s in range(0, count, chunk)])
+                 | "Frames" >> beam.FlatMapTuple(vtest_frames)
+                 | "Key" >> beam.Map(lambda f: (f.frame_id, f.pixels))
+                 | RunInference(handler)
+                 | "Boxes" >> beam.Map(lambda kv: len(kv[1].inference.boxes)))
+        _ = found | beam.combiners.Count.Globally()
+    return count
+
+
+def run_detect_loop(count, threads, chunk=25) -> int:
+    """The same work without Beam: decode, prepare, invoke one LiteRT interpreter, decode boxes."""
+    from ai_edge_litert.interpreter import Interpreter
+    from transforms.score.pretrained import nanodet
+    interpreter = Interpreter(model_path=pretrained.detector_path(), num_threads=threads)
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+    outputs = [d["index"] for d in interpreter.get_output_details()]
+    for start in range(0, count, chunk):
+        for frame in vtest_frames(start, min(start + chunk, count)):
+            interpreter.set_tensor(index, nanodet.prepare(frame.pixels))
+            interpreter.invoke()
+            nanodet.decode([interpreter.get_tensor(i) for i in outputs], frame.width, frame.height)
+    return count
+
+
+def backbone_ms_per_frame(frames, batch_size, threads) -> float:
+    """Milliseconds per frame of EfficientNet-Lite0 (LiteRT) on prepared 224x224 inputs."""
+    import time
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=pretrained.backbone_path(), num_threads=threads)
+    index = interpreter.get_input_details()[0]["index"]
+    x = np.stack([prepare_input(f.pixels, (224, 224, 3)) for f in frames[:batch_size]])
+    interpreter.resize_tensor_input(index, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()  # warm up
+    started = time.perf_counter()
+    rounds = max(1, len(frames) // batch_size)
+    for _ in range(rounds):
+        interpreter.set_tensor(index, x)
+        interpreter.invoke()
+    return (time.perf_counter() - started) * 1000 / (rounds * len(x))
+
+
+def detect_figures(frames: int, batch_size: int, repeats: int, threads: int) -> dict:
+    """``detect_ratio`` and the two models' ms per frame (see the module docstring)."""
+    if not (os.path.isfile(pretrained.detector_path()) and os.path.isfile(pretrained.backbone_path())):
+        print(f"pretrained models missing in {pretrained.models_dir()}: run scripts/setup.sh")
+        return {}
+    run_detect_loop(5, threads)  # warm up
+    rates = interleaved_rates({"detect_pipeline": lambda: run_detect_pipeline(frames, threads),
+                               "detect_loop": lambda: run_detect_loop(frames, threads)}, repeats)
+    median = {side: statistics.median(values) for side, values in rates.items()}
+    for side, values in rates.items():
+        print(f"{side:16s} median {median[side]:6.2f} frames/s  rounds {[round(v, 2) for v in values]}")
+    return {
+        "detect_frames": frames, "threads": threads,
+        "detect_pipeline_frames_per_s": round(median["detect_pipeline"], 2),
+        "detect_loop_frames_per_s": round(median["detect_loop"], 2),
+        "detect_ratio": round(median["detect_pipeline"] / median["detect_loop"], 3),
+        "detector_ms_per_frame": round(1000 / median["detect_loop"], 1),
+        "backbone_ms_per_frame": round(backbone_ms_per_frame(vtest_frames(0, 2 * batch_size), batch_size,
+                                                             threads), 1),
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=30000)
@@ -88,8 +191,15 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mc_passes", type=int, default=10)
     parser.add_argument("--mc_images", type=int, default=1000, help="images for the MC-dropout sides")
+    parser.add_argument("--detect_frames", type=int, default=150, help="vtest.avi frames for the detector sides")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="LiteRT interpreter threads")
+    parser.add_argument("--only", choices=("all", "detect"), default="all")
     args = parser.parse_args(argv)
     os.environ.setdefault("NO_GCE_CHECK", "true")
+    detect = detect_figures(args.detect_frames, args.batch_size, args.repeats, args.threads)
+    if args.only == "detect":
+        print_result(dict({"benchmark": "inference", "repeats": args.repeats}, **detect))
+        return
 
     spec = load_model_spec()
     mc_spec = load_model_spec(mc_passes=args.mc_passes)
@@ -125,6 +235,7 @@ def main(argv=None):
         "loop_images_per_s_by_batch_size": {str(k): round(v, 1) for k, v in batch_rates.items()},
         "best_batch_size": max(batch_rates, key=batch_rates.get),
         "peak_rss_mb": round(rss.peak_mb, 1),
+        **detect,
     })
 
 

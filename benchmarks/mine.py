@@ -98,10 +98,10 @@ def _run(argv, env) -> tuple:
     return seconds, peak_mb, out
 
 
-def _job_argv(globs, mongo_uri, database, output_dir, workers, batch_size):
+def _job_argv(globs, mongo_uri, database, output_dir, workers, batch_size, video_fps=0.0):
     argv = [sys.executable, "-m", "beam_pipelines.mine", "--input", ",".join(globs),
             "--mongo_uri", mongo_uri, "--mongo_database", database, "--output_dir", output_dir,
-            "--video_fps", "0", "--video_split_seconds", str(SPLIT_SECONDS), "--budget", "50"]
+            "--video_fps", f"{video_fps:g}", "--video_split_seconds", str(SPLIT_SECONDS), "--budget", "50"]
     if workers > 1:
         argv += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
     return argv
@@ -176,6 +176,12 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST PNGs in the media.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=64, help="The job's largest inference batch.")
+    parser.add_argument("--default_models", action="store_true",
+                        help="Run the job with its default models (NanoDet-g + EfficientNet-Lite0, "
+                             "converted by set-up) on one and two workers, videos at --video_fps; "
+                             "no loop side (its baseline runs the small model).")
+    parser.add_argument("--video_fps", type=float, default=2.0,
+                        help="Video sampling of the --default_models run (0: every frame).")
     parser.add_argument("--loop", nargs=3, metavar=("GLOBS_JSON", "MONGO_URI", "DATABASE"),
                         help=argparse.SUPPRESS)  # internal: run the baseline side in this process
     args = parser.parse_args(argv)
@@ -188,11 +194,15 @@ def main(argv=None):
     import pymongo
     work = tempfile.mkdtemp(prefix="activebeam-bench-mine-")
     env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3")
+    if not args.default_models:
+        env["ACTIVEBEAM_DEFAULT_MODEL"] = "fashion_mnist"  # the loop baseline runs that model
+    sides = ("job_1", "job_2") if args.default_models else ("job_1", "job_2", "loop")
+    video_fps = args.video_fps if args.default_models else 0.0
     try:
         globs = prepare_media(os.path.join(work, "media"), args.images)
         with LocalMongoD(os.path.join(work, "mongo")) as mongo:
             client = pymongo.MongoClient(mongo.uri)
-            seconds = {"job_1": [], "job_2": [], "loop": []}
+            seconds = {side: [] for side in sides}
             frames = {}
             peak_rss = []
             for round_ in range(args.repeats):
@@ -205,7 +215,7 @@ def main(argv=None):
                     else:
                         out_dir = os.path.join(work, f"out-{side}-{round_}")
                         argv = _job_argv(globs, mongo.uri, database, out_dir,
-                                         1 if side == "job_1" else 2, args.batch_size)
+                                         1 if side == "job_1" else 2, args.batch_size, video_fps)
                     wall, peak_mb, _ = _run(argv, env)
                     seconds[side].append(wall)
                     frames[side] = client[database]["frames"].count_documents({})
@@ -219,8 +229,19 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     if len(set(frames.values())) != 1:
         raise RuntimeError(f"the sides wrote different numbers of frames: {frames}")
-    n = frames["loop"]
+    n = frames["job_1"]
     rate = {side: n / statistics.median(s) for side, s in seconds.items()}
+    if args.default_models:
+        print_result({
+            "models": "default (NanoDet-g + EfficientNet-Lite0)", "frames": n, "rounds": args.repeats,
+            "video_fps": video_fps,
+            "frames_per_s_1_worker": round(rate["job_1"], 2),
+            "frames_per_s_2_workers": round(rate["job_2"], 2),
+            "two_worker_speedup": round(rate["job_2"] / rate["job_1"], 3),
+            "peak_rss_mb_per_worker": round(max(peak_rss), 0),
+            "seconds": {side: [round(x, 1) for x in s] for side, s in seconds.items()},
+        })
+        return
     print_result({
         "frames": n,
         "rounds": args.repeats,

@@ -131,7 +131,8 @@ def main(argv=None):
     warm, latency_pngs, burst_pngs = pngs[0], pngs[1:1 + latency_n], pngs[1 + latency_n:]
     try:
         with LocalMongoD(os.path.join(work, "mongo")) as mongo, gcs_emulator(BUCKET) as bucket, pubsub_emulator():
-            env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3")
+            env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3",
+                       ACTIVEBEAM_DEFAULT_MODEL="fashion_mnist")  # its baseline runs that model
             uploader = Uploader(bucket, PROJECT, "uploads")
             client = pymongo.MongoClient(mongo.uri)
             watcher = _IndexWatcher(client["bench_stream"]["frames"])

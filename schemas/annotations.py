@@ -21,6 +21,15 @@ ANNOTATION_FIELDS = (
     Field("annotator", "STRING", "REQUIRED", "Who (or which tool) labelled the frame."),
     Field("selection_id", "STRING", "NULLABLE", "The selection that proposed the frame, if any."),
     Field("annotated_at", "TIMESTAMP", "REQUIRED", "When the label was given (UTC); the BigQuery partitioning column."),
+    # Filled by `annotate import` (Label Studio); appended last, as BigQuery adds columns at the end.
+    Field("boxes", "STRING", "NULLABLE", "Detection: JSON list of {label, box: [x1, y1, x2, y2]} in pixels of the decoded frame; null for classification."),
+    Field("label_project", "STRING", "NULLABLE", "Label Studio project the label came from."),
+    Field("label_task_id", "INT64", "NULLABLE", "Label Studio task id."),
+    Field("label_annotation_id", "INT64", "NULLABLE", "Label Studio annotation id."),
+    Field("model_version", "STRING", "NULLABLE", "Model (name@version) whose pre-annotation the annotator saw, if any."),
+    Field("lead_time_s", "FLOAT64", "NULLABLE", "Seconds the annotator spent on the task (Label Studio lead time)."),
+    Field("updated_at", "TIMESTAMP", "NULLABLE", "When the annotation was last changed in the annotation tool (UTC)."),
+    Field("imported_at", "TIMESTAMP", "NULLABLE", "When activebeam imported it (UTC)."),
 )
 
 

@@ -4,11 +4,12 @@
 MongoDB indexes are derived from it, and :func:`to_mongo_document` / :func:`to_bigquery_row` are
 the only places that turn a :class:`~schemas.records.FrameRecord` into stored form.
 """
+import json
 from typing import List, NamedTuple
 
 import numpy as np
 
-from schemas.records import FrameMetadata, FrameRecord, ModelVersion
+from schemas.records import Detection, FrameMetadata, FrameRecord, ModelVersion
 from transforms.score import registry as score_registry
 
 DEFAULT_DATABASE = "activebeam"
@@ -51,7 +52,14 @@ FRAME_FIELDS = (
     # Streaming (appended last: BigQuery adds columns at the end of an existing table).
     Field("event_time", "FLOAT64", "NULLABLE", "Streaming: capture time the frame was windowed by, seconds since the epoch (UTC); null in batch."),
     Field("event_time_source", "STRING", "NULLABLE", "Streaming: where event_time came from: 'exif', 'container' (creation_time + presentation time), 'notification' (the object's timeCreated) or 'mtime'."),
+    # Detector and near-duplicates (appended last, as above).
+    Field("detections", "STRING", "NULLABLE", "The detector's boxes, best first, as a JSON list of {label, class_id, score, box: [x1, y1, x2, y2]} (pixels of the decoded frame); in MongoDB the list itself. Null when no detector ran."),
+    Field("detector_name", "STRING", "NULLABLE", "Name of the detector model (file name); null when none ran."),
+    Field("detector_version", "STRING", "NULLABLE", "sha256 of the detector model file, first 16 hex digits."),
+    Field("duplicate_group", "STRING", "NULLABLE", "frame_id of the representative of the frame's near-duplicate group (embedding cosine similarity >= the run's near_duplicate_similarity; the representative, the group's smallest frame_id, stays eligible for candidates, the others are excluded); null if the frame has no near-duplicate."),
 )
+#: What MongoDB holds for ``detections``: the list itself (BigQuery: its JSON text).
+DETECTIONS_DOCUMENT = Field("detections", "STRING", "REPEATED", "The detector's boxes, best first: {label, class_id, score, box: [x1, y1, x2, y2]} in pixels of the decoded frame.")
 
 
 class IndexSpec(NamedTuple):
@@ -88,7 +96,20 @@ def to_mongo_document(record: FrameRecord) -> dict:
     doc["scores"] = {name: float(getattr(record, name)) for name in SCORE_NAMES}
     doc["scores"].update(_extra_scores(record))
     doc["model"] = record.model._asdict()
+    _detector_columns(record, doc)
+    if record.detector is not None:
+        doc["model"].update(detector_name=doc.pop("detector_name"), detector_version=doc.pop("detector_version"))
+        doc["detections"] = [d.to_json_dict() for d in record.detections]
     return doc
+
+
+def _detector_columns(record: FrameRecord, columns: dict) -> None:
+    """Detector name and version (when one ran) and the near-duplicate group (always: a rerun
+    that finds the frame no longer in a group clears it)."""
+    columns["duplicate_group"] = record.duplicate_group
+    if record.detector is not None:
+        columns["detector_name"] = record.detector.name
+        columns["detector_version"] = record.detector.version
 
 
 def to_bigquery_row(record: FrameRecord) -> dict:
@@ -100,6 +121,9 @@ def to_bigquery_row(record: FrameRecord) -> dict:
     row["model_version"] = record.model.version
     row.update({name: float(getattr(record, name)) for name in SCORE_NAMES})
     row.update(_extra_scores(record))
+    _detector_columns(record, row)
+    if record.detector is not None:
+        row["detections"] = json.dumps([d.to_json_dict() for d in record.detections])
     return row
 
 
@@ -123,4 +147,9 @@ def from_mongo_document(doc: dict) -> FrameRecord:
         entropy=float(scores["entropy"]), margin=float(scores["margin"]),
         least_confidence=float(scores["least_confidence"]),
         model=ModelVersion(**{k: (doc.get("model") or {}).get(k) for k in ModelVersion._fields}),
-        extra_scores=extra)
+        extra_scores=extra,
+        detections=tuple(Detection(d["label"], int(d["class_id"]), float(d["score"]), tuple(d["box"]))
+                         for d in doc.get("detections") or ()),
+        detector=(ModelVersion(model["detector_name"], model.get("detector_version") or "", "")
+                  if (model := doc.get("model") or {}).get("detector_name") else None),
+        duplicate_group=doc.get("duplicate_group"))

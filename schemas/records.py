@@ -21,6 +21,8 @@ STAGE_BIGQUERY = "bigquery"
 STAGE_CANDIDATES = "candidates"
 STAGE_NOTIFICATION = "notification"  # streaming: a Pub/Sub message that is not a usable notification
 STAGE_WINDOW = "window"  # streaming: a frame later than its window's allowed lateness
+STAGE_LABEL_EXPORT = "label_export"  # annotate export: a frame whose picture or task could not be made
+STAGE_LABEL_IMPORT = "label_import"  # annotate import: a malformed, orphaned or skipped annotation
 #: Tag of the dead-letter output of every DoFn: ``beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(...))``.
 DEAD_LETTER_TAG = "dead_letter"
 #: Longest ``DeadLetter.error`` written by the stores (server messages can be long).
@@ -104,6 +106,20 @@ class ModelVersion(NamedTuple):
     embedding_layer: str
 
 
+class Detection(NamedTuple):
+    """One object a detector found in a frame: ``label`` (e.g. COCO's ``"person"``), its
+    ``class_id`` in the detector's class list, the detector's confidence ``score`` in [0, 1], and
+    ``box`` ``(x1, y1, x2, y2)`` in pixels of the decoded frame (floats, x to the right, y down)."""
+    label: str
+    class_id: int
+    score: float
+    box: Tuple[float, float, float, float]
+
+    def to_json_dict(self) -> dict:
+        return {"label": self.label, "class_id": int(self.class_id), "score": float(self.score),
+                "box": [float(v) for v in self.box]}
+
+
 class FrameRecord(NamedTuple):
     """A frame's metadata with the model's output, as indexed and sampled.
 
@@ -113,7 +129,13 @@ class FrameRecord(NamedTuple):
     uncertain), ``least_confidence`` = 1 - p(1st). ``extra_scores``: further scores as sorted
     ``(name, value)`` pairs (names in :data:`schemas.frames.EXTRA_SCORE_NAMES`, e.g. ``ratio``,
     ``entropy_normalised``, ``bald``, ``uniqueness``, ``detection_max``); a score that was not
-    computed is absent.
+    computed is absent. ``detections``: the boxes of the detector (if one ran), best first;
+    ``detector``: which detector (``None`` if none ran). ``duplicate_group``: the ``frame_id`` of
+    the representative of the frame's near-duplicate group (the representative itself included),
+    ``None`` for a frame with no near-duplicate or when groups were not computed.
+    ``object_embedding``: float32 ``(D,)``, the mean of the unit-normalised embeddings of the
+    frame's object crops (``ScoreFrames(objects=True)``; ``None`` without objects); used by
+    selection, not stored.
     """
     frame: FrameMetadata
     embedding: np.ndarray
@@ -124,6 +146,10 @@ class FrameRecord(NamedTuple):
     least_confidence: float
     model: ModelVersion
     extra_scores: Tuple[Tuple[str, float], ...] = ()
+    detections: Tuple[Detection, ...] = ()
+    detector: Optional[ModelVersion] = None
+    duplicate_group: Optional[str] = None
+    object_embedding: Optional[np.ndarray] = None
 
 
 class Candidate(NamedTuple):

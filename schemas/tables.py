@@ -19,7 +19,7 @@ import datetime
 import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from schemas import annotations, arrivals, candidates, frames, runs
+from schemas import annotations, arrivals, candidates, frames, labelling, runs
 from schemas.frames import Field, IndexSpec
 
 # BigQuery type -> BSON type(s) of the value the writers store ("number" = int, long, double, decimal).
@@ -70,8 +70,10 @@ def frames_table() -> TableSpec:
         name=frames.FRAMES_COLLECTION, fields=tuple(frames.FRAME_FIELDS) + (INDEXED_AT,),
         id_field="frame_id", mongo_indexes=tuple(frames.MONGO_INDEXES) + (
             IndexSpec(((INDEXED_AT.name, 1),), INDEXED_AT.name),),
-        mongo_paths=dict(scores, model_name="model.name", model_version="model.version"),
-        mongo_only=(PROBABILITIES,), ingest_time_field=INDEXED_AT.name,
+        mongo_paths=dict(scores, model_name="model.name", model_version="model.version",
+                         detector_name="model.detector_name", detector_version="model.detector_version"),
+        # detections: JSON text in BigQuery, the list itself in MongoDB (this entry wins there).
+        mongo_only=(PROBABILITIES, frames.DETECTIONS_DOCUMENT), ingest_time_field=INDEXED_AT.name,
         partition_field=INDEXED_AT.name, clustering=("source_uri", "model_version"))
 
 
@@ -94,7 +96,7 @@ def annotations_table() -> TableSpec:
             IndexSpec((("frame_id", 1), ("task", 1), ("annotator", 1)), "frame_id_task_annotator", unique=True),
             IndexSpec((("label", 1),), "label"),
             IndexSpec((("selection_id", 1),), "selection_id")),
-        partition_field="annotated_at", clustering=("task", "label", "source_uri"))
+        ingest_time_field="imported_at", partition_field="annotated_at", clustering=("task", "label", "source_uri"))
 
 
 def runs_table() -> TableSpec:
@@ -114,9 +116,36 @@ def arrivals_table() -> TableSpec:
         partition_field="claimed_at", clustering=("input", "status"))
 
 
+def label_tasks_table() -> TableSpec:
+    """Tasks sent to annotators and their QC status (:mod:`schemas.labelling`)."""
+    return TableSpec(
+        name=labelling.LABEL_TASKS_COLLECTION, fields=labelling.LABEL_TASK_FIELDS, id_field="label_task_key",
+        mongo_indexes=(IndexSpec((("project", 1), ("frame_id", 1)), "project_frame_id", unique=True),
+                       IndexSpec((("frame_id", 1),), "frame_id"),
+                       IndexSpec((("selection_id", 1), ("status", 1)), "selection_id_status")),
+        ingest_time_field="exported_at", partition_field="exported_at", clustering=("project", "status"))
+
+
+def qc_reports_table() -> TableSpec:
+    """Per-annotator and per-batch QC figures (:mod:`schemas.labelling`)."""
+    return TableSpec(
+        name=labelling.QC_REPORTS_COLLECTION, fields=labelling.QC_REPORT_FIELDS, id_field="qc_row_id",
+        mongo_indexes=(IndexSpec((("project", 1), ("created_at", -1)), "project_created_at"),),
+        partition_field="created_at", clustering=("project", "scope"))
+
+
+def retrain_triggers_table() -> TableSpec:
+    """Retraining triggers (:mod:`schemas.labelling`)."""
+    return TableSpec(
+        name=labelling.RETRAIN_TRIGGERS_COLLECTION, fields=labelling.RETRAIN_TRIGGER_FIELDS, id_field="trigger_id",
+        mongo_indexes=(IndexSpec((("project", 1), ("created_at", -1)), "project_created_at"),),
+        partition_field="created_at", clustering=("project",))
+
+
 def all_tables() -> Dict[str, TableSpec]:
     """Every table activebeam writes, by name (built on call, so extended field lists are seen)."""
-    specs = (frames_table(), candidates_table(), annotations_table(), runs_table(), arrivals_table())
+    specs = (frames_table(), candidates_table(), annotations_table(), runs_table(), arrivals_table(),
+             label_tasks_table(), qc_reports_table(), retrain_triggers_table())
     return {spec.name: spec for spec in specs}
 
 

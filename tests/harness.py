@@ -16,6 +16,10 @@ import sys
 import tempfile
 
 os.environ.setdefault("NO_GCE_CHECK", "true")
+# The one pin of the small model: every `mine` job a test starts (in-process or as a child
+# process) defaults to the bundled Fashion-MNIST CNN without a detector, so tests of stores,
+# hardening, streaming... stay fast; tests of the pretrained models use `pretrained_defaults()`.
+os.environ.setdefault("ACTIVEBEAM_DEFAULT_MODEL", "fashion_mnist")
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
@@ -29,6 +33,18 @@ BIGQUERY_PROJECT = "activebeam-test"
 
 
 _CREATED_DIRS = []
+
+
+@contextlib.contextmanager
+def pretrained_defaults():
+    """Within the block, ``mine`` jobs default to the converted EfficientNet-Lite0 and NanoDet-g
+    (:func:`transforms.score.pretrained.default_models`) instead of the pinned small model."""
+    saved = os.environ.pop("ACTIVEBEAM_DEFAULT_MODEL", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["ACTIVEBEAM_DEFAULT_MODEL"] = saved
 
 
 def tmpdir(prefix="activebeam-test-") -> str:

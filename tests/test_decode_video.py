@@ -23,10 +23,10 @@ def _ffmpeg(*args):
 @pytest.fixture(scope="module")
 def made():
     """Videos made from the real clips: an H.264 re-encode with 1-second keyframes and B-frames,
-    a two-shot edit (cup then box), an audio-only file and a video stream with no frame."""
+    a two-shot edit (cup then box), an audio-only file and a video stream with no frame, an MPEG-2 program stream."""
     d = harness.tmpdir()
     paths = {name: os.path.join(d, name) for name in
-             ("gop.mp4", "cut.mp4", "audio.m4a", "empty.mkv")}
+             ("gop.mp4", "cut.mp4", "audio.m4a", "empty.mkv", "program.mpg")}
     _ffmpeg("-i", harness.media("vtest.avi"), "-t", "12", "-c:v", "libx264", "-preset", "ultrafast",
             "-g", "10", "-bf", "2", "-pix_fmt", "yuv420p", paths["gop.mp4"])
     _ffmpeg("-i", harness.media("cup.mp4"), "-i", harness.media("box.mp4"), "-filter_complex",
@@ -34,6 +34,8 @@ def made():
             "[1:v]trim=0:2,setpts=PTS-STARTPTS,scale=320:240[b];[a][b]concat=n=2:v=1[v]",
             "-map", "[v]", "-r", "25", "-c:v", "libx264", "-preset", "ultrafast", "-g", "250",
             paths["cut.mp4"])
+    # An MPEG-2 program stream (DVR cameras): no index, seeking lands by estimated byte position.
+    _ffmpeg("-i", harness.media("vtest.avi"), "-t", "6", "-c:v", "mpeg2video", paths["program.mpg"])
     _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=2", paths["audio.m4a"])
     _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", "-f", "lavfi", "-i", "color=c=red:s=64x64:d=1",
             "-map", "0", "-map", "1", "-frames:v", "0", "-c:v", "mpeg4", paths["empty.mkv"])
@@ -76,7 +78,7 @@ def test_ranges_partition_the_frames_and_start_on_keyframes(made, split_seconds)
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=lambda s: f"{s.mode}-{s.fps}-{s.every_n}")
-@pytest.mark.parametrize("name", ["gop.mp4", "cup.mp4", "box.mp4"])
+@pytest.mark.parametrize("name", ["gop.mp4", "cup.mp4", "box.mp4", "program.mpg"])
 def test_split_decoding_equals_whole_decoding_and_full_decode(made, name, sampling):
     """No frame lost or doubled at a range boundary, and frames sampled with skipped decoding
     are pixel-identical to the same frames of a full decode."""

@@ -27,6 +27,15 @@ def test_box_uncertainty_and_aggregates():
                      "detection_uncertain_count": 0.0, "detection_count": 0.0}
 
 
+def test_describe_objects_counts_labels_and_uncertain_boxes():
+    from transforms.score.detection import describe_objects
+    boxes = [{"label": "person", "score": s} for s in (0.9, 0.3, 0.45, 0.8)] + [
+        {"label": "car", "score": 0.7}, {"label": "bus", "score": 0.2}, {"label": "car", "score": 0.5}]
+    assert describe_objects(boxes) == "person 4 (2 below 0.5), car 2, bus 1 (1 below 0.5)"
+    assert describe_objects(boxes, confident=0.8) == "person 4 (2 below 0.8), car 2 (2 below 0.8), bus 1 (1 below 0.8)"
+    assert describe_objects([]) == ""
+
+
 def test_invalid_confidences_and_band():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         box_uncertainty([1.2])
@@ -59,8 +68,9 @@ def test_detector_finds_pedestrians_in_vtest(background_file):
     confidences = np.concatenate([d.confidences for d in found])
     assert np.all((confidences >= 0.5) & (confidences <= 1.0))  # above threshold: c >= 0.5
     # Pedestrians: most boxes are taller than wide, tens of pixels high, inside the frame.
-    assert np.median(boxes[:, 3] / boxes[:, 2]) > 1.3
-    assert np.all(boxes[:, 0] + boxes[:, 2] <= 768) and np.all(boxes[:, 1] + boxes[:, 3] <= 576)
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert np.median(height / width) > 1.3
+    assert np.all(boxes[:, 2] <= 768) and np.all(boxes[:, 3] <= 576)
     with pytest.raises(ValueError, match="does not match the background"):
         detector.detect(np.zeros((28, 28, 3), np.uint8))
 

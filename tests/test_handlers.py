@@ -256,3 +256,22 @@ def test_keras_files_are_read_without_tensorflow_as_keras_loads_them(tmp_path):
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_worker_processes_share_the_cpus_between_their_interpreters(monkeypatch):
+    """A local run with N worker processes gives each interpreter CPUs // N threads for the run."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_pipelines.mine import _cpus_shared_between_workers
+    from transforms.score.handlers import INFERENCE_THREADS_ENV, inference_threads
+    monkeypatch.delenv(INFERENCE_THREADS_ENV, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert inference_threads() == 8
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=4"])
+    with _cpus_shared_between_workers(options):
+        assert os.environ[INFERENCE_THREADS_ENV] == "2" and inference_threads() == 2
+    assert INFERENCE_THREADS_ENV not in os.environ and inference_threads() == 8
+    with _cpus_shared_between_workers(PipelineOptions([])):  # one process: every CPU
+        assert inference_threads() == 8
+    monkeypatch.setenv(INFERENCE_THREADS_ENV, "3")  # the user's value wins
+    with _cpus_shared_between_workers(options):
+        assert inference_threads() == 3

@@ -112,7 +112,7 @@ BAD_OPTIONS = [
      "'n_clusters'; it takes no parameters"),
     (["--strategy=cluster_margin", '--strategy_params={"n_clusters": -3}'], "n_clusters must be >= 1, got -3"),
     (["--strategy=coreset", '--strategy_params={"balance_key": "site"}'],
-     "balance_key must be one of source, camera, predicted_class, got 'site'"),
+     "balance_key must be one of source, camera, predicted_class, detected_class, got 'site'"),
     (["--strategy=combined", '--strategy_params={"strengths": {"beauty": 1}}'],
      "--strategy_params strengths names an unknown score 'beauty'"),
     (["--strategy=combined", '--strategy_params={"strengths": {"bald": 1}}'], "needs MC-dropout samples"),

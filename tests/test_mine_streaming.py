@@ -451,7 +451,7 @@ def test_watched_folder_model_switch_and_restart(mongo):
     def switched():
         run = db.runs.find_one({"inputs": pattern, "status": "running", "counts": {"$ne": None}})
         return run and json.loads(run["counts"])["feed"]["model_switches"] == 1
-    _wait(switched, 60, "the job to see the new model", first)
+    _wait(switched, 150, "the job to see the new model", first)  # loading it takes long on a loaded machine
     time.sleep(2.5)  # files read from the next intake window on are scored by it
     later = [add(f"after-model{i}.png", _png(270 + i)) for i in range(2)]
     _wait(lambda: db.frames.count_documents({"source_uri": {"$in": later}}) == 2, 60, "frames after the switch", first)
@@ -526,10 +526,11 @@ def test_a_missing_subscription_is_a_store_error(mongo, pubsub_host):
     out = harness.tmpdir("no-subscription-")
     done = subprocess.run(
         [sys.executable, "-m", "beam_pipelines.mine", f"--input_subscription=projects/{PROJECT}/subscriptions/nope",
-         f"--mongo_uri={mongo.uri}", f"--output_dir={out}"],
+         f"--mongo_uri={mongo.uri}", f"--output_dir={out}", "--direct_num_workers=2"],
         cwd=harness.CHECKOUT, env=dict(os.environ, NO_GCE_CHECK="true", PYTHONPATH=harness.CHECKOUT),
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr[-2000:]
+    assert "streaming on the local runner runs in one process" in done.stderr  # not silently ignored
     assert done.stderr.strip().splitlines()[-1].startswith("mine: error: --input_subscription projects/")
     assert "does not exist" in done.stderr
 

@@ -199,6 +199,8 @@ def test_boxes_are_drawn_from_detections(run):
     box = np.array(report_frames.BOX_COLOUR)
     assert np.abs(full[200, 99:102].astype(int) - box).max(axis=1).min() < 60  # left edge
     assert np.abs(full[250, 300].astype(int) - box).max() > 60  # inside: the photo
+    with open(os.path.join(report_dir, "data.js")) as f:
+        assert '"objects": "palace 1"' in f.read().replace('":"', '": "')  # the card says what it shows
 
 
 def test_report_failure_does_not_fail_the_run(tmp_path, caplog):

@@ -15,6 +15,9 @@ from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB, upsert
 
 RECORDS = ([frame_record("gs://b/cam1/a.mp4", i, timestamp_s=float(i)) for i in range(5)]
            + [frame_record("gs://b/cam1/b.png"), frame_record("gs://b/cam2/c.png")])
+# Frames 1 and 2 of a.mp4 and c.png are near-duplicates; frame 1 represents them.
+GROUP = RECORDS[1].frame.frame_id
+RECORDS = [r._replace(duplicate_group=GROUP) if i in (1, 2, 6) else r for i, r in enumerate(RECORDS)]
 SELECTIONS = {"sel-1": RECORDS[:3], "sel-2": RECORDS[4:6]}
 LABELS = [(RECORDS[0], "coat", "ann"), (RECORDS[1], "coat", "ann"), (RECORDS[0], "coat", "bob"),
           (RECORDS[5], "bag", "ann")]
@@ -54,6 +57,9 @@ def expected(today):
         "annotations_per_label": [
             {"task": "classification", "label": "coat", "annotations": 3, "frames": 2},
             {"task": "classification", "label": "bag", "annotations": 1, "frames": 1}],
+        "labelling_funnel": [],  # nothing sent to annotators (tests/test_annotate.py fills them)
+        "qc_per_annotator": [],
+        "near_duplicates": [{"duplicate_group": GROUP, "frames": 3, "sources": 2}],
     }
 
 

@@ -92,6 +92,34 @@ def test_mongod_killed_mid_write_then_rerun_holds_exactly_the_documents(records)
         _assert_exactly(collection, records)
 
 
+def test_mongod_dead_costs_one_batch_of_retries_then_writes_fail_at_once_until_it_is_back():
+    from schemas import tables
+    from schemas.frames import to_mongo_document
+    from transforms.index.mongodb_client import MongoUpserter
+    docs = [to_mongo_document(frame_record(f"file:///cam/dead/{i}.png")) for i in range(30)]
+    with harness.mongod() as server, MongoUpserter(
+            server.uri, "breaker", tables.frames_table(), max_attempts=3, base_delay_s=0.05,
+            server_selection_timeout_ms=300, unreachable_cooldown_s=2.0) as upserter:
+        assert upserter.upsert(docs[:10]).failures == []
+        server.stop()
+        started = time.monotonic()
+        first = upserter.upsert(docs[10:20])  # every attempt waits for a server
+        retried_s = time.monotonic() - started
+        assert [f.document["_id"] for f in first.failures] == [d["_id"] for d in docs[10:20]]
+        assert first.retries == 2 and retried_s >= 0.9
+        started = time.monotonic()
+        second = upserter.upsert(docs[20:])  # the breaker is open: no attempt
+        assert time.monotonic() - started < 0.2
+        assert len(second.failures) == 10 and second.written_ids == []
+        assert "MongoDB unreachable since" in second.failures[0].reason
+        server.start()
+        time.sleep(2.1)  # past the cool-down: one probe, which succeeds and closes the breaker
+        assert upserter.upsert(docs[10:]).failures == []
+        assert upserter.upsert(docs[:1]).failures == []
+        collection = pymongo.MongoClient(server.uri)["breaker"]["frames"]
+        assert sorted(collection.distinct("_id")) == sorted(d["_id"] for d in docs)
+
+
 def test_bigquery_unreachable_fails_the_job_clearly():
     records = [frame_record(f"file:///cam/{i}.png") for i in range(3)]
     port = harness.free_port()

@@ -5,6 +5,8 @@
   via ``RunInference``; uncertainty, Bayesian and detection scores), ``ScoreNovelty`` (uniqueness).
 * :mod:`transforms.index`: **IndexInMongoDB** / **IndexInBigQuery**: the frame and candidate writers.
 * :mod:`transforms.select`: **SelectCandidates**: sampler strategies, distributed and per window.
+* :mod:`transforms.annotate`: **Annotate**: ``ExportToLabelStudio``, ``NormaliseAnnotations``,
+  ``WriteTrainingSet`` (the labelling loop with Label Studio), vendor QC and training sets.
 * :mod:`transforms.common`: files, result files, redaction, emulators.
 
 Each subpackage keeps its pure modules (numpy, OpenCV, PyAV, faiss, store clients; no Beam) apart

@@ -62,6 +62,10 @@
     row(table, "predicted class", c.cls);
     if (c.dup > 1) { row(table, "identical frames", c.dup); }
     if (c.boxes) { row(table, "boxes", c.boxes); }
+    if (c.objects) {
+      var objects = el("div", "objects", c.objects);
+      div.insertBefore(objects, src.nextSibling);
+    }
     div.appendChild(table);
     return div;
   }

@@ -436,6 +436,15 @@ class RangeDecoder:
         if video_range.range_index == 0:
             return video_range.keyframe_pts[0] if video_range.keyframe_pts else video_range.start_pts
         container.seek(video_range.start_pts, stream=stream, backward=True, any_frame=False)
+        # Containers without an index (MPEG program streams, raw elementary streams) seek by
+        # estimated byte position and can land after the range's first keyframe: then every
+        # frame of the range would be missed. Check the first packet; if it is past the start,
+        # demux from the beginning of the file instead (slower, but no frame is lost).
+        first = next((p for p in container.demux(stream) if p.pts is not None and _is_frame_packet(p)), None)
+        if first is not None and first.pts <= video_range.start_pts:
+            container.seek(video_range.start_pts, stream=stream, backward=True, any_frame=False)
+        else:
+            container.seek(0, backward=True, any_frame=False)
         return None
 
     def _demux(self, container, stream, group: Optional[int]) -> Iterator[VideoFrame]:

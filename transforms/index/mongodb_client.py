@@ -38,6 +38,11 @@ TRANSIENT_ERROR_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 1
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 30000
 
 
+#: After a batch failed every attempt because no server answered, later batches of the same
+#: upserter fail at once (dead letters) for this many seconds, then one attempt probes the server
+#: again: a server that died mid-run costs one batch's retries, not every batch's.
+DEFAULT_UNREACHABLE_COOLDOWN_S = 60.0
+
 #: ``NamespaceExists``: a ``create`` raced by another client that created the collection first.
 NAMESPACE_EXISTS = 48
 #: ``IndexBuildAlreadyInProgress``: another client is building the same index; waited out.
@@ -67,6 +72,14 @@ def _upsert_operation(doc: dict, ingest_time_field: Optional[str], now):
     return UpdateOne({"_id": doc["_id"]}, update, upsert=True)
 
 
+def _no_server_answered(error) -> bool:
+    """Whether ``error`` means no server could be reached (not one that answered with an error
+    code, which :meth:`MongoUpserter._bulk_write` raises as ``AutoReconnect`` to retry it)."""
+    from pymongo import errors
+    return (isinstance(error, errors.ConnectionFailure)
+            and not isinstance(error.__cause__, errors.OperationFailure))
+
+
 class MongoUpserter:
     r"""Bulk ``$set`` upserts by ``_id`` into the collection of a :class:`~schemas.tables.TableSpec`.
 
@@ -92,13 +105,19 @@ class MongoUpserter:
         First backoff delay in seconds.
     server_selection_timeout_ms : int
         How long a write waits for a reachable server; a ``serverSelectionTimeoutMS`` in the URI wins.
+    unreachable_cooldown_s : float
+        Circuit breaker (Nygard, *Release It!*, 2007, "Circuit Breaker"): once a batch has failed
+        all ``max_attempts`` because no server could be reached, batches in the next
+        ``unreachable_cooldown_s`` seconds are failures at once, without trying; the first batch
+        after that makes one attempt, and a success closes the breaker again.
 
     Use it as a context manager, or call :meth:`open` and :meth:`close`.
     """
 
     def __init__(self, uri: str, database: str, table: tables.TableSpec, validate: bool = True,
                  max_attempts: int = 5, base_delay_s: float = 0.5,
-                 server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS):
+                 server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS,
+                 unreachable_cooldown_s: float = DEFAULT_UNREACHABLE_COOLDOWN_S):
         if not uri:
             raise ValueError("uri must be a MongoDB connection string")
         if max_attempts < 1:
@@ -115,6 +134,10 @@ class MongoUpserter:
         self._max_attempts = max_attempts
         self._base_delay_s = base_delay_s
         self._server_selection_timeout_ms = server_selection_timeout_ms
+        if unreachable_cooldown_s < 0:
+            raise ValueError(f"unreachable_cooldown_s must be >= 0, got {unreachable_cooldown_s}")
+        self._unreachable_cooldown_s = unreachable_cooldown_s
+        self._unreachable = None  # (first failure wall time, last attempt monotonic, error) while open
         self._client = None
         self._collection = None
         self._collection_ready = False
@@ -227,9 +250,17 @@ class MongoUpserter:
             raise RuntimeError("MongoUpserter is not open: call open() or use it in a with block")
         documents = list(documents)
         now = datetime.datetime.now(datetime.timezone.utc)
+        if self._unreachable is not None:
+            since, last_try, error = self._unreachable
+            if time.monotonic() - last_try < self._unreachable_cooldown_s:
+                reason = (f"MongoDB unreachable since {since:%Y-%m-%dT%H:%M:%SZ} (an earlier batch "
+                          f"failed all {self._max_attempts} attempts: {error}); not tried again until "
+                          f"{self._unreachable_cooldown_s:g} s after the last attempt")
+                return UpsertResult([], [UpsertFailure(doc, reason) for doc in documents], 0)
         ops = [_upsert_operation(doc, self._ingest_time_field, now) for doc in documents]
         pending, failed, last_error, retries = list(range(len(documents))), {}, None, 0
-        for attempt in range(1, self._max_attempts + 1):
+        attempts = 1 if self._unreachable is not None else self._max_attempts  # half-open: one probe
+        for attempt in range(1, attempts + 1):
             try:
                 retry, lost = self._bulk_write([ops[i] for i in pending])
                 failed.update({pending[i]: reason for i, reason in lost.items()})
@@ -239,15 +270,22 @@ class MongoUpserter:
                 last_error = e
             if not pending:
                 break
-            if attempt < self._max_attempts:
+            if attempt < attempts:
                 retries += 1
                 delay = self._base_delay_s * 2 ** (attempt - 1) * (1 + random.random())
                 _LOG.warning("MongoDB transient error on %d documents (attempt %d/%d), retrying in "
-                             "%.1fs: %s", len(pending), attempt, self._max_attempts, delay,
+                             "%.1fs: %s", len(pending), attempt, attempts, delay,
                              redact_text(str(last_error)))
                 time.sleep(delay)
+        if _no_server_answered(last_error):  # open the breaker (again)
+            since = self._unreachable[0] if self._unreachable else now
+            self._unreachable = (since, time.monotonic(), redact_text(str(last_error))[:200])
+            _LOG.error("MongoDB unreachable: failing writes at once for %g s: %s",
+                       self._unreachable_cooldown_s, self._unreachable[2])
+        else:  # a server answered
+            self._unreachable = None
         for i in pending:
-            failed[i] = f"MongoDB write failed after {self._max_attempts} attempts: {last_error}"
+            failed[i] = f"MongoDB write failed after {attempts} attempts: {last_error}"
         return UpsertResult([doc["_id"] for i, doc in enumerate(documents) if i not in failed],
                             [UpsertFailure(documents[i], failed[i]) for i in sorted(failed)], retries)
 

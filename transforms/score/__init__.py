@@ -2,8 +2,10 @@
 
 Public transforms: :class:`ScoreFrames` (:mod:`.ptransforms`: ``RunInference`` with the handler of
 the model's runtime, :mod:`.handlers`) and :class:`ScoreNovelty` (:mod:`.novelty`: k-NN
-uniqueness over sharded faiss indexes); detectors in :mod:`.detectors`. Pure modules (no Beam;
-enforced by ``//transforms/score:pure_test``):
+uniqueness over sharded faiss indexes, :class:`AddDuplicateGroups`); detectors in :mod:`.detectors`
+(NanoDet-g, the default; :class:`AddClassRarity`); the pretrained models converted at set-up in
+:mod:`.pretrained`. Pure modules (no Beam; enforced by ``//transforms/score:pure_test`` and
+``//transforms/score/pretrained:pretrained_test``):
 
 * :mod:`.registry`: the one registry of score names, their functions and orientation.
 * :mod:`.uncertainty`: least confidence, margin, ratio, entropy, BALD, variation ratios, ...
@@ -16,6 +18,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "ptransforms": ("ScoreFrames", "ScoredFrames", "probability_scores"),
     "handlers": ("ModelSpec", "load_model_spec", "make_handler", "default_model_path",
                  "DEFAULT_MODEL_NAME", "LOGITS", "PROBABILITIES"),
-    "novelty": ("ScoreNovelty", "NoveltyResult"),
-    "detectors": ("DetectorHandler", "BackgroundDifferenceDetector"),
+    "novelty": ("ScoreNovelty", "NoveltyResult", "AddDuplicateGroups"),
+    "detectors": ("DetectorHandler", "NanoDetDetector", "BackgroundDifferenceDetector", "nanodet_handler",
+                  "AddClassRarity"),
 })

@@ -1,47 +1,197 @@
 """Detection uncertainty: per-box confidences aggregated into per-frame scores.
 
 A detector is a Beam ``ModelHandler`` whose inference maps an RGB frame ``uint8 (H, W, 3)`` to
-:class:`Detections` (boxes and confidences in [0, 1]). :class:`~transforms.score.ptransforms.ScoreFrames`
-runs it through ``RunInference`` next to the classifier (``ScoreFrames(spec, detector=...)``)
-and stores the aggregates of :func:`aggregate_detection_scores` in ``FrameRecord.extra_scores``::
+:class:`Detections` (boxes, confidences in [0, 1], classes). :class:`~transforms.score.ptransforms.ScoreFrames`
+runs it through ``RunInference`` next to the embedding model (``ScoreFrames(spec, detector=...)``),
+stores the boxes in ``FrameRecord.detections`` and the aggregates of
+:func:`aggregate_detection_scores` in ``FrameRecord.extra_scores``::
 
-    background = estimate_background("/data/cam1.avi")          # the detector's "weights"
-    np.save("/models/cam1_background.npy", background)
-    scored = frames | ScoreFrames(spec, detector=DetectorHandler(BackgroundDifferenceDetector(
-        "/models/cam1_background.npy")))
+    detector = DetectorHandler(NanoDetDetector(pretrained.detector_path()))   # COCO, 80 classes
+    scored = frames | ScoreFrames(backbone_spec, detector=detector)
 
-The bundled real detector, :class:`BackgroundDifferenceDetector`, finds moving objects (people,
-vehicles) seen by a fixed camera as the regions that differ from an empty-scene background
-image; it runs offline on the sample video ``vtest.avi``. (OpenCV 5, the installed version, no
-longer has the HOG people detector, and no pretrained detector network is installable here.)
-Any other detector (a TFLite/ONNX SSD, ...) plugs in as a ``ModelHandler`` with the same output.
+The default detector is NanoDet-g (:class:`~transforms.score.detectors.NanoDetDetector`, COCO);
+:class:`~transforms.score.detectors.BackgroundDifferenceDetector` (regions that differ from an
+empty-scene background of a fixed camera) stays as a documented example of a detector without
+weights. Any other detector plugs in as an object with ``load()`` and ``detect(pixels)``.
 
-Per-box uncertainty of a confidence ``c`` is ``1 - |2c - 1|`` (1 at c = 0.5, 0 at c in {0, 1});
-the frame scores are its max, mean and sum over boxes and the count of boxes whose confidence
-lies in the uncertain band ``[low, high]``.
+Per-frame scores (all in ``FrameRecord.extra_scores``, names in :data:`DETECTION_SCORES`):
+
+* per-box class uncertainty ``u = 1 - |2c - 1|`` of the box's confidence ``c`` (1 at c = 0.5,
+  0 at c in {0, 1}; the binary "1-vs-2" margin of Brust et al.), aggregated over the frame's boxes
+  as ``detection_max``, ``detection_mean`` and ``detection_sum`` (Brust et al. compare sum,
+  average and max; Haussmann et al. report max and sum as the strongest);
+* ``detection_count`` (boxes) and ``detection_uncertain_count`` (confidence in the band
+  ``[low, high]``);
+* ``detection_localisation``: localisation instability under a test-time augmentation, the mean
+  over the frame's boxes of ``1 - IoU`` between each box and the best-overlapping box of the same
+  class found in the horizontally flipped frame (flipped back); 1 for a box the flipped pass does
+  not find (Kao et al.'s "localization stability", with a flip instead of noise);
+* ``detection_rare_class``: how rare the frame's rarest detected class is among all boxes of the
+  run, ``max over boxes of log(B / n_c) / log(B)`` (B boxes in the run, ``n_c`` of the box's
+  class; 0 without boxes), computed by :func:`rare_class_scores` once all frames are scored
+  (Brust et al.'s class weighting by rarity, over the unlabelled pool).
 
 References
 ----------
 Brust, Käding & Denzler (2019), Active Learning for Deep Object Detection, VISAPP (per-box
 margin ``1 - |2c - 1|`` aggregated by sum, average and max over boxes);
 Haussmann et al. (2020), Scalable Active Learning for Object Detection, IEEE IV (max/sum/mean
-aggregation of box scores); Zivkovic (2004), Improved adaptive Gaussian mixture model for
-background subtraction (the background-difference idea, here with a fixed background).
+aggregation of box scores); Kao, Lee, Sen & Liu (2018), Localization-Aware Active Learning for Object Detection, ACCV
+(localisation stability across perturbed inputs); Zivkovic (2004), Improved adaptive Gaussian
+mixture model for background subtraction (the background-difference example).
 """
-from typing import Dict, NamedTuple, Tuple
+import math
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 UNCERTAIN_BAND = (0.3, 0.7)
 DETECTION_SCORES = ("detection_max", "detection_mean", "detection_sum", "detection_uncertain_count",
                     "detection_count")
+LOCALISATION_SCORE = "detection_localisation"
+RARE_CLASS_SCORE = "detection_rare_class"
 
 
 class Detections(NamedTuple):
-    """Boxes found in one frame: ``boxes`` int32 ``(K, 4)`` as ``(x, y, width, height)`` in
-    pixels of the frame, ``confidences`` float32 ``(K,)`` in [0, 1]."""
+    """Boxes found in one frame: ``boxes`` float32 ``(K, 4)`` as ``[x1, y1, x2, y2]`` in pixels
+    of the frame, ``confidences`` float32 ``(K,)`` in [0, 1], ``class_ids`` int32 ``(K,)`` and
+    ``labels`` (K names) of the detector's classes (``None`` / ``()`` for a class-less detector),
+    ``localisation`` float ``(K,)`` of :func:`localisation_instability` when the detector ran a
+    test-time augmentation (else ``None``)."""
     boxes: np.ndarray
     confidences: np.ndarray
+    class_ids: Optional[np.ndarray] = None
+    labels: Tuple[str, ...] = ()
+    localisation: Optional[np.ndarray] = None
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box of ``a`` ``(K, 4)`` with every box of ``b``
+    ``(M, 4)``, boxes ``[x1, y1, x2, y2]``; float64 ``(K, M)`` in [0, 1]."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def localisation_instability(boxes, class_ids, augmented_boxes, augmented_class_ids) -> np.ndarray:
+    """Per box, ``1 - IoU`` with the best-overlapping box of the same class found on an
+    augmented copy of the frame (boxes mapped back to the frame); 1 when there is none.
+
+    Parameters
+    ----------
+    boxes, augmented_boxes : array-like of float, shapes (K, 4) and (M, 4), ``[x1, y1, x2, y2]``
+    class_ids, augmented_class_ids : array-like of int, shapes (K,) and (M,)
+
+    Returns
+    -------
+    ndarray of float64, shape (K,), in [0, 1]; 0 = the box did not move.
+
+    References
+    ----------
+    Kao et al. (2018), Localization-Aware Active Learning for Object Detection (localization
+    stability).
+    """
+    iou = iou_matrix(boxes, augmented_boxes)
+    same = np.asarray(class_ids).reshape(-1, 1) == np.asarray(augmented_class_ids).reshape(1, -1)
+    best = np.where(same, iou, 0.0).max(axis=1, initial=0.0)
+    return 1.0 - best
+
+
+def rare_class_scores(frame_classes: Sequence[Sequence[str]], counts: Optional[Mapping[str, int]] = None
+                      ) -> List[float]:
+    """How rare each frame's rarest class is among all boxes: ``max_c log(B / n_c) / log(B)``.
+
+    Parameters
+    ----------
+    frame_classes : sequence of sequences of str
+        The class label of every box, per frame.
+    counts : mapping label -> int, optional
+        Boxes per class over the whole pool (default: counted from ``frame_classes``).
+
+    Returns
+    -------
+    list of float in [0, 1], one per frame: 0 for a frame without boxes (or when the pool
+    has a single class or fewer than 2 boxes), 1 for a frame holding a class seen once in a
+    pool of B boxes.
+    """
+    if counts is None:
+        counts = count_classes(frame_classes)
+    total = sum(counts.values())
+    if total < 2:
+        return [0.0 for _ in frame_classes]
+    norm = math.log(total)
+    return [max((math.log(total / counts[label]) / norm for label in labels), default=0.0)
+            for labels in frame_classes]
+
+
+def count_classes(frame_classes: Iterable[Sequence[str]]) -> Dict[str, int]:
+    """Boxes per class label over frames (the ``counts`` of :func:`rare_class_scores`)."""
+    counts: Dict[str, int] = {}
+    for labels in frame_classes:
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+#: Object crops embedded for object-level diversity: the best boxes of at least this score...
+OBJECT_MIN_SCORE = 0.5
+#: ... at most this many per frame, each side at least this many pixels.
+MAX_OBJECTS = 8
+MIN_OBJECT_SIDE = 8
+
+
+def object_windows(boxes, confidences, width: int, height: int, min_score: float = OBJECT_MIN_SCORE,
+                   max_objects: int = MAX_OBJECTS, min_side: int = MIN_OBJECT_SIDE) -> np.ndarray:
+    """Integer crop windows ``[x1, y1, x2, y2]`` (int64 ``(K, 4)``, inside the frame) of the
+    boxes worth embedding: confidence >= ``min_score``, both sides >= ``min_side`` pixels, at
+    most ``max_objects``, best first (``confidences`` are taken as sorted, best first)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    c = np.asarray(confidences, dtype=np.float64).reshape(-1)
+    w = np.stack([np.floor(b[:, 0]), np.floor(b[:, 1]), np.ceil(b[:, 2]), np.ceil(b[:, 3])], axis=1)
+    w = np.clip(w, 0, [width, height, width, height]).astype(np.int64)
+    keep = (c >= min_score) & (w[:, 2] - w[:, 0] >= min_side) & (w[:, 3] - w[:, 1] >= min_side)
+    return w[keep][:max_objects]
+
+
+def mean_unit_embedding(embeddings) -> Optional[np.ndarray]:
+    """The mean of the unit-normalised rows of ``embeddings`` ``(K, D)`` as float32 ``(D,)``,
+    ``None`` for K = 0: a frame's object-level embedding (each object weighs the same)."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    if e.ndim != 2 or len(e) == 0:
+        return None
+    unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return unit.mean(axis=0).astype(np.float32)
+
+
+def describe_objects(detections: Iterable[Mapping], confident: float = 0.5) -> str:
+    """What a frame shows, in words: ``"person 9 (3 below 0.5), car 2"``.
+
+    Parameters
+    ----------
+    detections : iterable of mapping
+        A frame document's ``detections`` (``label``, ``score`` in [0, 1]).
+    confident : float
+        Boxes scored below this are counted as uncertain, per label.
+
+    Returns
+    -------
+    str
+        Labels by decreasing count (then name), ``""`` without detections.
+    """
+    counts: Dict[str, List[int]] = {}
+    for d in detections:
+        count = counts.setdefault(str(d.get("label")), [0, 0])
+        count[0] += 1
+        count[1] += float(d.get("score") or 0.0) < confident
+    parts = []
+    for label, (n, low) in sorted(counts.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        parts.append(f"{label} {n}" + (f" ({low} below {confident:g})" if low else ""))
+    return ", ".join(parts)
 
 
 def box_uncertainty(confidences) -> np.ndarray:
@@ -70,7 +220,8 @@ def box_uncertainty(confidences) -> np.ndarray:
     return 1.0 - np.abs(2.0 * c - 1.0)
 
 
-def aggregate_detection_scores(confidences, band: Tuple[float, float] = UNCERTAIN_BAND) -> Dict[str, float]:
+def aggregate_detection_scores(confidences, band: Tuple[float, float] = UNCERTAIN_BAND,
+                               localisation=None) -> Dict[str, float]:
     """Per-frame detection scores from the confidences of the frame's boxes.
 
     Parameters
@@ -78,12 +229,15 @@ def aggregate_detection_scores(confidences, band: Tuple[float, float] = UNCERTAI
     confidences : array-like of float, shape (K,), in [0, 1]; K may be 0.
     band : (low, high)
         Confidences in ``[low, high]`` count as uncertain boxes.
+    localisation : array-like of float, shape (K,), optional
+        Per-box :func:`localisation_instability`; adds ``detection_localisation`` (their mean,
+        0 without boxes).
 
     Returns
     -------
     dict with ``detection_max``, ``detection_mean``, ``detection_sum`` (of
     :func:`box_uncertainty`; 0 without boxes), ``detection_uncertain_count`` and
-    ``detection_count`` (as floats).
+    ``detection_count`` (as floats), and ``detection_localisation`` when given.
 
     Raises
     ------
@@ -95,13 +249,19 @@ def aggregate_detection_scores(confidences, band: Tuple[float, float] = UNCERTAI
         raise ValueError(f"band must satisfy 0 <= low <= high <= 1, got {band}")
     c = np.asarray(confidences, dtype=np.float64).reshape(-1)
     u = box_uncertainty(c)
-    return {
+    scores = {
         "detection_max": float(u.max()) if len(u) else 0.0,
         "detection_mean": float(u.mean()) if len(u) else 0.0,
         "detection_sum": float(u.sum()),
         "detection_uncertain_count": float(np.count_nonzero((c >= low) & (c <= high))),
         "detection_count": float(len(c)),
     }
+    if localisation is not None:
+        loc = np.asarray(localisation, dtype=np.float64).reshape(-1)
+        if len(loc) != len(c):
+            raise ValueError(f"localisation has {len(loc)} values for {len(c)} boxes")
+        scores[LOCALISATION_SCORE] = float(loc.mean()) if len(loc) else 0.0
+    return scores
 
 
 def estimate_background(video_path: str, samples: int = 25) -> np.ndarray:

@@ -1,20 +1,96 @@
-"""Detectors that ``ScoreFrames`` runs through ``RunInference`` next to the classifier.
+"""Detectors that ``ScoreFrames`` runs through ``RunInference`` next to the embedding model.
 
 :class:`DetectorHandler` is the Beam ``ModelHandler`` around any detector object with ``load()``
-and ``detect(pixels) -> Detections``; :class:`BackgroundDifferenceDetector` is the bundled one
-for fixed cameras. The per-frame scores are :func:`transforms.score.detection.aggregate_detection_scores`.
+and ``detect(pixels) -> Detections``. :class:`NanoDetDetector` is the default one (NanoDet-g,
+COCO's 80 classes, converted at set-up by :mod:`transforms.score.pretrained.convert`, run by the
+LiteRT interpreter without importing TensorFlow); :class:`BackgroundDifferenceDetector` is a
+documented example of a detector without weights, for fixed cameras. The per-frame scores are
+:func:`transforms.score.detection.aggregate_detection_scores`.
 """
 import logging
+import os
+import threading
 from typing import Optional, Sequence, Tuple
 
+import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.common.files import local_copy
-from transforms.score.detection import UNCERTAIN_BAND, Detections, aggregate_detection_scores
+from transforms.score.handlers import inference_threads
+from transforms.score.detection import (RARE_CLASS_SCORE, UNCERTAIN_BAND, Detections,
+                                        aggregate_detection_scores, localisation_instability,
+                                        rare_class_scores)
+from transforms.score.pretrained import nanodet
 
 _LOG = logging.getLogger(__name__)
+
+
+class NanoDetDetector:
+    """NanoDet-g (COCO 2017, 80 classes) in the LiteRT interpreter, with an optional
+    horizontal-flip test-time augmentation for the localisation term.
+
+    Parameters
+    ----------
+    model_uri : str
+        The converted ``nanodet_g.tflite`` (any Beam filesystem; default location
+        :func:`transforms.score.pretrained.detector_path`).
+    score_threshold, iou_threshold : float
+        Smallest class score of a kept box, and the overlap of per-class NMS
+        (:func:`transforms.score.pretrained.nanodet.decode`).
+    flip : bool
+        Also run the mirrored frame and give each box its :func:`localisation_instability`
+        (``detection_localisation``); doubles the detector's cost.
+    num_threads : int, optional
+        Interpreter threads (default: :func:`~transforms.score.handlers.inference_threads`).
+
+    Raises
+    ------
+    ValueError
+        For thresholds outside [0, 1].
+    """
+
+    def __init__(self, model_uri: str, score_threshold: float = nanodet.SCORE_THRESHOLD,
+                 iou_threshold: float = nanodet.IOU_THRESHOLD, flip: bool = True,
+                 num_threads: Optional[int] = None):
+        if not (0 <= score_threshold <= 1 and 0 <= iou_threshold <= 1):
+            raise ValueError(f"score_threshold and iou_threshold must be in [0, 1], got "
+                             f"{score_threshold}, {iou_threshold}")
+        self.model_uri = model_uri
+        self.score_threshold, self.iou_threshold, self.flip = score_threshold, iou_threshold, flip
+        self.num_threads = num_threads
+        self._interpreter = None
+        self._lock = threading.Lock()  # one interpreter per process, shared by Beam's threads
+
+    def load(self) -> "NanoDetDetector":
+        from ai_edge_litert.interpreter import Interpreter
+        with local_copy(self.model_uri) as local:
+            self._interpreter = Interpreter(model_path=local, num_threads=self.num_threads or inference_threads())
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._outputs = [d["index"] for d in self._interpreter.get_output_details()]
+        return self
+
+    def _run(self, rgb: np.ndarray):
+        with self._lock:
+            self._interpreter.set_tensor(self._input, nanodet.prepare(rgb))
+            self._interpreter.invoke()
+            outputs = [self._interpreter.get_tensor(i).copy() for i in self._outputs]
+        return nanodet.decode(outputs, rgb.shape[1], rgb.shape[0], self.score_threshold, self.iou_threshold)
+
+    def detect(self, pixels: np.ndarray) -> Detections:
+        """Boxes of one RGB ``uint8 (H, W, 3)`` frame, best first (see :class:`Detections`)."""
+        if self._interpreter is None:
+            self.load()
+        boxes, scores, classes = self._run(pixels)
+        localisation = None
+        if self.flip:
+            width = pixels.shape[1]
+            f_boxes, _, f_classes = self._run(np.ascontiguousarray(pixels[:, ::-1]))
+            f_boxes = np.stack([width - f_boxes[:, 2], f_boxes[:, 1], width - f_boxes[:, 0], f_boxes[:, 3]], axis=1)
+            localisation = localisation_instability(boxes, classes, f_boxes, f_classes)
+        return Detections(boxes, scores, classes, tuple(nanodet.COCO_CLASSES[c] for c in classes), localisation)
 
 
 class BackgroundDifferenceDetector:
@@ -22,8 +98,9 @@ class BackgroundDifferenceDetector:
 
     Pixels whose grey-level difference to the background exceeds ``threshold`` are foreground;
     after a morphological closing, each connected region of at least ``min_area`` pixels is a
-    box. Its confidence is the mean of ``min(difference / (2 * threshold), 1)`` over the region:
-    a region barely above the threshold is ~0.5 (uncertain), a strong contrast ~1.
+    box ``[x1, y1, x2, y2]`` (label ``"object"``, class 0). Its confidence is the mean of
+    ``min(difference / (2 * threshold), 1)`` over the region: a region barely above the
+    threshold is ~0.5 (uncertain), a strong contrast ~1.
 
     Parameters
     ----------
@@ -79,23 +156,31 @@ class BackgroundDifferenceDetector:
             x, y, w, h, area = stats[label]
             if area < self.min_area:
                 continue
-            boxes.append((x, y, w, h))
+            boxes.append((x, y, x + w, y + h))
             confidences.append(float(strength[labels == label].mean()))
-        return Detections(np.asarray(boxes, np.int32).reshape(-1, 4), np.asarray(confidences, np.float32))
+        order = np.argsort(-np.asarray(confidences, np.float64), kind="stable")
+        return Detections(np.asarray(boxes, np.float32).reshape(-1, 4)[order],
+                          np.asarray(confidences, np.float32)[order], np.zeros(len(order), np.int32),
+                          ("object",) * len(order))
 
 
 class DetectorHandler(ModelHandler):
     """Beam ``ModelHandler`` around a detector object with ``load()`` and ``detect(pixels)``.
 
     Inference input: RGB ``uint8 (H, W, 3)`` frames; output ``PredictionResult(pixels,
-    Detections)`` (``None`` for a frame whose ``detect`` raised ``ValueError``). The detector is loaded once per worker process (Beam's shared handle).
+    Detections)`` (``None`` for a frame whose ``detect`` raised ``ValueError``). The detector is
+    loaded once per worker process (Beam's shared handle). ``version``: what frame records say
+    ran (:class:`~schemas.records.ModelVersion`: name and weights digest), e.g. from
+    :func:`detector_version`.
     """
 
-    def __init__(self, detector, band: Tuple[float, float] = UNCERTAIN_BAND, max_batch_size: int = 8):
+    def __init__(self, detector, band: Tuple[float, float] = UNCERTAIN_BAND, max_batch_size: int = 8,
+                 version=None):
         super().__init__()
         aggregate_detection_scores([], band)  # validates the band
         self._detector = detector
         self.band = band
+        self.version = version
         self._max_batch_size = max_batch_size
         self._skipped = Metrics.counter("activebeam.detection", "frames_not_detected")
 
@@ -124,3 +209,43 @@ class DetectorHandler(ModelHandler):
 
     def get_metrics_namespace(self) -> str:
         return "activebeam.detection"
+
+
+def detector_version(uri: str):
+    """The :class:`~schemas.records.ModelVersion` of a detector file: its name and the first 16
+    hex digits of its sha256 (as models are versioned)."""
+    from schemas.records import ModelVersion
+    from transforms.score.handlers import file_digest
+    return ModelVersion(os.path.basename(uri.rstrip("/")), file_digest(uri), "")
+
+
+def nanodet_handler(uri: str, flip: bool = True) -> DetectorHandler:
+    """The ``DetectorHandler`` of a NanoDet TFLite model at ``uri``, versioned by its digest."""
+    return DetectorHandler(NanoDetDetector(uri, flip=flip), version=detector_version(uri))
+
+
+def _class_labels(record):
+    return [d.label for d in record.detections]
+
+
+def _with_rarity(record, counts):
+    if record.detector is None:  # no detector ran on this frame
+        return record
+    (value,) = rare_class_scores([_class_labels(record)], counts)
+    scores = dict(record.extra_scores, **{RARE_CLASS_SCORE: float(value)})
+    return record._replace(extra_scores=tuple(sorted(scores.items())))
+
+
+class AddClassRarity(beam.PTransform):
+    """Adds ``detection_rare_class`` to every detected frame once all frames are scored: how
+    rare its rarest detected class is among all boxes of the collection (per window, when
+    windowed); see :func:`transforms.score.detection.rare_class_scores`.
+
+    Input and output: ``PCollection[FrameRecord]``.
+    """
+
+    def expand(self, records):
+        counts = (records
+                  | "BoxLabels" >> beam.FlatMap(_class_labels)
+                  | "CountLabels" >> beam.combiners.Count.PerElement())
+        return records | "RareClass" >> beam.Map(_with_rarity, beam.pvalue.AsDict(counts))

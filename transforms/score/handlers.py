@@ -63,6 +63,18 @@ def default_model_path() -> str:
     return os.path.join(os.path.dirname(os.path.realpath(__file__)), "models", DEFAULT_MODEL_NAME)
 
 
+#: Environment variable: TFLite interpreter threads per worker process (default: the CPU count).
+#: The ``mine`` job sets it to ``CPUs // workers`` for a local multi-process run, so that worker
+#: processes do not each start one thread per CPU.
+INFERENCE_THREADS_ENV = "ACTIVEBEAM_INFERENCE_THREADS"
+
+
+def inference_threads() -> int:
+    """Threads for a TFLite interpreter in this process: ``$ACTIVEBEAM_INFERENCE_THREADS`` if
+    set to a positive integer, else the CPU count."""
+    value = os.environ.get(INFERENCE_THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
 class Preprocessing(NamedTuple):
     """How a frame becomes a model input: the model's own declaration (its JSON sidecar).
 
@@ -230,10 +242,13 @@ class ModelSpec(NamedTuple):
 class ModelOutput(NamedTuple):
     """One example's result of a handler: ``embedding`` float32 ``(D,)``, class scores
     ``output`` float32 ``(C,)`` (probabilities or logits, as the model declares) and, with MC
-    dropout, ``samples`` float32 ``(T, C)`` class scores of the stochastic passes (else ``None``)."""
+    dropout, ``samples`` float32 ``(T, C)`` class scores of the stochastic passes (else ``None``);
+    with :class:`ObjectCropsHandler`, ``objects`` float32 ``(K, D)``: the embeddings of the
+    frame's K object crops (else ``None``)."""
     embedding: np.ndarray
     output: np.ndarray
     samples: Optional[np.ndarray] = None
+    objects: Optional[np.ndarray] = None
 
 
 def runtime_of(uri: str) -> str:
@@ -439,7 +454,7 @@ class _Runtime:
         self._runtime = runtime
         if runtime == TFLITE:
             from ai_edge_litert.interpreter import Interpreter
-            self._interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+            self._interpreter = Interpreter(model_path=path, num_threads=inference_threads())
             self._interpreter.allocate_tensors()
             self._input = self._interpreter.get_input_details()[0]
             outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
@@ -664,3 +679,42 @@ def make_handler(spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int 
     return KerasHandler(spec.uri, embedding_layer, min_batch_size, max_batch_size,
                         mc_passes=spec.mc_passes, preprocessing=spec.preprocessing, **batch_kwargs)
 
+
+
+class ObjectCropsHandler(ModelHandler):
+    """Embeds a frame and the crops of its detected objects with the same model, in one call.
+
+    Wraps the handler of a model (:func:`make_handler`). Each example is a float32 array
+    ``(1 + K, *input_shape)``: the frame's prepared input, then its K object crops prepared the
+    same way; the rows of a whole batch go through the model at once. Output per example:
+    the frame's :class:`ModelOutput` with ``objects`` = the crops' embeddings ``(K, D)``.
+    """
+
+    def __init__(self, inner: ModelHandler):
+        super().__init__()
+        self._inner = inner
+
+    def load_model(self):
+        return self._inner.load_model()
+
+    def run_inference(self, batch, model, inference_args=None):
+        rows = [row for example in batch for row in example]
+        results = self._inner.run_inference(rows, model, inference_args)
+        out, start = [], 0
+        for example in batch:
+            frame = results[start].inference
+            crops = [np.asarray(r.inference.embedding, np.float32).reshape(-1)
+                     for r in results[start + 1:start + len(example)]]
+            objects = np.stack(crops) if crops else np.zeros((0, np.asarray(frame.embedding).size), np.float32)
+            out.append(PredictionResult(example, frame._replace(objects=objects), results[start].model_id))
+            start += len(example)
+        return out
+
+    def batch_elements_kwargs(self):
+        return self._inner.batch_elements_kwargs()
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(x.nbytes for x in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return self._inner.get_metrics_namespace()

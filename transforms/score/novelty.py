@@ -174,3 +174,50 @@ class ScoreNovelty(beam.PTransform):
                   | "AllPairs" >> beam.combiners.ToList()
                   | "UnionFind" >> beam.FlatMap(lambda all_pairs: sorted(duplicate_groups(all_pairs).items())))
         return NoveltyResult(scored, groups)
+
+
+def _representative(members) -> str:
+    """The frame that stands for a near-duplicate group: the first by (source_uri,
+    frame_index), as :class:`~transforms.select.ptransforms.SelectCandidates` keeps the first of
+    identical frames; its frame_id is the group's id."""
+    return min(members, key=lambda r: (r.frame.source_uri, r.frame.frame_index, r.frame.frame_id)).frame.frame_id
+
+
+def _grouped(leader_and_records):
+    _, members = leader_and_records
+    members = list(members)
+    group = _representative(members)
+    for record in members:
+        yield record._replace(duplicate_group=group)
+
+
+def _split_by_group(joined):
+    _, grouped = joined
+    leaders = list(grouped["leader"])
+    for record in grouped["records"]:
+        if leaders:
+            yield beam.pvalue.TaggedOutput("grouped", (leaders[0], record))
+        else:
+            yield record._replace(duplicate_group=None)
+
+
+class AddDuplicateGroups(beam.PTransform):
+    """Writes each frame's near-duplicate group onto its record (``duplicate_group``).
+
+    Input: ``(records, groups)``: ``PCollection[FrameRecord]`` and :class:`ScoreNovelty`'s
+    ``duplicate_groups`` (``(leader, member ids)``, groups of 2+). Output: every record, with
+    ``duplicate_group`` = the frame_id of its group's representative (the member first by
+    ``(source_uri, frame_index)``; the representative carries its own id) or ``None``.
+    """
+
+    def expand(self, records_and_groups):
+        records, groups = records_and_groups
+        leaders = groups | "MemberToLeader" >> beam.FlatMap(lambda g: ((m, g[0]) for m in g[1]))
+        split = ({"records": records | "KeyById" >> beam.Map(lambda r: (r.frame.frame_id, r)),
+                  "leader": leaders}
+                 | "JoinGroups" >> beam.CoGroupByKey()
+                 | "SplitGrouped" >> beam.FlatMap(_split_by_group).with_outputs("grouped", main="alone"))
+        grouped = (split.grouped
+                   | "ByGroup" >> beam.GroupByKey()
+                   | "Representative" >> beam.FlatMap(_grouped))
+        return (split.alone, grouped) | "AllRecords" >> beam.Flatten()

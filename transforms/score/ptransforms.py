@@ -25,14 +25,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from schemas import records
-from schemas.records import DeadLetter, Frame, FrameMetadata, FrameRecord
+from schemas.records import DeadLetter, Detection, Frame, FrameMetadata, FrameRecord
 from transforms.score import registry, uncertainty
-from transforms.score.detection import aggregate_detection_scores
+from transforms.score.detection import aggregate_detection_scores, mean_unit_embedding, object_windows
 from transforms.score.detectors import DetectorHandler
 from transforms.score.model_updates import ModelVersions, make_updatable_handler
 from transforms.score.handlers import (  # noqa: F401  (re-exported: the public names of this stage)
     DEFAULT_MODEL_NAME, LOGITS, METRICS_NAMESPACE as _NAMESPACE, PROBABILITIES, KerasHandler,
-    ModelOutput, ModelSpec, Preprocessing, default_model_path, load_embedding_classifier,
+    ModelOutput, ModelSpec, ObjectCropsHandler, Preprocessing, default_model_path, load_embedding_classifier,
     load_model_spec, make_handler, prepare_input)
 
 DEAD_LETTER = records.DEAD_LETTER_TAG
@@ -60,6 +60,7 @@ class _Key(NamedTuple):
     frame: FrameMetadata
     scores: Tuple[Tuple[str, float], ...] = ()
     members: Tuple[np.ndarray, ...] = ()  # class probabilities (C,) of the ensemble members
+    detections: Optional[Tuple[Detection, ...]] = None  # None: no detector ran on the frame
 
 
 def _to_probabilities(output, model_output: str) -> np.ndarray:
@@ -79,27 +80,52 @@ def _key_frame(frame):
     return _Key(frame.metadata()), frame.pixels
 
 
+def detection_records(found) -> Tuple[Detection, ...]:
+    """A detector's :class:`~transforms.score.detection.Detections` as stored
+    :class:`~schemas.records.Detection` records (boxes ``[x1, y1, x2, y2]``, best first)."""
+    labels = found.labels or ("object",) * len(found.confidences)
+    class_ids = found.class_ids if found.class_ids is not None else np.zeros(len(found.confidences), np.int32)
+    return tuple(Detection(str(label), int(class_id), float(score), tuple(float(v) for v in box))
+                 for label, class_id, score, box in zip(labels, class_ids, found.confidences, found.boxes))
+
+
 def _with_detection_scores(keyed_result, band):
     key, result = keyed_result
     if result.inference is None:  # the detector does not apply to this frame
         return key, result.example
-    scores = aggregate_detection_scores(result.inference.confidences, band)
-    return key._replace(scores=tuple(sorted(dict(key.scores, **scores).items()))), result.example
+    found = result.inference
+    scores = aggregate_detection_scores(found.confidences, band, found.localisation)
+    return key._replace(scores=tuple(sorted(dict(key.scores, **scores).items())),
+                        detections=detection_records(found)), result.example
+
+
+def _with_object_crops(x: np.ndarray, key: "_Key", pixels: np.ndarray, preprocessing) -> np.ndarray:
+    """The frame's input followed by its object crops (see :func:`object_windows`), stacked."""
+    boxes = [d.box for d in key.detections or ()]
+    scores = [d.score for d in key.detections or ()]
+    windows = object_windows(boxes, scores, pixels.shape[1], pixels.shape[0])
+    crops = [prepare_input(np.ascontiguousarray(pixels[y1:y2, x1:x2]), preprocessing) for x1, y1, x2, y2 in windows]
+    return np.stack([x] + crops)
 
 
 class _PrepareFn(beam.DoFn):
     """Frame (or ``(key, pixels)``) -> ``(key, model input)``; with ``keep_pixels``
-    ``((key, pixels), model input)``, for a model whose successors still need the pixels."""
+    ``((key, pixels), model input)``, for a model whose successors still need the pixels; with
+    ``objects`` the input is the frame's followed by its object crops (:class:`ObjectCropsHandler`)."""
 
-    def __init__(self, preprocessing: Preprocessing, keep_pixels: bool = False):
+    def __init__(self, preprocessing: Preprocessing, keep_pixels: bool = False, objects: bool = False):
         self._preprocessing = preprocessing
         self._keep_pixels = keep_pixels
+        self._objects = objects
 
     def process(self, element):
         # A Frame straight from decoding, or (key, pixels) after the detector or a member.
         key, pixels = _key_frame(element) if isinstance(element, Frame) else element
         try:
-            yield (key, pixels) if self._keep_pixels else key, prepare_input(pixels, self._preprocessing)
+            x = prepare_input(pixels, self._preprocessing)
+            if self._objects:
+                x = _with_object_crops(x, key, pixels, self._preprocessing)
+            yield (key, pixels) if self._keep_pixels else key, x
         except Exception as e:  # pylint: disable=broad-except
             frame = key.frame
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
@@ -109,8 +135,9 @@ class _PrepareFn(beam.DoFn):
 
 
 class _ToRecordFn(beam.DoFn):
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, detector_version=None):
         self._spec = spec
+        self._detector_version = detector_version
         self._versions = ModelVersions(spec)  # the model that ran, when it can change
         self._entropy = Metrics.distribution(_NAMESPACE, "entropy_millinats")
         self._scored = Metrics.counter(_NAMESPACE, "frames_scored")
@@ -120,7 +147,7 @@ class _ToRecordFn(beam.DoFn):
 
     def process(self, keyed_result):
         key, result = keyed_result
-        embedding, output, samples = result.inference
+        embedding, output, samples, objects = result.inference
         probabilities = self._probabilities(output)
         if samples is not None:
             samples = self._probabilities(samples)
@@ -137,7 +164,10 @@ class _ToRecordFn(beam.DoFn):
             margin=scores.pop("margin"),
             least_confidence=scores.pop("least_confidence"),
             model=self._versions.of(result.model_id),
-            extra_scores=tuple(sorted(scores.items())))
+            extra_scores=tuple(sorted(scores.items())),
+            detections=key.detections or (),
+            detector=self._detector_version if key.detections is not None else None,
+            object_embedding=mean_unit_embedding(objects) if objects is not None else None)
         self._scored.inc()
         self._entropy.update(int(record.entropy * 1000))
         yield record
@@ -180,13 +210,18 @@ class ScoreFrames(beam.PTransform):
     embedding and other scores stay the model's own. With ``model_updates`` (a
     ``PCollection[ModelMetadata]`` such as ``WatchFilePattern``'s) the model switches to each new
     path it names while the pipeline runs, and each record's ``model`` is the version that scored
-    it (:mod:`transforms.score.model_updates`).
+    it (:mod:`transforms.score.model_updates`). With ``objects`` (needs a ``detector``) the crops
+    of each frame's best boxes (:func:`~transforms.score.detection.object_windows`) go through
+    the model with the frame, and the record's ``object_embedding`` is the mean of their unit
+    embeddings (LightlyOne-style object-level diversity for the selection).
     """
 
     def __init__(self, spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int = 128,
                  detector: Optional[DetectorHandler] = None, ensemble: Sequence[ModelSpec] = (),
-                 model_updates: Optional[beam.PCollection] = None):
+                 model_updates: Optional[beam.PCollection] = None, objects: bool = False):
         super().__init__()
+        if objects and (detector is None or model_updates is not None):
+            raise ValueError("objects=True needs a detector and no model_updates")
         for member in ensemble:
             if member.num_classes != spec.num_classes:
                 raise ValueError(f"ensemble member {member.version.name} has {member.num_classes} "
@@ -194,7 +229,9 @@ class ScoreFrames(beam.PTransform):
         self._spec = spec
         self._model_updates = model_updates
         handler = make_updatable_handler if model_updates is not None else make_handler
-        self._handler = KeyedModelHandler(handler(spec, min_batch_size, max_batch_size))
+        inner = handler(spec, min_batch_size, max_batch_size)
+        self._objects = objects
+        self._handler = KeyedModelHandler(ObjectCropsHandler(inner) if objects else inner)
         self._detector = detector
         self._members = [(member, KeyedModelHandler(make_handler(member, min_batch_size, max_batch_size)))
                          for member in ensemble]
@@ -219,11 +256,12 @@ class ScoreFrames(beam.PTransform):
             dead_letters += [member_inputs[DEAD_LETTER], failed.failed_inferences
                              | f"Member{i}DeadLetters" >> beam.FlatMap(_inference_dead_letters, "ensemble member")]
         prepared = keyed | "PrepareModelInput" >> beam.ParDo(
-            _PrepareFn(self._spec.prep())).with_outputs(DEAD_LETTER, main="inputs")
+            _PrepareFn(self._spec.prep(), objects=self._objects)).with_outputs(DEAD_LETTER, main="inputs")
         inferred, failed = (prepared.inputs
                             | "RunInference" >> RunInference(
                                 self._handler, model_metadata_pcoll=self._model_updates).with_exception_handling())
-        scored = inferred | "ToFrameRecords" >> beam.ParDo(_ToRecordFn(self._spec))
+        detector_version = getattr(self._detector, "version", None)
+        scored = inferred | "ToFrameRecords" >> beam.ParDo(_ToRecordFn(self._spec, detector_version))
         dead_letters += [prepared[DEAD_LETTER],
                          failed.failed_inferences | "InferenceDeadLetters" >> beam.FlatMap(_inference_dead_letters)]
         return ScoredFrames(scored, dead_letters | "FlattenDeadLetters" >> beam.Flatten())

@@ -74,12 +74,19 @@ SCORES: Tuple[Score, ...] = (
           ENSEMBLE, HIGH, uncertainty.ensemble_disagreement),
     Score("uniqueness", "Distance of the embedding to its k nearest neighbours (weighted, cosine).",
           EMBEDDINGS, HIGH, rankable=True),
-    Score("detection_max", "Highest per-box uncertainty of the frame's detections.", DETECTIONS),
-    Score("detection_mean", "Mean per-box uncertainty of the frame's detections.", DETECTIONS),
-    Score("detection_sum", "Sum of per-box uncertainties of the frame's detections.", DETECTIONS),
+    Score("detection_max", "Highest per-box uncertainty 1 - |2c - 1| of the frame's detections.", DETECTIONS,
+          rankable=True),
+    Score("detection_mean", "Mean per-box uncertainty 1 - |2c - 1| of the frame's detections.", DETECTIONS,
+          rankable=True),
+    Score("detection_sum", "Sum of per-box uncertainties 1 - |2c - 1| of the frame's detections.", DETECTIONS,
+          rankable=True),
     Score("detection_uncertain_count", "Number of boxes with a confidence inside the uncertain band.",
           DETECTIONS),
     Score("detection_count", "Number of detected boxes.", DETECTIONS),
+    Score("detection_localisation", "Mean over boxes of 1 - IoU with the same-class box found in the "
+          "horizontally flipped frame (1: not found again).", DETECTIONS, rankable=True),
+    Score("detection_rare_class", "Rarity of the frame's rarest detected class among the run's boxes, "
+          "max log(B / n_c) / log(B), in [0, 1].", DETECTIONS, rankable=True),
 )
 _BY_NAME = {score.name: score for score in SCORES}
 

@@ -56,6 +56,13 @@ def strategy_score(record: FrameRecord, strategy: str) -> float:
     return float(registry.wanted(strategy, [getattr(record, strategy)])[0])
 
 
+#: ``detected_class`` of a frame without detections (or without a detector).
+NO_DETECTION = "none"
+#: What the selection's ``embeddings`` are: the frame's, or its objects' (``object_embedding``,
+#: the frame's own where it has no object).
+FRAME_EMBEDDING, OBJECT_EMBEDDING = "frame", "objects"
+
+
 class _Scored(NamedTuple):
     """What selection keeps of a frame: a few numbers and the embedding, no pixels."""
     frame_id: str
@@ -68,18 +75,34 @@ class _Scored(NamedTuple):
     embedding: np.ndarray
     probabilities: np.ndarray
     duplicates: int = 1
+    duplicate_group: Optional[str] = None
+    detected_class: str = NO_DETECTION
 
 
-def _to_scored(record: FrameRecord):
+def _to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING):
     frame = record.frame
+    vector = record.embedding
+    if embedding == OBJECT_EMBEDDING and getattr(record, "object_embedding", None) is not None:
+        vector = record.object_embedding
+    detections = getattr(record, "detections", ())
     return frame.pixel_hash, _Scored(
         frame_id=frame.frame_id, source_uri=frame.source_uri, frame_index=frame.frame_index,
         timestamp_s=frame.timestamp_s,
         scores=tuple((name, float(getattr(record, name))) for name in SCORE_NAMES)
         + tuple((name, float(value)) for name, value in record.extra_scores),
         predicted_class=record.predicted_class, model=record.model,
-        embedding=np.asarray(record.embedding, dtype=np.float32),
-        probabilities=np.asarray(record.probabilities, dtype=np.float32))
+        embedding=np.asarray(vector, dtype=np.float32),
+        probabilities=np.asarray(record.probabilities, dtype=np.float32),
+        duplicate_group=getattr(record, "duplicate_group", None),
+        detected_class=detections[0].label if detections else NO_DETECTION)
+
+
+def _eligible(scored: _Scored, counter) -> bool:
+    """False for a near-duplicate that its group's representative stands for."""
+    if scored.duplicate_group in (None, scored.frame_id):
+        return True
+    counter.inc()
+    return False
 
 
 class _FirstOfIdenticalFn(beam.CombineFn):
@@ -119,13 +142,14 @@ def _shared_scores(items: Sequence[_Scored]) -> dict:
 
 
 #: The metadata columns of :func:`to_pool` (what ``balance_key`` may name).
-METADATA_COLUMNS = ("source", "camera", "predicted_class")
+METADATA_COLUMNS = ("source", "camera", "predicted_class", "detected_class")
 
 
 def to_pool(items: Sequence[_Scored]) -> Pool:
     """The strategy view of scored frames: ids, embeddings, probabilities, stored scores and the
-    metadata columns ``source`` (file URI), ``camera`` (the file's directory) and
-    ``predicted_class``."""
+    metadata columns ``source`` (file URI), ``camera`` (the file's directory),
+    ``predicted_class`` and ``detected_class`` (label of the frame's most confident detection,
+    :data:`NO_DETECTION` without one)."""
     return Pool(
         ids=np.array([s.frame_id for s in items], dtype=object),
         embeddings=np.stack([s.embedding for s in items]).astype(np.float32),
@@ -133,7 +157,8 @@ def to_pool(items: Sequence[_Scored]) -> Pool:
         scores=_shared_scores(items),
         metadata={"source": np.array([s.source_uri for s in items], dtype=object),
                   "camera": np.array([os.path.dirname(s.source_uri) for s in items], dtype=object),
-                  "predicted_class": np.array([s.predicted_class for s in items])})
+                  "predicted_class": np.array([s.predicted_class for s in items]),
+                  "detected_class": np.array([s.detected_class for s in items], dtype=object)})
 
 
 class SelectFn(beam.CombineFn):
@@ -223,17 +248,43 @@ class _AssignRanks(beam.DoFn):
         self._inputs = tuple(inputs)
         self._selected = Metrics.counter(METRICS_NAMESPACE, "candidates_selected")
 
-    def process(self, ranked, win=beam.DoFn.WindowParam):
+    def process(self, ranked, excluded: str, win=beam.DoFn.WindowParam):
+        # ``excluded`` (the digest of the excluded ids, "" for none) is a plain argument without a
+        # default: Beam binds the window parameter wrongly after a defaulted extra argument.
         bounded = isinstance(win, window.IntervalWindow) and not isinstance(win, window.GlobalWindow)
         start = float(win.start) if bounded else None
         end = float(win.end) if bounded else None
-        for candidate in ranked_candidates(ranked, self._strategy, self._inputs, start, end):
+        inputs = self._inputs + ((excluded,) if excluded else ())
+        for candidate in ranked_candidates(ranked, self._strategy, inputs, start, end):
             self._selected.inc()
             yield candidate
 
 
+class _ExcludedDigestFn(beam.CombineFn):
+    """Order-independent digest of a set of frame ids: ``excluded:<count>:<xor of their sha256
+    prefixes>``, or ``""`` for none."""
+
+    def create_accumulator(self):
+        return 0, 0
+
+    def add_input(self, acc, frame_id):
+        import hashlib
+        return acc[0] + 1, acc[1] ^ int(hashlib.sha256(str(frame_id).encode()).hexdigest()[:16], 16)
+
+    def merge_accumulators(self, accumulators):
+        count, xor = 0, 0
+        for c, x in accumulators:
+            count, xor = count + c, xor ^ x
+        return count, xor
+
+    def extract_output(self, acc):
+        return f"excluded:{acc[0]}:{acc[1]:016x}" if acc[0] else ""
+
+
 class SelectCandidates(beam.PTransform):
-    """Selects up to ``budget`` frames per window with a strategy, skipping exact duplicates.
+    """Selects up to ``budget`` frames per window with a strategy, skipping exact duplicates
+    and the near-duplicates a record's ``duplicate_group`` names (only the group's
+    representative, whose own id is the group id, stays eligible).
 
     Input: ``PCollection[FrameRecord]``. Output: ``PCollection[Candidate]`` with ranks ``1..k``
     per window, ``k = min(budget, number of distinct frames)`` (fewer if a threshold or an
@@ -251,7 +302,9 @@ class SelectCandidates(beam.PTransform):
     params : mapping, optional
         The strategy's parameters (with a name), e.g. ``{"n_clusters": 50}``.
     exclude_ids : PCollection[str], optional
-        Frame ids never to select (already labelled, earlier selections); a side input.
+        Frame ids never to select (already labelled, earlier selections); a side input. Their
+        digest joins the ``selection_id`` (none excluded: the id without exclusions), so a
+        selection that skips newly labelled frames is a new selection.
     labelled : Pool, optional
         Embeddings of labelled frames: initial k-center centres and near-duplicate exclusion.
     shard_size : int, optional
@@ -266,6 +319,11 @@ class SelectCandidates(beam.PTransform):
     allowed_lateness_s : float
         Late frames up to this many seconds after the watermark passed a window still update it
         (an extra, accumulating firing).
+    embedding : ``"frame"`` or ``"objects"``
+        The embeddings the strategy sees (coreset, Cluster-Margin, near-duplicate exclusion):
+        the frames', or their objects' (``FrameRecord.object_embedding``, from
+        ``ScoreFrames(objects=True)``; a frame without objects keeps its own): k-center then
+        covers what is in the frames (LightlyOne's object-level diversity).
 
     Raises
     ------
@@ -277,8 +335,11 @@ class SelectCandidates(beam.PTransform):
                  exclude_ids=None, labelled: Optional[Pool] = None,
                  shard_size: Optional[int] = None, inputs: Sequence[str] = (),
                  window_s: Optional[float] = None, period_s: Optional[float] = None,
-                 allowed_lateness_s: float = 0.0):
+                 allowed_lateness_s: float = 0.0, embedding: str = FRAME_EMBEDDING):
         super().__init__()
+        if embedding not in (FRAME_EMBEDDING, OBJECT_EMBEDDING):
+            raise ValueError(f"embedding must be 'frame' or 'objects', got {embedding!r}")
+        self._embedding = embedding
         strategy = checked_strategy(budget, strategy, params)
         if shard_size is None:
             shard_size = max(DEFAULT_SHARD_SIZE, 2 * budget)
@@ -312,12 +373,20 @@ class SelectCandidates(beam.PTransform):
             excluded = beam.pvalue.AsDict(self._exclude_ids | "KeyExcluded" >> beam.Map(lambda i: (i, True)))
             frame_records = frame_records | "SkipExcluded" >> beam.Filter(
                 lambda r, ex: r.frame.frame_id not in ex, excluded)
-        return (
+        ranked = (
             frame_records
-            | "KeyByPixelHash" >> beam.Map(_to_scored)
+            | "KeyByPixelHash" >> beam.Map(_to_scored, self._embedding)
             | "OnePerIdenticalFrames" >> beam.CombinePerKey(_FirstOfIdenticalFn())
             | "CountDuplicates" >> beam.Map(
                 _with_duplicates, Metrics.counter(METRICS_NAMESPACE, "identical_frames_skipped"))
+            | "SkipNearDuplicates" >> beam.Filter(
+                _eligible, Metrics.counter(METRICS_NAMESPACE, "near_duplicates_skipped"))
             | "Select" >> beam.CombineGlobally(
-                SelectFn(self._strategy, self._budget, self._shard_size, self._labelled)).without_defaults()
-            | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs)))
+                SelectFn(self._strategy, self._budget, self._shard_size, self._labelled)).without_defaults())
+        if self._exclude_ids is None:
+            return ranked | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs), "")
+        # What was excluded is part of the selection's identity: a later selection that skips newly
+        # labelled frames gets a new selection_id (none excluded: the id of a plain selection).
+        excluded = beam.pvalue.AsSingleton(
+            self._exclude_ids | "ExcludedDigest" >> beam.CombineGlobally(_ExcludedDigestFn()))
+        return ranked | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs), excluded)

@@ -12,5 +12,11 @@ bq mk --table --time_partitioning_type=DAY --time_partitioning_field=indexed_at 
   --schema="$HERE/candidates.json" "$DATASET.candidates"
 bq mk --table --time_partitioning_type=DAY --time_partitioning_field=indexed_at --clustering_fields=source_uri,model_version \
   --schema="$HERE/frames.json" "$DATASET.frames"
+bq mk --table --time_partitioning_type=DAY --time_partitioning_field=exported_at --clustering_fields=project,status \
+  --schema="$HERE/label_tasks.json" "$DATASET.label_tasks"
+bq mk --table --time_partitioning_type=DAY --time_partitioning_field=created_at --clustering_fields=project,scope \
+  --schema="$HERE/qc_reports.json" "$DATASET.qc_reports"
+bq mk --table --time_partitioning_type=DAY --time_partitioning_field=created_at --clustering_fields=project \
+  --schema="$HERE/retrain_triggers.json" "$DATASET.retrain_triggers"
 bq mk --table --time_partitioning_type=DAY --time_partitioning_field=started_at --clustering_fields=job,model_version \
   --schema="$HERE/runs.json" "$DATASET.runs"

@@ -1,0 +1,84 @@
+"""The labelling loop's records: tasks sent to annotators, QC reports, and retraining triggers.
+
+* ``label_tasks``: one entry per (annotation project, frame) that ``annotate export`` sent to
+  Label Studio (``_id`` = :func:`make_label_task_key`), with its QC ``status``: ``exported``,
+  then ``labelled`` (answers imported), ``accepted`` (the labels stand) or ``relabel`` (sent
+  back), or ``gold`` for gold tasks. What every selection skips by default, and the labelling
+  funnel of ``stats``.
+* ``qc_reports``: per QC run, one row per annotator and per batch (selection) with agreement,
+  gold accuracy and throughput (:mod:`transforms.annotate.qc`).
+* ``retrain_triggers``: one entry each time accepted labels since the previous trigger reach
+  ``--retrain_after``; a training job starts from it (and from its Pub/Sub message).
+"""
+import hashlib
+
+from schemas.frames import Field
+
+LABEL_TASKS_COLLECTION = "label_tasks"
+QC_REPORTS_COLLECTION = "qc_reports"
+RETRAIN_TRIGGERS_COLLECTION = "retrain_triggers"
+LABEL_TASK_STATUSES = ("exported", "labelled", "accepted", "relabel", "gold")
+
+LABEL_TASK_FIELDS = (
+    Field("label_task_key", "STRING", "REQUIRED", "Deterministic id: sha256(project NUL frame_id)[:32]; MongoDB _id."),
+    Field("project", "STRING", "REQUIRED", "Label Studio project title."),
+    Field("frame_id", "STRING", "REQUIRED", "The frame's id in the frames index."),
+    Field("source_uri", "STRING", "REQUIRED", "URI of the image or video file the frame comes from."),
+    Field("frame_index", "INT64", "REQUIRED", "0 for a still image; 0-based index in the decoded video stream."),
+    Field("kind", "STRING", "REQUIRED", "'classification' or 'detection'."),
+    Field("selection_id", "STRING", "NULLABLE", "The selection that proposed the frame (null for a gold task added by hand)."),
+    Field("task_id", "INT64", "NULLABLE", "Label Studio task id."),
+    Field("image", "STRING", "REQUIRED", "Local path of the picture Label Studio shows."),
+    Field("image_width", "INT64", "REQUIRED", "Width of that picture in pixels."),
+    Field("image_height", "INT64", "REQUIRED", "Height of that picture in pixels."),
+    Field("model_version", "STRING", "NULLABLE", "Model (name@version) of the pre-annotation, if any."),
+    Field("overlap", "INT64", "REQUIRED", "Annotators wanted for the task (2 for overlap tasks)."),
+    Field("gold", "BOOL", "REQUIRED", "A gold task: its answer is known and measures annotators."),
+    Field("gold_label", "STRING", "NULLABLE", "The known answer of a gold task (never sent to Label Studio)."),
+    Field("gold_boxes", "STRING", "NULLABLE", "Detection gold: JSON list of {label, box} in pixels of the decoded frame."),
+    Field("status", "STRING", "REQUIRED", "'exported', 'labelled', 'accepted', 'relabel' or 'gold'."),
+    Field("accepted_label", "STRING", "NULLABLE", "The label that stands after QC."),
+    Field("accepted_boxes", "STRING", "NULLABLE", "Detection: the boxes that stand after QC (JSON, decoded-frame pixels)."),
+    Field("qc_reason", "STRING", "NULLABLE", "Why QC accepted or sent the task back."),
+    Field("exported_at", "TIMESTAMP", "NULLABLE", "When the task was first exported (UTC); the BigQuery partitioning column."),
+    Field("qc_at", "TIMESTAMP", "NULLABLE", "When QC last decided the task's status (UTC)."),
+)
+
+QC_REPORT_FIELDS = (
+    Field("qc_row_id", "STRING", "REQUIRED", "Deterministic id: qc_id:scope:name; MongoDB _id."),
+    Field("qc_id", "STRING", "REQUIRED", "Id of the QC run: sha256 of project, thresholds and the annotations' ids and update times."),
+    Field("project", "STRING", "REQUIRED", "Label Studio project title."),
+    Field("kind", "STRING", "REQUIRED", "'classification' or 'detection'."),
+    Field("scope", "STRING", "REQUIRED", "'annotator' or 'batch' (a selection)."),
+    Field("name", "STRING", "REQUIRED", "The annotator, or the selection id of the batch."),
+    Field("annotations", "INT64", "REQUIRED", "Annotations counted."),
+    Field("frames", "INT64", "REQUIRED", "Distinct frames annotated."),
+    Field("overlap_pairs", "INT64", "REQUIRED", "Pairs of annotations of the same frame by two annotators."),
+    Field("class_agreement", "FLOAT64", "NULLABLE", "Mean class agreement over those pairs (1 = same label)."),
+    Field("box_f1", "FLOAT64", "NULLABLE", "Detection: mean IoU-matched box F1 over those pairs."),
+    Field("gold_answers", "INT64", "REQUIRED", "Answers to gold tasks."),
+    Field("gold_accuracy", "FLOAT64", "NULLABLE", "Share of right answers to gold tasks."),
+    Field("lead_time_s", "FLOAT64", "REQUIRED", "Total annotation time in seconds."),
+    Field("per_hour", "FLOAT64", "NULLABLE", "Throughput: annotations per hour of annotation time."),
+    Field("accepted", "INT64", "REQUIRED", "Tasks whose labels stand."),
+    Field("relabel", "INT64", "REQUIRED", "Tasks sent back for relabelling."),
+    Field("created_at", "TIMESTAMP", "REQUIRED", "When the QC run wrote the row (UTC); the BigQuery partitioning column."),
+)
+
+RETRAIN_TRIGGER_FIELDS = (
+    Field("trigger_id", "STRING", "REQUIRED", "Deterministic id: sha256(project NUL dataset_version)[:32]; MongoDB _id."),
+    Field("project", "STRING", "REQUIRED", "Label Studio project title."),
+    Field("dataset_dir", "STRING", "REQUIRED", "Where the training set was written."),
+    Field("dataset_version", "STRING", "REQUIRED", "sha256 of the training set's labels, first 16 hex digits."),
+    Field("accepted_labels", "INT64", "REQUIRED", "Accepted labels in the training set."),
+    Field("new_labels", "INT64", "REQUIRED", "Accepted labels not in the previous trigger's training set."),
+    Field("retrain_after", "INT64", "REQUIRED", "The threshold that fired."),
+    Field("model_versions", "STRING", "REPEATED", "Model versions whose pre-annotations the labels saw."),
+    Field("pubsub_topic", "STRING", "NULLABLE", "Topic the trigger message was published to, if any."),
+    Field("created_at", "TIMESTAMP", "REQUIRED", "When the trigger was written (UTC); the BigQuery partitioning column."),
+)
+
+
+def make_label_task_key(project: str, frame_id: str) -> str:
+    """Deterministic label-task id: the first 32 hex digits of sha256(project NUL frame_id)."""
+    return hashlib.sha256(f"{project}\0{frame_id}".encode("utf-8")).hexdigest()[:32]

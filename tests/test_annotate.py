@@ -1,0 +1,327 @@
+"""The labelling loop against a real Label Studio and a real mongod: export a real selection with
+pre-annotations, annotators answer through Label Studio's API (two annotators on overlapping
+tasks, a gold task answered wrongly, a malformed and an orphaned annotation), import, QC checked
+against hand-computed figures, the next selection skips what was sent, a training set (COCO read
+back with pycocotools), a retraining trigger; every step rerun duplicates nothing.
+
+The tests run in file order and share one server of each kind (module fixtures).
+"""
+import csv
+import json
+import os
+import shutil
+
+import pymongo
+import pytest
+
+from tests import harness
+from beam_pipelines import annotate, mine, stats
+from beam_pipelines.local_label_studio import LocalLabelStudio
+from beam_pipelines.sample_media import CLASS_NAMES
+from transforms.annotate import dataset as dataset_lib
+from transforms.annotate.client import LabelStudioClient
+
+N_PNG = 12
+BUDGET = 8
+PROJECT = "cams"
+ANN1, ANN2, ANN3 = "ann1@vendor.example", "ann2@vendor.example", "ann3@vendor.example"
+
+
+def _choice(label):
+    return [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """mongod, Label Studio (document root = the output folder), 12 Fashion-MNIST PNGs and cup.mp4,
+    and a first `mine` selection of 8 frames."""
+    root = harness.tmpdir("annotate-")
+    media = os.path.join(root, "in")
+    os.makedirs(media)
+    truth = {}
+    with open(harness.media("fashion-mnist", "labels.csv")) as f:
+        for row in csv.DictReader(f):
+            truth[row["file"]] = row["class_name"]
+    for i in range(N_PNG):
+        shutil.copy(harness.media("fashion-mnist", f"t10k-{i:05d}.png"), media)
+    shutil.copy(harness.media("cup.mp4"), media)
+    with harness.mongod() as mongo, LocalLabelStudio(os.path.join(root, "ls-data"), document_root=root) as server:
+        argv = [f"--input={media}/*", f"--output_dir={root}/mine1", f"--mongo_uri={mongo.uri}",
+                f"--budget={BUDGET}", "--uniqueness_k=0", "--quiet"]
+        mine.run(argv)
+        with open(os.path.join(root, "mine1", "candidates.jsonl")) as f:
+            first = [json.loads(line) for line in f]
+        common = ["--mongo_uri", mongo.uri, "--label_studio_url", server.url, "--label_studio_api_key",
+                  server.api_key, "--label_studio_document_root", root, "--output_dir", os.path.join(root, "ann"),
+                  "--label_studio_project", PROJECT]
+        yield {"root": root, "mongo": mongo, "server": server, "first": first, "truth": truth, "common": common,
+               "db": pymongo.MongoClient(mongo.uri)["activebeam"],
+               "client": LabelStudioClient(server.url, server.api_key), "argv": argv, "media": media}
+
+
+def _truth_of(loop, frame):
+    """The true class of a PNG frame; frames of cup.mp4 are a 'bag' for our annotators."""
+    return loop["truth"].get(os.path.basename(frame["source_uri"]), "bag")
+
+
+def test_export_sends_the_selection_with_pre_annotations_once(loop):
+    db, client = loop["db"], loop["client"]
+    selected = {c["frame_id"] for c in loop["first"]}
+    # Two gold tasks: PNGs the selection did not pick, with their true Fashion-MNIST class.
+    spare = [d for d in db["frames"].find({"source_uri": {"$regex": r"\.png$"}}).sort("_id", 1)
+             if d["_id"] not in selected][:2]
+    gold_csv = os.path.join(loop["root"], "gold.csv")
+    with open(gold_csv, "w") as f:
+        f.write("source_uri,frame_index,label\n")
+        for d in spare:
+            f.write(f"{d['source_uri']},0,{_truth_of(loop, d)}\n")
+    loop["gold"] = {d["_id"]: _truth_of(loop, d) for d in spare}
+    argv = ["export", "--selection_id", loop["first"][0]["selection_id"], "--overlap", "0.75", "--gold", gold_csv]
+    counts = annotate.run(argv + loop["common"])
+    assert counts["kind"] == "classification" and counts["classes"] == list(CLASS_NAMES)
+    assert counts["tasks_in_project"] == BUDGET + 2 and counts["dead_letters"] == 0
+    project = client.project_by_title(PROJECT)
+    tasks = list(client.tasks(project["id"]))
+    assert {t["data"]["frame_id"] for t in tasks} == selected | set(loop["gold"])
+    frames = {d["_id"]: d for d in db["frames"].find({}, {"embedding": 0})}
+    for task in tasks:
+        frame = frames[task["data"]["frame_id"]]
+        (pred,) = task["predictions"]
+        assert pred["result"][0]["value"]["choices"] == [CLASS_NAMES[frame["predicted_class"]]]
+        assert pred["model_version"] == f"{frame['model']['name']}@{frame['model']['version']}"
+        # Label Studio serves the picture, at the frame's full resolution (video frames too).
+        picture = client._session.get(client.url + task["data"]["image"])
+        assert picture.status_code == 200 and picture.content[:8] == b"\x89PNG\r\n\x1a\n"
+        import cv2
+        import numpy as np
+        decoded = cv2.imdecode(np.frombuffer(picture.content, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded.shape[:2] == (frame["height"], frame["width"])
+    assert any(frames[t["data"]["frame_id"]]["media_type"] == "video" for t in tasks)
+    ledger = list(db["label_tasks"].find({"project": PROJECT}))
+    assert len(ledger) == BUDGET + 2 and all(e["task_id"] for e in ledger)
+    assert {e["frame_id"] for e in ledger if e["gold"]} == set(loop["gold"])
+    overlap = {e["frame_id"] for e in ledger if e["overlap"] == 2 and not e["gold"]}
+    assert 1 <= len(overlap) <= BUDGET
+    assert {t["data"]["frame_id"] for t in tasks if t["overlap"] == 2} == overlap | set(loop["gold"])
+    loop["overlap"], loop["tasks"], loop["frames"] = overlap, {t["data"]["frame_id"]: t for t in tasks}, frames
+    # A second export adds nothing.
+    again = annotate.run(argv + loop["common"])
+    assert again["tasks_in_project"] == BUDGET + 2 and db["label_tasks"].count_documents({}) == BUDGET + 2
+
+
+def test_annotators_answer_then_import_normalises_idempotently(loop):
+    client, db = loop["client"], loop["db"]
+    users = {}
+    for email in (ANN1, ANN2, ANN3):
+        users[email] = client.request("POST", "/api/users", json={
+            "email": email, "username": email, "password": "vendor-pw-12345"})["id"]
+    wrong = sorted(loop["overlap"])[0]  # ann2 disagrees on the first overlap task
+    gold_ids = sorted(loop["gold"])
+    for frame_id, task in sorted(loop["tasks"].items()):
+        truth = loop["gold"].get(frame_id) or _truth_of(loop, loop["frames"][frame_id])
+        other = next(c for c in CLASS_NAMES if c != truth)
+        client.request("POST", f"/api/tasks/{task['id']}/annotations",
+                       json={"result": _choice(truth), "completed_by": users[ANN1], "lead_time": 10.0})
+        if frame_id in loop["overlap"] or frame_id in loop["gold"]:
+            answer = other if frame_id in (wrong, gold_ids[0]) else truth  # gold_ids[0]: wrong gold answer
+            client.request("POST", f"/api/tasks/{task['id']}/annotations",
+                           json={"result": _choice(answer), "completed_by": users[ANN2], "lead_time": 20.0})
+    # ann3 answers with a class the project does not have: malformed. A task that no export made: orphaned.
+    some_task = loop["tasks"][sorted(set(loop["tasks"]) - set(loop["gold"]))[0]]
+    client.request("POST", f"/api/tasks/{some_task['id']}/annotations",
+                   json={"result": _choice("hovercraft"), "completed_by": users[ANN3], "lead_time": 5.0})
+    project = client.project_by_title(PROJECT)
+    client.import_tasks(project["id"], [{"data": {"image": "/data/local-files/?d=nowhere.png"},
+                                         "annotations": [{"result": _choice("bag"), "completed_by": users[ANN1]}]}])
+    n_overlap = len(loop["overlap"])
+    expected_rows = (BUDGET + 2) + (n_overlap + 2)
+    with harness.bigquery_emulator() as endpoint:  # and the BigQuery annotations table, once
+        bq = harness.bigquery_client(endpoint)
+        bq.create_dataset("labels")
+        table = f"{harness.BIGQUERY_PROJECT}:labels.annotations"
+        for _ in range(2):
+            counts = annotate.run(["import", "--bigquery_annotations_table", table] + loop["common"])
+            (bq_rows,) = bq.query(f"SELECT COUNT(*) AS n, COUNT(DISTINCT annotation_id) AS ids "
+                                  f"FROM `{harness.BIGQUERY_PROJECT}.labels.annotations`").result()
+            assert (bq_rows["n"], bq_rows["ids"]) == (expected_rows, expected_rows)
+    assert counts["annotations"] == expected_rows and counts["frames_labelled"] == BUDGET + 2
+    assert counts["dead_letters"] == 2
+    with open(os.path.join(loop["root"], "ann", annotate.DEAD_LETTER_FILE)) as f:
+        dead = [json.loads(line) for line in f]
+    assert sorted(d["error"].split(":")[0] for d in dead) == ["malformed", "orphaned"]
+    assert all(d["stage"] == "label_import" for d in dead)
+    row = db["annotations"].find_one({"frame_id": wrong, "annotator": ANN2})
+    assert row["label"] != row.get("label_index") and row["label"] in CLASS_NAMES
+    assert row["selection_id"] == loop["first"][0]["selection_id"] and row["lead_time_s"] == 20.0
+    assert row["model_version"].startswith("fashion_mnist_cnn@") and row["label_task_id"] == loop["tasks"][wrong]["id"]
+    # Rerun from a Label Studio JSON export file: the same rows, nothing added.
+    export_file = os.path.join(loop["root"], "ls-export.json")
+    with open(export_file, "w") as f:
+        json.dump(client.export(project["id"]), f)
+    assert annotate.run(["import", "--export_file", export_file] + loop["common"])["annotations"] == expected_rows
+    assert db["annotations"].count_documents({}) == expected_rows
+    loop["wrong"] = wrong
+
+
+def test_qc_figures_equal_hand_computed_values_and_failures_go_back(loop):
+    db, client = loop["db"], loop["client"]
+    k = len(loop["overlap"])
+    report = annotate.run(["qc"] + loop["common"])
+    a1, a2 = report["annotators"][ANN1], report["annotators"][ANN2]
+    # Pairs: k overlap tasks (one disagreement) + 2 gold tasks (one disagreement).
+    assert a1["overlap_pairs"] == a2["overlap_pairs"] == k + 2
+    assert a1["class_agreement"] == pytest.approx(k / (k + 2)) == a2["class_agreement"]
+    assert (a1["gold_answers"], a1["gold_accuracy"]) == (2, 1.0)
+    assert (a2["gold_answers"], a2["gold_accuracy"]) == (2, 0.5)  # one gold task answered wrongly
+    assert a1["annotations"] == BUDGET + 2 and a1["per_hour"] == pytest.approx(360.0)  # 10 s each
+    assert a2["annotations"] == k + 2 and a2["per_hour"] == pytest.approx(180.0)  # 20 s each
+    assert (report["accepted"], report["relabel"], report["gold"]) == (BUDGET - 1, 1, 2)
+    batch = report["batches"][loop["first"][0]["selection_id"]]
+    assert batch["gold_accuracy"] == 0.75 and batch["annotations"] == BUDGET + 2 + k + 2
+    ledger = {e["frame_id"]: e for e in db["label_tasks"].find({"project": PROJECT})}
+    assert ledger[loop["wrong"]]["status"] == "relabel"
+    assert client.request("GET", f"/api/tasks/{loop['tasks'][loop['wrong']]['id']}")["overlap"] == 3
+    accepted = [e for e in ledger.values() if e["status"] == "accepted"]
+    assert all(e["accepted_label"] == _truth_of(loop, loop["frames"][e["frame_id"]]) for e in accepted)
+    with open(report["report"]) as f:
+        assert json.load(f)["qc_id"] == report["qc_id"]
+    # Rerun: same QC id, same rows.
+    rows = db["qc_reports"].count_documents({})
+    assert rows == 3 and annotate.run(["qc"] + loop["common"])["qc_id"] == report["qc_id"]
+    assert db["qc_reports"].count_documents({}) == rows
+    # stats: the funnel and the QC table.
+    reports = stats.mongo_stats(loop["mongo"].uri)
+    assert reports["labelling_funnel"] == [{"selection_id": loop["first"][0]["selection_id"], "selected": BUDGET,
+                                            "exported": BUDGET, "labelled": BUDGET, "accepted": BUDGET - 1,
+                                            "relabel": 1}]
+    assert {(r["scope"], r["name"]) for r in reports["qc_per_annotator"]} == {
+        ("annotator", ANN1), ("annotator", ANN2), ("batch", loop["first"][0]["selection_id"])}
+
+
+def test_next_selection_skips_frames_sent_for_labelling(loop):
+    argv = [a.replace("/mine1", "/mine2") for a in loop["argv"]]
+    mine.run(argv)
+    with open(os.path.join(loop["root"], "mine2", "candidates.jsonl")) as f:
+        second = [json.loads(line) for line in f]
+    sent = {e["frame_id"] for e in loop["db"]["label_tasks"].find()}
+    assert second and not {c["frame_id"] for c in second} & sent
+    assert second[0]["selection_id"] != loop["first"][0]["selection_id"]
+    assert len(second) <= BUDGET
+
+
+def _with_pubsub_topic(fn):
+    """``fn(topic)`` with a topic of the Cloud SDK's Pub/Sub emulator, then the messages on it
+    (``fn(None)`` and no messages where that emulator is not installed)."""
+    from beam_pipelines import emulators
+    try:
+        context = emulators.pubsub_emulator()
+        context.__enter__()
+    except emulators.EmulatorNotFound:
+        return fn(None), None
+    try:
+        from google.cloud import pubsub_v1
+        publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        topic, subscription = "projects/activebeam-test/topics/retrain", "projects/activebeam-test/subscriptions/trainer"
+        publisher.create_topic(name=topic)
+        subscriber.create_subscription(name=subscription, topic=topic)
+        result = fn(topic)
+        pulled = subscriber.pull(subscription=subscription, max_messages=10, timeout=30)
+        return result, [m.message for m in pulled.received_messages]
+    finally:
+        context.__exit__(None, None, None)
+
+
+def test_labelled_frames_and_their_near_duplicates_are_excluded(loop):
+    """``duplicate_group`` (the detector engineer's field): a labelled frame's group is excluded too."""
+    from transforms.annotate.ptransforms import ReadLabelledFrameIds
+    db = pymongo.MongoClient(loop["mongo"].uri)["dups"]
+    db["frames"].insert_many([{"_id": "rep", "duplicate_group": "rep"}, {"_id": "twin", "duplicate_group": "rep"},
+                              {"_id": "sent", "duplicate_group": None}, {"_id": "other", "duplicate_group": "x"},
+                              {"_id": "x"}, {"_id": "near-sent", "duplicate_group": "sent"}])
+    db["label_tasks"].insert_one({"_id": "k1", "frame_id": "twin"})
+    db["annotations"].insert_one({"_id": "a1", "frame_id": "sent"})
+    ids = harness.run_collect(lambda p: {"ids": p | ReadLabelledFrameIds(loop["mongo"].uri, "dups")})["ids"]
+    assert sorted(ids) == ["near-sent", "rep", "sent", "twin"]
+    assert harness.run_collect(lambda p: {"ids": p | ReadLabelledFrameIds(loop["mongo"].uri, "empty")})["ids"] == []
+
+
+def test_dataset_and_retraining_trigger_written_once(loop):
+    out = os.path.join(loop["root"], "dataset")
+    argv = ["dataset", "--dataset_dir", out, "--retrain_after", str(BUDGET - 1)] + loop["common"]
+    result, messages = _with_pubsub_topic(
+        lambda topic: annotate.run(argv + (["--retrain_topic", topic] if topic else [])))
+    assert result["accepted_labels"] == BUDGET - 1 and result["trigger"]["new"]
+    if messages is not None:  # the training job's start signal
+        (message,) = messages
+        assert message.attributes["trigger_id"] == result["trigger"]["trigger_id"]
+        assert json.loads(message.data)["accepted_labels"] == BUDGET - 1
+    with open(os.path.join(out, "manifest.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == BUDGET - 1 and all(r["split"] == dataset_lib.split_of(r["frame_id"], 0.2) for r in rows)
+    for r in rows:
+        assert os.path.exists(os.path.join(out, r["split"], r["label"].replace("/", "_"), f"{r['frame_id']}.png"))
+    with open(os.path.join(out, "dataset.json")) as f:
+        lineage = json.load(f)
+    assert lineage["selections"] == [loop["first"][0]["selection_id"]] and lineage["qc_id"]
+    again = annotate.run(argv)
+    assert again["dataset_version"] == result["dataset_version"] and not again["trigger"]["new"]
+    assert loop["db"]["retrain_triggers"].count_documents({}) == 1
+
+
+def test_detection_export_boxes_and_coco_read_back_with_pycocotools(loop):
+    """Frames carrying detections (added to their documents after `mine`, as a detector will write
+    them) become box pre-annotations; annotated boxes come back; the COCO file loads in pycocotools."""
+    from pycocotools.coco import COCO
+    db, client = loop["db"], loop["client"]
+    video = sorted(db["frames"].find({"media_type": "video"}, {"embedding": 0}), key=lambda d: d["frame_index"])[:2]
+    for d in video:
+        db["frames"].update_one({"_id": d["_id"]}, {"$set": {"detections": [
+            {"label": "cup", "class_id": 41, "score": 0.8, "box": [64, 48, 320, 240]}]}})
+        db["candidates"].insert_one({"_id": f"det:{d['_id']}", "selection_id": "det-sel", "frame_id": d["_id"],
+                                     "rank": 1}, bypass_document_validation=True)
+    common = [a if a != PROJECT else "cups" for a in loop["common"]]
+    counts = annotate.run(["export", "--selection_id", "det-sel", "--classes", "cup,person"] + common)
+    assert counts["kind"] == "detection" and counts["tasks_in_project"] == 2
+    project = client.project_by_title("cups")
+    for task in client.tasks(project["id"]):
+        (region,) = task["predictions"][0]["result"]
+        w, h = task["data"]["width"], task["data"]["height"]
+        assert region["value"]["x"] == pytest.approx(100 * 64 / w) and region["value"]["width"] == pytest.approx(100 * 256 / w)
+        result = [dict(region, value=dict(region["value"], rectanglelabels=["cup"]))]
+        result[0].pop("score", None)
+        client.create_annotation(task["id"], result, lead_time=4.0)
+    assert annotate.run(["import"] + common)["annotations"] == 2
+    assert annotate.run(["qc"] + common)["accepted"] == 2
+    out = os.path.join(loop["root"], "coco")
+    annotate.run(["dataset", "--dataset_dir", out, "--val_fraction", "0"] + common)
+    coco = COCO(os.path.join(out, "coco_train.json"))
+    assert len(coco.getImgIds()) == 2 and coco.getCatIds(catNms=["cup"]) == [1]
+    ann = coco.loadAnns(coco.getAnnIds())[0]
+    image = coco.loadImgs(ann["image_id"])[0]
+    sx = image["width"] / video[0]["width"]
+    assert ann["bbox"] == pytest.approx([64 * sx, 48 * sx, 256 * sx, 192 * sx], abs=0.05)
+
+
+def test_cli_with_embedded_label_studio_and_one_line_errors(loop):
+    """The command line, with the embedded Label Studio started on a copy of the test server's
+    initialised data (5-10 s instead of 40 s), and exit code 2 for a bad option."""
+    import subprocess
+    import sys
+    out = os.path.join(loop["root"], "embedded")
+    shutil.copytree(os.path.join(loop["root"], "ls-data"), os.path.join(out, "label-studio"),
+                    ignore=shutil.ignore_patterns("*.log", "home"))
+    env = dict(os.environ, PYTHONPATH=harness.CHECKOUT)
+    done = subprocess.run([sys.executable, "-m", "beam_pipelines.annotate", "import", "--output_dir", out,
+                           "--mongo_uri", loop["mongo"].uri, "--label_studio_project", PROJECT],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Label Studio: http://127.0.0.1:" in done.stdout and "user admin@activebeam.local" in done.stdout
+    assert json.loads(done.stdout[done.stdout.index("{"):])["annotations"] == loop["db"]["annotations"].count_documents(
+        {"label_project": PROJECT})
+    bad = subprocess.run([sys.executable, "-m", "beam_pipelines.annotate", "export", "--overlap", "2",
+                          "--selection_id", "x"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "annotate: error: --overlap must be in [0, 1], got 2.0"
+
+
+if __name__ == "__main__":
+    harness.main(__file__)

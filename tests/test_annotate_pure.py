@@ -1,0 +1,159 @@
+"""The labelling loop's pure parts against hand-computed values: Label Studio formats, QC maths, splits, COCO."""
+import pytest
+
+from tests import harness
+from transforms.annotate import dataset, label_studio as ls, qc
+
+CLASSES = ["person", "car"]
+
+
+def test_label_configs_name_every_class_and_read_back():
+    config = ls.label_config("detection", ["person", 'a "quoted" & <odd> name'])
+    assert "<RectangleLabels" in config and ls.kind_of_config(config) == "detection"
+    assert ls.classes_of_config(config) == ["person", 'a "quoted" & <odd> name']
+    config = ls.label_config("classification", CLASSES)
+    assert '<Choices name="label" toName="image" choice="single"' in config
+    assert ls.classes_of_config(config) == CLASSES and ls.kind_of_config(config) == "classification"
+    for bad in ((), ["a", "a"]):
+        with pytest.raises(ValueError):
+            ls.label_config("classification", bad)
+    with pytest.raises(ValueError, match="task kind"):
+        ls.label_config("segmentation", CLASSES)
+
+
+def test_boxes_go_to_percent_and_back():
+    # 200 x 100 frame; box x 20..120, y 10..60 -> x 10 %, y 10 %, width 50 %, height 50 %.
+    value = ls.box_to_percent([20, 10, 120, 60], 200, 100)
+    assert value == {"x": 10.0, "y": 10.0, "width": 50.0, "height": 50.0, "rotation": 0}
+    assert ls.percent_to_box(value, 200, 100) == [20.0, 10.0, 120.0, 60.0]
+    assert ls.percent_to_box(value, 400, 300) == [40.0, 30.0, 240.0, 180.0]  # another resolution
+    for bad in ({"x": 10, "y": 10, "width": 0, "height": 5}, {"x": 90, "y": 0, "width": 20, "height": 5},
+                {"x": 1, "y": 1, "width": 5, "height": 5, "rotation": 30}, {"x": "a", "y": 1, "width": 5, "height": 5}):
+        with pytest.raises(ValueError):
+            ls.percent_to_box(bad, 200, 100)
+
+
+def test_predictions_carry_boxes_or_the_predicted_class():
+    frame = {"_id": "f1", "source_uri": "/cam/a.jpg", "frame_index": 0, "width": 200, "height": 100,
+             "model": {"name": "det", "version": "v7"}, "predicted_class": 1, "probabilities": [0.25, 0.75],
+             "detections": [{"label": "car", "class_id": 1, "score": 0.9, "box": [20, 10, 120, 60]},
+                            {"label": "person", "class_id": 0, "score": 0.5, "box": [0, 0, 10, 10]},
+                            {"label": "bus", "class_id": 5, "score": 0.99, "box": [0, 0, 1, 1]}]}
+    pred = ls.prediction(frame, "detection", CLASSES)
+    assert pred["model_version"] == "det@v7" and pred["score"] == pytest.approx(0.7)
+    assert [r["value"]["rectanglelabels"] for r in pred["result"]] == [["car"], ["person"]]  # bus: not a class
+    assert pred["result"][0]["value"]["x"] == 10.0 and pred["result"][0]["original_width"] == 200
+    pred = ls.prediction(frame, "classification", CLASSES)
+    assert pred["result"][0]["value"] == {"choices": ["car"]} and pred["score"] == 0.75
+    task = ls.make_task(frame, "/data/local-files/?d=x.png", "classification", CLASSES, selection_id="s1", overlap=2)
+    assert task["data"]["frame_id"] == "f1" and task["data"]["overlap"] == 2 and task["predictions"] == [pred]
+    assert ls.prediction(dict(frame, detections=[]), "detection", CLASSES) is None
+
+
+def test_results_parse_into_labels_and_boxes():
+    box = {"type": "rectanglelabels", "value": {"x": 10, "y": 10, "width": 50, "height": 50,
+                                                 "rectanglelabels": ["car"]}}
+    parsed = ls.parse_result([box, dict(box, value=dict(box["value"], rectanglelabels=["person"]))],
+                             "detection", 200, 100, CLASSES)
+    assert parsed.label == "car,person" and parsed.boxes[0] == {"label": "car", "box": [20.0, 10.0, 120.0, 60.0]}
+    assert ls.parse_result([], "detection", 200, 100, CLASSES) == ls.ParsedResult("", [])
+    choice = {"type": "choices", "value": {"choices": ["car"]}}
+    assert ls.parse_result([choice], "classification", 1, 1, CLASSES).label == "car"
+    for bad in ([], [choice, choice], [{"type": "choices", "value": {"choices": ["bus"]}}]):
+        with pytest.raises(ValueError):
+            ls.parse_result(bad, "classification", 1, 1, CLASSES)
+    assert ls.annotator_name({"completed_by": 3}, {3: "a@x.org"}) == "a@x.org"
+    assert ls.annotator_name({"completed_by": {"id": 4, "email": "b@x.org"}}) == "b@x.org"
+    assert ls.annotator_name({"completed_by": 5}) == "user-5" and ls.annotator_name({}) is None
+
+
+def _box(label, x1, y1, x2, y2):
+    return {"label": label, "box": [x1, y1, x2, y2]}
+
+
+def test_iou_and_matched_box_f1_by_hand():
+    assert qc.iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
+    assert qc.iou([0, 0, 10, 10], [20, 20, 30, 30]) == 0.0
+    a = [_box("car", 0, 0, 10, 10), _box("car", 100, 100, 110, 110), _box("person", 50, 50, 60, 60)]
+    b = [_box("car", 1, 0, 11, 10),     # IoU 90/110 = 0.818 with a[0]
+         _box("car", 105, 100, 115, 110),  # IoU 1/3 with a[1]: below 0.5
+         _box("car", 50, 50, 60, 60)]      # same place as a[2] but another class
+    assert qc.match_boxes(a, b) == [(0, 0, pytest.approx(90 / 110))]
+    assert qc.box_f1(a, b) == pytest.approx(2 * 1 / 6)
+    assert qc.box_f1(a, b, iou_threshold=0.3) == pytest.approx(2 * 2 / 6)
+    assert len(qc.match_boxes(a, b, same_class=False)) == 2
+    assert qc.box_f1([], []) == 1.0 and qc.box_f1(a, []) == 0.0
+
+
+def _ann(frame, who, label, batch="s1", lead=10.0, boxes=None):
+    return {"frame_id": frame, "annotator": who, "label": label, "selection_id": batch, "lead_time_s": lead,
+            "boxes": boxes or []}
+
+
+def test_qc_report_by_hand():
+    # f1..f4: a labels all; b labels f1 (agrees), f2 (disagrees); gold g1 (a right, b wrong), g2 (both right).
+    anns = [_ann(f, "a", "cat") for f in ("f1", "f2", "f3", "f4")]
+    anns += [_ann("f1", "b", "cat", lead=20), _ann("f2", "b", "dog", lead=20)]
+    anns += [_ann("g1", "a", "cat"), _ann("g1", "b", "dog", lead=20), _ann("g2", "a", "dog"), _ann("g2", "b", "dog", lead=20)]
+    gold = {"g1": {"label": "cat"}, "g2": {"label": "dog"}}
+    report = qc.qc_report(anns, gold, "classification")
+    a, b = report["annotators"]["a"], report["annotators"]["b"]
+    # Pairs: f1 agree, f2 disagree, g1 disagree, g2 agree -> 2/4 for both.
+    assert a["overlap_pairs"] == b["overlap_pairs"] == 4 and a["class_agreement"] == b["class_agreement"] == 0.5
+    assert a["gold_accuracy"] == 1.0 and b["gold_accuracy"] == 0.5 and a["gold_answers"] == 2
+    assert a["annotations"] == 6 and a["per_hour"] == pytest.approx(6 / (60 / 3600))
+    assert b["annotations"] == 4 and b["per_hour"] == pytest.approx(4 / (80 / 3600))
+    tasks = report["tasks"]
+    assert tasks["f1"]["status"] == "accepted" and tasks["f1"]["agreement"] == 1.0
+    assert tasks["f2"]["status"] == "relabel" and tasks["f2"]["reason"] == "agreement 0 below 0.5"
+    assert tasks["f3"]["status"] == "accepted" and tasks["f3"]["label"] == "cat"
+    assert tasks["g1"]["status"] == "gold"
+    batch = report["batches"]["s1"]
+    assert (batch["accepted"], batch["relabel"], batch["gold_accuracy"]) == (3, 1, 0.75)
+    # b below the gold threshold: b's answers are ignored, f2 stands on a's answer alone.
+    strict = qc.qc_report(anns, gold, "classification", min_gold_accuracy=0.75)
+    assert strict["tasks"]["f2"]["status"] == "accepted" and strict["tasks"]["f2"]["label"] == "cat"
+    assert qc.qc_report([_ann("g1", "b", "dog")], gold, "classification", min_gold_accuracy=0.75)["tasks"]["g1"]["status"] == "gold"
+    only_b = qc.qc_report([_ann("g1", "b", "dog"), _ann("f9", "b", "cat")], gold, "classification")
+    assert only_b["tasks"]["f9"]["status"] == "relabel"
+    with pytest.raises(ValueError, match="min_agreement"):
+        qc.qc_report(anns, gold, min_agreement=1.5)
+    rows = qc.report_rows(report, "p", "q1")
+    assert {(r["scope"], r["name"]) for r in rows} == {("annotator", "a"), ("annotator", "b"), ("batch", "s1")}
+
+
+def test_detection_qc_uses_box_f1():
+    car = _box("car", 0, 0, 10, 10)
+    anns = [_ann("f1", "a", "car", boxes=[car]), _ann("f1", "b", "car", boxes=[_box("car", 1, 0, 11, 10)]),
+            _ann("f2", "a", "car", boxes=[car]), _ann("f2", "b", "car", boxes=[_box("car", 6, 0, 16, 10)])]
+    report = qc.qc_report(anns, {}, "detection")
+    assert report["annotators"]["a"]["box_f1"] == 0.5 and report["annotators"]["a"]["class_agreement"] == 1.0
+    assert report["tasks"]["f1"]["status"] == "accepted" and report["tasks"]["f2"]["status"] == "relabel"
+
+
+def test_splits_are_deterministic_and_near_the_fraction():
+    ids = [f"frame-{i}" for i in range(2000)]
+    splits = [dataset.split_of(i, 0.2) for i in ids]
+    assert splits == [dataset.split_of(i, 0.2) for i in ids]
+    assert 0.17 < splits.count("val") / len(ids) < 0.23
+    assert all(dataset.split_of(i, 0.0) == "train" for i in ids[:50])
+    with pytest.raises(ValueError, match="val_fraction"):
+        dataset.split_of("x", 1.0)
+
+
+def test_coco_document_by_hand():
+    labels = [{"frame_id": "b", "image": "/m/b.png", "image_width": 400, "image_height": 200, "width": 200,
+               "height": 100, "label": "car", "boxes": [_box("car", 20, 10, 120, 60)]},
+              {"frame_id": "a", "image": "/m/a.png", "image_width": 200, "image_height": 100, "width": 200,
+               "height": 100, "label": "", "boxes": []}]
+    coco = dataset.coco_document(labels, CLASSES)
+    assert [i["file_name"] for i in coco["images"]] == ["/m/a.png", "/m/b.png"]
+    assert coco["annotations"] == [{"id": 1, "image_id": 2, "category_id": 2, "bbox": [40.0, 20.0, 200.0, 100.0],
+                                    "area": 20000.0, "iscrowd": 0}]
+    assert coco["categories"][0] == {"id": 1, "name": "person", "supercategory": "object"}
+    with pytest.raises(ValueError, match="bus"):
+        dataset.coco_document([dict(labels[0], boxes=[_box("bus", 0, 0, 1, 1)])], CLASSES)
+
+
+if __name__ == "__main__":
+    harness.main(__file__)

@@ -1,0 +1,327 @@
+"""The pretrained camera-frame models converted at set-up (NanoDet-g, EfficientNet-Lite0), on real
+frames: conversion faithful to the original graphs, people found in vtest.avi where they are,
+sensible ImageNet classes and embeddings, the detection scores against hand-computed values, and
+the whole `mine` job with these defaults (detections, near-duplicate groups, stats)."""
+import json
+import os
+import tarfile
+
+import cv2
+import numpy as np
+import pytest
+
+from tests import harness
+from transforms.score import pretrained
+from transforms.score.detection import (aggregate_detection_scores, estimate_background, iou_matrix,
+                                        localisation_instability, rare_class_scores)
+from transforms.score.pretrained import convert, nanodet
+
+FRAMES_WITH_CROWDS = (100, 200, 300)  # vtest.avi frames with several pedestrians
+
+
+@pytest.fixture(scope="module")
+def models():
+    if not convert.up_to_date(pretrained.models_dir()):
+        pytest.fail(f"the converted models are missing in {pretrained.models_dir()}: run scripts/setup.sh")
+    return pretrained.models_dir()
+
+
+@pytest.fixture(scope="module")
+def vtest_frames():
+    import av
+    with av.open(harness.media("vtest.avi")) as container:
+        return {i: f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0))
+                if i in FRAMES_WITH_CROWDS or i % 100 == 0}
+
+
+def _tflite(path):
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=path, num_threads=2)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _run(interpreter, x):
+    index = interpreter.get_input_details()[0]["index"]
+    if tuple(interpreter.get_input_details()[0]["shape"]) != x.shape:
+        interpreter.resize_tensor_input(index, list(x.shape))
+        interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    return [interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()]
+
+
+def test_conversion_is_pinned_and_matches_the_original_graph(models, vtest_frames):
+    with open(os.path.join(models, pretrained.MANIFEST_FILE)) as f:
+        manifest = json.load(f)
+    assert manifest["sha256"] == convert.CONVERTED_SHA256
+    for model in manifest["models"].values():
+        assert model["max_abs_difference_to_original"] < convert.TOLERANCE
+    # NanoDet: the TFJS graph itself (rebuilt in TensorFlow from the npm package) against the
+    # TFLite file, on real video frames.
+    import tensorflow as tf
+    from transforms.score.pretrained import tfjs_graph
+    downloads = os.path.join(os.path.dirname(models), "downloads")
+    tmp = harness.tmpdir("nanodet-")
+    with tarfile.open(os.path.join(downloads, convert.SOURCES["nanodet"].filename)) as tar:
+        for member in convert.NANODET_MEMBERS:
+            tar.extract(tar.getmember(member), tmp, filter="data")
+    graph_def, signature = tfjs_graph.load_graph_def(os.path.join(tmp, convert.NANODET_MEMBERS[0]))
+    original = tfjs_graph.to_concrete_function(graph_def, signature)
+    interpreter = _tflite(os.path.join(models, pretrained.DETECTOR_FILE))
+    for i in FRAMES_WITH_CROWDS[:2]:
+        x = nanodet.prepare(vtest_frames[i])
+        expected = [t.numpy() for t in original(tf.constant(x))]
+        actual = _run(interpreter, x)
+        assert [a.shape for a in actual] == [e.shape for e in expected]
+        for e, a in zip(expected, actual):
+            np.testing.assert_allclose(a, e, atol=1e-4)
+        assert max(float(e.max()) for e in expected if e.shape[-1] == 80) > 0.5  # it sees something
+
+
+def test_detector_finds_the_people_of_vtest_where_they_are(models, vtest_frames):
+    from transforms.score.detectors import NanoDetDetector
+    detector = NanoDetDetector(pretrained.detector_path(), num_threads=2).load()
+    background = cv2.cvtColor(estimate_background(harness.media("vtest.avi")), cv2.COLOR_RGB2GRAY).astype(np.int16)
+    for i in FRAMES_WITH_CROWDS:
+        rgb = vtest_frames[i]
+        found = detector.detect(rgb)
+        people = [(box, score) for box, score, label in zip(found.boxes, found.confidences, found.labels)
+                  if label == "person" and score >= 0.5]
+        assert len(people) >= 4, (i, list(zip(found.labels, found.confidences)))
+        assert list(found.confidences) == sorted(found.confidences, reverse=True)
+        assert np.all(found.boxes[:, 0] >= 0) and np.all(found.boxes[:, 2] <= 768)
+        assert np.all(found.boxes[:, 1] >= 0) and np.all(found.boxes[:, 3] <= 576)
+        # Where they are: pedestrians are taller than wide, and most of a person's box differs
+        # from the empty scene (the median background of the whole video, computed independently).
+        moving = np.abs(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.int16) - background) > 25
+        for box, _ in people:
+            x1, y1, x2, y2 = box.round().astype(int)
+            assert (y2 - y1) > (x2 - x1), box
+            assert moving[y1:y2, x1:x2].mean() > 0.15, (i, box)
+        assert found.localisation is not None and len(found.localisation) == len(found.boxes)
+        assert np.all((found.localisation >= 0) & (found.localisation <= 1))
+    # A photo without people or vehicles gets no confident person.
+    flower = cv2.imread(harness.media("flower.jpg"))[:, :, ::-1].copy()
+    assert not [s for s, label in zip(detector.detect(flower).confidences, detector.detect(flower).labels)
+                if label == "person" and s >= 0.5]
+
+
+def test_backbone_classes_and_embeddings(models, vtest_frames):
+    interpreter = _tflite(pretrained.backbone_path())
+    with open(os.path.join(models, pretrained.IMAGENET_CLASSES_FILE)) as f:
+        names = json.load(f)
+    widths = {d["shape"][-1]: n for n, d in enumerate(interpreter.get_output_details())}
+
+    def embed_and_classify(rgb):
+        x = cv2.resize(np.ascontiguousarray(rgb), (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
+        outputs = _run(interpreter, x)
+        return outputs[widths[1280]][0], outputs[widths[1000]][0]
+
+    photos = {name: cv2.imread(harness.media(name))[:, :, ::-1] for name in ("china.jpg", "flower.jpg")}
+    top5 = {name: [names[i] for i in np.argsort(-embed_and_classify(rgb)[1])[:5]] for name, rgb in photos.items()}
+    assert top5["flower.jpg"][0] == "daisy", top5
+    buildings = {"palace", "bell tower", "monastery", "stupa", "castle", "pagoda", "church", "mosque",
+                 "boathouse", "triumphal arch"}
+    assert top5["china.jpg"][0] in buildings and len(buildings & set(top5["china.jpg"])) >= 3, top5
+    # Crops of people (where NanoDet finds them) are nearer each other than to crops of grass.
+    from transforms.score.detectors import NanoDetDetector
+    detector = NanoDetDetector(pretrained.detector_path(), flip=False, num_threads=2).load()
+    people, grass = [], []
+    for i in FRAMES_WITH_CROWDS:
+        rgb = vtest_frames[i]
+        found = detector.detect(rgb)
+        for box, score, label in zip(found.boxes, found.confidences, found.labels):
+            x1, y1, x2, y2 = box.round().astype(int)
+            if label == "person" and score >= 0.6 and y2 - y1 >= 40:
+                people.append(embed_and_classify(rgb[y1:y2, x1:x2])[0])
+        for x in (20, 120, 220):  # the lawn in the lower left of the scene
+            grass.append(embed_and_classify(rgb[420:500, x:x + 40])[0])
+    assert len(people) >= 6
+    unit = lambda v: np.asarray(v) / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    people, grass = unit(people), unit(grass)
+    within = people @ people.T
+    person_person = within[np.triu_indices(len(people), 1)].mean()
+    person_grass = (people @ grass.T).mean()
+    assert person_person > person_grass + 0.1, (person_person, person_grass)
+
+
+def test_detection_scores_against_hand_computed_values():
+    # Three boxes: confidences 0.9, 0.5, 0.35 -> per-box uncertainty 1 - |2c - 1| = 0.2, 1.0, 0.7.
+    scores = aggregate_detection_scores([0.9, 0.5, 0.35], band=(0.3, 0.7), localisation=[0.0, 0.5, 1.0])
+    assert scores["detection_max"] == pytest.approx(1.0)
+    assert scores["detection_sum"] == pytest.approx(1.9)
+    assert scores["detection_mean"] == pytest.approx(1.9 / 3)
+    assert scores["detection_uncertain_count"] == 2 and scores["detection_count"] == 3
+    assert scores["detection_localisation"] == pytest.approx(0.5)
+    assert aggregate_detection_scores([], localisation=[])["detection_localisation"] == 0.0
+    with pytest.raises(ValueError, match="localisation has 1 values for 2 boxes"):
+        aggregate_detection_scores([0.5, 0.6], localisation=[0.1])
+    # IoU: a 10x10 box against itself, a half-overlapping one (50 / 150) and a disjoint one.
+    a = np.array([[0, 0, 10, 10]], float)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
+    np.testing.assert_allclose(iou_matrix(a, b), [[1.0, 1 / 3, 0.0]])
+    # Localisation: the same box found again -> 0; shifted by half -> 1 - 1/3; other class -> 1.
+    np.testing.assert_allclose(localisation_instability(b[:2], [0, 0], a, [0]), [0.0, 2 / 3])
+    np.testing.assert_allclose(localisation_instability(a, [1], a, [0]), [1.0])
+    # Rarity over 8 boxes: 6 person, 1 car, 1 dog; log(8/6)/log 8 and log(8/1)/log 8 = 1.
+    frames = [["person"] * 3, ["person", "car"], ["person", "person"], [], ["dog"]]
+    np.testing.assert_allclose(rare_class_scores(frames),
+                               [np.log(8 / 6) / np.log(8), 1.0, np.log(8 / 6) / np.log(8), 0.0, 1.0])
+    assert rare_class_scores([["person"]]) == [0.0]  # a single box says nothing about rarity
+
+
+def test_nanodet_decoding_of_a_hand_made_output():
+    # One stride-32 cell (row 2, col 3) with class 2 ("car") at 0.8 and box sides peaked at bins
+    # 1, 2, 3, 4 -> distances 32, 64, 96, 128 px around the centre (112, 80) of a 416x416 frame.
+    outputs = [np.zeros((1, (416 // s) ** 2, w), np.float32) for s in nanodet.STRIDES for w in (80, 44)]
+    cls, reg = outputs[4], outputs[5]
+    cell = 2 * 13 + 3
+    cls[0, cell, 2] = 0.8
+    reg[0, cell] = -50.0
+    for side, peak in enumerate((1, 2, 3, 4)):
+        reg[0, cell, side * 11 + peak] = 50.0
+    boxes, scores, classes = nanodet.decode(outputs, width=832, height=416)
+    assert classes.tolist() == [2] and nanodet.COCO_CLASSES[2] == "car"
+    np.testing.assert_allclose(scores, [0.8])
+    np.testing.assert_allclose(boxes[0], [(112 - 32) * 2, 80 - 64, (112 + 96) * 2, 80 + 128], atol=1e-3)
+
+
+def test_object_embeddings_and_object_level_selection(models, vtest_frames):
+    """ScoreFrames(objects=True): each frame's object crops go through the backbone with it; the
+    record's object_embedding is the mean of their unit embeddings (recomputed here with a plain
+    interpreter); SelectCandidates(embedding="objects") runs k-center on them, balanced by
+    detected class."""
+    import apache_beam as beam
+    from schemas.records import Frame, make_frame_id
+    from transforms.score.detection import mean_unit_embedding, object_windows
+    from transforms.score.detectors import nanodet_handler
+    from transforms.score.handlers import prepare_input
+    from transforms.score.ptransforms import ScoreFrames, load_model_spec
+    from transforms.select.ptransforms import SelectCandidates
+
+    uri = harness.media("vtest.avi")
+    flower = np.ascontiguousarray(cv2.imread(harness.media("flower.jpg"))[:, :, ::-1])
+    frames = [Frame(make_frame_id(uri, i), uri, i, i / 10, 768, 576, "video", f"h{i}", vtest_frames[i])
+              for i in FRAMES_WITH_CROWDS[:2]]
+    frames.append(Frame(make_frame_id("flower.jpg", 0), "flower.jpg", 0, None, flower.shape[1],
+                        flower.shape[0], "image", "hf", flower))
+    spec = load_model_spec(pretrained.backbone_path())
+
+    def build(p):
+        scored = (p | beam.Create(frames)
+                  | ScoreFrames(spec, detector=nanodet_handler(pretrained.detector_path(), flip=False),
+                                objects=True))
+        chosen = scored.records | SelectCandidates(3, "coreset", {"balance_key": "detected_class"},
+                                                   embedding="objects")
+        return {"records": scored.records, "dead": scored.dead_letters, "chosen": chosen}
+    out = harness.run_collect(build)
+    assert out["dead"] == [] and len(out["records"]) == 3 and len(out["chosen"]) == 3
+    interpreter = _tflite(pretrained.backbone_path())
+    width = {d["shape"][-1]: n for n, d in enumerate(interpreter.get_output_details())}[1280]
+    (flower_record,) = [r for r in out["records"] if r.frame.source_uri == "flower.jpg"]
+    assert flower_record.object_embedding is None  # no confident object in the flower photo
+    for record in (r for r in out["records"] if r.frame.media_type == "video"):
+        pixels = vtest_frames[record.frame.frame_index]
+        windows = object_windows([d.box for d in record.detections], [d.score for d in record.detections], 768, 576)
+        assert len(windows) >= 4
+        crops = np.stack([prepare_input(np.ascontiguousarray(pixels[y1:y2, x1:x2]), spec.prep())
+                          for x1, y1, x2, y2 in windows])
+        expected = mean_unit_embedding(_run(interpreter, crops)[width])
+        np.testing.assert_allclose(record.object_embedding, expected, atol=1e-4)
+        # It describes the objects, not the whole scene.
+        assert not np.allclose(record.object_embedding / np.linalg.norm(record.object_embedding),
+                               record.embedding / np.linalg.norm(record.embedding), atol=0.05)
+
+
+def test_mine_with_the_default_models(models, tmp_path):
+    """The whole job with its defaults (EfficientNet-Lite0 + NanoDet-g) on real media: every frame
+    document has detections, the backbone's 1280-d embedding, detection scores and both models'
+    versions; a re-encoded copy of china.jpg is a near-duplicate group, of which only the
+    representative can be a candidate; stats reports the group; BigQuery rows hold the same."""
+    from beam_pipelines import mine, stats
+    media = tmp_path / "media"
+    media.mkdir()
+    china = cv2.imread(harness.media("china.jpg"))
+    cv2.imwrite(str(media / "a_china.jpg"), china)
+    cv2.imwrite(str(media / "b_china_copy.jpg"), china, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    os.symlink(harness.media("flower.jpg"), media / "flower.jpg")
+    os.symlink(harness.media("vtest.avi"), media / "vtest.avi")
+    out_dir = str(tmp_path / "out")
+    with harness.mongod() as server, harness.pretrained_defaults(), harness.bigquery_emulator() as endpoint:
+        bigquery = harness.bigquery_client(endpoint)
+        bigquery.create_dataset("detect")
+        table = f"{harness.BIGQUERY_PROJECT}:detect.pretrained_frames"
+        summary = mine.run([f"--input={media}/*", f"--output_dir={out_dir}", f"--mongo_uri={server.uri}",
+                            f"--bigquery_table={table}", "--video_fps=0.1", "--budget=20", "--quiet"])
+        import pymongo
+        with pymongo.MongoClient(server.uri) as client:
+            docs = {d["source_uri"].rsplit("/", 1)[-1] + f":{d['frame_index']}": d
+                    for d in client.activebeam.frames.find()}
+        reports = stats.mongo_stats(server.uri)
+        rows = {r["frame_id"]: dict(r.items()) for r in bigquery.query(
+            f"SELECT frame_id, detections, detector_name, duplicate_group, detection_sum "
+            f"FROM `{table.replace(':', '.')}`").result()}
+    assert summary["frames_written"] == len(docs) == len(rows) == 3 + 8
+    assert summary["strategy"] == "detection_sum"  # the default when a detector runs
+    assert summary["model"]["name"] == "efficientnet_lite0" and summary["detector"]["name"] == pretrained.DETECTOR_FILE
+    for key, doc in docs.items():
+        assert len(doc["embedding"]) == 1280 and len(doc["probabilities"]) == 1000
+        assert doc["model"]["detector_name"] == pretrained.DETECTOR_FILE and doc["model"]["detector_version"]
+        assert isinstance(doc["detections"], list)
+        for det in doc["detections"]:
+            assert set(det) == {"label", "class_id", "score", "box"}
+            assert nanodet.COCO_CLASSES[det["class_id"]] == det["label"] and 0 <= det["score"] <= 1
+            x1, y1, x2, y2 = det["box"]
+            assert 0 <= x1 < x2 <= doc["width"] and 0 <= y1 < y2 <= doc["height"]
+        assert {"detection_sum", "detection_localisation", "detection_rare_class"} <= set(doc["scores"])
+    video = [d for k, d in docs.items() if k.startswith("vtest.avi")]
+    assert all(sum(det["label"] == "person" for det in d["detections"]) >= 3 for d in video)
+    first, copy = docs["a_china.jpg:0"], docs["b_china_copy.jpg:0"]
+    assert first["duplicate_group"] == copy["duplicate_group"] == first["_id"]
+    assert docs["flower.jpg:0"]["duplicate_group"] is None
+    assert all(d["duplicate_group"] is None for d in video)
+    with open(os.path.join(out_dir, "candidates.jsonl")) as f:
+        candidates = [json.loads(line) for line in f]
+    chosen = {c["frame_id"] for c in candidates}
+    assert len(candidates) == len(docs) - 1 and copy["_id"] not in chosen and first["_id"] in chosen
+    assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates), reverse=True)
+    assert candidates[0]["source_uri"].endswith("vtest.avi")  # the crowded frames are the most uncertain
+    assert reports["near_duplicates"] == [{"duplicate_group": first["_id"], "frames": 2, "sources": 2}]
+    # BigQuery holds the same: detections as JSON text, the detector, the group.
+    for doc in docs.values():
+        row = rows[doc["_id"]]
+        assert json.loads(row["detections"]) == doc["detections"]
+        assert row["detector_name"] == pretrained.DETECTOR_FILE and row["duplicate_group"] == doc["duplicate_group"]
+        assert row["detection_sum"] == pytest.approx(doc["scores"]["detection_sum"])
+
+
+def test_default_models_and_options(models):
+    """--model/--detector resolution: the pretrained pair by default, the small model when pinned,
+    no detector with a user's model unless asked, and local defaults refused for remote workers."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_pipelines.options import check_options
+    out = harness.tmpdir("opts-")
+
+    def job(*argv):
+        return check_options(PipelineOptions([f"--output_dir={out}", *argv]))
+    with harness.pretrained_defaults():
+        default = job()
+        assert (default.model, default.detector) == (pretrained.backbone_path(), pretrained.detector_path())
+        own = job(f"--model={pretrained.backbone_path()}")
+        assert own.detector is None
+        assert job(f"--model={pretrained.backbone_path()}", "--detector=nanodet").detector == pretrained.detector_path()
+        assert job("--detector=none").detector is None
+        with pytest.raises(ValueError, match="on this machine only"):
+            job("--runner=DataflowRunner", "--input=gs://b/*.jpg", "--mongo_uri=mongodb://db:27017",
+                "--output_dir=gs://b/out", "--project=p", "--region=r", "--temp_location=gs://b/tmp")
+        with pytest.raises(ValueError, match="needs a detector"):
+            job("--detector=none", "--selection_embedding=objects")
+    pinned = job()
+    assert (pinned.model, pinned.detector) == (None, None)
+    with pytest.raises(ValueError, match="needs detections"):
+        job("--strategy=detection_sum")
+
+
+if __name__ == "__main__":
+    harness.main(__file__)

