@@ -54,13 +54,15 @@ RECORDS = clustered_records(40, seed=3)
 
 
 @pytest.mark.parametrize("strategy, params", [
-    ("coreset", {}), ("cluster_margin", {"n_clusters": 3}), ("uniqueness", {}), ("entropy", {})])
+    ("coreset", {}), ("cluster_margin", {"n_clusters": 3}), ("uniqueness", {}), ("entropy", {}),
+    ("margin", {"stochastic": "power", "seed": 3})])
 def test_every_strategy_selects_its_budget_per_sliding_window(strategy, params):
-    stream = (TestStream()
-              .advance_watermark_to(BASE)
-              .add_elements([TimestampedValue(r, BASE + 3 * i) for i, r in enumerate(RECORDS)])
-              .advance_watermark_to_infinity())
-    panes = _run(stream, SelectPerWindow(WindowSpec(60, 30, 3600), 3, strategy, params, uniqueness_k=3))
+    def stream():
+        return (TestStream()
+                .advance_watermark_to(BASE)
+                .add_elements([TimestampedValue(r, BASE + 3 * i) for i, r in enumerate(RECORDS)])
+                .advance_watermark_to_infinity())
+    panes = _run(stream(), SelectPerWindow(WindowSpec(60, 30, 3600), 3, strategy, params, uniqueness_k=3))
     by_window = {tuple(p["window"]): p for p in panes}
     # Frames at 0, 3, ..., 117 s: windows of 60 s every 30 s from -30 to 90.
     assert sorted(by_window) == [(-30, 30), (0, 60), (30, 90), (60, 120), (90, 150)]
@@ -69,9 +71,13 @@ def test_every_strategy_selects_its_budget_per_sliding_window(strategy, params):
         inside = {ids[i] for i in range(40) if start <= 3 * i < end}
         assert pane["frames"] == len(inside) and pane["pane"] == "on_time"
         assert len(pane["candidates"]) == 3 and set(pane["candidates"]) <= inside
-        assert pane["strategies"] == [strategy]
+        assert pane["strategies"] == [strategy + ("+power" if "stochastic" in params else "")]
     if strategy == "cluster_margin":
         assert "cluster" in " ".join(by_window[(0, 60)]["components"])
+    if "stochastic" in params:  # the same noise per frame id: a rerun picks the same frames per window
+        again = _run(stream(), SelectPerWindow(WindowSpec(60, 30, 3600), 3, strategy, params, uniqueness_k=3))
+        assert {tuple(p["window"]): p["candidates"] for p in again} == {
+            w: p["candidates"] for w, p in by_window.items()}
 
 
 def test_late_pane_too_late_frame_and_restored_frames(tmp_path):

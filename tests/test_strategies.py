@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 
 from tests import harness
-from transforms.select import kcenter, strategies
+from transforms.select import kcenter, stochastic, strategies
 from transforms.select.strategies import (Balanced, ClusterMargin, Combined, Excluding, KCenterGreedy, Pool,
                                    RandomSampling, TopK, allocate_quotas, make_strategy,
                                    round_robin_by_cluster)
+from transforms.select.batchbald import BatchBALD, batch_bald
+from transforms.select.stochastic import StochasticBatch
 
 
 def _pool(n=400, seed=0, classes=5, dim=8):
@@ -29,9 +31,13 @@ ALL = [
     Balanced(KCenterGreedy(), key="predicted_class"),
     Excluding(TopK("entropy"), exclude_ids=["frame-00001", "frame-00002"], near_duplicate_distance=0.5),
     Excluding(ClusterMargin(n_clusters=4), near_duplicate_distance=1.0),
+    StochasticBatch("bald", "power", seed=2), StochasticBatch("margin", "softmax", beta=4.0),
+    StochasticBatch("entropy", "softrank"),
+    Balanced(StochasticBatch("variation_ratios", "power"), key="camera"),
+    BatchBALD(num_configs=64),
 ]
 # Strategies whose result depends only on the ids and values, not on the pool's order.
-ORDER_FREE = [s for s in ALL if not isinstance(s, (KCenterGreedy, ClusterMargin, Excluding))
+ORDER_FREE = [s for s in ALL if not isinstance(s, (KCenterGreedy, ClusterMargin, Excluding, BatchBALD))
               and not (isinstance(s, Balanced) and isinstance(s.inner, KCenterGreedy))]
 
 
@@ -192,6 +198,85 @@ def test_make_strategy_builds_and_validates():
     a = strategies.selection_id(make_strategy("coreset").describe(), "v1", ["x"])
     assert a == strategies.selection_id(make_strategy("coreset").describe(), "v1", ["x"])
     assert a != strategies.selection_id(make_strategy("coreset", {"seed": 2}).describe(), "v1", ["x"])
+
+
+# --- stochastic batch acquisition (Kirsch et al. 2023) -----------------------------------------
+
+def test_stochastic_power_samples_in_proportion_to_the_score():
+    """Gumbel-top-1 of beta*log(s) + g draws frame i with probability s_i**beta / sum(s**beta)."""
+    scores = np.array([1.0, 2.0, 3.0, 4.0])
+    ids = np.array(["a", "b", "c", "d"])
+    for beta, expected in ((1.0, scores / scores.sum()), (2.0, scores**2 / (scores**2).sum())):
+        firsts = np.array([np.argmax(stochastic.stochastic_keys(scores, ids, "power", beta, seed))
+                           for seed in range(3000)])
+        freq = np.bincount(firsts, minlength=4) / len(firsts)
+        assert np.allclose(freq, expected, atol=0.03), (beta, freq)
+    # softrank depends on the order only; softmax on differences
+    assert np.array_equal(stochastic.stochastic_keys(scores, ids, "softrank", 1.0, 5),
+                          stochastic.stochastic_keys(scores * 10, ids, "softrank", 1.0, 5))
+    assert np.allclose(stochastic.stochastic_keys(scores + 3, ids, "softmax", 1.0, 5),
+                       stochastic.stochastic_keys(scores, ids, "softmax", 1.0, 5) + 3)
+
+
+def test_stochastic_batch_spans_top_k_and_random_and_its_seed():
+    pool = _pool(n=2000)
+    bald = strategies.score_values(pool, "bald")
+    cold = StochasticBatch("bald", "power", beta=1e4).select(pool, 50)
+    assert set(cold.indices.tolist()) == set(TopK("bald").select(pool, 50).indices.tolist())
+    warm = StochasticBatch("bald", "power", beta=1.0).select(pool, 200)
+    top = set(TopK("bald").select(pool, 200).indices.tolist())
+    assert len(top & set(warm.indices.tolist())) < 150  # not the top-k: a sample
+    assert bald[warm.indices].mean() > bald.mean()  # but tilted to high scores
+    assert np.allclose(warm.components["bald"], bald[warm.indices])
+    assert np.all(np.diff(warm.scores) <= 0)  # ranked by the perturbed key
+    other = StochasticBatch("bald", "power", beta=1.0, seed=1).select(pool, 200)
+    assert len(set(other.indices.tolist()) & set(warm.indices.tolist())) < 180
+    assert np.array_equal(StochasticBatch("bald", "power", beta=1.0).select(pool, 200).indices, warm.indices)
+
+
+@pytest.mark.parametrize("mode", ["power", "softmax"])
+def test_stochastic_preselection_per_shard_is_exact(mode):
+    pool = _pool(n=1500)
+    strategy = StochasticBatch("entropy", mode, beta=2.0, seed=11)
+    shards = np.array_split(np.random.default_rng(0).permutation(len(pool)), 5)
+    kept = np.concatenate([s[strategy.preselect(pool.take(s), 40)] for s in shards])
+    merged = kept[strategy.select(pool.take(kept), 40).indices]
+    assert sorted(pool.ids[merged]) == sorted(pool.ids[strategy.select(pool, 40).indices])
+
+
+def test_stochastic_through_make_strategy_and_validation():
+    built = make_strategy("margin", {"stochastic": "softrank", "beta": 2, "seed": 4,
+                                     "balance_key": "camera"})
+    assert isinstance(built, Balanced) and isinstance(built.inner, StochasticBatch)
+    assert built.inner.params() == {"score": "margin", "stochastic": "softrank", "beta": 2.0, "seed": 4}
+    assert make_strategy("bald", {"stochastic": "power"}).name == "bald+power"
+    with pytest.raises(ValueError, match="score strategy"):
+        make_strategy("coreset", {"stochastic": "power"})
+    with pytest.raises(ValueError, match="stochastic mode"):
+        make_strategy("bald", {"stochastic": "boltzmann"})
+    with pytest.raises(ValueError, match="beta"):
+        StochasticBatch("bald", beta=-1)
+    with pytest.raises(ValueError, match="finite"):
+        stochastic.stochastic_keys(np.array([np.nan]), np.array(["a"]))
+
+
+def test_batchbald_takes_one_of_many_copies_where_top_k_bald_takes_them_all():
+    """Kirsch et al. 2019's motivating case: a highly informative frame repeated 20 times."""
+    rng = np.random.default_rng(0)
+    copies = np.repeat(rng.dirichlet(np.ones(4) * 0.2, size=(10, 1)), 20, axis=1)
+    samples = np.concatenate([copies, rng.dirichlet(np.ones(4) * 0.6, size=(10, 60))], axis=1)
+    pool = Pool(ids=np.array([f"f{i:03d}" for i in range(80)], dtype=object), probability_samples=samples)
+    top_k = TopK("bald").select(pool, 10).indices
+    chosen = BatchBALD(num_configs=1000, shortlist_multiplier=8).select(pool, 10)
+    assert np.sum(top_k < 20) >= 5 and np.sum(chosen.indices < 20) == 1
+    # while configurations are enumerated exactly, the gains are exact conditional informations
+    indices, gains = batch_bald(samples, 3, num_configs=10**6)
+    bald = strategies.score_values(pool, "bald")
+    assert gains[0] == pytest.approx(bald.max()) and np.all(np.diff(gains) <= 1e-9)
+    with pytest.raises(ValueError, match="probability_samples"):
+        BatchBALD().select(Pool(ids=pool.ids, probabilities=samples[0]), 3)
+    with pytest.raises(ValueError, match="num_configs"):
+        BatchBALD(num_configs=0)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ strategy run as a bounded-memory ``CombineFn``, batch or per event-time window).
 
 * :mod:`.strategies`: one ``Strategy`` interface, a class per strategy, composable wrappers.
 * :mod:`.kcenter`: exact lazy greedy k-center (coreset) with batched faiss updates.
+* :mod:`.stochastic`: stochastic batch acquisition (power, softmax, soft-rank sampling of any score).
+* :mod:`.batchbald`: BatchBALD (greedy joint mutual information over MC-dropout samples), on a BALD shortlist.
 """
 from transforms._exports import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "ptransforms": ("SelectCandidates", "SelectFn", "STRATEGIES"),
     "strategies": ("Pool", "Strategy", "make_strategy", "selection_id", "STRATEGY_NAMES"),
+    "stochastic": ("StochasticBatch",),
+    "batchbald": ("BatchBALD",),
 })

@@ -636,8 +636,11 @@ STRATEGY_NAMES = registry.strategy_names()
 def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     """Builds a strategy from its name and parameters (e.g. the ``mine`` job's flags).
 
-    ``params`` may also hold ``balance_key`` (+ ``quotas``) to wrap it in :class:`Balanced`, and
-    ``exclude_ids`` / ``near_duplicate_distance`` to wrap it in :class:`Excluding`.
+    ``params`` may also hold ``balance_key`` (+ ``quotas``) to wrap it in :class:`Balanced`,
+    ``exclude_ids`` / ``near_duplicate_distance`` to wrap it in :class:`Excluding`, and, for a
+    score (top-k) strategy, ``stochastic`` (``power``, ``softmax`` or ``softrank``, + ``beta``,
+    ``seed``) to sample the batch by the score instead of taking its top-k
+    (:class:`transforms.select.stochastic.StochasticBatch`, Kirsch et al. 2023).
 
     Raises
     ------
@@ -651,7 +654,13 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     near = params.pop("near_duplicate_distance", 0.0)
     builders = {"random": RandomSampling, "coreset": KCenterGreedy,
                 "cluster_margin": ClusterMargin, "combined": Combined}
-    if name in registry.names(rankable=True):
+    if "stochastic" in params:
+        if name not in registry.names(rankable=True):
+            raise ValueError(f"stochastic applies to a score strategy ({', '.join(registry.names(rankable=True))}), "
+                             f"not {name!r}")
+        from transforms.select.stochastic import StochasticBatch  # it subclasses Strategy
+        builder = functools.partial(StochasticBatch, name, params.pop("stochastic"))
+    elif name in registry.names(rankable=True):
         builder = functools.partial(TopK, name)
     elif name in builders:
         builder = builders[name]
@@ -663,7 +672,8 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
         takes = ", ".join(inspect.signature(builder).parameters) or "no parameters"
         reason = re.sub(r"^[\w.]+[(][)] ", "", str(e))  # not the class's name: the strategy's
         raise ValueError(f"bad parameters for strategy {name!r}: {reason}; it takes {takes} (any "
-                         f"strategy: balance_key, quotas, exclude_ids, near_duplicate_distance)") from None
+                         f"strategy: balance_key, quotas, exclude_ids, near_duplicate_distance; a "
+                         f"score strategy also: stochastic, beta, seed)") from None
     if balance_key:
         strategy = Balanced(strategy, balance_key, quotas)
     if exclude_ids or near:
