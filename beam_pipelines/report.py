@@ -39,6 +39,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from beam_pipelines.report_frames import FrameRequest, render_frames
+from transforms.score import pretrained
 from transforms.score.detection import describe_objects
 
 _LOG = logging.getLogger(__name__)
@@ -83,6 +84,14 @@ def write_report(report_dir: str, candidates: Iterable[dict], frames: Iterable[d
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size!r}")
     candidates = sorted(candidates, key=lambda c: (c.get("rank") is None, c.get("rank") or 0))
+    names = pretrained.class_names(((candidates[0].get("model") or {}).get("name")) if candidates else None)
+    if names:  # "880 (umbrella)" rather than a bare ImageNet index
+        def named(c):
+            k = c.get("predicted_class")
+            return (dict(c, predicted_class=f"{k} ({names[k]})") if isinstance(k, int) and 0 <= k < len(names)
+                    else c)
+        candidates = [named(c) for c in candidates]
+        frames = (named(doc) for doc in frames)
     summary = dict(summary or {})
     pool = _Pool.gather(frames, {c["frame_id"] for c in candidates})
     local_dir, publish = _local_target(report_dir)

@@ -237,3 +237,18 @@ def test_progress_lines_format_and_counts():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_imagenet_classes_are_named_for_the_default_backbone(tmp_path, monkeypatch):
+    """Candidates scored by the converted EfficientNet-Lite0 show "880 (name)", not a bare index;
+    another model's classes stay numbers."""
+    monkeypatch.setenv("ACTIVEBEAM_MODELS", str(tmp_path))
+    (tmp_path / "imagenet_classes.json").write_text(json.dumps([f"class{i}" for i in range(1000)]))
+    base = {"frame_id": "f1", "source_uri": harness.media("china.jpg"), "rank": 1, "score": 1.0,
+            "predicted_class": 880, "strategy": "entropy"}
+    for model, shown in (("efficientnet_lite0", "880 (class880)"), ("fashion_mnist_cnn", 880)):
+        report_dir = str(tmp_path / model)
+        report.write_report(report_dir, [dict(base, model={"name": model, "version": "v1"})])
+        with open(os.path.join(report_dir, "data.js")) as f:
+            data = json.loads(f.read().split("=", 1)[1].rstrip().rstrip(";"))
+        assert data["candidates"][0]["cls"] == shown

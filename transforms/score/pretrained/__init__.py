@@ -14,7 +14,9 @@ TFLite models to ``$ACTIVEBEAM_HOME/models/`` (see :func:`models_dir`):
 
 Pure modules (no Beam): every module of this package.
 """
+import json
 import os
+from typing import List, Optional
 
 #: Set to ``fashion_mnist`` to make the ``mine`` job's default the small bundled Fashion-MNIST
 #: CNN without a detector (the test suite does, except the tests of the pretrained models).
@@ -60,3 +62,17 @@ def default_models():
     if os.path.isfile(backbone_path()) and os.path.isfile(detector_path()):
         return backbone_path(), detector_path()
     return None, None
+
+
+def class_names(model_name: Optional[str]) -> Optional[List[str]]:
+    """The ImageNet class names of the converted backbone (``predicted_class`` ``i`` is
+    ``names[i]``) for records whose ``model.name`` is the backbone's; ``None`` for any other model,
+    or before set-up wrote ``imagenet_classes.json``."""
+    if model_name != os.path.splitext(BACKBONE_FILE)[0]:
+        return None
+    try:
+        with open(os.path.join(models_dir(), IMAGENET_CLASSES_FILE), encoding="utf-8") as f:
+            names = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return names if isinstance(names, list) else None
