@@ -85,7 +85,7 @@ def write_report(report_dir: str, candidates: Iterable[dict], frames: Iterable[d
         raise ValueError(f"page_size must be >= 1, got {page_size!r}")
     candidates = sorted(candidates, key=lambda c: (c.get("rank") is None, c.get("rank") or 0))
     names = pretrained.class_names(((candidates[0].get("model") or {}).get("name")) if candidates else None)
-    if names:  # "880 (umbrella)" rather than a bare ImageNet index
+    if names:  # "880 (unicycle)" rather than a bare ImageNet index
         def named(c):
             k = c.get("predicted_class")
             return (dict(c, predicted_class=f"{k} ({names[k]})") if isinstance(k, int) and 0 <= k < len(names)
