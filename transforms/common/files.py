@@ -178,13 +178,14 @@ def open_binary(uri: str) -> BinaryIO:
 
 @contextlib.contextmanager
 def local_copy(uri: str) -> Iterator[str]:
-    """Yields a local path for ``uri``: itself if local, else a temporary copy removed on exit.
+    """Yields a local path for ``uri``: itself if local (without a ``file://`` scheme), else a
+    temporary copy removed on exit.
 
     For libraries that read local files only (OpenCV's video capture, Keras model loading).
     The copy keeps the file's base name, so extension-sensitive readers still work.
     """
     if is_local(uri):
-        yield uri
+        yield uri[len("file://"):] if uri.startswith("file://") else uri
         return
     tmpdir = tempfile.mkdtemp(prefix="activebeam-")
     try:

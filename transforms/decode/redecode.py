@@ -13,9 +13,6 @@ keyframes; only the keyframe intervals that hold a wanted frame are decoded, and
 interval stops at its last wanted frame. ``gs://`` sources are copied to a temporary file first.
 """
 import concurrent.futures
-import os
-import shutil
-import tempfile
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -60,7 +57,8 @@ def map_frames(requests: Iterable[FrameRequest], fn: Callable[[FrameRequest, np.
 def _render_source(source_uri: str, requests: List[FrameRequest], fn, on_error) -> Dict[str, object]:
     """Pictures of the requested frames of one source file (any failure is per frame)."""
     try:
-        with _local_copy(source_uri) as path:
+        from transforms.common.files import local_copy  # Beam's filesystems: imported when used
+        with local_copy(source_uri) as path:
             if all(r.timestamp_s is None for r in requests):
                 with open(path, "rb") as f:
                     rgb = decode_image(f.read()).pixels
@@ -93,24 +91,3 @@ def _render_video(path: str, requests: List[FrameRequest], fn, on_error) -> Dict
         if r.frame_id not in out:
             out[r.frame_id] = on_error(f"frame {r.frame_index} not found in the video ({plan.info.frame_count} frames)")
     return out
-
-
-class _local_copy:
-    """The path of ``uri`` on this machine: itself if local, else a temporary copy (``gs://``)."""
-
-    def __init__(self, uri: str):
-        self._uri, self._tmp = uri, None
-
-    def __enter__(self) -> str:
-        from transforms.common.files import is_local
-        if is_local(self._uri):
-            return self._uri[len("file://"):] if self._uri.startswith("file://") else self._uri
-        from apache_beam.io.filesystems import FileSystems
-        fd, self._tmp = tempfile.mkstemp(suffix=os.path.splitext(self._uri)[1])
-        with os.fdopen(fd, "wb") as out, FileSystems.open(self._uri) as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-        return self._tmp
-
-    def __exit__(self, *exc):
-        if self._tmp:
-            os.unlink(self._tmp)
