@@ -43,19 +43,33 @@ def test_stochastic_strategies_get_a_seed_per_round():
     assert al.needs_samples("bald+power") and al.needs_samples("bald") and not al.needs_samples("margin")
 
 
-def test_head_only_mc_dropout_samples_the_model():
+def test_head_only_mc_dropout_is_consistent_and_samples_the_model():
     import keras
     keras.utils.set_random_seed(0)
     model = al.build_model((28, 28, 1), 10)
     x = np.random.default_rng(0).integers(0, 255, size=(64, 28, 28, 1)).astype(np.uint8)
-    probs, emb, samples = al.pool_outputs(model, x, mc_samples=6)
+    x[1] = x[0]  # the same image twice
+    probs, emb, samples = al.pool_outputs(model, x, mc_samples=6, seed=3)
     assert np.allclose(probs, model.predict(x.astype("float32"), verbose=0), atol=1e-5)
     assert emb.shape == (64, 64) and samples.shape == (6, 64, 10)
     assert np.allclose(samples.sum(axis=2), 1, atol=1e-5)
     assert not np.allclose(samples[0], samples[1])  # fresh dropout masks per pass
+    # Consistent MC dropout: within a pass every frame goes through the same sampled network.
+    assert np.array_equal(samples[:, 0], samples[:, 1])
+    assert np.array_equal(samples, al.pool_outputs(model, x, 6, seed=3)[2])  # seeded
+    assert not np.allclose(samples, al.pool_outputs(model, x, 6, seed=4)[2])
+    # Pass 0 equals Keras's own layers applied with that pass's masks (drawn as pool_outputs draws them).
+    names = [layer.name for layer in model.layers]
+    drop1, dense1, drop2, dense2 = model.layers[names.index("embedding") - 1:names.index("embedding") + 3]
+    features = keras.Model(model.input, drop1.input).predict(x.astype("float32"), verbose=0)
+    rng = np.random.default_rng([3, 7])
+    keep1 = (rng.random(features.shape[1]) >= drop1.rate) / (1 - drop1.rate)
+    keep2 = (rng.random(dense1.units) >= drop2.rate) / (1 - drop2.rate)
+    expected = np.asarray(dense2(np.asarray(dense1(features * keep1.astype("float32"))) * keep2.astype("float32")))
+    assert np.allclose(samples[0], expected, atol=1e-5)
     assert al.pool_outputs(model, x, 0)[2] is None
     assert al.mc_topk_overlap(samples, samples, 10) == 1.0
-    assert 0 <= al.mc_topk_overlap(samples, al.pool_outputs(model, x, 6)[2], 10) <= 1
+    assert 0 <= al.mc_topk_overlap(samples, al.pool_outputs(model, x, 6, seed=5)[2], 10) <= 1
 
 
 def test_figures_labels_to_target_auc_and_paired_comparison():
@@ -84,8 +98,8 @@ def test_reuse_keeps_an_earlier_runs_curves_only_for_the_same_protocol(tmp_path)
     earlier.update(full_pool_accuracy=0.83, full_pool_accuracy_exact=0.8291, curves={"random": [[]]})
     (tmp_path / "results.json").write_text(json.dumps(earlier))
     assert al.reused_run(args) == (0.8291, {"random": [[]]})
-    other = al.parse_args(["--quick", "--batch", "300", "--reuse", str(tmp_path / "results.json")])
-    with pytest.raises(ValueError, match="batch was 200, this run has 300"):
+    other = al.parse_args(["--quick", "--batch", "400", "--reuse", str(tmp_path / "results.json")])
+    with pytest.raises(ValueError, match="batch was 300, this run has 400"):
         al.reused_run(other)
 
 
