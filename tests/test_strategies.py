@@ -1,4 +1,5 @@
 """Selection strategies: a conformance suite every strategy passes, then each strategy's maths."""
+import dataclasses
 import numpy as np
 import pytest
 
@@ -281,3 +282,14 @@ def test_batchbald_takes_one_of_many_copies_where_top_k_bald_takes_them_all():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_pool_replace_keeps_the_other_fields():
+    """``Pool`` is a frozen dataclass: ``replace`` works whatever the frame count (``NamedTuple``'s
+    ``_replace`` raised ``TypeError`` because ``len`` is the frame count)."""
+    pool = _pool(30)
+    other = pool.replace(scores={"margin": np.zeros(30)})
+    assert len(other) == 30 and other.ids is pool.ids and other.embeddings is pool.embeddings
+    assert other.scores["margin"].shape == (30,) and pool.scores is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pool.ids = None

@@ -28,6 +28,7 @@ References
 * LightlyOne selection configuration: strategies ``input``/``strategy`` with ``strength``,
   ``threshold`` and ``BALANCE`` target distributions (docs.lightly.ai, "Selection").
 """
+import dataclasses
 import functools
 import inspect
 import json
@@ -40,7 +41,8 @@ from transforms.score import registry
 from transforms.select.kcenter import k_center_greedy, nearest_sq_distance
 
 
-class Pool(NamedTuple):
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pool:
     """The frames a strategy chooses from, as aligned arrays (row ``i`` is frame ``ids[i]``).
 
     ``ids``: ``(N,)`` str; ``embeddings``: float ``(N, D)``; ``probabilities``: float ``(N, C)``;
@@ -58,6 +60,12 @@ class Pool(NamedTuple):
 
     def __len__(self):
         return len(self.ids)
+
+    def replace(self, **changes) -> "Pool":
+        """A copy with ``changes`` (field name -> value); the arrays are shared, not copied.
+        (A frozen dataclass, not a ``NamedTuple``: a tuple whose ``len`` is the frame count
+        broke ``NamedTuple._replace``.)"""
+        return dataclasses.replace(self, **changes)
 
     def take(self, indices) -> "Pool":
         """The sub-pool of rows ``indices`` (int array)."""
