@@ -18,12 +18,10 @@ import json
 import os
 import subprocess
 import tempfile
-import time
-import urllib.request
 from typing import Iterator, Optional
 
 from beam_pipelines.home import activebeam_home
-from beam_pipelines.local_mongo import free_port
+from beam_pipelines.local_mongo import free_port, stop_process, wait_for_http
 
 PUBSUB_EMULATOR = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 
@@ -65,25 +63,11 @@ def run_emulator(name: str, argv, health_url: str, env_vars: dict, extra_env: Op
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                    env=dict(os.environ, **(extra_env or {})))
         try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {process.returncode}; see {log_path}")
-                try:
-                    with urllib.request.urlopen(health_url, timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{name} not ready after {timeout_s}s; see {log_path}")
-                    time.sleep(0.3)
+            wait_for_http(process, health_url, timeout_s, name, log_path, timeout_error=TimeoutError)
             with environment(**env_vars):
                 yield log_path
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process, timeout_s=20)
 
 
 @contextlib.contextmanager

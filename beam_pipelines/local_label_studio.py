@@ -15,12 +15,10 @@ import logging
 import os
 import secrets
 import subprocess
-import time
-import urllib.request
 from typing import Optional
 
 from beam_pipelines.home import activebeam_home
-from beam_pipelines.local_mongo import _parent_death_signal, free_port, stop_process
+from beam_pipelines.local_mongo import _parent_death_signal, free_port, stop_process, wait_for_http
 
 _LOG = logging.getLogger(__name__)
 ADMIN_USER = "admin@activebeam.local"
@@ -117,23 +115,9 @@ class LocalLabelStudio:
                 [binary, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
                  "--data-dir", self.data_dir],
                 stdout=log, stderr=subprocess.STDOUT, env=self.environment(), preexec_fn=_parent_death_signal())
-        deadline = time.monotonic() + self._timeout_s
-        while True:
-            if self._process.poll() is not None:
-                with open(log_path, "rb") as f:
-                    tail = f.read()[-600:].decode("utf-8", "replace")
-                raise LabelStudioStartError(
-                    f"Label Studio exited with code {self._process.returncode}; see {log_path}; it ends: {tail}")
-            try:  # exactly our port: a busy port makes Label Studio silently take the next one
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if b"UP" in response.read():
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise LabelStudioStartError(f"Label Studio not ready after {self._timeout_s:.0f}s; see {log_path}")
-            time.sleep(0.5)
+        # Exactly our port and Label Studio's own answer: a busy port makes it silently take the next one.
+        wait_for_http(self._process, f"{self.url}/health", self._timeout_s, "Label Studio", log_path,
+                      ready=lambda body: b"UP" in body, interval_s=0.5, error=LabelStudioStartError)
         _LOG.info("Label Studio at %s (data in %s)", self.url, self.data_dir)
         return self
 

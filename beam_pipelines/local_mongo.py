@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Optional
 
 _LOG = logging.getLogger(__name__)
@@ -151,6 +152,45 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 30.0):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def log_tail(log_path: str, size: int = 600) -> str:
+    """The last ``size`` bytes of a server's log, as text (empty if it cannot be read)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def wait_for_http(process: subprocess.Popen, url: str, timeout_s: float, name: str, log_path: str,
+                  ready=None, interval_s: float = 0.3, error=RuntimeError, timeout_error=None):
+    """Polls ``url`` until it answers (with a body for which ``ready(body)`` is true, when given)
+    while ``process``, a server we started, is still running.
+
+    Raises
+    ------
+    error (default RuntimeError)
+        If the process exits first (with its exit code and its log's last lines).
+    timeout_error (default ``error``)
+        If ``url`` does not answer within ``timeout_s`` seconds (the process is then stopped).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise error(f"{name} exited with code {process.returncode}; see {log_path}; it ends: "
+                        f"{log_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=min(2.0, max(interval_s, 1.0))) as response:
+                if ready is None or ready(response.read()):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process(process)
+            raise (timeout_error or error)(f"{name} not ready after {timeout_s:.0f}s; see {log_path}")
+        time.sleep(interval_s)
 
 
 class LocalMongoD:

@@ -589,3 +589,30 @@ def test_code_version_does_not_write_to_the_checkout():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_wait_for_http_reports_a_dead_server_a_silent_one_and_a_ready_one(tmp_path):
+    """The start-up wait every server we launch shares (mongod's emulators, Label Studio)."""
+    log_path = str(tmp_path / "server.log")
+
+    def start(code):
+        with open(log_path, "wb") as log:
+            return subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
+
+    port = local_mongo.free_port()
+    url = f"http://127.0.0.1:{port}/"
+    dead = start("import sys; print('port already taken', flush=True); sys.exit(3)")
+    with pytest.raises(RuntimeError, match=r"dead exited with code 3; see .*it ends: port already taken"):
+        local_mongo.wait_for_http(dead, url, 30, "dead", log_path)
+    serving = start(f"import http.server as h; h.ThreadingHTTPServer(('127.0.0.1', {port}), "
+                    f"h.SimpleHTTPRequestHandler).serve_forever()")
+    try:
+        local_mongo.wait_for_http(serving, url, 30, "server", log_path)  # answers: returns
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="never-ready not ready after 1s"):
+            local_mongo.wait_for_http(serving, url, 1, "never-ready", log_path,
+                                      ready=lambda body: b"UP" in body, timeout_error=TimeoutError)
+        assert time.monotonic() - started < 10
+        assert serving.poll() is not None  # a server that never became ready is stopped
+    finally:
+        local_mongo.stop_process(serving)
