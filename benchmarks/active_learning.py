@@ -79,7 +79,7 @@ PRESETS = {
     ("fashion_mnist", "full"): dict(pool_size=60000, test_size=10000, seeds=10, initial=500, batch=1000,
                                     auc_labels=10500, max_labels=30500, epochs=10, min_steps=1000),
     ("digits", "default"): dict(pool_size=4000, test_size=1000, seeds=5, initial=50, batch=75,
-                                auc_labels=500, max_labels=1500, epochs=25, min_steps=300,
+                                auc_labels=500, max_labels=1500, epochs=25, min_steps=1000,
                                 strategies="random,entropy,margin,bald,bald+power,variation_ratios"),
 }
 PRESETS[("digits", "quick")] = dict(PRESETS[("digits", "default")], pool_size=2000, seeds=3,
