@@ -1,16 +1,18 @@
 """Proof on real labels: does activebeam's sampler save labels against random sampling?
 
-    python -m benchmarks.active_learning                    # default protocol, ~45 min on 2 idle cores
-    python -m benchmarks.active_learning --quick            # the same loop, small: ~25 min
+    python -m benchmarks.active_learning                    # default protocol: 67 min on 2 cores (shared with CI for 21 min)
+    python -m benchmarks.active_learning --quick            # the same loop, small (not timed with this schedule)
     python -m benchmarks.active_learning --full             # pool 60,000, 10 seeds: hours
     python -m benchmarks.active_learning --dataset digits   # OpenCV's digits.png, Gal et al.'s table beside it
 
 **Protocol** (defaults): Fashion-MNIST, a pool of 20,000 images of the train split and 5,000 test
 images of the t10k split; 5 seeds; per strategy and seed, start from 200 labels drawn at random
 (the same for every strategy of a seed), then rounds of 1,000. Each round trains the same small
-CNN from scratch on the labelled set (:func:`build_model`), measures test accuracy, computes the
-model's outputs on the unlabelled pool (probabilities, the ``embedding`` layer for diversity,
-``--mc_samples`` MC-dropout passes for BALD) and lets the strategy choose the batch, whose labels
+CNN from scratch on the labelled set (:func:`build_model`; ``--epochs`` 10 with at least
+``--min_steps`` 1,000 steps, so that small labelled sets are trained as well as large ones),
+measures test accuracy, computes the model's outputs on the unlabelled pool (probabilities, the
+``embedding`` layer for diversity, ``--mc_samples`` consistent MC-dropout passes for BALD,
+:func:`pool_outputs`) and lets the strategy choose the batch, whose labels
 the dataset then reveals (the annotator). A curve runs at least to ``--auc_labels`` labels, then
 until it reaches the target or ``--max_labels``, or (``--stop_after_random``, the default) until
 it has as many labels as random needed in the same seed: past that it has lost the seed, and
