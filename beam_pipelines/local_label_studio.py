@@ -117,7 +117,8 @@ class LocalLabelStudio:
                 stdout=log, stderr=subprocess.STDOUT, env=self.environment(), preexec_fn=_parent_death_signal())
         # Exactly our port and Label Studio's own answer: a busy port makes it silently take the next one.
         wait_for_http(self._process, f"{self.url}/health", self._timeout_s, "Label Studio", log_path,
-                      ready=lambda body: b"UP" in body, interval_s=0.5, error=LabelStudioStartError)
+                      ready=lambda body: b"UP" in body, interval_s=0.5, request_timeout_s=2.0,
+                      error=LabelStudioStartError)
         _LOG.info("Label Studio at %s (data in %s)", self.url, self.data_dir)
         return self
 

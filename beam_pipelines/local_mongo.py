@@ -165,7 +165,8 @@ def log_tail(log_path: str, size: int = 600) -> str:
 
 
 def wait_for_http(process: subprocess.Popen, url: str, timeout_s: float, name: str, log_path: str,
-                  ready=None, interval_s: float = 0.3, error=RuntimeError, timeout_error=None):
+                  ready=None, interval_s: float = 0.3, request_timeout_s: float = 1.0, error=RuntimeError,
+                  timeout_error=None):
     """Polls ``url`` until it answers (with a body for which ``ready(body)`` is true, when given)
     while ``process``, a server we started, is still running.
 
@@ -182,7 +183,7 @@ def wait_for_http(process: subprocess.Popen, url: str, timeout_s: float, name: s
             raise error(f"{name} exited with code {process.returncode}; see {log_path}; it ends: "
                         f"{log_tail(log_path)}")
         try:
-            with urllib.request.urlopen(url, timeout=min(2.0, max(interval_s, 1.0))) as response:
+            with urllib.request.urlopen(url, timeout=request_timeout_s) as response:
                 if ready is None or ready(response.read()):
                     return
         except OSError:
