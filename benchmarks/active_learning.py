@@ -141,12 +141,14 @@ def pool_outputs(model, x, mc_samples, seed=0):
     The convolutions are deterministic, so they run once (Keras); the head (``Dropout`` ->
     ``embedding`` -> ``Dropout`` -> ``probabilities``) runs in numpy with the model's weights.
     MC dropout is *consistent* (Kirsch, van Amersfoort & Gal 2019, BatchBALD's appendix): pass
-    ``t`` draws one pair of dropout masks (seeded by ``seed`` and ``t``) and applies that one
-    sampled network to every frame of the pool, so frames are compared under the same ``T``
-    networks and their BALD ranking is not dominated by per-frame mask noise (the ``mine`` job's
-    handler draws a mask per row, which is the same distribution per frame).
+    ``t`` draws one pair of dropout masks (the ``t``-th draws of a generator seeded by ``seed``)
+    and applies that one sampled network to every frame of the pool, so frames are compared
+    under the same ``T`` networks and their BALD ranking is not dominated by per-frame mask noise
+    (the ``mine`` job's handler draws a mask per row, which is the same distribution per frame).
     """
     import keras
+
+    from transforms.score import uncertainty
     names = [layer.name for layer in model.layers]
     first = names.index("embedding") - 1
     drop1, dense1, drop2, dense2 = model.layers[first:first + 4]
@@ -156,9 +158,7 @@ def pool_outputs(model, x, mc_samples, seed=0):
     w2, b2 = (np.asarray(w, np.float32) for w in dense2.get_weights())
 
     def softmax(logits):
-        logits = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True)
+        return uncertainty.softmax(logits).astype(np.float32)
 
     emb = np.maximum(features @ w1 + b1, 0)
     probs = softmax(emb @ w2 + b2)
