@@ -65,7 +65,7 @@ from transforms.score.detectors import (AddClassRarity, BackgroundDifferenceDete
                                         detector_version, nanodet_handler)
 from transforms.score.handlers import INFERENCE_THREADS_ENV
 from transforms.score.handlers import METRICS_NAMESPACE as SCORE_METRICS
-from transforms.score.novelty import AddDuplicateGroups, ScoreNovelty
+from transforms.score.novelty import ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames, load_model_spec
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
 from transforms.select.ptransforms import SelectCandidates
@@ -98,9 +98,9 @@ class MineFrames(beam.PTransform):
         objects = selection_embedding == "objects"
         self._score = ScoreFrames(model, detector=detector, objects=objects)
         self._rarity = AddClassRarity() if detector is not None else None
-        self._novelty = (ScoreNovelty(k=uniqueness_k, duplicate_threshold=near_duplicate_similarity or None)
+        self._novelty = (ScoreNovelty(k=uniqueness_k, duplicate_threshold=near_duplicate_similarity or None,
+                                      assign_duplicate_groups=True)
                          if uniqueness_k else None)
-        self._near_duplicates = bool(uniqueness_k and near_duplicate_similarity)
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
                                 if bigquery_table else None)
@@ -126,11 +126,8 @@ class MineFrames(beam.PTransform):
         if self._rarity:
             scored = scored._replace(records=scored.records | "RareClasses" >> self._rarity)
         if self._novelty:
-            novelty = scored.records | "Uniqueness" >> self._novelty
-            records = novelty.records
-            if self._near_duplicates:
-                records = (records, novelty.duplicate_groups) | "NearDuplicates" >> AddDuplicateGroups()
-            scored = scored._replace(records=records)
+            # with each record's near-duplicate group (assign_duplicate_groups) in the same join
+            scored = scored._replace(records=(scored.records | "Uniqueness" >> self._novelty).records)
         indexed = scored.records | "IndexInMongoDB" >> self._index_mongo
         dead_letters = [decoded.dead_letters, scored.dead_letters, indexed.dead_letters]
         if self._index_bigquery:

@@ -9,8 +9,10 @@ from models.train_fashion_mnist import load_split
 from tests import harness
 from tests.records_factory import frame_record
 from transforms.score.ptransforms import default_model_path, load_embedding_classifier
-from transforms.score.novelty import (COSINE, FIFTYONE_WEIGHTS, ScoreNovelty, duplicate_groups,
-                                knn_uniqueness, merge_neighbours, search_shard)
+from transforms.score.novelty import (COSINE, FIFTYONE_WEIGHTS, AddDuplicateGroups, ScoreNovelty,
+                                      build_index, duplicate_groups, frame_uniqueness, knn_uniqueness,
+                                      merge_neighbours, search_shard, shard_distances,
+                                      uniqueness_from_distances)
 
 N = 300
 
@@ -106,6 +108,52 @@ def test_search_and_merge_exclude_self_and_keep_k_nearest():
     merged = merge_neighbours([found[0], more[0]], k=2)
     assert [(n.frame_id, round(n.distance, 5)) for n in merged] == [("b", 1.0), ("d", 2.0)]
     np.testing.assert_allclose(knn_uniqueness([[1.0, 2.0]], (0.5, 0.5)), [0.75])
+
+
+def test_assigned_groups_equal_the_add_duplicate_groups_step(embeddings):
+    """``assign_duplicate_groups`` (one join, the representative from the pairs' keys) gives
+    every record the group that the separate ``AddDuplicateGroups`` step gives it."""
+    base = embeddings[:60]
+    copies = np.concatenate([base, base[[5]], base[[5]] * 1.001, base[[9]] * 0.999])
+    # the copies come first in (source_uri, frame_index) order, so they, not the originals, lead
+    records = [frame_record("/data/a-copy.mp4", i, frame_id=f"copy-{i}")._replace(embedding=e)
+               for i, e in enumerate(copies[60:])]
+    records += _records(base)
+
+    def build(p):
+        created = p | beam.Create(records)
+        one = created | "Assigned" >> ScoreNovelty(num_shards=3, query_batch_size=16, assign_duplicate_groups=True)
+        two = created | "Separate" >> ScoreNovelty(num_shards=3, query_batch_size=16)
+        return {"assigned": one.records,
+                "separate": (two.records, two.duplicate_groups) | AddDuplicateGroups()}
+    out = harness.run_collect(build)
+    assigned = {r.frame.frame_id: (r.duplicate_group, dict(r.extra_scores)["uniqueness"]) for r in out["assigned"]}
+    separate = {r.frame.frame_id: (r.duplicate_group, dict(r.extra_scores)["uniqueness"]) for r in out["separate"]}
+    assert assigned == separate and len(assigned) == len(records)
+    assert assigned["copy-0"][0] == assigned["copy-1"][0] == assigned[records[3 + 5].frame.frame_id][0] == "copy-0"
+    assert assigned["copy-2"][0] == "copy-2"  # base[9] x 0.999: same direction, its own group's first
+    assert sum(group is not None for group, _ in assigned.values()) >= 5
+
+
+def test_vectorised_distances_equal_the_neighbour_lists(embeddings):
+    """``shard_distances`` + ``uniqueness_from_distances`` (the transform's path) against
+    ``search_shard`` + ``merge_neighbours`` + ``frame_uniqueness``, with a shard smaller than k."""
+    ids = [f"f{i}" for i in range(len(embeddings))]
+    shards = [(0, 150), (150, 298), (298, 300)]  # the last shard holds 2 frames: fewer than k + 1
+    for metric in ("euclidean", COSINE):
+        lists, arrays = [], []
+        for lo, hi in shards:
+            index = build_index(embeddings[lo:hi], metric)
+            lists.append(search_shard(ids[lo:hi], embeddings[lo:hi], ids, embeddings, 3, metric, index))
+            arrays.append(shard_distances(ids[lo:hi], index, ids, embeddings, 3, metric))
+        assert arrays[2].shape == (len(ids), 3) and np.isinf(arrays[2][298]).sum() == 2  # itself + missing
+        expected = [frame_uniqueness(merge_neighbours([found[i] for found in lists], 3), FIFTYONE_WEIGHTS)
+                    for i in range(len(ids))]
+        np.testing.assert_allclose(uniqueness_from_distances(np.concatenate(arrays, axis=1), FIFTYONE_WEIGHTS),
+                                   expected, rtol=1e-6)
+    # fewer finite neighbours than weights, and none
+    got = uniqueness_from_distances(np.array([[2.0, np.inf, np.inf], [np.inf, np.inf, np.inf]]), (0.6, 0.3, 0.1))
+    assert got[0] == pytest.approx(1.2) and np.isinf(got[1])
 
 
 @pytest.mark.parametrize("kwargs,match", [({"k": 0}, "k must be"), ({"weights": (1.0,)}, "weights"),

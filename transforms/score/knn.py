@@ -128,6 +128,67 @@ def search_shard(shard_ids: Sequence[str], shard_embeddings: np.ndarray, query_i
     return found
 
 
+def shard_distances(shard_ids: Sequence[str], index, query_ids: Sequence[str], queries: np.ndarray,
+                    k: int, metric: str = EUCLIDEAN) -> np.ndarray:
+    """Distances from each query to its ``k`` nearest frames of a shard, the query itself
+    excluded: the distances of :func:`search_shard` without the neighbours' ids, in one
+    vectorised pass (uniqueness needs only the distances).
+
+    Parameters
+    ----------
+    shard_ids : frame ids of the shard's ``n`` embeddings, in the index's order
+    index : the shard's :func:`build_index` (same ``metric``)
+    query_ids, queries : ``m`` frame ids and their float32 ``(m, D)`` embeddings
+    k : int, neighbours per query
+    metric : ``"euclidean"`` (L2 distance) or ``"cosine"`` (``1 - cosine similarity``)
+
+    Returns
+    -------
+    ndarray of float64, shape (m, k): ascending per row, ``inf`` where the shard has fewer than
+    ``k`` other frames.
+    """
+    out = np.full((len(query_ids), k), np.inf)
+    if len(shard_ids) == 0 or len(query_ids) == 0:
+        return out
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    scores, positions = index.search(_unit(q) if metric == COSINE else q, min(k + 1, len(shard_ids)))
+    scores = scores.astype(np.float64)
+    distances = np.maximum(1.0 - scores if metric == COSINE else np.sqrt(np.maximum(scores, 0.0)), 0.0)
+    found = np.asarray(shard_ids, dtype=object)[np.maximum(positions, 0)]
+    distances[(positions < 0) | (found == np.asarray(query_ids, dtype=object)[:, None])] = np.inf
+    distances = np.sort(distances, axis=1)[:, :k]
+    out[:, :distances.shape[1]] = distances
+    return out
+
+
+def uniqueness_from_distances(distances: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """:func:`frame_uniqueness` of many frames from their distances to candidate neighbours.
+
+    Parameters
+    ----------
+    distances : float64 ``(m, K)``, any order, ``inf`` for missing neighbours (e.g. the
+        :func:`shard_distances` of every shard, concatenated along axis 1)
+    weights : sequence of float, length k <= K
+
+    Returns
+    -------
+    ndarray of float64, shape (m,): the weighted mean over the ``k`` smallest distances; with
+    fewer finite ones the first weights are used, and with none the value is ``inf``.
+    """
+    k = len(weights)
+    d = np.sort(np.asarray(distances, dtype=np.float64), axis=1)[:, :k]
+    if d.shape[1] < k:
+        d = np.pad(d, ((0, 0), (0, k - d.shape[1])), constant_values=np.inf)
+    finite = np.isfinite(d).sum(axis=1)
+    out = np.full(len(d), np.inf)
+    full = finite == k
+    out[full] = knn_uniqueness(d[full], weights)
+    for row in np.nonzero((finite > 0) & ~full)[0]:
+        n = finite[row]
+        out[row] = knn_uniqueness(d[row:row + 1, :n], weights[:n])[0]
+    return out
+
+
 def near_duplicate_pairs(shard_ids: Sequence[str], cosine_index, query_ids: Sequence[str],
                          queries: np.ndarray, threshold: float) -> List[Tuple[str, str]]:
     """Every (query, shard frame) pair with cosine similarity ``>= threshold`` (faiss range

@@ -11,10 +11,16 @@ or above a threshold)::
 Scaling past one machine: the embeddings are split into ``num_shards`` shards by frame id; each
 shard gets its own faiss index (exact ``Flat`` by default, or any ``faiss.index_factory`` string
 such as ``"IVF256,Flat"`` for approximate search), and every frame is searched against every
-shard (one shuffle of ``N x num_shards`` query vectors); the per-shard top-k lists are merged per
-frame. No worker holds more than one shard's index, and a shard's queries are streamed through
-it in batches; near-duplicate pairs come from a faiss range search (cosine) in the same pass.
-The pairs (ids only) are joined into groups with union-find on one worker.
+shard. Frames travel in blocks of ``query_batch_size`` (``BatchElements``): each block is sent
+to every shard (a shuffle of ``N / query_batch_size x num_shards`` blocks, not of ``N x
+num_shards`` vectors), each shard returns the block's k nearest distances, and a block's
+distances are merged across shards at once (numpy). Per-frame elements cross a stage boundary
+only once, when the uniqueness values are joined back to their records, so the transform's cost
+is the search, not Beam's per-element work. No worker holds more than one shard's index, and a
+shard's query blocks are streamed through it; near-duplicate pairs come from a faiss range
+search (cosine) in the same pass. The pairs (ids and ``(source_uri, frame_index)``) are joined
+into groups with union-find on one worker; with ``assign_duplicate_groups`` each record gets its
+group's representative in the same join as its uniqueness.
 
 Uniqueness of a frame is ``mean_j(w_j * d_j)`` over the distances ``d_1 <= ... <= d_k`` to its
 ``k`` nearest other frames. FiftyOne Brain's ``compute_uniqueness`` is the setting ``k=3``,
@@ -28,7 +34,7 @@ Johnson, Douze & Jégou (2019), Billion-scale similarity search with GPUs (faiss
 Tarjan (1975), Efficiency of a good but not linear set union algorithm (union-find).
 """
 import itertools
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -38,56 +44,107 @@ from schemas.records import FrameRecord
 from transforms.score.knn import (  # noqa: F401  (re-exported: the public names of novelty)
     COSINE, DEFAULT_DUPLICATE_THRESHOLD, EUCLIDEAN, FIFTYONE_K, FIFTYONE_WEIGHTS, Neighbour,
     build_index, duplicate_groups, frame_uniqueness, knn_uniqueness, merge_neighbours,
-    near_duplicate_pairs, search_shard, shard_of)
+    near_duplicate_pairs, search_shard, shard_distances, shard_of, uniqueness_from_distances)
 
 _NAMESPACE = "activebeam.novelty"
 _PAIRS = "near_duplicate_pairs"
 
 
-class _SearchShardFn(beam.DoFn):
-    """Per shard: builds its faiss index, streams every query through it in batches."""
+class _Block(NamedTuple):
+    """Up to ``query_batch_size`` frames travelling together: ids, float32 ``(n, D)``
+    embeddings and the frames' ``(source_uri, frame_index)`` (to pick a group's representative).
+    Blocks, not frames, are what is shuffled to the shards and back (a few hundred elements for
+    100,000 frames instead of ``N x num_shards``)."""
+    ids: tuple
+    embeddings: np.ndarray
+    keys: tuple
 
-    def __init__(self, k, metric, index_factory, batch_size, duplicate_threshold):
-        self._k, self._metric, self._factory, self._batch = k, metric, index_factory, batch_size
+
+def _to_block(batch) -> _Block:
+    ids, embeddings, keys = zip(*batch)
+    return _Block(ids, np.stack(embeddings).astype(np.float32), keys)
+
+
+def _split_by_shard(block: _Block, num_shards: int):
+    """``(shard, part of the block)`` for each shard that has some of the block's frames."""
+    shards = np.array([shard_of(frame_id, num_shards) for frame_id in block.ids])
+    for shard in np.unique(shards):
+        rows = np.nonzero(shards == shard)[0]
+        yield int(shard), _Block(tuple(block.ids[i] for i in rows), block.embeddings[rows],
+                                 tuple(block.keys[i] for i in rows))
+
+
+class _SearchShardFn(beam.DoFn):
+    """Per shard: builds its faiss index, streams every query block through it; emits
+    ``(block id, (ids, distances (n, k)))`` and, on ``near_duplicate_pairs``, the pairs found
+    with their frames' keys: ``((id, key), (id, key))``."""
+
+    def __init__(self, k, metric, index_factory, duplicate_threshold):
+        self._k, self._metric, self._factory = k, metric, index_factory
         self._threshold = duplicate_threshold
         self._searched = Metrics.counter(_NAMESPACE, "shard_queries")
 
     def process(self, element):
         _, grouped = element
-        members = list(grouped["shard"])
-        if not members:
+        parts = list(grouped["shard"])
+        if not parts:
             return
-        ids = [frame_id for frame_id, _ in members]
-        embeddings = np.stack([e for _, e in members]).astype(np.float32)
+        ids = [frame_id for part in parts for frame_id in part.ids]
+        keys = dict(zip(ids, (key for part in parts for key in part.keys)))
+        embeddings = np.concatenate([part.embeddings for part in parts])
+        del parts
         index = build_index(embeddings, self._metric, self._factory)
         cosine_index = None
         if self._threshold is not None:
             cosine_index = index if self._metric == COSINE else build_index(embeddings, COSINE, self._factory)
-        queries = iter(grouped["queries"])
-        while True:
-            batch = list(itertools.islice(queries, self._batch))
-            if not batch:
-                return
-            query_ids = [frame_id for frame_id, _ in batch]
-            found = search_shard(ids, embeddings, query_ids, np.stack([e for _, e in batch]),
-                                 self._k, self._metric, index)
-            self._searched.inc(len(batch))
-            yield from zip(query_ids, found)
+        for block in grouped["queries"]:
+            distances = shard_distances(ids, index, block.ids, block.embeddings, self._k, self._metric)
+            self._searched.inc(len(block.ids))
+            yield block.ids[0], (block.ids, distances)
             if cosine_index is not None:
-                for pair in near_duplicate_pairs(ids, cosine_index, query_ids,
-                                                 np.stack([e for _, e in batch]), self._threshold):
-                    yield beam.pvalue.TaggedOutput(_PAIRS, pair)
+                block_keys = dict(zip(block.ids, block.keys))
+                for a, b in near_duplicate_pairs(ids, cosine_index, block.ids, block.embeddings,
+                                                 self._threshold):
+                    yield beam.pvalue.TaggedOutput(_PAIRS, ((a, block_keys[a]), (b, keys[b])))
 
 
-def _with_uniqueness(joined, max_uniqueness, normalise):
+def _block_uniqueness(block_and_hits, weights):
+    """Merges a block's per-shard distances: ``(frame_id, uniqueness)`` per frame, and the
+    block's largest finite value on ``largest``."""
+    _, hits = block_and_hits
+    hits = list(hits)
+    ids = hits[0][0]
+    values = uniqueness_from_distances(np.concatenate([d for _, d in hits], axis=1), weights)
+    finite = values[np.isfinite(values)]
+    if len(finite):
+        yield beam.pvalue.TaggedOutput("largest", float(finite.max()))
+    yield from zip(ids, values.tolist())
+
+
+def _groups_and_representatives(all_pairs):
+    """Union-find over the pairs: ``(leader, members)`` groups (as :func:`duplicate_groups`)
+    and, on ``representatives``, ``(member, representative)`` for every member: the member
+    first by ``(source_uri, frame_index, frame_id)``."""
+    keys = {frame_id: key for pair in all_pairs for frame_id, key in pair}
+    groups = duplicate_groups((a, b) for (a, _), (b, _) in all_pairs)
+    for leader, members in sorted(groups.items()):
+        yield leader, members
+        representative = min(members, key=lambda m: (*keys[m], m))  # as _representative
+        for member in members:
+            yield beam.pvalue.TaggedOutput("representatives", (member, representative))
+
+
+def _with_uniqueness(joined, max_uniqueness, normalise, assign_groups):
     _, grouped = joined
     uniqueness = list(grouped["uniqueness"])
+    representative = next(iter(grouped["group"]), None) if assign_groups else None
     for record in grouped["records"]:
         value = uniqueness[0] if uniqueness else float("inf")
         if normalise:
             value = 1.0 if not np.isfinite(value) or max_uniqueness <= 0 else value / max_uniqueness
         scores = dict(record.extra_scores, uniqueness=float(min(value, 1.0) if normalise else value))
-        yield record._replace(extra_scores=tuple(sorted(scores.items())))
+        record = record._replace(extra_scores=tuple(sorted(scores.items())))
+        yield record._replace(duplicate_group=representative) if assign_groups else record
 
 
 class NoveltyResult(NamedTuple):
@@ -115,6 +172,13 @@ class ScoreNovelty(beam.PTransform):
         Number of faiss indexes the embeddings are split into.
     index_factory : str
         ``faiss.index_factory`` description of each shard's index (``"Flat"``: exact).
+    query_batch_size : int
+        Frames per block: the unit that is shuffled to the shards and searched at once.
+    assign_duplicate_groups : bool
+        Also set every record's ``duplicate_group`` (as :class:`AddDuplicateGroups` does, in
+        the same join as the uniqueness): the frame id of its group's representative, the member
+        first by ``(source_uri, frame_index, frame_id)``, or ``None``. Needs
+        ``duplicate_threshold``; ignored without it.
 
     Input ``PCollection[FrameRecord]`` (unique frame ids); output :class:`NoveltyResult`.
 
@@ -127,7 +191,8 @@ class ScoreNovelty(beam.PTransform):
     def __init__(self, k: int = FIFTYONE_K, weights: Optional[Sequence[float]] = None,
                  metric: str = EUCLIDEAN, normalise: bool = True,
                  duplicate_threshold: Optional[float] = DEFAULT_DUPLICATE_THRESHOLD,
-                 num_shards: int = 4, index_factory: str = "Flat", query_batch_size: int = 1024):
+                 num_shards: int = 4, index_factory: str = "Flat", query_batch_size: int = 1024,
+                 assign_duplicate_groups: bool = False):
         super().__init__()
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -144,36 +209,41 @@ class ScoreNovelty(beam.PTransform):
         self._k, self._weights, self._metric = k, tuple(weights), metric
         self._normalise, self._threshold = normalise, duplicate_threshold
         self._shards, self._factory, self._batch = num_shards, index_factory, query_batch_size
+        self._assign_groups = bool(assign_duplicate_groups and duplicate_threshold is not None)
 
     def expand(self, records):
-        shards = self._shards
-        vectors = records | "Embeddings" >> beam.Map(lambda r: (r.frame.frame_id, r.embedding))
-        shard_members = vectors | "ToShard" >> beam.Map(lambda v: (shard_of(v[0], shards), v))
-        queries = vectors | "QueryEveryShard" >> beam.FlatMap(lambda v: ((s, v) for s in range(shards)))
-        found = ({"shard": shard_members, "queries": queries}
+        shards, k, weights = self._shards, self._k, self._weights
+        blocks = (records
+                  | "Embeddings" >> beam.Map(lambda r: (r.frame.frame_id, r.embedding,
+                                                        (r.frame.source_uri, r.frame.frame_index)))
+                  | "Batch" >> beam.BatchElements(min_batch_size=self._batch, max_batch_size=self._batch)
+                  | "ToBlocks" >> beam.Map(_to_block))
+        shard_parts = blocks | "SplitByShard" >> beam.FlatMap(_split_by_shard, shards)
+        queries = blocks | "QueryEveryShard" >> beam.FlatMap(lambda b: ((s, b) for s in range(shards)))
+        found = ({"shard": shard_parts, "queries": queries}
                  | "GroupByShard" >> beam.CoGroupByKey()
                  | "SearchShards" >> beam.ParDo(_SearchShardFn(
-                     self._k, self._metric, self._factory, self._batch, self._threshold)).with_outputs(
-                         _PAIRS, main="neighbours"))
-        pairs, found = found[_PAIRS], found.neighbours
-        k, weights = self._k, self._weights
-        neighbours = (found
-                      | "ByFrame" >> beam.GroupByKey()
-                      | "MergeShards" >> beam.MapTuple(lambda frame_id, lists: (frame_id, merge_neighbours(lists, k))))
-        uniqueness = neighbours | "Uniqueness" >> beam.MapTuple(
-            lambda frame_id, near: (frame_id, frame_uniqueness(near, weights)))
-        largest = (uniqueness
-                   | "Finite" >> beam.FlatMap(lambda kv: [kv[1]] if np.isfinite(kv[1]) else [])
-                   | "Largest" >> beam.CombineGlobally(lambda values: max(values, default=0.0)))
-        scored = ({"records": records | "KeyRecords" >> beam.Map(lambda r: (r.frame.frame_id, r)),
-                   "uniqueness": uniqueness}
+                     k, self._metric, self._factory, self._threshold)
+                 ).with_output_types(Tuple[str, Any]).with_outputs(_PAIRS, main="distances"))
+        merged = (found.distances
+                  | "ByBlock" >> beam.GroupByKey()
+                  | "MergeShards" >> beam.FlatMap(_block_uniqueness, weights).with_outputs(
+                      "largest", main="uniqueness"))
+        largest = merged.largest | "Largest" >> beam.CombineGlobally(lambda values: max(values, default=0.0))
+        grouped = (found[_PAIRS]
+                   | "AllPairs" >> beam.combiners.ToList()
+                   | "UnionFind" >> beam.FlatMap(_groups_and_representatives).with_outputs(
+                       "representatives", main="groups"))
+        joined = {"records": records | "KeyRecords" >> beam.Map(lambda r: (r.frame.frame_id, r)),
+                  "uniqueness": merged.uniqueness}
+        if self._assign_groups:
+            joined["group"] = grouped.representatives
+        scored = (joined
                   | "JoinUniqueness" >> beam.CoGroupByKey()
                   | "AddUniqueness" >> beam.FlatMap(_with_uniqueness, beam.pvalue.AsSingleton(largest),
-                                                    self._normalise).with_output_types(FrameRecord))
-        groups = (pairs
-                  | "AllPairs" >> beam.combiners.ToList()
-                  | "UnionFind" >> beam.FlatMap(lambda all_pairs: sorted(duplicate_groups(all_pairs).items())))
-        return NoveltyResult(scored, groups)
+                                                    self._normalise, self._assign_groups
+                                                    ).with_output_types(FrameRecord))
+        return NoveltyResult(scored, grouped.groups)
 
 
 def _representative(members) -> str:
