@@ -105,6 +105,11 @@ def _eligible(scored: _Scored, counter) -> bool:
     return False
 
 
+#: Selection's accumulators (frames with their embeddings, up to ``shard_size`` of them) are
+#: encoded in one pickle call each: the default coder would dispatch on every frame of the list.
+_ACCUMULATOR_CODER = beam.coders.PickleCoder()
+
+
 class _FirstOfIdenticalFn(beam.CombineFn):
     """Among identical frames keeps the first by (source_uri, frame_index) and counts them."""
 
@@ -125,6 +130,9 @@ class _FirstOfIdenticalFn(beam.CombineFn):
 
     def extract_output(self, accumulator):
         return accumulator
+
+    def get_accumulator_coder(self):
+        return _ACCUMULATOR_CODER
 
 
 def _with_duplicates(item, counter):
@@ -203,6 +211,9 @@ class SelectFn(beam.CombineFn):
             if len(merged) > 2 * self._shard_size:
                 merged = self._compress(merged)
         return merged
+
+    def get_accumulator_coder(self):
+        return _ACCUMULATOR_CODER
 
     def compact(self, accumulator):
         return self._compress(accumulator)
