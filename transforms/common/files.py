@@ -58,6 +58,28 @@ def file_kind(mode: int) -> str:
     return "special file"
 
 
+def _open_regular_fd(path: str) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file (see :func:`open_regular_file`)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise DanglingSymlink(path, os.readlink(path)) from None
+        raise
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(path, file_kind(mode))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, file_kind(mode))
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def open_regular_file(path: str) -> BinaryIO:
     """Opens a local file for binary reading if, and only if, it is a regular file.
 
@@ -74,24 +96,35 @@ def open_regular_file(path: str) -> BinaryIO:
     OSError
         As ``open`` would (missing file, permissions, symbolic link loop...).
     """
+    return os.fdopen(_open_regular_fd(path), "rb")
+
+
+def read_head(uri: str, limit: int) -> bytes:
+    """The first ``limit`` bytes of ``uri`` (all of it when it is shorter), read as
+    :func:`open_binary` reads: a local path only if it is a regular file, any Beam filesystem
+    otherwise. A local file is read with ``os.read`` on the checked descriptor, without a
+    buffered file object (about a third of the cost of opening a 1 KB file).
+
+    Raises
+    ------
+    NotARegularFile, DanglingSymlink, OSError
+        As :func:`open_regular_file` for local paths; a remote filesystem's own errors.
+    """
+    if FileSystems.get_scheme(uri) is not None:
+        with open_binary(uri) as f:
+            return f.read(limit)
+    fd = _open_regular_fd(uri)
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise DanglingSymlink(path, os.readlink(path)) from None
-        raise
-    if not stat.S_ISREG(mode):
-        raise NotARegularFile(path, file_kind(mode))
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotARegularFile(path, file_kind(mode))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
+        chunks = []
+        while limit > 0:
+            chunk = os.read(fd, limit)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            limit -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
         os.close(fd)
-        raise
 
 
 class LocalMatch(NamedTuple):

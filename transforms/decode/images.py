@@ -11,6 +11,7 @@ with OpenCV (``cv2.imdecode``), which is about twice as fast as Pillow on JPEG. 
 header declares more than ``max_pixels`` pixels is refused before any pixel buffer is allocated.
 """
 import datetime
+import functools
 import hashlib
 import io
 import struct
@@ -84,6 +85,16 @@ def _exif(image):
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_BANDS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # IHDR colour type -> bands as Pillow counts them
+_PNG_IHDR = struct.Struct(">IIBB")  # width, height, bit depth, colour type
+_PNG_CHUNK = struct.Struct(">I4s")  # length, type
+
+
+@functools.cache
+def _pillow():
+    """``PIL.Image``, imported on first use (its ``MAX_IMAGE_PIXELS`` is read on every call:
+    users may change it)."""
+    from PIL import Image
+    return Image
 
 
 def probe_png(data: bytes) -> Optional[ImageHeader]:
@@ -97,17 +108,17 @@ def probe_png(data: bytes) -> Optional[ImageHeader]:
     """
     if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
-    width, height, _, colour = struct.unpack(">IIBB", data[16:26])
+    width, height, _, colour = _PNG_IHDR.unpack_from(data, 16)
     if colour not in _PNG_BANDS or not width or not height:
         return None
-    from PIL import Image
-    if Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:
+    limit = _pillow().MAX_IMAGE_PIXELS
+    if limit and width * height > 2 * limit:
         return None
-    bands, position = _PNG_BANDS[colour], 8
-    while position + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[position:position + 8])
+    bands, position, end = _PNG_BANDS[colour], 8, len(data) - 8
+    while position <= end:
+        length, kind = _PNG_CHUNK.unpack_from(data, position)
         if kind == b"IDAT":
-            return ImageHeader("PNG", int(width), int(height), bands, 1, None)
+            return ImageHeader("PNG", width, height, bands, 1, None)
         if kind == b"eXIf":
             return None
         if kind == b"tRNS" and colour == 3:  # a palette with transparency: Pillow counts RGBA

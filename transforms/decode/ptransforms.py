@@ -209,6 +209,26 @@ def _fail(path, media_type, stage, reason, error):
 SMALL_FILE_BYTES = 64 << 10
 
 
+class _BundleCounter:
+    """Counters that go up by one per file, added up in the DoFn and given to Beam once per
+    bundle (``flush`` from ``finish_bundle``): a Beam counter costs about 0.7 µs per ``inc``,
+    a tenth of the per-file work of a 28x28 PNG besides its decoding. A failed bundle's counts
+    are dropped with it, as Beam drops the bundle's own metric updates."""
+
+    def __init__(self, *names: str):
+        self._counters = [Metrics.counter(METRICS_NAMESPACE, name) for name in names]
+        self._pending = 0
+
+    def add(self):
+        self._pending += 1
+
+    def flush(self):
+        if self._pending:
+            for counter in self._counters:
+                counter.inc(self._pending)
+            self._pending = 0
+
+
 class _ImageTask(NamedTuple):
     """An image file to decode after the fan-out (pixels never cross it): its path, format and,
     for a file of at most :data:`SMALL_FILE_BYTES`, its bytes."""
@@ -226,15 +246,17 @@ class _PlanFileFn(beam.DoFn):
 
     def __init__(self, split_seconds):
         self._split_seconds = split_seconds
-        self._files = Metrics.counter(METRICS_NAMESPACE, "files_matched")  # distinct paths
+        self._files = _BundleCounter("files_matched")  # distinct paths
         self._videos = Metrics.counter(METRICS_NAMESPACE, "videos_planned")
         self._ranges = Metrics.counter(METRICS_NAMESPACE, "video_ranges")
 
+    def finish_bundle(self):
+        self._files.flush()
+
     def process(self, path: str):
-        self._files.inc()
+        self._files.add()
         try:
-            with open_binary(path) as f:
-                head = f.read(SMALL_FILE_BYTES)
+            head = files.read_head(path, SMALL_FILE_BYTES)
         except Exception as e:  # pylint: disable=broad-except
             yield from _read_failure(path, None, e)
             return
@@ -284,10 +306,12 @@ class _DecodeTaskFn(beam.DoFn):
         self._max_side = max_side
         self._sampling = sampling
         self._threads = threads
-        self._images = Metrics.counter(METRICS_NAMESPACE, "images_decoded")
-        self._files = Metrics.counter(METRICS_NAMESPACE, "files_decoded")
+        self._images = _BundleCounter("images_decoded", "files_decoded", "frames_decoded")
         self._frames = Metrics.counter(METRICS_NAMESPACE, "frames_decoded")
         self._image_ms = Metrics.distribution(METRICS_NAMESPACE, "decode_ms_per_image")
+
+    def finish_bundle(self):
+        self._images.flush()
 
     def process(self, task):
         if isinstance(task, _ImageTask):
@@ -316,9 +340,7 @@ class _DecodeTaskFn(beam.DoFn):
                              f"unexpected {type(e).__name__} while decoding: {e}")
             return
         self._image_ms.update(int(1000 * (time.perf_counter() - started)))
-        self._images.inc()
-        self._files.inc()
-        self._frames.inc()
+        self._images.add()
         yield _make_frame(path, 0, None, IMAGE, image.pixels, channels=image.channels,
                           format=image.format, file_size=image.file_size,
                           content_sha256=image.content_sha256, capture_time=image.capture_time)
