@@ -9,6 +9,7 @@ from typing import Dict, Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 CANDIDATES_FILE = "candidates.jsonl"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
@@ -120,15 +121,74 @@ class _SummaryFn(beam.CombineFn):
         return summary
 
 
+class _PartialSummaryFn(beam.DoFn):
+    """One counted PCollection's part of the summary, added up per bundle and window: a
+    :class:`_SummaryFn` accumulator per window, emitted when the bundle finishes.
+
+    This is combiner lifting done before the ``Flatten`` of the parts: a runner that runs a
+    multi-input ``Flatten`` itself (Beam's FnApiRunner does) would otherwise move every counted
+    element, several per frame, through its data plane.
+    """
+
+    def __init__(self, summary_fn: "_SummaryFn", name: str, value_fn=None, mapping: bool = False):
+        self._fn, self._name = summary_fn, name
+        self._value_fn = value_fn  # None: count the elements
+        self._mapping = mapping  # value_fn gives a (key, value) pair or None
+        self._partial = {}
+
+    def start_bundle(self):
+        self._partial = {}
+
+    def _item(self, element):
+        if self._value_fn is None:
+            return self._name, 1
+        value = self._value_fn(element)
+        if self._mapping and not value:
+            return None
+        return self._name, value
+
+    def process(self, element, window=beam.DoFn.WindowParam):
+        item = self._item(element)
+        if item is not None:
+            accumulator = self._partial.get(window)
+            if accumulator is None:
+                accumulator = self._partial[window] = self._fn.create_accumulator()
+            self._fn.add_input(accumulator, item)
+
+    def finish_bundle(self):
+        for window, accumulator in self._partial.items():
+            yield WindowedValue(accumulator, window.max_timestamp(), [window])
+        self._partial = {}
+
+
+class _MergeSummariesFn(beam.CombineFn):
+    """Merges :class:`_PartialSummaryFn`'s accumulators into the summary."""
+
+    def __init__(self, summary_fn: "_SummaryFn"):
+        self._fn = summary_fn
+
+    def create_accumulator(self):
+        return self._fn.create_accumulator()
+
+    def add_input(self, accumulator, partial):
+        return self._fn.merge_accumulators([accumulator, partial])
+
+    def merge_accumulators(self, accumulators):
+        return self._fn.merge_accumulators(accumulators)
+
+    def extract_output(self, accumulator):
+        return self._fn.extract_output(accumulator)
+
+
 class WriteSummary(beam.PTransform):
     """Counts named PCollections exactly and writes them, with static facts, to a JSON file.
 
     Input: a dict ``{name: PCollection}`` whose elements are counted. ``sums`` maps names to
     ``(PCollection, fn)`` whose ``fn(element)`` values are summed. ``mappings`` maps names to
     ``(PCollection, fn)`` whose ``fn(element)`` returns a ``(key, value)`` pair or None; the pairs
-    become a JSON object. Every element becomes a ``(name, number)`` or ``(name, pair)`` and one
-    combiner-lifted ``CombineGlobally`` makes the whole summary (one shuffle of partial sums, not
-    one per count).
+    become a JSON object. Each counted PCollection is added up per bundle where it is made
+    (:class:`_PartialSummaryFn`), and one ``CombineGlobally`` merges the partial sums into the
+    whole summary (one shuffle of partial sums, not one per count or per element).
     """
 
     def __init__(self, path: str, static: Optional[dict] = None, sums: Optional[dict] = None,
@@ -140,19 +200,19 @@ class WriteSummary(beam.PTransform):
         self._mappings = mappings or {}
 
     def expand(self, named_pcolls):
+        summary_fn = _SummaryFn(sorted(named_pcolls) + sorted(self._sums), sorted(self._mappings))
         pipeline = None
         parts = []
         for name, pcoll in sorted(named_pcolls.items()):
             pipeline = pcoll.pipeline
-            parts.append(pcoll | f"Count_{name}" >> beam.Map(lambda _, key=name: (key, 1)))
+            parts.append(pcoll | f"Count_{name}" >> beam.ParDo(_PartialSummaryFn(summary_fn, name)))
         for name, (pcoll, fn) in sorted(self._sums.items()):
             pipeline = pcoll.pipeline
-            parts.append(pcoll | f"Sum_{name}" >> beam.Map(lambda e, key=name, f=fn: (key, f(e))))
+            parts.append(pcoll | f"Sum_{name}" >> beam.ParDo(_PartialSummaryFn(summary_fn, name, fn)))
         for name, (pcoll, fn) in sorted(self._mappings.items()):
             pipeline = pcoll.pipeline
-            parts.append(pcoll | f"Map_{name}" >> beam.FlatMap(
-                lambda e, key=name, f=fn: [(key, pair) for pair in [f(e)] if pair]))
-        numbers = sorted(named_pcolls) + sorted(self._sums)
+            parts.append(pcoll | f"Map_{name}" >> beam.ParDo(
+                _PartialSummaryFn(summary_fn, name, fn, mapping=True)))
         return (parts | "FlattenCounts" >> beam.Flatten(pipeline=pipeline)
-                | "Summarise" >> beam.CombineGlobally(_SummaryFn(numbers, sorted(self._mappings)))
+                | "Summarise" >> beam.CombineGlobally(_MergeSummariesFn(summary_fn))
                 | "Write" >> beam.Map(_write_summary, self._path, self._static))
