@@ -282,3 +282,25 @@ def test_worker_processes_share_the_cpus_between_their_interpreters(monkeypatch)
         assert inference_threads() == 3 and os.environ["TF_NUM_INTRAOP_THREADS"] == "3"
         assert os.environ["OMP_NUM_THREADS"] == "1"
     assert "TF_NUM_INTRAOP_THREADS" not in os.environ
+
+
+def test_dataflow_workers_with_one_sdk_process_per_vcpu_use_one_interpreter_thread(tmp_path, monkeypatch):
+    """In a Dataflow SDK worker (options in PIPELINE_OPTIONS, as Beam's sdk_worker_main reads
+    them) each of the VM's one-per-vCPU processes gets 1 thread; with one SDK process per VM, or
+    outside Dataflow, every CPU; the environment variable wins over both."""
+    import json
+    from transforms.score.handlers import INFERENCE_THREADS_ENV, inference_threads, worker_pipeline_options
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    dataflow = {"options": {"runner": "DataflowRunner", "experiments": ["use_runner_v2"], "project": "p"}}
+    assert inference_threads({"PIPELINE_OPTIONS": json.dumps(dataflow)}) == 1
+    one_process = {"options": dict(dataflow["options"], experiments=["no_use_multiple_sdk_containers"])}
+    assert inference_threads({"PIPELINE_OPTIONS": json.dumps(one_process)}) == 8
+    portable = {"beam:option:runner:v1": "DataflowRunner", "beam:option:experiments:v1": []}  # urn keys
+    assert worker_pipeline_options({"PIPELINE_OPTIONS": json.dumps(portable)})["runner"] == "DataflowRunner"
+    options_file = tmp_path / "options.json"
+    options_file.write_text(json.dumps(dataflow))
+    assert inference_threads({"PIPELINE_OPTIONS_FILE": str(options_file)}) == 1
+    local = {"options": {"runner": "FnApiRunner"}}
+    assert inference_threads({"PIPELINE_OPTIONS": json.dumps(local)}) == 8
+    assert inference_threads({}) == 8 and inference_threads({"PIPELINE_OPTIONS": "not json"}) == 8
+    assert inference_threads({"PIPELINE_OPTIONS": json.dumps(dataflow), INFERENCE_THREADS_ENV: "3"}) == 3

@@ -63,17 +63,52 @@ def default_model_path() -> str:
     return os.path.join(os.path.dirname(os.path.realpath(__file__)), "models", DEFAULT_MODEL_NAME)
 
 
-#: Environment variable: TFLite interpreter threads per worker process (default: the CPU count).
-#: The ``mine`` job sets it to ``CPUs // workers`` for a local multi-process run, so that worker
-#: processes do not each start one thread per CPU.
+#: Environment variable: TFLite interpreter threads per worker process (default: see
+#: :func:`inference_threads`). The ``mine`` job sets it to ``CPUs // workers`` for a local
+#: multi-process run, so that worker processes do not each start one thread per CPU.
 INFERENCE_THREADS_ENV = "ACTIVEBEAM_INFERENCE_THREADS"
 
+#: Dataflow's experiment that runs one SDK process per worker VM instead of one per vCPU.
+ONE_SDK_PROCESS_EXPERIMENT = "no_use_multiple_sdk_containers"
 
-def inference_threads() -> int:
-    """Threads for a TFLite interpreter in this process: ``$ACTIVEBEAM_INFERENCE_THREADS`` if
-    set to a positive integer, else the CPU count."""
-    value = os.environ.get(INFERENCE_THREADS_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+def worker_pipeline_options(environ=None) -> dict:
+    """The pipeline options a portable SDK worker was started with (``PIPELINE_OPTIONS`` or
+    ``PIPELINE_OPTIONS_FILE``, as Beam's ``sdk_worker_main`` reads them), as a dict; ``{}`` in
+    a process that is not such a worker or when they cannot be read."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("PIPELINE_OPTIONS")
+    try:
+        if "PIPELINE_OPTIONS_FILE" in environ:
+            with open(environ["PIPELINE_OPTIONS_FILE"]) as f:
+                raw = f.read()
+        options = json.loads(raw) if raw else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(options, dict):
+        return {}
+    options = options.get("options", options)
+    return {key.split(":")[2] if key.startswith("beam:option:") else key: value
+            for key, value in options.items()} if isinstance(options, dict) else {}
+
+
+def inference_threads(environ=None) -> int:
+    """Threads for a TFLite interpreter in this process.
+
+    ``$ACTIVEBEAM_INFERENCE_THREADS`` if set to a positive integer; else 1 in a Dataflow worker
+    that runs one SDK process per vCPU (Dataflow's default for Python: N processes with N
+    threads each would put N^2 threads on N cores); else the CPU count (one process per
+    machine: a local run, or Dataflow with ``--experiments=no_use_multiple_sdk_containers``).
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get(INFERENCE_THREADS_ENV, "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    options = worker_pipeline_options(environ)
+    experiments = options.get("experiments") or ()
+    if "Dataflow" in str(options.get("runner") or "") and ONE_SDK_PROCESS_EXPERIMENT not in experiments:
+        return 1
+    return os.cpu_count() or 1
 
 class Preprocessing(NamedTuple):
     """How a frame becomes a model input: the model's own declaration (its JSON sidecar).
