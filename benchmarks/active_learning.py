@@ -45,7 +45,10 @@ Strategy names: any ``--strategy`` of the ``mine`` job, ``<score>+<mode>`` for s
 batch acquisition of a score (Kirsch et al. 2023; :mod:`transforms.select.stochastic`),
 ``mode`` one of power, softmax, softrank, with ``--beta`` and a seed derived from the seed and
 the round, or ``batchbald`` (Kirsch et al. 2019; :mod:`transforms.select.batchbald`, with
-``--batchbald_configs``; not in the defaults, see its cost there).
+``--batchbald_configs``; not in the defaults, see its cost there). ``ens<M>:<name>`` (e.g.
+``ens3:bald+power``) gives the strategy the probabilities of a deep ensemble of ``M`` models as
+its samples instead of MC dropout (:func:`ensemble_samples`; ``M`` trainings per round; the
+curve's accuracy is still the one model trained like every other strategy's).
 
 Writes ``learning_curves_<dataset>.png``, ``diagnostics_<dataset>.png`` and
 ``results_<dataset>.json`` to ``--out_dir``; the last stdout line is the JSON result.
@@ -59,6 +62,7 @@ import argparse
 import json
 import math
 import os
+import re
 import time
 
 import numpy as np
@@ -174,8 +178,41 @@ def pool_outputs(model, x, mc_samples, seed=0):
     return probs, emb, samples
 
 
+#: ``ens<M>:<strategy>``: the strategy's MC samples are the pool probabilities of a deep ensemble
+#: of ``M`` models (Lakshminarayanan et al. 2017; for active learning Beluch et al. 2018)
+#: instead of MC-dropout passes of one model.
+_ENSEMBLE = re.compile(r"^ens(\d+):(.+)$")
+
+
+def ensemble_size(name: str) -> int:
+    """``M`` of an ``ens<M>:`` strategy name, 0 otherwise."""
+    match = _ENSEMBLE.match(name)
+    return int(match.group(1)) if match else 0
+
+
+def base_name(name: str) -> str:
+    """The strategy name without its ``ens<M>:`` prefix."""
+    match = _ENSEMBLE.match(name)
+    return match.group(2) if match else name
+
+
+def ensemble_samples(model, x_labelled, y_labelled, x_test, y_test, x_unlabelled, n_classes, seed,
+                     members, args) -> np.ndarray:
+    """Pool probabilities (M, N, C) float32 of a deep ensemble: ``model`` (the round's model,
+    trained with ``seed``, whose accuracy is the curve's) and ``members - 1`` more trained the
+    same way on the same labels from seeds ``seed + 100,000 m`` (their own initialisation and
+    batch order), each run deterministically (no dropout) over the pool."""
+    probabilities = [pool_outputs(model, x_unlabelled, 0)[0]]
+    for m in range(1, members):
+        other = train(x_labelled, y_labelled, x_test, y_test, n_classes, seed + 100_000 * m,
+                      args.epochs, args.min_steps)[0]
+        probabilities.append(pool_outputs(other, x_unlabelled, 0)[0])
+    return np.stack(probabilities)
+
+
 def strategy_for(name, seed, round_index, args):
     """The strategy object of ``name`` for one round (stochastic ones get a per-round seed)."""
+    name = base_name(name)
     if "+" in name:
         score, mode = name.split("+", 1)
         return make_strategy(score, {"stochastic": mode, "beta": args.beta,
@@ -193,6 +230,7 @@ def strategy_for(name, seed, round_index, args):
 
 def needs_samples(name):
     from transforms.score import registry
+    name = base_name(name)
     return name == "batchbald" or any(part in registry.names(needs=registry.MC_SAMPLES) for part in name.split("+"))
 
 
@@ -309,8 +347,12 @@ def run_curve(name, seed, data, args, n_classes, target, beam_check=False, cap=N
         if (reached and len(labelled) >= args.auc_labels) or len(labelled) >= args.max_labels:
             break
         unl = np.setdiff1d(np.arange(len(x_pool)), labelled)
-        probs, emb, samples = pool_outputs(model, x_pool[unl], args.mc_samples if needs_samples(name) else 0,
-                                           seed=seed * 1000 + round_index)
+        members = ensemble_size(name)
+        probs, emb, samples = pool_outputs(model, x_pool[unl], 0 if members or not needs_samples(name)
+                                           else args.mc_samples, seed=seed * 1000 + round_index)
+        if members:
+            samples = ensemble_samples(model, x_pool[labelled], y_pool[labelled], x_test, y_test, x_pool[unl],
+                                       n_classes, seed, members, args)
         pool = Pool(ids=ids[unl], embeddings=emb, probabilities=probs, probability_samples=samples)
         labelled_pool = None
         if name == "coreset":
@@ -323,7 +365,7 @@ def run_curve(name, seed, data, args, n_classes, target, beam_check=False, cap=N
             beam_seconds.append(beam_selection_matches(pool, batch, strategy, pool.ids[selection.indices],
                                                        args.dataset, args.beam_shard_size))
         point.update(pick_diagnostics(emb, selection.indices, y_pool[unl], n_classes, rng))
-        if samples is not None:
+        if samples is not None and not members:
             point["mc_topk_overlap"] = mc_topk_overlap(samples, pool_outputs(model, x_pool[unl], len(samples),
                                                                               seed=10**7 + seed * 1000 + round_index)[2],
                                                        batch)

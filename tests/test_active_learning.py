@@ -43,6 +43,26 @@ def test_stochastic_strategies_get_a_seed_per_round():
     assert al.needs_samples("bald+power") and al.needs_samples("bald") and not al.needs_samples("margin")
 
 
+def test_ensemble_strategies_take_their_samples_from_the_members():
+    """``ens<M>:<name>``: the strategy of ``name``, with M models' pool probabilities as samples;
+    member 0 is the round's own model, the others are trained from their own seeds."""
+    args = types.SimpleNamespace(beta=1.0, epochs=1, min_steps=4)
+    assert al.ensemble_size("ens3:bald+power") == 3 and al.base_name("ens3:bald+power") == "bald+power"
+    assert al.ensemble_size("bald") == 0 and al.base_name("bald") == "bald"
+    assert al.needs_samples("ens3:bald+power") and not al.needs_samples("ens3:margin")
+    pool = _pool()
+    assert np.array_equal(al.strategy_for("ens3:bald+power", 0, 1, args).select(pool, 20).indices,
+                          al.strategy_for("bald+power", 0, 1, args).select(pool, 20).indices)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(40, 28, 28, 1)).astype(np.uint8)
+    y = rng.integers(0, 10, size=40)
+    model = al.train(x, y, x[:8], y[:8], 10, seed=0, epochs=1, min_steps=4)[0]
+    samples = al.ensemble_samples(model, x, y, x[:8], y[:8], x[8:], 10, 0, 3, args)
+    assert samples.shape == (3, 32, 10) and np.allclose(samples.sum(axis=2), 1, atol=1e-5)
+    assert np.allclose(samples[0], al.pool_outputs(model, x[8:], 0)[0])  # the round's model
+    assert not np.allclose(samples[1], samples[2]) and not np.allclose(samples[0], samples[1])
+
+
 def test_head_only_mc_dropout_is_consistent_and_samples_the_model():
     import keras
     keras.utils.set_random_seed(0)
