@@ -33,7 +33,6 @@ FiftyOne Brain, ``fiftyone/brain/internal/core/uniqueness.py`` (voxel51/fiftyone
 Johnson, Douze & Jégou (2019), Billion-scale similarity search with GPUs (faiss);
 Tarjan (1975), Efficiency of a good but not linear set union algorithm (union-find).
 """
-import itertools
 from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
