@@ -219,7 +219,9 @@ def test_every_option_is_checked_before_the_model_loads_or_a_server_starts(argv,
     started = time.monotonic()
     with pytest.raises(ValueError, match=re.escape(message)) as raised:
         mine.run([f"--output_dir={harness.tmpdir()}"] + argv)
-    assert time.monotonic() - started < 1.0 and loaded == []
+    # Nothing slow first: about 0.1 s here; the bound leaves room for a loaded machine (1.06 s
+    # was seen with two other jobs on both cores) and still fails on a TensorFlow import (3-5 s).
+    assert time.monotonic() - started < 3.0 and loaded == []
     assert "\n" not in str(raised.value)  # one line
 
 
