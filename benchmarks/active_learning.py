@@ -1,6 +1,6 @@
 """Proof on real labels: does activebeam's sampler save labels against random sampling?
 
-    python -m benchmarks.active_learning                    # default protocol: 67 min on 2 cores (shared with CI for 21 min)
+    python -m benchmarks.active_learning                    # default protocol: about 80 min on 2 cores (see docs/sampling.md)
     python -m benchmarks.active_learning --quick            # the same loop, small (not timed with this schedule)
     python -m benchmarks.active_learning --full             # pool 60,000, 10 seeds: hours
     python -m benchmarks.active_learning --dataset digits   # OpenCV's digits.png, Gal et al.'s table beside it
@@ -36,7 +36,7 @@ MC-dropout samples (``mc_topk_overlap``; 1 = a stable ranking).
 
 **The selections are the project's own**: the strategy objects of
 :func:`transforms.select.strategies.make_strategy`, called in-process each round; and for the
-strategies of ``--beam_check`` (default ``margin,bald+power``), in every round of seed 0 the
+strategies of ``--beam_check`` (default ``margin,bald+power,ens3:bald+power``), in every round of seed 0 the
 same frames go through :class:`transforms.select.SelectCandidates` on Beam's FnApiRunner (as
 ``FrameRecord``\\s, in shards of ``--beam_shard_size`` so the per-shard preselection runs), and
 the run fails unless Beam's ranked frame ids equal the in-process picks.
@@ -78,10 +78,10 @@ GAL_2017_MNIST = {"random": 835, "bald": 335, "variation_ratios": 295, "entropy"
 PRESETS = {
     ("fashion_mnist", "default"): dict(pool_size=20000, test_size=5000, seeds=5, initial=200, batch=1000,
                                        auc_labels=3200, max_labels=15200, epochs=10, min_steps=1000,
-                                       strategies="random,margin,bald,bald+power"),
+                                       strategies="random,margin,bald+power,ens3:bald+power"),
     ("fashion_mnist", "quick"): dict(pool_size=6000, test_size=2000, seeds=3, initial=100, batch=300,
                                      auc_labels=1300, max_labels=5200, epochs=10, min_steps=1000,
-                                     strategies="random,margin,bald,bald+power"),
+                                     strategies="random,margin,bald+power,ens3:bald+power"),
     ("fashion_mnist", "full"): dict(pool_size=60000, test_size=10000, seeds=10, initial=500, batch=1000,
                                     auc_labels=10500, max_labels=30500, epochs=10, min_steps=1000),
     ("digits", "default"): dict(pool_size=4000, test_size=1000, seeds=5, initial=50, batch=75,
@@ -543,7 +543,7 @@ def parse_args(argv=None):
     parser.add_argument("--stop_after_random", type=int, default=1,
                         help="1: a strategy's curve stops once it has as many labels as random needed "
                              "in that seed (it has lost the seed; saves time); 0: run every curve out")
-    parser.add_argument("--beam_check", default="margin,bald+power",
+    parser.add_argument("--beam_check", default="margin,bald+power,ens3:bald+power",
                         help="strategies whose every seed-0 selection also runs through SelectCandidates")
     parser.add_argument("--beam_shard_size", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=0,
