@@ -65,10 +65,8 @@ def frame_uniqueness(neighbours: Sequence[Neighbour], weights: Sequence[float]) 
     """:func:`knn_uniqueness` of one frame from its neighbours (ascending). With fewer
     neighbours than weights (tiny runs) the first weights are used; with none, the frame is
     as unique as can be: ``inf`` (the normalised score maps it to 1)."""
-    if not neighbours:
-        return float("inf")
-    k = min(len(neighbours), len(weights))
-    return float(knn_uniqueness([[n.distance for n in neighbours[:k]]], weights[:k])[0])
+    distances = np.array([[n.distance for n in neighbours]], dtype=np.float64).reshape(1, -1)
+    return float(uniqueness_from_distances(distances, weights)[0])
 
 
 def shard_of(frame_id: str, num_shards: int) -> int:
@@ -114,18 +112,22 @@ def search_shard(shard_ids: Sequence[str], shard_embeddings: np.ndarray, query_i
     if len(shard_ids) == 0 or len(query_ids) == 0:
         return [[] for _ in query_ids]
     index = index if index is not None else build_index(shard_embeddings, metric)
+    distances, positions = _search(shard_ids, index, query_ids, queries, k, metric)
+    return [[Neighbour(float(d), shard_ids[p]) for d, p in zip(row_d, row_p) if np.isfinite(d)][:k]
+            for row_d, row_p in zip(distances, positions)]
+
+
+def _search(shard_ids, index, query_ids, queries, k, metric):
+    """The faiss search both :func:`search_shard` and :func:`shard_distances` make: ``k + 1``
+    results per query (one may be the query itself), as float64 distances (``inf`` for the
+    query itself and for missing results, faiss's order kept) and shard positions."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     scores, positions = index.search(_unit(q) if metric == COSINE else q, min(k + 1, len(shard_ids)))
-    found = []
-    for query_id, row_scores, row_positions in zip(query_ids, scores, positions):
-        neighbours = []
-        for score, position in zip(row_scores, row_positions):
-            if position < 0 or shard_ids[position] == query_id:
-                continue
-            distance = 1.0 - float(score) if metric == COSINE else float(np.sqrt(max(score, 0.0)))
-            neighbours.append(Neighbour(max(distance, 0.0), shard_ids[position]))
-        found.append(neighbours[:k])
-    return found
+    scores = scores.astype(np.float64)
+    distances = np.maximum(1.0 - scores if metric == COSINE else np.sqrt(np.maximum(scores, 0.0)), 0.0)
+    found = np.asarray(shard_ids, dtype=object)[np.maximum(positions, 0)]
+    distances[(positions < 0) | (found == np.asarray(query_ids, dtype=object)[:, None])] = np.inf
+    return distances, positions
 
 
 def shard_distances(shard_ids: Sequence[str], index, query_ids: Sequence[str], queries: np.ndarray,
@@ -150,13 +152,7 @@ def shard_distances(shard_ids: Sequence[str], index, query_ids: Sequence[str], q
     out = np.full((len(query_ids), k), np.inf)
     if len(shard_ids) == 0 or len(query_ids) == 0:
         return out
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    scores, positions = index.search(_unit(q) if metric == COSINE else q, min(k + 1, len(shard_ids)))
-    scores = scores.astype(np.float64)
-    distances = np.maximum(1.0 - scores if metric == COSINE else np.sqrt(np.maximum(scores, 0.0)), 0.0)
-    found = np.asarray(shard_ids, dtype=object)[np.maximum(positions, 0)]
-    distances[(positions < 0) | (found == np.asarray(query_ids, dtype=object)[:, None])] = np.inf
-    distances = np.sort(distances, axis=1)[:, :k]
+    distances = np.sort(_search(shard_ids, index, query_ids, queries, k, metric)[0], axis=1)[:, :k]
     out[:, :distances.shape[1]] = distances
     return out
 

@@ -40,7 +40,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from schemas import records
 from schemas.records import DeadLetter, Restored, WindowPane
-from transforms.score.knn import FIFTYONE_WEIGHTS, frame_uniqueness, search_shard
+from transforms.score.knn import FIFTYONE_WEIGHTS, build_index, shard_distances, uniqueness_from_distances
 from transforms.select.ptransforms import (METRICS_NAMESPACE, SelectFn, _to_scored,
                                            ranked_candidates)
 from transforms.select.strategies import Strategy, checked_strategy
@@ -139,8 +139,7 @@ def window_uniqueness(items, k: int, weights: Optional[Sequence[float]] = None) 
     weights = tuple(weights or (FIFTYONE_WEIGHTS if k == len(FIFTYONE_WEIGHTS) else (1.0,) * k))
     ids = [s.frame_id for s in items]
     embeddings = np.stack([s.embedding for s in items]).astype(np.float32)
-    found = search_shard(ids, embeddings, ids, embeddings, k)
-    values = np.array([frame_uniqueness(n, weights) for n in found], dtype=np.float64)
+    values = uniqueness_from_distances(shard_distances(ids, build_index(embeddings), ids, embeddings, k), weights)
     finite = values[np.isfinite(values)]
     largest = float(finite.max()) if finite.size else 0.0
     return np.where(np.isfinite(values), values / largest if largest > 0 else 1.0, 1.0).clip(0.0, 1.0)
