@@ -128,7 +128,7 @@ def _groups_and_representatives(all_pairs):
     groups = duplicate_groups((a, b) for (a, _), (b, _) in all_pairs)
     for leader, members in sorted(groups.items()):
         yield leader, members
-        representative = min(members, key=lambda m: (*keys[m], m))  # as _representative
+        representative = _first_frame((m, *keys[m]) for m in members)
         for member in members:
             yield beam.pvalue.TaggedOutput("representatives", (member, representative))
 
@@ -245,11 +245,17 @@ class ScoreNovelty(beam.PTransform):
         return NoveltyResult(scored, grouped.groups)
 
 
+def _first_frame(frames) -> str:
+    """The frame that stands for a near-duplicate group, from ``(frame_id, source_uri,
+    frame_index)`` triples: the first by (source_uri, frame_index), as
+    :class:`~transforms.select.ptransforms.SelectCandidates` keeps the first of identical frames
+    (then by frame_id); its frame_id is the group's id."""
+    return min(frames, key=lambda f: (f[1], f[2], f[0]))[0]
+
+
 def _representative(members) -> str:
-    """The frame that stands for a near-duplicate group: the first by (source_uri,
-    frame_index), as :class:`~transforms.select.ptransforms.SelectCandidates` keeps the first of
-    identical frames; its frame_id is the group's id."""
-    return min(members, key=lambda r: (r.frame.source_uri, r.frame.frame_index, r.frame.frame_id)).frame.frame_id
+    """:func:`_first_frame` of a group's records."""
+    return _first_frame((r.frame.frame_id, r.frame.source_uri, r.frame.frame_index) for r in members)
 
 
 def _grouped(leader_and_records):
