@@ -196,13 +196,14 @@ def base_name(name: str) -> str:
     return match.group(2) if match else name
 
 
-def ensemble_samples(model, x_labelled, y_labelled, x_test, y_test, x_unlabelled, n_classes, seed,
+def ensemble_samples(probabilities, x_labelled, y_labelled, x_test, y_test, x_unlabelled, n_classes, seed,
                      members, args) -> np.ndarray:
-    """Pool probabilities (M, N, C) float32 of a deep ensemble: ``model`` (the round's model,
-    trained with ``seed``, whose accuracy is the curve's) and ``members - 1`` more trained the
-    same way on the same labels from seeds ``seed + 100,000 m`` (their own initialisation and
-    batch order), each run deterministically (no dropout) over the pool."""
-    probabilities = [pool_outputs(model, x_unlabelled, 0)[0]]
+    """Pool probabilities (M, N, C) float32 of a deep ensemble: ``probabilities`` (N, C), the
+    round's model's (trained with ``seed``, whose accuracy is the curve's), and those of
+    ``members - 1`` more models trained the same way on the same labels from seeds
+    ``seed + 100,000 m`` (their own initialisation and batch order), each run deterministically
+    (no dropout) over the pool."""
+    probabilities = [probabilities]
     for m in range(1, members):
         other = train(x_labelled, y_labelled, x_test, y_test, n_classes, seed + 100_000 * m,
                       args.epochs, args.min_steps)[0]
@@ -351,7 +352,7 @@ def run_curve(name, seed, data, args, n_classes, target, beam_check=False, cap=N
         probs, emb, samples = pool_outputs(model, x_pool[unl], 0 if members or not needs_samples(name)
                                            else args.mc_samples, seed=seed * 1000 + round_index)
         if members:
-            samples = ensemble_samples(model, x_pool[labelled], y_pool[labelled], x_test, y_test, x_pool[unl],
+            samples = ensemble_samples(probs, x_pool[labelled], y_pool[labelled], x_test, y_test, x_pool[unl],
                                        n_classes, seed, members, args)
         pool = Pool(ids=ids[unl], embeddings=emb, probabilities=probs, probability_samples=samples)
         labelled_pool = None
