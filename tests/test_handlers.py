@@ -254,10 +254,6 @@ def test_keras_files_are_read_without_tensorflow_as_keras_loads_them(tmp_path):
     assert out.stdout.strip() == "False"
 
 
-if __name__ == "__main__":
-    harness.main(__file__)
-
-
 def test_worker_processes_share_the_cpus_between_their_interpreters(monkeypatch):
     """A local run with N worker processes gives each interpreter, TensorFlow pool and OpenMP
     pool CPUs // N threads for the run."""
@@ -304,3 +300,7 @@ def test_dataflow_workers_with_one_sdk_process_per_vcpu_use_one_interpreter_thre
     assert inference_threads({"PIPELINE_OPTIONS": json.dumps(local)}) == 8
     assert inference_threads({}) == 8 and inference_threads({"PIPELINE_OPTIONS": "not json"}) == 8
     assert inference_threads({"PIPELINE_OPTIONS": json.dumps(dataflow), INFERENCE_THREADS_ENV: "3"}) == 3
+
+
+if __name__ == "__main__":
+    harness.main(__file__)
