@@ -42,7 +42,7 @@ from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_pipelines import emulators, preflight, progress, report, sample_media, shutdown
+from beam_pipelines import emulators, local_worker, preflight, progress, report, sample_media, shutdown
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
     MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
@@ -420,7 +420,13 @@ def _run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Mode
 
 def _run_pipeline(options: PipelineOptions, runner: str, globs: List[str],
                   mine_frames: MineFrames) -> PipelineResult:
-    """Builds and runs the pipeline; waits for it unless ``--no_wait_until_finish``."""
+    """Builds and runs the pipeline; waits for it unless ``--no_wait_until_finish``.
+
+    A local multi-process run (``FnApiRunner`` with ``--direct_running_mode=multi_processing``)
+    runs on :class:`~beam_pipelines.local_worker.LocalProcessesRunner`, whose workers exit as soon
+    as their harness has finished."""
+    if runner.lower() == "fnapirunner" and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+        runner = local_worker.LocalProcessesRunner()
     pipeline = beam.Pipeline(runner=runner, options=options)
     _ = pipeline | "Globs" >> beam.Create(globs) | "Mine" >> mine_frames
     result = pipeline.run()

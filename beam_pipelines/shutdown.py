@@ -76,8 +76,9 @@ def _on_signal(signum, frame):  # pylint: disable=unused-argument
     raise Cancelled(signum)
 
 
-#: What identifies the SDK worker processes of Beam's local runners in their command line.
-_BEAM_WORKER = b"apache_beam.runners.worker.sdk_worker_main"
+#: What identifies the SDK worker processes of Beam's local runners in their command line
+#: (Beam's worker module, or :mod:`beam_pipelines.local_worker` which runs it).
+_BEAM_WORKERS = (b"apache_beam.runners.worker.sdk_worker_main", b"beam_pipelines.local_worker")
 
 
 def _stop_beam_workers(signum: int):
@@ -103,7 +104,7 @@ def _stop_beam_workers(signum: int):
     while pending:
         for pid, command in children.get(pending.pop(), ()):
             pending.append(pid)
-            if _BEAM_WORKER in command:
+            if any(worker in command for worker in _BEAM_WORKERS):
                 try:
                     os.kill(pid, signum)
                 except OSError:

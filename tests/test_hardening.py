@@ -427,6 +427,76 @@ def _wait_for(predicate, timeout_s, what):
         time.sleep(0.1)
 
 
+class _RecordWorker(beam.DoFn):
+    """Writes ``<dir>/<element>`` = the pid and command line of the process that processed it, and
+    ``<dir>/teardown-<pid>`` when the DoFn is torn down."""
+
+    def __init__(self, directory, fail_on=None):
+        self._dir, self._fail_on = directory, fail_on
+
+    def process(self, element):
+        if element == self._fail_on:
+            raise ValueError(f"bad element {element}")
+        with open("/proc/self/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode()
+        with open(os.path.join(self._dir, str(element)), "w") as f:
+            json.dump({"pid": os.getpid(), "command": command}, f)
+        yield element
+
+    def teardown(self):
+        open(os.path.join(self._dir, f"teardown-{os.getpid()}"), "w").close()
+
+
+def _local_processes_pipeline(directory, fail_on=None):
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_pipelines.local_worker import LocalProcessesRunner
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    pipeline = beam.Pipeline(runner=LocalProcessesRunner(), options=options)
+    _ = pipeline | beam.Create(range(40)) | beam.Reshuffle() | beam.ParDo(_RecordWorker(directory, fail_on))
+    return pipeline
+
+
+def _worker_processes():
+    from beam_pipelines import shutdown
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if any(w in command for w in shutdown._BEAM_WORKERS) and parent in (os.getpid(),) + tuple(found):
+            found.append(int(entry))
+    return found
+
+
+def test_local_worker_processes_run_beams_harness_and_exit_after_teardown():
+    """A multi-process run on LocalProcessesRunner: every element processed in a
+    beam_pipelines.local_worker process, every worker's DoFns torn down before it exits, no worker
+    left; a DoFn's error still fails the run with its message."""
+    from beam_pipelines import local_worker
+    assert (local_worker.worker_command("/usr/bin/python3 -m apache_beam.runners.worker.sdk_worker_main")
+            == "/usr/bin/python3 -m beam_pipelines.local_worker")
+    assert local_worker.worker_command("/opt/boot --flag") == "/opt/boot --flag"
+    directory = harness.tmpdir("local-workers-")
+    _local_processes_pipeline(directory).run().wait_until_finish()
+    records = {name: json.load(open(os.path.join(directory, name)))
+               for name in os.listdir(directory) if not name.startswith("teardown-")}
+    assert sorted(records, key=int) == [str(i) for i in range(40)]
+    assert all("-m beam_pipelines.local_worker" in r["command"] for r in records.values())
+    pids = {r["pid"] for r in records.values()}
+    assert os.getpid() not in pids
+    assert {f"teardown-{pid}" for pid in pids} <= set(os.listdir(directory))
+    assert not _worker_processes()
+
+    failing = harness.tmpdir("local-workers-failing-")
+    with pytest.raises(Exception, match="bad element 7"):
+        _local_processes_pipeline(failing, fail_on=7).run().wait_until_finish()
+    assert not _worker_processes()
+
+
 @pytest.mark.parametrize("signum, extra", [
     (signal.SIGTERM, []), (signal.SIGINT, []),
     (signal.SIGTERM, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])],
