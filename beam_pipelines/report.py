@@ -304,6 +304,28 @@ def _frame_label(doc: dict) -> str:
     return f"{name} #{doc.get('frame_index', 0)}" if doc.get("timestamp_s") is not None else name
 
 
+def pca_2d(x: np.ndarray):
+    """The first two principal components of ``x`` (``(n, d)``, n >= 2, d >= 2): returns
+    ``(xy, explained)``, the projections ``(n, 2)`` float64 and the two components' ratios of the
+    total variance ``(2,)``.
+
+    Exact PCA by the SVD of the centred data (numpy's LAPACK ``gesdd``), with scikit-learn's sign
+    convention (``svd_flip(u_based_decision=False)``: each component's largest loading in absolute
+    value is positive), so that the map equals ``sklearn.decomposition.PCA(n_components=2)``'s,
+    which ``tests/test_report.py`` checks. Not scikit-learn itself: importing it costs the report
+    1.5-1.9 s whenever the job's model has not already imported it (the default TFLite models,
+    the driver of a multi-process run), for a 2-D plot."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    vt = vt[:2]
+    vt *= np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])[:, None]
+    variance = s ** 2
+    total = variance.sum()
+    explained = variance[:2] / total if total > 0 else np.zeros(2)
+    return x @ vt.T, explained
+
+
 def _embedding_map(pool: _Pool, candidates: List[dict]) -> Optional[dict]:
     """2-D PCA of the sampled pool and the candidates' embeddings: ``{"pool": [[x, y]...],
     "candidates": [[x, y, rank]...], "method", "explained"}``, or None without embeddings."""
@@ -312,13 +334,10 @@ def _embedding_map(pool: _Pool, candidates: List[dict]) -> Optional[dict]:
     rows = pool.sample + [e for _, e in chosen]
     if len(rows) < 3 or len({len(r) for r in rows}) != 1 or len(rows[0]) < 2:
         return None
-    from sklearn.decomposition import PCA
-    x = np.asarray(rows, dtype=np.float32)
-    pca = PCA(n_components=2, random_state=0)
-    xy = pca.fit_transform(x)
+    xy, explained = pca_2d(np.asarray(rows, dtype=np.float32))
     xy = np.nan_to_num(xy)
     n = len(pool.sample)
-    return {"method": "PCA", "explained": [round(float(v), 4) for v in pca.explained_variance_ratio_],
+    return {"method": "PCA", "explained": [round(float(v), 4) for v in explained],
             "pool_frames": pool.frames, "pool_shown": n,
             "pool": np.round(xy[:n], 4).tolist(),
             "candidates": [[round(float(a), 4), round(float(b), 4), rank]
@@ -526,7 +545,7 @@ def _map_note(embedding_map, pool: _Pool) -> str:
     if not embedding_map:
         return "<p>No embeddings to map.</p>"
     ev = embedding_map["explained"]
-    return (f"<p>PCA (scikit-learn) of {embedding_map['pool_shown']} of {pool.frames} pool frames (a uniform "
+    return (f"<p>PCA of {embedding_map['pool_shown']} of {pool.frames} pool frames (a uniform "
             f"sample) and {len(embedding_map['candidates'])} candidates; the axes (1st to 99th percentile) explain "
             f"{100 * ev[0]:.1f}% and {100 * ev[1]:.1f}% of the variance. Click a candidate to go to its card.</p>")
 

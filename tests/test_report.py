@@ -203,6 +203,23 @@ def test_boxes_are_drawn_from_detections(run):
         assert '"objects": "palace 1"' in f.read().replace('":"', '": "')  # the card says what it shows
 
 
+def test_pca_map_equals_scikit_learns_pca():
+    # The report's map is scikit-learn's PCA (the reference), without importing scikit-learn in
+    # the job: real 64-d rows (the digits set), coordinates, signs and explained variance.
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+    x = load_digits().data.astype(np.float32)
+    for rows in (x[:400], x[:40, :16], x[:3]):
+        reference = PCA(n_components=2, random_state=0)
+        expected = reference.fit_transform(rows)
+        xy, explained = report.pca_2d(rows)
+        assert xy.shape == (len(rows), 2)
+        np.testing.assert_allclose(xy, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
+        np.testing.assert_allclose(explained, reference.explained_variance_ratio_, rtol=1e-4, atol=1e-7)
+    xy, explained = report.pca_2d(np.ones((5, 4), np.float32))  # no variance: a point, no NaN
+    assert np.all(xy == 0) and np.all(explained == 0)
+
+
 def test_report_failure_does_not_fail_the_run(tmp_path, caplog):
     (tmp_path / "candidates.jsonl").write_text('{"rank": 1}\n')  # no frame_id
     assert report.write_run_report_safely(str(tmp_path), None, "activebeam") is None
