@@ -92,6 +92,37 @@ def test_mongo_rejected_document_goes_to_dead_letter(mongo):
     assert "duplicate key" in dead.error
 
 
+def test_pipelined_writes_keep_each_batchs_window_and_lose_nothing(mongo):
+    """Batches of 7 in flight on the writer thread (at most 2 waiting): every acknowledged id and
+    every dead letter comes out once, in the window of the document it belongs to."""
+    from apache_beam.transforms import window
+    records = [frame_record(f"file:///cam/w{i}.png") for i in range(60)]
+    clash = frame_record("file:///cam/w5.png", frame_id="e" * 32)  # the unique index rejects it
+    stamped = [(r, 10.0 * (i % 3) + 1) for i, r in enumerate(records)] + [(clash, 21.0)]
+    expected_window = {r.frame.frame_id: t // 10 * 10 for r, t in stamped}
+
+    def build(p):
+        written = (p | beam.Create(stamped) | beam.MapTuple(window.TimestampedValue)
+                   | beam.WindowInto(window.FixedWindows(10))
+                   | WriteFramesToMongoDB(mongo.uri, "store_pipelined", batch_size=7))
+        def with_window(value, w=beam.DoFn.WindowParam):
+            return value, float(w.start)
+        return {"ids": (written.frame_ids | "IdWindow" >> beam.Map(with_window)
+                        | "IdsGlobal" >> beam.WindowInto(window.GlobalWindows())),
+                "dead": (written.dead_letters | "DeadWindow" >> beam.Map(with_window)
+                         | "DeadGlobal" >> beam.WindowInto(window.GlobalWindows()))}
+    # The clash is written after w5 in most orders, but either may lose: one of the two is dead.
+    out = harness.run_collect(build)
+    [(dead, dead_window)] = out["dead"]
+    assert dead.stage == "mongodb" and "duplicate key" in dead.error
+    ids = [frame_id for frame_id, _ in out["ids"]]
+    assert len(ids) == len(set(ids)) == 60 and dead.frame_id not in ids
+    assert sorted(ids + [dead.frame_id]) == sorted(expected_window)
+    assert all(start == expected_window[frame_id] for frame_id, start in out["ids"])
+    assert dead_window == expected_window[dead.frame_id]
+    assert pymongo.MongoClient(mongo.uri)["store_pipelined"]["frames"].count_documents({}) == 60
+
+
 def test_generic_writer_on_annotations_validates_and_names_the_id(mongo):
     """The same writer serves every collection: annotations, with their validator and indexes."""
     import datetime
