@@ -448,10 +448,28 @@ def _written_summary(output_dir: str) -> dict:
 
 
 class _QuietBeamNoise(logging.Filter):
-    """Drops Beam's repeated, harmless "Resource module is not available" warning."""
+    """Drops Beam's repeated, harmless start-up warnings: "Resource module is not available" (in
+    this process), and the same plus "No semi_persistent_directory found" that each worker
+    process of a local multi-process run relays through ``local_job_service`` as
+    ``Worker: severity: WARN ... message: "..."``."""
+
+    NOISE = ("Resource module is not available", "No semi_persistent_directory found")
 
     def filter(self, record):
-        return not record.getMessage().startswith("Resource module is not available")
+        message = record.getMessage()
+        if message.startswith(self.NOISE):
+            return False
+        relayed = message.partition('message: "')[2]
+        return not (message.startswith("Worker: ") and relayed.startswith(self.NOISE))
+
+
+#: Environment of the command (each unless already set), inherited by local worker processes.
+#: ``TF_CPP_MIN_LOG_LEVEL=3`` drops TensorFlow's C++ CPU-feature notice and the "failed call to
+#: cuInit" error it prints on every machine without a GPU; the two lines TensorFlow prints before
+#: its logging starts (oneDNN, CUDA drivers) stay (tensorflow/tensorflow#100442). Set
+#: ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
+COMMAND_ENVIRONMENT = {"NO_GCE_CHECK": "true",  # never probe the cloud metadata server
+                       "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def main(argv=None):
@@ -466,7 +484,9 @@ def main(argv=None):
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
     logging.getLogger().addFilter(_QuietBeamNoise())
-    os.environ.setdefault("NO_GCE_CHECK", "true")  # never probe the cloud metadata server
+    logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_QuietBeamNoise())
+    for name, value in COMMAND_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     with shutdown.exit_codes("mine", hard_exit_on_cancel=argv is None), shutdown.cancel_on_signals():
         summary = run(args)
     if summary.get("streaming"):

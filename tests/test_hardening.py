@@ -497,6 +497,21 @@ def test_local_worker_processes_run_beams_harness_and_exit_after_teardown():
     assert not _worker_processes()
 
 
+def test_beam_start_up_noise_is_dropped_also_when_relayed_by_worker_processes():
+    import logging
+    quiet = mine._QuietBeamNoise()
+
+    def shown(message, name="root"):
+        return quiet.filter(logging.LogRecord(name, logging.WARNING, __file__, 1, message, None, None))
+    relay = "apache_beam.runners.portability.local_job_service"
+    assert not shown("Resource module is not available for current platform, memory usage cannot be fetched.")
+    assert not shown('Worker: severity: WARN timestamp {   seconds: 1796034140   nanos: 993186473 } '
+                     'message: "No semi_persistent_directory found: Unable to save pipeline options"', relay)
+    assert not shown('Worker: severity: WARN timestamp { seconds: 1 } message: "Resource module is not available"', relay)
+    assert shown('Worker: severity: ERROR timestamp { seconds: 1 } message: "Error processing instruction 7"', relay)
+    assert shown("mongod exited with code 100")
+
+
 @pytest.mark.parametrize("signum, extra", [
     (signal.SIGTERM, []), (signal.SIGINT, []),
     (signal.SIGTERM, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])],
@@ -533,6 +548,8 @@ def test_signal_stops_the_job_cleanly(signum, extra):
         f"its outputs are incomplete")
     if not extra:  # (worker processes print their own lost connections)
         assert "Traceback" not in stderr
+    # Beam's start-up warnings, also those that worker processes relay, are not shown.
+    assert "No semi_persistent_directory" not in stderr and "Resource module is not available" not in stderr
     assert not _alive(owner["mongod_pid"]), "the embedded mongod outlived the job"
     assert not [n for n in os.listdir(out_dir) if n.startswith("beam-temp-")]
     with LocalMongoD(os.path.join(out_dir, "mongo-data")) as server:  # restarts: nothing stale
