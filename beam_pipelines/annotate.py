@@ -458,10 +458,14 @@ def run(argv: List[str]) -> dict:
         raise preflight.StoreUnavailable(str(e)) from e
 
 
+#: The options of ``mine`` that this job reads too (``--help`` lists them with their help).
+SHARED_OPTIONS = ("--output_dir", "--mongo_uri", "--mongo_database", "--store_check_timeout_s")
+
+
 def main(argv=None):
     args = list(argv if argv is not None else sys.argv[1:])
     if "-h" in args or "--help" in args:
-        preflight.print_help(PROG + " {export,import,qc,dataset}", AnnotateOptions)
+        preflight.print_help(PROG + " {export,import,qc,dataset}", AnnotateOptions, shared=SHARED_OPTIONS)
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)

@@ -52,12 +52,14 @@ class MineOptions(PipelineOptions):
             help="File glob of images and/or videos (local or gs://); repeat the flag or separate "
                  "globs with commas. Default: the bundled real sample media.")
         parser.add_argument("--output_dir", default="./activebeam-out",
-                            help="Where candidates.jsonl, dead_letter.jsonl and summary.json go.")
+                            help="Where candidates.jsonl, dead_letter.jsonl, summary.json and the "
+                                 "report go (annotate: its exports and the embedded servers' data).")
         parser.add_argument(
             "--mongo_uri", default=None,
             help="MongoDB connection string. Default: an embedded mongod on 127.0.0.1 with its data "
                  "in <output_dir>/mongo-data, started and stopped by the job (local runners only).")
-        parser.add_argument("--mongo_database", default=DEFAULT_DATABASE)
+        parser.add_argument("--mongo_database", default=DEFAULT_DATABASE,
+                            help="Database of the frames, candidates, annotations and runs collections.")
         parser.add_argument("--bigquery_table", default=None,
                             help="Optional PROJECT:DATASET.TABLE to append one row per frame to.")
         parser.add_argument("--bigquery_write_method", default="AUTO",

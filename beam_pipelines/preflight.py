@@ -119,9 +119,10 @@ def check_job(argv: Sequence[str], options_class, check):
         raise OptionError(one_line(e)) from None
 
 
-def print_help(prog: str, options_class, file=None, also=()):
-    """The job's own options (and those of the classes ``also``) with their help, and a pointer
-    to Beam's."""
+def print_help(prog: str, options_class, file=None, also=(), shared=()):
+    """The job's own options (and those of the classes ``also``) with their help, the options
+    ``shared`` with ``mine`` (flags such as ``"--mongo_uri"``, defined once by ``MineOptions``)
+    with theirs, and a pointer to Beam's."""
     parser = argparse.ArgumentParser(
         prog=prog, add_help=False, description=(options_class.__doc__ or "").strip(),
         epilog="Plus every standard Apache Beam pipeline option (--runner, --project, "
@@ -129,6 +130,14 @@ def print_help(prog: str, options_class, file=None, also=()):
     options_class._add_argparse_args(parser)  # pylint: disable=protected-access
     for other in also:
         other._add_argparse_args(parser.add_argument_group(other.__name__))  # pylint: disable=protected-access
+    if shared:
+        from beam_pipelines.options import MineOptions  # options imports this module
+        source = argparse.ArgumentParser(add_help=False)
+        MineOptions._add_argparse_args(source)  # pylint: disable=protected-access
+        group = parser.add_argument_group("shared with mine")
+        for action in source._actions:  # pylint: disable=protected-access
+            if set(action.option_strings) & set(shared):
+                group._add_action(action)  # pylint: disable=protected-access
     parser.print_help(file)
 
 

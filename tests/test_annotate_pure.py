@@ -157,3 +157,13 @@ def test_coco_document_by_hand():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_annotate_help_lists_the_options_it_shares_with_mine(capsys):
+    from beam_pipelines import annotate
+    annotate.main(["--help"])
+    text = capsys.readouterr().out
+    shared = text[text.index("shared with mine:"):]
+    for flag in annotate.SHARED_OPTIONS:
+        assert f"{flag} " in shared, flag
+    assert "MongoDB connection string" in shared and "--selection_id" in text
