@@ -143,7 +143,8 @@ class MineFrames(beam.PTransform):
 
         dead_letters = dead_letters | "AllDeadLetters" >> beam.Flatten()
         if self._progress_dir:
-            _ = {"files": decoded.outcomes, "frames_decoded": decoded.frames, "frames_scored": model_outputs,
+            # Files counted as each step decodes them, not after the flatten of all outcomes.
+            _ = {"files": decoded.outcome_steps, "frames_decoded": decoded.frames, "frames_scored": model_outputs,
                  "frames_indexed": indexed.frame_ids} | "Progress" >> progress.CountProgress(self._progress_dir)
         candidates | "WriteCandidates" >> WriteCandidates(self._path(CANDIDATES_FILE))
         dead_letters | "WriteDeadLetters" >> WriteDeadLetters(self._path(DEAD_LETTER_FILE))

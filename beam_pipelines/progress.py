@@ -41,6 +41,7 @@ import apache_beam as beam
 WRITE_INTERVAL_S = 0.5  # a counting DoFn rewrites its file at most this often
 PRINT_INTERVAL_S = 5.0
 RATE_WINDOW_S = 30.0  # frames/s is measured over this trailing window
+STALLED_INTERVALS = 1.5  # no time left is estimated from files when none was done since the last line
 STAGES = ("files", "frames_decoded", "frames_scored", "frames_indexed")
 
 
@@ -80,7 +81,9 @@ class _Tally(beam.DoFn):
 class CountProgress(beam.PTransform):
     """Counts the elements of named PCollections into ``progress_dir`` for :class:`ProgressLines`.
 
-    Input: ``{name: PCollection}`` (names from :data:`STAGES`). Output: ``PDone``; the counted PCollections are not changed.
+    Input: ``{name: PCollection or sequence of PCollections}`` (names from :data:`STAGES`; the
+    elements of a sequence's PCollections are counted together). Output: ``PDone``; the counted
+    PCollections are not changed.
     """
 
     def __init__(self, progress_dir: str):
@@ -88,9 +91,14 @@ class CountProgress(beam.PTransform):
         self._dir = progress_dir
 
     def expand(self, pcolls):
-        for name, pcoll in pcolls.items():
-            _ = pcoll | f"Count_{name}" >> beam.ParDo(_Tally(self._dir, name))
-        return beam.pvalue.PDone(next(iter(pcolls.values())).pipeline)
+        pipeline = None
+        for name, value in pcolls.items():
+            parts = list(value) if isinstance(value, (list, tuple)) else [value]
+            for i, pcoll in enumerate(parts):
+                label = f"Count_{name}" if len(parts) == 1 else f"Count_{name}_{i}"
+                _ = pcoll | label >> beam.ParDo(_Tally(self._dir, name))
+                pipeline = pcoll.pipeline
+        return beam.pvalue.PDone(pipeline)
 
 
 def read_counts(progress_dir: str) -> Dict[str, int]:
@@ -154,10 +162,11 @@ class ProgressLines:
         self._thread = None
         self._started = 0.0
         self._history = collections.deque()  # (time, frames indexed or scored)
+        self._files_seen, self._files_changed_at = 0, 0.0
 
     def __enter__(self) -> str:
         self._dir = tempfile.mkdtemp(prefix="activebeam-progress-")
-        self._started = time.monotonic()
+        self._started = self._files_changed_at = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="activebeam-progress", daemon=True)
         self._thread.start()
         return self._dir
@@ -191,16 +200,23 @@ class ProgressLines:
         rate = (done - d0) / (now - t0) if now - t0 > 0.5 else None
         if final:
             rate = done / (now - self._started) if now > self._started else None
-        eta = None if final else self._eta(counts, now - self._started, rate)
+        if counts.get("files", 0) != self._files_seen:
+            self._files_seen, self._files_changed_at = counts.get("files", 0), now
+        eta = None if final else self._eta(counts, now, rate)
         self._out.write(format_line(now - self._started, counts, self._files_total, rate, eta) + "\n")
         self._out.flush()
 
-    def _eta(self, counts: Dict[str, int], elapsed: float, rate: Optional[float]) -> Optional[float]:
+    def _eta(self, counts: Dict[str, int], now: float, rate: Optional[float]) -> Optional[float]:
+        """Seconds left: from the pace of files done while decoding, as long as that count moves
+        (a video counts when its last range is decoded, so a run whose images are done waits on
+        its videos with no file done: then no estimate); from the indexing rate after."""
         files = counts.get("files", 0)
         if not self._files_total or not files:
             return None
         if files < self._files_total:
-            return elapsed * (self._files_total - files) / files
+            if now - self._files_changed_at > STALLED_INTERVALS * self._interval:
+                return None
+            return (now - self._started) * (self._files_total - files) / files
         left = counts.get("frames_decoded", 0) - counts.get("frames_indexed", 0)
         return left / rate if rate else None
 

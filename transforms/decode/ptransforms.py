@@ -38,7 +38,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -429,9 +429,15 @@ class _CloseVideoFn(beam.DoFn):
 
 
 class DecodedMedia(NamedTuple):
+    """``frames``; ``outcomes`` (one per matched file, flattened from every step);
+    ``dead_letters``; ``outcome_steps``: the same outcomes as each step emits them, before they
+    are flattened, for a consumer that must see them as they come (a progress count): Beam's
+    ``FnApiRunner`` runs a ``Flatten`` of several stages' outputs after the last of them, so
+    ``outcomes`` arrive only when every file is decoded."""
     frames: beam.PCollection
     outcomes: beam.PCollection
     dead_letters: beam.PCollection
+    outcome_steps: Tuple[beam.PCollection, ...] = ()
 
 
 def _positive_or_none(name, value, kind=int):
@@ -537,8 +543,8 @@ class DecodeMedia(beam.PTransform):
             # into a schema (FileOutcome.video_info is a dict) when the pipeline is built.
             | "CloseVideos" >> beam.ParDo(_CloseVideoFn()).with_output_types(Any).with_outputs(
                 DEAD_LETTER, main="outcomes"))
-        outcomes = (unmatched + [planned[OUTCOME], decoded[OUTCOME], videos.outcomes]
-                    | "AllOutcomes" >> beam.Flatten())
+        outcome_steps = tuple(unmatched + [planned[OUTCOME], decoded[OUTCOME], videos.outcomes])
+        outcomes = outcome_steps | "AllOutcomes" >> beam.Flatten()
         dead_letters = (unmatched_dead + [planned[DEAD_LETTER], decoded[DEAD_LETTER], videos[DEAD_LETTER]]
                         | "FlattenDeadLetters" >> beam.Flatten())
-        return DecodedMedia(decoded.frames, outcomes, dead_letters)
+        return DecodedMedia(decoded.frames, outcomes, dead_letters, outcome_steps)
