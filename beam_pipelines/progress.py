@@ -222,9 +222,12 @@ class ProgressLines:
 
 
 def count_files(globs) -> Optional[int]:
-    """How many files the globs match (the progress total), or None if listing fails."""
-    from apache_beam.io.filesystems import FileSystems
+    """How many files the globs match (the progress total), matched as ``DecodeMedia`` matches
+    them (a directory means every file below it; directories themselves are not files), or None
+    if listing fails."""
+    from transforms.common import files
+    from transforms.decode.ptransforms import expand_pattern, match_pattern
     try:
-        return sum(len(m.metadata_list) for m in FileSystems.match(list(globs)))
+        return sum(entry.kind == files.FILE for glob in globs for entry in match_pattern(expand_pattern(glob)))
     except Exception:  # noqa: BLE001 - a total is a nicety; the pipeline reports real errors
         return None

@@ -351,16 +351,17 @@ FAILED_FILES = {"caf\\xe9-latin1.jpg", "fifo.jpg", "socket.jpg", "device.jpg", "
 
 @pytest.fixture
 def deleted_after_match(monkeypatch, odd_files):
-    """Matching works, then ``deleted-after-match.jpg`` goes before anything reads it."""
-    real = files.match_local
+    """The pipeline's matching works, then ``deleted-after-match.jpg`` goes before anything reads
+    it (a count of the files before the run, for the progress lines, still sees it)."""
+    real = decode_ptransforms._MatchFn.process
     victim = os.path.join(odd_files, "deleted-after-match.jpg")
 
-    def match_then_delete(pattern):
-        entries = list(real(pattern))
+    def match_then_delete(self, pattern):
+        outputs = list(real(self, pattern))
         if os.path.exists(victim):
             os.remove(victim)
-        return iter(entries)
-    monkeypatch.setattr(decode_ptransforms.files, "match_local", match_then_delete)
+        yield from outputs
+    monkeypatch.setattr(decode_ptransforms._MatchFn, "process", match_then_delete)
     yield
     shutil.copy(harness.media("china.jpg"), victim)
 

@@ -247,6 +247,27 @@ def test_progress_counts_files_while_they_are_decoded():
     assert progress.read_counts(d)["files"] == 10
 
 
+def test_progress_total_counts_files_as_the_job_matches_them():
+    """A directory means every file below it, as DecodeMedia reads it (the total was 1 for a
+    directory: "files 37/1 (3700%)"); directories matched by a glob are not files."""
+    import apache_beam as beam
+    from transforms.decode.ptransforms import DecodeMedia
+    d = harness.tmpdir("progress-total-")
+    os.makedirs(os.path.join(d, "sub"))
+    shutil.copy(harness.media("china.jpg"), os.path.join(d, "a.jpg"))
+    shutil.copy(harness.media("flower.jpg"), os.path.join(d, "sub", "b.jpg"))
+    with open(os.path.join(d, "sub", "notes.txt"), "w") as f:
+        f.write("not an image")
+    assert progress.count_files([d]) == 3
+    assert progress.count_files([os.path.join(d, "*")]) == 1  # a.jpg; sub/ is a directory
+    assert progress.count_files([os.path.join(d, "none*"), d]) == 3
+    counts = harness.tmpdir("progress-total-counts-")
+    with beam.Pipeline(options=harness.local_options()) as p:
+        decoded = p | beam.Create([d]) | DecodeMedia()
+        _ = {"files": decoded.outcome_steps} | progress.CountProgress(counts)
+    assert progress.read_counts(counts)["files"] == progress.count_files([d]) == 3
+
+
 def test_progress_lines_format_and_counts():
     d = harness.tmpdir("progress-")
     import apache_beam as beam

@@ -124,6 +124,25 @@ def _is_utf8(path: str) -> bool:
         return False
 
 
+def expand_pattern(pattern: str) -> str:
+    """The glob ``DecodeMedia`` matches for an ``--input`` entry: a local directory means
+    everything below it (``<dir>/**``); anything else is unchanged."""
+    if FileSystems.get_scheme(pattern) is None and os.path.isdir(pattern):
+        return os.path.join(pattern, "**")
+    return pattern
+
+
+def match_pattern(pattern: str) -> list:
+    """The entries (:class:`~transforms.common.files.LocalMatch`) that ``DecodeMedia`` matches for
+    an expanded glob (:func:`expand_pattern`): local globs by
+    :func:`~transforms.common.files.match_local`, with their kinds; remote ones by Beam's
+    ``FileSystems.match``, directories left out. Raises what the listing raises."""
+    if FileSystems.get_scheme(pattern) is None:
+        return list(files.match_local(pattern))
+    return [files.LocalMatch(m.path, files.FILE) for m in FileSystems.match([pattern])[0].metadata_list
+            if not m.path.endswith("/") and not (is_local(m.path) and os.path.isdir(m.path))]
+
+
 class _MatchFn(beam.DoFn):
     """Expands a glob to file paths. Local globs are matched by
     :func:`~transforms.common.files.match_local`, which reports what Beam's matcher drops:
@@ -137,16 +156,9 @@ class _MatchFn(beam.DoFn):
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "directories_skipped")
 
     def process(self, pattern: str):
-        local = FileSystems.get_scheme(pattern) is None
-        if local and os.path.isdir(pattern):
-            pattern = os.path.join(pattern, "**")  # a directory means everything below it
+        pattern = expand_pattern(pattern)
         try:
-            if local:
-                entries = list(files.match_local(pattern))
-            else:
-                entries = [files.LocalMatch(m.path, files.FILE)
-                           for m in FileSystems.match([pattern])[0].metadata_list
-                           if not m.path.endswith("/") and not (is_local(m.path) and os.path.isdir(m.path))]
+            entries = match_pattern(pattern)
         except Exception as e:  # pylint: disable=broad-except
             self._empty.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
