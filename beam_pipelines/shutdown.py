@@ -28,10 +28,11 @@ import shutil
 import signal
 import sys
 import threading
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipelines import local_worker
 from beam_pipelines.local_mongo import MongoDNotFound, MongoDStartError
 from beam_pipelines.preflight import OptionError, StoreUnavailable, one_line
 from transforms.common.redact import redact_text
@@ -78,16 +79,12 @@ def _on_signal(signum, frame):  # pylint: disable=unused-argument
 
 #: What identifies the SDK worker processes of Beam's local runners in their command line
 #: (Beam's worker module, or :mod:`beam_pipelines.local_worker` which runs it).
-_BEAM_WORKERS = (b"apache_beam.runners.worker.sdk_worker_main", b"beam_pipelines.local_worker")
+_BEAM_WORKERS = tuple(module.encode() for module in (local_worker.BEAM_WORKER_MODULE, local_worker.WORKER_MODULE))
 
 
-def _stop_beam_workers(signum: int):
-    """Sends ``signum`` to the SDK worker processes this job's local runner started (Linux).
-
-    A terminal's Ctrl-C reaches them anyway (same process group); a ``kill`` of the job does not,
-    and the runner, unwinding, would wait for them forever (``--direct_running_mode=
-    multi_processing``). Nothing else is touched: the embedded ``mongod`` stops after the run
-    record is written."""
+def beam_worker_pids() -> List[int]:
+    """The SDK worker processes (and the shells that start them) below this process, as Beam's
+    local runners start them (Linux ``/proc``; empty elsewhere)."""
     children = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if not entry.isdigit():
@@ -100,15 +97,28 @@ def _stop_beam_workers(signum: int):
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(parent, []).append((int(entry), command))
-    pending = [os.getpid()]
+    found, pending = [], [os.getpid()]
     while pending:
         for pid, command in children.get(pending.pop(), ()):
             pending.append(pid)
             if any(worker in command for worker in _BEAM_WORKERS):
-                try:
-                    os.kill(pid, signum)
-                except OSError:
-                    pass
+                found.append(pid)
+    return found
+
+
+def _stop_beam_workers(signum: int):
+    """Sends ``signum`` to the SDK worker processes this job's local runner started
+    (:func:`beam_worker_pids`).
+
+    A terminal's Ctrl-C reaches them anyway (same process group); a ``kill`` of the job does not,
+    and the runner, unwinding, would wait for them forever (``--direct_running_mode=
+    multi_processing``). Nothing else is touched: the embedded ``mongod`` stops after the run
+    record is written."""
+    for pid in beam_worker_pids():
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
 
 
 class _QuietCancellation(logging.Filter):

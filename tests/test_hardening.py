@@ -22,7 +22,7 @@ import apache_beam as beam
 import pymongo
 import pytest
 
-from beam_pipelines import local_mongo, mine, options, preflight
+from beam_pipelines import local_mongo, mine, options, preflight, shutdown
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.run_record import describe_run
 from schemas import runs
@@ -457,22 +457,6 @@ def _local_processes_pipeline(directory, fail_on=None):
     return pipeline
 
 
-def _worker_processes():
-    from beam_pipelines import shutdown
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                command = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if any(w in command for w in shutdown._BEAM_WORKERS) and parent in (os.getpid(),) + tuple(found):
-            found.append(int(entry))
-    return found
-
-
 def test_local_worker_processes_run_beams_harness_and_exit_after_teardown():
     """A multi-process run on LocalProcessesRunner: every element processed in a
     beam_pipelines.local_worker process, every worker's DoFns torn down before it exits, no worker
@@ -490,12 +474,12 @@ def test_local_worker_processes_run_beams_harness_and_exit_after_teardown():
     pids = {r["pid"] for r in records.values()}
     assert os.getpid() not in pids
     assert {f"teardown-{pid}" for pid in pids} <= set(os.listdir(directory))
-    assert not _worker_processes()
+    assert not shutdown.beam_worker_pids()
 
     failing = harness.tmpdir("local-workers-failing-")
     with pytest.raises(Exception, match="bad element 7"):
         _local_processes_pipeline(failing, fail_on=7).run().wait_until_finish()
-    assert not _worker_processes()
+    assert not shutdown.beam_worker_pids()
 
 
 def test_beam_start_up_noise_is_dropped_also_when_relayed_by_worker_processes():

@@ -58,7 +58,6 @@ class _MongoUpsertFn(beam.DoFn):
     def setup(self):
         self._upserter.open()
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongodb-upsert")
-        self._pending = collections.deque()
 
     def start_bundle(self):
         self._pending = collections.deque()  # (a failed bundle's writes are not its outputs)
