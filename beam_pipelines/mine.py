@@ -45,7 +45,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from beam_pipelines import emulators, local_worker, preflight, progress, report, sample_media, shutdown
 from beam_pipelines.local_mongo import LocalMongoD
 from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
-    MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text)
+    MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text, stage_models)
 from beam_pipelines.run_record import RunRecord, describe_run
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
@@ -275,6 +275,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     if job.local_runner:  # a remote runner's workers may reach stores the driver cannot
         preflight.check_stores(mine.mongo_uri, [t for t in (mine.bigquery_table, job.candidates_table) if t],
                                options.view_as(GoogleCloudOptions).project, mine.store_check_timeout_s)
+    job = stage_models(job)
     globs = list(job.globs) or sample_media.prepare()
     if is_local(job.output_dir):
         os.makedirs(job.output_dir, exist_ok=True)

@@ -197,12 +197,22 @@ class MineJob(NamedTuple):
     detector_background: Optional[str]
     model: Optional[str] = None     # resolved --model; None: the bundled Fashion-MNIST CNN
     detector: Optional[str] = None  # NanoDet .tflite the job runs, or None
+    # A remote runner's workers cannot read the driver's converted default models: they are
+    # copied to this location (--staging_location, else --temp_location) by stage_models.
+    stage_models_to: Optional[str] = None
 
 
 def _models(mine):
-    """``(model, detector)`` the job runs, ``--model``/``--detector`` resolved (see their help)."""
-    backbone, default_detector = pretrained.default_models()
-    model = _from_caller_dir(mine.model) if mine.model else backbone
+    """``(model, detector)`` the job runs, ``--model``/``--detector`` resolved (see their help).
+    Without ``--model`` the converted default models, or an error that says how to get them."""
+    model, default_detector = None, None
+    if mine.model:
+        model = _from_caller_dir(mine.model)
+    else:
+        try:
+            model, default_detector = pretrained.default_models()
+        except pretrained.DefaultModelsMissing as e:
+            raise ValueError(str(e)) from None
     choice = mine.detector or AUTO
     if choice == NONE:
         detector = None
@@ -243,9 +253,18 @@ def check_options(options: PipelineOptions) -> MineJob:
         runner = STREAMING_RUNNER
     _check_ranges(mine)
     model, detector = _models(mine)
+    stage_to = None
     if not local_runner:
+        defaults = {path for path in (pretrained.backbone_path(), pretrained.detector_path())
+                    if path in (model, detector) and not (path == model and mine.model)}
+        if defaults:
+            cloud = options.view_as(GoogleCloudOptions)
+            stage_to = cloud.staging_location or cloud.temp_location
+            if not stage_to:
+                raise ValueError(f"the default models must be staged for the {runner} workers: set "
+                                 f"--temp_location (or --staging_location), or pass --model on gs://")
         for flag, path in (("model", None if mine.model else model), ("detector", detector)):
-            if path and is_local(path):
+            if path and path not in defaults and is_local(path):
                 raise ValueError(f"--{flag}: {path} is on this machine only, the {runner} workers cannot "
                                  f"read it: copy it (and its .json sidecar) to gs:// and name it, or "
                                  f"--detector none")
@@ -289,7 +308,29 @@ def check_options(options: PipelineOptions) -> MineJob:
                          f"jobs read files from Cloud Storage), got {temp_location or None!r}")
     return MineJob(runner, local_runner, globs, output_dir, strategy_params, candidates_table,
                    write_method, mine.detector_background and _from_caller_dir(mine.detector_background),
-                   model, detector)
+                   model, detector, stage_to)
+
+
+def stage_models(job: MineJob) -> MineJob:
+    """``job`` with its default models copied to ``job.stage_models_to`` and named there
+    (:func:`transforms.score.model_staging.stage_default_models`); unchanged when nothing is to
+    be staged. Writes to the staging location, so it runs after every option is checked.
+
+    Raises
+    ------
+    beam_pipelines.preflight.OptionError
+        When the models cannot be copied there.
+    """
+    if not job.stage_models_to:
+        return job
+    from transforms.score.model_staging import stage_default_models
+    try:
+        backbone, detector = stage_default_models(job.stage_models_to)
+    except (OSError, pretrained.DefaultModelsMissing) as e:
+        raise preflight.OptionError(f"the default models cannot be staged to {job.stage_models_to}: "
+                                    f"{preflight.one_line(e, 300)}") from e
+    return job._replace(model=backbone if job.model == pretrained.backbone_path() else job.model,
+                        detector=detector if job.detector == pretrained.detector_path() else job.detector)
 
 
 def _check_ranges(mine):

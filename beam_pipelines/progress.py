@@ -12,9 +12,10 @@ and prints. Files work unchanged for in-process and multi-process workers on the
 need no shared memory or server, and a reader never sees half a file. A retried bundle may count
 twice here (the run's summary counts come from Beam's committed metrics, not from these).
 
-Time left is shown when the total is known: from the files done while decoding (the number of
-matched files is counted before the run), then from the frames left to index once every file is
-decoded (the frame total is then known).
+Time left is shown when the total is known and the pace is measured on enough work: from the
+files done while decoding (the number of matched files is counted before the run) once
+:data:`MIN_DONE_FRACTION` of them are done, then from the frames left to index once every file is
+decoded (the frame total is then known), at a rate measured over :data:`MIN_RATE_SPAN_S` or more.
 
 On Dataflow (or any remote runner) no side channel is used: the same quantities are the job's
 metrics (namespace/name), visible in the console's "Job metrics" tab and in ``result.metrics()``:
@@ -42,6 +43,10 @@ WRITE_INTERVAL_S = 0.5  # a counting DoFn rewrites its file at most this often
 PRINT_INTERVAL_S = 5.0
 RATE_WINDOW_S = 30.0  # frames/s is measured over this trailing window
 STALLED_INTERVALS = 1.5  # no time left is estimated from files when none was done since the last line
+# No time left is shown before it is measured on enough work to mean something: this share of
+# the files done, and a frame rate measured over at least this many seconds.
+MIN_DONE_FRACTION = 0.1
+MIN_RATE_SPAN_S = 10.0
 STAGES = ("files", "frames_decoded", "frames_scored", "frames_indexed")
 
 
@@ -163,6 +168,7 @@ class ProgressLines:
         self._started = 0.0
         self._history = collections.deque()  # (time, frames indexed or scored)
         self._files_seen, self._files_changed_at = 0, 0.0
+        self._first_files = None  # (time, files) of the first line that counted a file done
 
     def __enter__(self) -> str:
         self._dir = tempfile.mkdtemp(prefix="activebeam-progress-")
@@ -202,23 +208,30 @@ class ProgressLines:
             rate = done / (now - self._started) if now > self._started else None
         if counts.get("files", 0) != self._files_seen:
             self._files_seen, self._files_changed_at = counts.get("files", 0), now
+        if self._first_files is None and counts.get("files", 0):
+            self._first_files = (now, counts["files"])
         eta = None if final else self._eta(counts, now, rate)
         self._out.write(format_line(now - self._started, counts, self._files_total, rate, eta) + "\n")
         self._out.flush()
 
     def _eta(self, counts: Dict[str, int], now: float, rate: Optional[float]) -> Optional[float]:
-        """Seconds left: from the pace of files done while decoding, as long as that count moves
-        (a video counts when its last range is decoded, so a run whose images are done waits on
-        its videos with no file done: then no estimate); from the indexing rate after."""
+        """Seconds left: from the pace of files done while decoding, measured from the first file
+        done (the start-up before it, loading models and starting workers, is not a file's cost),
+        as long as that count moves (a video counts when its last range is decoded, so a run
+        whose images are done waits on its videos with no file done: then no estimate); from the
+        indexing rate after."""
         files = counts.get("files", 0)
-        if not self._files_total or not files:
+        if not self._files_total or files < MIN_DONE_FRACTION * self._files_total or not files:
             return None
         if files < self._files_total:
-            if now - self._files_changed_at > STALLED_INTERVALS * self._interval:
+            t0, f0 = self._first_files or (now, files)
+            if now - self._files_changed_at > STALLED_INTERVALS * self._interval or files <= f0 or now <= t0:
                 return None
-            return (now - self._started) * (self._files_total - files) / files
+            return (self._files_total - files) * (now - t0) / (files - f0)
+        if not rate or now - self._history[0][0] < MIN_RATE_SPAN_S:
+            return None
         left = counts.get("frames_decoded", 0) - counts.get("frames_indexed", 0)
-        return left / rate if rate else None
+        return left / rate
 
 
 def count_files(globs) -> Optional[int]:

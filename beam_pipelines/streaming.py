@@ -49,7 +49,7 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 from beam_pipelines import preflight, shutdown
 from beam_pipelines.mine import _embedded_mongod, _load_model, _run_facts
 from beam_pipelines.options import (MineJob, MineOptions, StreamingOptions, _decode_options, check_options,
-                                    streaming_requested)
+                                    stage_models, streaming_requested)
 from beam_pipelines.run_record import RunRecord, describe_run
 from schemas import arrivals as arrivals_schema
 from schemas.frames import DEFAULT_DATABASE
@@ -371,6 +371,7 @@ def run(argv) -> dict:
     if is_local(output_dir):
         os.makedirs(output_dir, exist_ok=True)
     gcp_emulators.use_emulators_if_configured()
+    job = job._replace(mine=stage_models(job.mine))
     model = _load_model(mine, job.mine)
     with contextlib.ExitStack() as stack:
         mongo_uri = mine.mongo_uri or _embedded_mongod(stack, output_dir)

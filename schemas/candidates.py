@@ -27,7 +27,8 @@ CANDIDATE_FIELDS = (
     Field("predicted_class", "INT64", "NULLABLE", "The model's predicted class for the frame."),
     Field("duplicates", "INT64", "REQUIRED", "Frames with identical pixels this candidate stands for, itself included."),
     Field("model_name", "STRING", "REQUIRED", "Name of the model that scored the frame."),
-    Field("model_version", "STRING", "REQUIRED", "Digest of the model's weights."),
+    Field("model_version", "STRING", "REQUIRED", "Model version, 16 hex digits: the conversion recipe's for the default pretrained "
+          "models (the same on every machine), else the first 16 of the sha256 of the model file."),
     Field("parameters", "STRING", "REQUIRED", "JSON object: the strategy's name and parameters (composed strategies nest their inner one)."),
     Field("components", "STRING", "REQUIRED", "JSON object: the per-frame values that explain the rank (e.g. margin, cluster_size, kcenter_distance)."),
     Field("scores", "STRING", "REQUIRED", "JSON object: the frame's uncertainty scores (entropy, margin, least_confidence)."),

@@ -42,7 +42,8 @@ FRAME_FIELDS = (
     Field("predicted_class", "INT64", "REQUIRED", "argmax of the class probabilities."),
 ) + tuple(Field(name, "FLOAT64", "REQUIRED", score_registry.get(name).description) for name in SCORE_NAMES) + (
     Field("model_name", "STRING", "REQUIRED", "Name of the model (file stem)."),
-    Field("model_version", "STRING", "REQUIRED", "sha256 of the model file, first 16 hex digits."),
+    Field("model_version", "STRING", "REQUIRED", "Model version, 16 hex digits: the conversion recipe's for the default pretrained "
+          "models (the same on every machine), else the first 16 of the sha256 of the model file."),
     Field("channels", "INT64", "NULLABLE", "Channels stored in the file: 1 grey, 2 grey+alpha, 3 colour, 4 RGBA/CMYK."),
     Field("format", "STRING", "NULLABLE", "Image format (JPEG, PNG, ...) or video container/codec (AVI/msmpeg4)."),
     Field("file_size", "INT64", "NULLABLE", "Size of the source file in bytes."),

@@ -26,7 +26,8 @@ RUN_FIELDS = (
     Field("status", "STRING", "REQUIRED", "'running', 'succeeded', 'failed', 'cancelled' (interrupted) or 'drained' (a streaming run stopped cleanly: reading stopped, open windows written)."),
     Field("code_version", "STRING", "REQUIRED", "git commit of the checkout (suffixed '-dirty' if modified) or the installed package version."),
     Field("model_name", "STRING", "NULLABLE", "Name of the model the run used."),
-    Field("model_version", "STRING", "NULLABLE", "Digest of the model's weights."),
+    Field("model_version", "STRING", "NULLABLE", "Model version, 16 hex digits: the conversion recipe's for the default pretrained "
+          "models (the same on every machine), else the first 16 of the sha256 of the model file."),
     Field("inputs", "STRING", "REPEATED", "Input globs."),
     Field("output_dir", "STRING", "NULLABLE", "Where the run's result files went."),
     Field("options", "STRING", "REQUIRED", "The run's options as a JSON object, with credentials redacted."),

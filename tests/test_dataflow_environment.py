@@ -102,6 +102,7 @@ class Image:
         self.stages: List[Tuple[str, Optional[str]]] = []  # (image, alias)
         self.copies: List[Tuple[Optional[str], List[str], str]] = []  # (from stage, sources, dest)
         self.pip_installs: List[List[str]] = []  # the words after "pip install"
+        self.commands: List[List[str]] = []  # every RUN command's words, ENV values substituted
         self.env: Dict[str, str] = {}
         self.entrypoint: Optional[str] = None
         workdir = "/"
@@ -111,6 +112,7 @@ class Image:
                 alias = words[2] if len(words) > 2 and words[1].upper() == "AS" else None
                 self.stages.append((words[0], alias))
                 self.copies, self.pip_installs, self.env, self.entrypoint = [], [], {}, None
+                self.commands = []
             elif keyword == "WORKDIR":
                 workdir = os.path.join(workdir, args)
             elif keyword in ("COPY", "ADD"):
@@ -121,7 +123,9 @@ class Image:
                 self.copies.append((source_stage, paths[:-1], os.path.join(workdir, paths[-1])))
             elif keyword == "RUN":
                 for command in re.split(r"&&|;|\|\|", args):
-                    words = shlex.split(command)
+                    words = [re.sub(r"\$\{?(\w+)\}?", lambda m: self.env.get(m.group(1), m.group(0)), w)
+                             for w in shlex.split(command)]
+                    self.commands.append(words)
                     for i in range(len(words) - 1):
                         is_pip = re.fullmatch(r"pip3?(\.\d+)?", os.path.basename(words[i]))
                         if is_pip and words[i + 1] == "install":
@@ -196,8 +200,24 @@ def image_problems(dockerfile: str, requirements: str, setup_py: str, dockerigno
         if variable in image.env:
             problems.append(f"{variable} is set: the launcher would install again what the image has")
 
+    problems += _model_problems(image)
     problems += _dockerignore_problems(image, dockerignore)
     return problems
+
+
+def _model_problems(image: Image) -> List[str]:
+    """The image converts the default models, with set-up's recipe, where ``mine`` looks for them
+    (``ACTIVEBEAM_MODELS``): without them a job launched from the image refuses to run."""
+    models = image.env.get("ACTIVEBEAM_MODELS")
+    for words in image.commands:
+        if "transforms.score.pretrained.convert" in words:
+            i = words.index("transforms.score.pretrained.convert")
+            out = [w.split("=", 1)[1] for w in words[i:] if w.startswith("--output_dir=")]
+            out += [words[j + 1] for j in range(i, len(words) - 1) if words[j] == "--output_dir"]
+            if models and out == [models] and words[i - 1] == "-m":
+                return []
+    return ["the image does not convert the default models into $ACTIVEBEAM_MODELS "
+            "(python -m transforms.score.pretrained.convert --output_dir $ACTIVEBEAM_MODELS)"]
 
 
 def _exec_form(instruction_args: Optional[str]) -> Optional[list]:
@@ -395,6 +415,10 @@ MUTATIONS = {
     "setup file at launch": ("dockerfile", _sub(r"FLEX_TEMPLATE_PYTHON_PY_FILE=\S+",
                                                 r"\g<0> FLEX_TEMPLATE_PYTHON_SETUP_FILE=/x"),
                              "FLEX_TEMPLATE_PYTHON_SETUP_FILE is set"),
+    "no default models": ("dockerfile", _sub(r"(?m)^ENV ACTIVEBEAM_MODELS=.*\n", ""),
+                          "does not convert the default models"),
+    "models converted elsewhere": ("dockerfile", _sub(r"--output_dir \S+", "--output_dir /tmp/m"),
+                                   "does not convert the default models"),
     "context keeps too little": ("dockerignore", _sub(r"(?m)^!schemas\n", ""), "leaves out schemas"),
     "context keeps everything": ("dockerignore", _sub(r"(?m)^\*\n", ""), "does not start by excluding everything"),
 }

@@ -4,6 +4,7 @@ sensible ImageNet classes and embeddings, the detection scores against hand-comp
 the whole `mine` job with these defaults (detections, near-duplicate groups, stats)."""
 import json
 import os
+import shutil
 import tarfile
 
 import cv2
@@ -51,12 +52,27 @@ def _run(interpreter, x):
     return [interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()]
 
 
-def test_conversion_is_pinned_and_matches_the_original_graph(models, vtest_frames):
+def test_conversion_matches_the_original_graph_and_is_versioned_by_its_recipe(models, vtest_frames):
     with open(os.path.join(models, pretrained.MANIFEST_FILE)) as f:
         manifest = json.load(f)
-    assert manifest["sha256"] == convert.CONVERTED_SHA256
-    for model in manifest["models"].values():
+    for name, model in manifest["models"].items():
         assert model["max_abs_difference_to_original"] < convert.TOLERANCE
+        assert model["version"] == convert.recipe_version(name, manifest["tensorflow"])
+    # Records carry the recipe's version, not the bytes' digest; a changed file is a user's model.
+    from transforms.score.detectors import detector_version
+    from transforms.score.handlers import file_digest, load_model_spec
+    spec = load_model_spec(pretrained.backbone_path())
+    assert spec.version.version == manifest["models"][pretrained.BACKBONE_FILE]["version"]
+    assert detector_version(pretrained.detector_path()).version == manifest["models"][pretrained.DETECTOR_FILE]["version"]
+    changed = harness.tmpdir("changed-model-")
+    for name in (pretrained.DETECTOR_FILE, pretrained.MANIFEST_FILE):
+        with open(os.path.join(models, name), "rb") as f:
+            data = f.read()
+        with open(os.path.join(changed, name), "wb") as f:
+            f.write(data + b"\0" if name == pretrained.DETECTOR_FILE else data)
+    changed_detector = os.path.join(changed, pretrained.DETECTOR_FILE)
+    assert detector_version(changed_detector).version == file_digest(changed_detector)
+    assert file_digest(changed_detector) != manifest["models"][pretrained.DETECTOR_FILE]["version"]
     # NanoDet: the TFJS graph itself (rebuilt in TensorFlow from the npm package) against the
     # TFLite file, on real video frames.
     import tensorflow as tf
@@ -77,6 +93,45 @@ def test_conversion_is_pinned_and_matches_the_original_graph(models, vtest_frame
         for e, a in zip(expected, actual):
             np.testing.assert_allclose(a, e, atol=1e-4)
         assert max(float(e.max()) for e in expected if e.shape[-1] == 80) > 0.5  # it sees something
+
+
+def test_conversion_passes_on_a_second_numeric_path_with_the_same_versions(models, tmp_path):
+    """Set-up's conversion as another CPU would run it: oneDNN off and capped at AVX2, numpy's
+    and OpenBLAS's dispatch limited, LiteRT without XNNPACK. It must pass with no flag and give
+    the same version ids, whatever bytes it writes."""
+    import subprocess
+    import sys
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0", ONEDNN_MAX_CPU_ISA="AVX2",
+               NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR", OPENBLAS_CORETYPE="Haswell",
+               ACTIVEBEAM_LITERT_XNNPACK="off")
+    downloads = os.path.join(os.path.dirname(models), "downloads")
+    result = subprocess.run([sys.executable, "-m", "transforms.score.pretrained.convert",
+                             f"--output_dir={tmp_path}", f"--downloads={downloads}"],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(models, pretrained.MANIFEST_FILE)) as f:
+        here = json.load(f)
+    with open(tmp_path / pretrained.MANIFEST_FILE) as f:
+        there = json.load(f)
+    for name in (pretrained.DETECTOR_FILE, pretrained.BACKBONE_FILE):
+        assert there["models"][name]["version"] == here["models"][name]["version"]
+        assert there["models"][name]["max_abs_difference_to_original"] < convert.TOLERANCE
+    from transforms.score.handlers import model_version_id
+    assert model_version_id(str(tmp_path / pretrained.BACKBONE_FILE)) == here["models"][pretrained.BACKBONE_FILE]["version"]
+
+
+def test_runtime_info_line_is_not_printed_when_tensorflow_logging_is_quiet(models):
+    """LiteRT's "Created TensorFlow Lite XNNPACK delegate" line follows TF_CPP_MIN_LOG_LEVEL."""
+    import subprocess
+    import sys
+    code = ("import sys; from transforms.score.litert import load_interpreter; "
+            f"load_interpreter({pretrained.detector_path()!r}, 1); sys.stderr.write('after\\n')")
+    for level, shown in (("0", True), ("3", False)):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level))
+        assert result.returncode == 0, result.stderr
+        assert ("XNNPACK" in result.stderr) is shown, (level, result.stderr)
+        assert result.stderr.rstrip().endswith("after")  # the process's own writes still reach stderr
 
 
 def test_detector_finds_the_people_of_vtest_where_they_are(models, vtest_frames):
@@ -312,11 +367,22 @@ def test_default_models_and_options(models):
         assert own.detector is None
         assert job(f"--model={pretrained.backbone_path()}", "--detector=nanodet").detector == pretrained.detector_path()
         assert job("--detector=none").detector is None
-        with pytest.raises(ValueError, match="on this machine only"):
-            job("--runner=DataflowRunner", "--input=gs://b/*.jpg", "--mongo_uri=mongodb://db:27017",
-                "--output_dir=gs://b/out", "--project=p", "--region=r", "--temp_location=gs://b/tmp")
+        remote = ("--runner=DataflowRunner", "--input=gs://b/*.jpg", "--mongo_uri=mongodb://db:27017",
+                  "--output_dir=gs://b/out", "--project=p", "--region=r")
+        dataflow = job(*remote, "--temp_location=gs://b/tmp")  # the defaults are staged for the workers
+        assert dataflow.stage_models_to == "gs://b/tmp" and dataflow.detector == pretrained.detector_path()
+        assert job(*remote, "--temp_location=gs://b/tmp", "--staging_location=gs://b/st").stage_models_to == "gs://b/st"
+        with pytest.raises(ValueError, match="set --temp_location"):
+            job(*remote)
+        own_detector = os.path.join(out, "my_nanodet.tflite")
+        shutil.copy(pretrained.detector_path(), own_detector)
+        with pytest.raises(ValueError, match="on this machine only"):  # a user's local file is not staged
+            job(*remote, "--temp_location=gs://b/tmp", f"--detector={own_detector}")
         with pytest.raises(ValueError, match="needs a detector"):
             job("--detector=none", "--selection_embedding=objects")
+    with harness.pretrained_defaults(), harness.env(ACTIVEBEAM_MODELS=harness.tmpdir("no-models-")):
+        with pytest.raises(ValueError, match=r"default models .* are not in .*transforms.score.pretrained.convert"):
+            job()
     pinned = job()
     assert (pinned.model, pinned.detector) == (None, None)
     with pytest.raises(ValueError, match="needs detections"):

@@ -281,19 +281,45 @@ def test_progress_lines_format_and_counts():
     assert line == ("progress 1:15  files 3/12 (25%)  frames 40 decoded, 30 scored, 20 indexed  "
                     "4.0 frames/s  ~3:45 left")
     out = io.StringIO()
+    import time
     with progress.ProgressLines(files_total=4, interval_s=0.05, out=out) as progress_dir:
+        with open(os.path.join(progress_dir, "files.a.count"), "w") as f:
+            f.write("1")
+        time.sleep(0.12)
         with open(os.path.join(progress_dir, "files.a.count"), "w") as f:
             f.write("2")
         with open(os.path.join(progress_dir, "frames_indexed.b.count"), "w") as f:
             f.write("7")
-        import time
         time.sleep(0.5)
     lines = out.getvalue().splitlines()
     assert len(lines) >= 3 and "files 2/4 (50%)" in lines[-1] and "7 indexed" in lines[-1]
-    assert any("left" in line for line in lines[:3])
+    # Paced from the first file done: 1 file in about 0.1 s, 2 left.
+    assert not any("left" in line for line in lines if "files 1/4" in line)
+    assert any("left" in line for line in lines if "files 2/4" in line)
     # No file done since the last line (videos still decoding): no estimate from files.
     assert "left" not in lines[-2]
     assert not os.path.exists(progress_dir)
+
+
+def test_progress_shows_no_time_left_before_it_is_measured_on_enough_work():
+    """1 file of 305 done after a moment (a first run's first line used to say ~50:40 left for a
+    33-second job), or every file decoded but a frame rate measured over less than
+    MIN_RATE_SPAN_S: no estimate."""
+    import time
+    for files_total, counts in ((305, {"files": 1, "frames_decoded": 40, "frames_indexed": 12}),
+                                (4, {"files": 4, "frames_decoded": 400, "frames_indexed": 100})):
+        out = io.StringIO()
+        with progress.ProgressLines(files_total=files_total, interval_s=0.05, out=out) as progress_dir:
+            for name, count in counts.items():
+                with open(os.path.join(progress_dir, f"{name}.a.count"), "w") as f:
+                    f.write(str(count))
+            time.sleep(0.4)
+            with open(os.path.join(progress_dir, "frames_indexed.a.count"), "w") as f:
+                f.write(str(counts["frames_indexed"] + 30))  # indexing moves: a rate, over 0.4 s
+            time.sleep(0.4)
+        lines = out.getvalue().splitlines()
+        assert len(lines) >= 5 and any("frames/s" in line for line in lines), lines
+        assert not any("left" in line for line in lines), lines
 
 
 

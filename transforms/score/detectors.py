@@ -64,10 +64,9 @@ class NanoDetDetector:
         self._lock = threading.Lock()  # one interpreter per process, shared by Beam's threads
 
     def load(self) -> "NanoDetDetector":
-        from ai_edge_litert.interpreter import Interpreter
+        from transforms.score.litert import load_interpreter
         with local_copy(self.model_uri) as local:
-            self._interpreter = Interpreter(model_path=local, num_threads=self.num_threads or inference_threads())
-        self._interpreter.allocate_tensors()
+            self._interpreter = load_interpreter(local, self.num_threads or inference_threads())
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._outputs = [d["index"] for d in self._interpreter.get_output_details()]
         return self
@@ -213,10 +212,11 @@ class DetectorHandler(ModelHandler):
 
 def detector_version(uri: str):
     """The :class:`~schemas.records.ModelVersion` of a detector file: its name and the first 16
-    hex digits of its sha256 (as models are versioned)."""
+    hex digits of its sha256, or its conversion recipe's version for the default NanoDet-g (as
+    models are versioned: :func:`~transforms.score.handlers.model_version_id`)."""
     from schemas.records import ModelVersion
-    from transforms.score.handlers import file_digest
-    return ModelVersion(os.path.basename(uri.rstrip("/")), file_digest(uri), "")
+    from transforms.score.handlers import model_version_id
+    return ModelVersion(os.path.basename(uri.rstrip("/")), model_version_id(uri), "")
 
 
 def nanodet_handler(uri: str, flip: bool = True) -> DetectorHandler:

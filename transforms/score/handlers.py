@@ -41,6 +41,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from schemas.records import ModelVersion
 from transforms.common.files import local_copy, open_binary
+from transforms.score import pretrained
 
 DEFAULT_MODEL_NAME = "fashion_mnist_cnn.keras"
 METRICS_NAMESPACE = "activebeam.model"
@@ -296,8 +297,39 @@ def runtime_of(uri: str) -> str:
     return KERAS
 
 
+def model_version_id(uri: str) -> str:
+    """The ``version`` of the model at ``uri``, 16 hex digits.
+
+    A model that :mod:`transforms.score.pretrained.convert` wrote (listed, with its sha256, in the
+    ``manifest.json`` beside it) is versioned by its conversion recipe, the same on every machine
+    (:func:`transforms.score.pretrained.version_in_manifest`); any other model by the first 16 hex
+    digits of the sha256 of its bytes (:func:`file_digest`), so a retrained model is a new version.
+    """
+    if not FileSystems.exists(FileSystems.join(uri.rstrip("/"), "saved_model.pb")):
+        directory, name = FileSystems.split(uri)
+        manifest_path = FileSystems.join(directory, pretrained.MANIFEST_FILE)
+        try:
+            with open_binary(manifest_path) as f:
+                manifest = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError):  # no manifest (a user's model), or not ours
+            manifest = None
+        if manifest is not None:
+            digest = hashlib.sha256()
+            with open_binary(uri) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            version = pretrained.version_in_manifest(manifest, name, digest.hexdigest())
+            if version:
+                return version
+    return file_digest(uri)
+
+
 def file_digest(uri: str) -> str:
     """First 16 hex digits of the sha256 of the model's bytes (of every file, for a directory)."""
+    return _sha256(uri)[:16]
+
+
+def _sha256(uri: str) -> str:
     digest = hashlib.sha256()
     if FileSystems.exists(FileSystems.join(uri.rstrip("/"), "saved_model.pb")):
         paths = sorted(m.path for m in FileSystems.match([FileSystems.join(uri.rstrip("/"), "**")])[0].metadata_list)
@@ -308,7 +340,7 @@ def file_digest(uri: str) -> str:
         with open_binary(path) as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 # --- Keras and SavedModel -------------------------------------------------------------------
@@ -486,9 +518,8 @@ class _Runtime:
         self._lock = threading.Lock()
         self._runtime = runtime
         if runtime == TFLITE:
-            from ai_edge_litert.interpreter import Interpreter
-            self._interpreter = Interpreter(model_path=path, num_threads=inference_threads())
-            self._interpreter.allocate_tensors()
+            from transforms.score.litert import load_interpreter
+            self._interpreter = load_interpreter(path, inference_threads())
             self._input = self._interpreter.get_input_details()[0]
             outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
             self._batch = None
@@ -689,7 +720,7 @@ def load_model_spec(uri: Optional[str] = None, embedding_layer: Optional[str] = 
     height, width = prep.input_size
     return ModelSpec(
         uri=uri,
-        version=ModelVersion(name=name, version=file_digest(path), embedding_layer=embedding_name),
+        version=ModelVersion(name=name, version=model_version_id(path), embedding_layer=embedding_name),
         input_shape=(height, width, prep.channels),
         num_classes=num_classes,
         model_output=prep.model_output,

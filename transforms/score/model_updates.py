@@ -22,7 +22,7 @@ from typing import Dict, Optional
 
 from schemas.records import ModelVersion
 from transforms.score.handlers import (KERAS, SAVED_MODEL, KerasHandler, ModelSpec, RuntimeHandler,
-                                       file_digest)
+                                       model_version_id)
 
 
 class UpdatableKerasHandler(KerasHandler):
@@ -74,6 +74,6 @@ class ModelVersions:
             name = os.path.basename(model_id.rstrip("/"))
             if self._spec.runtime != SAVED_MODEL:
                 name = os.path.splitext(name)[0]
-            version = ModelVersion(name, file_digest(model_id), self._spec.version.embedding_layer)
+            version = ModelVersion(name, model_version_id(model_id), self._spec.version.embedding_layer)
             self._known[model_id] = version
         return version

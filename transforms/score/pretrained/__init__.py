@@ -52,16 +52,41 @@ def backbone_path() -> str:
     return os.path.join(models_dir(), BACKBONE_FILE)
 
 
+class DefaultModelsMissing(FileNotFoundError):
+    """The default models are not where :func:`models_dir` says: set-up has not converted them."""
+
+
 def default_models():
     """``(backbone path, detector path)`` the ``mine`` job uses when ``--model`` is not given:
     the converted EfficientNet-Lite0 and NanoDet-g, or ``(None, None)`` (the bundled
-    Fashion-MNIST CNN, no detector) when ``$ACTIVEBEAM_DEFAULT_MODEL`` is ``fashion_mnist`` or
-    set-up has not converted them."""
+    Fashion-MNIST CNN, no detector) when ``$ACTIVEBEAM_DEFAULT_MODEL`` is ``fashion_mnist``.
+
+    Raises
+    ------
+    DefaultModelsMissing
+        When the converted models are not in :func:`models_dir` (never a silent fallback to
+        another model); its message says how to get them.
+    """
     if os.environ.get(DEFAULT_MODEL_ENV, "") == SMALL_DEFAULT:
         return None, None
     if os.path.isfile(backbone_path()) and os.path.isfile(detector_path()):
         return backbone_path(), detector_path()
-    return None, None
+    raise DefaultModelsMissing(
+        f"the default models (EfficientNet-Lite0, NanoDet-g) are not in {models_dir()}: get them with "
+        f"`python -m transforms.score.pretrained.convert` (bash scripts/setup.sh does it), or pass --model")
+
+
+def version_in_manifest(manifest: Optional[dict], name: str, sha256: str) -> Optional[str]:
+    """The recipe version that ``manifest`` (a ``manifest.json`` of the converter) gives the file
+    ``name``, if the manifest lists that file with this ``sha256`` (64 hex digits); else ``None``
+    (a file changed since, or not one of the converted models)."""
+    if not isinstance(manifest, dict):
+        return None
+    model = (manifest.get("models") or {}).get(name)
+    if not isinstance(model, dict) or (manifest.get("sha256") or {}).get(name) != sha256:
+        return None
+    version = model.get("version")
+    return version if isinstance(version, str) and version else None
 
 
 def class_names(model_name: Optional[str]) -> Optional[List[str]]:

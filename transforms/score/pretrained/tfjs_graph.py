@@ -99,7 +99,7 @@ def load_graph_def(model_json: str):
     import tensorflow as tf
     from google.protobuf import json_format
 
-    with open(model_json) as f:
+    with open(model_json, encoding="utf-8") as f:
         model = json.load(f)
     if model.get("format") != "graph-model":
         raise ValueError(f"{model_json}: not a TensorFlow.js graph model (format {model.get('format')!r})")
