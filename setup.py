@@ -22,8 +22,9 @@ setuptools.setup(
     python_requires=">=3.10",
     # Only the three packages of the design; models/ (the training script) and benchmarks/ stay
     # in the checkout. The default model is package data of transforms.score.
-    packages=setuptools.find_packages(include=["beam_pipelines", "transforms", "transforms.*", "schemas"]),
-    package_data={"transforms.score": ["models/*.keras"], "beam_pipelines": ["report_assets/*"],
+    packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "transforms", "transforms.*",
+                                               "schemas"]),
+    package_data={"transforms.score": ["models/*.keras"], "beam_pipelines.report": ["assets/*"],
                   "schemas": ["generated/*.md", "generated/bigquery/*", "generated/mongodb/*", "views/*.sql"]},
     install_requires=_requirements(),
     entry_points={"console_scripts": ["activebeam-mine=beam_pipelines.mine:main"]},

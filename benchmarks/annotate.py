@@ -27,9 +27,9 @@ import urllib.parse
 import apache_beam as beam
 
 from benchmarks.common import interleaved_rates, print_result
-from beam_pipelines.home import media_dir
-from beam_pipelines.local_label_studio import LocalLabelStudio
-from beam_pipelines.sample_media import CLASS_NAMES
+from beam_pipelines.local.home import media_dir
+from beam_pipelines.local.label_studio import LocalLabelStudio
+from beam_pipelines.local.sample_media import CLASS_NAMES
 from transforms.annotate import label_studio as ls
 from transforms.annotate.client import LabelStudioClient
 from transforms.annotate.ptransforms import ExportItem, ExportToLabelStudio

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import PeakRss, interleaved_rates, print_result
-from beam_pipelines.home import media_dir
+from beam_pipelines.local.home import media_dir
 from transforms.decode import ptransforms as decode
 from transforms.decode.images import DEFAULT_MAX_PIXELS
 from transforms.decode.video import Sampling

@@ -97,7 +97,7 @@ def run_loop(count, spec, batch_size, mc_passes=0, chunk=500) -> int:
 def vtest_frames(start: int, stop: int):
     """Frames ``start..stop-1`` of the sample video ``vtest.avi`` as RGB ``Frame``s."""
     import av
-    from beam_pipelines.home import media_dir
+    from beam_pipelines.local.home import media_dir
     uri = os.path.join(media_dir(), "vtest.avi")
     frames = []
     with av.open(uri) as container:

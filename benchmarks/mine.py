@@ -47,7 +47,7 @@ SPLIT_SECONDS = 20
 
 def prepare_media(directory: str, images: int) -> list:
     """Real media for the run: returns the input globs."""
-    from beam_pipelines import sample_media
+    from beam_pipelines.local import sample_media
     globs = sample_media.prepare(directory, fashion_mnist_count=images)
     return globs
 
@@ -190,7 +190,7 @@ def main(argv=None):
         print(json.dumps({"frames": run_loop(globs, uri, database, args.batch_size)}))
         return
 
-    from beam_pipelines.local_mongo import LocalMongoD
+    from beam_pipelines.local.mongod import LocalMongoD
     import pymongo
     work = tempfile.mkdtemp(prefix="activebeam-bench-mine-")
     env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3")

@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.common import PeakRss, print_result, timed
 from beam_pipelines import report
-from beam_pipelines.home import media_dir
+from beam_pipelines.local.home import media_dir
 from transforms.decode.video import plan_video
 
 SCORES = ("entropy", "margin", "least_confidence", "entropy_normalised", "ratio", "uniqueness")

@@ -34,7 +34,7 @@ from apache_beam.io.mongodbio import WriteToMongoDB
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from benchmarks.common import PeakRss, interleaved_rates, print_result
-from beam_pipelines.local_mongo import LocalMongoD
+from beam_pipelines.local.mongod import LocalMongoD
 from schemas import frames, tables
 from schemas.records import FrameMetadata, FrameRecord, ModelVersion, make_frame_id
 from transforms.score import uncertainty

@@ -43,7 +43,7 @@ BUCKET = "bench-stream"
 def _pngs(count: int, offset: int = 0) -> list:
     """``count`` distinct Fashion-MNIST test images as PNG bytes."""
     import cv2
-    from beam_pipelines import sample_media
+    from beam_pipelines.local import sample_media
     images, _ = sample_media.load_split("t10k", sample_media.FASHION_MNIST_DIR)
     if offset + count > len(images):
         raise ValueError(f"only {len(images)} Fashion-MNIST test images: ask for fewer")
@@ -122,8 +122,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import pymongo
-    from beam_pipelines.emulators import Uploader, gcs_emulator, pubsub_emulator
-    from beam_pipelines.local_mongo import LocalMongoD
+    from beam_pipelines.local.emulators import Uploader, gcs_emulator, pubsub_emulator
+    from beam_pipelines.local.mongod import LocalMongoD
 
     work = tempfile.mkdtemp(prefix="activebeam-bench-stream-")
     latency_n = int(round(args.rate * args.seconds))

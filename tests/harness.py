@@ -1,6 +1,6 @@
 """Test harness: real servers on 127.0.0.1, real sample data, and a pytest entry point for Bazel.
 
-* :func:`mongod` starts a real MongoDB 6.0 server (:class:`beam_pipelines.local_mongo.LocalMongoD`).
+* :func:`mongod` starts a real MongoDB 6.0 server (:class:`beam_pipelines.local.mongod.LocalMongoD`).
 * :func:`bigquery_emulator` starts ``bqemulator`` (installed by ``scripts/setup.sh`` in its own
   virtualenv) and points the Google clients at it with anonymous credentials.
 * :func:`run_collect` runs a Beam pipeline on the in-process ``FnApiRunner`` (never Prism) and
@@ -25,8 +25,9 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from beam_pipelines import emulators  # noqa: E402
-from beam_pipelines.home import activebeam_home, media_dir  # noqa: E402
-from beam_pipelines.local_mongo import LocalMongoD, free_port  # noqa: E402
+from beam_pipelines.local.home import activebeam_home, media_dir  # noqa: E402
+from beam_pipelines.local.mongod import LocalMongoD  # noqa: E402
+from beam_pipelines.local.processes import free_port  # noqa: E402
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 BIGQUERY_PROJECT = "activebeam-test"
@@ -123,7 +124,7 @@ environment = emulators.environment  # sets variables for a block, then restores
 
 @contextlib.contextmanager
 def _emulator(name, argv, health_url, env_vars, extra_env=None, timeout_s=60):
-    """:func:`beam_pipelines.emulators.run_emulator` with its log in a test folder."""
+    """:func:`beam_pipelines.local.emulators.run_emulator` with its log in a test folder."""
     with emulators.run_emulator(name, argv, health_url, env_vars, extra_env, timeout_s,
                                 log_dir=tmpdir(f"{name}-")):
         yield
@@ -161,7 +162,7 @@ def bigquery_emulator(project: str = BIGQUERY_PROJECT, gcs_data_dir: str = None)
 @contextlib.contextmanager
 def gcs_emulator(bucket: str = "activebeam-test"):
     """A real ``gcp-storage-emulator`` on a free 127.0.0.1 port, with ``bucket`` created
-    (:func:`beam_pipelines.emulators.gcs_emulator`).
+    (:func:`beam_pipelines.local.emulators.gcs_emulator`).
 
     Sets ``STORAGE_EMULATOR_HOST`` while it runs; yields a ``google.cloud.storage.Bucket`` whose
     ``data_dir`` attribute is the emulator's data directory.

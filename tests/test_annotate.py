@@ -16,8 +16,8 @@ import pytest
 
 from tests import harness
 from beam_pipelines import annotate, mine, stats
-from beam_pipelines.local_label_studio import LocalLabelStudio
-from beam_pipelines.sample_media import CLASS_NAMES
+from beam_pipelines.local.label_studio import LocalLabelStudio
+from beam_pipelines.local.sample_media import CLASS_NAMES
 from transforms.annotate import dataset as dataset_lib
 from transforms.annotate.client import LabelStudioClient
 
@@ -212,7 +212,7 @@ def test_next_selection_skips_frames_sent_for_labelling(loop):
 def _with_pubsub_topic(fn):
     """``fn(topic)`` with a topic of the Cloud SDK's Pub/Sub emulator, then the messages on it
     (``fn(None)`` and no messages where that emulator is not installed)."""
-    from beam_pipelines import emulators
+    from beam_pipelines.local import emulators
     try:
         context = emulators.pubsub_emulator()
         context.__enter__()

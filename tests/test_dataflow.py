@@ -46,7 +46,7 @@ def test_dataflow_job_spec_and_setup_file_package():
     with tarfile.open(os.path.join(d, "workflow.tar.gz")) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for required in ("setup.py", "requirements.txt", "transforms/score/models/fashion_mnist_cnn.keras",
-                     "transforms/decode/ptransforms.py", "beam_pipelines/mine.py", "schemas/records.py",
+                     "transforms/decode/ptransforms.py", "beam_pipelines/mine/batch.py", "schemas/records.py",
                      "schemas/generated/bigquery/frames.json", "schemas/views/overview.sql"):
         assert required in names, required
 

@@ -1,7 +1,7 @@
 """The Dataflow worker environment agrees with the code (docs/dataflow.md).
 
 * The Flex Template metadata (dataflow/mine_template_metadata.json) is what
-  ``python -m beam_pipelines.dataflow_template`` generates from :class:`MineOptions`: one parameter
+  ``python -m beam_pipelines.tools.dataflow_template`` generates from :class:`MineOptions`: one parameter
   per flag, no other.
 * The image (dataflow/Dockerfile) is Beam's SDK image at the apache-beam version pinned in
   requirements.txt, on a Python that setup.py accepts and that submits the jobs (a worker refuses
@@ -26,8 +26,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.environments import DockerEnvironment
 from packaging.specifiers import SpecifierSet
 
-from beam_pipelines import dataflow_template
-from beam_pipelines.options import MineOptions, check_options
+from beam_pipelines.tools import dataflow_template
+from beam_pipelines.mine.options import MineOptions, check_options
 from tests import harness
 
 # The checkout, or Bazel's runfiles tree (tests/BUILD gives this test the files as data).
@@ -307,7 +307,7 @@ def mine_flags() -> List[str]:
 def test_metadata_file_is_what_the_generator_makes_from_mine_options():
     assert dataflow_template.drift() == "", (
         "dataflow/mine_template_metadata.json differs from MineOptions: run "
-        "`python -m beam_pipelines.dataflow_template` and commit the result")
+        "`python -m beam_pipelines.tools.dataflow_template` and commit the result")
 
 
 def test_every_flag_is_a_parameter_and_every_parameter_a_flag():

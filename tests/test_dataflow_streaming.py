@@ -95,7 +95,7 @@ def test_streaming_job_spec_and_stable_step_names():
 
 def test_local_runner_names_become_the_bundle_based_runner():
     from apache_beam.options.pipeline_options import PipelineOptions
-    from beam_pipelines.streaming import check_streaming
+    from beam_pipelines.mine.stream import check_streaming
     for runner in (None, "DirectRunner", "BundleBasedDirectRunner"):
         argv = ["--watch=/tmp/cams/*.jpg", "--output_dir=" + harness.tmpdir("opts-")]
         job = check_streaming(PipelineOptions(argv + ([f"--runner={runner}"] if runner else [])))

@@ -22,9 +22,13 @@ import apache_beam as beam
 import pymongo
 import pytest
 
-from beam_pipelines import local_mongo, mine, options, preflight, shutdown
-from beam_pipelines.local_mongo import LocalMongoD
-from beam_pipelines.run_record import describe_run
+from beam_pipelines import mine
+from beam_pipelines.cli import preflight, shutdown
+from beam_pipelines.local import mongod as local_mongo
+from beam_pipelines.local import processes
+from beam_pipelines.mine import options
+from beam_pipelines.local.mongod import LocalMongoD
+from beam_pipelines.cli.run_record import describe_run
 from schemas import runs
 from tests import harness
 from tests.records_factory import frame_record
@@ -418,7 +422,7 @@ def test_odd_files_in_a_whole_run(odd_files, mongo, deleted_after_match):
 # --- signals and crashed runs ------------------------------------------------------------------
 
 def _alive(pid: int) -> bool:
-    return local_mongo._process_start(pid) is not None
+    return processes.process_start(pid) is not None
 
 
 def _wait_for(predicate, timeout_s, what):
@@ -450,7 +454,7 @@ class _RecordWorker(beam.DoFn):
 
 def _local_processes_pipeline(directory, fail_on=None):
     from apache_beam.options.pipeline_options import PipelineOptions
-    from beam_pipelines.local_worker import LocalProcessesRunner
+    from beam_pipelines.local.worker import LocalProcessesRunner
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     pipeline = beam.Pipeline(runner=LocalProcessesRunner(), options=options)
     _ = pipeline | beam.Create(range(40)) | beam.Reshuffle() | beam.ParDo(_RecordWorker(directory, fail_on))
@@ -459,18 +463,18 @@ def _local_processes_pipeline(directory, fail_on=None):
 
 def test_local_worker_processes_run_beams_harness_and_exit_after_teardown():
     """A multi-process run on LocalProcessesRunner: every element processed in a
-    beam_pipelines.local_worker process, every worker's DoFns torn down before it exits, no worker
+    beam_pipelines.local.worker process, every worker's DoFns torn down before it exits, no worker
     left; a DoFn's error still fails the run with its message."""
-    from beam_pipelines import local_worker
+    from beam_pipelines.local import worker as local_worker
     assert (local_worker.worker_command("/usr/bin/python3 -m apache_beam.runners.worker.sdk_worker_main")
-            == "/usr/bin/python3 -m beam_pipelines.local_worker")
+            == "/usr/bin/python3 -m beam_pipelines.local.worker")
     assert local_worker.worker_command("/opt/boot --flag") == "/opt/boot --flag"
     directory = harness.tmpdir("local-workers-")
     _local_processes_pipeline(directory).run().wait_until_finish()
     records = {name: json.load(open(os.path.join(directory, name)))
                for name in os.listdir(directory) if not name.startswith("teardown-")}
     assert sorted(records, key=int) == [str(i) for i in range(40)]
-    assert all("-m beam_pipelines.local_worker" in r["command"] for r in records.values())
+    assert all("-m beam_pipelines.local.worker" in r["command"] for r in records.values())
     pids = {r["pid"] for r in records.values()}
     assert os.getpid() not in pids
     assert {f"teardown-{pid}" for pid in pids} <= set(os.listdir(directory))
@@ -545,9 +549,9 @@ def test_signal_stops_the_job_cleanly(signum, extra):
 _CHILD = """
 import os, sys
 sys.path.insert(0, {checkout!r})
-from beam_pipelines import local_mongo
+from beam_pipelines.local import mongod as local_mongo
 if sys.argv[2] == "old":  # a mongod that survives its owner, as before parent-death signals
-    local_mongo._parent_death_signal = lambda: None
+    local_mongo.parent_death_signal = lambda: None
 server = local_mongo.LocalMongoD(sys.argv[1]).start()
 print(server.pid, flush=True)
 os.kill(os.getpid(), 9)  # the job crashes
@@ -671,20 +675,20 @@ def test_wait_for_http_reports_a_dead_server_a_silent_one_and_a_ready_one(tmp_pa
         with open(log_path, "wb") as log:
             return subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
 
-    port = local_mongo.free_port()
+    port = processes.free_port()
     url = f"http://127.0.0.1:{port}/"
     dead = start("import sys; print('port already taken', flush=True); sys.exit(3)")
     with pytest.raises(RuntimeError, match=r"dead exited with code 3; see .*it ends: port already taken"):
-        local_mongo.wait_for_http(dead, url, 30, "dead", log_path)
+        processes.wait_for_http(dead, url, 30, "dead", log_path)
     serving = start(f"import http.server as h; h.ThreadingHTTPServer(('127.0.0.1', {port}), "
                     f"h.SimpleHTTPRequestHandler).serve_forever()")
     try:
-        local_mongo.wait_for_http(serving, url, 30, "server", log_path)  # answers: returns
+        processes.wait_for_http(serving, url, 30, "server", log_path)  # answers: returns
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="never-ready not ready after 1s"):
-            local_mongo.wait_for_http(serving, url, 1, "never-ready", log_path,
+            processes.wait_for_http(serving, url, 1, "never-ready", log_path,
                                       ready=lambda body: b"UP" in body, timeout_error=TimeoutError)
         assert time.monotonic() - started < 10
         assert serving.poll() is not None  # a server that never became ready is stopped
     finally:
-        local_mongo.stop_process(serving)
+        processes.stop_process(serving)

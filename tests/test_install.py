@@ -33,8 +33,8 @@ def test_wheel_holds_only_the_three_packages_with_their_data(wheel):
     for required in ("transforms/score/models/fashion_mnist_cnn.keras",
                      "transforms/decode/ptransforms.py", "transforms/score/registry.py",
                      "schemas/generated/bigquery/frames.json", "schemas/generated/scores.md",
-                     "schemas/views/overview.sql", "beam_pipelines/mine.py",
-                     "beam_pipelines/report_assets/index.html", "beam_pipelines/report_assets/report.js"):
+                     "schemas/views/overview.sql", "beam_pipelines/mine/__main__.py", "beam_pipelines/mine/batch.py",
+                     "beam_pipelines/report/assets/index.html", "beam_pipelines/report/assets/report.js"):
         assert required in names, required
     assert not [n for n in names if n.endswith("/BUILD")]
 
@@ -49,7 +49,7 @@ def test_installed_package_finds_its_model_and_media_from_a_folder_with_its_own_
     with open(os.path.join(user, "models", "__init__.py"), "w") as f:
         f.write("raise ImportError('the user project models package was imported')\n")
     code = ("import json, os, sys\n"
-            "from beam_pipelines import sample_media\n"
+            "from beam_pipelines.local import sample_media\n"
             "from transforms.score import handlers\n"
             "spec = handlers.load_model_spec()\n"
             "globs = sample_media.prepare(sys.argv[1])\n"

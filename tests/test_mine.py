@@ -14,8 +14,8 @@ import pymongo
 import pytest
 
 from beam_pipelines import mine
-from beam_pipelines.local_mongo import LocalMongoD
-from beam_pipelines.run_record import RunRecord, describe_run
+from beam_pipelines.local.mongod import LocalMongoD
+from beam_pipelines.cli.run_record import RunRecord, describe_run
 from tests import harness
 
 REQUIRED_CANDIDATE_FIELDS = {"frame_id", "source_uri", "frame_index", "timestamp_s", "score", "strategy", "rank"}
@@ -257,7 +257,7 @@ def test_run_record_changes_nothing_it_is_given(mongo):
 
 
 def test_help_lists_the_jobs_options_and_says_how_to_see_beams(capsys):
-    from beam_pipelines.options import MineOptions
+    from beam_pipelines.mine.options import MineOptions
     import argparse
     parser = argparse.ArgumentParser()
     MineOptions._add_argparse_args(parser)
@@ -272,7 +272,7 @@ def test_help_lists_the_jobs_options_and_says_how_to_see_beams(capsys):
 
 
 def test_dead_letter_fraction():
-    from beam_pipelines.options import dead_letter_fraction
+    from beam_pipelines.mine.options import dead_letter_fraction
     assert dead_letter_fraction({"files_matched": 4, "files_failed": 4, "dead_letters": 4}) == 1.0
     assert dead_letter_fraction({"files_matched": 10, "files_failed": 1, "dead_letters": 1,
                                  "frames_decoded": 50}) == 0.1

@@ -548,6 +548,11 @@ def test_a_missing_subscription_is_a_store_error(mongo, pubsub_host):
     (["--watch=/tmp/x/*", "--ack_deadline_seconds=5"], "--ack_deadline_seconds"),
     (["--watch=/tmp/x/*", "--runner=DataflowRunner", "--mongo_uri=mongodb://h:1"], "--watch must be a gs:// glob"),
     (["--watch=/tmp/x/*", "--budget=-1"], "--budget"),
+    # Batch-only options are refused, not ignored (the lineage says only what the run applied).
+    (["--watch=/tmp/x/*", "--near_duplicate_similarity=0.9"], "--near_duplicate_similarity applies to batch runs only"),
+    (["--watch=/tmp/x/*", "--selection_embedding=objects"], "--selection_embedding applies to batch runs only"),
+    (["--watch=/tmp/x/*", "--include_labelled"], "--include_labelled applies to batch runs only"),
+    (["--watch=/tmp/x/*", "--max_dead_letter_fraction=0.2"], "--max_dead_letter_fraction applies to batch runs only"),
 ])
 def test_streaming_options_are_checked_before_anything_starts(argv, message):
     with pytest.raises(ValueError, match=message):

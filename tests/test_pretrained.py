@@ -355,7 +355,7 @@ def test_default_models_and_options(models):
     """--model/--detector resolution: the pretrained pair by default, the small model when pinned,
     no detector with a user's model unless asked, and local defaults refused for remote workers."""
     from apache_beam.options.pipeline_options import PipelineOptions
-    from beam_pipelines.options import check_options
+    from beam_pipelines.mine.options import check_options
     out = harness.tmpdir("opts-")
 
     def job(*argv):

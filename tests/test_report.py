@@ -15,7 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from beam_pipelines import mine, progress, report, report_frames
+from beam_pipelines import mine, report
+from beam_pipelines.cli import progress
+from beam_pipelines.report import frames as report_frames
 from tests import harness
 
 CHROMIUM = "/usr/bin/chromium"

@@ -14,7 +14,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms import window
 
-from beam_pipelines.local_mongo import free_port
+from beam_pipelines.local.processes import free_port
 from tests import harness
 from transforms.decode.ptransforms import DecodeMedia
 from transforms.score.ptransforms import ScoreFrames, load_model_spec

@@ -1,14 +1,14 @@
 """The ``mine`` job's Dataflow Flex Template metadata, generated from :class:`MineOptions`.
 
-    python -m beam_pipelines.dataflow_template            # (re)write dataflow/mine_template_metadata.json
-    python -m beam_pipelines.dataflow_template --check    # exit 1 if the file differs (CI, tests)
+    python -m beam_pipelines.tools.dataflow_template            # (re)write dataflow/mine_template_metadata.json
+    python -m beam_pipelines.tools.dataflow_template --check    # exit 1 if the file differs (CI, tests)
 
 ``gcloud dataflow flex-template build ... --metadata-file dataflow/mine_template_metadata.json``
 merges the file into the template spec: Dataflow then checks a launch's parameters against it
 (required ones present, values matching ``regexes``) and the console shows a form built from it.
 See docs/dataflow.md.
 
-Every parameter is one flag of :class:`~beam_pipelines.options.MineOptions`, read from its
+Every parameter is one flag of :class:`~beam_pipelines.mine.options.MineOptions`, read from its
 argparse action (the job's options have a single source; this file only describes them):
 
 * ``name``: the flag without its dashes (the launcher passes ``--name=value`` to the job);
@@ -27,7 +27,7 @@ import re
 import sys
 from typing import Dict, List
 
-from beam_pipelines.options import MineOptions
+from beam_pipelines.mine.options import MineOptions
 
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "dataflow", "mine_template_metadata.json")
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     if args.check:
         problem = drift(args.path)
         if problem:
-            print(f"{problem}: {args.path}\nrun `python -m beam_pipelines.dataflow_template` and "
+            print(f"{problem}: {args.path}\nrun `python -m beam_pipelines.tools.dataflow_template` and "
                   f"commit the result", file=sys.stderr)
         return 1 if problem else 0
     write(args.path)

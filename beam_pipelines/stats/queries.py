@@ -28,11 +28,13 @@ import os
 import sys
 from typing import Dict, List
 
+import schemas
+
 REPORTS = ("overview", "frames_per_source_day", "candidates_per_selection", "annotations_per_label",
            "labelling_funnel", "qc_per_annotator", "near_duplicates")
 QC_COLUMNS = ("project", "scope", "name", "annotations", "class_agreement", "box_f1", "gold_accuracy",
               "per_hour", "accepted", "relabel")
-VIEWS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "views")
+VIEWS_DIR = os.path.join(os.path.dirname(os.path.abspath(schemas.__file__)), "views")
 
 
 def view_sql(name: str, dataset: str) -> str:
@@ -199,7 +201,3 @@ def main(argv=None):
     else:
         print(format_text(reports))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -46,11 +46,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from beam_pipelines import preflight, shutdown
-from beam_pipelines.mine import _embedded_mongod, _load_model, _run_facts
-from beam_pipelines.options import (MineJob, MineOptions, StreamingOptions, _decode_options, check_options,
-                                    stage_models, streaming_requested)
-from beam_pipelines.run_record import RunRecord, describe_run
+from beam_pipelines.cli import preflight, shutdown
+from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, run_facts
+from beam_pipelines.mine.options import (MineJob, MineOptions, StreamingOptions, check_options, decode_options,
+                                         stage_models, streaming_requested)
+from beam_pipelines.cli.run_record import RunRecord, describe_run
 from schemas import arrivals as arrivals_schema
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
@@ -66,7 +66,7 @@ from transforms.decode.streaming import (INTAKE_WINDOW_S, AcknowledgeArrivals, A
                                          FeedSpec, LedgerConfig, ParseNotifications, ReadArrivals, ReplayArrivals,
                                          arrival_path, intake_windows)
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
-from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler, nanodet_handler
+from transforms.score.detectors import DetectorHandler
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.windows import WindowSpec, SelectPerWindow
 
@@ -74,7 +74,7 @@ _LOG = logging.getLogger(__name__)
 
 
 def requested(options: PipelineOptions) -> bool:
-    """Whether ``options`` ask for the streaming job (:func:`~beam_pipelines.options.streaming_requested`)."""
+    """Whether ``options`` ask for the streaming job (:func:`~beam_pipelines.mine.options.streaming_requested`)."""
     return streaming_requested(options)
 
 
@@ -104,7 +104,7 @@ class StreamJob(NamedTuple):
 
 
 def check_streaming(options: PipelineOptions) -> StreamJob:
-    """Checks every option of the streaming job (:func:`~beam_pipelines.options.check_options`,
+    """Checks every option of the streaming job (:func:`~beam_pipelines.mine.options.check_options`,
     which checks the streaming ones too) and returns what the driver runs.
 
     Raises
@@ -138,6 +138,8 @@ class MineStream(beam.PTransform):
         The checked options (source, windows, output directory, tables...).
     model : ModelSpec
         The job's ``--model``.
+    detector : DetectorHandler, optional
+        The job's detector (:func:`beam_pipelines.mine.job.make_detector`), or None.
     mongo_uri : str
         MongoDB of the frames, candidates, runs and arrivals.
     run_id : str
@@ -147,7 +149,7 @@ class MineStream(beam.PTransform):
     """
 
     def __init__(self, job: StreamJob, model: ModelSpec, mongo_uri: str, run_id: str, *,
-                 mongo_database: str = DEFAULT_DATABASE, budget: int = 50, strategy: str = "entropy",
+                 detector: Optional[DetectorHandler] = None, mongo_database: str = DEFAULT_DATABASE, budget: int = 50, strategy: str = "entropy",
                  strategy_params: Optional[dict] = None, video_fps: float = 1.0,
                  decode_options: Optional[dict] = None, uniqueness_k: int = 0,
                  bigquery_table: Optional[str] = None, project: Optional[str] = None,
@@ -163,9 +165,7 @@ class MineStream(beam.PTransform):
         # On the local runner, no fan-out: its per-key state would grow with every file.
         self._decode = DecodeMedia(video_fps, **dict(decode_options or {}, fan_out=not job.local,
                                                       match_globs=False))  # arrivals are known files
-        background = job.mine.detector_background
-        self._detector = (DetectorHandler(BackgroundDifferenceDetector(background)) if background
-                          else nanodet_handler(job.mine.detector) if job.mine.detector else None)
+        self._detector = detector
         self._event_time = AttachEventTime(job.fallback_source)
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, "STREAMING_INSERTS", project=project)
@@ -341,14 +341,14 @@ def run(argv) -> dict:
 
     Raises
     ------
-    beam_pipelines.preflight.OptionError
+    beam_pipelines.cli.preflight.OptionError
         (A ``ValueError``.) For options that cannot work (:func:`check_streaming`), before
         anything starts.
-    beam_pipelines.preflight.StoreUnavailable
+    beam_pipelines.cli.preflight.StoreUnavailable
         With a local runner, for a MongoDB or BigQuery dataset that does not answer.
     RuntimeError
         When the source fails (the run is recorded ``failed``).
-    beam_pipelines.shutdown.Cancelled
+    beam_pipelines.cli.shutdown.Cancelled
         On a second stop signal while draining (the run is recorded ``cancelled``).
     """
     options, job = preflight.check_job(argv, MineOptions, check_streaming)
@@ -372,10 +372,11 @@ def run(argv) -> dict:
         os.makedirs(output_dir, exist_ok=True)
     gcp_emulators.use_emulators_if_configured()
     job = job._replace(mine=stage_models(job.mine))
-    model = _load_model(mine, job.mine)
+    model = load_model(mine, job.mine)
+    detector = make_detector(mine, job.mine)
     with contextlib.ExitStack() as stack:
-        mongo_uri = mine.mongo_uri or _embedded_mongod(stack, output_dir)
-        facts = dict(_run_facts(mine, job.mine, [], mongo_uri, model), streaming=True,
+        mongo_uri = mine.mongo_uri or embedded_mongod(stack, output_dir)
+        facts = dict(run_facts(mine, job.mine, [], mongo_uri, model, streaming=True), streaming=True,
                      input_subscription=job.subscription, watch=job.watch,
                      window_seconds=job.windows.window_s, window_period_seconds=job.windows.period_s,
                      allowed_lateness_seconds=job.windows.allowed_lateness_s, model_watch=job.model_watch,
@@ -391,9 +392,9 @@ def run(argv) -> dict:
                               if job.local else (None, None))
             pipeline = beam.Pipeline(runner=job.runner, options=options)
             _ = pipeline | "Mine" >> MineStream(
-                job, model, mongo_uri, lineage.run_id, mongo_database=mine.mongo_database,
+                job, model, mongo_uri, lineage.run_id, detector=detector, mongo_database=mine.mongo_database,
                 budget=mine.budget, strategy=mine.strategy, strategy_params=job.mine.strategy_params,
-                video_fps=mine.video_fps, decode_options=_decode_options(mine), uniqueness_k=mine.uniqueness_k,
+                video_fps=mine.video_fps, decode_options=decode_options(mine), uniqueness_k=mine.uniqueness_k,
                 bigquery_table=mine.bigquery_table, project=project,
                 feed=FeedSpec(endpoint, feed.id, bool(job.model_watch)) if feed else None)
             result = pipeline.run()
@@ -418,7 +419,7 @@ def run(argv) -> dict:
 
 
 def _check_subscription(subscription: str, timeout_s: float):
-    """A :class:`~beam_pipelines.preflight.StoreUnavailable` (exit code 3) unless the subscription
+    """A :class:`~beam_pipelines.cli.preflight.StoreUnavailable` (exit code 3) unless the subscription
     answers within ``timeout_s`` (0: not checked)."""
     if not timeout_s:
         return

@@ -17,8 +17,8 @@ import secrets
 import subprocess
 from typing import Optional
 
-from beam_pipelines.home import activebeam_home
-from beam_pipelines.local_mongo import _parent_death_signal, free_port, stop_process, wait_for_http
+from beam_pipelines.local.home import activebeam_home
+from beam_pipelines.local.processes import free_port, parent_death_signal, stop_process, wait_for_http
 
 _LOG = logging.getLogger(__name__)
 ADMIN_USER = "admin@activebeam.local"
@@ -114,7 +114,7 @@ class LocalLabelStudio:
             self._process = subprocess.Popen(
                 [binary, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
                  "--data-dir", self.data_dir],
-                stdout=log, stderr=subprocess.STDOUT, env=self.environment(), preexec_fn=_parent_death_signal())
+                stdout=log, stderr=subprocess.STDOUT, env=self.environment(), preexec_fn=parent_death_signal())
         # Exactly our port and Label Studio's own answer: a busy port makes it silently take the next one.
         wait_for_http(self._process, f"{self.url}/health", self._timeout_s, "Label Studio", log_path,
                       ready=lambda body: b"UP" in body, interval_s=0.5, request_timeout_s=2.0,

@@ -3,7 +3,7 @@
 A job's bad input should cost one line and no waiting. The checks come in two steps, both before
 a model is loaded, a server started or a file written:
 
-1. :func:`parse_command_line` and the path checks that :func:`beam_pipelines.options.check_options`
+1. :func:`parse_command_line` and the path checks that :func:`beam_pipelines.mine.options.check_options`
    calls (:func:`check_input_globs`, :func:`check_output_dir`, :func:`check_model_file`,
    :func:`check_npy_file`, :func:`check_mongo_uri`): local and instant. A bad value is an
    :class:`OptionError` (a ``ValueError``) naming the option, the value and what is allowed.
@@ -17,7 +17,7 @@ a model is loaded, a server started or a file written:
    runner's workers may reach stores that the driver cannot (a private network).
 
 What the ``mine`` command does with each error (one line ``mine: error: ...`` on stderr, exit
-code 2 for options, 3 for stores) is :mod:`beam_pipelines.shutdown`'s part; docs/failures.md
+code 2 for options, 3 for stores) is :mod:`beam_pipelines.cli.shutdown`'s part; docs/failures.md
 lists every case.
 """
 import argparse
@@ -108,7 +108,7 @@ def parse_command_line(argv: Sequence[str], options_class) -> PipelineOptions:
 
 def check_job(argv: Sequence[str], options_class, check):
     r"""``(options, check(options))`` for a job's command line: :func:`parse_command_line`, then the
-    job's own checks (e.g. :func:`beam_pipelines.options.check_options`), whose ``ValueError``\ s
+    job's own checks (e.g. :func:`beam_pipelines.mine.options.check_options`), whose ``ValueError``\ s
     become :class:`OptionError`\ s (nothing else runs in them)."""
     options = parse_command_line(argv, options_class)
     try:
@@ -119,9 +119,9 @@ def check_job(argv: Sequence[str], options_class, check):
         raise OptionError(one_line(e)) from None
 
 
-def print_help(prog: str, options_class, file=None, also=(), shared=()):
+def print_help(prog: str, options_class, file=None, also=(), shared=(), shared_from=None):
     """The job's own options (and those of the classes ``also``) with their help, the options
-    ``shared`` with ``mine`` (flags such as ``"--mongo_uri"``, defined once by ``MineOptions``)
+    ``shared`` (flags such as ``"--mongo_uri"``) that the options class ``shared_from`` defines
     with theirs, and a pointer to Beam's."""
     parser = argparse.ArgumentParser(
         prog=prog, add_help=False, description=(options_class.__doc__ or "").strip(),
@@ -131,9 +131,8 @@ def print_help(prog: str, options_class, file=None, also=(), shared=()):
     for other in also:
         other._add_argparse_args(parser.add_argument_group(other.__name__))  # pylint: disable=protected-access
     if shared:
-        from beam_pipelines.options import MineOptions  # options imports this module
         source = argparse.ArgumentParser(add_help=False)
-        MineOptions._add_argparse_args(source)  # pylint: disable=protected-access
+        shared_from._add_argparse_args(source)  # pylint: disable=protected-access
         group = parser.add_argument_group("shared with mine")
         for action in source._actions:  # pylint: disable=protected-access
             if set(action.option_strings) & set(shared):
@@ -141,16 +140,16 @@ def print_help(prog: str, options_class, file=None, also=(), shared=()):
     parser.print_help(file)
 
 
-def exit_if_options_are_bad(prog: str, argv: Sequence[str]):
+def exit_if_options_are_bad(prog: str, argv: Sequence[str], options_class, check, also=()):
     """For a job's ``__main__``: ``--help``, or one line ``PROG: error: ...`` and exit code 2 when
-    an option is bad, before anything heavy is imported (TensorFlow takes seconds)."""
-    from beam_pipelines.options import MineOptions, StreamingOptions, check_options  # options imports this module
+    an option is bad (``options_class`` parsed, then ``check``), before anything heavy is
+    imported (TensorFlow takes seconds)."""
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
-        print_help(f"python -m beam_pipelines.{prog}", MineOptions, also=(StreamingOptions,))
+        print_help(f"python -m beam_pipelines.{prog}", options_class, also=also)
         sys.exit(0)
     try:
-        check_job(argv, MineOptions, check_options)
+        check_job(argv, options_class, check)
     except OptionError as e:
         sys.stderr.write(f"{prog}: error: {one_line(e)}\n")
         sys.exit(2)

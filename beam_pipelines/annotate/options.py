@@ -8,8 +8,8 @@ from typing import List, NamedTuple, Optional, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines.options import MineOptions
-from beam_pipelines.preflight import check_mongo_uri, check_range
+from beam_pipelines.mine.options import MineOptions
+from beam_pipelines.cli.preflight import check_mongo_uri, check_range
 from transforms.annotate import qc
 
 SUBCOMMANDS = ("export", "import", "qc", "dataset")
@@ -19,7 +19,7 @@ PROG = "python -m beam_pipelines.annotate"
 
 class AnnotateOptions(PipelineOptions):
     """Options of the ``annotate`` job, plus ``--output_dir``, ``--mongo_uri``, ``--mongo_database`` and
-    ``--store_check_timeout_s`` shared with ``mine`` (:class:`beam_pipelines.options.MineOptions`: Beam
+    ``--store_check_timeout_s`` shared with ``mine`` (:class:`beam_pipelines.mine.options.MineOptions`: Beam
     registers every options class of the process, so one flag has one definition), and every standard
     Beam option."""
 

@@ -20,8 +20,8 @@ import subprocess
 import tempfile
 from typing import Iterator, Optional
 
-from beam_pipelines.home import activebeam_home
-from beam_pipelines.local_mongo import free_port, stop_process, wait_for_http
+from beam_pipelines.local.home import activebeam_home
+from beam_pipelines.local.processes import free_port, stop_process, wait_for_http
 
 PUBSUB_EMULATOR = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 

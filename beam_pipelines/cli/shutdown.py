@@ -15,9 +15,9 @@
   ==== =====================================================================================
   0    the run succeeded
   1    the run failed (a traceback), or finished without indexing every scored frame
-  2    an option value cannot work (:class:`~beam_pipelines.preflight.OptionError`)
+  2    an option value cannot work (:class:`~beam_pipelines.cli.preflight.OptionError`)
   3    a store cannot be used: MongoDB or BigQuery unreachable or refusing, a missing dataset,
-       the embedded ``mongod`` not starting (:class:`~beam_pipelines.preflight.StoreUnavailable`)
+       the embedded ``mongod`` not starting (:class:`~beam_pipelines.cli.preflight.StoreUnavailable`)
   130  cancelled by SIGINT (128 + signal number: 143 for SIGTERM, 129 for SIGHUP)
   ==== =====================================================================================
 """
@@ -32,9 +32,9 @@ from typing import Iterator, List, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import local_worker
-from beam_pipelines.local_mongo import MongoDNotFound, MongoDStartError
-from beam_pipelines.preflight import OptionError, StoreUnavailable, one_line
+from beam_pipelines.local import worker as local_worker
+from beam_pipelines.local.mongod import MongoDNotFound, MongoDStartError
+from beam_pipelines.cli.preflight import OptionError, StoreUnavailable, one_line
 from transforms.common.redact import redact_text
 
 _LOG = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _on_signal(signum, frame):  # pylint: disable=unused-argument
 
 
 #: What identifies the SDK worker processes of Beam's local runners in their command line
-#: (Beam's worker module, or :mod:`beam_pipelines.local_worker` which runs it).
+#: (Beam's worker module, or :mod:`beam_pipelines.local.worker` which runs it).
 _BEAM_WORKERS = tuple(module.encode() for module in (local_worker.BEAM_WORKER_MODULE, local_worker.WORKER_MODULE))
 
 

@@ -14,8 +14,8 @@ from typing import List, NamedTuple, Optional, Tuple
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
 
-from beam_pipelines import preflight
-from beam_pipelines.preflight import check_range
+from beam_pipelines.cli import preflight
+from beam_pipelines.cli.preflight import check_range
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common.files import is_local
 from transforms.decode.images import DEFAULT_MAX_PIXELS
@@ -163,7 +163,7 @@ def _split_globs(values: Optional[List[str]]) -> List[str]:
 
 
 
-def _decode_options(mine) -> dict:
+def decode_options(mine) -> dict:
     """``DecodeMedia`` keyword arguments from the job's options (0 means "off")."""
     return {
         "sampling": mine.video_sampling,
@@ -318,7 +318,7 @@ def stage_models(job: MineJob) -> MineJob:
 
     Raises
     ------
-    beam_pipelines.preflight.OptionError
+    beam_pipelines.cli.preflight.OptionError
         When the models cannot be copied there.
     """
     if not job.stage_models_to:
@@ -460,7 +460,7 @@ SUBSCRIPTION_PATTERN = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")
 
 
 class StreamingOptions(PipelineOptions):
-    """Options of the streaming ``mine`` job (:mod:`beam_pipelines.streaming`)."""
+    """Options of the streaming ``mine`` job (:mod:`beam_pipelines.mine.stream`)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -504,6 +504,16 @@ def streaming_requested(options: PipelineOptions) -> bool:
     return bool(options.view_as(StandardOptions).streaming or stream.input_subscription or stream.watch)
 
 
+#: Options of ``mine`` that the streaming job does not apply, and why: given with a streaming
+#: source, they are refused rather than ignored.
+BATCH_ONLY_OPTIONS = {
+    "near_duplicate_similarity": "a streaming window is selected without near-duplicate groups",
+    "selection_embedding": "a streaming window is selected on frame embeddings",
+    "include_labelled": "a streaming window selects from frames that just arrived, none labelled yet",
+    "max_dead_letter_fraction": "a streaming job runs on; its dead letters are in dead_letters/ per window",
+}
+
+
 def check_streaming_options(options: PipelineOptions):
     """The streaming job's own options (see :func:`check_options`).
 
@@ -512,7 +522,7 @@ def check_streaming_options(options: PipelineOptions):
     ValueError
         No source or two, ``--input`` with a streaming source, a malformed subscription, a
         runner that cannot stream, numbers out of range, ``FILE_LOADS``, a local glob to watch
-        with a remote runner.
+        with a remote runner, an option of :data:`BATCH_ONLY_OPTIONS`.
     """
     mine = options.view_as(MineOptions)
     stream = options.view_as(StreamingOptions)
@@ -542,6 +552,10 @@ def check_streaming_options(options: PipelineOptions):
     if mine.bigquery_write_method == "FILE_LOADS":
         raise ValueError("--bigquery_write_method=FILE_LOADS needs a bounded input: a streaming job "
                          "uses STREAMING_INSERTS (or AUTO)")
+    given = options.get_all_options(drop_default=True)
+    for flag, why in BATCH_ONLY_OPTIONS.items():
+        if flag in given:
+            raise ValueError(f"--{flag} applies to batch runs only: {why}")
     runner = options.view_as(StandardOptions).runner
     if runner and runner.lower() == "fnapirunner":
         raise ValueError("--runner=FnApiRunner cannot run a streaming job (it fires no window before "

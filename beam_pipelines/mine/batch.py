@@ -20,14 +20,9 @@ versions, inputs, counts, status) is upserted into MongoDB ``<database>.runs``.
 
 The driver goes one way: every option is checked (:func:`check_options`, a ``ValueError``
 naming the option) before the model is loaded or a server started; the run's identity is
-computed, then the pipeline runs inside its :class:`~beam_pipelines.run_record.RunRecord`,
+computed, then the pipeline runs inside its :class:`~beam_pipelines.cli.run_record.RunRecord`,
 whose counts come from the pipeline's metrics (:data:`SUMMARY_COUNTERS`).
 """
-if __name__ == "__main__":  # a bad option fails at once, before TensorFlow loads (seconds)
-    import sys
-    from beam_pipelines import preflight
-    preflight.exit_if_options_are_bad("mine", sys.argv[1:])
-
 import contextlib
 import json
 import logging
@@ -42,11 +37,13 @@ from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_pipelines import emulators, local_worker, preflight, progress, report, sample_media, shutdown
-from beam_pipelines.local_mongo import LocalMongoD
-from beam_pipelines.options import (  # noqa: F401  (MineOptions: the job's options, re-exported)
-    MineJob, MineOptions, _decode_options, check_options, dead_letter_fraction, help_text, stage_models)
-from beam_pipelines.run_record import RunRecord, describe_run
+from beam_pipelines import report
+from beam_pipelines.cli import preflight, progress, shutdown
+from beam_pipelines.local import emulators, sample_media, worker as local_worker
+from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, run_facts
+from beam_pipelines.mine.options import (MineOptions, check_options, dead_letter_fraction, decode_options,
+                                         stage_models)
+from beam_pipelines.cli.run_record import RunRecord, describe_run
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
 from transforms.common.files import is_local
@@ -54,19 +51,17 @@ from transforms.common.outputs import (CANDIDATES_FILE, DEAD_LETTER_FILE, SUMMAR
                                        WriteDeadLetters, WriteSummary)
 from transforms.common.outputs import DEAD_LETTERS_AT
 from transforms.common.outputs import METRICS_NAMESPACE as OUTPUT_METRICS
-from transforms.common.redact import redact_uri
 from transforms.decode.ptransforms import DecodeMedia
 from transforms.decode.ptransforms import METRICS_NAMESPACE as DECODE_METRICS
 from transforms.index import METRICS_NAMESPACE as INDEX_METRICS
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.annotate.ptransforms import ReadLabelledFrameIds
 from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
-from transforms.score.detectors import (AddClassRarity, BackgroundDifferenceDetector, DetectorHandler,
-                                        detector_version, nanodet_handler)
+from transforms.score.detectors import AddClassRarity, BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.handlers import INFERENCE_THREADS_ENV
 from transforms.score.handlers import METRICS_NAMESPACE as SCORE_METRICS
 from transforms.score.novelty import ScoreNovelty
-from transforms.score.ptransforms import ModelSpec, ScoreFrames, load_model_spec
+from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
 from transforms.select.ptransforms import SelectCandidates
 
@@ -244,32 +239,27 @@ def _cpus_shared_between_workers(options: PipelineOptions):
 
 
 def run(argv: Optional[List[str]] = None) -> dict:
-    """Runs the job and returns the contents of ``summary.json`` plus ``wall_seconds``.
-
-    With ``--input_subscription`` or ``--watch`` (or ``--streaming``) the job is the streaming
-    job of :mod:`beam_pipelines.streaming` instead.
+    """Runs the batch job and returns the contents of ``summary.json`` plus ``wall_seconds``
+    (:func:`beam_pipelines.mine.run` picks this or the streaming job from the options).
 
     Every option is checked (:func:`check_options`) before the model is loaded or a server
-    started. The run's entry in ``<database>.runs`` (:class:`~beam_pipelines.run_record.RunRecord`)
+    started. The run's entry in ``<database>.runs`` (:class:`~beam_pipelines.cli.run_record.RunRecord`)
     takes its counts from the pipeline's metrics (:data:`SUMMARY_COUNTERS`).
 
     Raises
     ------
-    beam_pipelines.preflight.OptionError
+    beam_pipelines.cli.preflight.OptionError
         (A ``ValueError``.) For option values that cannot work, naming the option (negative
         budget, a strategy without its score, embedded MongoDB with a remote runner or a remote
         output directory, a model that does not load...).
-    beam_pipelines.preflight.StoreUnavailable
+    beam_pipelines.cli.preflight.StoreUnavailable
         With a local runner, for a MongoDB or BigQuery dataset that does not answer within
         ``--store_check_timeout_s`` or refuses, before the model loads.
-    beam_pipelines.local_mongo.MongoDStartError
+    beam_pipelines.local.mongod.MongoDStartError
         When the embedded mongod cannot start (e.g. its data directory in use by another run).
     """
-    from beam_pipelines import streaming  # registers its options; it imports this module
     gcp_emulators.use_emulators_if_configured()
     argv = sys.argv[1:] if argv is None else argv
-    if streaming.requested(preflight.parse_command_line(argv, MineOptions)):
-        return streaming.run(argv)
     options, job = preflight.check_job(argv, MineOptions, check_options)
     mine = options.view_as(MineOptions)
     if job.local_runner:  # a remote runner's workers may reach stores the driver cannot
@@ -279,14 +269,14 @@ def run(argv: Optional[List[str]] = None) -> dict:
     globs = list(job.globs) or sample_media.prepare()
     if is_local(job.output_dir):
         os.makedirs(job.output_dir, exist_ok=True)
-    model = _load_model(mine, job)
+    model = load_model(mine, job)
     detector = make_detector(mine, job)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_cpus_shared_between_workers(options))
         stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
-        mongo_uri = mine.mongo_uri or _embedded_mongod(stack, job.output_dir)
-        facts = _run_facts(mine, job, globs, mongo_uri, model)
+        mongo_uri = mine.mongo_uri or embedded_mongod(stack, job.output_dir)
+        facts = run_facts(mine, job, globs, mongo_uri, model)
         lineage = describe_run(
             "mine", options.get_all_options(drop_default=True, retain_unknown_options=True), facts,
             inputs=globs, output_dir=job.output_dir, model=facts["model"],
@@ -302,8 +292,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 strategy=mine.strategy, video_fps=mine.video_fps,
                 mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
                 bigquery_write_method=job.bigquery_write_method, run_info=run_info,
-                decode_options=_decode_options(mine), detector_background=job.detector_background,
-                detector=detector, near_duplicate_similarity=mine.near_duplicate_similarity,
+                decode_options=decode_options(mine), detector=detector, near_duplicate_similarity=mine.near_duplicate_similarity,
                 selection_embedding=mine.selection_embedding,
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
@@ -363,69 +352,12 @@ def _check_dead_letters(counts: Dict[str, int], by_stage: Dict[str, int], max_fr
             f"{FileSystems.join(output_dir, DEAD_LETTER_FILE)}")
 
 
-def _load_model(mine, job: MineJob) -> ModelSpec:
-    """The model's spec; a model that cannot be loaded is an option error naming ``--model``."""
-    try:
-        return load_model_spec(job.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
-    except Exception as e:  # noqa: BLE001 - Keras, LiteRT and ONNX raise all sorts
-        raise preflight.OptionError(
-            f"--model {job.model or '(the bundled default)'} cannot be used: {type(e).__name__}: "
-            f"{preflight.one_line(e, 300)}") from e
-
-
-def make_detector(mine, job: MineJob) -> Optional[DetectorHandler]:
-    """The detector the job runs (``--detector``, resolved in ``job.detector``), or ``None``;
-    a ``--detector_background`` example detector is built by :class:`MineFrames` itself."""
-    if not job.detector or job.detector_background:
-        return None
-    try:
-        return nanodet_handler(job.detector, flip=mine.detector_flip == "on")
-    except Exception as e:  # noqa: BLE001 - an unreadable file
-        raise preflight.OptionError(f"--detector {job.detector} cannot be used: {preflight.one_line(e, 300)}") from e
-
-
-def _embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
-    """Starts a mongod with its data under ``output_dir`` for the ``stack``'s life; its URI."""
-    mongo = stack.enter_context(LocalMongoD(os.path.join(output_dir, "mongo-data")))
-    _LOG.info("started embedded mongod at %s (data in %s)", mongo.uri, mongo.dbpath)
-    return mongo.uri
-
-
-def _run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: ModelSpec) -> dict:
-    """What ``summary.json`` and the run's entry say about the run's settings."""
-    return {
-        "inputs": globs,
-        "output_dir": job.output_dir,
-        "mongo_uri": redact_uri(mongo_uri),
-        "mongo_embedded": not mine.mongo_uri,
-        "mongo_database": mine.mongo_database,
-        "bigquery_table": mine.bigquery_table,
-        "bigquery_write_method": job.bigquery_write_method if mine.bigquery_table else None,
-        "budget": mine.budget,
-        "strategy": mine.strategy,
-        "strategy_params": job.strategy_params,
-        "bigquery_candidates_table": job.candidates_table,
-        "video_fps": mine.video_fps,
-        "detector": detector_version(job.detector)._asdict() if job.detector and not job.detector_background else None,
-        "near_duplicate_similarity": mine.near_duplicate_similarity if mine.uniqueness_k else None,
-        "selection_embedding": mine.selection_embedding,
-        "decode": _decode_options(mine),
-        "model": model.version._asdict(),
-        "model_runtime": model.runtime,
-        "mc_passes": model.mc_passes,
-        "detector_background": mine.detector_background,
-        "uniqueness_k": mine.uniqueness_k,
-        "include_labelled": mine.include_labelled,
-        "runner": job.runner,
-    }
-
-
 def _run_pipeline(options: PipelineOptions, runner: str, globs: List[str],
                   mine_frames: MineFrames) -> PipelineResult:
     """Builds and runs the pipeline; waits for it unless ``--no_wait_until_finish``.
 
     A local multi-process run (``FnApiRunner`` with ``--direct_running_mode=multi_processing``)
-    runs on :class:`~beam_pipelines.local_worker.LocalProcessesRunner`, whose workers exit as soon
+    runs on :class:`~beam_pipelines.local.worker.LocalProcessesRunner`, whose workers exit as soon
     as their harness has finished."""
     if runner.lower() == "fnapirunner" and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
         runner = local_worker.LocalProcessesRunner()
@@ -447,72 +379,3 @@ def _written_summary(output_dir: str) -> dict:
             return json.loads(f.read().decode("utf-8"))
     except (OSError, IOError):
         return {}
-
-
-class _QuietBeamNoise(logging.Filter):
-    """Drops Beam's repeated, harmless start-up warnings: "Resource module is not available" (in
-    this process), and the same plus "No semi_persistent_directory found" that each worker
-    process of a local multi-process run relays through ``local_job_service`` as
-    ``Worker: severity: WARN ... message: "..."``."""
-
-    NOISE = ("Resource module is not available", "No semi_persistent_directory found")
-
-    def filter(self, record):
-        message = record.getMessage()
-        if message.startswith(self.NOISE):
-            return False
-        relayed = message.partition('message: "')[2]
-        return not (message.startswith("Worker: ") and relayed.startswith(self.NOISE))
-
-
-#: Environment of the command (each unless already set), inherited by local worker processes.
-#: ``TF_CPP_MIN_LOG_LEVEL=3`` drops TensorFlow's C++ CPU-feature notice and the "failed call to
-#: cuInit" error it prints on every machine without a GPU; the two lines TensorFlow prints before
-#: its logging starts (oneDNN, CUDA drivers) stay (tensorflow/tensorflow#100442). Set
-#: ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
-COMMAND_ENVIRONMENT = {"NO_GCE_CHECK": "true",  # never probe the cloud metadata server
-                       "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def main(argv=None):
-    """The command: :func:`run`, with one line ``mine: error: ...`` and an exit code for bad options
-    (2), unusable stores (3), a cancelling signal (128 + its number) or frames left unindexed (1)
-    (see :mod:`beam_pipelines.shutdown`)."""
-    args = list(argv if argv is not None else sys.argv[1:])
-    if "-h" in args or "--help" in args or "--help_beam" in args:
-        print(help_text(beam="--help_beam" in args))
-        return
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
-    logging.getLogger().addFilter(_QuietBeamNoise())
-    logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_QuietBeamNoise())
-    for name, value in COMMAND_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-    with shutdown.exit_codes("mine", hard_exit_on_cancel=argv is None), shutdown.cancel_on_signals():
-        summary = run(args)
-    if summary.get("streaming"):
-        from beam_pipelines import streaming
-        streaming.print_summary(summary)
-    elif summary:
-        out = summary["output_dir"]
-        print(json.dumps({k: summary[k] for k in (
-            "files_matched", "files_decoded", "files_failed", "frames_decoded", "frames_written",
-            "dead_letters", "candidates", "wall_seconds")}, indent=2))
-        print(f"candidates:   {FileSystems.join(out, CANDIDATES_FILE)}")
-        print(f"dead letters: {FileSystems.join(out, DEAD_LETTER_FILE)}")
-        print(f"summary:      {FileSystems.join(out, SUMMARY_FILE)}")
-        print(f"report:       {FileSystems.join(out, 'report', 'index.html')}")
-        if summary.get("mongo_embedded"):
-            print(f"MongoDB data: {os.path.join(out, 'mongo-data')} (database "
-                  f"{summary['mongo_database']!r}, collection 'frames'; start mongod with --dbpath there)")
-        unindexed = summary.get("frames_scored", 0) - summary.get("frames_written", 0)
-        if unindexed > 0:
-            sys.stderr.write(f"mine: error: {unindexed} of {summary['frames_scored']} scored frames "
-                             f"were not indexed in MongoDB (dead letters at stage 'mongodb' in "
-                             f"{FileSystems.join(out, DEAD_LETTER_FILE)})\n")
-            sys.exit(shutdown.EXIT_FAILED)
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ Prepared (idempotently) from files that Debian and PyPI packages ship; nothing i
 * ``fashion-mnist/t10k-NNNNN.png``: the first ``FASHION_MNIST_COUNT`` Fashion-MNIST test images
   (Debian ``dataset-fashion-mnist``), with their labels in ``fashion-mnist/labels.csv``.
 
-Run ``python -m beam_pipelines.sample_media`` to prepare them and print the default globs.
+Run ``python -m beam_pipelines.local.sample_media`` to prepare them and print the default globs.
 """
 import argparse
 import csv
@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from beam_pipelines.home import media_dir
+from beam_pipelines.local.home import media_dir
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 OPENCV_HTML = "/usr/share/doc/opencv-doc/opencv4/html"

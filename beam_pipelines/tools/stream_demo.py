@@ -1,7 +1,7 @@
 """A local demo of the streaming ``mine`` job: a "camera" uploads to Cloud Storage, the job mines.
 
-    python -m beam_pipelines.stream_demo                 # 90 s, output in ./activebeam-stream-demo
-    python -m beam_pipelines.stream_demo --seconds 180 --output_dir /tmp/demo
+    python -m beam_pipelines.tools.stream_demo                 # 90 s, output in ./activebeam-stream-demo
+    python -m beam_pipelines.tools.stream_demo --seconds 180 --output_dir /tmp/demo
 
 Everything runs on this machine and is started for you: the Cloud Storage emulator (bucket
 ``cams``), the Cloud SDK's Pub/Sub emulator (topic and subscription ``uploads``; without it the
@@ -69,7 +69,7 @@ class Camera(threading.Thread):
         self.error = None
 
     def run(self):
-        from beam_pipelines.home import media_dir
+        from beam_pipelines.local.home import media_dir
         try:
             pngs = sorted(f for f in os.listdir(os.path.join(media_dir(), "fashion-mnist")) if f.endswith(".png"))
             start, i, next_clip, late_sent, odd_sent = time.time(), 0, 0.0, False, False
@@ -105,7 +105,7 @@ def main(argv=None):
     parser.add_argument("--output_dir", default="./activebeam-stream-demo")
     args = parser.parse_args(argv)
     os.environ.setdefault("NO_GCE_CHECK", "true")
-    from beam_pipelines import emulators
+    from beam_pipelines.local import emulators
     out = os.path.abspath(args.output_dir)
     os.makedirs(out, exist_ok=True)
     with contextlib.ExitStack() as stack:

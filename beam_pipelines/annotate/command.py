@@ -37,8 +37,9 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from beam_pipelines import preflight, shutdown
-from beam_pipelines.annotate_options import PROG, AnnotateJob, AnnotateOptions, check_options, split_command
+from beam_pipelines.cli import preflight, shutdown
+from beam_pipelines.annotate.options import PROG, AnnotateJob, AnnotateOptions, check_options, split_command
+from beam_pipelines.mine.options import MineOptions
 from transforms.annotate import label_studio as ls
 
 _LOG = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Session:
             preflight.check_stores(self.job.mongo_uri, (), None, self.job.store_check_timeout_s)
             self.mongo_uri = self.job.mongo_uri
         else:
-            from beam_pipelines.local_mongo import LocalMongoD
+            from beam_pipelines.local.mongod import LocalMongoD
             self.mongo_uri = stack.enter_context(LocalMongoD(os.path.join(self.job.output_dir, "mongo-data"))).uri
         mongo = stack.enter_context(pymongo.MongoClient(self.mongo_uri, serverSelectionTimeoutMS=30000))
         self.db = mongo[self.job.mongo_database]
@@ -79,7 +80,7 @@ class Session:
             self.url, key = self.o.label_studio_url, self.o.label_studio_api_key
             self.document_root = os.path.abspath(self.o.label_studio_document_root or self.job.output_dir)
         else:
-            from beam_pipelines.local_label_studio import LabelStudioNotFound, LabelStudioStartError, LocalLabelStudio
+            from beam_pipelines.local.label_studio import LabelStudioNotFound, LabelStudioStartError, LocalLabelStudio
             try:
                 self.embedded_ls = stack.enter_context(LocalLabelStudio(
                     os.path.join(self.job.output_dir, "label-studio"), document_root=self.job.output_dir))
@@ -126,7 +127,7 @@ def _default_classes(frames: List[dict], kind: str) -> Tuple[str, ...]:
         return tuple(names)
     model = (frames[0].get("model") or {}).get("name") if frames else None
     if model == BUNDLED_MODEL:
-        from beam_pipelines.sample_media import CLASS_NAMES
+        from beam_pipelines.local.sample_media import CLASS_NAMES
         return tuple(CLASS_NAMES)
     width = max((len(f.get("probabilities") or ()) for f in frames), default=0)
     width = max(width, 1 + max((int(f.get("predicted_class", 0)) for f in frames), default=0))
@@ -465,7 +466,8 @@ SHARED_OPTIONS = ("--output_dir", "--mongo_uri", "--mongo_database", "--store_ch
 def main(argv=None):
     args = list(argv if argv is not None else sys.argv[1:])
     if "-h" in args or "--help" in args:
-        preflight.print_help(PROG + " {export,import,qc,dataset}", AnnotateOptions, shared=SHARED_OPTIONS)
+        preflight.print_help(PROG + " {export,import,qc,dataset}", AnnotateOptions, shared=SHARED_OPTIONS,
+                             shared_from=MineOptions)
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
@@ -473,7 +475,3 @@ def main(argv=None):
     with shutdown.exit_codes("annotate"), shutdown.cancel_on_signals():
         result = run(args)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
-
-
-if __name__ == "__main__":
-    main()

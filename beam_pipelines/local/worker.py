@@ -27,7 +27,7 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 #: Beam's worker module, as the stock runner writes it into the subprocess environment.
 BEAM_WORKER_MODULE = "apache_beam.runners.worker.sdk_worker_main"
 #: This module, run in its place.
-WORKER_MODULE = "beam_pipelines.local_worker"
+WORKER_MODULE = "beam_pipelines.local.worker"
 
 
 def worker_command(command: str) -> str:
@@ -37,7 +37,7 @@ def worker_command(command: str) -> str:
 
 
 class LocalProcessesRunner(fn_runner.FnApiRunner):
-    """``FnApiRunner`` whose subprocess workers run :mod:`beam_pipelines.local_worker`, which exit
+    """``FnApiRunner`` whose subprocess workers run :mod:`beam_pipelines.local.worker`, which exit
     without Python's slow teardown once Beam's harness has finished (see the module)."""
 
     def run_via_runner_api(self, pipeline_proto, options):

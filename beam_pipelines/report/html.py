@@ -16,7 +16,7 @@ network at view time):
   from ``file://``), rendered client-side by ``report.js`` one page at a time, so a
   10,000-candidate selection opens as fast as a 50-candidate one;
 * ``thumbs/`` and ``frames/``: every candidate decoded again from its source, detector boxes
-  drawn (:mod:`beam_pipelines.report_frames`).
+  drawn (:mod:`beam_pipelines.report.frames`).
 
 The pool is the frames the selection was made from: those indexed with the selection's model
 version whose source matches the run's input globs.
@@ -38,13 +38,13 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from beam_pipelines.report_frames import FrameRequest, render_frames
+from beam_pipelines.report.frames import FrameRequest, render_frames
 from transforms.score import pretrained
 from transforms.score.detection import describe_objects
 
 _LOG = logging.getLogger(__name__)
 
-ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report_assets")
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 REPORT_DIR = "report"  # under a run's output_dir
 PAGE_SIZE = 60  # candidates per page of the grid
 MAP_POINTS = 5000  # pool frames drawn on the embedding map (a uniform sample; candidates always)
@@ -630,7 +630,3 @@ def main(argv=None) -> int:
         return 2
     print(path)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,106 @@
+"""What a ``mine`` run is made of, resolved from its checked options: one place for the batch job
+(:mod:`beam_pipelines.mine.batch`) and the streaming job (:mod:`beam_pipelines.mine.stream`).
+
+Each function takes ``mine`` (the parsed :class:`~beam_pipelines.mine.options.MineOptions`) and
+``job`` (the :class:`~beam_pipelines.mine.options.MineJob` that
+:func:`~beam_pipelines.mine.options.check_options` returned) and gives one part of the run: the
+model's spec, the detector, the embedded ``mongod``, and the facts its lineage records. Neither
+job builds these parts itself, so both run the same model and detector for the same options,
+and each lineage says only what its run applied.
+"""
+import contextlib
+import logging
+import os
+from typing import List, Optional
+
+from beam_pipelines.cli import preflight
+from beam_pipelines.local.mongod import LocalMongoD
+from beam_pipelines.mine.options import MineJob, decode_options
+from transforms.common.redact import redact_uri
+from transforms.score.detectors import (BackgroundDifferenceDetector, DetectorHandler, detector_version,
+                                        nanodet_handler)
+from transforms.score.ptransforms import ModelSpec, load_model_spec
+
+_LOG = logging.getLogger(__name__)
+
+#: Facts of the batch job's lineage that a streaming run does not apply (its options are refused
+#: in streaming by :func:`~beam_pipelines.mine.options.check_streaming_options`).
+BATCH_ONLY_FACTS = ("near_duplicate_similarity", "selection_embedding", "include_labelled")
+
+
+def load_model(mine, job: MineJob) -> ModelSpec:
+    """The model's spec (read once on the driver).
+
+    Raises
+    ------
+    beam_pipelines.cli.preflight.OptionError
+        Naming ``--model`` when the model cannot be used.
+    """
+    try:
+        return load_model_spec(job.model, mine.embedding_layer, mine.model_output, mine.mc_passes)
+    except Exception as e:  # noqa: BLE001 - Keras, LiteRT and ONNX raise all sorts
+        raise preflight.OptionError(
+            f"--model {job.model or '(the bundled default)'} cannot be used: {type(e).__name__}: "
+            f"{preflight.one_line(e, 300)}") from e
+
+
+def make_detector(mine, job: MineJob) -> Optional[DetectorHandler]:
+    """The detector the job runs, or ``None``: ``--detector_background``'s background-difference
+    detector, else ``--detector`` (resolved in ``job.detector``) with ``--detector_flip``.
+
+    Raises
+    ------
+    beam_pipelines.cli.preflight.OptionError
+        Naming ``--detector`` when its file cannot be used.
+    """
+    if job.detector_background:
+        return DetectorHandler(BackgroundDifferenceDetector(job.detector_background))
+    if not job.detector:
+        return None
+    try:
+        return nanodet_handler(job.detector, flip=mine.detector_flip == "on")
+    except Exception as e:  # noqa: BLE001 - an unreadable file
+        raise preflight.OptionError(f"--detector {job.detector} cannot be used: {preflight.one_line(e, 300)}") from e
+
+
+def embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
+    """Starts a mongod with its data under ``output_dir`` for the ``stack``'s life; its URI."""
+    mongo = stack.enter_context(LocalMongoD(os.path.join(output_dir, "mongo-data")))
+    _LOG.info("started embedded mongod at %s (data in %s)", mongo.uri, mongo.dbpath)
+    return mongo.uri
+
+
+def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: ModelSpec,
+              streaming: bool = False) -> dict:
+    """What ``summary.json`` and the run's entry say about the run's settings; a streaming run's
+    leave out :data:`BATCH_ONLY_FACTS`."""
+    facts = {
+        "inputs": globs,
+        "output_dir": job.output_dir,
+        "mongo_uri": redact_uri(mongo_uri),
+        "mongo_embedded": not mine.mongo_uri,
+        "mongo_database": mine.mongo_database,
+        "bigquery_table": mine.bigquery_table,
+        "bigquery_write_method": job.bigquery_write_method if mine.bigquery_table else None,
+        "budget": mine.budget,
+        "strategy": mine.strategy,
+        "strategy_params": job.strategy_params,
+        "bigquery_candidates_table": job.candidates_table,
+        "video_fps": mine.video_fps,
+        "detector": (dict(detector_version(job.detector)._asdict(), flip=mine.detector_flip == "on")
+                     if job.detector and not job.detector_background else None),
+        "near_duplicate_similarity": mine.near_duplicate_similarity if mine.uniqueness_k else None,
+        "selection_embedding": mine.selection_embedding,
+        "decode": decode_options(mine),
+        "model": model.version._asdict(),
+        "model_runtime": model.runtime,
+        "mc_passes": model.mc_passes,
+        "detector_background": mine.detector_background,
+        "uniqueness_k": mine.uniqueness_k,
+        "include_labelled": mine.include_labelled,
+        "runner": job.runner,
+    }
+    if streaming:
+        for name in BATCH_ONLY_FACTS:
+            del facts[name]
+    return facts
