@@ -26,7 +26,7 @@ from transforms.score import pretrained
 from transforms.score import registry as score_registry
 from transforms.score.handlers import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES  # no TensorFlow import
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
-from transforms.select.strategies import make_strategy
+from transforms.select.factory import make_strategy
 
 AUTO, NONE, NANODET = "auto", "none", "nanodet"
 #: Cosine similarity of embeddings from which two frames are near-duplicates (FiftyOne's

@@ -7,7 +7,7 @@ from tests import harness
 from tests.records_factory import clustered_records, frame_record
 from transforms.select.kcenter import coverage_radius, k_center_greedy
 from transforms.select.ptransforms import SelectCandidates, strategy_score
-from transforms.select.strategies import make_strategy
+from transforms.select.factory import make_strategy
 
 
 def _select(records, budget, strategy="entropy"):

@@ -7,7 +7,7 @@ uniqueness over sharded faiss indexes, :class:`AddDuplicateGroups`); detectors i
 :mod:`.pretrained`. Pure modules (no Beam; enforced by ``//transforms/score:pure_test`` and
 ``//transforms/score/pretrained:pretrained_test``):
 
-* :mod:`.registry`: the one registry of score names, their functions and orientation.
+* :mod:`.registry`: the score registry (:mod:`schemas.scores`) with each score's function.
 * :mod:`.uncertainty`: least confidence, margin, ratio, entropy, BALD, variation ratios, ...
 * :mod:`.detection`: per-box detection uncertainty aggregated per frame.
 * :mod:`.knn`: k-NN uniqueness and near-duplicate pairs with faiss.

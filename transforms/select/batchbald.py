@@ -30,7 +30,7 @@ References
 """
 import numpy as np
 
-from transforms.select.strategies import Selection, Strategy, _rank_by, _require, score_values
+from transforms.select.base import Selection, Strategy, rank_by, require, score_values
 
 
 def _entropy(p: np.ndarray, axis) -> np.ndarray:
@@ -135,13 +135,13 @@ class BatchBALD(Strategy):
 
     def _shortlist(self, pool, budget):
         size = int(min(len(pool), max(budget, np.ceil(self.shortlist_multiplier * budget))))
-        return _rank_by(score_values(pool, "bald"), pool.ids, size)
+        return rank_by(score_values(pool, "bald"), pool.ids, size)
 
     def preselect(self, pool, budget, labelled=None):
         return np.sort(self._shortlist(pool, budget))
 
     def _select(self, pool, budget, labelled):
-        samples = _require(pool, "probability_samples", self.name)
+        samples = require(pool, "probability_samples", self.name)
         shortlist = np.sort(self._shortlist(pool, budget))
         picks, gains = batch_bald(samples[:, shortlist], budget, self.num_configs, self.seed)
         idx = shortlist[picks]

@@ -17,7 +17,7 @@ whatever the number of frames: an accumulator peaks at ``2 * shard_size`` frames
 1 KB each with 128-d embeddings (Python objects included), about 100 MB with the default
 ``shard_size=50_000``, for 10M frames as for 10K (a budget above 25,000 raises the default
 shard size to ``2 * budget``, so memory grows with the budget, not with the data). Exact for top-k, random and Cluster-Margin's preselection; a
-composable core-set for k-center (see :meth:`transforms.select.strategies.Strategy.preselect`).
+composable core-set for k-center (see :meth:`transforms.select.base.Strategy.preselect`).
 
 Streaming: in an event-time window (``beam.WindowInto`` before this transform, or the
 ``window_s``/``period_s`` arguments) the selection runs per window and per trigger firing:
@@ -42,7 +42,8 @@ from apache_beam.transforms import trigger, window
 from schemas.frames import SCORE_NAMES
 from schemas.records import Candidate, FrameRecord, ModelVersion
 from transforms.score import registry
-from transforms.select.strategies import STRATEGY_NAMES, Pool, Strategy, checked_strategy, selection_id
+from transforms.select.base import Pool, Strategy, selection_id
+from transforms.select.factory import STRATEGY_NAMES, checked_strategy
 
 _LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "activebeam.sample"
@@ -170,7 +171,7 @@ def to_pool(items: Sequence[_Scored]) -> Pool:
 
 
 class SelectFn(beam.CombineFn):
-    """Runs a :class:`~transforms.select.strategies.Strategy` as a ``CombineFn`` in bounded memory.
+    """Runs a :class:`~transforms.select.base.Strategy` as a ``CombineFn`` in bounded memory.
 
     Accumulator: a list of at most ``shard_size`` ``_Scored`` frames (plus what one
     ``add_input`` brings before it is compressed with ``Strategy.preselect``). Output: a list of
@@ -308,8 +309,8 @@ class SelectCandidates(beam.PTransform):
     budget : int
         Number of candidates per window, ``>= 0``.
     strategy : str or Strategy
-        A name of :data:`transforms.select.strategies.STRATEGY_NAMES` (built with ``params`` by
-        :func:`~transforms.select.strategies.make_strategy`) or a strategy object.
+        A name of :data:`transforms.select.factory.STRATEGY_NAMES` (built with ``params`` by
+        :func:`~transforms.select.factory.make_strategy`) or a strategy object.
     params : mapping, optional
         The strategy's parameters (with a name), e.g. ``{"n_clusters": 50}``.
     exclude_ids : PCollection[str], optional

@@ -43,7 +43,8 @@ from schemas.records import DeadLetter, Restored, WindowPane
 from transforms.score.knn import FIFTYONE_WEIGHTS, build_index, shard_distances, uniqueness_from_distances
 from transforms.select.ptransforms import (METRICS_NAMESPACE, SelectFn, _to_scored,
                                            ranked_candidates)
-from transforms.select.strategies import Strategy, checked_strategy
+from transforms.select.base import Strategy
+from transforms.select.factory import checked_strategy
 
 #: Beam keeps a window this long beyond ``allowed_lateness_s``: the wall-clock check of
 #: :class:`SelectPerWindow` decides what is too late; Beam's own (by the watermark, which lags the
