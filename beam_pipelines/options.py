@@ -24,7 +24,8 @@ from transforms.decode.video import MODES
 from transforms.index.bigquery_client import parse_table_id, sibling_table
 from transforms.score import pretrained
 from transforms.score import registry as score_registry
-from transforms.score.handlers import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES  # no TensorFlow import
+from transforms.score.model_base import DEFAULT_MODEL_NAME  # no TensorFlow import
+from transforms.score.preprocessing import LOGITS, PROBABILITIES  # no TensorFlow import
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
 from transforms.select.factory import make_strategy
 

@@ -404,7 +404,8 @@ def test_killed_job_restarts_without_loss_or_duplicates(mongo, gcs, pubsub_host)
 def _save_model_copy(path):
     """A "retrained" model: the bundled one with its last layer's bias nudged, saved atomically."""
     import numpy as np
-    from transforms.score.handlers import default_model_path, load_embedding_classifier
+    from transforms.score.keras_models import load_embedding_classifier
+    from transforms.score.model_base import default_model_path
     import keras
     model = keras.models.load_model(default_model_path(), compile=False)
     layer = model.layers[-1]

@@ -16,8 +16,9 @@ from transforms._exports import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "ptransforms": ("ScoreFrames", "ScoredFrames", "probability_scores"),
-    "handlers": ("ModelSpec", "load_model_spec", "make_handler", "default_model_path",
-                 "DEFAULT_MODEL_NAME", "LOGITS", "PROBABILITIES"),
+    "handlers": ("ModelSpec", "load_model_spec", "make_handler"),
+    "model_base": ("default_model_path", "DEFAULT_MODEL_NAME"),
+    "preprocessing": ("LOGITS", "PROBABILITIES", "Preprocessing", "prepare_input"),
     "novelty": ("ScoreNovelty", "NoveltyResult", "AddDuplicateGroups"),
     "detectors": ("DetectorHandler", "NanoDetDetector", "BackgroundDifferenceDetector", "nanodet_handler",
                   "AddClassRarity"),
