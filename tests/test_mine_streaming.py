@@ -187,7 +187,7 @@ def _read_jsonl(path):
 
 
 def _window_file(out, kind, start):
-    from transforms.common.window_outputs import window_file_name
+    from transforms.index.window_outputs import window_file_name
     return os.path.join(out, kind, window_file_name(start, start + WINDOW_S))
 
 
@@ -345,7 +345,7 @@ def test_notifications_to_per_window_candidates(mongo, gcs, pubsub_host):
 
 
 def harness_rfc3339(text):
-    from transforms.decode.notifications import parse_rfc3339
+    from transforms.intake.notifications import parse_rfc3339
     return parse_rfc3339(text)
 
 

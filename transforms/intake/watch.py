@@ -1,7 +1,7 @@
 """The local runners' source of a streaming job: new files, model files and the watermark.
 
 On Dataflow the streaming ``mine`` job reads with Beam's own sources (``ReadFromPubSub``,
-``MatchContinuously``, ``WatchFilePattern``; see :class:`transforms.decode.streaming.ReadArrivals`).
+``MatchContinuously``, ``WatchFilePattern``; see :class:`transforms.intake.streaming.ReadArrivals`).
 Beam's local streaming runner cannot: the ``BundleBasedDirectRunner`` (the only local runner
 that fires event-time windows in real time) acknowledges Pub/Sub messages as it pulls them, so a
 crash loses what was pulled and not yet processed, and it cannot build splittable DoFns at all
@@ -21,7 +21,7 @@ and serves what it reads to a ``TestStream(endpoint=...)`` in the pipeline throu
 What the feed sends (an event every ``tick_s``, what was read every ``batch_s``):
 
 * on :data:`ARRIVALS` (timestamped with the time they were read, or the watermark if later),
-  Pub/Sub messages as :class:`~transforms.decode.notifications.PubsubNotice`
+  Pub/Sub messages as :class:`~transforms.intake.notifications.PubsubNotice`
   (with their ``ack_id``: the pipeline acknowledges them through :func:`acknowledge` once their
   frames are indexed; until then the feed renews their lease, so a crashed job's messages are
   delivered again after at most ``lease_s``), or watched file versions as
@@ -47,7 +47,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelMetadata
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from transforms.decode.notifications import PubsubNotice, watched_arrival
+from transforms.intake.notifications import PubsubNotice, watched_arrival
 
 _LOG = logging.getLogger(__name__)
 ARRIVALS = "arrivals"
