@@ -33,8 +33,8 @@ handler cannot load Keras 3 exports), ``.tflite`` runs in LiteRT (``ai_edge_lite
 in ONNX Runtime (CPU), anything else (``.keras``, ``.h5``) in Keras.
 
 Importing this module imports neither TensorFlow nor a runtime: each is imported where a model
-is loaded, so the job's driver (option checks, ``--help``, Dataflow submission) starts in about
-a second, and each worker process imports TensorFlow once, when it loads its model.
+is loaded, so the job's driver (option checks, ``--help``, Dataflow submission) starts without
+TensorFlow (docs/timings.md), and each worker process imports TensorFlow once, when it loads its model.
 """
 import hashlib
 import json
