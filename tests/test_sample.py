@@ -80,8 +80,8 @@ if __name__ == "__main__":
 # --- any strategy in Beam: bounded memory, same result as in one process ------------------------
 
 def _pool_of(records):
-    from transforms.select.ptransforms import _to_scored, to_pool
-    return to_pool([_to_scored(r)[1] for r in records])
+    from transforms.select.ptransforms import to_scored, to_pool
+    return to_pool([to_scored(r)[1] for r in records])
 
 
 @pytest.mark.parametrize("strategy,params", [

@@ -172,7 +172,6 @@ class ArrivalFeed:
         self._ready: list = []
         self._wake = threading.Event()
         self._polling_done = threading.Event()
-        self._stream_ended = threading.Event()
         self._poller = None
 
     def tags(self) -> List[str]:
@@ -204,10 +203,6 @@ class ArrivalFeed:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
-    def wait_until_ended(self, timeout_s: float) -> bool:
-        """Whether the stream ended (the pipeline got its last event) within ``timeout_s``."""
-        return self._stream_ended.wait(timeout_s)
 
     def close(self):
         """Stops the server and the lease renewals (after the pipeline finished)."""
@@ -285,37 +280,34 @@ class ArrivalFeed:
         watermark = 0
         next_model_window = math.floor(self._started_at / self._window_s)
         last_batch = 0.0
-        try:
-            while True:
-                self._wake.wait(self._tick_s)
-                self._wake.clear()
-                finished = self._polling_done.is_set()
-                now = time.time()
-                with self._lock:
-                    waiting = sum(len(items) for _, items in self._ready)
-                    due = finished or waiting >= self._max_batch or now - last_batch >= self._batch_s
-                    batches, self._ready = (self._ready, []) if due else ([], self._ready)
-                    oldest = self._ready[0][0] if self._ready else now
-                if batches:  # few, large bundles: the local runner's cost is per bundle, not per element
-                    last_batch = now
-                    yield _timestamped_elements(
-                        [(item, max(watermark, _millis(read_at))) for read_at, items in batches for item in items],
-                        ARRIVALS)
-                # Held back for the next batch, an item keeps the watermark at the time it was read.
-                watermark = max(watermark, _millis(min(now, oldest)))
-                if self._model_glob:
-                    last_window = math.floor(now / self._window_s)
-                    while next_model_window <= last_window:
-                        when = max(_millis(next_model_window * self._window_s), 0)
-                        yield _elements([ModelMetadata(model_id=self._model, model_name=_model_name(self._model))],
-                                        when, MODELS)
-                        next_model_window += 1
-                for tag in self.tags():
-                    yield _watermark(watermark, tag)
-                if finished:
-                    return
-        finally:
-            self._stream_ended.set()
+        while True:
+            self._wake.wait(self._tick_s)
+            self._wake.clear()
+            finished = self._polling_done.is_set()
+            now = time.time()
+            with self._lock:
+                waiting = sum(len(items) for _, items in self._ready)
+                due = finished or waiting >= self._max_batch or now - last_batch >= self._batch_s
+                batches, self._ready = (self._ready, []) if due else ([], self._ready)
+                oldest = self._ready[0][0] if self._ready else now
+            if batches:  # few, large bundles: the local runner's cost is per bundle, not per element
+                last_batch = now
+                yield _timestamped_elements(
+                    [(item, max(watermark, _millis(read_at))) for read_at, items in batches for item in items],
+                    ARRIVALS)
+            # Held back for the next batch, an item keeps the watermark at the time it was read.
+            watermark = max(watermark, _millis(min(now, oldest)))
+            if self._model_glob:
+                last_window = math.floor(now / self._window_s)
+                while next_model_window <= last_window:
+                    when = max(_millis(next_model_window * self._window_s), 0)
+                    yield _elements([ModelMetadata(model_id=self._model, model_name=_model_name(self._model))],
+                                    when, MODELS)
+                    next_model_window += 1
+            for tag in self.tags():
+                yield _watermark(watermark, tag)
+            if finished:
+                return
 
     def _pull(self) -> List[PubsubNotice]:
         from google.api_core import exceptions
