@@ -35,7 +35,7 @@ split and, for BALD, how many of its top-k frames stay top-k under a second, ind
 MC-dropout samples (``mc_topk_overlap``; 1 = a stable ranking).
 
 **The selections are the project's own**: the strategy objects of
-:func:`transforms.select.strategies.make_strategy`, called in-process each round; and for the
+:func:`transforms.select.factory.make_strategy`, called in-process each round; and for the
 strategies of ``--beam_check`` (default ``margin,bald+power,ens3:bald+power``), in every round of seed 0 the
 same frames go through :class:`transforms.select.SelectCandidates` on Beam's FnApiRunner (as
 ``FrameRecord``\\s, in shards of ``--beam_shard_size`` so the per-shard preselection runs), and
@@ -69,7 +69,8 @@ import numpy as np
 
 from benchmarks.common import print_result
 from models import train_fashion_mnist
-from transforms.select.strategies import Pool, make_strategy
+from transforms.select.base import Pool
+from transforms.select.factory import make_strategy
 
 DIGITS_PNG = "/usr/share/doc/opencv-doc/examples/data/digits.png"
 STRATEGIES = ("random", "margin", "bald+power", "bald", "cluster_margin", "coreset")

@@ -43,8 +43,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from benchmarks.common import PeakRss, interleaved_rates, median_rate, print_result
 from models.train_fashion_mnist import load_split
 from schemas.records import Frame, make_frame_id
-from transforms.score.handlers import (default_model_path, load_embedding_classifier, load_model_spec,
-                                 mc_dropout_samples, prepare_input)
+from transforms.score.handlers import load_model_spec
+from transforms.score.keras_models import load_embedding_classifier, mc_dropout_samples
+from transforms.score.model_base import default_model_path
+from transforms.score.preprocessing import prepare_input
 from transforms.score.ptransforms import ScoreFrames, probability_scores
 from transforms.score import pretrained
 

@@ -117,8 +117,10 @@ def run_loop(globs, mongo_uri, database, batch_size) -> int:
     from schemas import frames as frames_schema
     from schemas.records import FrameMetadata, FrameRecord, make_frame_id
     from transforms.score import uncertainty
-    from transforms.score.handlers import (default_model_path, load_embedding_classifier,
-                                           load_model_spec, prepare_input)
+    from transforms.score.handlers import load_model_spec
+    from transforms.score.keras_models import load_embedding_classifier
+    from transforms.score.model_base import default_model_path
+    from transforms.score.preprocessing import prepare_input
 
     spec = load_model_spec()
     model, _, _ = load_embedding_classifier(default_model_path(), spec.version.embedding_layer)

@@ -29,7 +29,8 @@ import numpy as np
 
 from benchmarks.common import PeakRss, interleaved_rates, print_result, timed
 from transforms.select.kcenter import coverage_radius
-from transforms.select.strategies import KCenterGreedy, Pool
+from transforms.select.base import Pool
+from transforms.select.strategies import KCenterGreedy
 
 
 def clustered_embeddings(n, dim=128, clusters=1000, seed=0, chunk=100_000):

@@ -228,7 +228,7 @@ def main(argv=None):
 
 
 def _attributes(resource):
-    from transforms.decode.notifications import notification_attributes
+    from transforms.intake.notifications import notification_attributes
     return notification_attributes(resource)
 
 

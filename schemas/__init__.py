@@ -7,4 +7,5 @@
 * :mod:`schemas.candidates`, :mod:`schemas.annotations`, :mod:`schemas.runs`, :mod:`schemas.arrivals`,
   :mod:`schemas.labelling` (``label_tasks``, ``qc_reports``, ``retrain_triggers``): the other
   tables, all registered in :mod:`schemas.tables`.
+* :mod:`schemas.scores`: the one registry of per-frame score names, meaning and orientation.
 """

@@ -2,7 +2,7 @@
 
 A streaming job learns of files from Cloud Storage notifications or by watching a glob; each
 file version (an object generation, or a file's modification time and size) is an *arrival*,
-identified by its key (:mod:`transforms.decode.notifications`). Its entry is the job's ledger:
+identified by its key (:mod:`transforms.intake.notifications`). Its entry is the job's ledger:
 
 * ``claimed`` by a run when the job starts on it: a duplicated or re-sent notification of the
   same version, or the same file seen again by the watcher, finds the entry and changes nothing;

@@ -10,13 +10,13 @@ from typing import List, NamedTuple
 import numpy as np
 
 from schemas.records import Detection, FrameMetadata, FrameRecord, ModelVersion
-from transforms.score import registry as score_registry
+from schemas import scores as score_registry
 
 DEFAULT_DATABASE = "activebeam"
 FRAMES_COLLECTION = "frames"
 #: Required score columns, then optional scores (FrameRecord.extra_scores): name -> description,
 #: nullable columns in BigQuery and ``scores.<name>`` in MongoDB when present. Both from the one
-#: score registry, :mod:`transforms.score.registry`.
+#: score registry, :mod:`schemas.scores`.
 SCORE_NAMES = score_registry.names(column=True)
 EXTRA_SCORES = tuple((s.name, s.description) for s in score_registry.SCORES if not s.column)
 EXTRA_SCORE_NAMES = tuple(name for name, _ in EXTRA_SCORES)

@@ -52,7 +52,7 @@ class Frame(NamedTuple):
     Streaming only: ``event_time``, seconds since the epoch (UTC), the time the frame was
     captured as the streaming job windows it, and ``event_time_source``, where that time came
     from (``exif``, ``container``, ``notification`` or ``mtime``; see
-    :mod:`transforms.decode.event_time`).
+    :mod:`transforms.intake.event_time`).
     """
     frame_id: str
     source_uri: str
@@ -231,7 +231,7 @@ class Arrival(NamedTuple):
     of, or a file version it found in a watched glob.
 
     ``key`` identifies the version (``gs://bucket/object#generation``, or ``path#mtime:size``;
-    see :mod:`transforms.decode.notifications`): a duplicated or re-sent notification has the same
+    see :mod:`transforms.intake.notifications`): a duplicated or re-sent notification has the same
     key and changes nothing. ``fallback_time`` (seconds since the epoch) is the event time of its
     frames that have no capture time of their own: the object's ``timeCreated``
     (``fallback_source`` ``notification``) or the file's modification time (``mtime``).

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import active_learning as al
 from tests import harness
-from transforms.select.strategies import Pool
+from transforms.select.base import Pool
 
 
 def _pool(n=900, seed=0, classes=10, passes=8):

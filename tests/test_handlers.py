@@ -13,9 +13,10 @@ import pytest
 
 from tests import harness
 from transforms.decode.ptransforms import DecodeMedia
-from transforms.score.handlers import (KERAS, ONNX, SAVED_MODEL, TFLITE, ModelOutput, default_model_path,
-                                 load_embedding_classifier, load_model_spec, make_handler,
-                                 prepare_input)
+from transforms.score.handlers import load_model_spec, make_handler
+from transforms.score.keras_models import load_embedding_classifier
+from transforms.score.model_base import KERAS, ONNX, SAVED_MODEL, TFLITE, ModelOutput, default_model_path
+from transforms.score.preprocessing import prepare_input
 from transforms.score.ptransforms import ScoreFrames
 
 PNGS = "t10k-000[0-1][0-9].png"  # 20 real Fashion-MNIST test images
@@ -227,10 +228,10 @@ def test_keras_files_are_read_without_tensorflow_as_keras_loads_them(tmp_path):
     """The driver reads a plain .keras file's configuration (no TensorFlow import: the job starts
     in about a second); it must say what Keras itself says, and defer to Keras when unsure."""
     import keras
-    from transforms.score import handlers
+    from transforms.score import keras_models, model_base
 
     def loaded(path, layer=None):
-        _, name, model = handlers.load_embedding_classifier(path, layer)
+        _, name, model = keras_models.load_embedding_classifier(path, layer)
         return tuple(model.inputs[0].shape[1:]), int(model.outputs[0].shape[-1]), name
 
     sequential = keras.Sequential([keras.Input((32, 24, 3)), keras.layers.Conv2D(4, 3),
@@ -241,13 +242,13 @@ def test_keras_files_are_read_without_tensorflow_as_keras_loads_them(tmp_path):
     outer_in = keras.Input((8, 8, 1))
     nested = keras.Model(outer_in, keras.layers.Dense(2, activation="softmax")(inner(outer_in)))
     nested.save(str(tmp_path / "nested.keras"))
-    default = handlers.default_model_path()
+    default = model_base.default_model_path()
     for path, layer in ((default, None), (default, "dropout_2"), (str(tmp_path / "seq.keras"), None),
                         (str(tmp_path / "seq.keras"), "feat")):
-        assert handlers.keras_file_summary(path, layer) == loaded(path, layer), (path, layer)
-    assert handlers.keras_file_summary(str(tmp_path / "nested.keras")) is None  # Keras decides
+        assert keras_models.keras_file_summary(path, layer) == loaded(path, layer), (path, layer)
+    assert keras_models.keras_file_summary(str(tmp_path / "nested.keras")) is None  # Keras decides
     with pytest.raises(ValueError, match="no layer named 'nope'"):
-        handlers.keras_file_summary(default, "nope")
+        keras_models.keras_file_summary(default, "nope")
     code = ("import sys; from transforms.score.handlers import load_model_spec; load_model_spec(); "
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -259,7 +260,7 @@ def test_worker_processes_share_the_cpus_between_their_interpreters(monkeypatch)
     pool CPUs // N threads for the run."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from beam_pipelines.mine import WORKER_THREAD_ENVS, _cpus_shared_between_workers
-    from transforms.score.handlers import INFERENCE_THREADS_ENV, inference_threads
+    from transforms.score.threads import INFERENCE_THREADS_ENV, inference_threads
     for name in (INFERENCE_THREADS_ENV,) + WORKER_THREAD_ENVS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
@@ -285,7 +286,7 @@ def test_dataflow_workers_with_one_sdk_process_per_vcpu_use_one_interpreter_thre
     them) each of the VM's one-per-vCPU processes gets 1 thread; with one SDK process per VM, or
     outside Dataflow, every CPU; the environment variable wins over both."""
     import json
-    from transforms.score.handlers import INFERENCE_THREADS_ENV, inference_threads, worker_pipeline_options
+    from transforms.score.threads import INFERENCE_THREADS_ENV, inference_threads, worker_pipeline_options
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     dataflow = {"options": {"runner": "DataflowRunner", "experiments": ["use_runner_v2"], "project": "p"}}
     assert inference_threads({"PIPELINE_OPTIONS": json.dumps(dataflow)}) == 1

@@ -50,10 +50,10 @@ def test_installed_package_finds_its_model_and_media_from_a_folder_with_its_own_
         f.write("raise ImportError('the user project models package was imported')\n")
     code = ("import json, os, sys\n"
             "from beam_pipelines.local import sample_media\n"
-            "from transforms.score import handlers\n"
+            "from transforms.score import handlers, model_base\n"
             "spec = handlers.load_model_spec()\n"
             "globs = sample_media.prepare(sys.argv[1])\n"
-            "print(json.dumps({'module': handlers.__file__, 'model': handlers.default_model_path(),\n"
+            "print(json.dumps({'module': handlers.__file__, 'model': model_base.default_model_path(),\n"
             "                  'name': spec.version.name, 'cwd': os.getcwd(), 'globs': globs}))\n")
     env = dict(os.environ, PYTHONPATH=site, TF_CPP_MIN_LOG_LEVEL="3")
     media = os.path.join(d, "media")

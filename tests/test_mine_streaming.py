@@ -187,7 +187,7 @@ def _read_jsonl(path):
 
 
 def _window_file(out, kind, start):
-    from transforms.common.window_outputs import window_file_name
+    from transforms.index.window_outputs import window_file_name
     return os.path.join(out, kind, window_file_name(start, start + WINDOW_S))
 
 
@@ -345,7 +345,7 @@ def test_notifications_to_per_window_candidates(mongo, gcs, pubsub_host):
 
 
 def harness_rfc3339(text):
-    from transforms.decode.notifications import parse_rfc3339
+    from transforms.intake.notifications import parse_rfc3339
     return parse_rfc3339(text)
 
 
@@ -404,7 +404,8 @@ def test_killed_job_restarts_without_loss_or_duplicates(mongo, gcs, pubsub_host)
 def _save_model_copy(path):
     """A "retrained" model: the bundled one with its last layer's bias nudged, saved atomically."""
     import numpy as np
-    from transforms.score.handlers import default_model_path, load_embedding_classifier
+    from transforms.score.keras_models import load_embedding_classifier
+    from transforms.score.model_base import default_model_path
     import keras
     model = keras.models.load_model(default_model_path(), compile=False)
     layer = model.layers[-1]

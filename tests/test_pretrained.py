@@ -251,7 +251,7 @@ def test_object_embeddings_and_object_level_selection(models, vtest_frames):
     from schemas.records import Frame, make_frame_id
     from transforms.score.detection import mean_unit_embedding, object_windows
     from transforms.score.detectors import nanodet_handler
-    from transforms.score.handlers import prepare_input
+    from transforms.score.preprocessing import prepare_input
     from transforms.score.ptransforms import ScoreFrames, load_model_spec
     from transforms.select.ptransforms import SelectCandidates
 

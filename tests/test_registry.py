@@ -5,7 +5,7 @@ import pytest
 from schemas import frames as frames_schema
 from tests import harness
 from transforms.score import registry, uncertainty
-from transforms.select import strategies
+from transforms.select import base, factory
 
 
 def _probabilities(n=50, c=10, seed=0):
@@ -32,10 +32,10 @@ def test_schema_columns_follow_the_registry_in_order():
 
 
 def test_strategies_are_the_rankable_scores_then_the_set_strategies():
-    assert strategies.STRATEGY_NAMES == registry.strategy_names()
+    assert factory.STRATEGY_NAMES == registry.strategy_names()
     assert registry.strategy_names()[-4:] == ("random", "coreset", "cluster_margin", "combined")
     for name in registry.names(rankable=True):
-        assert strategies.make_strategy(name).name == name
+        assert factory.make_strategy(name).name == name
 
 
 def test_functions_and_orientation():
@@ -47,11 +47,16 @@ def test_functions_and_orientation():
     # margin is the only LOW score: ranked as 1 - margin, by the registry and the strategies alike.
     assert registry.names() and [s.name for s in registry.SCORES if s.uncertain_when == registry.LOW] == ["margin"]
     np.testing.assert_allclose(registry.wanted("margin", uncertainty.margin(p)), 1 - uncertainty.margin(p))
-    pool = strategies.Pool(ids=np.arange(len(p)).astype(str), probabilities=p)
-    np.testing.assert_allclose(strategies.score_values(pool, "margin"), 1 - uncertainty.margin(p))
-    np.testing.assert_array_equal(strategies.score_values(pool, "entropy"), uncertainty.entropy(p))
+    pool = base.Pool(ids=np.arange(len(p)).astype(str), probabilities=p)
+    np.testing.assert_allclose(base.score_values(pool, "margin"), 1 - uncertainty.margin(p))
+    np.testing.assert_array_equal(base.score_values(pool, "entropy"), uncertainty.entropy(p))
     with pytest.raises(ValueError, match="computed by a transform"):
         registry.compute("uniqueness", p)
+
+
+def test_every_score_of_an_array_has_its_function():
+    from_arrays = (registry.PROBABILITIES, registry.MC_SAMPLES, registry.ENSEMBLE)
+    assert set(registry.FUNCTIONS) == {s.name for s in registry.SCORES if s.needs in from_arrays}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from tests import harness
 from tests.records_factory import clustered_records, frame_record
 from transforms.select.kcenter import coverage_radius, k_center_greedy
 from transforms.select.ptransforms import SelectCandidates, strategy_score
-from transforms.select.strategies import make_strategy
+from transforms.select.factory import make_strategy
 
 
 def _select(records, budget, strategy="entropy"):
@@ -80,8 +80,8 @@ if __name__ == "__main__":
 # --- any strategy in Beam: bounded memory, same result as in one process ------------------------
 
 def _pool_of(records):
-    from transforms.select.ptransforms import _to_scored, to_pool
-    return to_pool([_to_scored(r)[1] for r in records])
+    from transforms.select.ptransforms import to_scored, to_pool
+    return to_pool([to_scored(r)[1] for r in records])
 
 
 @pytest.mark.parametrize("strategy,params", [

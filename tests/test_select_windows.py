@@ -15,7 +15,7 @@ from apache_beam.transforms.window import TimestampedValue
 from schemas.records import DeadLetter, Restored
 from tests import harness
 from tests.records_factory import clustered_records
-from transforms.common.window_outputs import WriteWindowPanes, window_file_name
+from transforms.index.window_outputs import WriteWindowPanes, window_file_name
 from transforms.select.windows import SelectPerWindow, WindowSpec
 
 # Event times near the wall clock (the too-late check compares with it): 20 minutes ago.

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from tests import harness
-from transforms.select import kcenter, stochastic, strategies
-from transforms.select.strategies import (Balanced, ClusterMargin, Combined, Excluding, KCenterGreedy, Pool,
-                                   RandomSampling, TopK, allocate_quotas, make_strategy,
-                                   round_robin_by_cluster)
+from transforms.select import base, kcenter, stochastic, strategies
+from transforms.select.base import Pool
+from transforms.select.factory import make_strategy
+from transforms.select.strategies import (Balanced, ClusterMargin, Combined, Excluding, KCenterGreedy,
+                                          RandomSampling, TopK, allocate_quotas, round_robin_by_cluster)
 from transforms.select.batchbald import BatchBALD, batch_bald
 from transforms.select.stochastic import StochasticBatch
 
@@ -81,7 +82,7 @@ def test_top_k_matches_brute_force_and_orients_margin():
     sel = TopK("margin").select(pool, 10)
     raw_margin = np.sort(np.abs(np.diff(np.sort(pool.probabilities, axis=1)[:, -2:], axis=1))[:, 0])
     assert np.allclose(np.sort(1 - sel.scores), raw_margin[:10])
-    ent = strategies.score_values(pool, "entropy")
+    ent = base.score_values(pool, "entropy")
     assert set(TopK("entropy").select(pool, 15).indices) == set(np.argsort(-ent)[:15])
 
 
@@ -136,7 +137,7 @@ def test_cluster_margin_chooses_among_lowest_margins_across_clusters():
     pool = _pool(n=1000)
     strategy = ClusterMargin(n_clusters=6, margin_multiplier=5)
     sel = strategy.select(pool, 30)
-    margin = 1 - strategies.score_values(pool, "margin")
+    margin = 1 - base.score_values(pool, "margin")
     lowest = set(np.argsort(margin)[:150].tolist())
     assert set(sel.indices.tolist()) <= lowest
     clusters = strategies.kmeans_labels(pool.embeddings[np.sort(list(lowest))], 6)
@@ -151,7 +152,7 @@ def test_combined_objective_is_the_product_of_normalised_scores_with_thresholds(
     pool = _pool()
     strategy = Combined({"entropy": 2.0, "least_confidence": 0.5}, thresholds={"bald": 0.05})
     sel = strategy.select(pool, 20)
-    ent, lc, bald = (strategies.score_values(pool, n) for n in ("entropy", "least_confidence", "bald"))
+    ent, lc, bald = (base.score_values(pool, n) for n in ("entropy", "least_confidence", "bald"))
     keep = bald >= 0.05
     expected = np.zeros(len(pool))
     expected[keep] = strategies.normalise(ent[keep]) ** 2.0 * strategies.normalise(lc[keep]) ** 0.5
@@ -196,9 +197,9 @@ def test_make_strategy_builds_and_validates():
         make_strategy("vibes")
     with pytest.raises(ValueError, match="bad parameters"):
         make_strategy("coreset", {"n_clusters": 3})
-    a = strategies.selection_id(make_strategy("coreset").describe(), "v1", ["x"])
-    assert a == strategies.selection_id(make_strategy("coreset").describe(), "v1", ["x"])
-    assert a != strategies.selection_id(make_strategy("coreset", {"seed": 2}).describe(), "v1", ["x"])
+    a = base.selection_id(make_strategy("coreset").describe(), "v1", ["x"])
+    assert a == base.selection_id(make_strategy("coreset").describe(), "v1", ["x"])
+    assert a != base.selection_id(make_strategy("coreset", {"seed": 2}).describe(), "v1", ["x"])
 
 
 # --- stochastic batch acquisition (Kirsch et al. 2023) -----------------------------------------
@@ -221,7 +222,7 @@ def test_stochastic_power_samples_in_proportion_to_the_score():
 
 def test_stochastic_batch_spans_top_k_and_random_and_its_seed():
     pool = _pool(n=2000)
-    bald = strategies.score_values(pool, "bald")
+    bald = base.score_values(pool, "bald")
     cold = StochasticBatch("bald", "power", beta=1e4).select(pool, 50)
     assert set(cold.indices.tolist()) == set(TopK("bald").select(pool, 50).indices.tolist())
     warm = StochasticBatch("bald", "power", beta=1.0).select(pool, 200)
@@ -272,7 +273,7 @@ def test_batchbald_takes_one_of_many_copies_where_top_k_bald_takes_them_all():
     assert np.sum(top_k < 20) >= 5 and np.sum(chosen.indices < 20) == 1
     # while configurations are enumerated exactly, the gains are exact conditional informations
     indices, gains = batch_bald(samples, 3, num_configs=10**6)
-    bald = strategies.score_values(pool, "bald")
+    bald = base.score_values(pool, "bald")
     assert gains[0] == pytest.approx(bald.max()) and np.all(np.diff(gains) <= 1e-9)
     with pytest.raises(ValueError, match="probability_samples"):
         BatchBALD().select(Pool(ids=pool.ids, probabilities=samples[0]), 3)

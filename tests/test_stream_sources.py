@@ -8,10 +8,10 @@ import json
 import pytest
 
 from tests import harness
-from transforms.common.window_outputs import pane_digest, window_file_name
-from transforms.decode import event_time, notifications
+from transforms.index.window_outputs import pane_digest, window_file_name
+from transforms.intake import event_time, notifications
 from transforms.decode.images import decode_image
-from transforms.decode.notifications import NotificationError, Skipped, parse_notification
+from transforms.intake.notifications import NotificationError, Skipped, parse_notification
 from transforms.decode.video import plan_video
 from transforms.select.windows import WindowSpec
 

@@ -1,5 +1,7 @@
 """activebeam's reusable Beam ``PTransform``\\ s, one subpackage per stage of ``MineFrames.expand``.
 
+* :mod:`transforms.intake`: **Intake** (streaming only): arrivals of new files, their claims in a
+  ledger, event times, acknowledgement.
 * :mod:`transforms.decode`: **Decode**: ``DecodeMedia``: file globs to frames (images and videos).
 * :mod:`transforms.score`: **EmbedAndScore**: ``ScoreFrames`` (embeddings and class probabilities
   via ``RunInference``; uncertainty, Bayesian and detection scores), ``ScoreNovelty`` (uniqueness).

@@ -110,7 +110,7 @@ def pubsub_emulator():
 
 class Uploader:
     """Uploads files to a bucket and publishes their ``OBJECT_FINALIZE`` notifications
-    (:func:`transforms.decode.notifications.notification_attributes`) to a topic, creating the
+    (:func:`transforms.intake.notifications.notification_attributes`) to a topic, creating the
     topic and a subscription of the same name in ``project``."""
 
     def __init__(self, bucket, project: str, name: str, ack_deadline_s: int = 60):
@@ -137,7 +137,7 @@ class Uploader:
 
     def notify(self, resource: dict, event_type: str = "OBJECT_FINALIZE"):
         """Publishes the notification of ``resource`` and waits for Pub/Sub to accept it."""
-        from transforms.decode.notifications import notification_attributes
+        from transforms.intake.notifications import notification_attributes
         attributes = notification_attributes(resource, event_type)
         self.publisher.publish(self.topic, json.dumps(resource).encode("utf-8"), **attributes).result()
 

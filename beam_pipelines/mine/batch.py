@@ -58,8 +58,8 @@ from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.annotate.ptransforms import ReadLabelledFrameIds
 from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.score.detectors import AddClassRarity, BackgroundDifferenceDetector, DetectorHandler
-from transforms.score.handlers import INFERENCE_THREADS_ENV
-from transforms.score.handlers import METRICS_NAMESPACE as SCORE_METRICS
+from transforms.score.model_base import METRICS_NAMESPACE as SCORE_METRICS
+from transforms.score.threads import INFERENCE_THREADS_ENV
 from transforms.score.novelty import ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS

@@ -24,9 +24,10 @@ from transforms.decode.video import MODES
 from transforms.index.bigquery_client import parse_table_id, sibling_table
 from transforms.score import pretrained
 from transforms.score import registry as score_registry
-from transforms.score.handlers import DEFAULT_MODEL_NAME, LOGITS, PROBABILITIES  # no TensorFlow import
+from transforms.score.model_base import DEFAULT_MODEL_NAME  # no TensorFlow import
+from transforms.score.preprocessing import LOGITS, PROBABILITIES  # no TensorFlow import
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
-from transforms.select.strategies import make_strategy
+from transforms.select.factory import make_strategy
 
 AUTO, NONE, NANODET = "auto", "none", "nanodet"
 #: Cosine similarity of embeddings from which two frames are near-duplicates (FiftyOne's

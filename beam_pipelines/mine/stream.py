@@ -9,12 +9,12 @@
 
 ``--input_subscription`` or ``--watch`` (or ``--streaming`` with one of them) makes ``mine`` a
 streaming job (:class:`MineStream`); ``--input`` keeps it a batch job. Stages, as in
-:meth:`MineStream.expand`: read arrivals (:mod:`transforms.decode.streaming`), parse
+:meth:`MineStream.expand`: read arrivals (:mod:`transforms.intake.streaming`), parse
 notifications, claim each file version in the ``arrivals`` ledger (a duplicate changes nothing),
 decode, embed and score (the model may change: ``--model_watch``), give each frame its event
-time (capture time: :mod:`transforms.decode.event_time`), index frames in MongoDB (and BigQuery),
+time (capture time: :mod:`transforms.intake.event_time`), index frames in MongoDB (and BigQuery),
 acknowledge, select per event-time window (:mod:`transforms.select.windows`) and write each
-window pane (:mod:`transforms.common.window_outputs`).
+window pane (:mod:`transforms.index.window_outputs`).
 
 Outputs in ``--output_dir``: ``candidates/<start>_<end>.jsonl`` and ``dead_letters/<start>_<end>.jsonl``
 per window (rewritten atomically by late panes), ``windows.jsonl`` (one line per pane) and, when
@@ -30,7 +30,7 @@ ledger has done, and the windows that can still change are rebuilt from the stor
 
 Local runners: the job runs on Beam's ``BundleBasedDirectRunner`` (the only local runner that
 fires event-time windows in real time); its sources are read by the driver
-(:mod:`transforms.decode.watch` says why).
+(:mod:`transforms.intake.watch` says why).
 """
 import contextlib
 import json
@@ -56,16 +56,16 @@ from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
 from transforms.common.files import is_local
 from transforms.common.outputs import SUMMARY_FILE
-from transforms.common.window_outputs import (CANDIDATES_DIR, DEAD_LETTERS_DIR, WINDOWS_FILE, WriteWindowPanes,
-                                              read_windows_log, write_atomically)
-from transforms.decode import event_time as event_times
-from transforms.decode.ledger import ArrivalLedger
 from transforms.decode.ptransforms import DecodeMedia
-from transforms.decode.streaming import METRICS_NAMESPACE as STREAM_METRICS
-from transforms.decode.streaming import (INTAKE_WINDOW_S, AcknowledgeArrivals, AttachEventTime, ClaimArrivals,
+from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
+from transforms.index.window_outputs import (CANDIDATES_DIR, DEAD_LETTERS_DIR, WINDOWS_FILE, WriteWindowPanes,
+                                              read_windows_log, write_atomically)
+from transforms.intake import event_time as event_times
+from transforms.intake.ledger import ArrivalLedger
+from transforms.intake.streaming import METRICS_NAMESPACE as STREAM_METRICS
+from transforms.intake.streaming import (INTAKE_WINDOW_S, AcknowledgeArrivals, AttachEventTime, ClaimArrivals,
                                          FeedSpec, LedgerConfig, ParseNotifications, ReadArrivals, ReplayArrivals,
                                          arrival_path, intake_windows)
-from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.score.detectors import DetectorHandler
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.windows import WindowSpec, SelectPerWindow
@@ -449,8 +449,8 @@ def _done_keys(ledger):
 
 
 def _start_feed(stack: contextlib.ExitStack, job: StreamJob, mongo_uri: str, database: str, run_id: str):
-    """Starts the local runners' :class:`~transforms.decode.watch.ArrivalFeed` for the ``stack``'s life."""
-    from transforms.decode.watch import ArrivalFeed
+    """Starts the local runners' :class:`~transforms.intake.watch.ArrivalFeed` for the ``stack``'s life."""
+    from transforms.intake.watch import ArrivalFeed
     done_keys = None
     if job.watch:
         done_keys = _done_keys(stack.enter_context(ArrivalLedger(mongo_uri, database, job.input_name, run_id)))

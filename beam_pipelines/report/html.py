@@ -179,7 +179,7 @@ def pool_frames(db, model_version: str, inputs: Sequence[str] = ()) -> Iterable[
 
 def find_run(db, candidate: dict, model_version: str) -> Optional[dict]:
     """The newest ``runs`` entry whose model and inputs give the candidate's ``selection_id``."""
-    from transforms.select.strategies import selection_id
+    from transforms.select.base import selection_id
     parameters = candidate.get("parameters")
     if isinstance(parameters, str):
         parameters = json.loads(parameters)

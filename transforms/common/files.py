@@ -48,6 +48,21 @@ class DanglingSymlink(FileNotFoundError):
         return self.strerror
 
 
+def is_valid_utf8(path: str) -> bool:
+    """Whether ``path`` is valid UTF-8 text: ``False`` for a name whose bytes are not UTF-8 (the
+    OS decodes them with surrogate escapes), which no stored record can carry."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable_path(path: str) -> str:
+    """``path`` as valid UTF-8 text: the bytes of a name that is not UTF-8 (decoded by the OS with
+    surrogate escapes) shown as ``\\xNN``; a valid name is returned unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
 def file_kind(mode: int) -> str:
     """What an ``st_mode`` is, in words (``regular file``, ``FIFO (named pipe)``, ``socket``...)."""
     for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"),

@@ -1,16 +1,12 @@
 """Stage **Decode**: image files and video streams into frames.
 
-Public transform: :class:`DecodeMedia` (:mod:`.ptransforms`, the Beam plumbing); for the
-streaming job, the arrivals of new files (:mod:`.streaming`: read, claim, event times,
-acknowledgement; :mod:`.watch`: the local runners' source). Pure modules (no Beam; enforced by
-``//transforms/decode:pure_test``):
+Public transform: :class:`DecodeMedia` (:mod:`.ptransforms`, the Beam plumbing); the streaming
+job's arrivals of new files are the stage before, :mod:`transforms.intake`. Pure modules (no Beam;
+enforced by ``//transforms/decode:pure_test``):
 
 * :mod:`.media_types`: the media type of a file from its first bytes (magic numbers).
 * :mod:`.images`: header probe, EXIF orientation and capture time, one-buffer image decoding.
 * :mod:`.video`: packet-header plans, keyframe-aligned ranges, frame sampling modes, decoding of a range.
-* :mod:`.notifications`: Cloud Storage notifications and watched files as arrivals.
-* :mod:`.event_time`: a frame's capture time, by precedence (EXIF, container, notification, mtime).
-* :mod:`.ledger`: the ``arrivals`` ledger in MongoDB (claims, completions).
 """
 from transforms._exports import lazy_exports
 
@@ -18,7 +14,4 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "ptransforms": ("DecodeMedia", "DecodedMedia", "DEFAULT_SPLIT_SECONDS"),
     "media_types": ("DecodeError", "sniff_media_type"),
     "images": ("DEFAULT_MAX_PIXELS", "decode_image"),
-    "streaming": ("ReadArrivals", "ParseNotifications", "ClaimArrivals", "AttachEventTime",
-                  "AcknowledgeArrivals", "ReplayArrivals"),
-    "notifications": ("parse_notification", "NotificationError"),
 })

@@ -49,7 +49,7 @@ from schemas import records
 from schemas.records import DeadLetter, FileOutcome, Frame
 from transforms.decode import video
 from transforms.common import files
-from transforms.common.files import is_local, open_binary
+from transforms.common.files import is_local, is_valid_utf8, open_binary, printable_path
 from transforms.decode.images import DEFAULT_MAX_PIXELS, decode_image
 from transforms.decode.media_types import HEAD_BYTES, IMAGE, VIDEO, DecodeError, sniff_media_type
 from transforms.decode.video import RangeReport, Sampling, VideoRange
@@ -70,8 +70,8 @@ def pixel_hash(pixels: np.ndarray) -> str:
 
     A non-cryptographic hash is enough to find exact duplicates among camera frames (accidental
     collisions of 128-bit hashes are negligible; nobody forges frames to collide) and it is what
-    keeps hashing from dominating decoding: 0.14 ms for a 768x576 RGB frame against 0.7 ms for
-    sha256 and 1.1 ms for blake2b, while decoding and converting it takes about 0.5 ms.
+    keeps hashing from dominating decoding: several times faster than sha256 or blake2b, and
+    faster than decoding the frame (timings in docs/timings.md).
     Reference: Appleby, SMHasher/MurmurHash3 (``mmh3`` package, ``mmh3_x64_128``).
     """
     import mmh3
@@ -108,20 +108,6 @@ class _VideoTask(NamedTuple):
     file_size: Optional[int]
     info: dict
     truncated: Optional[str]
-
-
-def _printable_path(path: str) -> str:
-    """``path`` as valid UTF-8 text: bytes of a name that is not UTF-8 (decoded by the OS with
-    surrogate escapes) shown as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _is_utf8(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def expand_pattern(pattern: str) -> str:
@@ -169,9 +155,9 @@ class _MatchFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
                 pattern, records.STAGE_MATCH, "no file matches this glob"))
         for entry in entries:
-            if not _is_utf8(entry.path):
+            if not is_valid_utf8(entry.path):
                 Metrics.counter(METRICS_NAMESPACE, "files_matched").inc()
-                yield from _fail(_printable_path(entry.path), None, records.STAGE_MATCH, "bad_name",
+                yield from _fail(printable_path(entry.path), None, records.STAGE_MATCH, "bad_name",
                                  "the file name is not valid UTF-8 (it cannot be stored as a source "
                                  "URI): rename the file")
             elif entry.kind == files.FILE:
@@ -179,7 +165,7 @@ class _MatchFn(beam.DoFn):
             else:
                 self._skipped.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
-                    _printable_path(entry.path), records.STAGE_MATCH, _NOT_READ[entry.kind].format(
+                    printable_path(entry.path), records.STAGE_MATCH, _NOT_READ[entry.kind].format(
                         pattern=pattern, error=entry.error)))
 
 
@@ -223,8 +209,8 @@ SMALL_FILE_BYTES = 64 << 10
 
 class _BundleCounter:
     """Counters that go up by one per file, added up in the DoFn and given to Beam once per
-    bundle (``flush`` from ``finish_bundle``): a Beam counter costs about 0.7 µs per ``inc``,
-    a tenth of the per-file work of a 28x28 PNG besides its decoding. A failed bundle's counts
+    bundle (``flush`` from ``finish_bundle``): a Beam counter's ``inc`` costs about a tenth of
+    the per-file work of a 28x28 PNG besides its decoding (docs/timings.md). A failed bundle's counts
     are dropped with it, as Beam drops the bundle's own metric updates."""
 
     def __init__(self, *names: str):

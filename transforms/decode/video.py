@@ -14,8 +14,8 @@ Why PyAV rather than OpenCV's ``VideoCapture``: measured on this project's machi
 PyAV exposes the container's presentation timestamps, keyframe flags, seeking and per-packet
 ``skip_frame``, which sampling and range splitting need.
 
-Planning reads every packet header of the video stream (about 1 ms per 100 packets; no
-decoding) and records each coded frame's presentation time (pts). A frame's ``frame_index`` is
+Planning reads every packet header of the video stream (no decoding; its cost is in
+docs/timings.md) and records each coded frame's presentation time (pts). A frame's ``frame_index`` is
 its rank among those pts: exact, independent of which worker decodes it, and unchanged by
 decoding failures elsewhere. Ranges start on keyframes, so no frame is decoded by two ranges
 (except the leading B-frames of an open GOP, see :func:`decode_range`).
@@ -304,9 +304,9 @@ def to_rgb(frame, reformatter) -> np.ndarray:
     """A decoded frame as RGB ``uint8`` ``(height, width, 3)``.
 
     The common case, 4:2:0 planar BT.601 limited range (most camera H.264, MPEG-4), is converted
-    by OpenCV's SIMD ``COLOR_YUV2RGB_I420`` (0.17 ms for 768x576 against 0.57 ms for swscale
-    through PyAV on this project's machines; OpenCV replicates chroma where swscale interpolates
-    it: mean difference 1 grey level, 99th percentile 2). Every other layout, matrix or range
+    by OpenCV's SIMD ``COLOR_YUV2RGB_I420`` (about three times faster than swscale through PyAV;
+    timings in docs/timings.md; OpenCV replicates chroma where swscale interpolates it: mean
+    difference 1 grey level, 99th percentile 2). Every other layout, matrix or range
     goes through FFmpeg's swscale via ``reformatter`` (a ``VideoReformatter`` kept per range).
     """
     import cv2
@@ -562,10 +562,3 @@ class RangeDecoder:
                            self._seconds(missing[0]) if missing else None, self._first_error,
                            self._decoded)
 
-
-def iter_video_frames(source, sampling: Sampling = Sampling(), threads: int = 1) -> Iterator:
-    """Plans and decodes a whole video in one range: yields ``VideoFrame``\\ s then one
-    ``RangeReport``. Convenience for use outside Beam; see :func:`decode_range`."""
-    plan = plan_video(source)
-    [whole] = split_ranges(plan, "", None)
-    yield from decode_range(source, whole, sampling, threads)

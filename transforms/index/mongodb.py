@@ -35,8 +35,8 @@ class _MongoUpsertFn(beam.DoFn):
     returns and the bundle goes on (decoding, inference) with the next; at most
     ``max_in_flight`` batches are written or waiting, and ``finish_bundle`` waits for every
     write of its bundle, so a bundle still commits only what MongoDB acknowledged. The waiting
-    (a round trip plus the server's validation and index updates) used to stall the worker:
-    0.34 ms a frame against a local ``mongod`` in ``benchmarks.mine``. Each batch's outputs keep
+    (a round trip plus the server's validation and index updates) used to stall the worker
+    (measured with ``benchmarks.mine``: docs/timings.md). Each batch's outputs keep
     its own window, timestamp and pane."""
 
     def __init__(self, uri: str, database: str, table: tables.TableSpec, validate: bool = True,

@@ -170,6 +170,13 @@ class MongoUpserter:
     def __exit__(self, *exc):
         self.close()
 
+    def collection(self):
+        """The open ``pymongo`` collection, its validator and indexes ensured first (once per
+        upserter): for the reads, deletes and conditional updates of the code that owns this
+        upserter (the arrivals ledger, the window-pane writer). Call :meth:`open` first."""
+        self._ensure_collection()
+        return self._collection
+
     def _ensure_collection(self):
         """Validator and indexes, once per upserter before its first write (idempotent, and safe
         with any number of workers doing it at once on a new database: a collection another

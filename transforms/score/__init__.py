@@ -7,7 +7,7 @@ uniqueness over sharded faiss indexes, :class:`AddDuplicateGroups`); detectors i
 :mod:`.pretrained`. Pure modules (no Beam; enforced by ``//transforms/score:pure_test`` and
 ``//transforms/score/pretrained:pretrained_test``):
 
-* :mod:`.registry`: the one registry of score names, their functions and orientation.
+* :mod:`.registry`: the score registry (:mod:`schemas.scores`) with each score's function.
 * :mod:`.uncertainty`: least confidence, margin, ratio, entropy, BALD, variation ratios, ...
 * :mod:`.detection`: per-box detection uncertainty aggregated per frame.
 * :mod:`.knn`: k-NN uniqueness and near-duplicate pairs with faiss.
@@ -16,8 +16,9 @@ from transforms._exports import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "ptransforms": ("ScoreFrames", "ScoredFrames", "probability_scores"),
-    "handlers": ("ModelSpec", "load_model_spec", "make_handler", "default_model_path",
-                 "DEFAULT_MODEL_NAME", "LOGITS", "PROBABILITIES"),
+    "handlers": ("ModelSpec", "load_model_spec", "make_handler"),
+    "model_base": ("default_model_path", "DEFAULT_MODEL_NAME"),
+    "preprocessing": ("LOGITS", "PROBABILITIES", "Preprocessing", "prepare_input"),
     "novelty": ("ScoreNovelty", "NoveltyResult", "AddDuplicateGroups"),
     "detectors": ("DetectorHandler", "NanoDetDetector", "BackgroundDifferenceDetector", "nanodet_handler",
                   "AddClassRarity"),

@@ -17,12 +17,15 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from schemas.records import ModelVersion
 from transforms.common.files import local_copy
-from transforms.score.handlers import inference_threads
 from transforms.score.detection import (RARE_CLASS_SCORE, UNCERTAIN_BAND, Detections,
                                         aggregate_detection_scores, localisation_instability,
                                         rare_class_scores)
+from transforms.score.handlers import model_version_id
+from transforms.score.litert import load_interpreter
 from transforms.score.pretrained import nanodet
+from transforms.score.threads import inference_threads
 
 _LOG = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class NanoDetDetector:
         Also run the mirrored frame and give each box its :func:`localisation_instability`
         (``detection_localisation``); doubles the detector's cost.
     num_threads : int, optional
-        Interpreter threads (default: :func:`~transforms.score.handlers.inference_threads`).
+        Interpreter threads (default: :func:`~transforms.score.threads.inference_threads`).
 
     Raises
     ------
@@ -64,7 +67,6 @@ class NanoDetDetector:
         self._lock = threading.Lock()  # one interpreter per process, shared by Beam's threads
 
     def load(self) -> "NanoDetDetector":
-        from transforms.score.litert import load_interpreter
         with local_copy(self.model_uri) as local:
             self._interpreter = load_interpreter(local, self.num_threads or inference_threads())
         self._input = self._interpreter.get_input_details()[0]["index"]
@@ -214,8 +216,6 @@ def detector_version(uri: str):
     """The :class:`~schemas.records.ModelVersion` of a detector file: its name and the first 16
     hex digits of its sha256, or its conversion recipe's version for the default NanoDet-g (as
     models are versioned: :func:`~transforms.score.handlers.model_version_id`)."""
-    from schemas.records import ModelVersion
-    from transforms.score.handlers import model_version_id
     return ModelVersion(os.path.basename(uri.rstrip("/")), model_version_id(uri), "")
 
 

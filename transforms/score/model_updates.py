@@ -21,12 +21,14 @@ import os
 from typing import Dict, Optional
 
 from schemas.records import ModelVersion
-from transforms.score.handlers import (KERAS, SAVED_MODEL, KerasHandler, ModelSpec, RuntimeHandler,
-                                       model_version_id)
+from transforms.score.handlers import ModelSpec, model_version_id
+from transforms.score.keras_models import KerasHandler
+from transforms.score.model_base import KERAS, SAVED_MODEL
+from transforms.score.runtimes import RuntimeHandler
 
 
 class UpdatableKerasHandler(KerasHandler):
-    """:class:`~transforms.score.handlers.KerasHandler` whose model path follows the side input."""
+    """:class:`~transforms.score.keras_models.KerasHandler` whose model path follows the side input."""
 
     def update_model_path(self, model_path: Optional[str] = None):
         if model_path:
@@ -34,7 +36,7 @@ class UpdatableKerasHandler(KerasHandler):
 
 
 class UpdatableRuntimeHandler(RuntimeHandler):
-    """:class:`~transforms.score.handlers.RuntimeHandler` (TFLite, ONNX) whose model path follows
+    """:class:`~transforms.score.runtimes.RuntimeHandler` (TFLite, ONNX) whose model path follows
     the side input."""
 
     def update_model_path(self, model_path: Optional[str] = None):

@@ -1,7 +1,7 @@
 """Embeddings and class probabilities from one forward pass, through Beam ``RunInference``.
 
 ``ScoreFrames`` takes decoded frames, prepares each as the model declares (its
-:class:`~transforms.score.handlers.Preprocessing`: resize, colour order, scaling, in the same fused
+:class:`~transforms.score.preprocessing.Preprocessing`: resize, colour order, scaling, in the same fused
 step as decoding so pixels never cross a shuffle), runs the model through the handler of its
 runtime (Keras, SavedModel, TFLite or ONNX Runtime; see :mod:`transforms.score.handlers`), and emits
 :class:`~schemas.records.FrameRecord` with the embedding, probabilities and uncertainty scores::
@@ -30,10 +30,13 @@ from transforms.score import registry, uncertainty
 from transforms.score.detection import aggregate_detection_scores, mean_unit_embedding, object_windows
 from transforms.score.detectors import DetectorHandler
 from transforms.score.model_updates import ModelVersions, make_updatable_handler
-from transforms.score.handlers import (  # noqa: F401  (re-exported: the public names of this stage)
-    DEFAULT_MODEL_NAME, LOGITS, METRICS_NAMESPACE as _NAMESPACE, PROBABILITIES, KerasHandler,
-    ModelOutput, ModelSpec, ObjectCropsHandler, Preprocessing, default_model_path, load_embedding_classifier,
-    load_model_spec, make_handler, prepare_input)
+# Re-exported (noqa: F401): the public names of this stage.
+from transforms.score.crops import ObjectCropsHandler  # noqa: F401
+from transforms.score.handlers import ModelSpec, load_model_spec, make_handler  # noqa: F401
+from transforms.score.keras_models import KerasHandler, load_embedding_classifier  # noqa: F401
+from transforms.score.model_base import DEFAULT_MODEL_NAME, ModelOutput, default_model_path  # noqa: F401
+from transforms.score.model_base import METRICS_NAMESPACE as _NAMESPACE
+from transforms.score.preprocessing import LOGITS, PROBABILITIES, Preprocessing, prepare_input  # noqa: F401
 
 DEAD_LETTER = records.DEAD_LETTER_TAG
 EmbeddingClassifierHandler = KerasHandler  # the skeleton's name

@@ -15,7 +15,7 @@ Cost, stated because it decides where BatchBALD is usable: each of the ``budget`
 evaluates every candidate against every configuration and MC sample, ``O(M * T * N * C)``
 multiply-adds (``M = num_configs``, ``T`` samples, ``N`` candidates, ``C`` classes) and an
 ``(M, N, C)`` float64 array; about ``budget * M * T * N * C`` in all, e.g. 100 picks of 2,000
-candidates with M = 1,000, T = 20, C = 10: 4e11, minutes on one core; 500 of 20,000: 2e13, a day.
+candidates with M = 1,000, T = 20, C = 10: 4e11; 500 of 20,000: 2e13 (times in docs/timings.md).
 So it runs on a BALD-preselected shortlist (``shortlist_multiplier * budget`` frames, as the
 reference implementation's users do on large pools) and for batches of tens to a few hundred.
 For larger batches use stochastic acquisition (:mod:`transforms.select.stochastic`, Kirsch et
@@ -30,7 +30,7 @@ References
 """
 import numpy as np
 
-from transforms.select.strategies import Selection, Strategy, _rank_by, _require, score_values
+from transforms.select.base import Selection, Strategy, rank_by, require, score_values
 
 
 def _entropy(p: np.ndarray, axis) -> np.ndarray:
@@ -135,13 +135,13 @@ class BatchBALD(Strategy):
 
     def _shortlist(self, pool, budget):
         size = int(min(len(pool), max(budget, np.ceil(self.shortlist_multiplier * budget))))
-        return _rank_by(score_values(pool, "bald"), pool.ids, size)
+        return rank_by(score_values(pool, "bald"), pool.ids, size)
 
     def preselect(self, pool, budget, labelled=None):
         return np.sort(self._shortlist(pool, budget))
 
     def _select(self, pool, budget, labelled):
-        samples = _require(pool, "probability_samples", self.name)
+        samples = require(pool, "probability_samples", self.name)
         shortlist = np.sort(self._shortlist(pool, budget))
         picks, gains = batch_bald(samples[:, shortlist], budget, self.num_configs, self.seed)
         idx = shortlist[picks]

@@ -17,7 +17,7 @@ whatever the number of frames: an accumulator peaks at ``2 * shard_size`` frames
 1 KB each with 128-d embeddings (Python objects included), about 100 MB with the default
 ``shard_size=50_000``, for 10M frames as for 10K (a budget above 25,000 raises the default
 shard size to ``2 * budget``, so memory grows with the budget, not with the data). Exact for top-k, random and Cluster-Margin's preselection; a
-composable core-set for k-center (see :meth:`transforms.select.strategies.Strategy.preselect`).
+composable core-set for k-center (see :meth:`transforms.select.base.Strategy.preselect`).
 
 Streaming: in an event-time window (``beam.WindowInto`` before this transform, or the
 ``window_s``/``period_s`` arguments) the selection runs per window and per trigger firing:
@@ -32,7 +32,7 @@ Scores (always "higher = more wanted"): ``entropy`` (nats), ``margin`` ranked as
 import json
 import logging
 import os
-from typing import Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -42,7 +42,8 @@ from apache_beam.transforms import trigger, window
 from schemas.frames import SCORE_NAMES
 from schemas.records import Candidate, FrameRecord, ModelVersion
 from transforms.score import registry
-from transforms.select.strategies import STRATEGY_NAMES, Pool, Strategy, checked_strategy, selection_id
+from transforms.select.base import Pool, Strategy, selection_id
+from transforms.select.factory import STRATEGY_NAMES, checked_strategy
 
 _LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "activebeam.sample"
@@ -63,7 +64,7 @@ NO_DETECTION = "none"
 FRAME_EMBEDDING, OBJECT_EMBEDDING = "frame", "objects"
 
 
-class _Scored(NamedTuple):
+class Scored(NamedTuple):
     """What selection keeps of a frame: a few numbers and the embedding, no pixels."""
     frame_id: str
     source_uri: str
@@ -79,13 +80,16 @@ class _Scored(NamedTuple):
     detected_class: str = NO_DETECTION
 
 
-def _to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING):
+def to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING) -> Tuple[str, Scored]:
+    """``(pixel_hash, Scored)`` of a frame record: what selection keeps of it, keyed by its pixels
+    (identical frames collapse on that key); ``embedding`` picks the frame's embedding
+    (:data:`FRAME_EMBEDDING`) or its objects' (:data:`OBJECT_EMBEDDING`)."""
     frame = record.frame
     vector = record.embedding
     if embedding == OBJECT_EMBEDDING and getattr(record, "object_embedding", None) is not None:
         vector = record.object_embedding
     detections = getattr(record, "detections", ())
-    return frame.pixel_hash, _Scored(
+    return frame.pixel_hash, Scored(
         frame_id=frame.frame_id, source_uri=frame.source_uri, frame_index=frame.frame_index,
         timestamp_s=frame.timestamp_s,
         scores=tuple((name, float(getattr(record, name))) for name in SCORE_NAMES)
@@ -97,7 +101,7 @@ def _to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING):
         detected_class=detections[0].label if detections else NO_DETECTION)
 
 
-def _eligible(scored: _Scored, counter) -> bool:
+def _eligible(scored: Scored, counter) -> bool:
     """False for a near-duplicate that its group's representative stands for."""
     if scored.duplicate_group in (None, scored.frame_id):
         return True
@@ -141,7 +145,7 @@ def _with_duplicates(item, counter):
     return scored._replace(duplicates=count)
 
 
-def _shared_scores(items: Sequence[_Scored]) -> dict:
+def _shared_scores(items: Sequence[Scored]) -> dict:
     """name -> ``(N,)`` float64 for every score all ``items`` carry (stored extra scores such as
     ``bald`` or ``uniqueness`` only when every frame has them)."""
     per_item = [dict(s.scores) for s in items]
@@ -153,7 +157,7 @@ def _shared_scores(items: Sequence[_Scored]) -> dict:
 METADATA_COLUMNS = ("source", "camera", "predicted_class", "detected_class")
 
 
-def to_pool(items: Sequence[_Scored]) -> Pool:
+def to_pool(items: Sequence[Scored]) -> Pool:
     """The strategy view of scored frames: ids, embeddings, probabilities, stored scores and the
     metadata columns ``source`` (file URI), ``camera`` (the file's directory),
     ``predicted_class`` and ``detected_class`` (label of the frame's most confident detection,
@@ -170,9 +174,9 @@ def to_pool(items: Sequence[_Scored]) -> Pool:
 
 
 class SelectFn(beam.CombineFn):
-    """Runs a :class:`~transforms.select.strategies.Strategy` as a ``CombineFn`` in bounded memory.
+    """Runs a :class:`~transforms.select.base.Strategy` as a ``CombineFn`` in bounded memory.
 
-    Accumulator: a list of at most ``shard_size`` ``_Scored`` frames (plus what one
+    Accumulator: a list of at most ``shard_size`` ``Scored`` frames (plus what one
     ``add_input`` brings before it is compressed with ``Strategy.preselect``). Output: a list of
     ``(scored, score, components)`` in rank order.
     """
@@ -308,8 +312,8 @@ class SelectCandidates(beam.PTransform):
     budget : int
         Number of candidates per window, ``>= 0``.
     strategy : str or Strategy
-        A name of :data:`transforms.select.strategies.STRATEGY_NAMES` (built with ``params`` by
-        :func:`~transforms.select.strategies.make_strategy`) or a strategy object.
+        A name of :data:`transforms.select.factory.STRATEGY_NAMES` (built with ``params`` by
+        :func:`~transforms.select.factory.make_strategy`) or a strategy object.
     params : mapping, optional
         The strategy's parameters (with a name), e.g. ``{"n_clusters": 50}``.
     exclude_ids : PCollection[str], optional
@@ -386,7 +390,7 @@ class SelectCandidates(beam.PTransform):
                 lambda r, ex: r.frame.frame_id not in ex, excluded)
         ranked = (
             frame_records
-            | "KeyByPixelHash" >> beam.Map(_to_scored, self._embedding)
+            | "KeyByPixelHash" >> beam.Map(to_scored, self._embedding)
             | "OnePerIdenticalFrames" >> beam.CombinePerKey(_FirstOfIdenticalFn())
             | "CountDuplicates" >> beam.Map(
                 _with_duplicates, Metrics.counter(METRICS_NAMESPACE, "identical_frames_skipped"))

@@ -22,7 +22,7 @@ within the union) is an approximation; it keeps ``2 * budget``.
 
 Usable with every rankable score (``entropy``, ``margin``, ``least_confidence``, ``bald``,
 ``variation_ratios``, ``mean_std``, ``uniqueness``, stored scores) through
-:func:`transforms.select.strategies.make_strategy`::
+:func:`transforms.select.factory.make_strategy`::
 
     make_strategy("bald", {"stochastic": "power", "beta": 1.0, "seed": 7})
 
@@ -34,11 +34,9 @@ References
 * Kool, van Hoof & Welling (2019), Stochastic Beams and Where to Find Them: The Gumbel-Top-k
   Trick for Sampling Sequences Without Replacement, ICML.
 """
-import hashlib
-
 import numpy as np
 
-from transforms.select.strategies import Selection, Strategy, _rank_by, score_values
+from transforms.select.base import Selection, Strategy, rank_by, score_values, seeded_hash
 
 #: The distributions of :class:`StochasticBatch` (Kirsch et al. 2023, section 3).
 MODES = ("power", "softmax", "softrank")
@@ -48,12 +46,9 @@ def gumbel_noise(ids, seed: int) -> np.ndarray:
     """Standard Gumbel noise float64 ``(N,)``, one draw per id from a hash of ``(seed, id)``.
 
     Deterministic and independent of the order of ``ids``: the same frame gets the same draw
-    in every shard, window rerun and process (blake2b, not Python's salted ``hash``).
+    in every shard, window rerun and process (:func:`transforms.select.base.seeded_hash`).
     """
-    ids = np.asarray(ids).astype(str)
-    u = np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big")
-                  for i in ids], dtype=np.float64)
-    u = (u + 0.5) / 2.0**64  # in (0, 1)
+    u = (seeded_hash(ids, seed) + 0.5) / 2.0**64  # in (0, 1)
     return -np.log(-np.log(u))
 
 
@@ -112,7 +107,7 @@ class StochasticBatch(Strategy):
     Parameters
     ----------
     score : str
-        A name accepted by :func:`transforms.select.strategies.score_values`.
+        A name accepted by :func:`transforms.select.base.score_values`.
     mode : {"power", "softmax", "softrank"}
         ``power`` is the paper's default for BALD (scores >= 0); ``softmax`` depends on the
         scale of the score; ``softrank`` only on its order.
@@ -149,6 +144,6 @@ class StochasticBatch(Strategy):
     def _select(self, pool, budget, labelled):
         values = score_values(pool, self.score)
         keys = stochastic_keys(values, pool.ids, self.mode, self.beta, self.seed)
-        idx = _rank_by(keys, pool.ids, budget)
+        idx = rank_by(keys, pool.ids, budget)
         return Selection(idx, keys[idx], {self.score: values[idx],
                                           "gumbel": gumbel_noise(np.asarray(pool.ids)[idx], self.seed)})

@@ -1,7 +1,7 @@
-"""Active-learning selection strategies: one interface, one class per strategy (pure; no Beam).
+"""Active-learning selection strategies: one class per strategy (pure; no Beam).
 
-Every strategy is a :class:`Strategy`: ``strategy.select(pool, budget, labelled=None)`` returns a
-:class:`Selection` (pool indices in rank order, the value each was ranked by, and the score
+Every strategy is a :class:`~transforms.select.base.Strategy` (:mod:`transforms.select.base`): ``strategy.select(pool, budget, labelled=None)`` returns a
+:class:`~transforms.select.base.Selection` (pool indices in rank order, the value each was ranked by, and the score
 components that explain the rank). Strategies compose: :class:`Balanced` splits the budget
 over metadata groups and runs an inner strategy per group, :class:`Excluding` removes labelled
 frames, earlier selections and near-duplicates around any inner strategy::
@@ -12,10 +12,10 @@ frames, earlier selections and near-duplicates around any inner strategy::
     selection = strategy.select(pool, budget=500, labelled=labelled_pool)
 
 The Beam transforms of :mod:`transforms.select.ptransforms` run these same classes on bounded per-shard and
-per-window subsets (see there). :func:`make_strategy` builds one from a name and parameters
-(the ``mine`` job's ``--strategy`` and ``--strategy_params``).
+per-window subsets (see there). :func:`transforms.select.factory.make_strategy` builds one from
+a name and parameters (the ``mine`` job's ``--strategy`` and ``--strategy_params``).
 
-Scores (:func:`score_values`) are always "higher = more wanted": ``entropy``,
+Scores (:func:`transforms.select.base.score_values`) are always "higher = more wanted": ``entropy``,
 ``least_confidence``, ``margin`` (ranked as ``1 - margin``), ``bald`` and ``variation_ratios``
 (from MC-dropout ``probability_samples``), or any name in ``pool.scores``.
 
@@ -28,184 +28,12 @@ References
 * LightlyOne selection configuration: strategies ``input``/``strategy`` with ``strength``,
   ``threshold`` and ``BALANCE`` target distributions (docs.lightly.ai, "Selection").
 """
-import dataclasses
-import functools
-import inspect
-import json
-import re
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, Optional
 
 import numpy as np
 
-from transforms.score import registry
+from transforms.select.base import Selection, Strategy, empty_selection, rank_by, require, score_values, seeded_hash
 from transforms.select.kcenter import k_center_greedy, nearest_sq_distance
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Pool:
-    """The frames a strategy chooses from, as aligned arrays (row ``i`` is frame ``ids[i]``).
-
-    ``ids``: ``(N,)`` str; ``embeddings``: float ``(N, D)``; ``probabilities``: float ``(N, C)``;
-    ``probability_samples``: float ``(T, N, C)`` (MC dropout); ``scores``: name -> float ``(N,)``
-    precomputed scores (as stored in the frame index; ``margin`` is the raw ``p1 - p2``);
-    ``metadata``: name -> ``(N,)`` values (source, camera, predicted class...).
-    Any of the optional fields may be ``None`` when no strategy in use needs it.
-    """
-    ids: np.ndarray
-    embeddings: Optional[np.ndarray] = None
-    probabilities: Optional[np.ndarray] = None
-    probability_samples: Optional[np.ndarray] = None
-    scores: Optional[Mapping[str, np.ndarray]] = None
-    metadata: Optional[Mapping[str, np.ndarray]] = None
-
-    def __len__(self):
-        return len(self.ids)
-
-    def replace(self, **changes) -> "Pool":
-        """A copy with ``changes`` (field name -> value); the arrays are shared, not copied.
-        (A frozen dataclass, not a ``NamedTuple``: a tuple whose ``len`` is the frame count
-        broke ``NamedTuple._replace``.)"""
-        return dataclasses.replace(self, **changes)
-
-    def take(self, indices) -> "Pool":
-        """The sub-pool of rows ``indices`` (int array)."""
-        idx = np.asarray(indices, dtype=np.int64)
-
-        def rows(a):
-            return None if a is None else np.asarray(a)[idx]
-        return Pool(
-            ids=np.asarray(self.ids)[idx], embeddings=rows(self.embeddings),
-            probabilities=rows(self.probabilities),
-            probability_samples=(None if self.probability_samples is None
-                                 else np.asarray(self.probability_samples)[:, idx]),
-            scores=None if self.scores is None else {k: rows(v) for k, v in self.scores.items()},
-            metadata=None if self.metadata is None else {k: rows(v) for k, v in self.metadata.items()})
-
-
-class Selection(NamedTuple):
-    """What a strategy chose: ``indices`` int64 ``(k,)`` into the pool, rank 1 first;
-    ``scores`` float64 ``(k,)``, the value each was ranked by (higher = more wanted);
-    ``components``: name -> float64 ``(k,)``, the per-frame values that explain the rank."""
-    indices: np.ndarray
-    scores: np.ndarray
-    components: Dict[str, np.ndarray]
-
-
-def _empty_selection():
-    return Selection(np.empty(0, np.int64), np.empty(0), {})
-
-
-def _require(pool: Pool, field: str, strategy: str):
-    value = getattr(pool, field)
-    if value is None:
-        raise ValueError(f"strategy {strategy!r} needs pool.{field}")
-    return np.asarray(value)
-
-
-#: Rankable scores (top-k strategies) by what they are computed from, all from the one registry
-#: (:mod:`transforms.score.registry`): ``probabilities`` (N, C), ``probability_samples`` (T, N, C),
-#: or only read from ``pool.scores`` (computed upstream, e.g. k-NN ``uniqueness`` by
-#: :mod:`transforms.score.novelty`).
-PROBABILITY_SCORES = registry.names(needs=registry.PROBABILITIES, rankable=True)
-SAMPLE_SCORES = registry.names(needs=registry.MC_SAMPLES, rankable=True)
-STORED_SCORES = registry.names(needs=registry.EMBEDDINGS, rankable=True)
-_POOL_INPUT = {registry.PROBABILITIES: "probabilities", registry.MC_SAMPLES: "probability_samples"}
-
-
-def score_values(pool: Pool, name: str) -> np.ndarray:
-    """Score ``name`` of every pool frame as float64 ``(N,)``, oriented so that higher = more wanted.
-
-    Looks in ``pool.scores`` first, then computes from ``probabilities`` (entropy, margin,
-    least_confidence, ...) or ``probability_samples`` (bald, variation_ratios, mean_std) with
-    the registry's function; oriented by :func:`transforms.score.registry.wanted` (``margin`` is
-    returned as ``1 - (p1 - p2)``).
-
-    Raises
-    ------
-    ValueError
-        If the score is unknown or the pool lacks the arrays it needs.
-    """
-    if pool.scores is not None and name in pool.scores:
-        values = np.asarray(pool.scores[name], dtype=np.float64)
-    elif name in PROBABILITY_SCORES + SAMPLE_SCORES:
-        field = _POOL_INPUT[registry.get(name).needs]
-        values = registry.compute(name, _require(pool, field, name))
-    else:
-        raise ValueError(f"unknown score {name!r}: not in pool.scores nor one of "
-                         f"{', '.join(PROBABILITY_SCORES + SAMPLE_SCORES)}")
-    if name not in registry.names():
-        return np.asarray(values, dtype=np.float64).reshape(-1)  # a user's own stored score
-    return registry.wanted(name, values)
-
-
-def _rank_by(values: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest ``values``; ties broken by ``ids`` (deterministic)."""
-    order = np.lexsort((np.asarray(ids).astype(str), -values))
-    return order[:k].astype(np.int64)
-
-
-class Strategy:
-    """The strategy interface. Subclasses set ``name`` and implement :meth:`_select`.
-
-    ``select`` validates ``budget``, handles the empty pool and guarantees the contract every
-    strategy is tested for (:mod:`tests.test_strategies`): at most ``budget`` distinct indices
-    into the pool, ``min(budget, N)`` of them unless a threshold or exclusion removes frames,
-    scores and components aligned with the indices, and the same result for the same input.
-    """
-    name = "strategy"
-
-    def params(self) -> dict:
-        """The parameters that define this strategy (JSON-serialisable; part of the selection id)."""
-        return {}
-
-    def describe(self) -> dict:
-        return {"strategy": self.name, "params": self.params()}
-
-    def select(self, pool: Pool, budget: int, labelled: Optional[Pool] = None) -> Selection:
-        """Chooses up to ``budget`` frames of ``pool``.
-
-        Parameters
-        ----------
-        pool : Pool
-            The candidates.
-        budget : int
-            ``>= 0``.
-        labelled : Pool, optional
-            Frames already labelled (or selected earlier); used by diversity strategies
-            (initial k-center centres) and exclusions. Only ``ids``/``embeddings`` are read.
-
-        Raises
-        ------
-        ValueError
-            If ``budget`` is negative or the pool lacks an array the strategy needs.
-        """
-        if not isinstance(budget, (int, np.integer)) or budget < 0:
-            raise ValueError(f"budget must be an integer >= 0, got {budget!r}")
-        if budget == 0 or len(pool) == 0:
-            return _empty_selection()
-        selection = self._select(pool, int(budget), labelled)
-        return Selection(np.asarray(selection.indices, dtype=np.int64),
-                         np.asarray(selection.scores, dtype=np.float64),
-                         {k: np.asarray(v, dtype=np.float64) for k, v in selection.components.items()})
-
-    def _select(self, pool, budget, labelled):  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def preselect(self, pool: Pool, budget: int, labelled: Optional[Pool] = None) -> np.ndarray:
-        """Indices of the frames of a shard worth keeping for a final ``select(..., budget)``
-        over the union of shards (int64, sorted).
-
-        Exact for top-k, random and Cluster-Margin's margin preselection (the union of per-shard
-        top ``n`` contains the global top ``n``); for k-center it is a composable core-set
-        (per-shard greedy k-center, then k-center on the union: a 4-approximation, Indyk et al.
-        2014; radius measured against the single-machine greedy in benchmarks.sampler_scale);
-        for the combined objective the min-max normalisation of a shard is an approximation of
-        the pool's, so it keeps ``2 * budget``.
-        """
-        return np.sort(self.select(pool, budget, labelled).indices)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({json.dumps(self.params(), sort_keys=True)})"
 
 
 class TopK(Strategy):
@@ -229,7 +57,7 @@ class TopK(Strategy):
 
     def _select(self, pool, budget, labelled):
         values = score_values(pool, self.score)
-        idx = _rank_by(values, pool.ids, budget)
+        idx = rank_by(values, pool.ids, budget)
         return Selection(idx, values[idx], {self.score: values[idx]})
 
 
@@ -252,14 +80,9 @@ class RandomSampling(Strategy):
     def _select(self, pool, budget, labelled):
         # A per-id hash keeps the sample independent of the pool's order (a rerun or a
         # reshuffled shard selects the same frames).
-        keys = np.array([_stable_hash(f"{self.seed}:{i}") for i in np.asarray(pool.ids).astype(str)])
-        idx = _rank_by(keys, pool.ids, budget)
+        keys = seeded_hash(pool.ids, self.seed) / 2.0**64
+        idx = rank_by(keys, pool.ids, budget)
         return Selection(idx, keys[idx], {"random": keys[idx]})
-
-
-def _stable_hash(text: str) -> float:
-    import hashlib
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2.0**64
 
 
 class KCenterGreedy(Strategy):
@@ -283,7 +106,7 @@ class KCenterGreedy(Strategy):
         return {"seed": self.seed}
 
     def _select(self, pool, budget, labelled):
-        x = _require(pool, "embeddings", self.name)
+        x = require(pool, "embeddings", self.name)
         centres = None if labelled is None or labelled.embeddings is None else labelled.embeddings
         result = k_center_greedy(x, budget, labelled=centres, seed=self.seed)
         gains = result.gains.astype(np.float64)
@@ -348,16 +171,16 @@ class ClusterMargin(Strategy):
 
     def preselect(self, pool, budget, labelled=None):
         values = score_values(pool, self.score)
-        return np.sort(_rank_by(values, pool.ids, self._k_m(len(pool), budget)))
+        return np.sort(rank_by(values, pool.ids, self._k_m(len(pool), budget)))
 
     def _select(self, pool, budget, labelled):
         values = score_values(pool, self.score)
         k_m = self._k_m(len(pool), budget)
-        pre = _rank_by(values, pool.ids, k_m)
+        pre = rank_by(values, pool.ids, k_m)
         if pool.metadata is not None and self.cluster_key in pool.metadata:
             clusters = np.asarray(pool.metadata[self.cluster_key])[pre]
         else:
-            clusters = kmeans_labels(_require(pool, "embeddings", self.name)[pre], self.n_clusters,
+            clusters = kmeans_labels(require(pool, "embeddings", self.name)[pre], self.n_clusters,
                                      self.seed)
         order = round_robin_by_cluster(clusters, budget)
         idx = pre[order]
@@ -443,11 +266,11 @@ class Combined(Strategy):
             keep &= raw[name] >= minimum
         kept = np.nonzero(keep)[0]
         if len(kept) == 0:
-            return _empty_selection()
+            return empty_selection()
         objective = np.ones(len(kept))
         for name, strength in self.strengths.items():
             objective *= normalise(raw[name][kept]) ** strength
-        order = _rank_by(objective, np.asarray(pool.ids)[kept], budget)
+        order = rank_by(objective, np.asarray(pool.ids)[kept], budget)
         idx = kept[order]
         return Selection(idx, objective[order], {name: raw[name][idx] for name in raw})
 
@@ -595,7 +418,7 @@ class Excluding(Strategy):
         keep = ~np.isin(ids, list(excluded)) if excluded else np.ones(len(ids), bool)
         radius = self.near_duplicate_distance
         if radius > 0 and labelled is not None and labelled.embeddings is not None and len(labelled):
-            x = np.ascontiguousarray(_require(pool, "embeddings", "near-duplicate exclusion"), np.float32)
+            x = np.ascontiguousarray(require(pool, "embeddings", "near-duplicate exclusion"), np.float32)
             near = nearest_sq_distance(x, np.ascontiguousarray(labelled.embeddings, np.float32))
             keep &= near > radius ** 2
         return np.nonzero(keep)[0]
@@ -611,7 +434,7 @@ class Excluding(Strategy):
         kept = self._kept(pool, labelled)
         radius = self.near_duplicate_distance
         if len(kept) == 0:
-            return _empty_selection()
+            return empty_selection()
         sub = pool.take(kept)
         ask = budget
         while True:
@@ -635,82 +458,3 @@ def _drop_near_duplicates(x: np.ndarray, radius: float) -> np.ndarray:
         if not kept or np.min(((x[kept] - x[i]) ** 2).sum(axis=1)) > radius ** 2:
             kept.append(i)
     return np.asarray(kept, dtype=np.int64)
-
-
-#: Strategy names accepted by :func:`make_strategy` (uncertainty names are :class:`TopK`).
-STRATEGY_NAMES = registry.strategy_names()
-
-
-def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
-    """Builds a strategy from its name and parameters (e.g. the ``mine`` job's flags).
-
-    ``params`` may also hold ``balance_key`` (+ ``quotas``) to wrap it in :class:`Balanced`,
-    ``exclude_ids`` / ``near_duplicate_distance`` to wrap it in :class:`Excluding`, and, for a
-    score (top-k) strategy, ``stochastic`` (``power``, ``softmax`` or ``softrank``, + ``beta``,
-    ``seed``) to sample the batch by the score instead of taking its top-k
-    (:class:`transforms.select.stochastic.StochasticBatch`, Kirsch et al. 2023).
-
-    Raises
-    ------
-    ValueError
-        For an unknown name or parameter, naming the allowed ones.
-    """
-    params = dict(params or {})
-    balance_key = params.pop("balance_key", None)
-    quotas = params.pop("quotas", None)
-    exclude_ids = params.pop("exclude_ids", ())
-    near = params.pop("near_duplicate_distance", 0.0)
-    builders = {"random": RandomSampling, "coreset": KCenterGreedy,
-                "cluster_margin": ClusterMargin, "combined": Combined}
-    if "stochastic" in params:
-        if name not in registry.names(rankable=True):
-            raise ValueError(f"stochastic applies to a score strategy ({', '.join(registry.names(rankable=True))}), "
-                             f"not {name!r}")
-        from transforms.select.stochastic import StochasticBatch  # it subclasses Strategy
-        builder = functools.partial(StochasticBatch, name, params.pop("stochastic"))
-    elif name in registry.names(rankable=True):
-        builder = functools.partial(TopK, name)
-    elif name in builders:
-        builder = builders[name]
-    else:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}, got {name!r}")
-    try:
-        strategy = builder(**params)
-    except TypeError as e:
-        takes = ", ".join(inspect.signature(builder).parameters) or "no parameters"
-        reason = re.sub(r"^[\w.]+[(][)] ", "", str(e))  # not the class's name: the strategy's
-        raise ValueError(f"bad parameters for strategy {name!r}: {reason}; it takes {takes} (any "
-                         f"strategy: balance_key, quotas, exclude_ids, near_duplicate_distance; a "
-                         f"score strategy also: stochastic, beta, seed)") from None
-    if balance_key:
-        strategy = Balanced(strategy, balance_key, quotas)
-    if exclude_ids or near:
-        strategy = Excluding(strategy, exclude_ids, near)
-    return strategy
-
-
-def checked_strategy(budget: int, strategy, params: Optional[Mapping] = None) -> Strategy:
-    """``strategy`` (a name of :data:`STRATEGY_NAMES`, built with ``params``, or a
-    :class:`Strategy`) for a selection of ``budget`` frames.
-
-    Raises
-    ------
-    ValueError
-        For a budget that is not an integer >= 0, an unknown name or parameter, or another object.
-    """
-    if not isinstance(budget, int) or budget < 0:
-        raise ValueError(f"budget must be an integer >= 0, got {budget!r}")
-    if isinstance(strategy, str):
-        return make_strategy(strategy, params)
-    if not isinstance(strategy, Strategy):
-        raise ValueError(f"strategy must be a name or a Strategy, got {strategy!r}")
-    return strategy
-
-
-def selection_id(description: dict, model_version: str, inputs: Sequence[str] = ()) -> str:
-    """Deterministic id of a selection: sha256 of strategy, parameters, model version and inputs
-    (first 24 hex digits). The same run repeated gets the same id, so its writes are upserts."""
-    import hashlib
-    payload = json.dumps({"d": description, "m": model_version, "i": sorted(inputs)}, sort_keys=True,
-                         default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]

@@ -41,9 +41,9 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from schemas import records
 from schemas.records import DeadLetter, Restored, WindowPane
 from transforms.score.knn import FIFTYONE_WEIGHTS, build_index, shard_distances, uniqueness_from_distances
-from transforms.select.ptransforms import (METRICS_NAMESPACE, SelectFn, _to_scored,
-                                           ranked_candidates)
-from transforms.select.strategies import Strategy, checked_strategy
+from transforms.select.base import Strategy
+from transforms.select.factory import checked_strategy
+from transforms.select.ptransforms import METRICS_NAMESPACE, SelectFn, ranked_candidates, to_scored
 
 #: Beam keeps a window this long beyond ``allowed_lateness_s``: the wall-clock check of
 #: :class:`SelectPerWindow` decides what is too late; Beam's own (by the watermark, which lags the
@@ -134,7 +134,7 @@ def _dead_letter_key(dead: DeadLetter):
 
 
 def window_uniqueness(items, k: int, weights: Optional[Sequence[float]] = None) -> np.ndarray:
-    """FiftyOne's k-NN uniqueness of each item among ``items`` (``_Scored``), normalised by the
+    """FiftyOne's k-NN uniqueness of each item among ``items`` (``Scored``), normalised by the
     window's largest (1 for a frame without neighbours). Shape ``(N,)``."""
     weights = tuple(weights or (FIFTYONE_WEIGHTS if k == len(FIFTYONE_WEIGHTS) else (1.0,) * k))
     ids = [s.frame_id for s in items]
@@ -148,7 +148,7 @@ def window_uniqueness(items, k: int, weights: Optional[Sequence[float]] = None) 
 class WindowPaneFn(beam.CombineFn):
     """One window's frames (by id), dead letters and selection.
 
-    Accumulator: ``(frames, dead_letters)``: ``{frame_id: (pixel_hash, _Scored)}`` and
+    Accumulator: ``(frames, dead_letters)``: ``{frame_id: (pixel_hash, Scored)}`` and
     ``{key: DeadLetter}`` (a frame or dead letter seen twice, e.g. replayed after a restart,
     counts once). Output: :class:`WindowContent`; identical frames (same pixels) are one
     candidate whose ``duplicates`` counts them.
@@ -167,7 +167,7 @@ class WindowPaneFn(beam.CombineFn):
         if isinstance(element, DeadLetter):
             dead_letters[_dead_letter_key(element)] = element
         else:
-            pixel_hash, scored = _to_scored(element)
+            pixel_hash, scored = to_scored(element)
             frames[scored.frame_id] = (pixel_hash, scored)
         return accumulator
 

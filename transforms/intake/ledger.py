@@ -1,6 +1,6 @@
 """The streaming job's ledger of arrivals in MongoDB (``<database>.arrivals``, :mod:`schemas.arrivals`).
 
-Pure (pymongo, no Beam): what the Beam steps of :mod:`transforms.decode.streaming` and the driver
+Pure (pymongo, no Beam): what the Beam steps of :mod:`transforms.intake.streaming` and the driver
 share. A run *claims* an arrival before decoding it and marks it *done* once its frames are
 indexed::
 
@@ -81,8 +81,7 @@ class ArrivalLedger:
 
     @property
     def _collection(self):
-        self._upserter._ensure_collection()  # noqa: SLF001 - validator and indexes, once
-        return self._upserter._collection  # noqa: SLF001
+        return self._upserter.collection()
 
     def _retrying(self, operation):
         from pymongo import errors

@@ -35,12 +35,15 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
+from schemas import arrivals as arrivals_schema
+from schemas import frames as frames_schema
 from schemas import records
 from schemas.records import Arrival, DeadLetter, FileOutcome, FrameRecord, Restored
-from transforms.decode import event_time as event_times
-from transforms.decode.notifications import (NotificationError, PubsubNotice, Skipped, parse_notification,
+from transforms.intake import event_time as event_times
+from transforms.intake.ledger import ArrivalLedger
+from transforms.intake.notifications import (NotificationError, PubsubNotice, Skipped, parse_notification,
                                              watched_arrival)
-from transforms.decode.watch import ARRIVALS, FEED_CODER, MODELS, acknowledge
+from transforms.intake.watch import ARRIVALS, FEED_CODER, MODELS, acknowledge
 
 _LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "activebeam.stream"
@@ -74,14 +77,13 @@ def _by_file(items, kinds):
 
 
 class LedgerConfig(NamedTuple):
-    """Where the arrivals ledger is and whose it is (:class:`transforms.decode.ledger.ArrivalLedger`)."""
+    """Where the arrivals ledger is and whose it is (:class:`transforms.intake.ledger.ArrivalLedger`)."""
     mongo_uri: str
     database: str
     input_name: str  # the subscription or glob
     run_id: str
 
     def open(self):
-        from transforms.decode.ledger import ArrivalLedger
         return ArrivalLedger(self.mongo_uri, self.database, self.input_name, self.run_id).open()
 
 
@@ -95,7 +97,7 @@ class ArrivalResult(NamedTuple):
 
 
 class FeedSpec(NamedTuple):
-    """The local runners' source (:class:`transforms.decode.watch.ArrivalFeed`): its endpoint and tags."""
+    """The local runners' source (:class:`transforms.intake.watch.ArrivalFeed`): its endpoint and tags."""
     endpoint: str
     feed_id: str
     with_models: bool
@@ -128,7 +130,7 @@ class ReadArrivals(beam.PTransform):
     """The job's unbounded input: notifications or watched file versions, and model files.
 
     With ``feed`` (local runners) everything comes from the driver's
-    :class:`~transforms.decode.watch.ArrivalFeed` through ``TestStream(endpoint=...)``; else from
+    :class:`~transforms.intake.watch.ArrivalFeed` through ``TestStream(endpoint=...)``; else from
     Beam's sources: ``ReadFromPubSub(subscription, with_attributes=True)`` (it acknowledges
     messages itself once their bundle is committed), ``MatchContinuously(glob, interval_s,
     match_updated_files=True)`` and ``WatchFilePattern(model_glob, interval_s)``.
@@ -238,7 +240,7 @@ class ParsedNotifications(NamedTuple):
 
 class ParseNotifications(beam.PTransform):
     """Cloud Storage notifications into :class:`~schemas.records.Arrival`\\ s (see
-    :func:`~transforms.decode.notifications.parse_notification`); watched arrivals pass through.
+    :func:`~transforms.intake.notifications.parse_notification`); watched arrivals pass through.
 
     Returns :class:`ParsedNotifications`; the dead letters (stage ``notification``) are
     timestamped with the message's publish time.
@@ -360,7 +362,7 @@ class TimedFrames(NamedTuple):
 
 
 class AttachEventTime(beam.PTransform):
-    """Gives every frame its event time (:func:`transforms.decode.event_time.event_time`) and
+    """Gives every frame its event time (:func:`transforms.intake.event_time.event_time`) and
     re-timestamps frames and dead letters with it, per file.
 
     Input: a dict of PCollections in the intake windows: ``arrivals`` (claimed ``Arrival``),
@@ -479,8 +481,6 @@ class _ReplayFn(beam.DoFn):
 
     def process(self, unused_impulse):
         import pymongo
-        from schemas import arrivals as arrivals_schema
-        from schemas import frames as frames_schema
         since = time.time() - self._horizon_s
         config = self._ledger_config
         ledger = config.open()

@@ -1,7 +1,7 @@
 """The local runners' source of a streaming job: new files, model files and the watermark.
 
 On Dataflow the streaming ``mine`` job reads with Beam's own sources (``ReadFromPubSub``,
-``MatchContinuously``, ``WatchFilePattern``; see :class:`transforms.decode.streaming.ReadArrivals`).
+``MatchContinuously``, ``WatchFilePattern``; see :class:`transforms.intake.streaming.ReadArrivals`).
 Beam's local streaming runner cannot: the ``BundleBasedDirectRunner`` (the only local runner
 that fires event-time windows in real time) acknowledges Pub/Sub messages as it pulls them, so a
 crash loses what was pulled and not yet processed, and it cannot build splittable DoFns at all
@@ -21,7 +21,7 @@ and serves what it reads to a ``TestStream(endpoint=...)`` in the pipeline throu
 What the feed sends (an event every ``tick_s``, what was read every ``batch_s``):
 
 * on :data:`ARRIVALS` (timestamped with the time they were read, or the watermark if later),
-  Pub/Sub messages as :class:`~transforms.decode.notifications.PubsubNotice`
+  Pub/Sub messages as :class:`~transforms.intake.notifications.PubsubNotice`
   (with their ``ack_id``: the pipeline acknowledges them through :func:`acknowledge` once their
   frames are indexed; until then the feed renews their lease, so a crashed job's messages are
   delivered again after at most ``lease_s``), or watched file versions as
@@ -47,7 +47,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelMetadata
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from transforms.decode.notifications import PubsubNotice, watched_arrival
+from transforms.intake.notifications import PubsubNotice, watched_arrival
 
 _LOG = logging.getLogger(__name__)
 ARRIVALS = "arrivals"
@@ -172,7 +172,6 @@ class ArrivalFeed:
         self._ready: list = []
         self._wake = threading.Event()
         self._polling_done = threading.Event()
-        self._stream_ended = threading.Event()
         self._poller = None
 
     def tags(self) -> List[str]:
@@ -204,10 +203,6 @@ class ArrivalFeed:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
-    def wait_until_ended(self, timeout_s: float) -> bool:
-        """Whether the stream ended (the pipeline got its last event) within ``timeout_s``."""
-        return self._stream_ended.wait(timeout_s)
 
     def close(self):
         """Stops the server and the lease renewals (after the pipeline finished)."""
@@ -285,37 +280,34 @@ class ArrivalFeed:
         watermark = 0
         next_model_window = math.floor(self._started_at / self._window_s)
         last_batch = 0.0
-        try:
-            while True:
-                self._wake.wait(self._tick_s)
-                self._wake.clear()
-                finished = self._polling_done.is_set()
-                now = time.time()
-                with self._lock:
-                    waiting = sum(len(items) for _, items in self._ready)
-                    due = finished or waiting >= self._max_batch or now - last_batch >= self._batch_s
-                    batches, self._ready = (self._ready, []) if due else ([], self._ready)
-                    oldest = self._ready[0][0] if self._ready else now
-                if batches:  # few, large bundles: the local runner's cost is per bundle, not per element
-                    last_batch = now
-                    yield _timestamped_elements(
-                        [(item, max(watermark, _millis(read_at))) for read_at, items in batches for item in items],
-                        ARRIVALS)
-                # Held back for the next batch, an item keeps the watermark at the time it was read.
-                watermark = max(watermark, _millis(min(now, oldest)))
-                if self._model_glob:
-                    last_window = math.floor(now / self._window_s)
-                    while next_model_window <= last_window:
-                        when = max(_millis(next_model_window * self._window_s), 0)
-                        yield _elements([ModelMetadata(model_id=self._model, model_name=_model_name(self._model))],
-                                        when, MODELS)
-                        next_model_window += 1
-                for tag in self.tags():
-                    yield _watermark(watermark, tag)
-                if finished:
-                    return
-        finally:
-            self._stream_ended.set()
+        while True:
+            self._wake.wait(self._tick_s)
+            self._wake.clear()
+            finished = self._polling_done.is_set()
+            now = time.time()
+            with self._lock:
+                waiting = sum(len(items) for _, items in self._ready)
+                due = finished or waiting >= self._max_batch or now - last_batch >= self._batch_s
+                batches, self._ready = (self._ready, []) if due else ([], self._ready)
+                oldest = self._ready[0][0] if self._ready else now
+            if batches:  # few, large bundles: the local runner's cost is per bundle, not per element
+                last_batch = now
+                yield _timestamped_elements(
+                    [(item, max(watermark, _millis(read_at))) for read_at, items in batches for item in items],
+                    ARRIVALS)
+            # Held back for the next batch, an item keeps the watermark at the time it was read.
+            watermark = max(watermark, _millis(min(now, oldest)))
+            if self._model_glob:
+                last_window = math.floor(now / self._window_s)
+                while next_model_window <= last_window:
+                    when = max(_millis(next_model_window * self._window_s), 0)
+                    yield _elements([ModelMetadata(model_id=self._model, model_name=_model_name(self._model))],
+                                    when, MODELS)
+                    next_model_window += 1
+            for tag in self.tags():
+                yield _watermark(watermark, tag)
+            if finished:
+                return
 
     def _pull(self) -> List[PubsubNotice]:
         from google.api_core import exceptions

@@ -41,6 +41,8 @@ from schemas.records import WindowPane
 from transforms.common.files import is_local
 from transforms.common.outputs import METRICS_NAMESPACE
 from transforms.common.redact import redact_text
+from transforms.index.bigquery_client import append_rows
+from transforms.index.mongodb_client import MongoUpserter
 
 _LOG = logging.getLogger(__name__)
 CANDIDATES_DIR = "candidates"
@@ -151,7 +153,6 @@ class _WritePanesFn(beam.DoFn):
         for line in read_windows_log(self._output_dir):
             self._last[(line.get("window_start_s"), line.get("window_end_s"))] = line
         if self._mongo_uri:
-            from transforms.index.mongodb_client import MongoUpserter
             spec = tables.candidates_table()
             spec = spec._replace(mongo_indexes=tuple(spec.mongo_indexes) + tuple(
                 i for i in candidates_schema.MONGO_INDEXES if i.keys not in {j.keys for j in spec.mongo_indexes}))
@@ -213,14 +214,13 @@ class _WritePanesFn(beam.DoFn):
                 _LOG.error("candidate not indexed in MongoDB: %s", redact_text(failure.reason)[:300])
             stale_from = {s for s in (selection_id, previous_selection) if s}
             try:
-                self._upserter._collection.delete_many(  # noqa: SLF001 - the upserter's open collection
+                self._upserter.collection().delete_many(
                     {"selection_id": {"$in": sorted(stale_from)}, "window_start": pane.window_start,
                      "_id": {"$nin": [d["_id"] for d in docs]}})
             except Exception as e:  # pylint: disable=broad-except  # stale entries stay: logged
                 _LOG.error("could not remove candidates window %s no longer selects: %s",
                            window_file_name(pane.window_start, pane.window_end), redact_text(str(e))[:300])
         if self._bigquery_table and pane.candidates:
-            from transforms.index.bigquery_client import append_rows
             rows = [candidates_schema.to_bigquery_row(c) for c in pane.candidates]
             ids = [f"{c.selection_id}:{c.frame_id}:{digest}" for c in pane.candidates]
             try:
