@@ -24,7 +24,7 @@ os.environ.setdefault("ACTIVEBEAM_DEFAULT_MODEL", "fashion_mnist")
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from beam_pipelines import emulators  # noqa: E402
+from beam_pipelines.local import emulators  # noqa: E402
 from beam_pipelines.local.home import activebeam_home, media_dir  # noqa: E402
 from beam_pipelines.local.mongod import LocalMongoD  # noqa: E402
 from beam_pipelines.local.processes import free_port  # noqa: E402

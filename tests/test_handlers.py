@@ -259,23 +259,23 @@ def test_worker_processes_share_the_cpus_between_their_interpreters(monkeypatch)
     """A local run with N worker processes gives each interpreter, TensorFlow pool and OpenMP
     pool CPUs // N threads for the run."""
     from apache_beam.options.pipeline_options import PipelineOptions
-    from beam_pipelines.mine import WORKER_THREAD_ENVS, _cpus_shared_between_workers
+    from beam_pipelines.mine.batch import WORKER_THREAD_ENVS, cpus_shared_between_workers
     from transforms.score.threads import INFERENCE_THREADS_ENV, inference_threads
     for name in (INFERENCE_THREADS_ENV,) + WORKER_THREAD_ENVS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert inference_threads() == 8
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=4"])
-    with _cpus_shared_between_workers(options):
+    with cpus_shared_between_workers(options):
         assert os.environ[INFERENCE_THREADS_ENV] == "2" and inference_threads() == 2
         assert [os.environ[name] for name in WORKER_THREAD_ENVS] == ["2", "2", "2"]
     assert INFERENCE_THREADS_ENV not in os.environ and inference_threads() == 8
     assert not set(WORKER_THREAD_ENVS) & set(os.environ)
-    with _cpus_shared_between_workers(PipelineOptions([])):  # one process: every CPU
+    with cpus_shared_between_workers(PipelineOptions([])):  # one process: every CPU
         assert inference_threads() == 8 and "OMP_NUM_THREADS" not in os.environ
     monkeypatch.setenv(INFERENCE_THREADS_ENV, "3")  # the user's values win
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    with _cpus_shared_between_workers(options):
+    with cpus_shared_between_workers(options):
         assert inference_threads() == 3 and os.environ["TF_NUM_INTRAOP_THREADS"] == "3"
         assert os.environ["OMP_NUM_THREADS"] == "1"
     assert "TF_NUM_INTRAOP_THREADS" not in os.environ

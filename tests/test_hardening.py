@@ -488,7 +488,7 @@ def test_local_worker_processes_run_beams_harness_and_exit_after_teardown():
 
 def test_beam_start_up_noise_is_dropped_also_when_relayed_by_worker_processes():
     import logging
-    quiet = mine._QuietBeamNoise()
+    quiet = mine.QuietBeamNoise()
 
     def shown(message, name="root"):
         return quiet.filter(logging.LogRecord(name, logging.WARNING, __file__, 1, message, None, None))

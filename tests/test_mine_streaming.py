@@ -485,6 +485,41 @@ def test_watched_folder_model_switch_and_restart(mongo):
     assert runs == ["drained", "drained"]
 
 
+def test_streaming_runs_the_detector_as_asked_and_records_only_what_it_applied(mongo):
+    """The streaming job builds its detector as the batch job does: with the default NanoDet-g and
+    --detector_flip off, frames get detections but no flip-TTA localisation score; its lineage
+    leaves out the batch-only settings it does not apply."""
+    import cv2
+    from transforms.score import pretrained
+    from transforms.score.detection import LOCALISATION_SCORE
+    root = harness.tmpdir("stream-detector-")
+    folder, out = os.path.join(root, "incoming"), os.path.join(root, "out")
+    os.makedirs(folder)
+    capture = cv2.VideoCapture(harness.media("vtest.avi"))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 100)  # a crowded moment: several pedestrians
+    ok, bgr = capture.read()
+    assert ok
+    cv2.imwrite(os.path.join(root, "crowd.jpg"), bgr)
+    os.replace(os.path.join(root, "crowd.jpg"), os.path.join(folder, "crowd.jpg"))
+    pattern = os.path.join(folder, "*.jpg")
+    with harness.pretrained_defaults():
+        job = Job([f"--watch={pattern}", "--watch_interval_seconds=1", "--detector_flip=off",
+                   *_stream_args(out, mongo)], "stream-detector")
+    db = _database(mongo)
+    frame = _wait(lambda: db.frames.find_one({"source_uri": os.path.join(folder, "crowd.jpg")}), 180,
+                  "the frame indexed", job)
+    assert job.stop(signal.SIGTERM) == 0, job.log()
+    assert frame["model"]["detector_name"] == pretrained.DETECTOR_FILE
+    assert sum(d["label"] == "person" for d in frame["detections"]) >= 3
+    assert "detection_sum" in frame["scores"] and LOCALISATION_SCORE not in frame["scores"]
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["detector"]["flip"] is False
+    assert not {"near_duplicate_similarity", "selection_embedding", "include_labelled"} & set(summary)
+    run = db.runs.find_one({"inputs": pattern})
+    assert not {"near_duplicate_similarity", "selection_embedding", "include_labelled"} & set(json.loads(run["options"]))
+
+
 def test_bigquery_written_continuously(mongo):
     """Frames and each window's candidates reach BigQuery (the emulator) while the job runs."""
     root = harness.tmpdir("stream-bq-")

@@ -33,7 +33,7 @@ from typing import Iterable, List, Optional, Sequence
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.common.files import is_local, open_binary
+from transforms.common.files import is_local, is_valid_utf8, open_binary, printable_path
 from transforms.common.redact import redact_text, redact_uri
 
 _LOG = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ def parse_command_line(argv: Sequence[str], options_class) -> PipelineOptions:
     """
     argv = list(argv)
     for arg in argv:
-        if _has_surrogates(arg):
-            raise OptionError(f"argument {_printable(arg)!r} is not valid UTF-8")
+        if not is_valid_utf8(arg):
+            raise OptionError(f"argument {printable_path(arg)!r} is not valid UTF-8")
     _, unknown = _all_options_parser(options_class).parse_known_args(argv)
     if unknown:
         raise OptionError(f"unrecognized arguments: {' '.join(redact_text(a) for a in unknown)} "
@@ -155,18 +155,6 @@ def exit_if_options_are_bad(prog: str, argv: Sequence[str], options_class, check
         sys.exit(2)
 
 
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
-
-def _printable(text: str) -> str:
-    return os.fsencode(text).decode("utf-8", "backslashreplace")
-
-
 # --- values and paths (instant, local) ------------------------------------------------------
 
 def check_range(flag: str, value, valid: bool, expected: str):
@@ -186,8 +174,8 @@ def check_input_globs(values: Optional[List[str]], globs: Sequence[str]):
                           f"{', '.join(repr(v) for v in values)} (an unset shell variable?); "
                           f"leave --input out to mine the bundled sample media")
     for pattern in globs:
-        if _has_surrogates(pattern):
-            raise OptionError(f"--input must be valid UTF-8, got {_printable(pattern)!r}")
+        if not is_valid_utf8(pattern):
+            raise OptionError(f"--input must be valid UTF-8, got {printable_path(pattern)!r}")
         if (FileSystems.get_scheme(pattern) is None and not _GLOB_CHARACTERS.search(pattern)
                 and not os.path.lexists(pattern)):
             raise OptionError(f"--input {pattern!r}: no such file or directory")
@@ -198,8 +186,8 @@ def check_output_dir(output_dir: str):
     then its nearest existing ancestor must be a writable directory)."""
     if not is_local(output_dir) or FileSystems.get_scheme(output_dir):
         return
-    if _has_surrogates(output_dir):
-        raise OptionError(f"--output_dir must be valid UTF-8, got {_printable(output_dir)!r}")
+    if not is_valid_utf8(output_dir):
+        raise OptionError(f"--output_dir must be valid UTF-8, got {printable_path(output_dir)!r}")
     path = os.path.abspath(output_dir)
     existing = path
     while not os.path.lexists(existing):
@@ -227,8 +215,8 @@ def check_model_file(flag: str, uri: str):
     preprocessing sidecar, if present, must be a JSON object. A remote model (``gs://``) is
     judged by its name only: reading it needs credentials and the network, and happens when the
     model loads (whose errors also name ``--model``)."""
-    if _has_surrogates(uri):
-        raise OptionError(f"--{flag} must be valid UTF-8, got {_printable(uri)!r}")
+    if not is_valid_utf8(uri):
+        raise OptionError(f"--{flag} must be valid UTF-8, got {printable_path(uri)!r}")
     path = uri.rstrip("/")
     if FileSystems.get_scheme(path) is not None:
         extension = os.path.splitext(path)[1].lower()

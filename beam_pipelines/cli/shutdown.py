@@ -62,11 +62,6 @@ class Cancelled(KeyboardInterrupt):
 _received: Optional[int] = None
 
 
-def stop_requested() -> Optional[int]:
-    """The first stop signal received under :func:`cancel_on_signals`, or None."""
-    return _received
-
-
 def _on_signal(signum, frame):  # pylint: disable=unused-argument
     global _received
     if _received is not None:

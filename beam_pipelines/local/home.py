@@ -5,7 +5,7 @@ checkout (or Bazel runfiles pointing into one); else ``~/.cache/activebeam``.
 """
 import os
 
-_CHECKOUT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))  # beam_pipelines/local/
 
 
 def activebeam_home() -> str:

@@ -5,10 +5,9 @@ worker. :class:`LocalProcessesRunner` is that runner, whose workers run this mod
 Beam's own worker ``main``, unchanged, followed by an immediate exit once it has returned.
 
 Why: at the end of a run the runner closes its workers one after the other, and waits for each
-process to exit. A worker that has imported TensorFlow then spends 1-2 s in the interpreter's
+process to exit. A worker that has imported TensorFlow then spends seconds in the interpreter's
 final garbage collection and module teardown (``gc_collect_main``, seen with ``py-spy dump``),
-so a two-worker ``mine`` run spent 3.5-4 s doing nothing but stopping its workers (measured in
-``WorkerHandlerManager.close_all``), against 0.4 s per worker for a worker without TensorFlow.
+doing nothing useful (figures in docs/timings.md).
 
 When Beam's ``main`` returns, the harness has answered every bundle, torn down every ``DoFn``
 (``teardown``: clients closed, writes flushed) and closed its log channel, so nothing is left

@@ -99,9 +99,8 @@ class MineFrames(beam.PTransform):
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
                                 if bigquery_table else None)
-        self._select_args = (budget, strategy, strategy_params, inputs, selection_embedding)
-        SelectCandidates(budget, strategy, strategy_params, inputs=inputs,  # ValueError now, not in expand
-                         embedding=selection_embedding)
+        self._select = SelectCandidates(budget, strategy, strategy_params, inputs=inputs,
+                                        embedding=selection_embedding)
         # Selections remember: frames sent for labelling or labelled (and their near-duplicates) are skipped.
         self._labelled = ReadLabelledFrameIds(mongo_uri, mongo_database) if exclude_labelled else None
         self._candidates_mongo = WriteCandidatesToMongoDB(mongo_uri, mongo_database)
@@ -127,10 +126,10 @@ class MineFrames(beam.PTransform):
         dead_letters = [decoded.dead_letters, scored.dead_letters, indexed.dead_letters]
         if self._index_bigquery:
             dead_letters.append(scored.records | "IndexInBigQuery" >> self._index_bigquery)
-        budget, strategy, params, inputs, embedding = self._select_args
-        exclude_ids = globs.pipeline | "LabelledFrames" >> self._labelled if self._labelled else None
-        candidates = scored.records | "SelectCandidates" >> SelectCandidates(
-            budget, strategy, params, inputs=inputs, exclude_ids=exclude_ids, embedding=embedding)
+        select = self._select
+        if self._labelled:
+            select = select.excluding(globs.pipeline | "LabelledFrames" >> self._labelled)
+        candidates = scored.records | "SelectCandidates" >> select
         candidates_indexed = candidates | "CandidatesToMongoDB" >> self._candidates_mongo
         dead_letters.append(candidates_indexed.dead_letters)
         if self._candidates_bigquery:
@@ -221,13 +220,12 @@ def _committed(result) -> int:
 WORKER_THREAD_ENVS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
-def _cpus_shared_between_workers(options: PipelineOptions):
+def cpus_shared_between_workers(options: PipelineOptions):
     """For the run: a local multi-process run gives each worker process ``CPUs // workers``
     threads (inherited by the workers; a value already set wins): for its inference
     (``$ACTIVEBEAM_INFERENCE_THREADS``), TensorFlow and OpenMP (:data:`WORKER_THREAD_ENVS`,
     set to ``$ACTIVEBEAM_INFERENCE_THREADS`` when the user set that). N processes with one
-    thread per CPU in each pool would oversubscribe the machine: two workers on 2 CPUs ran
-    ``mine`` on 10,000 images in 22.6 s with every pool at 2 threads, 19.0 s at 1."""
+    thread per CPU in each pool would oversubscribe the machine (docs/timings.md)."""
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "multi_processing":
         return contextlib.nullcontext()
@@ -273,7 +271,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     detector = make_detector(mine, job)
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_cpus_shared_between_workers(options))
+        stack.enter_context(cpus_shared_between_workers(options))
         stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
         mongo_uri = mine.mongo_uri or embedded_mongod(stack, job.output_dir)
         facts = run_facts(mine, job, globs, mongo_uri, model)

@@ -612,7 +612,8 @@ def _local_target(report_dir: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Writes the HTML report of a stored selection.")
+    parser = argparse.ArgumentParser(prog="python -m beam_pipelines.report",
+                                     description="Writes the HTML report of a stored selection.")
     parser.add_argument("--mongo_uri", required=True, help="MongoDB connection string")
     parser.add_argument("--mongo_database", default="activebeam")
     parser.add_argument("--selection_id", required=True, help="a selection_id of the candidates collection")

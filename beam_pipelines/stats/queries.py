@@ -173,7 +173,7 @@ def format_text(reports: Dict[str, List[dict]]) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m beam_pipelines.stats", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--mongo_uri", help="MongoDB connection string")
     source.add_argument("--bigquery_dataset", help="PROJECT.DATASET (or PROJECT:DATASET)")

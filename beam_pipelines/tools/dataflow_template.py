@@ -29,7 +29,7 @@ from typing import Dict, List
 
 from beam_pipelines.mine.options import MineOptions
 
-DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                             "dataflow", "mine_template_metadata.json")
 
 TEMPLATE_NAME = "activebeam mine"

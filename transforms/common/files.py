@@ -63,6 +63,7 @@ def printable_path(path: str) -> str:
     surrogate escapes) shown as ``\\xNN``; a valid name is returned unchanged."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
+
 def file_kind(mode: int) -> str:
     """What an ``st_mode`` is, in words (``regular file``, ``FIFO (named pipe)``, ``socket``...)."""
     for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"),

@@ -49,7 +49,7 @@ class ArrivalLedger:
     input_name : str
         The job's source (subscription or glob); restores read only its arrivals.
     run_id : str
-        This run (:class:`~beam_pipelines.run_record.RunRecord`'s id).
+        This run (:class:`~beam_pipelines.cli.run_record.RunRecord`'s id).
     max_attempts : int
         Attempts of a claim or completion on transient errors (connection lost, no primary).
 

@@ -1,7 +1,7 @@
 """Arrivals of a streaming job in Beam: read, claim, give frames their event time, acknowledge.
 
 The transforms of the streaming ``mine`` job around :class:`~transforms.decode.ptransforms.DecodeMedia`
-(see :mod:`beam_pipelines.streaming` for the whole pipeline)::
+(see :mod:`beam_pipelines.mine.stream` for the whole pipeline)::
 
     read = p | ReadArrivals(subscription="projects/p/subscriptions/s", feed=feed_spec)
     parsed = read.arrivals | ParseNotifications(ledger, "projects/p/subscriptions/s", feed_id)

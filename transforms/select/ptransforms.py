@@ -29,6 +29,7 @@ watermark passes the window's end, then again (accumulating) for each late frame
 Scores (always "higher = more wanted"): ``entropy`` (nats), ``margin`` ranked as
 ``1 - (p1 - p2)``, ``least_confidence``; see :mod:`transforms.select.strategies` for the others.
 """
+import copy
 import json
 import logging
 import os
@@ -370,6 +371,13 @@ class SelectCandidates(beam.PTransform):
         self._inputs = tuple(inputs)
         self._window_s, self._period_s = window_s, period_s
         self._allowed_lateness_s = allowed_lateness_s
+
+    def excluding(self, exclude_ids) -> "SelectCandidates":
+        """This selection, also skipping the frame ids of ``exclude_ids`` (``PCollection[str]``,
+        see the parameter of that name): for ids that exist only once the pipeline is built."""
+        selection = copy.copy(self)
+        selection._exclude_ids = exclude_ids  # pylint: disable=protected-access
+        return selection
 
     def _windowing(self):
         if self._period_s:

@@ -31,7 +31,7 @@ MANIFEST_FILE = "manifest.json"
 def models_dir() -> str:
     """Where set-up puts the converted models: ``$ACTIVEBEAM_MODELS`` if set, else ``models/``
     under activebeam's home (``$ACTIVEBEAM_HOME``; else ``<checkout>/.activebeam`` in a source
-    checkout; else ``~/.cache/activebeam``, as :mod:`beam_pipelines.home` decides)."""
+    checkout; else ``~/.cache/activebeam``, as :mod:`beam_pipelines.local.home` decides)."""
     if os.environ.get("ACTIVEBEAM_MODELS"):
         return os.environ["ACTIVEBEAM_MODELS"]
     home = os.environ.get("ACTIVEBEAM_HOME")
