@@ -26,7 +26,7 @@ from beam_pipelines import mine
 from beam_pipelines.cli import preflight, shutdown
 from beam_pipelines.local import mongod as local_mongo
 from beam_pipelines.local import processes
-from beam_pipelines.mine import options
+from beam_pipelines.mine import batch as mine_batch, command as mine_command, job as mine_job, options
 from beam_pipelines.local.mongod import LocalMongoD
 from beam_pipelines.cli.run_record import describe_run
 from schemas import runs
@@ -53,9 +53,9 @@ def mongo():
 def nothing_starts(monkeypatch):
     """Records every model load, mongod start and sample-media preparation of ``mine``."""
     started = []
-    monkeypatch.setattr(mine, "load_model_spec", lambda *args: started.append("model"))
-    monkeypatch.setattr(mine, "LocalMongoD", lambda *args: started.append("mongod"))
-    monkeypatch.setattr(mine.sample_media, "prepare", lambda: started.append("sample media"))
+    monkeypatch.setattr(mine_job, "load_model_spec", lambda *args: started.append("model"))
+    monkeypatch.setattr(mine_job, "LocalMongoD", lambda *args: started.append("mongod"))
+    monkeypatch.setattr(mine_batch.sample_media, "prepare", lambda: started.append("sample media"))
     return started
 
 
@@ -261,7 +261,7 @@ def test_large_budgets_work():
 @pytest.fixture
 def model_not_loaded(monkeypatch):
     loaded = []
-    monkeypatch.setattr(mine, "load_model_spec", lambda *args: loaded.append("model"))
+    monkeypatch.setattr(mine_job, "load_model_spec", lambda *args: loaded.append("model"))
     return loaded
 
 
@@ -598,7 +598,7 @@ def test_stale_lock_of_a_crashed_mongod_is_recovered_with_a_message(caplog):
 
 def test_data_directory_in_use_by_a_live_run_is_one_line(nothing_starts, monkeypatch, capsys):
     out_dir = harness.tmpdir("in-use-")
-    monkeypatch.setattr(mine, "LocalMongoD", LocalMongoD)  # the real one, this time
+    monkeypatch.setattr(mine_job, "LocalMongoD", LocalMongoD)  # the real one, this time
     with LocalMongoD(os.path.join(out_dir, "mongo-data")) as busy:
         code, lines, _ = _main([f"--input={harness.media('china.jpg')}", f"--output_dir={out_dir}"], capsys)
         assert busy._process.poll() is None  # untouched
@@ -614,7 +614,7 @@ def test_frames_left_unindexed_make_exit_code_1(monkeypatch, capsys):
     summary = {"output_dir": out_dir, "files_matched": 2, "files_decoded": 2, "files_failed": 0,
                "frames_decoded": 5, "frames_scored": 5, "frames_written": 3, "dead_letters": 2,
                "candidates": 2, "wall_seconds": 1.0, "mongo_embedded": False}
-    monkeypatch.setattr(mine, "run", lambda argv: summary)
+    monkeypatch.setattr(mine_command, "run", lambda argv: summary)
     code, lines, _ = _main([], capsys)
     assert code == 1 and lines == [f"mine: error: 2 of 5 scored frames were not indexed in MongoDB "
                                    f"(dead letters at stage 'mongodb' in {out_dir}/dead_letter.jsonl)"]

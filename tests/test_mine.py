@@ -212,10 +212,11 @@ BAD_OPTIONS = [
 
 @pytest.mark.parametrize("argv, message", BAD_OPTIONS, ids=[argv[0] for argv, _ in BAD_OPTIONS])
 def test_every_option_is_checked_before_the_model_loads_or_a_server_starts(argv, message, monkeypatch):
+    from beam_pipelines.mine import batch, job
     loaded = []
-    monkeypatch.setattr(mine, "load_model_spec", lambda *args: loaded.append("model"))
-    monkeypatch.setattr(mine, "LocalMongoD", lambda *args: loaded.append("mongod"))
-    monkeypatch.setattr(mine.sample_media, "prepare", lambda: loaded.append("sample media"))
+    monkeypatch.setattr(job, "load_model_spec", lambda *args: loaded.append("model"))
+    monkeypatch.setattr(job, "LocalMongoD", lambda *args: loaded.append("mongod"))
+    monkeypatch.setattr(batch.sample_media, "prepare", lambda: loaded.append("sample media"))
     started = time.monotonic()
     with pytest.raises(ValueError, match=re.escape(message)) as raised:
         mine.run([f"--output_dir={harness.tmpdir()}"] + argv)
