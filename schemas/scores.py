@@ -85,7 +85,7 @@ SCORES: Tuple[Score, ...] = (
 _BY_NAME = {score.name: score for score in SCORES}
 
 #: Strategies that are not a single score (see :func:`transforms.select.factory.make_strategy`).
-SET_STRATEGIES = ("random", "coreset", "cluster_margin", "combined")
+SET_STRATEGIES = ("uncertainty_kcenter", "random", "coreset", "cluster_margin", "combined")
 
 
 def get(name: str) -> Score:

@@ -318,7 +318,8 @@ def test_mine_with_the_default_models(models, tmp_path):
             f"SELECT frame_id, detections, detector_name, duplicate_group, detection_sum "
             f"FROM `{table.replace(':', '.')}`").result()}
     assert summary["frames_written"] == len(docs) == len(rows) == 3 + 8
-    assert summary["strategy"] == "detection_sum"  # the default when a detector runs
+    assert summary["strategy"] == "uncertainty_kcenter"  # the default: uncertain and diverse
+    assert summary["strategy_params"]["score"] == "detection_max"  # a detector runs
     assert summary["model"]["name"] == "efficientnet_lite0" and summary["detector"]["name"] == pretrained.DETECTOR_FILE
     for key, doc in docs.items():
         assert len(doc["embedding"]) == 1280 and len(doc["probabilities"]) == 1000
@@ -340,8 +341,19 @@ def test_mine_with_the_default_models(models, tmp_path):
         candidates = [json.loads(line) for line in f]
     chosen = {c["frame_id"] for c in candidates}
     assert len(candidates) == len(docs) - 1 and copy["_id"] not in chosen and first["_id"] in chosen
-    assert [c["score"] for c in candidates] == sorted((c["score"] for c in candidates), reverse=True)
-    assert candidates[0]["source_uri"].endswith("vtest.avi")  # the crowded frames are the most uncertain
+    # The first is the most uncertain frame; each later one the farthest from those before it,
+    # and says so (its distance to the earlier picks, the rule that admitted it).
+    assert candidates[0]["score"] == max(c["score"] for c in candidates)
+    assert candidates[0]["components"]["rule"] == 0 and {c["components"]["rule"] for c in candidates[1:]} == {1}
+    assert all(0 < c["components"]["distance_to_selected"] <= 2 for c in candidates)
+    # The run measures its selection against its pool (summary.json, and the report's header).
+    figures = summary["selection_figures"]
+    assert figures["picks"] == len(candidates) and figures["near_duplicate_pairs"] == 0
+    assert figures["sources"] == len({c["source_uri"] for c in candidates})
+    assert figures["score"] == "detection_max" and 0 < figures["mean_score_ratio"] <= 1
+    assert figures["coverage_radius"] >= figures["coverage_radius_kcenter"] > 0
+    with open(os.path.join(out_dir, "report", "index.html")) as f:
+        assert "coverage radius / k-centre" in f.read()
     assert reports["near_duplicates"] == [{"duplicate_group": first["_id"], "frames": 2, "sources": 2}]
     # BigQuery holds the same: detections as JSON text, the detector, the group.
     for doc in docs.values():

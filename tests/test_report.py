@@ -130,7 +130,8 @@ def test_report_in_chromium(run, browser):
     ranks = p.eval_on_selector_all(".card .rank", "els => els.map(e => e.textContent)")
     assert ranks == [f"#{r}" for r in range(1, BUDGET + 1)]
     # Score components, source and timestamp on the cards; a video frame says where it is.
-    assert p.locator(".card tr.comp").count() == BUDGET
+    assert p.locator(".card tr.comp").count() == sum(
+        len(c["components"]) for c in _read_jsonl(os.path.join(out_dir, "candidates.jsonl")))
     texts = p.eval_on_selector_all(".card .src", "els => els.map(e => e.textContent)")
     for c, text in zip(_read_jsonl(os.path.join(out_dir, "candidates.jsonl")), texts):
         where = "" if c["timestamp_s"] is None else f" @ {c['timestamp_s']:.2f} s (frame {c['frame_index']})"

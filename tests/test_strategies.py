@@ -11,6 +11,8 @@ from transforms.select.strategies import (Balanced, ClusterMargin, Combined, Exc
                                           RandomSampling, TopK, allocate_quotas, round_robin_by_cluster)
 from transforms.select.batchbald import BatchBALD, batch_bald
 from transforms.select.stochastic import StochasticBatch
+from transforms.select.redundancy import redundancy_figures
+from transforms.select.uncertainty_kcenter import FARTHEST, MOST_UNCERTAIN, UncertaintyKCenter
 
 
 def _pool(n=400, seed=0, classes=5, dim=8):
@@ -37,9 +39,11 @@ ALL = [
     StochasticBatch("entropy", "softrank"),
     Balanced(StochasticBatch("variation_ratios", "power"), key="camera"),
     BatchBALD(num_configs=64),
+    UncertaintyKCenter("entropy", pool_multiplier=2), UncertaintyKCenter("margin", pool_multiplier=1),
 ]
 # Strategies whose result depends only on the ids and values, not on the pool's order.
-ORDER_FREE = [s for s in ALL if not isinstance(s, (KCenterGreedy, ClusterMargin, Excluding, BatchBALD))
+ORDER_FREE = [s for s in ALL if not isinstance(s, (KCenterGreedy, ClusterMargin, Excluding, BatchBALD,
+                                                    UncertaintyKCenter))
               and not (isinstance(s, Balanced) and isinstance(s.inner, KCenterGreedy))]
 
 
@@ -53,7 +57,7 @@ def test_conformance(strategy):
         assert k <= min(budget, len(pool)) and np.all((0 <= sel.indices) & (sel.indices < len(pool)))
         assert sel.scores.shape == (k,) and np.all(np.isfinite(sel.scores))
         assert all(v.shape == (k,) for v in sel.components.values())
-        if not isinstance(strategy, Excluding):  # exclusions may leave fewer frames
+        if not isinstance(strategy, (Excluding, UncertaintyKCenter)):  # exclusions and rules may leave fewer
             assert k == min(budget, len(pool))
         if budget:
             assert sel.components, "a selection must explain its rank"
@@ -95,10 +99,11 @@ def test_random_differs_by_seed_and_is_uniform_over_groups():
 
 
 def test_k_center_matches_scikit_activeml_coreset():
-    """Same farthest-first picks as skactiveml's CoreSet when labelled points seed both."""
+    """Same farthest-first picks as skactiveml's CoreSet when labelled points seed both; ours is in
+    cosine distance, which is CoreSet's Euclidean farthest-first on L2-normalised embeddings."""
     from skactiveml.pool import CoreSet
     pool = _pool(n=600)
-    x = pool.embeddings.astype(np.float64)
+    x = base.unit_rows(pool.embeddings)
     labelled = np.arange(5)
     y = np.full(len(x), np.nan)
     y[labelled] = 0
@@ -177,16 +182,19 @@ def test_balanced_quotas_and_redistribution():
 def test_exclusions_of_labelled_ids_and_near_duplicates():
     pool = _pool(n=500)
     labelled = pool.take(np.arange(20))
-    strategy = Excluding(TopK("entropy"), exclude_ids=["frame-00100"], near_duplicate_distance=1.5)
+    strategy = Excluding(TopK("entropy"), exclude_ids=["frame-00100"], near_duplicate_distance=0.05)
     sel = strategy.select(pool, 40, labelled=labelled)
     chosen = sel.indices
     assert not set(chosen.tolist()) & (set(range(20)) | {100})
-    x = pool.embeddings[chosen].astype(np.float64)
-    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1)) + np.eye(len(x)) * 99
-    assert d.min() > 1.5
-    dl = np.sqrt(((x[:, None] - labelled.embeddings[None]) ** 2).sum(-1))
-    assert dl.min() > 1.5
+    x = base.unit_rows(pool.embeddings[chosen])  # cosine distance, the one distance of selection
+    d = 1 - x @ x.T + np.eye(len(x)) * 99
+    assert d.min() > 0.05
+    dl = 1 - x @ base.unit_rows(labelled.embeddings).T
+    assert dl.min() > 0.05
     assert len(chosen) == 40
+    plain = TopK("entropy").select(pool, 40).indices
+    y = base.unit_rows(pool.embeddings[plain])
+    assert (1 - y @ y.T + np.eye(len(y)) * 99).min() < 0.05  # the exclusion had something to remove
 
 
 def test_make_strategy_builds_and_validates():
@@ -283,6 +291,66 @@ def test_batchbald_takes_one_of_many_copies_where_top_k_bald_takes_them_all():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def _camera_pool(seed=0):
+    """A fixed camera's 120 consecutive 1-fps frames (a slow random walk of embeddings, all very
+    uncertain) beside four other sources of 20 frames each (far apart, less uncertain)."""
+    rng = np.random.default_rng(seed)
+    walk = np.cumsum(rng.normal(scale=0.02, size=(120, 64)), axis=0) + rng.normal(size=64) * 3
+    others = np.concatenate([rng.normal(size=64) * 3 + rng.normal(scale=0.3, size=(20, 64)) for _ in range(4)])
+    source = np.array(["cam.avi"] * 120 + [f"clip{i}.mp4" for i in range(4) for _ in range(20)], dtype=object)
+    times = np.concatenate([np.arange(120.0), np.tile(np.arange(20.0), 4)])
+    uncertainty = np.concatenate([0.9 + 0.05 * rng.random(120), 0.5 + 0.3 * rng.random(80)])
+    return Pool(ids=np.array([f"f{i:04d}" for i in range(200)], dtype=object),
+                embeddings=np.concatenate([walk, others]).astype(np.float32),
+                scores={"detection_max": uncertainty}, metadata={"source": source, "timestamp": times})
+
+
+def test_uncertainty_kcenter_spans_sources_and_keeps_consecutive_frames_out():
+    pool = _camera_pool()
+    top = TopK("detection_max").select(pool, 20)
+    picked = UncertaintyKCenter("detection_max", pool_multiplier=3).select(pool, 20)
+    top_figures = redundancy_figures(pool, top.indices, "detection_max")
+    figures = redundancy_figures(pool, picked.indices, "detection_max")
+    assert top_figures["top_source_share"] == 1.0 and top_figures["sources"] == 1
+    assert figures["sources"] == 5 and figures["top_source_share"] <= 0.5
+    assert figures["coverage_radius"] < top_figures["coverage_radius"]
+    assert figures["mean_score_ratio"] >= 0.7
+    # No two frames of a source within 2 s unless their embeddings are 0.1 apart.
+    x = base.unit_rows(pool.embeddings[picked.indices])
+    src, t = pool.metadata["source"][picked.indices], pool.metadata["timestamp"][picked.indices]
+    for i in range(len(x)):
+        for j in range(i):
+            if src[i] == src[j] and abs(t[i] - t[j]) < 2:
+                assert 1 - x[i] @ x[j] >= 0.1
+    # Each pick explains itself: the first is the most uncertain, then each is the farthest, at
+    # its recorded distance from the earlier picks.
+    assert picked.indices[0] == top.indices[0]
+    assert picked.components["rule"][0] == MOST_UNCERTAIN and set(picked.components["rule"][1:]) == {FARTHEST}
+    for k in range(1, len(x)):
+        assert picked.components["distance_to_selected"][k] == pytest.approx((1 - x[:k] @ x[k]).min(), abs=1e-9)
+    # pool_multiplier 1: the budget's worth of admitted frames, still one per stretch of the camera.
+    narrow = UncertaintyKCenter("detection_max", pool_multiplier=1).select(pool, 20)
+    assert len(narrow.indices) == 20 and redundancy_figures(pool, narrow.indices)["sources"] >= 2
+
+
+def test_uncertainty_kcenter_min_distance_stops_and_preselection_is_exact():
+    pool = _camera_pool(seed=1)
+    strategy = UncertaintyKCenter("detection_max", pool_multiplier=2, min_distance=1.5)
+    assert len(strategy.select(pool, 50).indices) < 50  # nothing that far is left: it stops short
+    # Per shard, each keeps its own thinned pool; the union gives a batch as spread as the whole's.
+    strategy = UncertaintyKCenter("detection_max", pool_multiplier=2)
+    shards = [np.arange(0, 200, 2), np.arange(1, 200, 2)]
+    kept = np.concatenate([s[strategy.preselect(pool.take(s), 15)] for s in shards])
+    merged = kept[strategy.select(pool.take(kept), 15).indices]
+    whole = strategy.select(pool, 15).indices
+    assert len(merged) == 15
+    assert redundancy_figures(pool, merged)["sources"] == redundancy_figures(pool, whole)["sources"] == 5
+    for bad in ({"pool_multiplier": 0.5}, {"min_distance": -1}, {"temporal_distance": 3}, {"min_seconds_apart": "2"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            UncertaintyKCenter("detection_max", **bad)
+    assert isinstance(make_strategy("uncertainty_kcenter", {"score": "entropy"}), UncertaintyKCenter)
 
 
 def test_pool_replace_keeps_the_other_fields():

@@ -38,6 +38,7 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from beam_pipelines import report
+from beam_pipelines.report import figures
 from beam_pipelines.cli import preflight, progress, shutdown
 from beam_pipelines.local import emulators, sample_media, worker as local_worker
 from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, run_facts
@@ -60,7 +61,7 @@ from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidat
 from transforms.score.detectors import AddClassRarity, BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.model_base import METRICS_NAMESPACE as SCORE_METRICS
 from transforms.score.threads import INFERENCE_THREADS_ENV
-from transforms.score.novelty import ScoreNovelty
+from transforms.score.novelty import COSINE, ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
 from transforms.select.ptransforms import SelectCandidates
@@ -93,7 +94,10 @@ class MineFrames(beam.PTransform):
         objects = selection_embedding == "objects"
         self._score = ScoreFrames(model, detector=detector, objects=objects)
         self._rarity = AddClassRarity() if detector is not None else None
-        self._novelty = (ScoreNovelty(k=uniqueness_k, duplicate_threshold=near_duplicate_similarity or None,
+        # Cosine, the one distance of selection (transforms.select.base.unit_rows), not FiftyOne's
+        # Euclidean default: uniqueness, near-duplicates and the selection's diversity agree.
+        self._novelty = (ScoreNovelty(k=uniqueness_k, metric=COSINE,
+                                      duplicate_threshold=near_duplicate_similarity or None,
                                       assign_duplicate_groups=True)
                          if uniqueness_k else None)
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
@@ -312,7 +316,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
             counts = summary_counts(result.metrics()) if finished else None
             loads = model_loads(result.metrics()) if finished else None
             run_record.set_counts(counts)
-            if finished:  # <output_dir>/report/index.html; a failure is logged, the run stands
+            if finished:  # selection figures, <output_dir>/report/index.html; failures are logged
+                figures.add_to_summary(job.output_dir, mongo_uri, mine.mongo_database)
                 report.write_run_report_safely(job.output_dir, mongo_uri, mine.mongo_database)
             if counts is not None:
                 _check_dead_letters(counts, dead_letters_by_stage(result.metrics()),

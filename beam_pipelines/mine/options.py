@@ -69,9 +69,12 @@ class MineOptions(PipelineOptions):
                                  "free and atomic), else STREAMING_INSERTS.")
         parser.add_argument("--budget", type=int, default=50, help="Number of candidates to select.")
         parser.add_argument("--strategy", default=None, choices=STRATEGIES,
-                            help="Selection strategy: an uncertainty score (top-k), random, coreset "
-                                 "(k-center greedy), cluster_margin or combined (docs/sampling.md). "
-                                 "Default: detection_sum when a detector runs, else entropy.")
+                            help="Selection strategy: uncertainty_kcenter (the most uncertain frames, "
+                                 "then k-centre over them, without near-identical consecutive frames), "
+                                 "an uncertainty score (top-k), random, coreset (k-center greedy), "
+                                 "cluster_margin or combined (docs/sampling.md). Default: "
+                                 "uncertainty_kcenter with score detection_max when a detector runs, "
+                                 "else entropy.")
         parser.add_argument(
             "--strategy_params", default="{}",
             help='JSON object of the strategy\'s parameters, e.g. \'{"n_clusters": 20}\' for '
@@ -269,11 +272,13 @@ def check_options(options: PipelineOptions) -> MineJob:
                 raise ValueError(f"--{flag}: {path} is on this machine only, the {runner} workers cannot "
                                  f"read it: copy it (and its .json sidecar) to gs:// and name it, or "
                                  f"--detector none")
-    if mine.strategy is None:  # what the frames' uncertainty is best measured by
-        mine.strategy = "detection_sum" if detector or mine.detector_background else "entropy"
+    if mine.strategy is None:
+        mine.strategy = DEFAULT_STRATEGY
     check_range("direct_num_workers", options.view_as(DirectOptions).direct_num_workers,
                 options.view_as(DirectOptions).direct_num_workers >= 0, ">= 0 (0: one per CPU)")
     strategy_params = _checked_strategy(mine, detector)
+    if mine.strategy == DEFAULT_STRATEGY and "score" not in strategy_params:
+        strategy_params["score"] = default_score(bool(detector or mine.detector_background))
     if mine.selection_embedding == "objects" and not (detector or mine.detector_background):
         raise ValueError("--selection_embedding=objects needs a detector: set --detector")
     _check_tables(mine)
@@ -393,11 +398,24 @@ def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
     return strategy_params
 
 
+#: ``--strategy`` when not given: uncertain and diverse at once
+#: (:class:`transforms.select.uncertainty_kcenter.UncertaintyKCenter`; docs/sampling.md).
+DEFAULT_STRATEGY = "uncertainty_kcenter"
+
+
+def default_score(detections: bool) -> str:
+    """The uncertainty of the default strategy: ``detection_max`` when a detector runs (a frame is
+    worth its most uncertain object; unlike ``detection_sum`` it does not grow with the number of
+    boxes, so crowded frames of a fixed camera do not win for being crowded: Brust et al. 2019,
+    "Active learning for deep object detection", max aggregation), else ``entropy``."""
+    return "detection_max" if detections else "entropy"
+
+
 def _scores_used(strategy: str, params: dict):
     """``(score name, where it is named)`` for every score a strategy and its parameters use."""
     if strategy in score_registry.names():
         yield strategy, f"--strategy={strategy}"
-    if strategy == "cluster_margin" and "score" in params:
+    if strategy in ("cluster_margin", DEFAULT_STRATEGY) and "score" in params:
         yield params["score"], "--strategy_params score"
     if strategy == "combined":
         for key in ("strengths", "thresholds"):

@@ -457,12 +457,24 @@ def _overview(candidates, pool, dead_letters, summary, unrendered) -> str:
              ("selection", candidates[0].get("selection_id") if candidates else None)]
     if unrendered:
         facts.append(("frames not pictured", unrendered))
+    figures = summary.get("selection_figures") or {}
+    if figures.get("sources") is not None:  # the redundancy figures (beam_pipelines.report.figures)
+        facts.append(("sources selected", figures["sources"]))
+        facts.append(("top source share (of pool)",
+                      f"{figures['top_source_share']:.2f} ({figures['top_source_pool_share']:.2f})"))
+    for key, label in (("near_duplicate_pairs", "near-duplicate pairs"),
+                       ("similar_same_source_pairs_within_2s", "similar same-source pairs < 2 s"),
+                       ("coverage_radius_ratio", "coverage radius / k-centre's"),
+                       ("mean_score_ratio", "mean score / top-k's")):
+        if figures.get(key) is not None:
+            value = figures[key]
+            facts.append((label, f"{value:.2f}" if isinstance(value, float) else value))
     return "".join(f'<div class="fact"><span>{_e(k)}</span><b>{_e(v)}</b></div>' for k, v in facts)
 
 
-SUMMARY_FIRST = ("run_id", "code_version", "runner", "model", "inputs", "output_dir", "strategy", "budget",
-                 "files_matched", "files_decoded", "files_failed", "frames_decoded", "frames_written",
-                 "dead_letters", "candidates", "wall_seconds")
+SUMMARY_FIRST = ("run_id", "code_version", "runner", "model", "inputs", "output_dir", "strategy", "strategy_params",
+                 "budget", "candidates", "selection_figures", "files_matched", "files_decoded", "files_failed",
+                 "frames_decoded", "frames_written", "dead_letters", "wall_seconds")
 
 
 def _summary_table(summary: dict) -> str:

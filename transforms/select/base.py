@@ -18,7 +18,7 @@ import numpy as np
 
 from transforms.score import registry
 
-__all__ = ["Pool", "Selection", "Strategy", "empty_selection", "require", "score_values", "rank_by",
+__all__ = ["Pool", "Selection", "Strategy", "empty_selection", "require", "score_values", "rank_by", "unit_rows",
            "seeded_hash", "selection_id", "PROBABILITY_SCORES", "SAMPLE_SCORES", "STORED_SCORES"]
 
 
@@ -119,6 +119,21 @@ def score_values(pool: Pool, name: str) -> np.ndarray:
     if name not in registry.names():
         return np.asarray(values, dtype=np.float64).reshape(-1)  # a user's own stored score
     return registry.wanted(name, values)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (``(N, D)``) scaled to unit L2 norm, float64 (a zero row stays zero).
+
+    The one distance of selection is the cosine distance of embeddings, ``1 - dot`` of unit
+    rows (k-centre, Cluster-Margin's clusters, exclusions of near-duplicates, the redundancy
+    figures), as the ``mine`` job's near-duplicate groups and uniqueness: CNN features compare
+    by direction, their norm tracks contrast and exposure. On unit rows the squared Euclidean
+    distance is ``2 x`` the cosine distance, so a Euclidean farthest-first traversal of unit rows
+    is a cosine one.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
 def rank_by(values: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from transforms.select.base import Strategy
 from transforms.select.stochastic import StochasticBatch
 from transforms.select.strategies import (Balanced, ClusterMargin, Combined, Excluding, KCenterGreedy,
                                           RandomSampling, TopK)
+from transforms.select.uncertainty_kcenter import UncertaintyKCenter
 
 __all__ = ["STRATEGY_NAMES", "make_strategy", "checked_strategy"]
 
@@ -41,7 +42,7 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     quotas = params.pop("quotas", None)
     exclude_ids = params.pop("exclude_ids", ())
     near = params.pop("near_duplicate_distance", 0.0)
-    builders = {"random": RandomSampling, "coreset": KCenterGreedy,
+    builders = {"uncertainty_kcenter": UncertaintyKCenter, "random": RandomSampling, "coreset": KCenterGreedy,
                 "cluster_margin": ClusterMargin, "combined": Combined}
     if "stochastic" in params:
         if name not in registry.names(rankable=True):

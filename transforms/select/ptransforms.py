@@ -160,7 +160,8 @@ METADATA_COLUMNS = ("source", "camera", "predicted_class", "detected_class")
 
 def to_pool(items: Sequence[Scored]) -> Pool:
     """The strategy view of scored frames: ids, embeddings, probabilities, stored scores and the
-    metadata columns ``source`` (file URI), ``camera`` (the file's directory),
+    metadata columns ``source`` (file URI), ``timestamp`` (seconds into a video, NaN for a still
+    image), ``camera`` (the file's directory),
     ``predicted_class`` and ``detected_class`` (label of the frame's most confident detection,
     :data:`NO_DETECTION` without one)."""
     return Pool(
@@ -169,6 +170,8 @@ def to_pool(items: Sequence[Scored]) -> Pool:
         probabilities=np.stack([s.probabilities for s in items]),
         scores=_shared_scores(items),
         metadata={"source": np.array([s.source_uri for s in items], dtype=object),
+                  "timestamp": np.array([np.nan if s.timestamp_s is None else s.timestamp_s for s in items],
+                                        dtype=np.float64),
                   "camera": np.array([os.path.dirname(s.source_uri) for s in items], dtype=object),
                   "predicted_class": np.array([s.predicted_class for s in items]),
                   "detected_class": np.array([s.detected_class for s in items], dtype=object)})

@@ -32,7 +32,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from transforms.select.base import Selection, Strategy, empty_selection, rank_by, require, score_values, seeded_hash
+from transforms.select.base import (Selection, Strategy, empty_selection, rank_by, require, score_values, seeded_hash,
+                                   unit_rows)
 from transforms.select.kcenter import k_center_greedy, nearest_sq_distance
 
 
@@ -86,10 +87,11 @@ class RandomSampling(Strategy):
 
 
 class KCenterGreedy(Strategy):
-    """Core-set selection by greedy k-center on the embeddings (Sener & Savarese 2018).
+    """Core-set selection by greedy k-center on the embeddings (Sener & Savarese 2018), in cosine
+    distance (farthest-first over L2-normalised embeddings, :func:`~transforms.select.base.unit_rows`).
 
     Labelled frames are the initial centres; each pick is the frame farthest from every centre.
-    The rank score is the pick's distance to its nearest earlier centre. Cost and memory: see
+    The rank score is the pick's cosine distance to its nearest earlier centre. Cost and memory: see
     :func:`transforms.select.kcenter.k_center_greedy` (exact, with lazy batched updates).
 
     Parameters
@@ -106,10 +108,10 @@ class KCenterGreedy(Strategy):
         return {"seed": self.seed}
 
     def _select(self, pool, budget, labelled):
-        x = require(pool, "embeddings", self.name)
-        centres = None if labelled is None or labelled.embeddings is None else labelled.embeddings
+        x = unit_rows(require(pool, "embeddings", self.name))
+        centres = None if labelled is None or labelled.embeddings is None else unit_rows(labelled.embeddings)
         result = k_center_greedy(x, budget, labelled=centres, seed=self.seed)
-        gains = result.gains.astype(np.float64)
+        gains = result.gains.astype(np.float64) ** 2 / 2.0  # Euclidean on unit rows -> cosine distance
         finite = gains[np.isfinite(gains)]
         # The first pick without labelled frames has no earlier centre: rank it as the farthest.
         gains[~np.isfinite(gains)] = finite.max() if len(finite) else 0.0
@@ -180,8 +182,8 @@ class ClusterMargin(Strategy):
         if pool.metadata is not None and self.cluster_key in pool.metadata:
             clusters = np.asarray(pool.metadata[self.cluster_key])[pre]
         else:
-            clusters = kmeans_labels(require(pool, "embeddings", self.name)[pre], self.n_clusters,
-                                     self.seed)
+            clusters = kmeans_labels(unit_rows(require(pool, "embeddings", self.name)[pre]), self.n_clusters,
+                                     self.seed)  # spherical k-means: clusters by cosine distance
         order = round_robin_by_cluster(clusters, budget)
         idx = pre[order]
         size_of = dict(zip(*np.unique(clusters, return_counts=True)))
@@ -383,7 +385,7 @@ class Excluding(Strategy):
 
     Excluded: ids in ``exclude_ids`` (already labelled, earlier selections) and ids of
     ``labelled``; with ``near_duplicate_distance > 0`` also every frame whose embedding lies
-    within that Euclidean distance of a labelled frame, and every frame within that distance of
+    within that cosine distance of a labelled frame, and every frame within that distance of
     a frame ranked above it in this selection (greedy, in the inner strategy's rank order; the
     inner strategy is asked again for more frames when too many are dropped).
 
@@ -392,7 +394,7 @@ class Excluding(Strategy):
     inner : Strategy
     exclude_ids : iterable of str
     near_duplicate_distance : float
-        ``>= 0``; 0 turns near-duplicate removal off.
+        Cosine distance, ``>= 0``; 0 turns near-duplicate removal off.
     """
 
     def __init__(self, inner: Strategy, exclude_ids=(), near_duplicate_distance: float = 0.0):
@@ -418,9 +420,9 @@ class Excluding(Strategy):
         keep = ~np.isin(ids, list(excluded)) if excluded else np.ones(len(ids), bool)
         radius = self.near_duplicate_distance
         if radius > 0 and labelled is not None and labelled.embeddings is not None and len(labelled):
-            x = np.ascontiguousarray(require(pool, "embeddings", "near-duplicate exclusion"), np.float32)
-            near = nearest_sq_distance(x, np.ascontiguousarray(labelled.embeddings, np.float32))
-            keep &= near > radius ** 2
+            x = np.ascontiguousarray(unit_rows(require(pool, "embeddings", "near-duplicate exclusion")), np.float32)
+            near = nearest_sq_distance(x, np.ascontiguousarray(unit_rows(labelled.embeddings), np.float32))
+            keep &= near / 2.0 > radius  # squared Euclidean of unit rows = 2 x cosine distance
         return np.nonzero(keep)[0]
 
     def preselect(self, pool, budget, labelled=None):
@@ -450,11 +452,11 @@ class Excluding(Strategy):
 
 
 def _drop_near_duplicates(x: np.ndarray, radius: float) -> np.ndarray:
-    """Positions of rows of ``x`` (in order) kept when each is dropped if within ``radius`` of a
-    kept earlier row."""
-    x = np.asarray(x, dtype=np.float64)
+    """Positions of rows of ``x`` (in order) kept when each is dropped if within cosine distance
+    ``radius`` of a kept earlier row."""
+    x = unit_rows(x)
     kept = []
     for i in range(len(x)):
-        if not kept or np.min(((x[kept] - x[i]) ** 2).sum(axis=1)) > radius ** 2:
+        if not kept or np.min(1.0 - x[kept] @ x[i]) > radius:
             kept.append(i)
     return np.asarray(kept, dtype=np.int64)
