@@ -45,14 +45,14 @@ from transforms.decode.video import Sampling
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 
 
-_PLAN = decode._PlanFileFn(decode.DEFAULT_SPLIT_SECONDS)
+_PLAN = decode.PlanFileFn(decode.DEFAULT_SPLIT_SECONDS)
 _DECODERS = {}
 
 
 def _decode_file(path, sampling=Sampling()) -> int:
     """The decode stage's per-file work, as its DoFns do it in the pipeline; returns frames."""
     if sampling not in _DECODERS:  # one DoFn instance per sampling, as on a worker
-        _DECODERS[sampling] = decode._DecodeTaskFn(DEFAULT_MAX_PIXELS, None, sampling, 1)
+        _DECODERS[sampling] = decode.DecodeTaskFn(DEFAULT_MAX_PIXELS, None, sampling, 1)
     fn = _DECODERS[sampling]
     tasks = [t for t in _PLAN.process(path) if not isinstance(t, decode.beam.pvalue.TaggedOutput)]
     return sum(1 for task in tasks for item in fn.process(task)

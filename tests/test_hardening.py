@@ -357,7 +357,7 @@ FAILED_FILES = {"caf\\xe9-latin1.jpg", "fifo.jpg", "socket.jpg", "device.jpg", "
 def deleted_after_match(monkeypatch, odd_files):
     """The pipeline's matching works, then ``deleted-after-match.jpg`` goes before anything reads
     it (a count of the files before the run, for the progress lines, still sees it)."""
-    real = decode_ptransforms._MatchFn.process
+    real = decode_ptransforms.MatchFn.process
     victim = os.path.join(odd_files, "deleted-after-match.jpg")
 
     def match_then_delete(self, pattern):
@@ -365,7 +365,7 @@ def deleted_after_match(monkeypatch, odd_files):
         if os.path.exists(victim):
             os.remove(victim)
         yield from outputs
-    monkeypatch.setattr(decode_ptransforms._MatchFn, "process", match_then_delete)
+    monkeypatch.setattr(decode_ptransforms.MatchFn, "process", match_then_delete)
     yield
     shutil.copy(harness.media("china.jpg"), victim)
 

@@ -55,7 +55,7 @@ from transforms.decode.media_types import HEAD_BYTES, IMAGE, VIDEO, DecodeError,
 from transforms.decode.video import RangeReport, Sampling, VideoRange
 
 __all__ = ["DecodeMedia", "DecodedMedia", "DecodeError", "decode_image", "sniff_media_type",
-           "pixel_hash", "DEFAULT_SPLIT_SECONDS"]
+           "pixel_hash", "DEFAULT_SPLIT_SECONDS", "MatchFn", "PlanFileFn", "DecodeTaskFn"]
 
 _LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "activebeam.decode"
@@ -129,7 +129,7 @@ def match_pattern(pattern: str) -> list:
             if not m.path.endswith("/") and not (is_local(m.path) and os.path.isdir(m.path))]
 
 
-class _MatchFn(beam.DoFn):
+class MatchFn(beam.DoFn):
     """Expands a glob to file paths. Local globs are matched by
     :func:`~transforms.common.files.match_local`, which reports what Beam's matcher drops:
     a glob matching nothing, a directory matched as a whole (without ``**``), a symbolic link
@@ -235,7 +235,7 @@ class _ImageTask(NamedTuple):
     data: Optional[bytes] = None
 
 
-class _PlanFileFn(beam.DoFn):
+class PlanFileFn(beam.DoFn):
     """Sniffs a file from its first bytes; emits one task per image and per video range.
 
     Decoding happens after a ``Reshuffle`` of these small tasks, in one stage, so frames (with
@@ -295,7 +295,7 @@ class _PlanFileFn(beam.DoFn):
             yield _VideoTask(video_range, f"{format_name}/{plan.info.codec}", size, info, plan.truncated)
 
 
-class _DecodeTaskFn(beam.DoFn):
+class DecodeTaskFn(beam.DoFn):
     """Decodes an image task into its frame and outcome, or a video range into its sampled frames
     and a report keyed by file (``(uri, (task, RangeReport))`` on the ``reports`` output)."""
 
@@ -515,19 +515,19 @@ class DecodeMedia(beam.PTransform):
 
     def expand(self, patterns):
         if self._match_globs:
-            matched = patterns | "MatchGlobs" >> beam.ParDo(_MatchFn()).with_outputs(
+            matched = patterns | "MatchGlobs" >> beam.ParDo(MatchFn()).with_outputs(
                 DEAD_LETTER, OUTCOME, main="paths")
             paths, unmatched, unmatched_dead = matched.paths, [matched[OUTCOME]], [matched[DEAD_LETTER]]
         else:  # paths of files already known to exist (a file gone since fails when read)
             paths, unmatched, unmatched_dead = patterns, [], []
         if self._fan_out:
             paths = paths | "DistinctPaths" >> beam.Distinct()
-        planned = paths | "SniffAndPlan" >> beam.ParDo(_PlanFileFn(self._split_seconds)).with_outputs(
+        planned = paths | "SniffAndPlan" >> beam.ParDo(PlanFileFn(self._split_seconds)).with_outputs(
             DEAD_LETTER, OUTCOME, main="tasks")
         tasks = planned.tasks
         if self._fan_out:
             tasks = tasks | "SpreadTasks" >> beam.Reshuffle()  # video ranges of one file go to several workers
-        decoded = tasks | "DecodeFiles" >> beam.ParDo(_DecodeTaskFn(
+        decoded = tasks | "DecodeFiles" >> beam.ParDo(DecodeTaskFn(
             self._max_pixels, self._max_side, self._sampling, self._threads)).with_outputs(
                 DEAD_LETTER, OUTCOME, REPORTS, main="frames")
         if self._fan_out:

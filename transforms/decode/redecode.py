@@ -1,6 +1,7 @@
 """Frames decoded again from their sources, by ``frame_index``, the way the ``mine`` job decoded them.
 
-Pure (no Beam at import): the report's pictures and the pictures annotators see come from here::
+Reads its sources through Beam's filesystems (local paths or ``gs://``); the report's pictures and the
+pictures annotators see come from here::
 
     map_frames([FrameRequest(frame_id, "/data/cam.mp4", frame_index=42, timestamp_s=1.4)],
                fn=lambda request, rgb: rgb.shape, on_error=lambda reason: None)
@@ -17,6 +18,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 import numpy as np
 
+from transforms.common.files import local_copy
 from transforms.decode.images import decode_image
 from transforms.decode.video import ALL, Sampling, VideoFrame, decode_range, plan_video, split_ranges
 
@@ -57,7 +59,6 @@ def map_frames(requests: Iterable[FrameRequest], fn: Callable[[FrameRequest, np.
 def _render_source(source_uri: str, requests: List[FrameRequest], fn, on_error) -> Dict[str, object]:
     """Pictures of the requested frames of one source file (any failure is per frame)."""
     try:
-        from transforms.common.files import local_copy  # Beam's filesystems: imported when used
         with local_copy(source_uri) as path:
             if all(r.timestamp_s is None for r in requests):
                 with open(path, "rb") as f:
