@@ -55,7 +55,7 @@ RECORDS = clustered_records(40, seed=3)
 
 @pytest.mark.parametrize("strategy, params", [
     ("coreset", {}), ("cluster_margin", {"n_clusters": 3}), ("uniqueness", {}), ("entropy", {}),
-    ("margin", {"stochastic": "power", "seed": 3})])
+    ("margin", {"stochastic": "power", "seed": 3}), ("uncertainty_kcenter", {"score": "entropy"})])
 def test_every_strategy_selects_its_budget_per_sliding_window(strategy, params):
     def stream():
         return (TestStream()
@@ -74,6 +74,8 @@ def test_every_strategy_selects_its_budget_per_sliding_window(strategy, params):
         assert pane["strategies"] == [strategy + ("+power" if "stochastic" in params else "")]
     if strategy == "cluster_margin":
         assert "cluster" in " ".join(by_window[(0, 60)]["components"])
+    if strategy == "uncertainty_kcenter":  # the default of the streaming job too: each pick explains itself
+        assert {"score", "distance_to_selected", "rule"} <= set(by_window[(0, 60)]["components"])
     if "stochastic" in params:  # the same noise per frame id: a rerun picks the same frames per window
         again = _run(stream(), SelectPerWindow(WindowSpec(60, 30, 3600), 3, strategy, params, uniqueness_k=3))
         assert {tuple(p["window"]): p["candidates"] for p in again} == {
