@@ -340,6 +340,7 @@ def test_mine_with_the_default_models(models, tmp_path):
     with open(os.path.join(out_dir, "candidates.jsonl")) as f:
         candidates = [json.loads(line) for line in f]
     chosen = {c["frame_id"] for c in candidates}
+    docs_by_id = {d["_id"]: d for d in docs.values()}
     assert len(candidates) == len(docs) - 1 and copy["_id"] not in chosen and first["_id"] in chosen
     # The first is the most uncertain frame; each later one the farthest from those before it,
     # and says so (its distance to the earlier picks, the rule that admitted it).
@@ -352,6 +353,7 @@ def test_mine_with_the_default_models(models, tmp_path):
     assert figures["sources"] == len({c["source_uri"] for c in candidates})
     assert figures["score"] == "detection_max" and 0 < figures["mean_score_ratio"] <= 1
     assert figures["coverage_radius"] >= figures["coverage_radius_kcenter"] > 0
+    assert figures["predicted_boxes"] == sum(len(docs_by_id[c["frame_id"]]["detections"]) for c in candidates)
     with open(os.path.join(out_dir, "report", "index.html")) as f:
         assert "coverage radius / k-centre" in f.read()
     assert reports["near_duplicates"] == [{"duplicate_group": first["_id"], "frames": 2, "sources": 2}]

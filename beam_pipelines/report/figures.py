@@ -1,5 +1,6 @@
 """A run's selection measured against its pool: the redundancy figures of
-:func:`transforms.select.redundancy.redundancy_figures`, added to ``summary.json`` (key
+:func:`transforms.select.redundancy.redundancy_figures`, and the detector's boxes on the selected
+frames (``predicted_boxes``: what an annotator will draw), added to ``summary.json`` (key
 ``selection_figures``) before the report is written, which shows them.
 
 The pool is the run's frames in MongoDB (the model version and inputs of ``summary.json``, as the
@@ -65,6 +66,10 @@ def selection_figures(summary: dict, candidates, db) -> Optional[dict]:
         _LOG.warning("selection figures without the score: %s", e)
         figures = redundancy_figures(pool, picks)
     figures["pool_frames_measured"] = len(docs)
+    # What the annotator will draw: the detector's boxes on the selected frames (None without one).
+    boxes = [docs[i].get("detections") for i in picks]
+    figures["predicted_boxes"] = (sum(len(b) for b in boxes if b) if any(b is not None for b in boxes)
+                                  else None)
     return figures
 
 

@@ -464,6 +464,7 @@ def _overview(candidates, pool, dead_letters, summary, unrendered) -> str:
                       f"{figures['top_source_share']:.2f} ({figures['top_source_pool_share']:.2f})"))
     for key, label in (("near_duplicate_pairs", "near-duplicate pairs"),
                        ("similar_same_source_pairs_within_2s", "similar same-source pairs < 2 s"),
+                       ("predicted_boxes", "predicted boxes"),
                        ("coverage_radius_ratio", "coverage radius / k-centre's"),
                        ("mean_score_ratio", "mean score / top-k's")):
         if figures.get(key) is not None:
