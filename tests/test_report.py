@@ -176,6 +176,7 @@ def test_cli_report_paging_in_chromium(run, mongo, browser):
         assert p.locator("#pager-top .page-info").inner_text().startswith(f"page {expected_page} of 3")
         if expected_page < 3:
             p.click("#pager-top button.next")
+            p.wait_for_function(f"document.body.dataset.page === '{expected_page + 1}'")  # not before it turned
     assert p.locator("#pager-top button.next").is_disabled()
     assert seen == [f"#{r}" for r in range(1, BUDGET + 1)]
     # A rank link goes to that candidate's page; the run found from the runs index gives lineage.
