@@ -48,21 +48,6 @@ def pretrained_defaults():
             os.environ["ACTIVEBEAM_DEFAULT_MODEL"] = saved
 
 
-@contextlib.contextmanager
-def env(**values):
-    """Within the block, the environment variables ``values`` are set (restored after)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def tmpdir(prefix="activebeam-test-") -> str:
     """A fresh temporary directory under Bazel's ``TEST_TMPDIR`` (or the system's), removed when
     the test process exits (mongod data directories alone preallocate 300 MB each)."""

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from beam_pipelines.local import emulators
 from tests import harness
 from transforms.score import pretrained
 from transforms.score.detection import (aggregate_detection_scores, estimate_background, iou_matrix,
@@ -394,7 +395,7 @@ def test_default_models_and_options(models):
             job(*remote, "--temp_location=gs://b/tmp", f"--detector={own_detector}")
         with pytest.raises(ValueError, match="needs a detector"):
             job("--detector=none", "--selection_embedding=objects")
-    with harness.pretrained_defaults(), harness.env(ACTIVEBEAM_MODELS=harness.tmpdir("no-models-")):
+    with harness.pretrained_defaults(), emulators.environment(ACTIVEBEAM_MODELS=harness.tmpdir("no-models-")):
         with pytest.raises(ValueError, match=r"default models .* are not in .*transforms.score.pretrained.convert"):
             job()
     pinned = job()
