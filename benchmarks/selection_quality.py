@@ -68,20 +68,12 @@ def read_pool(mongo_dir: str):
     frame but the non-representatives of near-duplicate groups (as ``SelectCandidates`` sees it)."""
     import pymongo
     from beam_pipelines.local.mongod import LocalMongoD
-    from transforms.select.base import Pool
+    from beam_pipelines.report.figures import pool_from_documents
     with LocalMongoD(mongo_dir) as mongo, pymongo.MongoClient(mongo.uri) as client:
         docs = sorted(client.activebeam.frames.find({}, {"embedding": 1, "scores": 1, "source_uri": 1,
                                                           "timestamp_s": 1, "duplicate_group": 1}),
                       key=lambda d: d["_id"])
-    docs = [d for d in docs if d.get("duplicate_group") in (None, d["_id"])]
-    names = sorted({k for d in docs for k in d["scores"]})
-    pool = Pool(ids=np.array([d["_id"] for d in docs], dtype=object),
-                embeddings=np.array([d["embedding"] for d in docs], dtype=np.float32),
-                scores={k: np.array([d["scores"].get(k, np.nan) for d in docs]) for k in names},
-                metadata={"source": np.array([d["source_uri"] for d in docs], dtype=object),
-                          "timestamp": np.array([np.nan if d.get("timestamp_s") is None else d["timestamp_s"]
-                                                 for d in docs])})
-    return pool
+    return pool_from_documents([d for d in docs if d.get("duplicate_group") in (None, d["_id"])])
 
 
 def strategies(default_score: str):

@@ -33,6 +33,19 @@ def _read_json_lines(path: str):
         return [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
 
 
+def pool_from_documents(docs) -> Pool:
+    """The selection :class:`~transforms.select.base.Pool` of frame documents (MongoDB ``frames``,
+    with ``embedding``): ids, embeddings, stored scores (NaN where a frame lacks one) and the
+    ``source`` and ``timestamp`` metadata, in the order of ``docs``."""
+    names = sorted({k for d in docs for k in (d.get("scores") or {})})
+    return Pool(ids=np.array([d["_id"] for d in docs], dtype=object),
+                embeddings=np.array([d["embedding"] for d in docs], dtype=np.float32),
+                scores={k: np.array([(d.get("scores") or {}).get(k, np.nan) for d in docs]) for k in names},
+                metadata={"source": np.array([d.get("source_uri") for d in docs], dtype=object),
+                          "timestamp": np.array([np.nan if d.get("timestamp_s") is None else d["timestamp_s"]
+                                                 for d in docs], dtype=np.float64)})
+
+
 def selection_figures(summary: dict, candidates, db) -> Optional[dict]:
     """The figures of ``candidates`` (dicts of ``candidates.jsonl``) against the run's pool in
     ``db`` (a pymongo database); ``None`` without candidates or embeddings."""
@@ -48,13 +61,8 @@ def selection_figures(summary: dict, candidates, db) -> Optional[dict]:
     if not docs:
         return None
     position = {d["_id"]: i for i, d in enumerate(docs)}
-    names = sorted({k for d in docs for k in (d.get("scores") or {})})
-    pool = Pool(ids=np.array([d["_id"] for d in docs], dtype=object),
-                embeddings=np.array([d["embedding"] for d in docs], dtype=np.float32),
-                scores={k: np.array([(d.get("scores") or {}).get(k, np.nan) for d in docs]) for k in names},
-                metadata={"source": np.array([d.get("source_uri") for d in docs], dtype=object),
-                          "timestamp": np.array([np.nan if d.get("timestamp_s") is None else d["timestamp_s"]
-                                                 for d in docs], dtype=np.float64)})
+    pool = pool_from_documents(docs)
+    names = set(pool.scores)
     picks = np.array([position[c["frame_id"]] for c in candidates if c["frame_id"] in position], dtype=np.int64)
     strategy, params = summary.get("strategy"), summary.get("strategy_params") or {}
     score = params.get("score") or (strategy if strategy in score_registry.names() else None)

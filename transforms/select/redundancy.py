@@ -12,7 +12,8 @@ distance of selection: cosine distance between L2-normalised embeddings.
   less than ``similar_distance`` apart (the content did not change);
 * ``coverage_radius``: the largest distance from a pool frame to its nearest pick (lower: the batch
   spans the pool), and ``coverage_radius_ratio``, its ratio to a greedy k-centre selection of the
-  same size (Sener & Savarese 2018), when asked;
+  same size (:func:`transforms.select.kcenter.k_center_greedy`, the ``coreset`` strategy's;
+  Sener & Savarese 2018), when asked;
 * ``mean_score`` of the picks, and ``mean_score_ratio``, its ratio to the score's top-k.
 
 Cost: ``O(N x k x D)`` for the radius (``N`` pool frames, ``k`` picks), in blocks; no ``N x N``.
@@ -21,35 +22,17 @@ from typing import Optional
 
 import numpy as np
 
+from transforms.select import kcenter
 from transforms.select.base import Pool, rank_by, score_values, unit_rows
 
-BLOCK = 4096
-
-
-def coverage_radius(pool_unit: np.ndarray, picks_unit: np.ndarray) -> float:
+def cosine_radius(pool_unit: np.ndarray, picks_unit: np.ndarray) -> float:
     """Largest cosine distance of a row of ``pool_unit`` (``(N, D)``, unit rows) to its nearest row
-    of ``picks_unit`` (``(k, D)``); 2.0 (the largest distance) without picks."""
+    of ``picks_unit``: :func:`transforms.select.kcenter.coverage_radius` (exact, faiss, in blocks),
+    whose Euclidean distance ``e`` between unit rows is the cosine distance ``e**2 / 2``; 2.0 (the
+    largest distance) without picks."""
     if len(picks_unit) == 0:
         return 2.0
-    worst = 0.0
-    for start in range(0, len(pool_unit), BLOCK):
-        nearest = (1.0 - pool_unit[start:start + BLOCK] @ picks_unit.T).min(axis=1)
-        worst = max(worst, float(nearest.max()))
-    return worst
-
-
-def cosine_k_center(pool_unit: np.ndarray, k: int) -> np.ndarray:
-    """Greedy k-centre (farthest-first) in cosine distance over unit rows, from row 0; int64 ``(k,)``."""
-    k = min(k, len(pool_unit))
-    if k == 0:
-        return np.empty(0, np.int64)
-    picks = [0]
-    nearest = 1.0 - pool_unit @ pool_unit[0]
-    while len(picks) < k:
-        j = int(np.argmax(nearest))
-        picks.append(j)
-        nearest = np.minimum(nearest, 1.0 - pool_unit @ pool_unit[j])
-    return np.asarray(picks, dtype=np.int64)
+    return kcenter.coverage_radius(pool_unit, picks_unit) ** 2 / 2.0
 
 
 def redundancy_figures(pool: Pool, indices, score: Optional[str] = None, window_s: float = 2.0,
@@ -93,17 +76,17 @@ def redundancy_figures(pool: Pool, indices, score: Optional[str] = None, window_
         top = names[np.argmax(counts)]
         figures.update(sources=int(len(names)), top_source=str(top), top_source_share=float(counts.max() / k),
                        top_source_pool_share=float(np.mean(sources.astype(str) == top)))
-    close = (1.0 - picks @ picks.T) < duplicate_distance
-    figures["near_duplicate_pairs"] = int((np.triu(close, 1)).sum())
+    between = 1.0 - picks @ picks.T  # cosine distances between the picks
+    figures["near_duplicate_pairs"] = int(np.triu(between < duplicate_distance, 1).sum())
     if sources is not None and "timestamp" in meta and k:
         times = np.asarray(meta["timestamp"], dtype=np.float64)[idx]
         same = (sources[idx][:, None] == sources[idx][None, :]) & (np.abs(times[:, None] - times[None, :]) < window_s)
         figures[f"same_source_pairs_within_{window_s:g}s"] = int(np.triu(same, 1).sum())
-        similar = (1.0 - picks @ picks.T) < similar_distance
-        figures[f"similar_same_source_pairs_within_{window_s:g}s"] = int(np.triu(same & similar, 1).sum())
-    figures["coverage_radius"] = coverage_radius(unit, picks)
-    if compare and k:
-        reference = coverage_radius(unit, unit[cosine_k_center(unit, k)])
+        figures[f"similar_same_source_pairs_within_{window_s:g}s"] = int(
+            np.triu(same & (between < similar_distance), 1).sum())
+    figures["coverage_radius"] = cosine_radius(unit, picks)
+    if compare and k:  # greedy k-centre, the coreset strategy's: its radius is the reference
+        reference = kcenter.k_center_greedy(unit, k).radius ** 2 / 2.0
         figures["coverage_radius_kcenter"] = reference
         figures["coverage_radius_ratio"] = figures["coverage_radius"] / reference if reference > 0 else None
     if score is not None and k:

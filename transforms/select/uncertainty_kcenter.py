@@ -33,7 +33,7 @@ References
 * Sener, O. & Savarese, S. (2018). Active Learning for CNNs: A Core-Set Approach (greedy k-centre).
 * LightlyOne selection docs, "Diversity" strategy with ``stopping_condition.min_distance``.
 """
-from typing import Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,6 +45,17 @@ MOST_UNCERTAIN, FARTHEST = 0.0, 1.0
 #: distance.
 NO_EARLIER_PICK = 2.0
 SOURCE_KEY, TIME_KEY = "source", "timestamp"
+
+
+class ThinnedPool(NamedTuple):
+    """The uncertainty pool, most uncertain first: ``indices`` int64 ``(P,)`` into the pool,
+    ``unit`` float64 ``(P, D)`` their L2-normalised embeddings, ``nearest_known`` float64 ``(P,)``
+    the cosine distance of each to its nearest labelled frame (``inf`` without any), ``values``
+    float64 ``(P,)`` their uncertainty."""
+    indices: np.ndarray
+    unit: np.ndarray
+    nearest_known: np.ndarray
+    values: np.ndarray
 
 
 class UncertaintyKCenter(Strategy):
@@ -101,14 +112,12 @@ class UncertaintyKCenter(Strategy):
         final selection thins the union again: an approximation of the whole pool's thinned
         pool (a frame that a shard's frame blocks may be admitted when that blocker is itself
         thinned out by another shard's frame)."""
-        return np.sort(self._thinned_pool(pool, budget, labelled)[0])
+        return np.sort(self._thinned_pool(pool, budget, labelled).indices)
 
     def _select(self, pool, budget, labelled):
-        candidates, nearest = self._thinned_pool(pool, budget, labelled)
+        candidates, x, nearest, values = self._thinned_pool(pool, budget, labelled)
         if len(candidates) == 0:
             return empty_selection()
-        x = unit_rows(require(pool, "embeddings", self.name)[candidates])
-        values = score_values(pool, self.score)
         picks, distances, rules = [], [], []
         available = np.ones(len(candidates), dtype=bool)
         while len(picks) < min(budget, len(candidates)):
@@ -121,20 +130,21 @@ class UncertaintyKCenter(Strategy):
             rules.append(rule)
             available[j] = False
             nearest = np.minimum(nearest, 1.0 - x @ x[j])
-        idx = candidates[np.asarray(picks, dtype=np.int64)]
-        return Selection(idx, values[idx], {"score": values[idx], "distance_to_selected": np.asarray(distances),
-                                            "rule": np.asarray(rules)})
+        picks = np.asarray(picks, dtype=np.int64)
+        return Selection(candidates[picks], values[picks], {"score": values[picks],
+                                                            "distance_to_selected": np.asarray(distances),
+                                                            "rule": np.asarray(rules)})
 
-    def _thinned_pool(self, pool, budget, labelled):
-        """``(pool indices, cosine distance of each to the nearest labelled frame)`` of the thinned
-        uncertainty pool: frames in descending uncertainty (ties by id), each admitted unless it is
+    def _thinned_pool(self, pool, budget, labelled) -> "ThinnedPool":
+        """The thinned uncertainty pool (:class:`ThinnedPool`): frames in descending uncertainty
+        (ties by id), each admitted unless it is
         within ``min_distance`` of an admitted or labelled frame, or within ``min_seconds_apart``
         of an admitted frame of its source and less than ``temporal_distance`` from it; until
         ``ceil(m x budget)`` are admitted. Cost: one ``(D,) x (P, D)`` product per frame looked at."""
         size = self._pool_size(len(pool), budget)
         values = score_values(pool, self.score)
         order = rank_by(values, pool.ids, len(pool))
-        x = unit_rows(require(pool, "embeddings", self.name))
+        embeddings = require(pool, "embeddings", self.name)  # rows normalised as they are looked at
         meta = pool.metadata or {}
         sources = np.asarray(meta[SOURCE_KEY]) if SOURCE_KEY in meta else None
         times = (np.asarray(meta[TIME_KEY], dtype=np.float64) if TIME_KEY in meta
@@ -143,15 +153,16 @@ class UncertaintyKCenter(Strategy):
         if labelled is not None and labelled.embeddings is not None and len(labelled):
             known = unit_rows(labelled.embeddings)
         admitted, nearest_known = [], []
-        kept = np.empty((size, x.shape[1]))
+        kept = np.empty((size, embeddings.shape[1]))
         for i in order:
             if len(admitted) == size:
                 break
-            to_known = float((1.0 - known @ x[i]).min()) if known is not None else np.inf
+            row = unit_rows(embeddings[i:i + 1])[0]
+            to_known = float((1.0 - known @ row).min()) if known is not None else np.inf
             if to_known < self.min_distance:
                 continue
             if admitted:
-                to_kept = 1.0 - kept[:len(admitted)] @ x[i]
+                to_kept = 1.0 - kept[:len(admitted)] @ row
                 if to_kept.min() < self.min_distance:
                     continue
                 if sources is not None and self.min_seconds_apart > 0 and np.isfinite(times[i]):
@@ -159,7 +170,9 @@ class UncertaintyKCenter(Strategy):
                     neighbours = (sources[rows] == sources[i]) & (np.abs(times[rows] - times[i]) < self.min_seconds_apart)
                     if np.any(neighbours & (to_kept < self.temporal_distance)):
                         continue
-            kept[len(admitted)] = x[i]
+            kept[len(admitted)] = row
             admitted.append(i)
             nearest_known.append(to_known)
-        return np.asarray(admitted, dtype=np.int64), np.asarray(nearest_known, dtype=np.float64)
+        admitted = np.asarray(admitted, dtype=np.int64)
+        return ThinnedPool(admitted, kept[:len(admitted)], np.asarray(nearest_known, dtype=np.float64),
+                           values[admitted])
