@@ -25,7 +25,6 @@ Prints one JSON object per strategy, then on the last line the default's figures
 x top-k's, top source share <= 0.5.
 """
 import argparse
-import glob
 import json
 import os
 import shutil

@@ -49,7 +49,7 @@ from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptio
 from beam_pipelines.cli import preflight, shutdown
 from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, run_facts
 from beam_pipelines.mine.options import (MineJob, MineOptions, StreamingOptions, check_options, decode_options,
-                                         stage_models, streaming_requested)
+                                         stage_models)
 from beam_pipelines.cli.run_record import RunRecord, describe_run
 from schemas import arrivals as arrivals_schema
 from schemas.frames import DEFAULT_DATABASE
@@ -71,11 +71,6 @@ from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.windows import WindowSpec, SelectPerWindow
 
 _LOG = logging.getLogger(__name__)
-
-
-def requested(options: PipelineOptions) -> bool:
-    """Whether ``options`` ask for the streaming job (:func:`~beam_pipelines.mine.options.streaming_requested`)."""
-    return streaming_requested(options)
 
 
 class StreamJob(NamedTuple):
@@ -474,4 +469,4 @@ def print_summary(summary: dict):
     print(f"windows:      {FileSystems.join(out, WINDOWS_FILE)}")
 
 
-__all__ = ["MineStream", "StreamingOptions", "StreamJob", "check_streaming", "run", "requested"]
+__all__ = ["MineStream", "StreamingOptions", "StreamJob", "check_streaming", "run"]
