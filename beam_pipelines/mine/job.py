@@ -15,17 +15,13 @@ from typing import List, Optional
 
 from beam_pipelines.cli import preflight
 from beam_pipelines.local.mongod import LocalMongoD
-from beam_pipelines.mine.options import MineJob, decode_options
+from beam_pipelines.mine.options import BATCH_ONLY_OPTIONS, MineJob, decode_options
 from transforms.common.redact import redact_uri
 from transforms.score.detectors import (BackgroundDifferenceDetector, DetectorHandler, detector_version,
                                         nanodet_handler)
 from transforms.score.ptransforms import ModelSpec, load_model_spec
 
 _LOG = logging.getLogger(__name__)
-
-#: Facts of the batch job's lineage that a streaming run does not apply (its options are refused
-#: in streaming by :func:`~beam_pipelines.mine.options.check_streaming_options`).
-BATCH_ONLY_FACTS = ("near_duplicate_similarity", "selection_embedding", "include_labelled")
 
 
 def load_model(mine, job: MineJob) -> ModelSpec:
@@ -73,7 +69,8 @@ def embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
 def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: ModelSpec,
               streaming: bool = False) -> dict:
     """What ``summary.json`` and the run's entry say about the run's settings; a streaming run's
-    leave out :data:`BATCH_ONLY_FACTS`."""
+    leave out the settings of :data:`~beam_pipelines.mine.options.BATCH_ONLY_OPTIONS`, which it
+    does not apply (and refuses when given)."""
     facts = {
         "inputs": globs,
         "output_dir": job.output_dir,
@@ -101,6 +98,6 @@ def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Model
         "runner": job.runner,
     }
     if streaming:
-        for name in BATCH_ONLY_FACTS:
-            del facts[name]
+        for name in BATCH_ONLY_OPTIONS:
+            facts.pop(name, None)
     return facts
