@@ -596,6 +596,33 @@ def test_stale_lock_of_a_crashed_mongod_is_recovered_with_a_message(caplog):
     assert f"the mongod (PID {crashed}) of an earlier run did not shut down cleanly" in caplog.text
 
 
+def test_a_mongod_killed_during_start_up_is_started_once_more(monkeypatch, caplog):
+    # The first start aborts (SIGABRT, its reason on stderr); the second runs the real server.
+    folder = harness.tmpdir("abort-once-")
+    wrapper = os.path.join(folder, "mongod")
+    with open(wrapper, "w") as f:
+        f.write(f"""#!/bin/sh
+if [ ! -e {folder}/aborted ]; then touch {folder}/aborted; echo "cannot create thread" >&2; kill -ABRT $$; fi
+exec {local_mongo.find_mongod()} "$@"
+""")
+    os.chmod(wrapper, 0o755)
+    monkeypatch.setenv("ACTIVEBEAM_MONGOD", wrapper)
+    with LocalMongoD(os.path.join(folder, "db")) as server:
+        assert pymongo.MongoClient(server.uri).admin.command("ping")["ok"] == 1
+    assert "mongod exited with code -6 (cannot create thread)" in caplog.text
+    assert "starting it once more" in caplog.text
+
+
+def test_a_mongod_that_keeps_dying_at_start_up_is_a_clear_error(monkeypatch):
+    wrapper = os.path.join(harness.tmpdir("abort-always-"), "mongod")
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\necho 'cannot create thread' >&2\nkill -ABRT $$\n")
+    os.chmod(wrapper, 0o755)
+    monkeypatch.setenv("ACTIVEBEAM_MONGOD", wrapper)
+    with pytest.raises(local_mongo.MongoDStartError, match=r"code -6 \(cannot create thread\)"):
+        LocalMongoD(os.path.join(os.path.dirname(wrapper), "db")).start()
+
+
 def test_data_directory_in_use_by_a_live_run_is_one_line(nothing_starts, monkeypatch, capsys):
     out_dir = harness.tmpdir("in-use-")
     monkeypatch.setattr(mine_job, "LocalMongoD", LocalMongoD)  # the real one, this time

@@ -67,6 +67,10 @@ class MongoDStartError(RuntimeError):
     """The embedded ``mongod`` could not start; the message says why (from its log) and where the log is."""
 
 
+class _KilledAtStart(Exception):
+    """The server died of a signal before it accepted connections."""
+
+
 class MongoDPathInUse(MongoDStartError):
     """The data directory is used by a ``mongod`` that is not an orphan of an earlier run."""
 
@@ -109,6 +113,7 @@ class LocalMongoD:
         self._timeout = startup_timeout_s
         self._process = None
         self.logpath = os.path.join(self.dbpath, "mongod.log")
+        self.stderr_path = os.path.join(self.dbpath, "mongod.stderr")
 
     @property
     def uri(self) -> str:
@@ -123,12 +128,24 @@ class LocalMongoD:
     def start(self) -> "LocalMongoD":
         os.makedirs(self.dbpath, exist_ok=True)
         self._recover_data_directory()
-        self._process = subprocess.Popen(
-            [find_mongod(), "--dbpath", self.dbpath, "--port", str(self.port),
-             "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", self.logpath, "--logappend",
-             "--setParameter", "diagnosticDataCollectionEnabled=false"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=parent_death_signal())
+        for attempt in range(2):
+            try:
+                return self._start_once()
+            except _KilledAtStart as killed:
+                if attempt:
+                    raise MongoDStartError(str(killed)) from None
+                _LOG.warning("%s; starting it once more", killed)
+
+    def _start_once(self) -> "LocalMongoD":
+        # stderr is kept: an abort before the log opens (e.g. a thread that cannot be created)
+        # says why only there.
+        with open(self.stderr_path, "ab") as stderr:
+            self._process = subprocess.Popen(
+                [find_mongod(), "--dbpath", self.dbpath, "--port", str(self.port),
+                 "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", self.logpath,
+                 "--logappend", "--setParameter", "diagnosticDataCollectionEnabled=false"],
+                stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=parent_death_signal())
         try:
             self._write_owner()
             self._wait_ready()
@@ -193,12 +210,13 @@ class LocalMongoD:
         return self.logpath in argv and "diagnosticDataCollectionEnabled=false" in argv
 
     def _last_log_error(self) -> str:
-        """The last error or fatal message of the server's log (JSON lines), or ''."""
+        """The last error or fatal message of the server's log (JSON lines), else the last line
+        it wrote to stderr, or ''."""
         try:
             with open(self.logpath, errors="replace") as f:
                 lines = f.readlines()[-200:]
         except OSError:
-            return ""
+            lines = []
         for line in reversed(lines):
             try:
                 entry = json.loads(line)
@@ -207,7 +225,12 @@ class LocalMongoD:
             if entry.get("s") in ("E", "F"):
                 detail = entry.get("attr", {}).get("error") or entry.get("attr", {})
                 return f"{entry.get('msg', '')}: {detail}"[:300]
-        return ""
+        try:
+            with open(self.stderr_path, errors="replace") as f:
+                tail = [line.strip() for line in f.readlines()[-20:] if line.strip()]
+        except OSError:
+            tail = []
+        return tail[-1][:300] if tail else ""
 
     def _wait_ready(self):
         import pymongo
@@ -217,8 +240,11 @@ class LocalMongoD:
                 code = self._process.returncode
                 self._process = None
                 error = self._last_log_error()
-                raise MongoDStartError(f"mongod exited with code {code}"
-                                       + (f" ({error})" if error else "") + f"; see {self.logpath}")
+                message = (f"mongod exited with code {code}" + (f" ({error})" if error else "")
+                           + f"; see {self.logpath} and {self.stderr_path}")
+                # Killed by a signal before it answered (an abort seen once on a loaded CI
+                # machine, on an empty data directory): worth one more try; an exit code is not.
+                raise (_KilledAtStart if code < 0 else MongoDStartError)(message)
             try:
                 with pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
                     client.admin.command("ping")
