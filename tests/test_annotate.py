@@ -282,6 +282,10 @@ def test_detection_export_boxes_and_coco_read_back_with_pycocotools(loop):
     common = [a if a != PROJECT else "cups" for a in loop["common"]]
     counts = annotate.run(["export", "--selection_id", "det-sel", "--classes", "cup,person"] + common)
     assert counts["kind"] == "detection" and counts["tasks_in_project"] == 2
+    # what the export costs to label: 2 frames of one predicted box each, at the cost model in use
+    # (the index's annotations are too few to fit one: the published 5 s per frame + 7 s per box)
+    assert (counts["frames"], counts["predicted_boxes"], counts["estimated_label_seconds"]) == (2, 2, 24.0)
+    assert counts["cost_model"]["source"] == "published"
     project = client.project_by_title("cups")
     for task in client.tasks(project["id"]):
         (region,) = task["predictions"][0]["result"]

@@ -34,7 +34,8 @@ def test_mine_with_cluster_margin_indexes_candidates_everywhere():
         candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
         assert [c["rank"] for c in candidates] == list(range(1, 9))
         assert {c["strategy"] for c in candidates} == {"cluster_margin"}
-        assert all(set(c["components"]) == {"margin", "cluster_size"} for c in candidates)
+        assert all(set(c["components"]) == {"margin", "cluster_size", "predicted_boxes", "label_seconds"}
+                   for c in candidates)
         # Cluster-Margin's candidates are among the 3 * 8 lowest-margin frames of the index.
         frames = pymongo.MongoClient(mongo.uri)["activebeam"]["frames"]
         lowest = {d["_id"] for d in frames.find().sort("scores.margin", 1).limit(24)}
@@ -67,6 +68,38 @@ def test_bad_strategy_params_fail_before_running():
         mine.run(["--strategy=bald"])
     with pytest.raises(ValueError, match="--uniqueness_k"):
         mine.run(["--strategy=uniqueness", "--uniqueness_k=0"])
+
+
+def test_a_budget_of_labelling_seconds_with_a_cost_model_fitted_to_lead_times():
+    """--budget_unit seconds: the candidates are what the budget pays for at the cost model that
+    the index's annotations give (40 classification answers of 3 s and 5 s: 4 s per frame)."""
+    out_dir = harness.tmpdir("mine-cost-")
+    pngs = harness.media("fashion-mnist", "t10k-000[0-4]*.png")
+    with harness.mongod() as mongo:
+        db = pymongo.MongoClient(mongo.uri)["activebeam"]
+        db["annotations"].insert_many([{"_id": f"a{i}", "lead_time_s": 3.0 + 2 * (i % 2), "boxes": None,
+                                        "annotated_at": i} for i in range(40)])
+        argv = [f"--input={pngs}", f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}",
+                "--budget=40", "--budget_unit=seconds"]
+        summary = mine.run(argv)
+        assert summary["cost_model"] == {"seconds_per_frame": 4.0, "seconds_per_box": 7.0,
+                                         "source": "calibrated", "annotations": 40}
+        assert summary["budget_unit"] == "seconds" and "budget_unit" not in summary["strategy_params"]
+        assert summary["candidates"] == 10  # 40 s at 4 s a frame
+        candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
+        assert [c["components"]["label_seconds"] for c in candidates] == [4.0] * 10
+        assert summary["selection_figures"]["estimated_label_seconds"] == 40.0
+        run = db["runs"].find_one({"_id": summary["run_id"]})
+        assert json.loads(run["counts"])["estimated_label_seconds"] == 40.0
+        assert json.loads(run["options"])["cost_model"]["source"] == "calibrated"
+        assert candidates[0]["parameters"]["params"]["budget_unit"] == "seconds"
+        # the user's numbers win over the fit
+        given = mine.run(argv + ["--seconds_per_frame=8"])
+        assert given["candidates"] == 5 and given["cost_model"]["source"] == "given"
+    with pytest.raises(ValueError, match="needs a detector"):
+        mine.run(["--budget_unit=boxes"])
+    with pytest.raises(ValueError, match="set with --budget_unit"):
+        mine.run(['--strategy_params={"budget_unit": "frames"}'])
 
 
 @pytest.mark.parametrize("strategy, extra", [("bald", ["--mc_passes=5"]), ("uniqueness", [])])

@@ -13,6 +13,7 @@ from transforms.select.batchbald import BatchBALD, batch_bald
 from transforms.select.stochastic import StochasticBatch
 from transforms.select.redundancy import redundancy_figures
 from transforms.select.uncertainty_kcenter import FARTHEST, MOST_UNCERTAIN, UncertaintyKCenter
+from transforms.select.cost import CostBudget, CostModel, checked_cost_model, fit_cost_model, selection_cost
 
 
 def _pool(n=400, seed=0, classes=5, dim=8):
@@ -24,7 +25,7 @@ def _pool(n=400, seed=0, classes=5, dim=8):
     return Pool(ids=np.array([f"frame-{i:05d}" for i in range(n)], dtype=object), embeddings=emb,
                 probabilities=probs, probability_samples=samples,
                 metadata={"camera": np.array([f"cam{i % 3}" for i in range(n)], dtype=object),
-                          "predicted_class": probs.argmax(axis=1)})
+                          "predicted_class": probs.argmax(axis=1), "boxes": rng.integers(0, 9, size=n)})
 
 
 ALL = [
@@ -40,11 +41,18 @@ ALL = [
     Balanced(StochasticBatch("variation_ratios", "power"), key="camera"),
     BatchBALD(num_configs=64),
     UncertaintyKCenter("entropy", pool_multiplier=2), UncertaintyKCenter("margin", pool_multiplier=1),
+    CostBudget(UncertaintyKCenter("entropy"), "frames"), CostBudget(TopK("margin"), "seconds"),
+    CostBudget(KCenterGreedy(), "boxes", CostModel(5.0, 35.0)),
 ]
+
+
+def _cost_budget(strategy):
+    return isinstance(strategy, CostBudget) and strategy.unit != "frames"
 # Strategies whose result depends only on the ids and values, not on the pool's order.
 ORDER_FREE = [s for s in ALL if not isinstance(s, (KCenterGreedy, ClusterMargin, Excluding, BatchBALD,
                                                     UncertaintyKCenter))
-              and not (isinstance(s, Balanced) and isinstance(s.inner, KCenterGreedy))]
+              and not (isinstance(s, Balanced) and isinstance(s.inner, KCenterGreedy))
+              and not (isinstance(s, CostBudget) and not isinstance(s.inner, TopK))]
 
 
 @pytest.mark.parametrize("strategy", ALL, ids=repr)
@@ -54,12 +62,17 @@ def test_conformance(strategy):
         sel = strategy.select(pool, budget)
         k = len(sel.indices)
         assert sel.indices.dtype == np.int64 and len(set(sel.indices.tolist())) == k
-        assert k <= min(budget, len(pool)) and np.all((0 <= sel.indices) & (sel.indices < len(pool)))
+        if _cost_budget(strategy):  # a budget of boxes or seconds, not frames
+            costs = strategy.cost_model.costs(pool.metadata["boxes"], strategy.unit)
+            assert costs[sel.indices].sum() <= budget + 1e-9
+        else:
+            assert k <= min(budget, len(pool))
+        assert np.all((0 <= sel.indices) & (sel.indices < len(pool)))
         assert sel.scores.shape == (k,) and np.all(np.isfinite(sel.scores))
         assert all(v.shape == (k,) for v in sel.components.values())
-        if not isinstance(strategy, (Excluding, UncertaintyKCenter)):  # exclusions and rules may leave fewer
+        if not isinstance(strategy, (Excluding, UncertaintyKCenter, CostBudget)):  # rules and costs: fewer
             assert k == min(budget, len(pool))
-        if budget:
+        if k:
             assert sel.components, "a selection must explain its rank"
     again = strategy.select(pool, 37)
     assert np.array_equal(strategy.select(pool, 37).indices, again.indices)
@@ -362,3 +375,74 @@ def test_pool_replace_keeps_the_other_fields():
     assert other.scores["margin"].shape == (30,) and pool.scores is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         pool.ids = None
+
+
+# --- annotation cost as the budget --------------------------------------------------------------
+
+def test_cost_budget_fills_seconds_greedily_in_the_inner_ranking():
+    pool = _pool()
+    model = CostModel(seconds_per_frame=5.0, seconds_per_box=7.0)
+    sel = CostBudget(TopK("entropy"), "seconds", model).select(pool, 300)
+    seconds = model.seconds(pool.metadata["boxes"])
+    # brute force: entropy order, each frame taken if it still fits
+    expected, left = [], 300.0
+    for i in TopK("entropy").select(pool, len(pool)).indices:
+        if seconds[i] <= left:
+            expected.append(i)
+            left -= seconds[i]
+    assert sel.indices.tolist() == expected
+    assert left < seconds.min()  # nothing left out could still be paid for
+    assert np.allclose(sel.components["label_seconds"], seconds[sel.indices])
+    assert np.array_equal(sel.components["predicted_boxes"], pool.metadata["boxes"][sel.indices])
+    # frames that are cheap to label go further: more frames than a frame budget of 300 / mean cost
+    assert len(sel.indices) > 300 / seconds.mean() * 0.8
+
+
+def test_a_boxes_budget_is_a_seconds_budget_divided_by_seconds_per_box():
+    pool = _pool()
+    model = CostModel(4.0, 8.0)
+    inner = UncertaintyKCenter("entropy", pool_multiplier=3)
+    boxes = CostBudget(inner, "boxes", model).select(pool, 40)
+    seconds = CostBudget(inner, "seconds", model).select(pool, 40 * 8)
+    assert boxes.indices.tolist() == seconds.indices.tolist()
+    # an empty frame still costs the time to open it: 0.5 box here
+    assert np.allclose(model.costs([0, 2], "boxes"), [0.5, 2.5])
+
+
+def test_a_frames_budget_selects_and_identifies_as_the_inner_strategy():
+    pool = _pool()
+    inner = UncertaintyKCenter("entropy")
+    wrapped = make_strategy("uncertainty_kcenter", {"score": "entropy", "budget_unit": "frames",
+                                                    "cost_model": {"seconds_per_box": 35.0}})
+    assert isinstance(wrapped, CostBudget) and wrapped.cost_model.seconds_per_box == 35.0
+    assert wrapped.describe() == inner.describe()  # the same selection id as without a cost model
+    assert wrapped.select(pool, 20).indices.tolist() == inner.select(pool, 20).indices.tolist()
+    cost = selection_cost([0, 3, 1], CostModel(5.0, 7.0))
+    assert cost == {"frames": 3, "predicted_boxes": 4, "estimated_label_seconds": 43.0}
+    with pytest.raises(ValueError, match="budget unit"):
+        make_strategy("entropy", {"budget_unit": "hours"})
+    with pytest.raises(ValueError, match="cost_model"):
+        make_strategy("entropy", {"cost_model": {"per_frame": 1}})
+    seconds_budget = make_strategy("uncertainty_kcenter", {"budget_unit": "seconds"})
+    assert seconds_budget.describe()["params"]["budget_unit"] == "seconds"
+
+
+def test_cost_model_fitted_to_lead_times_recovers_frame_and_box_seconds():
+    rng = np.random.default_rng(7)
+    boxes = rng.integers(0, 12, size=200)
+    lead = 4.0 + 6.0 * boxes + rng.normal(0, 1.0, size=200).clip(-3, 3)
+    lead[:6] *= 40  # annotators who left the task open
+    model = fit_cost_model(lead.tolist() + [None, float("nan"), 0.0], boxes.tolist() + [1, 1, 1])
+    assert model.source == "calibrated" and model.annotations == 190
+    assert abs(model.seconds_per_frame - 4.0) < 1.0 and abs(model.seconds_per_box - 6.0) < 0.3
+    assert fit_cost_model(lead[:29], boxes[:29]) is None  # too few: the published defaults stay
+    classification = fit_cost_model([3.0, 5.0] * 20, [0] * 40)
+    assert classification.seconds_per_frame == pytest.approx(4.0) and classification.seconds_per_box == 7.0
+    assert fit_cost_model([10.0] * 40, [2] * 40) is None  # frame and box time cannot be told apart
+    # the user's numbers win over a fit; a fit over the published defaults
+    assert checked_cost_model(seconds_per_box=35.0, calibrated=model) == CostModel(model.seconds_per_frame, 35.0,
+                                                                                   "given", 0)
+    assert checked_cost_model(calibrated=model) == model
+    assert checked_cost_model() == CostModel(5.0, 7.0, "published", 0)
+    with pytest.raises(ValueError, match="seconds_per_box"):
+        checked_cost_model(seconds_per_box=-1.0)

@@ -232,13 +232,26 @@ def export(options, job: AnnotateJob) -> dict:
         counts = {"project": title, "project_id": project["id"], "kind": kind, "classes": list(classes),
                   "selection_id": o.selection_id, "candidates": len(candidates), "gold_tasks": len(gold),
                   "tasks_in_project": synced, "dead_letters": _count_lines(dead_path),
-                  "label_studio_url": s.url}
+                  "label_studio_url": s.url, **_labelling_cost(s.db, items)}
         if o.serve and s.embedded_ls:
             print(json.dumps(counts, indent=2), flush=True)
             print(f"serving Label Studio at {s.url} until Ctrl-C ...", flush=True)
             while True:
                 time.sleep(1)
         return counts
+
+
+def _labelling_cost(db, items) -> dict:
+    """What the exported tasks cost to label: ``frames``, ``predicted_boxes`` (the pre-annotations)
+    and ``estimated_label_seconds`` (every annotation of an overlap or gold task counted), with
+    the ``cost_model`` fitted to the index's annotations, else the published one
+    (:mod:`transforms.select.cost`)."""
+    from transforms.select.cost import checked_cost_model, fit_to_annotations, selection_cost
+    model = checked_cost_model(calibrated=fit_to_annotations(db))
+    boxes = [len(item.frame.get("detections") or ()) for item in items for _ in range(item.overlap)]
+    cost = selection_cost(boxes, model)
+    return {"frames": len(items), "predicted_boxes": sum(len(i.frame.get("detections") or ()) for i in items),
+            "estimated_label_seconds": cost["estimated_label_seconds"], "cost_model": model.describe()}
 
 
 def _sync_tasks(s: Session, project_id: int, title: str) -> int:

@@ -41,7 +41,7 @@ from beam_pipelines import report
 from beam_pipelines.report import figures
 from beam_pipelines.cli import preflight, progress, shutdown
 from beam_pipelines.local import emulators, sample_media, worker as local_worker
-from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, run_facts
+from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, priced, run_facts
 from beam_pipelines.mine.options import (MineOptions, check_options, dead_letter_fraction, decode_options,
                                          stage_models)
 from beam_pipelines.cli.run_record import RunRecord, describe_run
@@ -278,6 +278,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         stack.enter_context(cpus_shared_between_workers(options))
         stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
         mongo_uri = mine.mongo_uri or embedded_mongod(stack, job.output_dir)
+        job = priced(mine, job, mongo_uri)
         facts = run_facts(mine, job, globs, mongo_uri, model)
         lineage = describe_run(
             "mine", options.get_all_options(drop_default=True, retain_unknown_options=True), facts,
@@ -317,7 +318,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
             loads = model_loads(result.metrics()) if finished else None
             run_record.set_counts(counts)
             if finished:  # selection figures, <output_dir>/report/index.html; failures are logged
-                figures.add_to_summary(job.output_dir, mongo_uri, mine.mongo_database)
+                selection = figures.add_to_summary(job.output_dir, mongo_uri, mine.mongo_database)
+                if selection and counts is not None:  # what the selection costs to label, in its entry
+                    run_record.set_counts(dict(counts, **{k: selection.get(k) for k in figures.COST_KEYS}))
                 report.write_run_report_safely(job.output_dir, mongo_uri, mine.mongo_database)
             if counts is not None:
                 _check_dead_letters(counts, dead_letters_by_stage(result.metrics()),

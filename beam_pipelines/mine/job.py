@@ -20,6 +20,7 @@ from transforms.common.redact import redact_uri
 from transforms.score.detectors import (BackgroundDifferenceDetector, DetectorHandler, detector_version,
                                         nanodet_handler)
 from transforms.score.ptransforms import ModelSpec, load_model_spec
+from transforms.select.cost import CostModel, checked_cost_model, fit_to_annotations
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,6 +60,32 @@ def make_detector(mine, job: MineJob) -> Optional[DetectorHandler]:
         raise preflight.OptionError(f"--detector {job.detector} cannot be used: {preflight.one_line(e, 300)}") from e
 
 
+def calibrated_cost_model(mongo_uri: str, database: str, timeout_s: float = 10.0) -> Optional[CostModel]:
+    """:func:`transforms.select.cost.fit_to_annotations` of the index's ``annotations``, or ``None``
+    when MongoDB cannot be read (logged: the published defaults apply)."""
+    import pymongo
+    try:
+        with pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=int(timeout_s * 1000)) as client:
+            return fit_to_annotations(client[database])
+    except pymongo.errors.PyMongoError as e:
+        _LOG.warning("the cost model keeps its published defaults: annotations cannot be read (%s)",
+                     preflight.one_line(e, 200))
+        return None
+
+
+def priced(mine, job: MineJob, mongo_uri: str) -> MineJob:
+    """``job`` with the run's cost model in its strategy's parameters (``cost_model``): the
+    ``--seconds_per_frame``/``--seconds_per_box`` given, else fitted to the index's annotations,
+    else published (:mod:`transforms.select.cost`)."""
+    calibrated = None
+    if mine.seconds_per_frame is None or mine.seconds_per_box is None:
+        calibrated = calibrated_cost_model(mongo_uri, mine.mongo_database)
+    model = checked_cost_model(mine.seconds_per_frame, mine.seconds_per_box, calibrated)
+    _LOG.info("cost model (%s): %.1f s per frame + %.1f s per box", model.source, model.seconds_per_frame,
+              model.seconds_per_box)
+    return job._replace(strategy_params=dict(job.strategy_params, cost_model=model._asdict()))
+
+
 def embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
     """Starts a mongod with its data under ``output_dir`` for the ``stack``'s life; its URI."""
     mongo = stack.enter_context(LocalMongoD(os.path.join(output_dir, "mongo-data")))
@@ -80,8 +107,11 @@ def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Model
         "bigquery_table": mine.bigquery_table,
         "bigquery_write_method": job.bigquery_write_method if mine.bigquery_table else None,
         "budget": mine.budget,
+        "budget_unit": mine.budget_unit,
+        "cost_model": job.strategy_params.get("cost_model"),
         "strategy": mine.strategy,
-        "strategy_params": job.strategy_params,
+        # the strategy's own parameters; the budget's unit and cost model are facts of their own
+        "strategy_params": {k: v for k, v in job.strategy_params.items() if k not in ("budget_unit", "cost_model")},
         "bigquery_candidates_table": job.candidates_table,
         "video_fps": mine.video_fps,
         "detector": (dict(detector_version(job.detector)._asdict(), flip=mine.detector_flip == "on")

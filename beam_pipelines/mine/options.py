@@ -27,6 +27,7 @@ from transforms.score import registry as score_registry
 from transforms.score.model_base import DEFAULT_MODEL_NAME  # no TensorFlow import
 from transforms.score.preprocessing import LOGITS, PROBABILITIES  # no TensorFlow import
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
+from transforms.select.cost import BOXES, BUDGET_UNITS, FRAMES
 from transforms.select.factory import make_strategy
 
 AUTO, NONE, NANODET = "auto", "none", "nanodet"
@@ -67,7 +68,21 @@ class MineOptions(PipelineOptions):
                             choices=("AUTO", "STREAMING_INSERTS", "FILE_LOADS"),
                             help="AUTO: FILE_LOADS when --temp_location is on gs:// (load jobs are "
                                  "free and atomic), else STREAMING_INSERTS.")
-        parser.add_argument("--budget", type=int, default=50, help="Number of candidates to select.")
+        parser.add_argument("--budget", type=int, default=50,
+                            help="How much to select, in --budget_unit (per window in streaming).")
+        parser.add_argument("--budget_unit", default=FRAMES, choices=BUDGET_UNITS,
+                            help="frames (the default: --budget candidates), boxes (predicted boxes, "
+                                 "each frame's opening time counted in boxes) or seconds (estimated "
+                                 "labelling time): seconds_per_frame + seconds_per_box x predicted "
+                                 "boxes (docs/sampling.md).")
+        for flag, what, published in (
+                ("seconds_per_frame", "to open and check a frame",
+                 "5.0 (Bearman et al. 2016: about 1 s per class, five classes)"),
+                ("seconds_per_box", "per box",
+                 "7.0 (extreme clicking, Papadopoulos et al. 2017; 35 for boxes drawn the usual way)")):
+            parser.add_argument(f"--{flag}", type=float, default=None,
+                                help=f"Labelling seconds {what}. Default: fitted to the lead times of "
+                                     f"the index's annotations once there are 30, else {published}.")
         parser.add_argument("--strategy", default=None, choices=STRATEGIES,
                             help="Selection strategy: uncertainty_kcenter (the most uncertain frames, "
                                  "then k-centre over them, without near-identical consecutive frames), "
@@ -279,6 +294,11 @@ def check_options(options: PipelineOptions) -> MineJob:
     strategy_params = _checked_strategy(mine, detector)
     if mine.strategy == DEFAULT_STRATEGY and "score" not in strategy_params:
         strategy_params["score"] = default_score(bool(detector or mine.detector_background))
+    if mine.budget_unit == BOXES and not (detector or mine.detector_background):
+        raise ValueError("--budget_unit=boxes counts predicted boxes: it needs a detector (--detector)")
+    if mine.seconds_per_frame == 0 and mine.seconds_per_box == 0:
+        raise ValueError("--seconds_per_frame and --seconds_per_box cannot both be 0")
+    strategy_params["budget_unit"] = mine.budget_unit
     if mine.selection_embedding == "objects" and not (detector or mine.detector_background):
         raise ValueError("--selection_embedding=objects needs a detector: set --detector")
     _check_tables(mine)
@@ -343,6 +363,10 @@ def _check_ranges(mine):
     """Each numeric option against its range (NaN and infinities are out of every range)."""
     for flag, value, valid, expected in (
             ("budget", mine.budget, mine.budget >= 0, ">= 0"),
+            ("seconds_per_frame", mine.seconds_per_frame,
+             mine.seconds_per_frame is None or mine.seconds_per_frame >= 0, ">= 0"),
+            ("seconds_per_box", mine.seconds_per_box,
+             mine.seconds_per_box is None or mine.seconds_per_box >= 0, ">= 0"),
             ("mc_passes", mine.mc_passes, mine.mc_passes == 0 or mine.mc_passes >= 2,
              "0 (off) or >= 2 (one pass has no spread to measure)"),
             ("uniqueness_k", mine.uniqueness_k, mine.uniqueness_k >= 0, ">= 0 (0: off)"),
@@ -374,6 +398,9 @@ def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
                          f"({e})") from None
     if not isinstance(strategy_params, dict):
         raise ValueError(f"--strategy_params must be a JSON object, got {mine.strategy_params!r}")
+    for key, flags in (("budget_unit", "--budget_unit"), ("cost_model", "--seconds_per_frame and --seconds_per_box")):
+        if key in strategy_params:
+            raise ValueError(f"--strategy_params: {key} is set with {flags}")
     try:
         make_strategy(mine.strategy, strategy_params)
     except (ValueError, TypeError) as e:

@@ -47,7 +47,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from beam_pipelines.cli import preflight, shutdown
-from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, run_facts
+from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, priced, run_facts
 from beam_pipelines.mine.options import (MineJob, MineOptions, StreamingOptions, check_options, decode_options,
                                          stage_models)
 from beam_pipelines.cli.run_record import RunRecord, describe_run
@@ -371,6 +371,7 @@ def run(argv) -> dict:
     detector = make_detector(mine, job.mine)
     with contextlib.ExitStack() as stack:
         mongo_uri = mine.mongo_uri or embedded_mongod(stack, output_dir)
+        job = job._replace(mine=priced(mine, job.mine, mongo_uri))
         facts = dict(run_facts(mine, job.mine, [], mongo_uri, model, streaming=True), streaming=True,
                      input_subscription=job.subscription, watch=job.watch,
                      window_seconds=job.windows.window_s, window_period_seconds=job.windows.period_s,

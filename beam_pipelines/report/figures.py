@@ -1,7 +1,8 @@
 """A run's selection measured against its pool: the redundancy figures of
-:func:`transforms.select.redundancy.redundancy_figures`, and the detector's boxes on the selected
-frames (``predicted_boxes``: what an annotator will draw), added to ``summary.json`` (key
-``selection_figures``) before the report is written, which shows them.
+:func:`transforms.select.redundancy.redundancy_figures`, the detector's boxes on the selected
+frames (``predicted_boxes``: what an annotator will draw) and the labelling time the run's cost
+model estimates for them (``estimated_label_seconds``, :mod:`transforms.select.cost`), added to
+``summary.json`` (key ``selection_figures``) before the report is written, which shows them.
 
 The pool is the run's frames in MongoDB (the model version and inputs of ``summary.json``, as the
 report reads them). Above :data:`MAX_POOL_FRAMES` frames a deterministic sample of that many
@@ -21,11 +22,14 @@ from schemas import scores as score_registry
 from transforms.common.outputs import CANDIDATES_FILE, SUMMARY_FILE
 from transforms.index.window_outputs import write_atomically
 from transforms.select.base import Pool
+from transforms.select.cost import CostModel, selection_cost
 from transforms.select.redundancy import redundancy_figures
 
 _LOG = logging.getLogger(__name__)
 MAX_POOL_FRAMES = 50_000
 SUMMARY_KEY = "selection_figures"
+#: The figures of what a selection costs to label (also in the run's ``runs`` entry's counts).
+COST_KEYS = ("predicted_boxes", "estimated_label_seconds")
 
 
 def _read_json_lines(path: str):
@@ -78,6 +82,9 @@ def selection_figures(summary: dict, candidates, db) -> Optional[dict]:
     boxes = [docs[i].get("detections") for i in picks]
     figures["predicted_boxes"] = (sum(len(b) for b in boxes if b) if any(b is not None for b in boxes)
                                   else None)
+    if summary.get("cost_model"):
+        cost = selection_cost([len(b or ()) for b in boxes], CostModel(**summary["cost_model"]))
+        figures["estimated_label_seconds"] = cost["estimated_label_seconds"]
     return figures
 
 

@@ -449,6 +449,16 @@ def _e(value) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def _duration(seconds: float, cost_model: dict) -> str:
+    """``"1 h 05 min (5.0 s/frame + 7.0 s/box, published)"``: a selection's labelling time."""
+    minutes = int(round(seconds / 60.0))
+    text = f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds / 60.0:.1f} min"
+    if cost_model:
+        text += (f" ({cost_model.get('seconds_per_frame', 0):.1f} s/frame + "
+                 f"{cost_model.get('seconds_per_box', 0):.1f} s/box, {cost_model.get('source', '?')})")
+    return text
+
+
 def _overview(candidates, pool, dead_letters, summary, unrendered) -> str:
     facts = [("candidates", len(candidates)), ("pool frames", pool.frames or "unknown"),
              ("sources in pool", len(pool.per_source) or "unknown"), ("dead letters", len(dead_letters)),
@@ -465,16 +475,19 @@ def _overview(candidates, pool, dead_letters, summary, unrendered) -> str:
     for key, label in (("near_duplicate_pairs", "near-duplicate pairs"),
                        ("similar_same_source_pairs_within_2s", "similar same-source pairs < 2 s"),
                        ("predicted_boxes", "predicted boxes"),
+                       ("estimated_label_seconds", "estimated labelling time"),
                        ("coverage_radius_ratio", "coverage radius / k-centre's"),
                        ("mean_score_ratio", "mean score / top-k's")):
         if figures.get(key) is not None:
             value = figures[key]
+            if key == "estimated_label_seconds":
+                value = _duration(value, summary.get("cost_model") or {})
             facts.append((label, f"{value:.2f}" if isinstance(value, float) else value))
     return "".join(f'<div class="fact"><span>{_e(k)}</span><b>{_e(v)}</b></div>' for k, v in facts)
 
 
 SUMMARY_FIRST = ("run_id", "code_version", "runner", "model", "inputs", "output_dir", "strategy", "strategy_params",
-                 "budget", "candidates", "selection_figures", "files_matched", "files_decoded", "files_failed",
+                 "budget", "budget_unit", "cost_model", "candidates", "selection_figures", "files_matched", "files_decoded", "files_failed",
                  "frames_decoded", "frames_written", "dead_letters", "wall_seconds")
 
 

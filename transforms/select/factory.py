@@ -11,6 +11,7 @@ from typing import Mapping, Optional
 
 from schemas import scores as registry
 from transforms.select.base import Strategy
+from transforms.select.cost import CostBudget, CostModel
 from transforms.select.stochastic import StochasticBatch
 from transforms.select.strategies import (Balanced, ClusterMargin, Combined, Excluding, KCenterGreedy,
                                           RandomSampling, TopK)
@@ -27,7 +28,10 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     """Builds a strategy from its name and parameters (e.g. the ``mine`` job's flags).
 
     ``params`` may also hold ``balance_key`` (+ ``quotas``) to wrap it in :class:`Balanced`,
-    ``exclude_ids`` / ``near_duplicate_distance`` to wrap it in :class:`Excluding`, and, for a
+    ``exclude_ids`` / ``near_duplicate_distance`` to wrap it in :class:`Excluding`,
+    ``budget_unit`` (``frames``, ``boxes``, ``seconds``) + ``cost_model`` (the fields of
+    :class:`~transforms.select.cost.CostModel`) to count the budget in annotation cost
+    (:class:`~transforms.select.cost.CostBudget`, outermost), and, for a
     score (top-k) strategy, ``stochastic`` (``power``, ``softmax`` or ``softrank``, + ``beta``,
     ``seed``) to sample the batch by the score instead of taking its top-k
     (:class:`transforms.select.stochastic.StochasticBatch`, Kirsch et al. 2023).
@@ -42,6 +46,8 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
     quotas = params.pop("quotas", None)
     exclude_ids = params.pop("exclude_ids", ())
     near = params.pop("near_duplicate_distance", 0.0)
+    budget_unit = params.pop("budget_unit", None)
+    cost_model = params.pop("cost_model", None)
     builders = {"uncertainty_kcenter": UncertaintyKCenter, "random": RandomSampling, "coreset": KCenterGreedy,
                 "cluster_margin": ClusterMargin, "combined": Combined}
     if "stochastic" in params:
@@ -61,12 +67,18 @@ def make_strategy(name: str, params: Optional[Mapping] = None) -> Strategy:
         takes = ", ".join(inspect.signature(builder).parameters) or "no parameters"
         reason = re.sub(r"^[\w.]+[(][)] ", "", str(e))  # not the class's name: the strategy's
         raise ValueError(f"bad parameters for strategy {name!r}: {reason}; it takes {takes} (any "
-                         f"strategy: balance_key, quotas, exclude_ids, near_duplicate_distance; a "
+                         f"strategy: balance_key, quotas, exclude_ids, near_duplicate_distance, budget_unit, cost_model; a "
                          f"score strategy also: stochastic, beta, seed)") from None
     if balance_key:
         strategy = Balanced(strategy, balance_key, quotas)
     if exclude_ids or near:
         strategy = Excluding(strategy, exclude_ids, near)
+    if budget_unit or cost_model:
+        try:
+            model = CostModel(**dict(cost_model or {}))
+        except TypeError as e:
+            raise ValueError(f"bad cost_model {cost_model!r}: it takes {', '.join(CostModel._fields)}") from e
+        strategy = CostBudget(strategy, budget_unit or "frames", model)
     return strategy
 
 

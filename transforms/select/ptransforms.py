@@ -79,6 +79,7 @@ class Scored(NamedTuple):
     duplicates: int = 1
     duplicate_group: Optional[str] = None
     detected_class: str = NO_DETECTION
+    boxes: int = 0  # predicted boxes (the detector's detections): what an annotator will draw
 
 
 def to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING) -> Tuple[str, Scored]:
@@ -99,7 +100,8 @@ def to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING) -> Tuple[st
         embedding=np.asarray(vector, dtype=np.float32),
         probabilities=np.asarray(record.probabilities, dtype=np.float32),
         duplicate_group=getattr(record, "duplicate_group", None),
-        detected_class=detections[0].label if detections else NO_DETECTION)
+        detected_class=detections[0].label if detections else NO_DETECTION,
+        boxes=len(detections or ()))
 
 
 def _eligible(scored: Scored, counter) -> bool:
@@ -162,8 +164,8 @@ def to_pool(items: Sequence[Scored]) -> Pool:
     """The strategy view of scored frames: ids, embeddings, probabilities, stored scores and the
     metadata columns ``source`` (file URI), ``timestamp`` (seconds into a video, NaN for a still
     image), ``camera`` (the file's directory),
-    ``predicted_class`` and ``detected_class`` (label of the frame's most confident detection,
-    :data:`NO_DETECTION` without one)."""
+    ``predicted_class``, ``detected_class`` (label of the frame's most confident detection,
+    :data:`NO_DETECTION` without one) and ``boxes`` (predicted boxes, int)."""
     return Pool(
         ids=np.array([s.frame_id for s in items], dtype=object),
         embeddings=np.stack([s.embedding for s in items]).astype(np.float32),
@@ -174,7 +176,8 @@ def to_pool(items: Sequence[Scored]) -> Pool:
                                         dtype=np.float64),
                   "camera": np.array([os.path.dirname(s.source_uri) for s in items], dtype=object),
                   "predicted_class": np.array([s.predicted_class for s in items]),
-                  "detected_class": np.array([s.detected_class for s in items], dtype=object)})
+                  "detected_class": np.array([s.detected_class for s in items], dtype=object),
+                  "boxes": np.array([s.boxes for s in items], dtype=np.int64)})
 
 
 class SelectFn(beam.CombineFn):

@@ -7,6 +7,11 @@
   var pageSize = data.page_size;
   var pages = Math.max(1, Math.ceil(cards.length / pageSize));
   var current = 0;
+  // Why a candidate was picked: its selection's components (transforms/select), named for a reader.
+  var COMPONENTS = {score: "uncertainty (ranked by)", distance_to_selected: "distance to nearest pick",
+                    rule: "admitted as", predicted_boxes: "predicted boxes",
+                    label_seconds: "est. labelling seconds"};
+  var RULES = {0: "most uncertain", 1: "farthest from the picks"};
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -56,7 +61,12 @@
     div.appendChild(src);
     var table = el("table");
     var comps = c.components || {};
-    Object.keys(comps).forEach(function (k) { row(table, k + " (ranked by)", comps[k], "comp"); });
+    Object.keys(comps).forEach(function (k) {
+      var value = comps[k];
+      if (k === "rule") { value = RULES[value] || value; }
+      if (k === "distance_to_selected" && value >= 2) { value = "first pick"; }
+      row(table, COMPONENTS[k] || k, value, "comp");
+    });
     var scores = c.scores || {};
     Object.keys(scores).forEach(function (k) { if (!(k in comps)) { row(table, k, scores[k]); } });
     row(table, "predicted class", c.cls);
