@@ -290,6 +290,20 @@ def test_object_embeddings_and_object_level_selection(models, vtest_frames):
                                record.embedding / np.linalg.norm(record.embedding), atol=0.05)
 
 
+@pytest.mark.parametrize("argv, flip", [
+    ([], False),  # the default selection (detection_max) never reads the flip-TTA score
+    (["--strategy=detection_localisation"], True),
+    (["--strategy=combined", '--strategy_params={"strengths": {"detection_localisation": 1}}'], True),
+    (["--detector_flip=on"], True),
+    (["--strategy=detection_localisation", "--detector_flip=off"], False)])
+def test_the_detector_runs_on_the_mirrored_frame_only_where_a_selection_reads_it(models, argv, flip):
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_pipelines.mine import options
+    with harness.pretrained_defaults():
+        job = options.check_options(PipelineOptions(argv))
+    assert job.detector and job.detector_flip is flip
+
+
 def test_mine_with_the_default_models(models, tmp_path):
     """The whole job with its defaults (EfficientNet-Lite0 + NanoDet-g) on real media: every frame
     document has detections, the backbone's 1280-d embedding, detection scores and both models'
@@ -331,7 +345,11 @@ def test_mine_with_the_default_models(models, tmp_path):
             assert nanodet.COCO_CLASSES[det["class_id"]] == det["label"] and 0 <= det["score"] <= 1
             x1, y1, x2, y2 = det["box"]
             assert 0 <= x1 < x2 <= doc["width"] and 0 <= y1 < y2 <= doc["height"]
-        assert {"detection_sum", "detection_localisation", "detection_rare_class"} <= set(doc["scores"])
+        assert {"detection_sum", "detection_rare_class"} <= set(doc["scores"])
+        # --detector_flip auto: the default selection does not read the flip-TTA score, so the
+        # detector runs once per frame
+        assert "detection_localisation" not in doc["scores"]
+    assert summary["detector"]["flip"] is False
     video = [d for k, d in docs.items() if k.startswith("vtest.avi")]
     assert all(sum(det["label"] == "person" for det in d["detections"]) >= 3 for d in video)
     first, copy = docs["a_china.jpg:0"], docs["b_china_copy.jpg:0"]

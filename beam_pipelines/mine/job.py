@@ -55,7 +55,7 @@ def make_detector(mine, job: MineJob) -> Optional[DetectorHandler]:
     if not job.detector:
         return None
     try:
-        return nanodet_handler(job.detector, flip=mine.detector_flip == "on")
+        return nanodet_handler(job.detector, flip=job.detector_flip)
     except Exception as e:  # noqa: BLE001 - an unreadable file
         raise preflight.OptionError(f"--detector {job.detector} cannot be used: {preflight.one_line(e, 300)}") from e
 
@@ -114,7 +114,7 @@ def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Model
         "strategy_params": {k: v for k, v in job.strategy_params.items() if k not in ("budget_unit", "cost_model")},
         "bigquery_candidates_table": job.candidates_table,
         "video_fps": mine.video_fps,
-        "detector": (dict(detector_version(job.detector)._asdict(), flip=mine.detector_flip == "on")
+        "detector": (dict(detector_version(job.detector)._asdict(), flip=job.detector_flip)
                      if job.detector and not job.detector_background else None),
         "near_duplicate_similarity": mine.near_duplicate_similarity if mine.uniqueness_k else None,
         "selection_embedding": mine.selection_embedding,

@@ -24,6 +24,7 @@ from transforms.decode.video import MODES
 from transforms.index.bigquery_client import parse_table_id, sibling_table
 from transforms.score import pretrained
 from transforms.score import registry as score_registry
+from transforms.score.detection import LOCALISATION_SCORE
 from transforms.score.model_base import DEFAULT_MODEL_NAME  # no TensorFlow import
 from transforms.score.preprocessing import LOGITS, PROBABILITIES  # no TensorFlow import
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
@@ -132,9 +133,11 @@ class MineOptions(PipelineOptions):
                                  "detection_* scores): 'auto' (NanoDet-g, COCO's 80 classes, when "
                                  "--model is not given and set-up converted it), 'nanodet' (NanoDet-g "
                                  "with any --model), a NanoDet .tflite path or gs:// URI, or 'none'.")
-        parser.add_argument("--detector_flip", default="on", choices=("on", "off"),
+        parser.add_argument("--detector_flip", default=AUTO, choices=(AUTO, "on", "off"),
                             help="Also detect on the mirrored frame for detection_localisation "
-                                 "(doubles the detector's cost).")
+                                 "(doubles the detector's cost). auto (the default): on when the "
+                                 "strategy ranks by detection_localisation, else off: no other "
+                                 "selection reads it.")
         parser.add_argument("--selection_embedding", default="frame", choices=("frame", "objects"),
                             help="What coreset, cluster_margin and near_duplicate_distance see: the "
                                  "frame's embedding, or 'objects': the mean embedding of the crops of "
@@ -219,6 +222,8 @@ class MineJob(NamedTuple):
     # A remote runner's workers cannot read the driver's converted default models: they are
     # copied to this location (--staging_location, else --temp_location) by stage_models.
     stage_models_to: Optional[str] = None
+    # --detector_flip resolved: the detector also runs on the mirrored frame (flip-TTA).
+    detector_flip: bool = False
 
 
 def _models(mine):
@@ -332,9 +337,11 @@ def check_options(options: PipelineOptions) -> MineJob:
     elif write_method == "FILE_LOADS" and mine.bigquery_table and not temp_location.startswith("gs://"):
         raise ValueError(f"--bigquery_write_method=FILE_LOADS needs --temp_location on gs:// (load "
                          f"jobs read files from Cloud Storage), got {temp_location or None!r}")
+    flip = (mine.detector_flip == "on" if mine.detector_flip != AUTO else
+            any(name == LOCALISATION_SCORE for name, _ in _scores_used(mine.strategy, strategy_params)))
     return MineJob(runner, local_runner, globs, output_dir, strategy_params, candidates_table,
                    write_method, mine.detector_background and _from_caller_dir(mine.detector_background),
-                   model, detector, stage_to)
+                   model, detector, stage_to, detector_flip=bool(detector) and flip)
 
 
 def stage_models(job: MineJob) -> MineJob:
