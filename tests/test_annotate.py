@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 
+import apache_beam as beam
 import pymongo
 import pytest
 
@@ -196,6 +197,107 @@ def test_qc_figures_equal_hand_computed_values_and_failures_go_back(loop):
                                             "relabel": 1}]
     assert {(r["scope"], r["name"]) for r in reports["qc_per_annotator"]} == {
         ("annotator", ANN1), ("annotator", ANN2), ("batch", loop["first"][0]["selection_id"])}
+
+
+def test_label_issues_score_every_answer_against_the_model_and_go_to_review(loop):
+    """qc --label_issues on the real annotations: one label_issues row per scorable answer whose
+    score is the model's probability of the given class (cleanlab's self-confidence), ranked;
+    the flagged ones become review tasks once, however often qc runs."""
+    db, client = loop["db"], loop["client"]
+    argv = ["qc", "--label_issues", "--review_budget", "3", "--no_relabel"] + loop["common"]
+    section = annotate.run(argv)["label_issues"]
+    rows = list(db["label_issues"].find({"project": PROJECT}).sort("rank", 1))
+    answers = list(db["annotations"].find({"label_project": PROJECT}))
+    assert section["scored"] == len(rows) == len(answers) and section["unscorable"] == 0
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["quality_score"] for r in rows] == sorted(r["quality_score"] for r in rows)
+    by_answer = {a["_id"]: a for a in answers}
+    for r in rows:
+        frame = loop["frames"][r["frame_id"]]
+        assert r["quality_score"] == pytest.approx(frame["probabilities"][CLASS_NAMES.index(r["label"])], abs=1e-6)
+        assert r["annotator"] == by_answer[r["annotation_id"]]["annotator"] and r["issue_type"] == "swap"
+        argmax = CLASS_NAMES[max(range(10), key=lambda k: frame["probabilities"][k])]
+        assert r["suggested_label"] == (argmax if argmax != r["label"] else None)
+        assert r["method"].endswith("(cleanlab 2.9.0)") and r["model_version"].startswith("fashion_mnist_cnn@")
+    flagged = [r for r in rows if r["is_issue"]]
+    assert section["flagged"] == len(flagged) >= 1 and section["flagged_by_type"]["swap"] == len(flagged)
+    # The flags are cleanlab's confident learning on the same labels and stored probabilities.
+    from cleanlab.filter import find_label_issues
+    import numpy as np
+    expected_flags = find_label_issues(np.array([CLASS_NAMES.index(r["label"]) for r in rows]),
+                                       np.array([loop["frames"][r["frame_id"]]["probabilities"] for r in rows]),
+                                       filter_by="prune_by_noise_rate")
+    assert [r["is_issue"] for r in rows] == expected_flags.tolist()
+    # Review tasks: the worst flagged (at most --review_budget), one per frame, pre-annotated with the model's class.
+    review = client.project_by_title(PROJECT + "-review")
+    tasks = list(client.tasks(review["id"]))
+    expected = {r["frame_id"] for r in flagged[:3]}
+    assert {t["data"]["frame_id"] for t in tasks} == expected and len(tasks) == len(expected)
+    for task in tasks:
+        row = db["label_issues"].find_one({"_id": task["data"]["label_issue_id"]})
+        assert row["review_task_id"] == task["id"]
+        (choice,) = task["predictions"][0]["result"]
+        assert choice["value"]["choices"] == [row["suggested_label"] or row["label"]]
+        picture = client._session.get(client.url + task["data"]["image"])
+        assert picture.status_code == 200 and picture.content[:4] == b"\x89PNG"
+    with open(os.path.join(loop["root"], "ann", annotate.QC_REPORT_FILE)) as f:
+        assert json.load(f)["label_issues"]["worst"][0]["rank"] == 1
+    # The selection's HTML report lists the flagged issues of its frames.
+    from beam_pipelines import report
+    selection = loop["first"][0]["selection_id"]
+    page = report.report_for_selection(loop["mongo"].uri, selection, os.path.join(loop["root"], "sel-report"))
+    with open(page) as f:
+        text = f.read()
+    selected = {c["frame_id"] for c in loop["first"]}
+    shown = [r for r in flagged if r["frame_id"] in selected]
+    table = text[text.index("<h2>Label issues</h2>"):text.index("<h2>Dead letters</h2>")]
+    assert f"{len(shown)} likely label errors" in table if shown else "None flagged" in table
+    assert all(r["frame_id"] in table for r in shown)
+    # Rerun: the same rows (ids, ranks), no second review task, review ids kept.
+    again = annotate.run(argv)["label_issues"]
+    assert again["run_id"] == section["run_id"] and again["review_tasks"] == len(tasks)
+    assert db["label_issues"].count_documents({}) == len(rows)
+    assert len(list(client.tasks(review["id"]))) == len(tasks)
+    assert db["label_issues"].count_documents({"review_task_id": {"$type": "int"}}) == len(tasks)
+
+
+def test_find_label_issues_in_beam_ranks_boxes_and_dead_letters_the_unscorable():
+    """FindLabelIssues on a pipeline (no server): 30 frames whose detector found a cup and a
+    person; one annotation calls the person a cup (swap), one forgot the cup (overlooked). Frames
+    missing from the index, without detections, or a box label outside the classes are dead letters."""
+    from transforms.annotate.ptransforms import FindLabelIssues
+    cup, person = [10.0, 10.0, 50.0, 50.0], [60.0, 60.0, 90.0, 90.0]
+    frames = [{"_id": f"f{i:02d}", "model": {"detector_name": "det", "detector_version": "v1"},
+               "detections": [{"label": "cup", "score": 0.99, "box": cup}, {"label": "person", "score": 0.98, "box": person},
+                              {"label": "bus", "score": 0.99, "box": [0, 0, 5, 5]}]} for i in range(30)]
+    frames.append({"_id": "no-detector", "model": {"name": "m"}})
+
+    def answer(frame_id, boxes, who="a@x.org"):
+        return {"annotation_id": f"ann-{frame_id}", "frame_id": frame_id, "source_uri": f"/cam/{frame_id}.png",
+                "frame_index": 0, "annotator": who, "label": ",".join(sorted({b["label"] for b in boxes})),
+                "boxes": json.dumps(boxes)}
+    right = [{"label": "cup", "box": cup}, {"label": "person", "box": person}]
+    annotations = [answer(f"f{i:02d}", right) for i in range(3, 30)]
+    annotations += [answer("f00", [{"label": "cup", "box": cup}, {"label": "cup", "box": person}]),
+                    answer("f01", [{"label": "person", "box": person}]),
+                    answer("f02", [{"label": "hovercraft", "box": cup}]),
+                    answer("missing", right), answer("no-detector", right)]
+    out = harness.run_collect(lambda p: (lambda found: {"issues": found.issues, "dead": found.dead_letters})(
+        p | "Annotations" >> beam.Create(annotations)
+        | FindLabelIssues("detection", ["cup", "person"], p | "Frames" >> beam.Create(frames), "cams", "run1")))
+    issues = sorted(out["issues"], key=lambda r: r["rank"])
+    assert [r["rank"] for r in issues] == list(range(1, 30)) and {r["project"] for r in issues} == {"cams"}
+    assert {r["frame_id"] for r in issues[:2]} == {"f00", "f01"} and not any(r["is_issue"] for r in issues[2:])
+    swap, missing = sorted(issues[:2], key=lambda r: r["frame_id"])
+    assert (swap["issue_type"], swap["suggested_label"], json.loads(swap["suspect_box"])) == (
+        "swap", "person", {"label": "cup", "box": person})
+    assert (missing["issue_type"], json.loads(missing["suspect_box"])) == ("overlooked", {"label": "cup", "box": cup})
+    assert json.loads(missing["model_box"]) == {"label": "cup", "box": cup, "score": 0.99}
+    assert swap["model_version"] == "det@v1" and swap["label_issue_id"] != missing["label_issue_id"]
+    reasons = sorted(d.error.split(": ", 1)[1] for d in out["dead"])
+    assert [d.stage for d in out["dead"]] == ["label_issues"] * 3
+    assert reasons == ["box label 'hovercraft' is not one of the project's classes",
+                       "frame missing is not in the frames index", "the frame carries no detections (no detector ran)"]
 
 
 def test_next_selection_skips_frames_sent_for_labelling(loop):

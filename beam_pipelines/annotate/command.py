@@ -40,11 +40,17 @@ from typing import Dict, List, Optional, Tuple
 from beam_pipelines.cli import preflight, shutdown
 from beam_pipelines.annotate.options import PROG, AnnotateJob, AnnotateOptions, check_options, split_command
 from beam_pipelines.mine.options import MineOptions
+from schemas.labelling import LABEL_ISSUE_TYPES
 from transforms.annotate import label_studio as ls
 
 _LOG = logging.getLogger(__name__)
 DEAD_LETTER_FILE = "annotate_dead_letter.jsonl"
 QC_REPORT_FILE = "qc_report.json"
+LABEL_ISSUES_DEAD_LETTER_FILE = "label_issues_dead_letter.jsonl"
+#: Title suffix of the project that holds review tasks of likely label errors.
+REVIEW_SUFFIX = "-review"
+#: Issues listed in the QC report (all are in the label_issues table).
+REPORTED_ISSUES = 50
 MEDIA_FOLDER = "label-studio-media"
 #: The bundled model's classes, when the frames were scored by it.
 BUNDLED_MODEL = "fashion_mnist_cnn"
@@ -270,8 +276,6 @@ def import_annotations(options, job: AnnotateJob) -> dict:
     import apache_beam as beam
     from schemas import tables
     from transforms.annotate.ptransforms import NormaliseAnnotations
-    from transforms.index.bigquery import WriteRowsToBigQuery
-    from transforms.index.mongodb import WriteDocumentsToMongoDB
     from transforms.index.mongodb_client import upsert_documents
     o = options.view_as(AnnotateOptions)
     with Session(options, job) as s:
@@ -299,14 +303,8 @@ def import_annotations(options, job: AnnotateJob) -> dict:
         def build(p):
             imported = (p | "Tasks" >> beam.Create(tasks)
                         | "Normalise" >> NormaliseAnnotations(classes, users, p | "Ledger" >> beam.Create(ledger)))
-            written = (imported.annotations | "ToDocuments" >> beam.Map(lambda r: tables.to_mongo_document(spec, r))
-                       | "AnnotationsToMongoDB" >> WriteDocumentsToMongoDB(s.mongo_uri, job.mongo_database, spec))
-            dead = [imported.dead_letters, written.dead_letters]
-            if o.bigquery_annotations_table:
-                dead.append(imported.annotations | "AnnotationsToBigQuery" >> WriteRowsToBigQuery(
-                    o.bigquery_annotations_table, spec, _bigquery_row, ("annotation_id",), "task",
-                    method="STREAMING_INSERTS"))
-            _write_dead_letters(dead | beam.Flatten(), dead_path)
+            _store_rows(s, imported.annotations, spec, o.bigquery_annotations_table, "task",
+                        imported.dead_letters, dead_path)
         _run(build, options)
         labelled = s.db["annotations"].distinct("frame_id", {"label_project": project["title"]})
         updates = [{"_id": e["label_task_key"], "status": "labelled"} for e in ledger
@@ -316,6 +314,25 @@ def import_annotations(options, job: AnnotateJob) -> dict:
         return {"project": project["title"], "tasks_read": len(tasks),
                 "annotations": s.db["annotations"].count_documents({"label_project": project["title"]}),
                 "frames_labelled": len(labelled), "dead_letters": _count_lines(dead_path)}
+
+
+def _store_rows(s: Session, rows, spec, bigquery_table: Optional[str], filter_column: str, dead_letters,
+                dead_path: str) -> None:
+    """Writes rows of a :mod:`schemas.tables` table to MongoDB (and appends them to
+    ``bigquery_table`` when given, keyed by the spec's id field); every dead letter, the
+    upstream ones included, to ``dead_path``."""
+    import apache_beam as beam
+    from schemas import tables
+    from transforms.index.bigquery import WriteRowsToBigQuery
+    from transforms.index.mongodb import WriteDocumentsToMongoDB
+    name = spec.name.title().replace("_", "")
+    written = (rows | f"{name}ToDocuments" >> beam.Map(lambda r: tables.to_mongo_document(spec, r))
+               | f"{name}ToMongoDB" >> WriteDocumentsToMongoDB(s.mongo_uri, s.job.mongo_database, spec))
+    dead = [dead_letters, written.dead_letters]
+    if bigquery_table:
+        dead.append(rows | f"{name}ToBigQuery" >> WriteRowsToBigQuery(
+            bigquery_table, spec, _bigquery_row, (spec.id_field,), filter_column, method="STREAMING_INSERTS"))
+    _write_dead_letters(dead | beam.Flatten(), dead_path)
 
 
 def _bigquery_row(row: dict) -> dict:
@@ -365,13 +382,95 @@ def run_qc(options, job: AnnotateJob) -> dict:
             for task_id, overlap in relabel:  # one more annotator: Label Studio offers the task again
                 s.client.update_task(task_id, overlap=overlap)
         out = dict(report, qc_id=qc_id, project=title)
+        found = _label_issues(s, options, job, project, annotations, ledger, now) if o.label_issues else None
+        if found is not None:
+            out["label_issues"] = found
         with open(os.path.join(job.output_dir, QC_REPORT_FILE), "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1, sort_keys=True, default=str)
         return {"project": title, "qc_id": qc_id, "annotators": report["annotators"], "batches": report["batches"],
                 "accepted": sum(t["status"] == qc.ACCEPTED for t in report["tasks"].values()),
                 "relabel": sum(t["status"] == qc.RELABEL for t in report["tasks"].values()),
                 "gold": sum(t["status"] == qc.GOLD for t in report["tasks"].values()),
-                "report": os.path.join(job.output_dir, QC_REPORT_FILE), "store_failures": len(dead)}
+                "report": os.path.join(job.output_dir, QC_REPORT_FILE), "store_failures": len(dead),
+                **({"label_issues": found} if found is not None else {})}
+
+
+def _label_issues(s: Session, options, job: AnnotateJob, project: dict, annotations: List[dict],
+                  ledger: Dict[str, dict], now: datetime.datetime) -> dict:
+    """``qc --label_issues``: every annotation scored with cleanlab against its frame's
+    predictions (:class:`transforms.annotate.FindLabelIssues`) into ``label_issues``, and the worst
+    flagged ones sent for review; returns the section of the QC report."""
+    import apache_beam as beam
+    from schemas import tables
+    from transforms.annotate.ptransforms import FindLabelIssues
+    o = options.view_as(AnnotateOptions)
+    title, kind = project["title"], ls.kind_of_config(project["label_config"])
+    classes = job.classes or tuple(ls.classes_of_config(project["label_config"]))
+    frames = list(s.db["frames"].find({"_id": {"$in": sorted({a["frame_id"] for a in annotations})}},
+                                      {"embedding": 0}))
+    fingerprint = json.dumps([title, kind, list(classes), [(a["_id"], str(a.get("updated_at")), a["label"],
+                                                            a.get("boxes")) for a in annotations],
+                              sorted((f["_id"], str(f.get("model"))) for f in frames)], default=str)
+    run_id = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:32]
+    spec = tables.label_issues_table()
+    dead_path = os.path.join(job.output_dir, LABEL_ISSUES_DEAD_LETTER_FILE)
+
+    def build(p):
+        found = (p | "Annotations" >> beam.Create(annotations)
+                 | "FindLabelIssues" >> FindLabelIssues(kind, classes, p | "Frames" >> beam.Create(frames),
+                                                        title, run_id, created_at=now))
+        _store_rows(s, found.issues, spec, o.bigquery_label_issues_table, "project", found.dead_letters, dead_path)
+    _run(build, options)
+    issues = list(s.db["label_issues"].find({"project": title, "run_id": run_id}).sort("rank", 1))
+    picks = [i for i in issues if i["is_issue"]][:o.review_budget]
+    review = _send_for_review(s, project, kind, classes, picks, ledger, frames, annotations) if picks else {}
+    flagged = [i for i in issues if i["is_issue"]]
+    keep = ("rank", "frame_id", "annotator", "label", "issue_type", "quality_score", "suggested_label",
+            "suspect_box", "model_box", "review_task_id")
+    return {"run_id": run_id, "method": issues[0]["method"] if issues else None, "scored": len(issues),
+            "flagged": len(flagged), "unscorable": _count_lines(dead_path),
+            "flagged_by_type": {t: sum(i["issue_type"] == t for i in flagged) for t in LABEL_ISSUE_TYPES},
+            "review_project": review.get("project"), "review_tasks": len(review.get("task_ids") or {}),
+            "worst": [{k: i.get(k) for k in keep} | {"review_task_id": (review.get("task_ids") or {}).get(
+                i["_id"], i.get("review_task_id"))} for i in issues[:REPORTED_ISSUES]]}
+
+
+def _send_for_review(s: Session, project: dict, kind: str, classes, picks: List[dict], ledger: Dict[str, dict],
+                     frames: List[dict], annotations: List[dict]) -> dict:
+    """The picked issues as tasks of the project ``<title>-review`` (one per frame, by
+    ``data.frame_id``: a rerun adds none), the same pictures, the suspect box highlighted and
+    the model's fix as pre-annotation; ``label_issues.review_task_id`` set. Returns
+    ``{"project", "task_ids": {label_issue_id: task id}}``."""
+    from schemas import tables
+    from transforms.index.mongodb_client import upsert_documents
+    title = project["title"] + REVIEW_SUFFIX
+    review = s.client.ensure_project(title, ls.review_config(kind, classes), maximum_annotations=1)
+    present = {t["data"].get("frame_id") for t in s.client.tasks(review["id"])}
+    sizes = {f["_id"]: (int(f["width"]), int(f["height"])) for f in frames}
+    given = {a["_id"]: a.get("boxes") or [] for a in annotations}
+    new, storages = [], set()
+    for issue in picks:
+        entry = ledger.get(issue["frame_id"])
+        if issue["frame_id"] in present or entry is None or not entry.get("image"):
+            continue
+        folder = os.path.dirname(os.path.abspath(entry["image"]))
+        if folder not in storages:
+            s.client.ensure_local_storage(review["id"], folder)
+            storages.add(folder)
+        width, height = sizes[issue["frame_id"]]
+        issue = dict(issue, label_issue_id=issue["_id"])  # the MongoDB document: its id is _id
+        new.append(ls.make_review_task(issue, ls.local_files_url(entry["image"], s.document_root), width, height,
+                                       given.get(issue["annotation_id"]) or []))
+        present.add(issue["frame_id"])
+    if new:
+        s.client.import_tasks(review["id"], new)
+    task_ids = {t["data"]["label_issue_id"]: int(t["id"]) for t in s.client.tasks(review["id"])
+                if t["data"].get("label_issue_id")}
+    updates = [{"_id": issue_id, "review_task_id": task_id} for issue_id, task_id in sorted(task_ids.items())]
+    dead = upsert_documents(s.mongo_uri, s.job.mongo_database, tables.label_issues_table(), updates) if updates else []
+    if dead:
+        raise shutdown.RunFailed(f"could not record the review tasks: {dead[0].error}")
+    return {"project": title, "task_ids": task_ids}
 
 
 # --- dataset ---------------------------------------------------------------------------------
