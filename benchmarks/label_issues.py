@@ -214,7 +214,9 @@ def summarise(runs: Dict[str, List[dict]]) -> dict:
         result[f"{kind}_flagged_recall"] = round(mean["flagged_recall"], 4)
         result[f"{kind}_k"] = int(mean["k"])
         result[f"{kind}_precision_at_k_goal_met"] = mean["precision_at_k"] >= GOAL_PRECISION[kind]
-        result[f"{kind}_ratio_to_baseline_goal_met"] = ratio is None or ratio >= GOAL_RATIO
+        # A baseline that finds none of them (dropped boxes): any hit is an infinite ratio.
+        result[f"{kind}_ratio_to_baseline_goal_met"] = (mean["precision_at_k"] > 0 if ratio is None
+                                                        else ratio >= GOAL_RATIO)
     return result
 
 

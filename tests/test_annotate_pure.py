@@ -237,6 +237,17 @@ def test_review_tasks_highlight_the_suspect_box_and_pre_annotate_the_fix():
     assert ls.local_files_url("/root/m/a b.png", "/root") == "/data/local-files/?d=m/a%20b.png"
 
 
+def test_label_issue_options_are_checked_before_any_server():
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_pipelines.annotate.options import check_options
+    from beam_pipelines.cli.preflight import OptionError
+    with pytest.raises(OptionError, match="--review_budget must be >= 0"):
+        check_options("qc", PipelineOptions(["--label_issues", "--review_budget", "-1"]))
+    with pytest.raises(ValueError, match="--bigquery_label_issues_table needs --label_issues"):
+        check_options("qc", PipelineOptions(["--bigquery_label_issues_table", "p:d.t"]))
+    assert check_options("qc", PipelineOptions(["--label_issues", "--review_budget", "0"])).command == "qc"
+
+
 if __name__ == "__main__":
     harness.main(__file__)
 
