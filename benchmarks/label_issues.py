@@ -44,6 +44,7 @@ import numpy as np
 from benchmarks.common import print_result
 from beam_pipelines.local.sample_media import load_split
 from transforms.annotate import label_issues
+from transforms.annotate.qc import iou
 from transforms.score.model_base import default_model_path
 
 PRESETS = {"quick": dict(n_labels=2000, n_images=400, seeds=1), "default": dict(n_labels=10000, n_images=1000, seeds=3)}
@@ -107,7 +108,7 @@ def generated_scenes(n_images: int, rng: np.random.Generator) -> List[List[Tuple
                 w, h = rng.uniform(40, 200, size=2)
                 x1, y1 = rng.uniform(0, FRAME_W - w), rng.uniform(0, FRAME_H - h)
                 box = [float(x1), float(y1), float(x1 + w), float(y1 + h)]
-                if all(label_issues._iou(box, other) < 0.3 for _, other in objects):
+                if all(iou(box, other) < 0.3 for _, other in objects):
                     objects.append((int(rng.integers(0, N_CLASSES_DETECTION)), box))
                     break
         scenes.append(objects)
@@ -172,7 +173,7 @@ def detection_baseline(labels, predicted) -> List[float]:
     for given, boxes in zip(labels, predicted):
         worst = 1.0
         for c, box in given:
-            matches = [conf for pc, pbox, conf in boxes if pc == c and label_issues._iou(box, pbox) >= 0.5]
+            matches = [conf for pc, pbox, conf in boxes if pc == c and iou(box, pbox) >= 0.5]
             worst = min(worst, max(matches, default=0.0))
         scores.append(worst)
     return scores

@@ -294,6 +294,8 @@ def test_find_label_issues_in_beam_ranks_boxes_and_dead_letters_the_unscorable()
     assert (missing["issue_type"], json.loads(missing["suspect_box"])) == ("overlooked", {"label": "cup", "box": cup})
     assert json.loads(missing["model_box"]) == {"label": "cup", "box": cup, "score": 0.99}
     assert swap["model_version"] == "det@v1" and swap["label_issue_id"] != missing["label_issue_id"]
+    from schemas import tables
+    assert all(tables.bigquery_row_errors(tables.label_issues_table(), r) == [] for r in issues)  # BigQuery-ready
     reasons = sorted(d.error.split(": ", 1)[1] for d in out["dead"])
     assert [d.stage for d in out["dead"]] == ["label_issues"] * 3
     assert reasons == ["box label 'hovercraft' is not one of the project's classes",
@@ -402,6 +404,82 @@ def test_detection_export_boxes_and_coco_read_back_with_pycocotools(loop):
     image = coco.loadImgs(ann["image_id"])[0]
     sx = image["width"] / video[0]["width"]
     assert ann["bbox"] == pytest.approx([64 * sx, 48 * sx, 256 * sx, 192 * sx], abs=0.05)
+
+
+def _boxes_of(task, labels=None):
+    """A task's pre-annotated boxes as an annotation result (optionally relabelled, in order)."""
+    keep = ("from_name", "to_name", "type", "original_width", "original_height", "value")
+    result = [{k: r[k] for k in keep} for r in task["predictions"][0]["result"]]
+    for region, label in zip(result, labels or ()):
+        region["value"] = dict(region["value"], rectanglelabels=[label])
+    return result
+
+
+def test_label_issues_on_boxes_review_tasks_and_the_fix_loop(loop):
+    """Every indexed frame gets confident detections (a cup on the left, a person on the right, a
+    faint false positive); an annotator draws them, but calls one person a cup (swap) and forgets
+    one cup (missing box). qc --label_issues ranks those two first; their review tasks show the
+    suspect box; the reviewer's fix replaces the label at the next import, QC accepts it and the
+    dataset's lineage names the reviewed frame."""
+    from pycocotools.coco import COCO
+    db, client = loop["db"], loop["client"]
+    frames = sorted(db["frames"].find({}, {"embedding": 0}), key=lambda d: d["_id"])
+    for i, d in enumerate(frames):
+        w, h = d["width"], d["height"]
+        box = lambda x1, y1, x2, y2: [round(x1 * w, 3), round(y1 * h, 3), round(x2 * w, 3), round(y2 * h, 3)]  # noqa: E731
+        db["frames"].update_one({"_id": d["_id"]}, {"$set": {"detections": [
+            {"label": "cup", "class_id": 41, "score": 0.99, "box": box(0.05, 0.1, 0.45, 0.6)},
+            {"label": "person", "class_id": 0, "score": 0.98, "box": box(0.55, 0.3, 0.95, 0.9)},
+            {"label": "person", "class_id": 0, "score": 0.2, "box": box(0.0, 0.7 + 0.01 * (i % 5), 0.1, 0.8)}]}})
+        db["candidates"].insert_one({"_id": f"boxes:{d['_id']}", "selection_id": "boxes-sel", "frame_id": d["_id"],
+                                     "rank": i + 1}, bypass_document_validation=True)
+    common = [a if a != PROJECT else "boxes" for a in loop["common"]]
+    annotate.run(["export", "--selection_id", "boxes-sel", "--classes", "cup,person"] + common)
+    project = client.project_by_title("boxes")
+    tasks = {t["data"]["frame_id"]: t for t in client.tasks(project["id"])}
+    swapped, missing = frames[1]["_id"], frames[2]["_id"]
+    for frame_id, task in tasks.items():
+        result = _boxes_of(task)[:2]  # the faint false positive is not drawn
+        if frame_id == swapped:
+            result = _boxes_of(task, ["cup", "cup"])[:2]
+        elif frame_id == missing:
+            result = result[1:]
+        client.create_annotation(task["id"], result, lead_time=2.0)
+    assert annotate.run(["import"] + common)["annotations"] == len(frames)
+    section = annotate.run(["qc", "--label_issues", "--review_budget", "5"] + common)["label_issues"]
+    assert section["scored"] == len(frames) and section["unscorable"] == 0
+    rows = list(db["label_issues"].find({"project": "boxes"}).sort("rank", 1))
+    assert {r["frame_id"] for r in rows[:2]} == {swapped, missing} and all(r["is_issue"] for r in rows[:2])
+    by_frame = {r["frame_id"]: r for r in rows}
+    assert (by_frame[swapped]["issue_type"], by_frame[swapped]["suggested_label"]) == ("swap", "person")
+    assert by_frame[missing]["issue_type"] == "overlooked"
+    assert json.loads(by_frame[missing]["suspect_box"])["label"] == "cup"
+    review = client.project_by_title("boxes-review")
+    review_tasks = {t["data"]["frame_id"]: t for t in client.tasks(review["id"])}
+    assert set(review_tasks) == {r["frame_id"] for r in rows if r["is_issue"]} and len(review_tasks) <= 5
+    fix = review_tasks[missing]
+    assert fix["id"] == by_frame[missing]["review_task_id"]
+    regions = [(r["from_name"], r["value"]["rectanglelabels"][0]) for r in fix["predictions"][0]["result"]]
+    assert sorted(regions) == [("label", "cup"), ("label", "person"), ("suspect", "suspect")]
+    assert annotate.run(["qc", "--label_issues", "--review_budget", "5"] + common)["label_issues"]["review_tasks"] == \
+        len(review_tasks) == len(list(client.tasks(review["id"])))
+    # The reviewer accepts the pre-annotated fix (the suspect region comes back too, and is ignored).
+    client.create_annotation(fix["id"], _boxes_of(fix), lead_time=3.0)
+    for _ in range(2):  # a rerun changes nothing
+        imported = annotate.run(["import"] + common)
+        assert (imported["annotations"], imported["reviewed"]) == (len(frames), 1)
+        row = db["annotations"].find_one({"_id": by_frame[missing]["annotation_id"]})
+        assert (row["label"], row["label_before_review"], row["review_task_id"]) == ("cup,person", "person", fix["id"])
+        assert sorted(b["label"] for b in json.loads(row["boxes"])) == ["cup", "person"] and row["reviewed_by"]
+    with open(os.path.join(loop["root"], "ann", annotate.DEAD_LETTER_FILE)) as f:
+        (superseded,) = [json.loads(line) for line in f if "by review task" in line]
+    assert superseded["error"].startswith("superseded: ") and superseded["frame_id"] == missing
+    assert annotate.run(["qc"] + common)["accepted"] == len(frames)
+    out = os.path.join(loop["root"], "boxes-dataset")
+    lineage = annotate.run(["dataset", "--dataset_dir", out, "--val_fraction", "0"] + common)
+    assert lineage["reviewed_frames"] == [missing]
+    coco = COCO(os.path.join(out, "coco_train.json"))
+    assert len(coco.getAnnIds()) == 2 * len(frames)  # the missing cup is back
 
 
 def test_cli_with_embedded_label_studio_and_one_line_errors(loop):

@@ -172,12 +172,9 @@ def test_confident_learning_flags_swapped_classes_first():
     assert set(label_issues.ranked(scored)[:6]) == set(swapped.tolist())
     assert all(scored[i].issue_type == "swap" and scored[i].suggested_class == truth[i] for i in swapped)
     assert scored[label_issues.ranked(scored)[-1]].suggested_class is None  # the model agrees
-    assert label_issues.review_picks(scored, 4) == label_issues.ranked(scored)[:4]
     for bad in ((labels[:5], probs), (labels + 3, probs), (labels, probs * 2)):
         with pytest.raises(ValueError):
             label_issues.classification_issues(*bad)
-    with pytest.raises(ValueError, match="budget"):
-        label_issues.review_picks(scored, -1)
 
 
 def _detection_set():

@@ -3,6 +3,7 @@
     python -m beam_pipelines.annotate export  --selection_id ID [--overlap 0.2 --gold gold.csv]
     python -m beam_pipelines.annotate import   # finished annotations -> annotations collection (+ BigQuery)
     python -m beam_pipelines.annotate qc       # agreement, gold accuracy, throughput; relabel the failures
+    python -m beam_pipelines.annotate qc --label_issues [--review_budget 20]   # + likely label errors
     python -m beam_pipelines.annotate dataset [--retrain_after 500 --retrain_topic projects/P/topics/T]
 
 Every subcommand takes ``--mongo_uri`` (default: the embedded mongod of ``<output_dir>/mongo-data``,
@@ -17,7 +18,10 @@ and credentials are printed) and ``--label_studio_project`` (default ``activebea
   row (:class:`transforms.annotate.NormaliseAnnotations`), or a dead letter with its reason.
 * ``qc``: :func:`transforms.annotate.qc.qc_report` over the project's annotations: ``qc_report.json``,
   the ``qc_reports`` table, each task's status in ``label_tasks`` (accepted / relabel / gold); tasks
-  sent back get one more annotator in Label Studio.
+  sent back get one more annotator in Label Studio. With ``--label_issues``, every annotation is
+  scored against its frame's predictions with cleanlab (:class:`transforms.annotate.FindLabelIssues`)
+  into ``label_issues``, and the ``--review_budget`` worst flagged ones become tasks of the project
+  ``<project>-review``, whose answers the next ``import`` applies.
 * ``dataset``: accepted labels as COCO (detection) or manifest + class folders (classification)
   (:class:`transforms.annotate.WriteTrainingSet`); with ``--retrain_after`` a ``retrain_triggers``
   entry (and a Pub/Sub message with ``--retrain_topic``) when enough new labels arrived.
@@ -311,9 +315,59 @@ def import_annotations(options, job: AnnotateJob) -> dict:
                    if e["frame_id"] in set(labelled) and e.get("status") == "exported"]
         if updates:
             upsert_documents(s.mongo_uri, job.mongo_database, tables.label_tasks_table(), updates)
+        reviewed = _apply_reviews(s, project, classes, dead_path)
         return {"project": project["title"], "tasks_read": len(tasks),
                 "annotations": s.db["annotations"].count_documents({"label_project": project["title"]}),
-                "frames_labelled": len(labelled), "dead_letters": _count_lines(dead_path)}
+                "frames_labelled": len(labelled), "reviewed": reviewed, "dead_letters": _count_lines(dead_path)}
+
+
+def _apply_reviews(s: Session, project: dict, classes, dead_path: str) -> int:
+    """Answers of the review project (``<title>-review``, made by ``qc --label_issues``) replace
+    the labels of the annotations they review (``data.annotation_id``): ``label``, ``boxes``,
+    ``reviewed_by``, ``review_task_id``, ``reviewed_at``, ``label_before_review``. A changed label
+    adds a ``superseded:`` dead letter for the old one, as an annotator's later answer does; a
+    review of no imported annotation or a malformed answer is a dead letter. Returns the number
+    of reviewed annotations."""
+    from schemas import tables
+    from schemas.records import MAX_ERROR_CHARS, STAGE_LABEL_IMPORT, DeadLetter
+    from transforms.index.mongodb_client import upsert_documents
+    review = s.client.project_by_title(project["title"] + REVIEW_SUFFIX)
+    if review is None:
+        return 0
+    kind, users = ls.kind_of_config(project["label_config"]), s.client.users()
+    updates, dead = [], []
+    for task in s.client.tasks(review["id"]):
+        data, answer = task.get("data") or {}, ls.latest_answer(task, users)
+        if answer is None:
+            continue
+        where = f"review task {task['id']} annotation {answer.get('id')} of {ls.annotator_name(answer, users)}"
+        original = s.db["annotations"].find_one({"_id": data.get("annotation_id")})
+        try:
+            if original is None:
+                raise LookupError(f"orphaned: {where} reviews no imported annotation ({data.get('annotation_id')!r})")
+            parsed = ls.parse_result(answer.get("result"), kind, int(data["width"]), int(data["height"]), classes)
+        except (LookupError, ValueError, TypeError) as e:
+            reason = str(e) if isinstance(e, LookupError) else f"malformed: {where}: {e}"
+            dead.append(DeadLetter(str(data.get("source_uri") or ""), STAGE_LABEL_IMPORT, reason[:MAX_ERROR_CHARS],
+                                   data.get("frame_index"), data.get("frame_id")))
+            continue
+        before = original.get("label_before_review") or original["label"]
+        boxes = ls.dumps(parsed.boxes) if kind == ls.DETECTION else None
+        updates.append({"_id": original["_id"], "label": parsed.label, "boxes": boxes,
+                        "label_index": classes.index(parsed.label) if parsed.label in classes else None,
+                        "reviewed_by": ls.annotator_name(answer, users), "review_task_id": int(task["id"]),
+                        "reviewed_at": ls.parse_time(answer.get("updated_at") or answer.get("created_at")),
+                        "label_before_review": before})
+        if (parsed.label, boxes) != (original["label"], original.get("boxes")):
+            dead.append(DeadLetter(original["source_uri"], STAGE_LABEL_IMPORT,
+                                   f"superseded: annotation {original.get('label_annotation_id')} of "
+                                   f"{original['annotator']} ({before!r}) by {where}"[:MAX_ERROR_CHARS],
+                                   original["frame_index"], original["frame_id"]))
+    failed = upsert_documents(s.mongo_uri, s.job.mongo_database, tables.annotations_table(), updates) if updates else []
+    with open(dead_path, "a", encoding="utf-8") as f:
+        for d in dead + failed:
+            f.write(json.dumps(d.to_json_dict(), sort_keys=True) + "\n")
+    return len(updates) - len(failed)
 
 
 def _store_rows(s: Session, rows, spec, bigquery_table: Optional[str], filter_column: str, dead_letters,
@@ -500,7 +554,10 @@ def write_dataset(options, job: AnnotateJob) -> dict:
         version = hashlib.sha256(json.dumps([(l["frame_id"], l["label"], l["boxes"]) for l in labels],
                                             sort_keys=True).encode("utf-8")).hexdigest()[:16]
         latest_qc = s.db["qc_reports"].find_one({"project": title}, sort=[("created_at", -1)])
-        lineage = {"project": title, "dataset_version": version,
+        reviewed = sorted(set(s.db["annotations"].distinct("frame_id", {"label_project": title,
+                                                                        "reviewed_by": {"$type": "string"}}))
+                          & {l["frame_id"] for l in labels})
+        lineage = {"project": title, "dataset_version": version, "reviewed_frames": reviewed,
                    "selections": sorted({e.get("selection_id") for e in accepted if e.get("selection_id")}),
                    "model_versions": sorted({e.get("model_version") for e in accepted if e.get("model_version")}),
                    "qc_id": latest_qc and latest_qc["qc_id"], "accepted_labels": len(labels)}

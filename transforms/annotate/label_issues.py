@@ -43,10 +43,12 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from transforms.annotate.qc import iou
+
 #: Issue types (cleanlab's names): a wrong class, a missing box, a badly located box.
 SWAP, OVERLOOKED, BADLOC = "swap", "overlooked", "badloc"
 ISSUE_TYPES = (SWAP, OVERLOOKED, BADLOC)
-#: The issue type of a classification label (its class is the only thing that can be wrong).
+#: What scored the labels (the ``method`` column of ``label_issues``).
 CLASSIFICATION_METHOD = "cleanlab.filter.find_label_issues(prune_by_noise_rate) + rank.self_confidence"
 DETECTION_METHOD = "cleanlab.object_detection (ObjectLab) find_label_issues + get_label_quality_scores"
 
@@ -148,17 +150,10 @@ def _check_boxes(name: str, i: int, boxes, n_classes: int, scored: bool):
             raise ValueError(f"{name}[{i}]: confidence {entry[2]} is outside [0, 1]")
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union if union > 0 else 0.0
-
-
 def _closest(box: Sequence[float], candidates: Sequence[tuple]) -> Optional[tuple]:
     """The candidate box of largest IoU with ``box`` (``None`` if none overlaps)."""
-    best = max(candidates, key=lambda c: _iou(box, c[1]), default=None)
-    return best if best is not None and _iou(box, best[1]) > 0 else None
+    best = max(candidates, key=lambda c: iou(box, c[1]), default=None)
+    return best if best is not None and iou(box, best[1]) > 0 else None
 
 
 def detection_issues(given: Sequence[Sequence[Tuple[int, Sequence[float]]]],
@@ -237,15 +232,3 @@ def ranked(issues: Sequence[ScoredLabel]) -> List[int]:
     """Indices of ``issues`` worst first: by ``quality`` ascending (cleanlab's ranking), ties by index."""
     return sorted(range(len(issues)), key=lambda i: (issues[i].quality, i))
 
-
-def review_picks(issues: Sequence[ScoredLabel], budget: int) -> List[int]:
-    """The flagged issues a reviewer sees: at most ``budget`` of them, worst first.
-
-    Raises
-    ------
-    ValueError
-        If ``budget < 0``.
-    """
-    if budget < 0:
-        raise ValueError(f"budget must be >= 0, got {budget}")
-    return [i for i in ranked(issues) if issues[i].is_issue][:budget]

@@ -17,6 +17,7 @@ Reference: Label Studio's documentation, "Import pre-annotated data" and the ``C
 https://labelstud.io/tags/rectanglelabels); the task and annotation JSON are those of
 ``label-studio`` 1.23 (``GET /api/tasks?fields=all``, ``/api/projects/{id}/export?exportType=JSON``).
 """
+import datetime
 import hashlib
 import json
 import os
@@ -215,7 +216,8 @@ def parse_result(result: Sequence[dict], kind: str, width: int, height: int,
     Parameters
     ----------
     result : list of dict
-        Label Studio's regions (``type`` ``choices`` or ``rectanglelabels``); others are ignored.
+        Label Studio's regions (``type`` ``choices`` or ``rectanglelabels`` of the ``label``
+        control); others are ignored.
     kind : str
         The task kind.
     width, height : int
@@ -232,7 +234,8 @@ def parse_result(result: Sequence[dict], kind: str, width: int, height: int,
     check_kind(kind)
     if not isinstance(result, (list, tuple)):
         raise ValueError(f"result must be a list of regions, got {type(result).__name__}")
-    wanted = [r for r in result if isinstance(r, dict) and r.get("type") == RESULT_TYPES[kind]]
+    wanted = [r for r in result if isinstance(r, dict) and r.get("type") == RESULT_TYPES[kind]
+              and r.get("from_name", FROM_NAME) == FROM_NAME]  # a review task's "suspect" box is no answer
     allowed = set(classes)
     if kind == CLASSIFICATION:
         choices = [c for r in wanted for c in (r.get("value") or {}).get("choices") or ()]
@@ -341,3 +344,23 @@ def make_review_task(issue: dict, image_url: str, width: int, height: int, given
             result.append(_rectangle(suspect["box"], SUSPECT_LABEL, width, height, SUSPECT_NAME))
     return {"data": data, "predictions": [{"model_version": issue["model_version"],
                                            "score": float(issue["quality_score"]), "result": result}]}
+
+
+def latest_answer(task: dict, users: Optional[dict] = None) -> Optional[dict]:
+    """The latest annotation of a task that was not cancelled and has an annotator (by
+    ``updated_at``, then ``created_at``, then id), or ``None``."""
+    answers = [a for a in task.get("annotations") or () if isinstance(a, dict) and not a.get("was_cancelled")
+               and annotator_name(a, users) is not None]
+    return max(answers, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0),
+               default=None)
+
+
+def parse_time(text) -> Optional[datetime.datetime]:
+    """Label Studio's ISO 8601 time (``...Z`` or with an offset) as a naive UTC datetime; ``None``
+    for an empty value, a datetime unchanged."""
+    if not text:
+        return None
+    if isinstance(text, datetime.datetime):
+        return text
+    return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(
+        datetime.timezone.utc).replace(tzinfo=None)

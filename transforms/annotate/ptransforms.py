@@ -229,15 +229,6 @@ class ExportToLabelStudio(beam.PTransform):
         return Exported(imported.rows, dead)
 
 
-def _parse_time(text) -> Optional[datetime.datetime]:
-    if not text:
-        return None
-    if isinstance(text, datetime.datetime):
-        return text
-    return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(
-        datetime.timezone.utc).replace(tzinfo=None)
-
-
 class _NormaliseFn(beam.DoFn):
     """One Label Studio task -> one annotation row per annotator (the latest), or dead letters."""
 
@@ -295,7 +286,7 @@ class _NormaliseFn(beam.DoFn):
         kind = entry["kind"]
         width, height = int(entry["frame_width"]), int(entry["frame_height"])
         parsed = ls.parse_result(a.get("result"), kind, width, height, self._classes)
-        created = _parse_time(a.get("created_at"))
+        created = ls.parse_time(a.get("created_at"))
         if created is None:
             raise ValueError("no created_at")
         lead = a.get("lead_time")
@@ -310,7 +301,7 @@ class _NormaliseFn(beam.DoFn):
             "label_annotation_id": int(a["id"]) if a.get("id") is not None else None,
             "model_version": entry.get("model_version"),
             "lead_time_s": float(lead) if lead is not None else None,
-            "updated_at": _parse_time(a.get("updated_at")),
+            "updated_at": ls.parse_time(a.get("updated_at")),
         }  # imported_at: the table's ingest time, set by the writer on first insert
 
 
