@@ -253,8 +253,17 @@ def test_label_issues_score_every_answer_against_the_model_and_go_to_review(loop
     table = text[text.index("<h2>Label issues</h2>"):text.index("<h2>Dead letters</h2>")]
     assert f"{len(shown)} likely label errors" in table if shown else "None flagged" in table
     assert all(r["frame_id"] in table for r in shown)
-    # Rerun: the same rows (ids, ranks), no second review task, review ids kept.
-    again = annotate.run(argv)["label_issues"]
+    # Rerun, also to BigQuery (twice): the same rows (ids, ranks), appended once; no second
+    # review task, review ids kept.
+    with harness.bigquery_emulator() as endpoint:
+        bq = harness.bigquery_client(endpoint)
+        bq.create_dataset("issues")
+        for _ in range(2):
+            again = annotate.run(argv + ["--bigquery_label_issues_table",
+                                         f"{harness.BIGQUERY_PROJECT}:issues.label_issues"])["label_issues"]
+            (stored,) = bq.query(f"SELECT COUNT(*) AS n, COUNT(DISTINCT label_issue_id) AS ids, MIN(`rank`) AS first "
+                                 f"FROM `{harness.BIGQUERY_PROJECT}.issues.label_issues`").result()
+            assert (stored["n"], stored["ids"], stored["first"]) == (len(rows), len(rows), 1)
     assert again["run_id"] == section["run_id"] and again["review_tasks"] == len(tasks)
     assert db["label_issues"].count_documents({}) == len(rows)
     assert len(list(client.tasks(review["id"]))) == len(tasks)

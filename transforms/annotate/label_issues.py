@@ -43,11 +43,12 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from schemas.labelling import LABEL_ISSUE_TYPES as ISSUE_TYPES
 from transforms.annotate.qc import iou
 
-#: Issue types (cleanlab's names): a wrong class, a missing box, a badly located box.
-SWAP, OVERLOOKED, BADLOC = "swap", "overlooked", "badloc"
-ISSUE_TYPES = (SWAP, OVERLOOKED, BADLOC)
+#: Issue types (cleanlab's names; the registry is :data:`schemas.labelling.LABEL_ISSUE_TYPES`):
+#: a wrong class, a missing box, a badly located box.
+SWAP, OVERLOOKED, BADLOC = ISSUE_TYPES
 #: What scored the labels (the ``method`` column of ``label_issues``).
 CLASSIFICATION_METHOD = "cleanlab.filter.find_label_issues(prune_by_noise_rate) + rank.self_confidence"
 DETECTION_METHOD = "cleanlab.object_detection (ObjectLab) find_label_issues + get_label_quality_scores"
