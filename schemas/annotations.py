@@ -2,7 +2,9 @@
 
 An annotation is identified by :func:`make_annotation_id` of ``(frame_id, task, annotator)``, so
 importing the same export twice rewrites the same entries, and a corrected label replaces the old
-one (a ``$set`` upsert in MongoDB).
+one (a ``$set`` upsert in MongoDB). A review task's answer (``annotate qc --label_issues`` sends
+likely errors for review) replaces the reviewed entry's label in place, keeping the old one in
+``label_before_review``.
 """
 import hashlib
 
@@ -30,6 +32,11 @@ ANNOTATION_FIELDS = (
     Field("lead_time_s", "FLOAT64", "NULLABLE", "Seconds the annotator spent on the task (Label Studio lead time)."),
     Field("updated_at", "TIMESTAMP", "NULLABLE", "When the annotation was last changed in the annotation tool (UTC)."),
     Field("imported_at", "TIMESTAMP", "NULLABLE", "When activebeam imported it (UTC)."),
+    # Filled when a review task of `annotate qc --label_issues` corrected the label (appended last).
+    Field("reviewed_by", "STRING", "NULLABLE", "Who corrected the label in a review task (<project>-review); null if never reviewed."),
+    Field("review_task_id", "INT64", "NULLABLE", "Label Studio task id of that review task."),
+    Field("reviewed_at", "TIMESTAMP", "NULLABLE", "When the review answer was given (UTC)."),
+    Field("label_before_review", "STRING", "NULLABLE", "The annotator's label that the review replaced."),
 )
 
 

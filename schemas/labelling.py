@@ -7,6 +7,9 @@
   funnel of ``stats``.
 * ``qc_reports``: per QC run, one row per annotator and per batch (selection) with agreement,
   gold accuracy and throughput (:mod:`transforms.annotate.qc`).
+* ``label_issues``: one entry per (annotation, model) that ``annotate qc --label_issues``
+  scored against the model's predictions with cleanlab (:mod:`transforms.annotate.label_issues`):
+  the label quality score, whether cleanlab flags it, the issue type and the suspect box.
 * ``retrain_triggers``: one entry each time accepted labels since the previous trigger reach
   ``--retrain_after``; a training job starts from it (and from its Pub/Sub message).
 """
@@ -17,6 +20,9 @@ from schemas.frames import Field
 LABEL_TASKS_COLLECTION = "label_tasks"
 QC_REPORTS_COLLECTION = "qc_reports"
 RETRAIN_TRIGGERS_COLLECTION = "retrain_triggers"
+LABEL_ISSUES_COLLECTION = "label_issues"
+#: ``issue_type`` values: a wrong class, a missing box, a badly located box (cleanlab's names).
+LABEL_ISSUE_TYPES = ("swap", "overlooked", "badloc")
 LABEL_TASK_STATUSES = ("exported", "labelled", "accepted", "relabel", "gold")
 
 LABEL_TASK_FIELDS = (
@@ -77,6 +83,38 @@ RETRAIN_TRIGGER_FIELDS = (
     Field("pubsub_topic", "STRING", "NULLABLE", "Topic the trigger message was published to, if any."),
     Field("created_at", "TIMESTAMP", "REQUIRED", "When the trigger was written (UTC); the BigQuery partitioning column."),
 )
+
+LABEL_ISSUE_FIELDS = (
+    Field("label_issue_id", "STRING", "REQUIRED", "Deterministic id: sha256(annotation_id NUL model_version)[:32]; MongoDB _id."),
+    Field("annotation_id", "STRING", "REQUIRED", "The scored annotation (annotations table)."),
+    Field("frame_id", "STRING", "REQUIRED", "The annotated frame's id in the frames index."),
+    Field("source_uri", "STRING", "REQUIRED", "URI of the image or video file the frame comes from."),
+    Field("frame_index", "INT64", "REQUIRED", "0 for a still image; 0-based index in the decoded video stream."),
+    Field("project", "STRING", "REQUIRED", "Label Studio project title."),
+    Field("kind", "STRING", "REQUIRED", "'classification' or 'detection'."),
+    Field("annotator", "STRING", "REQUIRED", "Who gave the label."),
+    Field("label", "STRING", "REQUIRED", "The given label (detection: the sorted distinct box labels joined by ',')."),
+    Field("quality_score", "FLOAT64", "REQUIRED", "cleanlab label quality score in [0, 1]; low = likely wrong (classification: self-confidence; detection: ObjectLab)."),
+    Field("rank", "INT64", "REQUIRED", "1 = the likeliest error of the run (quality_score ascending)."),
+    Field("is_issue", "BOOL", "REQUIRED", "Flagged by cleanlab's find_label_issues (confident learning; ObjectLab for boxes)."),
+    Field("issue_type", "STRING", "REQUIRED", "Likeliest kind of error: 'swap' (wrong class), 'overlooked' (missing box) or 'badloc' (badly located box)."),
+    Field("swap_score", "FLOAT64", "NULLABLE", "Pooled swap score in [0, 1] (low = a wrong class is likely)."),
+    Field("overlooked_score", "FLOAT64", "NULLABLE", "Detection: pooled overlooked score in [0, 1] (low = a missing box is likely)."),
+    Field("badloc_score", "FLOAT64", "NULLABLE", "Detection: pooled badly-located score in [0, 1] (low = a misplaced box is likely)."),
+    Field("suggested_label", "STRING", "NULLABLE", "The model's class where it differs (classification: argmax; detection: the class of the model's box)."),
+    Field("suspect_box", "STRING", "NULLABLE", "Detection: JSON {label, box: [x1, y1, x2, y2]} of the given box at fault, or of the model's box no given box covers (overlooked); decoded-frame pixels."),
+    Field("model_box", "STRING", "NULLABLE", "Detection: JSON {label, box, score} of the model's box the suspect is compared with."),
+    Field("model_version", "STRING", "REQUIRED", "Model (name@version) whose predictions scored the label."),
+    Field("method", "STRING", "REQUIRED", "The cleanlab functions and version that scored it."),
+    Field("run_id", "STRING", "REQUIRED", "Id of the scoring run: sha256 of the project, the annotations' ids and update times."),
+    Field("review_task_id", "INT64", "NULLABLE", "Label Studio task id of the review task, when the issue was sent for review."),
+    Field("created_at", "TIMESTAMP", "REQUIRED", "When the run wrote the row (UTC); the BigQuery partitioning column."),
+)
+
+
+def make_label_issue_id(annotation_id: str, model_version: str) -> str:
+    """Deterministic label-issue id: the first 32 hex digits of sha256(annotation_id NUL model_version)."""
+    return hashlib.sha256(f"{annotation_id}\0{model_version}".encode("utf-8")).hexdigest()[:32]
 
 
 def make_label_task_key(project: str, frame_id: str) -> str:

@@ -23,6 +23,7 @@ STAGE_NOTIFICATION = "notification"  # streaming: a Pub/Sub message that is not 
 STAGE_WINDOW = "window"  # streaming: a frame later than its window's allowed lateness
 STAGE_LABEL_EXPORT = "label_export"  # annotate export: a frame whose picture or task could not be made
 STAGE_LABEL_IMPORT = "label_import"  # annotate import: a malformed, orphaned or skipped annotation
+STAGE_LABEL_ISSUES = "label_issues"  # annotate qc --label_issues: an annotation without usable predictions
 #: Tag of the dead-letter output of every DoFn: ``beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(...))``.
 DEAD_LETTER_TAG = "dead_letter"
 #: Longest ``DeadLetter.error`` written by the stores (server messages can be long).

@@ -142,10 +142,20 @@ def retrain_triggers_table() -> TableSpec:
         partition_field="created_at", clustering=("project",))
 
 
+def label_issues_table() -> TableSpec:
+    """Likely label errors found by ``annotate qc --label_issues`` (:mod:`schemas.labelling`)."""
+    return TableSpec(
+        name=labelling.LABEL_ISSUES_COLLECTION, fields=labelling.LABEL_ISSUE_FIELDS, id_field="label_issue_id",
+        mongo_indexes=(IndexSpec((("project", 1), ("rank", 1)), "project_rank"),
+                       IndexSpec((("frame_id", 1),), "frame_id"),
+                       IndexSpec((("annotation_id", 1),), "annotation_id")),
+        partition_field="created_at", clustering=("project", "issue_type", "is_issue"))
+
+
 def all_tables() -> Dict[str, TableSpec]:
     """Every table activebeam writes, by name (built on call, so extended field lists are seen)."""
     specs = (frames_table(), candidates_table(), annotations_table(), runs_table(), arrivals_table(),
-             label_tasks_table(), qc_reports_table(), retrain_triggers_table())
+             label_tasks_table(), qc_reports_table(), retrain_triggers_table(), label_issues_table())
     return {spec.name: spec for spec in specs}
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 
+import apache_beam as beam
 import pymongo
 import pytest
 
@@ -198,6 +199,118 @@ def test_qc_figures_equal_hand_computed_values_and_failures_go_back(loop):
         ("annotator", ANN1), ("annotator", ANN2), ("batch", loop["first"][0]["selection_id"])}
 
 
+def test_label_issues_score_every_answer_against_the_model_and_go_to_review(loop):
+    """qc --label_issues on the real annotations: one label_issues row per scorable answer whose
+    score is the model's probability of the given class (cleanlab's self-confidence), ranked;
+    the flagged ones become review tasks once, however often qc runs."""
+    db, client = loop["db"], loop["client"]
+    argv = ["qc", "--label_issues", "--review_budget", "3", "--no_relabel"] + loop["common"]
+    section = annotate.run(argv)["label_issues"]
+    rows = list(db["label_issues"].find({"project": PROJECT}).sort("rank", 1))
+    answers = list(db["annotations"].find({"label_project": PROJECT}))
+    assert section["scored"] == len(rows) == len(answers) and section["unscorable"] == 0
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["quality_score"] for r in rows] == sorted(r["quality_score"] for r in rows)
+    by_answer = {a["_id"]: a for a in answers}
+    for r in rows:
+        frame = loop["frames"][r["frame_id"]]
+        assert r["quality_score"] == pytest.approx(frame["probabilities"][CLASS_NAMES.index(r["label"])], abs=1e-6)
+        assert r["annotator"] == by_answer[r["annotation_id"]]["annotator"] and r["issue_type"] == "swap"
+        argmax = CLASS_NAMES[max(range(10), key=lambda k: frame["probabilities"][k])]
+        assert r["suggested_label"] == (argmax if argmax != r["label"] else None)
+        assert r["method"].endswith("(cleanlab 2.9.0)") and r["model_version"].startswith("fashion_mnist_cnn@")
+    flagged = [r for r in rows if r["is_issue"]]
+    assert section["flagged"] == len(flagged) >= 1 and section["flagged_by_type"]["swap"] == len(flagged)
+    # The flags are cleanlab's confident learning on the same labels and stored probabilities.
+    from cleanlab.filter import find_label_issues
+    import numpy as np
+    expected_flags = find_label_issues(np.array([CLASS_NAMES.index(r["label"]) for r in rows]),
+                                       np.array([loop["frames"][r["frame_id"]]["probabilities"] for r in rows]),
+                                       filter_by="prune_by_noise_rate")
+    assert [r["is_issue"] for r in rows] == expected_flags.tolist()
+    # Review tasks: the worst flagged (at most --review_budget), one per frame, pre-annotated with the model's class.
+    review = client.project_by_title(PROJECT + "-review")
+    tasks = list(client.tasks(review["id"]))
+    expected = {r["frame_id"] for r in flagged[:3]}
+    assert {t["data"]["frame_id"] for t in tasks} == expected and len(tasks) == len(expected)
+    for task in tasks:
+        row = db["label_issues"].find_one({"_id": task["data"]["label_issue_id"]})
+        assert row["review_task_id"] == task["id"]
+        (choice,) = task["predictions"][0]["result"]
+        assert choice["value"]["choices"] == [row["suggested_label"] or row["label"]]
+        picture = client._session.get(client.url + task["data"]["image"])
+        assert picture.status_code == 200 and picture.content[:4] == b"\x89PNG"
+    with open(os.path.join(loop["root"], "ann", annotate.QC_REPORT_FILE)) as f:
+        assert json.load(f)["label_issues"]["worst"][0]["rank"] == 1
+    # The selection's HTML report lists the flagged issues of its frames.
+    from beam_pipelines import report
+    selection = loop["first"][0]["selection_id"]
+    page = report.report_for_selection(loop["mongo"].uri, selection, os.path.join(loop["root"], "sel-report"))
+    with open(page) as f:
+        text = f.read()
+    selected = {c["frame_id"] for c in loop["first"]}
+    shown = [r for r in flagged if r["frame_id"] in selected]
+    table = text[text.index("<h2>Label issues</h2>"):text.index("<h2>Dead letters</h2>")]
+    assert f"{len(shown)} likely label errors" in table if shown else "None flagged" in table
+    assert all(r["frame_id"] in table for r in shown)
+    # Rerun, also to BigQuery (twice): the same rows (ids, ranks), appended once; no second
+    # review task, review ids kept.
+    with harness.bigquery_emulator() as endpoint:
+        bq = harness.bigquery_client(endpoint)
+        bq.create_dataset("issues")
+        for _ in range(2):
+            again = annotate.run(argv + ["--bigquery_label_issues_table",
+                                         f"{harness.BIGQUERY_PROJECT}:issues.label_issues"])["label_issues"]
+            (stored,) = bq.query(f"SELECT COUNT(*) AS n, COUNT(DISTINCT label_issue_id) AS ids, MIN(`rank`) AS first "
+                                 f"FROM `{harness.BIGQUERY_PROJECT}.issues.label_issues`").result()
+            assert (stored["n"], stored["ids"], stored["first"]) == (len(rows), len(rows), 1)
+    assert again["run_id"] == section["run_id"] and again["review_tasks"] == len(tasks)
+    assert db["label_issues"].count_documents({}) == len(rows)
+    assert len(list(client.tasks(review["id"]))) == len(tasks)
+    assert db["label_issues"].count_documents({"review_task_id": {"$type": "int"}}) == len(tasks)
+
+
+def test_find_label_issues_in_beam_ranks_boxes_and_dead_letters_the_unscorable():
+    """FindLabelIssues on a pipeline (no server): 30 frames whose detector found a cup and a
+    person; one annotation calls the person a cup (swap), one forgot the cup (overlooked). Frames
+    missing from the index, without detections, or a box label outside the classes are dead letters."""
+    from transforms.annotate.ptransforms import FindLabelIssues
+    cup, person = [10.0, 10.0, 50.0, 50.0], [60.0, 60.0, 90.0, 90.0]
+    frames = [{"_id": f"f{i:02d}", "model": {"detector_name": "det", "detector_version": "v1"},
+               "detections": [{"label": "cup", "score": 0.99, "box": cup}, {"label": "person", "score": 0.98, "box": person},
+                              {"label": "bus", "score": 0.99, "box": [0, 0, 5, 5]}]} for i in range(30)]
+    frames.append({"_id": "no-detector", "model": {"name": "m"}})
+
+    def answer(frame_id, boxes, who="a@x.org"):
+        return {"annotation_id": f"ann-{frame_id}", "frame_id": frame_id, "source_uri": f"/cam/{frame_id}.png",
+                "frame_index": 0, "annotator": who, "label": ",".join(sorted({b["label"] for b in boxes})),
+                "boxes": json.dumps(boxes)}
+    right = [{"label": "cup", "box": cup}, {"label": "person", "box": person}]
+    annotations = [answer(f"f{i:02d}", right) for i in range(3, 30)]
+    annotations += [answer("f00", [{"label": "cup", "box": cup}, {"label": "cup", "box": person}]),
+                    answer("f01", [{"label": "person", "box": person}]),
+                    answer("f02", [{"label": "hovercraft", "box": cup}]),
+                    answer("missing", right), answer("no-detector", right)]
+    out = harness.run_collect(lambda p: (lambda found: {"issues": found.issues, "dead": found.dead_letters})(
+        p | "Annotations" >> beam.Create(annotations)
+        | FindLabelIssues("detection", ["cup", "person"], p | "Frames" >> beam.Create(frames), "cams", "run1")))
+    issues = sorted(out["issues"], key=lambda r: r["rank"])
+    assert [r["rank"] for r in issues] == list(range(1, 30)) and {r["project"] for r in issues} == {"cams"}
+    assert {r["frame_id"] for r in issues[:2]} == {"f00", "f01"} and not any(r["is_issue"] for r in issues[2:])
+    swap, missing = sorted(issues[:2], key=lambda r: r["frame_id"])
+    assert (swap["issue_type"], swap["suggested_label"], json.loads(swap["suspect_box"])) == (
+        "swap", "person", {"label": "cup", "box": person})
+    assert (missing["issue_type"], json.loads(missing["suspect_box"])) == ("overlooked", {"label": "cup", "box": cup})
+    assert json.loads(missing["model_box"]) == {"label": "cup", "box": cup, "score": 0.99}
+    assert swap["model_version"] == "det@v1" and swap["label_issue_id"] != missing["label_issue_id"]
+    from schemas import tables
+    assert all(tables.bigquery_row_errors(tables.label_issues_table(), r) == [] for r in issues)  # BigQuery-ready
+    reasons = sorted(d.error.split(": ", 1)[1] for d in out["dead"])
+    assert [d.stage for d in out["dead"]] == ["label_issues"] * 3
+    assert reasons == ["box label 'hovercraft' is not one of the project's classes",
+                       "frame missing is not in the frames index", "the frame carries no detections (no detector ran)"]
+
+
 def test_next_selection_skips_frames_sent_for_labelling(loop):
     argv = [a.replace("/mine1", "/mine2") for a in loop["argv"]]
     mine.run(argv)
@@ -304,6 +417,82 @@ def test_detection_export_boxes_and_coco_read_back_with_pycocotools(loop):
     image = coco.loadImgs(ann["image_id"])[0]
     sx = image["width"] / video[0]["width"]
     assert ann["bbox"] == pytest.approx([64 * sx, 48 * sx, 256 * sx, 192 * sx], abs=0.05)
+
+
+def _boxes_of(task, labels=None):
+    """A task's pre-annotated boxes as an annotation result (optionally relabelled, in order)."""
+    keep = ("from_name", "to_name", "type", "original_width", "original_height", "value")
+    result = [{k: r[k] for k in keep} for r in task["predictions"][0]["result"]]
+    for region, label in zip(result, labels or ()):
+        region["value"] = dict(region["value"], rectanglelabels=[label])
+    return result
+
+
+def test_label_issues_on_boxes_review_tasks_and_the_fix_loop(loop):
+    """Every indexed frame gets confident detections (a cup on the left, a person on the right, a
+    faint false positive); an annotator draws them, but calls one person a cup (swap) and forgets
+    one cup (missing box). qc --label_issues ranks those two first; their review tasks show the
+    suspect box; the reviewer's fix replaces the label at the next import, QC accepts it and the
+    dataset's lineage names the reviewed frame."""
+    from pycocotools.coco import COCO
+    db, client = loop["db"], loop["client"]
+    frames = sorted(db["frames"].find({}, {"embedding": 0}), key=lambda d: d["_id"])
+    for i, d in enumerate(frames):
+        w, h = d["width"], d["height"]
+        box = lambda x1, y1, x2, y2: [round(x1 * w, 3), round(y1 * h, 3), round(x2 * w, 3), round(y2 * h, 3)]  # noqa: E731
+        db["frames"].update_one({"_id": d["_id"]}, {"$set": {"detections": [
+            {"label": "cup", "class_id": 41, "score": 0.99, "box": box(0.05, 0.1, 0.45, 0.6)},
+            {"label": "person", "class_id": 0, "score": 0.98, "box": box(0.55, 0.3, 0.95, 0.9)},
+            {"label": "person", "class_id": 0, "score": 0.2, "box": box(0.0, 0.7 + 0.01 * (i % 5), 0.1, 0.8)}]}})
+        db["candidates"].insert_one({"_id": f"boxes:{d['_id']}", "selection_id": "boxes-sel", "frame_id": d["_id"],
+                                     "rank": i + 1}, bypass_document_validation=True)
+    common = [a if a != PROJECT else "boxes" for a in loop["common"]]
+    annotate.run(["export", "--selection_id", "boxes-sel", "--classes", "cup,person"] + common)
+    project = client.project_by_title("boxes")
+    tasks = {t["data"]["frame_id"]: t for t in client.tasks(project["id"])}
+    swapped, missing = frames[1]["_id"], frames[2]["_id"]
+    for frame_id, task in tasks.items():
+        result = _boxes_of(task)[:2]  # the faint false positive is not drawn
+        if frame_id == swapped:
+            result = _boxes_of(task, ["cup", "cup"])[:2]
+        elif frame_id == missing:
+            result = result[1:]
+        client.create_annotation(task["id"], result, lead_time=2.0)
+    assert annotate.run(["import"] + common)["annotations"] == len(frames)
+    section = annotate.run(["qc", "--label_issues", "--review_budget", "5"] + common)["label_issues"]
+    assert section["scored"] == len(frames) and section["unscorable"] == 0
+    rows = list(db["label_issues"].find({"project": "boxes"}).sort("rank", 1))
+    assert {r["frame_id"] for r in rows[:2]} == {swapped, missing} and all(r["is_issue"] for r in rows[:2])
+    by_frame = {r["frame_id"]: r for r in rows}
+    assert (by_frame[swapped]["issue_type"], by_frame[swapped]["suggested_label"]) == ("swap", "person")
+    assert by_frame[missing]["issue_type"] == "overlooked"
+    assert json.loads(by_frame[missing]["suspect_box"])["label"] == "cup"
+    review = client.project_by_title("boxes-review")
+    review_tasks = {t["data"]["frame_id"]: t for t in client.tasks(review["id"])}
+    assert set(review_tasks) == {r["frame_id"] for r in rows if r["is_issue"]} and len(review_tasks) <= 5
+    fix = review_tasks[missing]
+    assert fix["id"] == by_frame[missing]["review_task_id"]
+    regions = [(r["from_name"], r["value"]["rectanglelabels"][0]) for r in fix["predictions"][0]["result"]]
+    assert sorted(regions) == [("label", "cup"), ("label", "person"), ("suspect", "suspect")]
+    assert annotate.run(["qc", "--label_issues", "--review_budget", "5"] + common)["label_issues"]["review_tasks"] == \
+        len(review_tasks) == len(list(client.tasks(review["id"])))
+    # The reviewer accepts the pre-annotated fix (the suspect region comes back too, and is ignored).
+    client.create_annotation(fix["id"], _boxes_of(fix), lead_time=3.0)
+    for _ in range(2):  # a rerun changes nothing
+        imported = annotate.run(["import"] + common)
+        assert (imported["annotations"], imported["reviewed"]) == (len(frames), 1)
+        row = db["annotations"].find_one({"_id": by_frame[missing]["annotation_id"]})
+        assert (row["label"], row["label_before_review"], row["review_task_id"]) == ("cup,person", "person", fix["id"])
+        assert sorted(b["label"] for b in json.loads(row["boxes"])) == ["cup", "person"] and row["reviewed_by"]
+    with open(os.path.join(loop["root"], "ann", annotate.DEAD_LETTER_FILE)) as f:
+        (superseded,) = [json.loads(line) for line in f if "by review task" in line]
+    assert superseded["error"].startswith("superseded: ") and superseded["frame_id"] == missing
+    assert annotate.run(["qc"] + common)["accepted"] == len(frames)
+    out = os.path.join(loop["root"], "boxes-dataset")
+    lineage = annotate.run(["dataset", "--dataset_dir", out, "--val_fraction", "0"] + common)
+    assert lineage["reviewed_frames"] == [missing]
+    coco = COCO(os.path.join(out, "coco_train.json"))
+    assert len(coco.getAnnIds()) == 2 * len(frames)  # the missing cup is back
 
 
 def test_cli_with_embedded_label_studio_and_one_line_errors(loop):

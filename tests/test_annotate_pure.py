@@ -2,7 +2,7 @@
 import pytest
 
 from tests import harness
-from transforms.annotate import dataset, label_studio as ls, qc
+from transforms.annotate import dataset, label_issues, label_studio as ls, qc
 
 CLASSES = ["person", "car"]
 
@@ -153,6 +153,96 @@ def test_coco_document_by_hand():
     assert coco["categories"][0] == {"id": 1, "name": "person", "supercategory": "object"}
     with pytest.raises(ValueError, match="bus"):
         dataset.coco_document([dict(labels[0], boxes=[_box("bus", 0, 0, 1, 1)])], CLASSES)
+
+
+def test_confident_learning_flags_swapped_classes_first():
+    """200 labels of 3 classes, the model right and confident on most; 6 labels swapped. cleanlab's
+    self-confidence score is the model's probability of the given label (checked directly)."""
+    import numpy as np
+    rng = np.random.default_rng(7)
+    truth = np.repeat(np.arange(3), 67)[:200]
+    probs = rng.dirichlet([1.0, 1.0, 1.0], size=200) * 0.3
+    probs[np.arange(200), truth] += 0.7
+    labels = truth.copy()
+    swapped = rng.choice(200, size=6, replace=False)
+    labels[swapped] = (truth[swapped] + 1) % 3
+    scored = label_issues.classification_issues(labels, probs)
+    assert [s.quality for s in scored] == pytest.approx(probs[np.arange(200), labels].tolist())
+    assert {i for i, s in enumerate(scored) if s.is_issue} == set(swapped.tolist())
+    assert set(label_issues.ranked(scored)[:6]) == set(swapped.tolist())
+    assert all(scored[i].issue_type == "swap" and scored[i].suggested_class == truth[i] for i in swapped)
+    assert scored[label_issues.ranked(scored)[-1]].suggested_class is None  # the model agrees
+    for bad in ((labels[:5], probs), (labels + 3, probs), (labels, probs * 2)):
+        with pytest.raises(ValueError):
+            label_issues.classification_issues(*bad)
+
+
+def _detection_set():
+    """40 images of two objects (class 0 at the left, class 1 at the right) that a confident model
+    finds; image 3's class-1 box is labelled class 0 (swap), image 5 lacks its class-0 box
+    (overlooked), image 8's class-0 box is shifted by three quarters of its width (badloc)."""
+    left, right = [10.0, 10.0, 50.0, 50.0], [60.0, 60.0, 90.0, 90.0]
+    given = [[(0, list(left)), (1, list(right))] for _ in range(40)]
+    predicted = [[(0, list(left), 0.99), (1, list(right), 0.98), (1, [0.0, 70.0, 8.0, 78.0], 0.2)]
+                 for _ in range(40)]
+    given[3][1] = (0, list(right))
+    given[5] = [(1, list(right))]
+    given[8][0] = (0, [40.0, 10.0, 80.0, 50.0])
+    return given, predicted
+
+
+def test_objectlab_finds_swapped_missing_and_shifted_boxes():
+    given, predicted = _detection_set()
+    scored = label_issues.detection_issues(given, predicted, 2)
+    assert {i for i, s in enumerate(scored) if s.is_issue} == {3, 5, 8}
+    assert set(label_issues.ranked(scored)[:3]) == {3, 5, 8}
+    swap, missing, shifted = scored[3], scored[5], scored[8]
+    assert swap.issue_type == "swap" and swap.suspect_box == (0, [60.0, 60.0, 90.0, 90.0])
+    assert swap.suggested_class == 1 and swap.model_box[:2] == (1, [60.0, 60.0, 90.0, 90.0])
+    assert missing.issue_type == "overlooked" and missing.suspect_box == (0, [10.0, 10.0, 50.0, 50.0])
+    assert shifted.issue_type == "badloc" and shifted.suspect_box == (0, [40.0, 10.0, 80.0, 50.0])
+    assert shifted.model_box == (0, [10.0, 10.0, 50.0, 50.0], 0.99) and shifted.suggested_class is None
+    assert all(0.0 <= s.quality <= 1.0 for s in scored)
+    with pytest.raises(ValueError, match="outside"):
+        label_issues.detection_issues([[(2, [0, 0, 1, 1])]], [[]], 2)
+    with pytest.raises(ValueError, match="confidence"):
+        label_issues.detection_issues([[]], [[(0, [0, 0, 1, 1], 1.5)]], 2)
+    with pytest.raises(ValueError, match="one entry per annotation"):
+        label_issues.detection_issues([[]], [], 2)
+
+
+def test_review_tasks_highlight_the_suspect_box_and_pre_annotate_the_fix():
+    config = ls.review_config("detection", CLASSES)
+    assert '<RectangleLabels name="suspect" toName="image">' in config and '<Header value="$review_note"/>' in config
+    assert ls.kind_of_config(config) == "detection"
+    issue = {"kind": "detection", "issue_type": "swap", "annotator": "a@x.org", "label": "person",
+             "quality_score": 0.012, "suggested_label": "car", "frame_id": "f1", "source_uri": "/c/a.mp4",
+             "frame_index": 4, "label_issue_id": "i1", "annotation_id": "a1", "model_version": "det@v1",
+             "suspect_box": '{"box":[20,10,120,60],"label":"person"}',
+             "model_box": '{"box":[22,10,120,60],"label":"car","score":0.97}'}
+    given = [{"label": "person", "box": [20, 10, 120, 60]}, {"label": "person", "box": [0, 0, 10, 10]}]
+    task = ls.make_review_task(issue, "/data/local-files/?d=m/f1.png", 200, 100, given)
+    assert task["data"]["label_issue_id"] == "i1" and "(swap)" in task["data"]["review_note"]
+    result = task["predictions"][0]["result"]
+    labels = [(r["from_name"], r["value"]["rectanglelabels"][0], r["value"]["x"]) for r in result]
+    assert labels == [("label", "person", 0.0), ("label", "car", 11.0), ("suspect", "suspect", 10.0)]
+    overlooked = dict(issue, issue_type="overlooked", suspect_box='{"box":[22,10,120,60],"label":"car"}')
+    result = ls.make_review_task(overlooked, "u", 200, 100, given)["predictions"][0]["result"]
+    assert [r["value"]["rectanglelabels"][0] for r in result] == ["person", "person", "car", "suspect"]
+    choice = ls.make_review_task(dict(issue, kind="classification", suspect_box=None, model_box=None), "u", 28, 28, [])
+    assert choice["predictions"][0]["result"][0]["value"] == {"choices": ["car"]}
+    assert ls.local_files_url("/root/m/a b.png", "/root") == "/data/local-files/?d=m/a%20b.png"
+
+
+def test_label_issue_options_are_checked_before_any_server():
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_pipelines.annotate.options import check_options
+    from beam_pipelines.cli.preflight import OptionError
+    with pytest.raises(OptionError, match="--review_budget must be >= 0"):
+        check_options("qc", PipelineOptions(["--label_issues", "--review_budget", "-1"]))
+    with pytest.raises(ValueError, match="--bigquery_label_issues_table needs --label_issues"):
+        check_options("qc", PipelineOptions(["--bigquery_label_issues_table", "p:d.t"]))
+    assert check_options("qc", PipelineOptions(["--label_issues", "--review_budget", "0"])).command == "qc"
 
 
 if __name__ == "__main__":

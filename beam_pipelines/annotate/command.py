@@ -3,6 +3,7 @@
     python -m beam_pipelines.annotate export  --selection_id ID [--overlap 0.2 --gold gold.csv]
     python -m beam_pipelines.annotate import   # finished annotations -> annotations collection (+ BigQuery)
     python -m beam_pipelines.annotate qc       # agreement, gold accuracy, throughput; relabel the failures
+    python -m beam_pipelines.annotate qc --label_issues [--review_budget 20]   # + likely label errors
     python -m beam_pipelines.annotate dataset [--retrain_after 500 --retrain_topic projects/P/topics/T]
 
 Every subcommand takes ``--mongo_uri`` (default: the embedded mongod of ``<output_dir>/mongo-data``,
@@ -17,7 +18,10 @@ and credentials are printed) and ``--label_studio_project`` (default ``activebea
   row (:class:`transforms.annotate.NormaliseAnnotations`), or a dead letter with its reason.
 * ``qc``: :func:`transforms.annotate.qc.qc_report` over the project's annotations: ``qc_report.json``,
   the ``qc_reports`` table, each task's status in ``label_tasks`` (accepted / relabel / gold); tasks
-  sent back get one more annotator in Label Studio.
+  sent back get one more annotator in Label Studio. With ``--label_issues``, every annotation is
+  scored against its frame's predictions with cleanlab (:class:`transforms.annotate.FindLabelIssues`)
+  into ``label_issues``, and the ``--review_budget`` worst flagged ones become tasks of the project
+  ``<project>-review``, whose answers the next ``import`` applies.
 * ``dataset``: accepted labels as COCO (detection) or manifest + class folders (classification)
   (:class:`transforms.annotate.WriteTrainingSet`); with ``--retrain_after`` a ``retrain_triggers``
   entry (and a Pub/Sub message with ``--retrain_topic``) when enough new labels arrived.
@@ -40,11 +44,17 @@ from typing import Dict, List, Optional, Tuple
 from beam_pipelines.cli import preflight, shutdown
 from beam_pipelines.annotate.options import PROG, AnnotateJob, AnnotateOptions, check_options, split_command
 from beam_pipelines.mine.options import MineOptions
+from schemas.labelling import LABEL_ISSUE_TYPES
 from transforms.annotate import label_studio as ls
 
 _LOG = logging.getLogger(__name__)
 DEAD_LETTER_FILE = "annotate_dead_letter.jsonl"
 QC_REPORT_FILE = "qc_report.json"
+LABEL_ISSUES_DEAD_LETTER_FILE = "label_issues_dead_letter.jsonl"
+#: Title suffix of the project that holds review tasks of likely label errors.
+REVIEW_SUFFIX = "-review"
+#: Issues listed in the QC report (all are in the label_issues table).
+REPORTED_ISSUES = 50
 MEDIA_FOLDER = "label-studio-media"
 #: The bundled model's classes, when the frames were scored by it.
 BUNDLED_MODEL = "fashion_mnist_cnn"
@@ -283,8 +293,6 @@ def import_annotations(options, job: AnnotateJob) -> dict:
     import apache_beam as beam
     from schemas import tables
     from transforms.annotate.ptransforms import NormaliseAnnotations
-    from transforms.index.bigquery import WriteRowsToBigQuery
-    from transforms.index.mongodb import WriteDocumentsToMongoDB
     from transforms.index.mongodb_client import upsert_documents
     o = options.view_as(AnnotateOptions)
     with Session(options, job) as s:
@@ -312,23 +320,86 @@ def import_annotations(options, job: AnnotateJob) -> dict:
         def build(p):
             imported = (p | "Tasks" >> beam.Create(tasks)
                         | "Normalise" >> NormaliseAnnotations(classes, users, p | "Ledger" >> beam.Create(ledger)))
-            written = (imported.annotations | "ToDocuments" >> beam.Map(lambda r: tables.to_mongo_document(spec, r))
-                       | "AnnotationsToMongoDB" >> WriteDocumentsToMongoDB(s.mongo_uri, job.mongo_database, spec))
-            dead = [imported.dead_letters, written.dead_letters]
-            if o.bigquery_annotations_table:
-                dead.append(imported.annotations | "AnnotationsToBigQuery" >> WriteRowsToBigQuery(
-                    o.bigquery_annotations_table, spec, _bigquery_row, ("annotation_id",), "task",
-                    method="STREAMING_INSERTS"))
-            _write_dead_letters(dead | beam.Flatten(), dead_path)
+            _store_rows(s, imported.annotations, spec, o.bigquery_annotations_table, "task",
+                        imported.dead_letters, dead_path)
         _run(build, options)
         labelled = s.db["annotations"].distinct("frame_id", {"label_project": project["title"]})
         updates = [{"_id": e["label_task_key"], "status": "labelled"} for e in ledger
                    if e["frame_id"] in set(labelled) and e.get("status") == "exported"]
         if updates:
             upsert_documents(s.mongo_uri, job.mongo_database, tables.label_tasks_table(), updates)
+        reviewed = _apply_reviews(s, project, classes, dead_path)
         return {"project": project["title"], "tasks_read": len(tasks),
                 "annotations": s.db["annotations"].count_documents({"label_project": project["title"]}),
-                "frames_labelled": len(labelled), "dead_letters": _count_lines(dead_path)}
+                "frames_labelled": len(labelled), "reviewed": reviewed, "dead_letters": _count_lines(dead_path)}
+
+
+def _apply_reviews(s: Session, project: dict, classes, dead_path: str) -> int:
+    """Answers of the review project (``<title>-review``, made by ``qc --label_issues``) replace
+    the labels of the annotations they review (``data.annotation_id``): ``label``, ``boxes``,
+    ``reviewed_by``, ``review_task_id``, ``reviewed_at``, ``label_before_review``. A changed label
+    adds a ``superseded:`` dead letter for the old one, as an annotator's later answer does; a
+    review of no imported annotation or a malformed answer is a dead letter. Returns the number
+    of reviewed annotations."""
+    from schemas import tables
+    from schemas.records import MAX_ERROR_CHARS, STAGE_LABEL_IMPORT, DeadLetter
+    from transforms.index.mongodb_client import upsert_documents
+    review = s.client.project_by_title(project["title"] + REVIEW_SUFFIX)
+    if review is None:
+        return 0
+    kind, users = ls.kind_of_config(project["label_config"]), s.client.users()
+    updates, dead = [], []
+    for task in s.client.tasks(review["id"]):
+        data, answer = task.get("data") or {}, ls.latest_answer(task, users)
+        if answer is None:
+            continue
+        where = f"review task {task['id']} annotation {answer.get('id')} of {ls.annotator_name(answer, users)}"
+        original = s.db["annotations"].find_one({"_id": data.get("annotation_id")})
+        try:
+            if original is None:
+                raise LookupError(f"orphaned: {where} reviews no imported annotation ({data.get('annotation_id')!r})")
+            parsed = ls.parse_result(answer.get("result"), kind, int(data["width"]), int(data["height"]), classes)
+        except (LookupError, ValueError, TypeError) as e:
+            reason = str(e) if isinstance(e, LookupError) else f"malformed: {where}: {e}"
+            dead.append(DeadLetter(str(data.get("source_uri") or ""), STAGE_LABEL_IMPORT, reason[:MAX_ERROR_CHARS],
+                                   data.get("frame_index"), data.get("frame_id")))
+            continue
+        before = original.get("label_before_review") or original["label"]
+        boxes = ls.dumps(parsed.boxes) if kind == ls.DETECTION else None
+        updates.append({"_id": original["_id"], "label": parsed.label, "boxes": boxes,
+                        "label_index": classes.index(parsed.label) if parsed.label in classes else None,
+                        "reviewed_by": ls.annotator_name(answer, users), "review_task_id": int(task["id"]),
+                        "reviewed_at": ls.parse_time(answer.get("updated_at") or answer.get("created_at")),
+                        "label_before_review": before})
+        if (parsed.label, boxes) != (original["label"], original.get("boxes")):
+            dead.append(DeadLetter(original["source_uri"], STAGE_LABEL_IMPORT,
+                                   f"superseded: annotation {original.get('label_annotation_id')} of "
+                                   f"{original['annotator']} ({before!r}) by {where}"[:MAX_ERROR_CHARS],
+                                   original["frame_index"], original["frame_id"]))
+    failed = upsert_documents(s.mongo_uri, s.job.mongo_database, tables.annotations_table(), updates) if updates else []
+    with open(dead_path, "a", encoding="utf-8") as f:
+        for d in dead + failed:
+            f.write(json.dumps(d.to_json_dict(), sort_keys=True) + "\n")
+    return len(updates) - len(failed)
+
+
+def _store_rows(s: Session, rows, spec, bigquery_table: Optional[str], filter_column: str, dead_letters,
+                dead_path: str) -> None:
+    """Writes rows of a :mod:`schemas.tables` table to MongoDB (and appends them to
+    ``bigquery_table`` when given, keyed by the spec's id field); every dead letter, the
+    upstream ones included, to ``dead_path``."""
+    import apache_beam as beam
+    from schemas import tables
+    from transforms.index.bigquery import WriteRowsToBigQuery
+    from transforms.index.mongodb import WriteDocumentsToMongoDB
+    name = spec.name.title().replace("_", "")
+    written = (rows | f"{name}ToDocuments" >> beam.Map(lambda r: tables.to_mongo_document(spec, r))
+               | f"{name}ToMongoDB" >> WriteDocumentsToMongoDB(s.mongo_uri, s.job.mongo_database, spec))
+    dead = [dead_letters, written.dead_letters]
+    if bigquery_table:
+        dead.append(rows | f"{name}ToBigQuery" >> WriteRowsToBigQuery(
+            bigquery_table, spec, _bigquery_row, (spec.id_field,), filter_column, method="STREAMING_INSERTS"))
+    _write_dead_letters(dead | beam.Flatten(), dead_path)
 
 
 def _bigquery_row(row: dict) -> dict:
@@ -378,13 +449,95 @@ def run_qc(options, job: AnnotateJob) -> dict:
             for task_id, overlap in relabel:  # one more annotator: Label Studio offers the task again
                 s.client.update_task(task_id, overlap=overlap)
         out = dict(report, qc_id=qc_id, project=title)
+        found = _label_issues(s, options, job, project, annotations, ledger, now) if o.label_issues else None
+        if found is not None:
+            out["label_issues"] = found
         with open(os.path.join(job.output_dir, QC_REPORT_FILE), "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1, sort_keys=True, default=str)
         return {"project": title, "qc_id": qc_id, "annotators": report["annotators"], "batches": report["batches"],
                 "accepted": sum(t["status"] == qc.ACCEPTED for t in report["tasks"].values()),
                 "relabel": sum(t["status"] == qc.RELABEL for t in report["tasks"].values()),
                 "gold": sum(t["status"] == qc.GOLD for t in report["tasks"].values()),
-                "report": os.path.join(job.output_dir, QC_REPORT_FILE), "store_failures": len(dead)}
+                "report": os.path.join(job.output_dir, QC_REPORT_FILE), "store_failures": len(dead),
+                **({"label_issues": found} if found is not None else {})}
+
+
+def _label_issues(s: Session, options, job: AnnotateJob, project: dict, annotations: List[dict],
+                  ledger: Dict[str, dict], now: datetime.datetime) -> dict:
+    """``qc --label_issues``: every annotation scored with cleanlab against its frame's
+    predictions (:class:`transforms.annotate.FindLabelIssues`) into ``label_issues``, and the worst
+    flagged ones sent for review; returns the section of the QC report."""
+    import apache_beam as beam
+    from schemas import tables
+    from transforms.annotate.ptransforms import FindLabelIssues
+    o = options.view_as(AnnotateOptions)
+    title, kind = project["title"], ls.kind_of_config(project["label_config"])
+    classes = job.classes or tuple(ls.classes_of_config(project["label_config"]))
+    frames = list(s.db["frames"].find({"_id": {"$in": sorted({a["frame_id"] for a in annotations})}},
+                                      {"embedding": 0}))
+    fingerprint = json.dumps([title, kind, list(classes), [(a["_id"], str(a.get("updated_at")), a["label"],
+                                                            a.get("boxes")) for a in annotations],
+                              sorted((f["_id"], str(f.get("model"))) for f in frames)], default=str)
+    run_id = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:32]
+    spec = tables.label_issues_table()
+    dead_path = os.path.join(job.output_dir, LABEL_ISSUES_DEAD_LETTER_FILE)
+
+    def build(p):
+        found = (p | "Annotations" >> beam.Create(annotations)
+                 | "FindLabelIssues" >> FindLabelIssues(kind, classes, p | "Frames" >> beam.Create(frames),
+                                                        title, run_id, created_at=now))
+        _store_rows(s, found.issues, spec, o.bigquery_label_issues_table, "project", found.dead_letters, dead_path)
+    _run(build, options)
+    issues = list(s.db["label_issues"].find({"project": title, "run_id": run_id}).sort("rank", 1))
+    picks = [i for i in issues if i["is_issue"]][:o.review_budget]
+    review = _send_for_review(s, project, kind, classes, picks, ledger, frames, annotations) if picks else {}
+    flagged = [i for i in issues if i["is_issue"]]
+    keep = ("rank", "frame_id", "annotator", "label", "issue_type", "quality_score", "suggested_label",
+            "suspect_box", "model_box", "review_task_id")
+    return {"run_id": run_id, "method": issues[0]["method"] if issues else None, "scored": len(issues),
+            "flagged": len(flagged), "unscorable": _count_lines(dead_path),
+            "flagged_by_type": {t: sum(i["issue_type"] == t for i in flagged) for t in LABEL_ISSUE_TYPES},
+            "review_project": review.get("project"), "review_tasks": len(review.get("task_ids") or {}),
+            "worst": [{k: i.get(k) for k in keep} | {"review_task_id": (review.get("task_ids") or {}).get(
+                i["_id"], i.get("review_task_id"))} for i in issues[:REPORTED_ISSUES]]}
+
+
+def _send_for_review(s: Session, project: dict, kind: str, classes, picks: List[dict], ledger: Dict[str, dict],
+                     frames: List[dict], annotations: List[dict]) -> dict:
+    """The picked issues as tasks of the project ``<title>-review`` (one per frame, by
+    ``data.frame_id``: a rerun adds none), the same pictures, the suspect box highlighted and
+    the model's fix as pre-annotation; ``label_issues.review_task_id`` set. Returns
+    ``{"project", "task_ids": {label_issue_id: task id}}``."""
+    from schemas import tables
+    from transforms.index.mongodb_client import upsert_documents
+    title = project["title"] + REVIEW_SUFFIX
+    review = s.client.ensure_project(title, ls.review_config(kind, classes), maximum_annotations=1)
+    present = {t["data"].get("frame_id") for t in s.client.tasks(review["id"])}
+    sizes = {f["_id"]: (int(f["width"]), int(f["height"])) for f in frames}
+    given = {a["_id"]: a.get("boxes") or [] for a in annotations}
+    new, storages = [], set()
+    for issue in picks:
+        entry = ledger.get(issue["frame_id"])
+        if issue["frame_id"] in present or entry is None or not entry.get("image"):
+            continue
+        folder = os.path.dirname(os.path.abspath(entry["image"]))
+        if folder not in storages:
+            s.client.ensure_local_storage(review["id"], folder)
+            storages.add(folder)
+        width, height = sizes[issue["frame_id"]]
+        issue = dict(issue, label_issue_id=issue["_id"])  # the MongoDB document: its id is _id
+        new.append(ls.make_review_task(issue, ls.local_files_url(entry["image"], s.document_root), width, height,
+                                       given.get(issue["annotation_id"]) or []))
+        present.add(issue["frame_id"])
+    if new:
+        s.client.import_tasks(review["id"], new)
+    task_ids = {t["data"]["label_issue_id"]: int(t["id"]) for t in s.client.tasks(review["id"])
+                if t["data"].get("label_issue_id")}
+    updates = [{"_id": issue_id, "review_task_id": task_id} for issue_id, task_id in sorted(task_ids.items())]
+    dead = upsert_documents(s.mongo_uri, s.job.mongo_database, tables.label_issues_table(), updates) if updates else []
+    if dead:
+        raise shutdown.RunFailed(f"could not record the review tasks: {dead[0].error}")
+    return {"project": title, "task_ids": task_ids}
 
 
 # --- dataset ---------------------------------------------------------------------------------
@@ -414,7 +567,10 @@ def write_dataset(options, job: AnnotateJob) -> dict:
         version = hashlib.sha256(json.dumps([(l["frame_id"], l["label"], l["boxes"]) for l in labels],
                                             sort_keys=True).encode("utf-8")).hexdigest()[:16]
         latest_qc = s.db["qc_reports"].find_one({"project": title}, sort=[("created_at", -1)])
-        lineage = {"project": title, "dataset_version": version,
+        reviewed = sorted(set(s.db["annotations"].distinct("frame_id", {"label_project": title,
+                                                                        "reviewed_by": {"$type": "string"}}))
+                          & {l["frame_id"] for l in labels})
+        lineage = {"project": title, "dataset_version": version, "reviewed_frames": reviewed,
                    "selections": sorted({e.get("selection_id") for e in accepted if e.get("selection_id")}),
                    "model_versions": sorted({e.get("model_version") for e in accepted if e.get("model_version")}),
                    "qc_id": latest_qc and latest_qc["qc_id"], "accepted_labels": len(labels)}

@@ -15,6 +15,7 @@ from transforms.annotate import qc
 SUBCOMMANDS = ("export", "import", "qc", "dataset")
 TASK_KINDS = ("auto", "classification", "detection")
 PROG = "python -m beam_pipelines.annotate"
+DEFAULT_REVIEW_BUDGET = 20
 
 
 class AnnotateOptions(PipelineOptions):
@@ -58,6 +59,14 @@ class AnnotateOptions(PipelineOptions):
                             help="qc: IoU for two boxes to match.")
         parser.add_argument("--no_relabel", action="store_true",
                             help="qc: do not send failing tasks back in Label Studio (report only).")
+        parser.add_argument("--label_issues", action="store_true",
+                            help="qc: also score every annotation against the model's predictions with cleanlab "
+                                 "(likely label errors: label_issues table, report, review tasks).")
+        parser.add_argument("--review_budget", type=int, default=DEFAULT_REVIEW_BUDGET,
+                            help="qc --label_issues: the worst flagged issues sent to Label Studio as review "
+                                 "tasks (project <project>-review); 0 = none.")
+        parser.add_argument("--bigquery_label_issues_table", default=None,
+                            help="qc --label_issues: also append the label_issues rows to this PROJECT:DATASET.TABLE.")
         parser.add_argument("--dataset_dir", default=None, help="dataset: where to write (default <output_dir>/dataset).")
         parser.add_argument("--val_fraction", type=float, default=0.2, help="dataset: share of frames in val.")
         parser.add_argument("--retrain_after", type=int, default=0,
@@ -124,6 +133,9 @@ def check_options(command: str, options: PipelineOptions) -> AnnotateJob:
         check_range(flag, value, 0.0 <= value <= 1.0, "in [0, 1]")
     check_range("val_fraction", o.val_fraction, 0.0 <= o.val_fraction < 1.0, "in [0, 1)")
     check_range("retrain_after", o.retrain_after, o.retrain_after >= 0, ">= 0")
+    check_range("review_budget", o.review_budget, o.review_budget >= 0, ">= 0")
+    if o.bigquery_label_issues_table and not o.label_issues:
+        raise ValueError("--bigquery_label_issues_table needs --label_issues")
     if o.gold and not os.path.isfile(o.gold):
         raise ValueError(f"--gold {o.gold}: no such file")
     if o.export_file and not os.path.isfile(o.export_file):

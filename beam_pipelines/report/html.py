@@ -11,7 +11,9 @@ network at view time):
 * ``index.html``: run summary and lineage; per-source and per-class counts of the pool against
   the selection; one histogram per score (inline SVG) with the selection marked; a 2-D PCA map
   of the embeddings with the candidates highlighted (canvas); identical-frame groups (same pixel
-  hash in the pool) and near-duplicate candidates (cosine similarity of embeddings); dead letters;
+  hash in the pool) and near-duplicate candidates (cosine similarity of embeddings); the likely
+  label errors cleanlab flagged among the candidates' annotations (``annotate qc --label_issues``,
+  MongoDB ``label_issues``); dead letters;
 * ``data.js``: the candidates and map points (a ``<script>``, since browsers refuse ``fetch``
   from ``file://``), rendered client-side by ``report.js`` one page at a time, so a
   10,000-candidate selection opens as fast as a 50-candidate one;
@@ -58,7 +60,8 @@ TABLE_ROWS = 200  # rows of a server-side table shown (counts, dead letters, gro
 
 def write_report(report_dir: str, candidates: Iterable[dict], frames: Iterable[dict] = (),
                  dead_letters: Iterable[dict] = (), summary: Optional[dict] = None, *,
-                 page_size: int = PAGE_SIZE, title: Optional[str] = None) -> str:
+                 page_size: int = PAGE_SIZE, title: Optional[str] = None,
+                 label_issues: Iterable[dict] = ()) -> str:
     """Writes a report directory; returns the path of its ``index.html``.
 
     Parameters
@@ -80,6 +83,9 @@ def write_report(report_dir: str, candidates: Iterable[dict], frames: Iterable[d
         ``summary.json`` (counts, options, ``run_id``, ``code_version``, ``model``, ``inputs``).
     page_size : int
         Candidates per page of the grid.
+    label_issues : iterable of dict
+        ``label_issues`` rows (:mod:`schemas.labelling`) of the candidates' annotations, shown
+        worst first (lowest ``quality_score``).
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size!r}")
@@ -109,7 +115,7 @@ def write_report(report_dir: str, candidates: Iterable[dict], frames: Iterable[d
         for asset in ("report.js", "report.css"):
             shutil.copy(os.path.join(ASSETS_DIR, asset), os.path.join(local_dir, asset))
         page = _render_page(candidates, cards, pool, list(dead_letters), summary, embedding_map,
-                            title or _title(summary, candidates))
+                            title or _title(summary, candidates), list(label_issues))
         with open(os.path.join(local_dir, "index.html"), "w", encoding="utf-8") as f:
             f.write(page)
         publish()
@@ -132,7 +138,8 @@ def report_for_run(output_dir: str, mongo_uri: Optional[str], database: str = "a
         return write_report(report_dir, candidates, (), dead_letters, summary)
     with _mongo(mongo_uri) as client:
         frames = pool_frames(client[database], version, summary.get("inputs") or ())
-        return write_report(report_dir, candidates, frames, dead_letters, summary)
+        return write_report(report_dir, candidates, frames, dead_letters, summary,
+                            label_issues=label_issues_of(client[database], [c["frame_id"] for c in candidates]))
 
 
 def report_for_selection(mongo_uri: str, selection_id: str, report_dir: str,
@@ -149,7 +156,8 @@ def report_for_selection(mongo_uri: str, selection_id: str, report_dir: str,
         summary, dead_letters = _run_outputs(run)
         summary.setdefault("selection_id", selection_id)
         frames = pool_frames(db, version, (run or {}).get("inputs") or ())
-        return write_report(report_dir, candidates, frames, dead_letters, summary, page_size=page_size)
+        return write_report(report_dir, candidates, frames, dead_letters, summary, page_size=page_size,
+                            label_issues=label_issues_of(db, [c["frame_id"] for c in candidates]))
 
 
 def write_run_report_safely(output_dir: str, mongo_uri: Optional[str], database: str) -> Optional[str]:
@@ -175,6 +183,11 @@ def pool_frames(db, model_version: str, inputs: Sequence[str] = ()) -> Iterable[
     for doc in cursor:
         if not patterns or any(fnmatch.fnmatchcase(doc.get("source_uri", ""), p) for p in patterns):
             yield doc
+
+
+def label_issues_of(db, frame_ids: Sequence[str]) -> List[dict]:
+    """The flagged ``label_issues`` rows of these frames (every model and scoring run)."""
+    return list(db["label_issues"].find({"frame_id": {"$in": list(frame_ids)}, "is_issue": True}))
 
 
 def find_run(db, candidate: dict, model_version: str) -> Optional[dict]:
@@ -423,7 +436,7 @@ def _title(summary: dict, candidates: List[dict]) -> str:
     return f"activebeam report: {len(candidates)} candidates ({strategy or 'no strategy'})"
 
 
-def _render_page(candidates, cards, pool: _Pool, dead_letters, summary, embedding_map, title) -> str:
+def _render_page(candidates, cards, pool: _Pool, dead_letters, summary, embedding_map, title, label_issues=()) -> str:
     with open(os.path.join(ASSETS_DIR, "index.html"), encoding="utf-8") as f:
         template = string.Template(f.read())
     selected_sources = collections.Counter(c.get("source_uri") for c in candidates)
@@ -441,6 +454,7 @@ def _render_page(candidates, cards, pool: _Pool, dead_letters, summary, embeddin
         histograms=_histograms(candidates, pool),
         map_note=_map_note(embedding_map, pool),
         duplicates=_duplicates(pool, groups),
+        label_issues=_label_issues(label_issues),
         dead_letters=_dead_letters(dead_letters),
     )
 
@@ -597,6 +611,22 @@ def _duplicates(pool: _Pool, groups: List[List[int]]) -> str:
     else:
         out.append(f"<h3>Near-duplicate candidates</h3><p>None (embedding cosine &ge; {NEAR_DUPLICATE_COSINE}).</p>")
     return "".join(out)
+
+
+def _label_issues(issues: List[dict]) -> str:
+    flagged = sorted((i for i in issues if i.get("is_issue")), key=lambda i: (i["quality_score"], i["frame_id"]))
+    if not flagged:
+        return ("<p>None flagged among the candidates' annotations (scored by "
+                "<code>annotate qc --label_issues</code>, when it ran).</p>")
+    rows = "".join(f"<tr><td class='name'>{_e(i['frame_id'])}</td><td>{_e(i.get('annotator'))}</td>"
+                   f"<td>{_e(i.get('label'))}</td><td>{_e(i.get('issue_type'))}</td>"
+                   f"<td>{i['quality_score']:.3f}</td><td>{_e(i.get('suggested_label') or '')}</td>"
+                   f"<td>{_e(i.get('suspect_box') or '')}</td><td>{_e(i.get('review_task_id') or '')}</td></tr>"
+                   for i in flagged[:TABLE_ROWS])
+    return (f"<p>{len(flagged)} likely label errors (cleanlab; lowest quality score first).</p>"
+            f"<table class='counts' id='label-issue-table'><thead><tr><th>frame</th><th>annotator</th>"
+            f"<th>label</th><th>issue</th><th>quality</th><th>model says</th><th>suspect box</th>"
+            f"<th>review task</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def _dead_letters(dead_letters: List[dict]) -> str:

@@ -2,6 +2,7 @@
 
 Pure: :mod:`~transforms.annotate.label_studio` (configs, tasks, pre-annotations, results),
 :mod:`~transforms.annotate.qc` (agreement, box F1, gold accuracy, acceptance),
+:mod:`~transforms.annotate.label_issues` (likely label errors, with cleanlab),
 :mod:`~transforms.annotate.dataset` (splits, COCO, manifests), :mod:`~transforms.annotate.client`
 (the REST client). Beam: :mod:`~transforms.annotate.ptransforms`. The job is
 ``python -m beam_pipelines.annotate`` (docs/annotation.md).
@@ -9,7 +10,9 @@ Pure: :mod:`~transforms.annotate.label_studio` (configs, tasks, pre-annotations,
 from transforms._exports import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "ptransforms": ("ExportToLabelStudio", "ExportItem", "NormaliseAnnotations", "WriteTrainingSet"),
+    "ptransforms": ("ExportToLabelStudio", "ExportItem", "FindLabelIssues", "NormaliseAnnotations",
+                    "WriteTrainingSet"),
     "client": ("LabelStudioClient", "LabelStudioError"),
     "qc": ("qc_report",),
+    "label_issues": ("classification_issues", "detection_issues"),
 })

@@ -17,8 +17,11 @@ Reference: Label Studio's documentation, "Import pre-annotated data" and the ``C
 https://labelstud.io/tags/rectanglelabels); the task and annotation JSON are those of
 ``label-studio`` 1.23 (``GET /api/tasks?fields=all``, ``/api/projects/{id}/export?exportType=JSON``).
 """
+import datetime
 import hashlib
 import json
+import os
+import urllib.parse
 from typing import List, NamedTuple, Optional, Sequence
 from xml.sax.saxutils import quoteattr
 
@@ -183,6 +186,13 @@ def make_task(frame: dict, image_url: str, kind: str, classes: Sequence[str], *,
     return task
 
 
+def local_files_url(path: str, document_root: str) -> str:
+    """The URL under which Label Studio's local-files storage serves ``path`` (a file under the
+    server's ``LOCAL_FILES_DOCUMENT_ROOT`` ``document_root``): ``/data/local-files/?d=<relative path>``."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(document_root))
+    return "/data/local-files/?d=" + urllib.parse.quote(relative)
+
+
 def is_gold_or_overlap(frame_id: str, fraction: float, salt: str) -> bool:
     """Deterministic Bernoulli(``fraction``) draw for a frame: ``sha256(salt NUL frame_id)`` as a
     number in [0, 1) below ``fraction`` (the same frames on every rerun)."""
@@ -206,7 +216,8 @@ def parse_result(result: Sequence[dict], kind: str, width: int, height: int,
     Parameters
     ----------
     result : list of dict
-        Label Studio's regions (``type`` ``choices`` or ``rectanglelabels``); others are ignored.
+        Label Studio's regions (``type`` ``choices`` or ``rectanglelabels`` of the ``label``
+        control); others are ignored.
     kind : str
         The task kind.
     width, height : int
@@ -223,7 +234,8 @@ def parse_result(result: Sequence[dict], kind: str, width: int, height: int,
     check_kind(kind)
     if not isinstance(result, (list, tuple)):
         raise ValueError(f"result must be a list of regions, got {type(result).__name__}")
-    wanted = [r for r in result if isinstance(r, dict) and r.get("type") == RESULT_TYPES[kind]]
+    wanted = [r for r in result if isinstance(r, dict) and r.get("type") == RESULT_TYPES[kind]
+              and r.get("from_name", FROM_NAME) == FROM_NAME]  # a review task's "suspect" box is no answer
     allowed = set(classes)
     if kind == CLASSIFICATION:
         choices = [c for r in wanted for c in (r.get("value") or {}).get("choices") or ()]
@@ -269,3 +281,86 @@ def classes_of_config(config: str) -> List[str]:
 def kind_of_config(config: str) -> str:
     """``detection`` when the config has ``RectangleLabels``, else ``classification``."""
     return DETECTION if "<RectangleLabels" in config else CLASSIFICATION
+
+
+#: The review project's second control: the suspect box, drawn in red, not a class.
+SUSPECT_NAME = "suspect"
+SUSPECT_LABEL = "suspect"
+
+
+def review_config(kind: str, classes: Sequence[str]) -> str:
+    """The labelling config of a review project: :func:`label_config` plus a header with the
+    issue (``$review_note``) and, for detection, a ``suspect`` rectangle control (red) that holds
+    the box cleanlab suspects; the reviewer answers with the ``label`` control as before."""
+    config = label_config(kind, classes)
+    extra = '  <Header value="$review_note"/>\n'
+    if kind == DETECTION:
+        extra += (f'  <RectangleLabels name="{SUSPECT_NAME}" toName="{TO_NAME}">\n'
+                  f'    <Label value="{SUSPECT_LABEL}" background="red"/>\n  </RectangleLabels>\n')
+    return config.replace(f'  <Image name="{TO_NAME}" value="$image"/>\n',
+                          f'  <Image name="{TO_NAME}" value="$image"/>\n{extra}')
+
+
+def _rectangle(box: Sequence[float], label: str, width: int, height: int, from_name: str = FROM_NAME) -> dict:
+    return {"from_name": from_name, "to_name": TO_NAME, "type": RESULT_TYPES[DETECTION],
+            "original_width": width, "original_height": height,
+            "value": dict(box_to_percent(box, width, height), rectanglelabels=[str(label)])}
+
+
+def make_review_task(issue: dict, image_url: str, width: int, height: int, given_boxes: Sequence[dict]) -> dict:
+    """A review task for one ``label_issues`` row (:mod:`schemas.labelling`): the same picture,
+    a note (issue type, the given label, quality score), and as pre-annotation the label with the
+    suspect fixed the model's way.
+
+    Classification: the model's class (``suggested_label``, else the given one) as the choice.
+    Detection (``width`` x ``height`` = the decoded frame, where boxes live): the given boxes,
+    with the suspect one replaced by the model's box (``swap``, ``badloc``) or the model's box
+    added (``overlooked``), in the ``label`` control; the suspect box itself in the ``suspect``
+    control, highlighted. ``data.frame_id`` and ``data.label_issue_id`` identify the task, so a
+    rerun imports no second task for the frame.
+    """
+    kind = check_kind(issue["kind"])
+    note = (f"Possible label error ({issue['issue_type']}): {issue['annotator']} gave "
+            f"'{issue['label'] or 'no box'}', quality score {issue['quality_score']:.3f}")
+    if issue.get("suggested_label"):
+        note += f"; the model says '{issue['suggested_label']}'"
+    data = {"image": image_url, "frame_id": issue["frame_id"], "source_uri": issue["source_uri"],
+            "frame_index": int(issue["frame_index"]), "width": int(width), "height": int(height),
+            "label_issue_id": issue["label_issue_id"], "annotation_id": issue["annotation_id"],
+            "issue_type": issue["issue_type"], "quality_score": float(issue["quality_score"]),
+            "given_label": issue["label"], "review_note": note, "activebeam_kind": kind}
+    if kind == CLASSIFICATION:
+        result = [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": RESULT_TYPES[CLASSIFICATION],
+                   "value": {"choices": [issue.get("suggested_label") or issue["label"]]}}]
+    else:
+        suspect = json.loads(issue["suspect_box"]) if issue.get("suspect_box") else None
+        model = json.loads(issue["model_box"]) if issue.get("model_box") else None
+        boxes = [b for b in given_boxes
+                 if not (suspect and issue["issue_type"] != "overlooked" and b["box"] == suspect["box"])]
+        if model is not None:
+            boxes.append(model)
+        result = [_rectangle(b["box"], b["label"], width, height) for b in boxes]
+        if suspect is not None:
+            result.append(_rectangle(suspect["box"], SUSPECT_LABEL, width, height, SUSPECT_NAME))
+    return {"data": data, "predictions": [{"model_version": issue["model_version"],
+                                           "score": float(issue["quality_score"]), "result": result}]}
+
+
+def latest_answer(task: dict, users: Optional[dict] = None) -> Optional[dict]:
+    """The latest annotation of a task that was not cancelled and has an annotator (by
+    ``updated_at``, then ``created_at``, then id), or ``None``."""
+    answers = [a for a in task.get("annotations") or () if isinstance(a, dict) and not a.get("was_cancelled")
+               and annotator_name(a, users) is not None]
+    return max(answers, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0),
+               default=None)
+
+
+def parse_time(text) -> Optional[datetime.datetime]:
+    """Label Studio's ISO 8601 time (``...Z`` or with an offset) as a naive UTC datetime; ``None``
+    for an empty value, a datetime unchanged."""
+    if not text:
+        return None
+    if isinstance(text, datetime.datetime):
+        return text
+    return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(
+        datetime.timezone.utc).replace(tzinfo=None)

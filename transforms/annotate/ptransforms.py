@@ -13,6 +13,10 @@
 
     accepted | WriteTrainingSet("/out/dataset", "classification", classes, val_fraction=0.2)
 
+    found = annotations | FindLabelIssues("detection", classes, frames, project="cams", run_id=run_id)
+    found.issues            # PCollection[dict]: rows of the label_issues table, ranked
+    found.dead_letters      # annotations without a frame or usable predictions (stage label_issues)
+
 * :class:`ExportToLabelStudio` groups frames by source file, decodes each frame again at full
   resolution (:func:`transforms.decode.redecode.map_frames`: one pass per video), writes it as a
   PNG under ``media_dir`` (which Label Studio serves through its local-files storage), then imports
@@ -22,6 +26,9 @@
 * :class:`NormaliseAnnotations` turns each Label Studio task (API or JSON export) into one row per
   (frame, annotator) (:func:`schemas.annotations.make_annotation_id`), checked against the
   project's classes; every annotation is a row or a dead letter with its reason.
+* :class:`FindLabelIssues` joins each annotation with its frame's predictions and scores them all
+  together with cleanlab (:mod:`transforms.annotate.label_issues`): one ranked ``label_issues``
+  row per annotation.
 * :class:`WriteTrainingSet` writes accepted labels as COCO files (detection) or a CSV manifest
   and class folders (classification), split by :func:`transforms.annotate.dataset.split_of`.
 """
@@ -30,17 +37,18 @@ import datetime
 import io
 import json
 import os
-import urllib.parse
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 
 from schemas.annotations import make_annotation_id
-from schemas.labelling import make_label_task_key
+from schemas.labelling import make_label_issue_id, make_label_task_key
 from schemas.records import DEAD_LETTER_TAG as DEAD_LETTER
-from schemas.records import MAX_ERROR_CHARS, STAGE_LABEL_EXPORT, STAGE_LABEL_IMPORT, DeadLetter
+from schemas.records import MAX_ERROR_CHARS, STAGE_LABEL_EXPORT, STAGE_LABEL_IMPORT, STAGE_LABEL_ISSUES, DeadLetter
 from transforms.annotate import dataset as dataset_lib
+from transforms.annotate import label_issues as issues_lib
 from transforms.annotate import label_studio as ls
 
 METRICS_NAMESPACE = "activebeam.annotate"
@@ -132,15 +140,11 @@ class _ImportTasksFn(beam.DoFn):
         self._client = LabelStudioClient(self._url, self._api_key)
         self._existing = {t["data"].get("frame_id") for t in self._client.tasks(self._project_id)}
 
-    def _url_of(self, path: str) -> str:
-        relative = os.path.relpath(os.path.abspath(path), self._document_root)
-        return "/data/local-files/?d=" + urllib.parse.quote(relative)
-
     def process(self, batch):
         new_tasks, rows = [], []
         for item, (path, width, height) in batch:
             frame_id = _frame_id(item.frame)
-            task = ls.make_task(item.frame, self._url_of(path), self._kind, self._classes,
+            task = ls.make_task(item.frame, ls.local_files_url(path, self._document_root), self._kind, self._classes,
                                 selection_id=item.selection_id, gold=item.gold, overlap=item.overlap)
             row = {"label_task_key": make_label_task_key(self._project, frame_id), "project": self._project,
                    "frame_id": frame_id, "source_uri": item.frame["source_uri"],
@@ -225,15 +229,6 @@ class ExportToLabelStudio(beam.PTransform):
         return Exported(imported.rows, dead)
 
 
-def _parse_time(text) -> Optional[datetime.datetime]:
-    if not text:
-        return None
-    if isinstance(text, datetime.datetime):
-        return text
-    return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(
-        datetime.timezone.utc).replace(tzinfo=None)
-
-
 class _NormaliseFn(beam.DoFn):
     """One Label Studio task -> one annotation row per annotator (the latest), or dead letters."""
 
@@ -291,7 +286,7 @@ class _NormaliseFn(beam.DoFn):
         kind = entry["kind"]
         width, height = int(entry["frame_width"]), int(entry["frame_height"])
         parsed = ls.parse_result(a.get("result"), kind, width, height, self._classes)
-        created = _parse_time(a.get("created_at"))
+        created = ls.parse_time(a.get("created_at"))
         if created is None:
             raise ValueError("no created_at")
         lead = a.get("lead_time")
@@ -306,7 +301,7 @@ class _NormaliseFn(beam.DoFn):
             "label_annotation_id": int(a["id"]) if a.get("id") is not None else None,
             "model_version": entry.get("model_version"),
             "lead_time_s": float(lead) if lead is not None else None,
-            "updated_at": _parse_time(a.get("updated_at")),
+            "updated_at": ls.parse_time(a.get("updated_at")),
         }  # imported_at: the table's ingest time, set by the writer on first insert
 
 
@@ -502,3 +497,198 @@ class WriteTrainingSet(beam.PTransform):
                 | "Gather" >> beam.combiners.ToList()
                 | "WriteFiles" >> beam.ParDo(_WriteSetFn(self._out_dir, self._kind, self._classes,
                                                          self._val_fraction, self._lineage)))
+
+
+class LabelIssues(NamedTuple):
+    issues: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+class _Scorable(NamedTuple):
+    """An annotation ready for cleanlab: its row, the frame's identity, what it says and what the
+    model said (classification: ``label_index`` and ``probabilities``; detection: ``given``
+    ``[(class, box)]`` and ``predicted`` ``[(class, box, confidence)]``)."""
+    annotation: dict
+    model_version: str
+    label_index: Optional[int] = None
+    probabilities: Optional[tuple] = None
+    given: Optional[list] = None
+    predicted: Optional[list] = None
+
+
+class _JoinPredictionsFn(beam.DoFn):
+    """``(frame_id, {"annotations": [...], "frames": [...]})`` -> one :class:`_Scorable` per
+    annotation, or a dead letter saying why it cannot be scored."""
+
+    def __init__(self, kind: str, classes: Sequence[str]):
+        self._kind, self._classes = kind, tuple(classes)
+        self._index = {c: i for i, c in enumerate(self._classes)}
+        self._dead = Metrics.counter(METRICS_NAMESPACE, "label_issues_unscorable")
+
+    def process(self, element):
+        frame_id, grouped = element
+        frames = list(grouped["frames"])
+        for annotation in grouped["annotations"]:
+            try:
+                if not frames:
+                    raise ValueError(f"frame {frame_id} is not in the frames index")
+                yield self._scorable(annotation, frames[0])
+            except (ValueError, TypeError, KeyError) as e:
+                self._dead.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(
+                    str(annotation.get("source_uri") or ""), STAGE_LABEL_ISSUES,
+                    f"annotation {_annotation_id(annotation)} of {annotation.get('annotator')}: {e}"[:MAX_ERROR_CHARS],
+                    annotation.get("frame_index"), frame_id))
+
+    def _class(self, name: str, what: str) -> int:
+        if name not in self._index:
+            raise ValueError(f"{what} {name!r} is not one of the project's classes")
+        return self._index[name]
+
+    def _scorable(self, annotation: dict, frame: dict) -> _Scorable:
+        model = frame.get("model") or {}
+        if self._kind == ls.CLASSIFICATION:
+            probabilities = tuple(float(p) for p in frame.get("probabilities") or ())
+            if len(probabilities) != len(self._classes):
+                raise ValueError(f"the frame carries {len(probabilities)} class probabilities, the project has "
+                                 f"{len(self._classes)} classes (scored by another model?)")
+            return _Scorable(annotation, f"{model.get('name')}@{model.get('version')}",
+                             label_index=self._class(annotation["label"], "label"), probabilities=probabilities)
+        if frame.get("detections") is None:
+            raise ValueError("the frame carries no detections (no detector ran)")
+        boxes = annotation.get("boxes") or []
+        boxes = json.loads(boxes) if isinstance(boxes, str) else boxes
+        given = [(self._class(b["label"], "box label"), [float(v) for v in b["box"]]) for b in boxes]
+        predicted = [(self._index[d["label"]], [float(v) for v in d["box"]], float(d["score"]))
+                     for d in frame["detections"] if d.get("label") in self._index]
+        return _Scorable(annotation, f"{model.get('detector_name')}@{model.get('detector_version')}",
+                         given=given, predicted=predicted)
+
+
+def _annotation_id(annotation: dict) -> str:
+    return annotation.get("annotation_id") or annotation.get("_id")
+
+
+class _ScoreFn(beam.DoFn):
+    """All scorable annotations of the project at once (cleanlab's thresholds are dataset-level)
+    -> ``label_issues`` rows, ranked."""
+
+    def __init__(self, kind: str, classes: Sequence[str], project: str, run_id: str, created_at):
+        self._kind, self._classes, self._project = kind, tuple(classes), project
+        self._run_id, self._created_at = run_id, created_at
+        self._scored = Metrics.counter(METRICS_NAMESPACE, "label_issues_scored")
+        self._flagged = Metrics.counter(METRICS_NAMESPACE, "label_issues_flagged")
+        self._quality = Metrics.distribution(METRICS_NAMESPACE, "label_quality_permille")
+
+    def process(self, items):
+        items = sorted(items, key=lambda i: _annotation_id(i.annotation))  # a stable order: stable ranks
+        if not items:
+            return
+        if self._kind == ls.CLASSIFICATION:
+            scored = issues_lib.classification_issues([i.label_index for i in items],
+                                                      np.asarray([i.probabilities for i in items]))
+            method = issues_lib.CLASSIFICATION_METHOD
+        else:
+            scored = issues_lib.detection_issues([i.given for i in items], [i.predicted for i in items],
+                                                 len(self._classes))
+            method = issues_lib.DETECTION_METHOD
+        method = f"{method} (cleanlab {_cleanlab_version()})"
+        for rank, i in enumerate(issues_lib.ranked(scored), start=1):
+            self._scored.inc()
+            self._flagged.inc(int(scored[i].is_issue))
+            self._quality.update(int(round(1000 * scored[i].quality)))
+            yield self._row(items[i], scored[i], rank, method)
+
+    def _name(self, index: Optional[int]) -> Optional[str]:
+        return None if index is None else self._classes[index]
+
+    def _row(self, item: _Scorable, s: "issues_lib.ScoredLabel", rank: int, method: str) -> dict:
+        a = item.annotation
+        suspect = model = None
+        if s.suspect_box is not None:
+            suspect = ls.dumps({"label": self._name(s.suspect_box[0]), "box": [round(v, 3) for v in s.suspect_box[1]]})
+        if s.model_box is not None:
+            model = ls.dumps({"label": self._name(s.model_box[0]), "box": [round(v, 3) for v in s.model_box[1]],
+                              "score": round(s.model_box[2], 6)})
+        detection = self._kind == ls.DETECTION
+        return {
+            "label_issue_id": make_label_issue_id(_annotation_id(a), item.model_version),
+            "annotation_id": _annotation_id(a), "frame_id": a["frame_id"], "source_uri": a["source_uri"],
+            "frame_index": int(a["frame_index"]), "project": self._project, "kind": self._kind,
+            "annotator": a["annotator"], "label": a["label"], "quality_score": s.quality, "rank": rank,
+            "is_issue": s.is_issue, "issue_type": s.issue_type,
+            "swap_score": s.subtype_scores.get(issues_lib.SWAP),
+            "overlooked_score": s.subtype_scores.get(issues_lib.OVERLOOKED) if detection else None,
+            "badloc_score": s.subtype_scores.get(issues_lib.BADLOC) if detection else None,
+            "suggested_label": self._name(s.suggested_class), "suspect_box": suspect, "model_box": model,
+            "model_version": item.model_version, "method": method, "run_id": self._run_id,
+            "created_at": self._created_at,
+        }  # review_task_id: set by whoever sends the review task (a rerun's $set leaves it alone)
+
+
+def _cleanlab_version() -> str:
+    import cleanlab
+    return cleanlab.__version__
+
+
+class FindLabelIssues(beam.PTransform):
+    """Scores every annotation against the model's predictions for its frame with cleanlab and
+    ranks them: likely label errors first (:mod:`transforms.annotate.label_issues`: confident
+    learning, Northcutt et al., JAIR 2021, for classes; ObjectLab, Tkachenko et al. 2023, for boxes).
+
+    Parameters
+    ----------
+    kind : str
+        ``classification`` or ``detection``.
+    classes : sequence of str
+        The project's classes, in the model's class order (classification: ``probabilities[k]``
+        is class ``k``; detection: boxes and detections are matched by class name).
+    frames : PCollection[dict]
+        ``frames`` documents of the annotated frames (``_id``, ``model``, ``probabilities``,
+        ``detections``); frames without annotations are ignored.
+    project : str
+        The Label Studio project title (``label_issues.project``).
+    run_id : str
+        Id of this scoring run (``label_issues.run_id``).
+    created_at : datetime.datetime, optional
+        The rows' ``created_at`` (UTC, naive); default: when the transform is built.
+
+    Input: ``PCollection[dict]`` of ``annotations`` rows or documents (``annotation_id`` or
+    ``_id``, ``frame_id``, ``source_uri``, ``frame_index``, ``annotator``, ``label``, ``boxes``).
+    Returns :class:`LabelIssues`: ``issues``, one ``label_issues`` row per scorable annotation
+    (``rank`` 1 = lowest quality score; ``label_issue_id`` deterministic, so a rerun rewrites the
+    same rows), and ``dead_letters`` (stage ``label_issues``): an annotation whose frame is not
+    indexed, carries no probabilities for the project's classes (classification) or no
+    detections (detection), or whose label is not a project class.
+
+    All scorable annotations meet in one worker (cleanlab's per-class thresholds are computed
+    over the whole set): memory is about ``n * K * 8`` bytes for classification and the boxes
+    for detection, a few hundred MB for a million labels.
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``kind`` or no classes.
+    """
+
+    def __init__(self, kind: str, classes: Sequence[str], frames, project: str, run_id: str,
+                 created_at: Optional[datetime.datetime] = None):
+        super().__init__()
+        ls.check_kind(kind)
+        if not classes:
+            raise ValueError("classes must not be empty")
+        self._kind, self._classes, self._frames = kind, tuple(classes), frames
+        self._project, self._run_id = project, run_id
+        self._created_at = created_at or datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+    def expand(self, annotations):
+        keyed = {"annotations": annotations | "KeyAnnotations" >> beam.Map(lambda a: (a["frame_id"], a)),
+                 "frames": self._frames | "KeyFrames" >> beam.Map(lambda f: (f.get("_id") or f["frame_id"], f))}
+        joined = (keyed | "JoinPredictions" >> beam.CoGroupByKey()
+                  | "Scorable" >> beam.ParDo(_JoinPredictionsFn(self._kind, self._classes)).with_outputs(
+                      DEAD_LETTER, main="scorable"))
+        issues = (joined.scorable
+                  | "Gather" >> beam.combiners.ToList()
+                  | "Score" >> beam.ParDo(_ScoreFn(self._kind, self._classes, self._project, self._run_id,
+                                                   self._created_at)))
+        return LabelIssues(issues, joined[DEAD_LETTER])

@@ -12,6 +12,8 @@ bq mk --table --time_partitioning_type=DAY --time_partitioning_field=indexed_at 
   --schema="$HERE/candidates.json" "$DATASET.candidates"
 bq mk --table --time_partitioning_type=DAY --time_partitioning_field=indexed_at --clustering_fields=source_uri,model_version \
   --schema="$HERE/frames.json" "$DATASET.frames"
+bq mk --table --time_partitioning_type=DAY --time_partitioning_field=created_at --clustering_fields=project,issue_type,is_issue \
+  --schema="$HERE/label_issues.json" "$DATASET.label_issues"
 bq mk --table --time_partitioning_type=DAY --time_partitioning_field=exported_at --clustering_fields=project,status \
   --schema="$HERE/label_tasks.json" "$DATASET.label_tasks"
 bq mk --table --time_partitioning_type=DAY --time_partitioning_field=created_at --clustering_fields=project,scope \
