@@ -112,6 +112,24 @@ def _job_argv(globs, mongo_uri, database, output_dir, workers, batch_size, video
     return argv
 
 
+def _metadata(source, index, timestamp_s, media_type, rgb):
+    from schemas.records import FrameMetadata, make_frame_id
+    return FrameMetadata(make_frame_id(source, index), source, index, timestamp_s, rgb.shape[1], rgb.shape[0],
+                         media_type, "")
+
+
+def _upsert(collection, records) -> int:
+    """Bulk-writes frame records as the job's index does (``$set`` upserts by frame id)."""
+    import pymongo
+    from schemas import frames as frames_schema
+    ops = []
+    for record in records:
+        doc = frames_schema.to_mongo_document(record)
+        ops.append(pymongo.UpdateOne({"_id": doc.pop("_id")}, {"$set": doc}, upsert=True))
+    collection.bulk_write(ops, ordered=False)
+    return len(ops)
+
+
 def run_loop(globs, mongo_uri, database, batch_size) -> int:
     """The baseline: decode, infer and upsert in one process, no Beam. Returns frames written."""
     import av
@@ -119,8 +137,7 @@ def run_loop(globs, mongo_uri, database, batch_size) -> int:
     import numpy as np
     import pymongo
 
-    from schemas import frames as frames_schema
-    from schemas.records import FrameMetadata, FrameRecord, make_frame_id
+    from schemas.records import FrameRecord
     from transforms.score import uncertainty
     from transforms.score.handlers import load_model_spec
     from transforms.score.keras_models import load_embedding_classifier
@@ -145,20 +162,14 @@ def run_loop(globs, mongo_uri, database, batch_size) -> int:
         entropy = uncertainty.entropy(probabilities)
         margin = uncertainty.margin(probabilities)
         least = uncertainty.least_confidence(probabilities)
-        ops = []
-        for i, (meta, _) in enumerate(pending):
-            record = FrameRecord(meta, embeddings[i], probabilities[i], int(probabilities[i].argmax()),
-                                 float(entropy[i]), float(margin[i]), float(least[i]), spec.version)
-            doc = frames_schema.to_mongo_document(record)
-            ops.append(pymongo.UpdateOne({"_id": doc.pop("_id")}, {"$set": doc}, upsert=True))
-        collection.bulk_write(ops, ordered=False)
-        written += len(pending)
+        written += _upsert(collection, [
+            FrameRecord(meta, embeddings[i], probabilities[i], int(probabilities[i].argmax()),
+                        float(entropy[i]), float(margin[i]), float(least[i]), spec.version)
+            for i, (meta, _) in enumerate(pending)])
         pending.clear()
 
     def add(source, index, timestamp_s, media_type, rgb):
-        meta = FrameMetadata(make_frame_id(source, index), source, index, timestamp_s,
-                             rgb.shape[1], rgb.shape[0], media_type, "")
-        pending.append((meta, prepare_input(rgb, prep)))
+        pending.append((_metadata(source, index, timestamp_s, media_type, rgb), prepare_input(rgb, prep)))
         if len(pending) >= batch_size:
             flush()
 
@@ -184,13 +195,11 @@ def run_default_models_loop(globs, mongo_uri, database, batch_size, video_fps) -
     the default selection), EfficientNet-Lite0 in batches of ``batch_size`` through the job's own
     runtime handler, the same scores and frame documents, ``bulk_write`` upserts. Returns frames
     written."""
-    import av
     import cv2
     import numpy as np
     import pymongo
 
-    from schemas import frames as frames_schema
-    from schemas.records import FrameMetadata, FrameRecord, make_frame_id
+    from schemas.records import FrameRecord
     from transforms.score import pretrained
     from transforms.score.detection import UNCERTAIN_BAND, aggregate_detection_scores
     from transforms.score.detectors import NanoDetDetector, detector_version
@@ -214,25 +223,22 @@ def run_default_models_loop(globs, mongo_uri, database, batch_size, video_fps) -
         if not pending:
             return
         results = handler.run_inference([x for _, x, _ in pending], model)
-        ops = []
+        records = []
         for (meta, _, found), result in zip(pending, results):
             probabilities = _to_probabilities(result.inference.output, spec.model_output)
             scores = probability_scores(probabilities)
             scores.update(aggregate_detection_scores(found.confidences, UNCERTAIN_BAND))
-            record = FrameRecord(meta, np.asarray(result.inference.embedding, np.float32), probabilities.astype(np.float32),
-                                 int(probabilities.argmax()), scores.pop("entropy"), scores.pop("margin"),
-                                 scores.pop("least_confidence"), spec.version, extra_scores=tuple(sorted(scores.items())),
-                                 detections=detection_records(found), detector=detector_id)
-            doc = frames_schema.to_mongo_document(record)
-            ops.append(pymongo.UpdateOne({"_id": doc.pop("_id")}, {"$set": doc}, upsert=True))
-        collection.bulk_write(ops, ordered=False)
-        written += len(pending)
+            records.append(FrameRecord(
+                meta, np.asarray(result.inference.embedding, np.float32), probabilities.astype(np.float32),
+                int(probabilities.argmax()), scores.pop("entropy"), scores.pop("margin"),
+                scores.pop("least_confidence"), spec.version, extra_scores=tuple(sorted(scores.items())),
+                detections=detection_records(found), detector=detector_id))
+        written += _upsert(collection, records)
         pending.clear()
 
     def add(source, index, timestamp_s, media_type, rgb):
-        meta = FrameMetadata(make_frame_id(source, index), source, index, timestamp_s,
-                             rgb.shape[1], rgb.shape[0], media_type, "")
-        pending.append((meta, prepare_input(rgb, prep), detector.detect(rgb)))
+        pending.append((_metadata(source, index, timestamp_s, media_type, rgb), prepare_input(rgb, prep),
+                        detector.detect(rgb)))
         if len(pending) >= batch_size:
             flush()
 
