@@ -28,6 +28,8 @@ from transforms.score.model_base import DEFAULT_MODEL_NAME  # no TensorFlow impo
 from transforms.score.preprocessing import LOGITS, PROBABILITIES  # no TensorFlow import
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
 from transforms.select.factory import make_strategy
+from transforms.select.per_frame import STATE_KEYS, PerFrameSpec
+from transforms.select.vessal import VESSAL
 
 AUTO, NONE, NANODET = "auto", "none", "nanodet"
 #: Cosine similarity of embeddings from which two frames are near-duplicates (FiftyOne's
@@ -68,11 +70,12 @@ class MineOptions(PipelineOptions):
                             help="AUTO: FILE_LOADS when --temp_location is on gs:// (load jobs are "
                                  "free and atomic), else STREAMING_INSERTS.")
         parser.add_argument("--budget", type=int, default=50, help="Number of candidates to select.")
-        parser.add_argument("--strategy", default=None, choices=STRATEGIES,
+        parser.add_argument("--strategy", default=None, choices=STRATEGIES + (VESSAL,),
                             help="Selection strategy: uncertainty_kcenter (the most uncertain frames, "
                                  "then k-centre over them, without near-identical consecutive frames), "
                                  "an uncertainty score (top-k), random, coreset (k-center greedy), "
-                                 "cluster_margin or combined (docs/sampling.md). Default: "
+                                 "cluster_margin or combined (docs/sampling.md); streaming only: vessal "
+                                 "(each frame decided as it arrives, --label_rate of them). Default: "
                                  "uncertainty_kcenter with score detection_max when a detector runs, "
                                  "else entropy.")
         parser.add_argument(
@@ -204,6 +207,7 @@ class MineJob(NamedTuple):
     # A remote runner's workers cannot read the driver's converted default models: they are
     # copied to this location (--staging_location, else --temp_location) by stage_models.
     stage_models_to: Optional[str] = None
+    per_frame: Optional[PerFrameSpec] = None  # --strategy vessal (streaming): per-frame selection
 
 
 def _models(mine):
@@ -277,6 +281,7 @@ def check_options(options: PipelineOptions) -> MineJob:
     check_range("direct_num_workers", options.view_as(DirectOptions).direct_num_workers,
                 options.view_as(DirectOptions).direct_num_workers >= 0, ">= 0 (0: one per CPU)")
     strategy_params = _checked_strategy(mine, detector)
+    per_frame = per_frame_spec(options)
     if mine.strategy == DEFAULT_STRATEGY and "score" not in strategy_params:
         strategy_params["score"] = default_score(bool(detector or mine.detector_background))
     if mine.selection_embedding == "objects" and not (detector or mine.detector_background):
@@ -314,7 +319,7 @@ def check_options(options: PipelineOptions) -> MineJob:
                          f"jobs read files from Cloud Storage), got {temp_location or None!r}")
     return MineJob(runner, local_runner, globs, output_dir, strategy_params, candidates_table,
                    write_method, mine.detector_background and _from_caller_dir(mine.detector_background),
-                   model, detector, stage_to)
+                   model, detector, stage_to, per_frame)
 
 
 def stage_models(job: MineJob) -> MineJob:
@@ -365,8 +370,8 @@ def _check_ranges(mine):
         check_range(flag, value, valid, expected)
 
 
-def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
-    """The strategy's parameters, once the strategy accepts them and its score will be computed."""
+def _strategy_params(mine) -> dict:
+    """``--strategy_params`` as a dict."""
     try:
         strategy_params = json.loads(mine.strategy_params)
     except json.JSONDecodeError as e:
@@ -374,6 +379,15 @@ def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
                          f"({e})") from None
     if not isinstance(strategy_params, dict):
         raise ValueError(f"--strategy_params must be a JSON object, got {mine.strategy_params!r}")
+    return strategy_params
+
+
+def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
+    """The strategy's parameters, once the strategy accepts them and its score will be computed
+    (``vessal``'s are checked with the streaming options: :func:`per_frame_spec`)."""
+    strategy_params = _strategy_params(mine)
+    if mine.strategy == VESSAL:
+        return strategy_params
     try:
         make_strategy(mine.strategy, strategy_params)
     except (ValueError, TypeError) as e:
@@ -396,6 +410,40 @@ def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
         if needs == score_registry.ENSEMBLE:
             raise ValueError(f"{where} needs an ensemble of models, which the mine job does not run")
     return strategy_params
+
+
+def per_frame_spec(options: PipelineOptions) -> Optional[PerFrameSpec]:
+    """The per-frame selection of ``--strategy vessal`` (None for another strategy).
+
+    Raises
+    ------
+    ValueError
+        ``vessal`` in a batch run or without ``--label_rate``; ``--label_rate``, ``--max_per_hour``
+        or ``--vessal_state_key`` without ``vessal``; a value or ``--strategy_params`` entry out of
+        range (VeSSAL takes ``dim``, ``horizon``, ``memory``, ``cov_inv_scaling``, ``seed``).
+    """
+    mine = options.view_as(MineOptions)
+    stream = options.view_as(StreamingOptions)
+    given = options.get_all_options(drop_default=True)
+    if mine.strategy != VESSAL:
+        for flag in ("label_rate", "max_per_hour", "vessal_state_key"):
+            if flag in given:
+                raise ValueError(f"--{flag} applies to --strategy vessal only, got --strategy {mine.strategy}")
+        return None
+    if not streaming_requested(options):
+        raise ValueError("--strategy vessal decides each frame as it arrives: it runs in the streaming "
+                         "job (--watch or --input_subscription); a batch run selects with a budget")
+    if stream.label_rate is None:
+        raise ValueError("--strategy vessal needs --label_rate, the share of frames to pick (e.g. 0.01)")
+    check_range("label_rate", stream.label_rate, 0 < stream.label_rate <= 1, "in (0, 1]")
+    check_range("max_per_hour", stream.max_per_hour, stream.max_per_hour >= 0, ">= 0 (0: no cap)")
+    params = _strategy_params(mine)
+    try:
+        return PerFrameSpec(stream.label_rate, stream.max_per_hour, stream.vessal_state_key,
+                            tuple(sorted(params.items()))).validated()
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"--strategy_params for vessal: {preflight.one_line(e)} (it takes dim, horizon, "
+                         f"memory, cov_inv_scaling, seed)") from None
 
 
 #: ``--strategy`` when not given: uncertain and diverse at once
@@ -515,6 +563,16 @@ class StreamingOptions(PipelineOptions):
                                  "their frames are indexed; after a crash they come back this late.")
         parser.add_argument("--status_interval_seconds", type=float, default=10.0,
                             help="Seconds between updates of the run's counts in <database>.runs.")
+        parser.add_argument("--label_rate", type=float, default=None,
+                            help="With --strategy vessal: the share of frames to pick, in (0, 1] "
+                                 "(e.g. 0.01), each frame decided as soon as it is scored "
+                                 "(docs/sampling.md, 'Per-frame selection at a rate').")
+        parser.add_argument("--max_per_hour", type=int, default=0,
+                            help="With --strategy vessal: at most this many picks per event-time hour "
+                                 "and state key (a burst beyond it is not picked); 0: no cap.")
+        parser.add_argument("--vessal_state_key", default="camera", choices=STATE_KEYS,
+                            help="With --strategy vessal: one selection state per camera (the folder "
+                                 "of the file), per source file, or one global state.")
 
 
 def streaming_requested(options: PipelineOptions) -> bool:
