@@ -13,10 +13,10 @@ State (Beam ``ReadModifyWriteState``, pickled): per key, ``A^-1`` and ``Sigma`` 
 float64), counts, the hour's picks, the last 4096 picked frame ids and pixel hashes, and the model
 version (a new model starts a new ``A^-1`` and ``Sigma``: a new embedding space). Dataflow keeps
 it across worker restarts and updates. The local runner keeps it in memory only, so the state is
-also saved to MongoDB (collection ``selection_state``, ``_id`` ``<selection_id>:<key>``) after
-every pick and every ``checkpoint_every`` frames; a key without Beam state (a restarted local job)
-starts from that snapshot. Between snapshots at most ``checkpoint_every - 1`` frames' updates of
-``Sigma`` and the counts are lost in a crash, never a pick.
+also saved to MongoDB (collection ``selection_state``, ``_id`` ``<selection_id>:<key>``) at each
+pick (before the pick is emitted) and at the end of each bundle; a key without Beam state (a
+restarted local job) starts from that snapshot. A crash loses at most the updates of ``Sigma``
+and the counts of the frames of the bundle in flight, never a pick.
 
 Not picked again: a frame whose id or pixels were picked (the last 4096 picks of its key), and
 frames sent for labelling or labelled, with their near-duplicate groups (read from MongoDB when
@@ -56,13 +56,11 @@ STATE_COLLECTION = "selection_state"
 class PerFrameSpec(NamedTuple):
     """What :class:`SelectPerFrame` runs: :class:`~transforms.select.vessal.VeSSAL`'s ``label_rate``,
     ``max_per_hour`` and further ``params`` (``dim``, ``horizon``, ``memory``, ``cov_inv_scaling``,
-    ``seed``), one state per ``state_key`` (:data:`STATE_KEYS`), saved every ``checkpoint_every``
-    frames."""
+    ``seed``), one state per ``state_key`` (:data:`STATE_KEYS`)."""
     label_rate: float
     max_per_hour: int = 0
     state_key: str = CAMERA
     params: tuple = ()  # sorted (name, value) pairs
-    checkpoint_every: int = 100
 
     def sampler(self) -> VeSSAL:
         """A new sampler with these parameters (raises ``ValueError`` for one out of range)."""
@@ -71,8 +69,6 @@ class PerFrameSpec(NamedTuple):
     def validated(self) -> "PerFrameSpec":
         if self.state_key not in STATE_KEYS:
             raise ValueError(f"state_key must be one of {', '.join(STATE_KEYS)}, got {self.state_key!r}")
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
         self.sampler()
         return self
 
@@ -138,6 +134,15 @@ class _VessalFn(beam.DoFn):
             ids, near = labelled_frame_ids(self._mongo_uri, self._database)
             self._labelled = ids | near
 
+    def start_bundle(self):
+        self._unsaved = {}
+
+    def finish_bundle(self):
+        if self._snapshots is not None:
+            for doc_id, (key, saved) in self._unsaved.items():
+                self._snapshots.save(doc_id, key, saved)
+        self._unsaved = {}
+
     def teardown(self):
         if self._snapshots is not None:
             self._snapshots.close()
@@ -164,8 +169,12 @@ class _VessalFn(beam.DoFn):
         state.write(saved)
         self._frames.inc()
         self._probability.update(int(round(decision.probability * 1e6)))
-        if self._snapshots is not None and (decision.picked or decision.seen % self._spec.checkpoint_every == 0):
-            self._snapshots.save(doc_id, key, saved)
+        if self._snapshots is not None:
+            if decision.picked:
+                self._snapshots.save(doc_id, key, saved)
+                self._unsaved.pop(doc_id, None)
+            else:
+                self._unsaved[doc_id] = (key, saved)
         self._cost.update(int((time.perf_counter() - started) * 1e6))
         if decision.outcome == CAPPED:
             self._capped.inc()
