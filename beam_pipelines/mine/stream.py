@@ -14,7 +14,10 @@ notifications, claim each file version in the ``arrivals`` ledger (a duplicate c
 decode, embed and score (the model may change: ``--model_watch``), give each frame its event
 time (capture time: :mod:`transforms.intake.event_time`), index frames in MongoDB (and BigQuery),
 acknowledge, select per event-time window (:mod:`transforms.select.windows`) and write each
-window pane (:mod:`transforms.index.window_outputs`).
+window pane (:mod:`transforms.index.window_outputs`). With ``--strategy vessal --label_rate R``
+each scored frame is decided at once instead (:mod:`transforms.select.per_frame`, Beam state per
+``--vessal_state_key``) and each pick written at once (:mod:`transforms.index.pick_outputs`,
+``candidates/picks/``); the windows then carry counts and dead letters, no candidates.
 
 Outputs in ``--output_dir``: ``candidates/<start>_<end>.jsonl`` and ``dead_letters/<start>_<end>.jsonl``
 per window (rewritten atomically by late panes), ``windows.jsonl`` (one line per pane) and, when
