@@ -158,3 +158,46 @@ def test_select_per_frame_keeps_one_state_per_camera():
         picks = (pipeline | beam.Create([record(i) for i in range(400)])
                  | SelectPerFrame(PerFrameSpec(0.1, state_key="camera", params=(("dim", 24),))))
         assert_that(picks, check)
+
+
+@pytest.fixture(scope="module")
+def mongo():
+    from tests import harness
+    with harness.mongod() as server:
+        yield server
+
+
+def test_select_per_frame_refuses_labelled_frames_and_resumes_from_its_snapshot(mongo):
+    """Against a real mongod: frames sent for labelling and their near-duplicate group are never
+    picked; a second pipeline (a restarted job, no Beam state) goes on from the saved state."""
+    import apache_beam as beam
+    import pymongo
+    from tests import harness
+    from schemas.records import FrameMetadata, FrameRecord, ModelVersion
+    from transforms.select.per_frame import PerFrameSpec, SelectPerFrame
+
+    db = pymongo.MongoClient(mongo.uri)["vessal"]
+    db.frames.insert_many([{"_id": "id5", "duplicate_group": "id5"}, {"_id": "id6", "duplicate_group": "id5"}])
+    db.label_tasks.insert_one({"_id": "t1", "frame_id": "id5"})
+    x, p = _stream(400, d=24, seed=8)
+    model = ModelVersion("m", "0" * 16, "embedding")
+
+    def run(indices):
+        records = [FrameRecord(FrameMetadata(f"id{i}", f"/cam/f{i}.png", 0, None, 28, 28, "image", f"h{i}",
+                                             event_time=float(i)),
+                               x[i].astype(np.float32), p[i].astype(np.float32), int(np.argmax(p[i])),
+                               0.0, 0.0, 0.0, model) for i in indices]
+        spec = PerFrameSpec(0.5, state_key="global", params=(("dim", 24),))
+        picks = harness.run_collect(lambda pipeline: {"picks": pipeline | beam.Create(records) | SelectPerFrame(
+            spec, mongo_uri=mongo.uri, database="vessal")})["picks"]
+        return {pick.candidate.frame_id: pick.candidate.rank for pick in picks}
+
+    first = run(range(0, 200))
+    assert "id5" not in first and "id6" not in first and len(first) > 40
+    assert db.selection_state.find_one({"key": "global"})["seen"] == 200
+    second = run(range(200, 400))
+    state = db.selection_state.find_one({"key": "global"})
+    assert state["seen"] == 400
+    ranks = sorted(list(first.values()) + list(second.values()))
+    assert ranks == list(range(1, len(ranks) + 1)) and state["picks"] == len(ranks)  # numbering went on
+    assert 0.5 * 400 * 0.6 <= len(ranks) <= 0.5 * 400 * 1.4

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -232,5 +232,6 @@ class SelectPerFrame(beam.PTransform):
         how = self._spec.state_key
         return (records
                 | "StateWindow" >> beam.WindowInto(window.GlobalWindows())
-                | "KeyByState" >> beam.Map(lambda record: (state_key_of(record, how), record))
+                | "KeyByState" >> beam.Map(lambda record: (state_key_of(record, how), record)).with_output_types(
+                    beam.typehints.KV[str, Any])
                 | "Decide" >> beam.ParDo(self._fn).with_output_types(Pick))
