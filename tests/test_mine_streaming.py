@@ -535,6 +535,31 @@ def test_vessal_picks_per_frame_and_a_restart_keeps_its_state(mongo):
     assert summary["label_rate"] == 0.3 and summary["picks"] == len(ids) and summary["candidates"] == 0
 
 
+def test_vessal_on_pubsub_notifications(mongo, gcs, pubsub_host):
+    """--strategy vessal on Cloud Storage notifications: every notified frame decided once, each
+    pick in candidates/picks and in MongoDB with the same frame ids, messages acknowledged."""
+    notifier = Notifier(gcs, "uploads-vessal")
+    out = harness.tmpdir("stream-vessal-pubsub-")
+    db = _database(mongo)
+    job = Job([f"--input_subscription={notifier.subscription}", f"--output_dir={out}", f"--mongo_uri={mongo.uri}",
+               "--strategy=vessal", "--label_rate=0.5", "--vessal_state_key=source", f"--project={PROJECT}",
+               "--status_interval_seconds=2", "--max_runtime_seconds=600"], "vessal-pubsub")
+    names = [f"vessal/{i}.png" for i in range(8)]
+    for i, name in enumerate(names):
+        notifier.upload(name, _png(230 + i))
+    uris = [f"gs://{BUCKET}/{name}" for name in names]
+    _wait(lambda: db.selection_state.count_documents({"key": {"$in": uris}}) == len(uris)
+          and all(d["seen"] == 1 for d in db.selection_state.find({"key": {"$in": uris}})), 150,
+          "every frame decided once (one state per source)", job)
+    assert job.stop(signal.SIGTERM) == 0, job.log()
+    directory = os.path.join(out, "candidates", "picks")
+    written = sorted(_read_jsonl(os.path.join(directory, f))[0]["frame_id"] for f in os.listdir(directory))
+    stored = sorted(d["frame_id"] for d in db.candidates.find({"strategy": "vessal", "source_uri": {"$in": uris}}))
+    assert written == stored and len(written) >= 1
+    assert sum(d["picks"] for d in db.selection_state.find({"key": {"$in": uris}})) == len(written)
+    assert notifier.left_over() == 0
+
+
 def test_streaming_runs_the_detector_as_asked_and_records_only_what_it_applied(mongo):
     """The streaming job builds its detector as the batch job does: with the default NanoDet-g and
     --detector_flip off, frames get detections but no flip-TTA localisation score; its lineage
