@@ -40,7 +40,7 @@ PROJECT = "activebeam-bench"
 BUCKET = "bench-stream"
 
 
-def _pngs(count: int, offset: int = 0) -> list:
+def fashion_pngs(count: int, offset: int = 0) -> list:
     """``count`` distinct Fashion-MNIST test images as PNG bytes."""
     import cv2
     from beam_pipelines.local import sample_media
@@ -102,7 +102,8 @@ def _percentile(values, q):
     return ordered[index]
 
 
-def _batch_seconds(glob, mongo_uri, database, out_dir, env) -> tuple:
+def batch_seconds(glob, mongo_uri, database, out_dir, env) -> tuple:
+    """``(wall seconds, frames written)`` of the batch ``mine`` job on ``glob`` (its own process)."""
     argv = [sys.executable, "-m", "beam_pipelines.mine", f"--input={glob}", f"--mongo_uri={mongo_uri}",
             f"--mongo_database={database}", f"--output_dir={out_dir}", "--budget=50"]
     start = time.perf_counter()
@@ -127,7 +128,7 @@ def main(argv=None):
 
     work = tempfile.mkdtemp(prefix="activebeam-bench-stream-")
     latency_n = int(round(args.rate * args.seconds))
-    pngs = _pngs(1 + latency_n + args.burst)
+    pngs = fashion_pngs(1 + latency_n + args.burst)
     warm, latency_pngs, burst_pngs = pngs[0], pngs[1:1 + latency_n], pngs[1 + latency_n:]
     try:
         with LocalMongoD(os.path.join(work, "mongo")) as mongo, gcs_emulator(BUCKET) as bucket, pubsub_emulator():
@@ -202,9 +203,9 @@ def main(argv=None):
             half = len(burst_pngs) // 2
             for i, data in enumerate(burst_pngs[:half]):
                 uploader.put(f"half/{i:05d}.png", data=data)
-            t_half, n_half = _batch_seconds(f"gs://{BUCKET}/half/*.png", mongo.uri, "bench_batch_half",
+            t_half, n_half = batch_seconds(f"gs://{BUCKET}/half/*.png", mongo.uri, "bench_batch_half",
                                             os.path.join(work, "out-half"), env)
-            t_full, n_full = _batch_seconds(f"gs://{BUCKET}/burst/*.png", mongo.uri, "bench_batch_full",
+            t_full, n_full = batch_seconds(f"gs://{BUCKET}/burst/*.png", mongo.uri, "bench_batch_full",
                                             os.path.join(work, "out-full"), env)
             batch_rate = (n_full - n_half) / (t_full - t_half)
             print(f"batch: {n_half} frames in {t_half:.1f} s, {n_full} in {t_full:.1f} s "
