@@ -131,7 +131,7 @@ def test_select_per_frame_keeps_one_state_per_camera():
     """SelectPerFrame on a real (batch) pipeline: each camera's state sees only its frames, and
     picks are deterministic for the same input."""
     import apache_beam as beam
-    from apache_beam.testing.util import assert_that
+    from apache_beam.testing.util import assert_that, equal_to
     from schemas.records import FrameMetadata, FrameRecord, ModelVersion
     from transforms.select.per_frame import PerFrameSpec, SelectPerFrame
 
@@ -155,9 +155,13 @@ def test_select_per_frame_keeps_one_state_per_camera():
         assert 0.5 * 0.1 * 400 <= len(picks) <= 2 * 0.1 * 400
 
     with beam.Pipeline("FnApiRunner") as pipeline:
-        picks = (pipeline | beam.Create([record(i) for i in range(400)])
-                 | SelectPerFrame(PerFrameSpec(0.1, state_key="camera", params=(("dim", 24),))))
-        assert_that(picks, check)
+        records = [record(i) for i in range(400)]
+        broken = records[7]._replace(embedding=np.full(24, np.nan, dtype=np.float32))
+        out = (pipeline | beam.Create(records[:7] + [broken] + records[8:])
+               | SelectPerFrame(PerFrameSpec(0.1, state_key="camera", params=(("dim", 24),))))
+        assert_that(out.picks, check)
+        assert_that(out.dead_letters | beam.Map(lambda d: (d.frame_id, d.stage, "not finite" in d.error)),
+                    equal_to([("id7", "candidates", True)]), label="dead_letters")
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +192,8 @@ def test_select_per_frame_refuses_labelled_frames_and_resumes_from_its_snapshot(
                                x[i].astype(np.float32), p[i].astype(np.float32), int(np.argmax(p[i])),
                                0.0, 0.0, 0.0, model) for i in indices]
         spec = PerFrameSpec(0.5, state_key="global", params=(("dim", 24),))
-        picks = harness.run_collect(lambda pipeline: {"picks": pipeline | beam.Create(records) | SelectPerFrame(
-            spec, mongo_uri=mongo.uri, database="vessal")})["picks"]
+        picks = harness.run_collect(lambda pipeline: {"picks": (pipeline | beam.Create(records) | SelectPerFrame(
+            spec, mongo_uri=mongo.uri, database="vessal")).picks})["picks"]
         return {pick.candidate.frame_id: pick.candidate.rank for pick in picks}
 
     first = run(range(0, 200))

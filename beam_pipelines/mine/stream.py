@@ -203,15 +203,18 @@ class MineStream(beam.PTransform):
                   "dead_letters": failed}
                  | "EventTime" >> self._event_time)
         indexed = timed.records | "IndexInMongoDB" >> self._index_mongo
+        undecided = []
         if self._pick is not None:
-            _ = timed.records | "SelectPerFrame" >> self._pick | "WritePicks" >> self._write_picks
+            decided = timed.records | "SelectPerFrame" >> self._pick
+            _ = decided.picks | "WritePicks" >> self._write_picks
+            undecided = [decided.dead_letters]
         index_dead_letters = [indexed.dead_letters]
         if self._index_bigquery:
             index_dead_letters.append(timed.records | "IndexInBigQuery" >> self._index_bigquery)
         index_dead_letters = index_dead_letters | "IndexDeadLetters" >> beam.Flatten()
         _ = {"results": timed.results, "index_dead_letters": index_dead_letters,
              "frames_indexed": indexed.frame_ids} | "Acknowledge" >> self._acknowledge
-        dead_letters = ((parsed.dead_letters, timed.dead_letters, index_dead_letters)
+        dead_letters = ((parsed.dead_letters, timed.dead_letters, index_dead_letters, *undecided)
                         | "AllDeadLetters" >> beam.Flatten()
                         | "CountDeadLetters" >> beam.Map(_counted_dead_letter))
         restored = pbegin | "ReplayArrivals" >> self._replay | "RestoredIntakeWindows" >> intake_windows()

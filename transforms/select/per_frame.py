@@ -23,7 +23,7 @@ frames sent for labelling or labelled, with their near-duplicate groups (read fr
 a worker starts: :func:`transforms.index.mongodb_client.labelled_frame_ids`).
 
 Metrics (namespace ``activebeam.sample``): ``vessal_frames``, ``vessal_picked``, ``vessal_capped``,
-``vessal_refused`` (already picked or labelled), ``vessal_decision_us`` (distribution, µs per
+``vessal_refused`` (already picked or labelled), ``vessal_failed`` (dead letters), ``vessal_decision_us`` (distribution, µs per
 decision), ``vessal_probability_ppm`` (distribution, selection probability in millionths).
 """
 import json
@@ -33,12 +33,13 @@ import time
 from typing import Any, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from schemas.records import Candidate, FrameRecord
+from schemas.records import DEAD_LETTER_TAG, MAX_ERROR_CHARS, STAGE_CANDIDATES, Candidate, DeadLetter, FrameRecord
 from transforms.index.mongodb_client import labelled_frame_ids
 from transforms.select.base import selection_id
 from transforms.select.ptransforms import METRICS_NAMESPACE, to_scored
@@ -87,6 +88,14 @@ class Pick(NamedTuple):
     event_time: Optional[float]
 
 
+class PerFrameResult(NamedTuple):
+    """:class:`SelectPerFrame`'s outputs: ``picks`` (``PCollection[Pick]``) and ``dead_letters``
+    (``PCollection[DeadLetter]``, stage ``candidates``: a frame whose embedding or probabilities
+    are not finite; it is indexed, not decided)."""
+    picks: object
+    dead_letters: object
+
+
 class _StateSnapshots:
     """The ``selection_state`` collection: the last saved state of each key."""
 
@@ -122,12 +131,12 @@ class _VessalFn(beam.DoFn):
         self._picked = Metrics.counter(METRICS_NAMESPACE, "vessal_picked")
         self._capped = Metrics.counter(METRICS_NAMESPACE, "vessal_capped")
         self._refused = Metrics.counter(METRICS_NAMESPACE, "vessal_refused")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "vessal_failed")
         self._cost = Metrics.distribution(METRICS_NAMESPACE, "vessal_decision_us")
         self._probability = Metrics.distribution(METRICS_NAMESPACE, "vessal_probability_ppm")
 
     def setup(self):
-        params = dict(self._spec.params)
-        self._embedder = Embedder(params.get("dim", 64), params.get("seed", 0))
+        self._embedders = {}  # by embedding width: a new model may change it
         self._snapshots, self._labelled = None, set()
         if self._mongo_uri:
             self._snapshots = _StateSnapshots(self._mongo_uri, self._database)
@@ -147,6 +156,15 @@ class _VessalFn(beam.DoFn):
         if self._snapshots is not None:
             self._snapshots.close()
 
+    def _embed(self, record, sampler):
+        width = int(np.asarray(record.embedding).size)
+        if width not in self._embedders:
+            self._embedders[width] = Embedder(sampler.dim, sampler.seed)
+        probabilities = np.asarray(record.probabilities, dtype=np.float64)
+        if not np.all(np.isfinite(probabilities)):
+            raise ValueError("its class probabilities are not finite")
+        return self._embedders[width](record.embedding, probabilities)
+
     def process(self, element, state=beam.DoFn.StateParam(STATE)):
         key, record = element
         started = time.perf_counter()
@@ -161,10 +179,17 @@ class _VessalFn(beam.DoFn):
             if saved.get("model_version") != model:
                 sampler.reset_geometry()
         frame = record.frame
-        decision = sampler.decide(
-            self._embedder(record.embedding, record.probabilities), frame_draw(frame.frame_id, sampler.seed),
-            event_time=frame.event_time, keys=(frame.frame_id, frame.pixel_hash),
-            labelled=frame.frame_id in self._labelled)
+        try:
+            decision = sampler.decide(
+                self._embed(record, sampler), frame_draw(frame.frame_id, sampler.seed),
+                event_time=frame.event_time, keys=(frame.frame_id, frame.pixel_hash),
+                labelled=frame.frame_id in self._labelled)
+        except ValueError as e:  # a non-finite embedding or probabilities: the state is unchanged
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+                frame.source_uri, STAGE_CANDIDATES, f"per-frame selection (vessal) failed: {e}"[:MAX_ERROR_CHARS],
+                frame.frame_index, frame.frame_id))
+            return
         saved = dict(sampler.to_state(), model_version=model)
         state.write(saved)
         self._frames.inc()
@@ -198,7 +223,7 @@ class SelectPerFrame(beam.PTransform):
     """VeSSAL per frame, with its state per camera, source or globally (see the module docstring).
 
     Input: ``PCollection[FrameRecord]`` (any windowing: the state lives in the global window).
-    Output: ``PCollection[Pick]``; each candidate's ``rank`` is its pick's number in its key,
+    Output: :class:`PerFrameResult`: ``picks``, ``PCollection[Pick]``, and ``dead_letters``; each candidate's ``rank`` is its pick's number in its key,
     ``score`` its selection probability, ``components`` ``probability``, ``q`` (``u^T A^-1 u``),
     ``zeta``, ``ideal_rate`` and ``uncertainty`` (``||p - e_yhat||``); ``selection_id`` depends
     on the parameters and ``inputs`` only (not on the model: a new model keeps the selection).
@@ -230,8 +255,9 @@ class SelectPerFrame(beam.PTransform):
 
     def expand(self, records):
         how = self._spec.state_key
-        return (records
-                | "StateWindow" >> beam.WindowInto(window.GlobalWindows())
-                | "KeyByState" >> beam.Map(lambda record: (state_key_of(record, how), record)).with_output_types(
-                    beam.typehints.KV[str, Any])
-                | "Decide" >> beam.ParDo(self._fn).with_output_types(Pick))
+        out = (records
+               | "StateWindow" >> beam.WindowInto(window.GlobalWindows())
+               | "KeyByState" >> beam.Map(lambda record: (state_key_of(record, how), record)).with_output_types(
+                   beam.typehints.KV[str, Any])
+               | "Decide" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="picks"))
+        return PerFrameResult(out.picks, out[DEAD_LETTER_TAG])

@@ -272,7 +272,7 @@ class VeSSAL:
         """
         u = np.asarray(u, dtype=np.float64).ravel()
         if not np.all(np.isfinite(u)):
-            raise ValueError("u must be finite")
+            raise ValueError("u is not finite (a non-finite embedding or probabilities)")
         if self.a_inv is None:
             self._start(u.size)
         elif u.size != self.a_inv.shape[0]:
