@@ -28,7 +28,7 @@ Printed per side and seed: labels acquired, labels needed to reach ``--target`` 
 its first pick. Also: VeSSAL's realised rate / R, and its per-frame decision cost: the pure
 decision (embedding + decide) in µs, and ``SelectPerFrame``'s (Beam state read and written per
 frame, on the FnApiRunner) from its ``vessal_decision_us`` metric, as a share of the ``mine``
-job's per-frame time (:func:`job_frame_ms`: the job on 1,000 and 500 Fashion-MNIST PNGs with
+job's per-frame time (:func:`job_frame_ms`: the job on 3,000 and 1,000 Fashion-MNIST PNGs (9,000 and 3,000 without ``--quick``) with
 the bundled CNN, the cheapest model it runs, so the share is the largest it can be).
 
 Last line: JSON with the figures and ``rate_goal_met`` (|rate / R - 1| <= 0.10 in every seed),
@@ -162,11 +162,11 @@ def pipeline_decision_us(features, probabilities, rate) -> float:
     return float(dist[0].committed.mean)
 
 
-def job_frame_ms(frames: int) -> float:
+def job_frame_ms(frames: int, fewer: int) -> dict:
     """The ``mine`` job's per-frame time (ms): the batch job (its own process, the bundled CNN,
-    the cheapest model it runs; a local mongod) on ``frames`` Fashion-MNIST PNGs and on half of
-    them, ``(t_N - t_N/2) / (N - N/2)``: start-up left out
-    (:func:`benchmarks.streaming.batch_seconds`)."""
+    the cheapest model it runs; a local mongod) on ``frames`` and on ``fewer`` Fashion-MNIST PNGs
+    (:func:`benchmarks.streaming.batch_seconds`). ``marginal_ms``: ``(t_N - t_n) / (N - n)``, the
+    start-up left out; ``whole_ms``: ``t_N / N``, start-up included."""
     import os
     import shutil
     import tempfile
@@ -176,7 +176,7 @@ def job_frame_ms(frames: int) -> float:
     env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3", ACTIVEBEAM_DEFAULT_MODEL="fashion_mnist")
     try:
         runs = {}
-        for count in (frames // 2, frames):
+        for count in (fewer, frames):
             folder = os.path.join(work, f"in-{count}")
             os.makedirs(folder)
             for i, data in enumerate(fashion_pngs(count)):
@@ -185,8 +185,9 @@ def job_frame_ms(frames: int) -> float:
             with LocalMongoD(os.path.join(work, f"mongo-{count}")) as mongo:
                 runs[count] = batch_seconds(os.path.join(folder, "*.png"), mongo.uri, "bench",
                                             os.path.join(work, f"out-{count}"), env)
-        (t_half, n_half), (t_full, n_full) = runs[frames // 2], runs[frames]
-        return (t_full - t_half) / (n_full - n_half) * 1e3
+        (t_few, n_few), (t_all, n_all) = runs[fewer], runs[frames]
+        print(f"mine job: {n_few} frames in {t_few:.1f} s, {n_all} in {t_all:.1f} s", flush=True)
+        return {"marginal_ms": (t_all - t_few) / (n_all - n_few) * 1e3, "whole_ms": t_all / n_all * 1e3}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -238,7 +239,8 @@ def main(argv=None):
             sample = slice(0, 2000)
             probs = Learner(x_test, y_test).probabilities(features[sample])
             beam_us = pipeline_decision_us(features[sample], probs, args.rate)
-    frame_ms = job_frame_ms(1000 if args.quick else 3000)
+    job = job_frame_ms(3000, 1000) if args.quick else job_frame_ms(9000, 3000)
+    frame_ms = job["marginal_ms"]
 
     def mean_labels(side):
         values = [r[side]["labels_to_target"] for r in per_seed]
@@ -250,7 +252,7 @@ def main(argv=None):
         "label_rate": args.rate, "frames": args.frames, "seeds": args.seeds, "target_accuracy": args.target,
         "rate_ratio": [round(r["rate_ratio"], 3) for r in per_seed],
         "decision_us": round(decision_us, 1), "pipeline_decision_us": round(beam_us, 1),
-        "job_frame_ms": round(frame_ms, 3),
+        "job_frame_ms": round(frame_ms, 3), "job_frame_ms_with_start_up": round(job["whole_ms"], 3),
         "decision_share": round(decision_us / 1e3 / frame_ms, 4),
         "pipeline_decision_share": round(beam_us / 1e3 / frame_ms, 4),
         "labels_to_target": {s: [r[s]["labels_to_target"] for r in per_seed] for s in ("vessal", "random", "window_topk")},
@@ -260,7 +262,7 @@ def main(argv=None):
                                    for s in ("vessal", "random", "window_topk")},
     }
     result["rate_goal_met"] = all(abs(r - 1) <= 0.10 for r in result["rate_ratio"])
-    result["decision_cost_goal_met"] = result["pipeline_decision_share"] <= 0.05
+    result["decision_cost_goal_met"] = frame_ms > 0 and result["pipeline_decision_share"] <= 0.05
     result["labels_vs_random_goal_met"] = result["labels_vs_random"] is not None and result["labels_vs_random"] <= 0.6
     result["labels_vs_window_goal_met"] = all(
         r["vessal"]["labels_to_target"] is not None

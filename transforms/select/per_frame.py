@@ -10,7 +10,7 @@ one global key.
     # PCollection[Pick]: candidate (strategy "vessal", score = selection probability), event_time
 
 State (Beam ``ReadModifyWriteState``, pickled): per key, ``A^-1`` and ``Sigma`` (``2 d^2``
-float64), counts, the hour's picks, the last 4096 picked frame ids and pixel hashes, and the model
+float64), counts, the hour's picks, the last 256 picks' frame ids and pixel hashes, and the model
 version (a new model starts a new ``A^-1`` and ``Sigma``: a new embedding space). Dataflow keeps
 it across worker restarts and updates. The local runner keeps it in memory only, so the state is
 also saved to MongoDB (collection ``selection_state``, ``_id`` ``<selection_id>:<key>``) at each
@@ -18,7 +18,7 @@ pick (before the pick is emitted) and at the end of each bundle; a key without B
 restarted local job) starts from that snapshot. A crash loses at most the updates of ``Sigma``
 and the counts of the frames of the bundle in flight, never a pick.
 
-Not picked again: a frame whose id or pixels were picked (the last 4096 picks of its key), and
+Not picked again: a frame whose id or pixels were picked (the last 256 picks of its key), and
 frames sent for labelling or labelled, with their near-duplicate groups (read from MongoDB when
 a worker starts: :func:`transforms.index.mongodb_client.labelled_frame_ids`).
 
