@@ -165,13 +165,13 @@ def pipeline_decision_us(features, probabilities, rate) -> float:
 def job_frame_ms(frames: int, fewer: int) -> dict:
     """The ``mine`` job's per-frame time (ms): the batch job (its own process, the bundled CNN,
     the cheapest model it runs; a local mongod) on ``frames`` and on ``fewer`` Fashion-MNIST PNGs
-    (:func:`benchmarks.streaming.batch_seconds`). ``marginal_ms``: ``(t_N - t_n) / (N - n)``, the
+    (:func:`benchmarks.common.batch_seconds`). ``marginal_ms``: ``(t_N - t_n) / (N - n)``, the
     start-up left out; ``whole_ms``: ``t_N / N``, start-up included."""
     import os
     import shutil
     import tempfile
     from beam_pipelines.local.mongod import LocalMongoD
-    from benchmarks.streaming import batch_seconds, fashion_pngs
+    from benchmarks.common import batch_seconds, fashion_pngs
     work = tempfile.mkdtemp(prefix="activebeam-bench-select-")
     env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3", ACTIVEBEAM_DEFAULT_MODEL="fashion_mnist")
     try:

@@ -34,20 +34,10 @@ import tempfile
 import threading
 import time
 
-from benchmarks.common import print_result
+from benchmarks.common import batch_seconds, fashion_pngs, print_result
 
 PROJECT = "activebeam-bench"
 BUCKET = "bench-stream"
-
-
-def fashion_pngs(count: int, offset: int = 0) -> list:
-    """``count`` distinct Fashion-MNIST test images as PNG bytes."""
-    import cv2
-    from beam_pipelines.local import sample_media
-    images, _ = sample_media.load_split("t10k", sample_media.FASHION_MNIST_DIR)
-    if offset + count > len(images):
-        raise ValueError(f"only {len(images)} Fashion-MNIST test images: ask for fewer")
-    return [cv2.imencode(".png", images[i])[1].tobytes() for i in range(offset, offset + count)]
 
 
 class _IndexWatcher:
@@ -100,19 +90,6 @@ def _percentile(values, q):
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))
     return ordered[index]
-
-
-def batch_seconds(glob, mongo_uri, database, out_dir, env) -> tuple:
-    """``(wall seconds, frames written)`` of the batch ``mine`` job on ``glob`` (its own process)."""
-    argv = [sys.executable, "-m", "beam_pipelines.mine", f"--input={glob}", f"--mongo_uri={mongo_uri}",
-            f"--mongo_database={database}", f"--output_dir={out_dir}", "--budget=50"]
-    start = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"batch job failed:\n{done.stderr[-3000:]}")
-    with open(os.path.join(out_dir, "summary.json")) as f:
-        return seconds, json.load(f)["frames_written"]
 
 
 def main(argv=None):
