@@ -137,6 +137,9 @@ class _VessalFn(beam.DoFn):
 
     def setup(self):
         self._embedders = {}  # by embedding width: a new model may change it
+        # key -> (the state dict last written, its sampler): a state read back unchanged (the same
+        # object) is not rebuilt. A retried bundle reads the committed state, another object.
+        self._samplers = {}
         self._snapshots, self._labelled = None, set()
         if self._mongo_uri:
             self._snapshots = _StateSnapshots(self._mongo_uri, self._database)
@@ -170,14 +173,18 @@ class _VessalFn(beam.DoFn):
         started = time.perf_counter()
         doc_id = f"{self._selection}:{key}"
         saved = state.read()
-        if saved is None and self._snapshots is not None:
-            saved = self._snapshots.load(doc_id)
-        sampler = self._spec.sampler()
         model = record.model.version
-        if saved is not None:
-            sampler.load_state(saved)
-            if saved.get("model_version") != model:
-                sampler.reset_geometry()
+        cached = self._samplers.get(key)
+        if cached is not None and cached[0] is saved and saved.get("model_version") == model:
+            sampler = cached[1]  # the state this instance wrote last: no rebuild
+        else:
+            if saved is None and self._snapshots is not None:
+                saved = self._snapshots.load(doc_id)
+            sampler = self._spec.sampler()
+            if saved is not None:
+                sampler.load_state(saved)
+                if saved.get("model_version") != model:
+                    sampler.reset_geometry()
         frame = record.frame
         try:
             decision = sampler.decide(
@@ -192,6 +199,7 @@ class _VessalFn(beam.DoFn):
             return
         saved = dict(sampler.to_state(), model_version=model)
         state.write(saved)
+        self._samplers[key] = (saved, sampler)
         self._frames.inc()
         self._probability.update(int(round(decision.probability * 1e6)))
         if self._snapshots is not None:

@@ -285,8 +285,8 @@ class VeSSAL:
         q = float(u @ v)
         # Running second moment: the mean of the first `memory` frames, then their moving average.
         beta = 1.0 / min(self.seen + 1, self.memory)
-        self.sigma *= 1.0 - beta
-        self.sigma += beta * np.outer(u, u)
+        # New arrays, never updated in place: a state handed out by to_state() stays as it was.
+        self.sigma = (1.0 - beta) * self.sigma + beta * np.outer(u, u)
         trace = float(np.vdot(self.sigma, self.a_inv))  # tr(Sigma A^-1), both symmetric: O(d^2)
         zeta = ideal / trace if trace > 0 else 0.0
         probability = min(1.0, zeta * q)
@@ -301,7 +301,7 @@ class VeSSAL:
             outcome = CAPPED
         else:
             outcome = PICKED
-            self.a_inv -= np.outer(v, v) / (1.0 + q)  # Sherman-Morrison
+            self.a_inv = self.a_inv - np.outer(v, v) / (1.0 + q)  # Sherman-Morrison
             self.picks += 1
             self.hour_picks += 1
             self.remember(*keys)
@@ -320,7 +320,8 @@ class VeSSAL:
     # --- state as plain data (Beam state coder, MongoDB snapshot) ------------------------------
 
     def to_state(self) -> dict:
-        """The state as a dict of numbers, lists and float64 arrays (:meth:`from_state` reverses it)."""
+        """The state as a dict of numbers, strings and float64 arrays (:meth:`from_state` reverses
+        it). Its arrays are shared with the sampler, which never changes them in place."""
         return {"params": self.describe(), "a_inv": self.a_inv, "sigma": self.sigma, "seen": self.seen,
                 "picks": self.picks, "hour": self.hour, "hour_picks": self.hour_picks,
                 "recent": "\n".join(self.recent)}  # one string: pickled per frame, 50x faster than a list
@@ -330,7 +331,8 @@ class VeSSAL:
         parameters stay this sampler's: a restart may change ``label_rate``); returns ``self``."""
         for name in ("a_inv", "sigma"):
             value = state.get(name)
-            setattr(self, name, None if value is None else np.array(value, dtype=np.float64))  # a copy: a retried bundle must find the state it read
+            # Not copied: decide() replaces the arrays instead of updating them in place.
+            setattr(self, name, None if value is None else np.asarray(value, dtype=np.float64))
         self.seen, self.picks = int(state["seen"]), int(state["picks"])
         self.hour, self.hour_picks = state.get("hour"), int(state.get("hour_picks", 0))
         recent = state.get("recent") or ""
