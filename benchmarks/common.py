@@ -1,7 +1,9 @@
-"""Helpers shared by the benchmarks: repeated timing, medians, peak memory, the JSON result line."""
+"""Helpers shared by the benchmarks: repeated timing, medians, peak memory, the JSON result line,
+Fashion-MNIST PNGs and a timed run of the batch ``mine`` job."""
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -76,3 +78,26 @@ def print_result(result: dict) -> None:
     """Print the benchmark's figures as the last stdout line (one JSON object)."""
     sys.stdout.flush()
     print(json.dumps(result, sort_keys=True), flush=True)
+
+
+def fashion_pngs(count: int, offset: int = 0) -> list:
+    """``count`` distinct Fashion-MNIST test images as PNG bytes."""
+    import cv2
+    from beam_pipelines.local import sample_media
+    images, _ = sample_media.load_split("t10k", sample_media.FASHION_MNIST_DIR)
+    if offset + count > len(images):
+        raise ValueError(f"only {len(images)} Fashion-MNIST test images: ask for fewer")
+    return [cv2.imencode(".png", images[i])[1].tobytes() for i in range(offset, offset + count)]
+
+
+def batch_seconds(glob, mongo_uri, database, out_dir, env) -> tuple:
+    """``(wall seconds, frames written)`` of the batch ``mine`` job on ``glob`` (its own process)."""
+    argv = [sys.executable, "-m", "beam_pipelines.mine", f"--input={glob}", f"--mongo_uri={mongo_uri}",
+            f"--mongo_database={database}", f"--output_dir={out_dir}", "--budget=50"]
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"batch job failed:\n{done.stderr[-3000:]}")
+    with open(os.path.join(out_dir, "summary.json")) as f:
+        return seconds, json.load(f)["frames_written"]

@@ -34,20 +34,10 @@ import tempfile
 import threading
 import time
 
-from benchmarks.common import print_result
+from benchmarks.common import batch_seconds, fashion_pngs, print_result
 
 PROJECT = "activebeam-bench"
 BUCKET = "bench-stream"
-
-
-def _pngs(count: int, offset: int = 0) -> list:
-    """``count`` distinct Fashion-MNIST test images as PNG bytes."""
-    import cv2
-    from beam_pipelines.local import sample_media
-    images, _ = sample_media.load_split("t10k", sample_media.FASHION_MNIST_DIR)
-    if offset + count > len(images):
-        raise ValueError(f"only {len(images)} Fashion-MNIST test images: ask for fewer")
-    return [cv2.imencode(".png", images[i])[1].tobytes() for i in range(offset, offset + count)]
 
 
 class _IndexWatcher:
@@ -102,18 +92,6 @@ def _percentile(values, q):
     return ordered[index]
 
 
-def _batch_seconds(glob, mongo_uri, database, out_dir, env) -> tuple:
-    argv = [sys.executable, "-m", "beam_pipelines.mine", f"--input={glob}", f"--mongo_uri={mongo_uri}",
-            f"--mongo_database={database}", f"--output_dir={out_dir}", "--budget=50"]
-    start = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"batch job failed:\n{done.stderr[-3000:]}")
-    with open(os.path.join(out_dir, "summary.json")) as f:
-        return seconds, json.load(f)["frames_written"]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=10.0, help="Notifications per second (latency phase).")
@@ -127,7 +105,7 @@ def main(argv=None):
 
     work = tempfile.mkdtemp(prefix="activebeam-bench-stream-")
     latency_n = int(round(args.rate * args.seconds))
-    pngs = _pngs(1 + latency_n + args.burst)
+    pngs = fashion_pngs(1 + latency_n + args.burst)
     warm, latency_pngs, burst_pngs = pngs[0], pngs[1:1 + latency_n], pngs[1 + latency_n:]
     try:
         with LocalMongoD(os.path.join(work, "mongo")) as mongo, gcs_emulator(BUCKET) as bucket, pubsub_emulator():
@@ -202,9 +180,9 @@ def main(argv=None):
             half = len(burst_pngs) // 2
             for i, data in enumerate(burst_pngs[:half]):
                 uploader.put(f"half/{i:05d}.png", data=data)
-            t_half, n_half = _batch_seconds(f"gs://{BUCKET}/half/*.png", mongo.uri, "bench_batch_half",
+            t_half, n_half = batch_seconds(f"gs://{BUCKET}/half/*.png", mongo.uri, "bench_batch_half",
                                             os.path.join(work, "out-half"), env)
-            t_full, n_full = _batch_seconds(f"gs://{BUCKET}/burst/*.png", mongo.uri, "bench_batch_full",
+            t_full, n_full = batch_seconds(f"gs://{BUCKET}/burst/*.png", mongo.uri, "bench_batch_full",
                                             os.path.join(work, "out-full"), env)
             batch_rate = (n_full - n_half) / (t_full - t_half)
             print(f"batch: {n_half} frames in {t_half:.1f} s, {n_full} in {t_full:.1f} s "

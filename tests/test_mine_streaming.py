@@ -485,6 +485,81 @@ def test_watched_folder_model_switch_and_restart(mongo):
     assert runs == ["drained", "drained"]
 
 
+def test_vessal_picks_per_frame_and_a_restart_keeps_its_state(mongo):
+    """--strategy vessal on a watched folder: each pick is written at once (candidates/picks file,
+    MongoDB candidate with its selection probability); a restarted job continues the saved state
+    (its frame count goes on, not from zero) and picks no frame twice."""
+    root = harness.tmpdir("stream-vessal-")
+    folder, out = os.path.join(root, "cam1"), os.path.join(root, "out")
+    os.makedirs(folder)
+    db = _database(mongo)
+    pattern = os.path.join(folder, "*.png")
+    argv = [f"--watch={pattern}", "--watch_interval_seconds=1", f"--output_dir={out}", f"--mongo_uri={mongo.uri}",
+            f"--window_seconds={WINDOW_S}", "--allowed_lateness_seconds=120", "--strategy=vessal",
+            "--label_rate=0.3", "--vessal_state_key=camera", f"--project={PROJECT}", "--status_interval_seconds=2"]
+
+    def add(names):
+        for i in names:
+            tmp = os.path.join(root, f"{i}.png")
+            shutil.copyfile(_png(200 + i), tmp)
+            os.replace(tmp, os.path.join(folder, f"{i}.png"))
+
+    def picks():
+        directory = os.path.join(out, "candidates", "picks")
+        files = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+        return [_read_jsonl(os.path.join(directory, name))[0] for name in files]
+
+    def state():
+        docs = list(db.selection_state.find({"key": folder}))
+        return docs[0] if len(docs) == 1 else None
+
+    for run, names in enumerate((range(0, 20), range(20, 40))):
+        job = Job(argv, f"vessal-{run}")
+        add(names)
+        _wait(lambda: db.arrivals.count_documents({"input": pattern, "status": "done"}) == names.stop, 150,
+              "the files indexed", job)
+        _wait(lambda: (state() or {}).get("seen") == names.stop, 60, "every frame decided", job)
+        assert job.stop(signal.SIGTERM) == 0, job.log()
+    written = picks()
+    ids = [p["frame_id"] for p in written]
+    assert len(ids) == len(set(ids))  # no frame picked twice
+    assert 0.3 * 40 * 0.3 <= len(ids) <= 0.3 * 40 * 2.5, len(ids)
+    assert {p["strategy"] for p in written} == {"vessal"}
+    assert all(0 < p["score"] <= 1 and p["score"] == p["components"]["probability"] for p in written)
+    stored = {d["frame_id"]: d for d in db.candidates.find({"strategy": "vessal", "source_uri": {"$regex": "^" + root}})}
+    assert set(stored) == set(ids)
+    assert state()["picks"] == len(ids)
+    assert sorted(p["rank"] for p in written) == list(range(1, len(ids) + 1))  # ranks go on after the restart
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["label_rate"] == 0.3 and summary["picks"] == len(ids) and summary["candidates"] == 0
+
+
+def test_vessal_on_pubsub_notifications(mongo, gcs, pubsub_host):
+    """--strategy vessal on Cloud Storage notifications: every notified frame decided once, each
+    pick in candidates/picks and in MongoDB with the same frame ids, messages acknowledged."""
+    notifier = Notifier(gcs, "uploads-vessal")
+    out = harness.tmpdir("stream-vessal-pubsub-")
+    db = _database(mongo)
+    job = Job([f"--input_subscription={notifier.subscription}", f"--output_dir={out}", f"--mongo_uri={mongo.uri}",
+               "--strategy=vessal", "--label_rate=0.5", "--vessal_state_key=source", f"--project={PROJECT}",
+               "--status_interval_seconds=2", "--max_runtime_seconds=600"], "vessal-pubsub")
+    names = [f"vessal/{i}.png" for i in range(8)]
+    for i, name in enumerate(names):
+        notifier.upload(name, _png(230 + i))
+    uris = [f"gs://{BUCKET}/{name}" for name in names]
+    _wait(lambda: db.selection_state.count_documents({"key": {"$in": uris}}) == len(uris)
+          and all(d["seen"] == 1 for d in db.selection_state.find({"key": {"$in": uris}})), 150,
+          "every frame decided once (one state per source)", job)
+    assert job.stop(signal.SIGTERM) == 0, job.log()
+    directory = os.path.join(out, "candidates", "picks")
+    written = sorted(_read_jsonl(os.path.join(directory, f))[0]["frame_id"] for f in os.listdir(directory))
+    stored = sorted(d["frame_id"] for d in db.candidates.find({"strategy": "vessal", "source_uri": {"$in": uris}}))
+    assert written == stored and len(written) >= 1
+    assert sum(d["picks"] for d in db.selection_state.find({"key": {"$in": uris}})) == len(written)
+    assert notifier.left_over() == 0
+
+
 def test_streaming_runs_the_detector_as_asked_and_records_only_what_it_applied(mongo):
     """The streaming job builds its detector as the batch job does: with the default NanoDet-g and
     --detector_flip off, frames get detections but no flip-TTA localisation score; its lineage
@@ -589,6 +664,11 @@ def test_a_missing_subscription_is_a_store_error(mongo, pubsub_host):
     (["--watch=/tmp/x/*", "--selection_embedding=objects"], "--selection_embedding applies to batch runs only"),
     (["--watch=/tmp/x/*", "--include_labelled"], "--include_labelled applies to batch runs only"),
     (["--watch=/tmp/x/*", "--max_dead_letter_fraction=0.2"], "--max_dead_letter_fraction applies to batch runs only"),
+    (["--watch=/tmp/x/*", "--strategy=vessal"], "needs --label_rate"),
+    (["--watch=/tmp/x/*", "--strategy=vessal", "--label_rate=1.5"], "--label_rate"),
+    (["--watch=/tmp/x/*", "--strategy=vessal", "--label_rate=0.1", '--strategy_params={"dim": 1000}'], "dim"),
+    (["--watch=/tmp/x/*", "--label_rate=0.1"], "--label_rate applies to --strategy vessal only"),
+    (["--input=/tmp/x/*", "--strategy=vessal", "--label_rate=0.1"], "runs in the streaming job"),
 ])
 def test_streaming_options_are_checked_before_anything_starts(argv, message):
     with pytest.raises(ValueError, match=message):

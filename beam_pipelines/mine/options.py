@@ -30,6 +30,8 @@ from transforms.score.preprocessing import LOGITS, PROBABILITIES  # no TensorFlo
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
 from transforms.select.cost import BOXES, BUDGET_UNITS, FRAMES
 from transforms.select.factory import make_strategy
+from transforms.select.per_frame import STATE_KEYS, PerFrameSpec
+from transforms.select.vessal import VESSAL
 
 AUTO, NONE, NANODET, NANODET_INT8 = "auto", "none", "nanodet", "nanodet_int8"
 #: Cosine similarity of embeddings from which two frames are near-duplicates (FiftyOne's
@@ -84,11 +86,12 @@ class MineOptions(PipelineOptions):
             parser.add_argument(f"--{flag}", type=float, default=None,
                                 help=f"Labelling seconds {what}. Default: fitted to the lead times of "
                                      f"the index's annotations once there are 30, else {published}.")
-        parser.add_argument("--strategy", default=None, choices=STRATEGIES,
+        parser.add_argument("--strategy", default=None, choices=STRATEGIES + (VESSAL,),
                             help="Selection strategy: uncertainty_kcenter (the most uncertain frames, "
                                  "then k-centre over them, without near-identical consecutive frames), "
                                  "an uncertainty score (top-k), random, coreset (k-center greedy), "
-                                 "cluster_margin or combined (docs/sampling.md). Default: "
+                                 "cluster_margin or combined (docs/sampling.md); streaming only: vessal "
+                                 "(each frame decided as it arrives, --label_rate of them). Default: "
                                  "uncertainty_kcenter with score detection_max when a detector runs, "
                                  "else entropy.")
         parser.add_argument(
@@ -224,6 +227,7 @@ class MineJob(NamedTuple):
     # A remote runner's workers cannot read the driver's converted default models: they are
     # copied to this location (--staging_location, else --temp_location) by stage_models.
     stage_models_to: Optional[str] = None
+    per_frame: Optional[PerFrameSpec] = None  # --strategy vessal (streaming): per-frame selection
     # --detector_flip resolved: the detector also runs on the mirrored frame (flip-TTA).
     detector_flip: bool = False
 
@@ -301,13 +305,15 @@ def check_options(options: PipelineOptions) -> MineJob:
     check_range("direct_num_workers", options.view_as(DirectOptions).direct_num_workers,
                 options.view_as(DirectOptions).direct_num_workers >= 0, ">= 0 (0: one per CPU)")
     strategy_params = _checked_strategy(mine, detector)
+    per_frame = per_frame_spec(options)
     if mine.strategy == DEFAULT_STRATEGY and "score" not in strategy_params:
         strategy_params["score"] = default_score(bool(detector or mine.detector_background))
     if mine.budget_unit == BOXES and not (detector or mine.detector_background):
         raise ValueError("--budget_unit=boxes counts predicted boxes: it needs a detector (--detector)")
     if mine.seconds_per_frame == 0 and mine.seconds_per_box == 0:
         raise ValueError("--seconds_per_frame and --seconds_per_box cannot both be 0")
-    strategy_params["budget_unit"] = mine.budget_unit
+    if mine.strategy != VESSAL:  # a rate, not a budget
+        strategy_params["budget_unit"] = mine.budget_unit
     if mine.selection_embedding == "objects" and not (detector or mine.detector_background):
         raise ValueError("--selection_embedding=objects needs a detector: set --detector")
     _check_tables(mine)
@@ -345,7 +351,7 @@ def check_options(options: PipelineOptions) -> MineJob:
             any(name == LOCALISATION_SCORE for name, _ in _scores_used(mine.strategy, strategy_params)))
     return MineJob(runner, local_runner, globs, output_dir, strategy_params, candidates_table,
                    write_method, mine.detector_background and _from_caller_dir(mine.detector_background),
-                   model, detector, stage_to, detector_flip=bool(detector) and flip)
+                   model, detector, stage_to, per_frame, detector_flip=bool(detector) and flip)
 
 
 def stage_models(job: MineJob) -> MineJob:
@@ -399,8 +405,8 @@ def _check_ranges(mine):
         check_range(flag, value, valid, expected)
 
 
-def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
-    """The strategy's parameters, once the strategy accepts them and its score will be computed."""
+def _strategy_params(mine) -> dict:
+    """``--strategy_params`` as a dict."""
     try:
         strategy_params = json.loads(mine.strategy_params)
     except json.JSONDecodeError as e:
@@ -411,6 +417,15 @@ def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
     for key, flags in (("budget_unit", "--budget_unit"), ("cost_model", "--seconds_per_frame and --seconds_per_box")):
         if key in strategy_params:
             raise ValueError(f"--strategy_params: {key} is set with {flags}")
+    return strategy_params
+
+
+def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
+    """The strategy's parameters, once the strategy accepts them and its score will be computed
+    (``vessal``'s are checked with the streaming options: :func:`per_frame_spec`)."""
+    strategy_params = _strategy_params(mine)
+    if mine.strategy == VESSAL:
+        return strategy_params
     try:
         make_strategy(mine.strategy, strategy_params)
     except (ValueError, TypeError) as e:
@@ -433,6 +448,40 @@ def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
         if needs == score_registry.ENSEMBLE:
             raise ValueError(f"{where} needs an ensemble of models, which the mine job does not run")
     return strategy_params
+
+
+def per_frame_spec(options: PipelineOptions) -> Optional[PerFrameSpec]:
+    """The per-frame selection of ``--strategy vessal`` (None for another strategy).
+
+    Raises
+    ------
+    ValueError
+        ``vessal`` in a batch run or without ``--label_rate``; ``--label_rate``, ``--max_per_hour``
+        or ``--vessal_state_key`` without ``vessal``; a value or ``--strategy_params`` entry out of
+        range (VeSSAL takes ``dim``, ``horizon``, ``memory``, ``cov_inv_scaling``, ``seed``).
+    """
+    mine = options.view_as(MineOptions)
+    stream = options.view_as(StreamingOptions)
+    given = options.get_all_options(drop_default=True)
+    if mine.strategy != VESSAL:
+        for flag in ("label_rate", "max_per_hour", "vessal_state_key"):
+            if flag in given:
+                raise ValueError(f"--{flag} applies to --strategy vessal only, got --strategy {mine.strategy}")
+        return None
+    if not streaming_requested(options):
+        raise ValueError("--strategy vessal decides each frame as it arrives: it runs in the streaming "
+                         "job (--watch or --input_subscription); a batch run selects with a budget")
+    if stream.label_rate is None:
+        raise ValueError("--strategy vessal needs --label_rate, the share of frames to pick (e.g. 0.01)")
+    check_range("label_rate", stream.label_rate, 0 < stream.label_rate <= 1, "in (0, 1]")
+    check_range("max_per_hour", stream.max_per_hour, stream.max_per_hour >= 0, ">= 0 (0: no cap)")
+    params = _strategy_params(mine)
+    try:
+        return PerFrameSpec(stream.label_rate, stream.max_per_hour, stream.vessal_state_key,
+                            tuple(sorted(params.items()))).validated()
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"--strategy_params for vessal: {preflight.one_line(e)} (it takes dim, horizon, "
+                         f"memory, cov_inv_scaling, seed)") from None
 
 
 #: ``--strategy`` when not given: uncertain and diverse at once
@@ -552,6 +601,16 @@ class StreamingOptions(PipelineOptions):
                                  "their frames are indexed; after a crash they come back this late.")
         parser.add_argument("--status_interval_seconds", type=float, default=10.0,
                             help="Seconds between updates of the run's counts in <database>.runs.")
+        parser.add_argument("--label_rate", type=float, default=None,
+                            help="With --strategy vessal: the share of frames to pick, in (0, 1] "
+                                 "(e.g. 0.01), each frame decided as soon as it is scored "
+                                 "(docs/sampling.md, 'Per-frame selection at a rate').")
+        parser.add_argument("--max_per_hour", type=int, default=0,
+                            help="With --strategy vessal: at most this many picks per event-time hour "
+                                 "and state key (a burst beyond it is not picked); 0: no cap.")
+        parser.add_argument("--vessal_state_key", default="camera", choices=STATE_KEYS,
+                            help="With --strategy vessal: one selection state per camera (the folder "
+                                 "of the file), per source file, or one global state.")
 
 
 def streaming_requested(options: PipelineOptions) -> bool:

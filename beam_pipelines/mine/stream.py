@@ -14,7 +14,10 @@ notifications, claim each file version in the ``arrivals`` ledger (a duplicate c
 decode, embed and score (the model may change: ``--model_watch``), give each frame its event
 time (capture time: :mod:`transforms.intake.event_time`), index frames in MongoDB (and BigQuery),
 acknowledge, select per event-time window (:mod:`transforms.select.windows`) and write each
-window pane (:mod:`transforms.index.window_outputs`).
+window pane (:mod:`transforms.index.window_outputs`). With ``--strategy vessal --label_rate R``
+each scored frame is decided at once instead (:mod:`transforms.select.per_frame`, Beam state per
+``--vessal_state_key``) and each pick written at once (:mod:`transforms.index.pick_outputs`,
+``candidates/picks/``); the windows then carry counts and dead letters, no candidates.
 
 Outputs in ``--output_dir``: ``candidates/<start>_<end>.jsonl`` and ``dead_letters/<start>_<end>.jsonl``
 per window (rewritten atomically by late panes), ``windows.jsonl`` (one line per pane) and, when
@@ -68,6 +71,8 @@ from transforms.intake.streaming import (INTAKE_WINDOW_S, AcknowledgeArrivals, A
                                          arrival_path, intake_windows)
 from transforms.score.detectors import DetectorHandler
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
+from transforms.index.pick_outputs import PICKS_DIR, WritePicks
+from transforms.select.per_frame import SelectPerFrame
 from transforms.select.windows import WindowSpec, SelectPerWindow
 
 _LOG = logging.getLogger(__name__)
@@ -167,8 +172,17 @@ class MineStream(beam.PTransform):
                                 if bigquery_table else None)
         self._acknowledge = AcknowledgeArrivals(self._ledger, feed_id)
         self._replay = ReplayArrivals(self._ledger, job.replay_horizon_s)
+        per_frame = job.mine.per_frame
+        if per_frame is not None:  # picks per frame; the windows still count and hold the dead letters
+            budget, strategy, strategy_params, uniqueness_k = 0, "random", None, 0
         self._select = SelectPerWindow(job.windows, budget, strategy, strategy_params,
                                        uniqueness_k=uniqueness_k, inputs=(job.input_name,))
+        self._pick = self._write_picks = None
+        if per_frame is not None:
+            self._pick = SelectPerFrame(per_frame, mongo_uri=mongo_uri, database=mongo_database,
+                                        inputs=(job.input_name,))
+            self._write_picks = WritePicks(job.mine.output_dir, mongo_uri=mongo_uri, database=mongo_database,
+                                           bigquery_table=job.mine.candidates_table, project=project)
         self._write = WriteWindowPanes(job.mine.output_dir, mongo_uri=mongo_uri, database=mongo_database,
                                        bigquery_table=job.mine.candidates_table, project=project, run_id=run_id)
 
@@ -189,13 +203,18 @@ class MineStream(beam.PTransform):
                   "dead_letters": failed}
                  | "EventTime" >> self._event_time)
         indexed = timed.records | "IndexInMongoDB" >> self._index_mongo
+        undecided = []
+        if self._pick is not None:
+            decided = timed.records | "SelectPerFrame" >> self._pick
+            _ = decided.picks | "WritePicks" >> self._write_picks
+            undecided = [decided.dead_letters]
         index_dead_letters = [indexed.dead_letters]
         if self._index_bigquery:
             index_dead_letters.append(timed.records | "IndexInBigQuery" >> self._index_bigquery)
         index_dead_letters = index_dead_letters | "IndexDeadLetters" >> beam.Flatten()
         _ = {"results": timed.results, "index_dead_letters": index_dead_letters,
              "frames_indexed": indexed.frame_ids} | "Acknowledge" >> self._acknowledge
-        dead_letters = ((parsed.dead_letters, timed.dead_letters, index_dead_letters)
+        dead_letters = ((parsed.dead_letters, timed.dead_letters, index_dead_letters, *undecided)
                         | "AllDeadLetters" >> beam.Flatten()
                         | "CountDeadLetters" >> beam.Map(_counted_dead_letter))
         restored = pbegin | "ReplayArrivals" >> self._replay | "RestoredIntakeWindows" >> intake_windows()
@@ -226,12 +245,15 @@ class RunCounts:
     (namespace ``activebeam.stream`` and the stages'), which Dataflow reports correctly.
     """
 
-    def __init__(self, ledger, feed, output_dir: str, run_id: str):
+    def __init__(self, ledger, feed, output_dir: str, run_id: str, picks: bool = False):
         self._ledger, self._feed, self._output_dir, self._run_id = ledger, feed, output_dir, run_id
+        self._picks = picks
 
     def __call__(self) -> Dict[str, object]:
         counts = dict(self._ledger.run_counts())
         counts.update(_window_totals(self._output_dir, self._run_id))
+        if self._picks:
+            counts["picks"] = _pick_total(self._output_dir)
         feed = dict(self._feed.counts)
         events = feed.pop("events", {})
         counts["feed"] = feed
@@ -330,6 +352,12 @@ def _window_totals(output_dir: str, run_id: str) -> dict:
             "dead_letters": sum(line.get("dead_letters", 0) for line in latest.values())}
 
 
+def _pick_total(output_dir: str) -> int:
+    """Per-frame picks in ``candidates/picks/`` (every run's: a pick is one file)."""
+    pattern = FileSystems.join(output_dir, CANDIDATES_DIR, PICKS_DIR, "*.jsonl")
+    return len(FileSystems.match([pattern])[0].metadata_list)
+
+
 def run(argv) -> dict:
     """Runs the streaming ``mine`` job until it is stopped; returns its summary (also written to
     ``summary.json``) with ``wall_seconds``.
@@ -377,6 +405,10 @@ def run(argv) -> dict:
                      window_seconds=job.windows.window_s, window_period_seconds=job.windows.period_s,
                      allowed_lateness_seconds=job.windows.allowed_lateness_s, model_watch=job.model_watch,
                      runner=job.runner)
+        if job.mine.per_frame is not None:
+            spec = job.mine.per_frame
+            facts.update(budget=None, label_rate=spec.label_rate, max_per_hour=spec.max_per_hour,
+                         vessal_state_key=spec.state_key)
         lineage = describe_run(
             "mine", options.get_all_options(drop_default=True, retain_unknown_options=True), facts,
             inputs=[job.input_name], output_dir=output_dir, model=facts["model"],
@@ -399,7 +431,7 @@ def run(argv) -> dict:
                 return dict(facts, run_id=lineage.run_id, job_id=getattr(result, "job_id", lambda: None)())
             run_counts = RunCounts(stack.enter_context(ArrivalLedger(mongo_uri, mine.mongo_database,
                                                                      job.input_name, lineage.run_id)),
-                                   feed, output_dir, lineage.run_id)
+                                   feed, output_dir, lineage.run_id, picks=job.mine.per_frame is not None)
             supervisor = _Supervisor(result, feed, record, run_counts, job.max_runtime_s, job.status_interval_s)
             supervisor.run()
             stop_reason = supervisor.stop_reason
@@ -462,9 +494,11 @@ def print_summary(summary: dict):
     """What ``python -m beam_pipelines.mine`` prints when a streaming run ends."""
     keys = ("notifications_by_event_type", "notifications_malformed", "notifications_duplicate",
             "files_done", "files_without_frames", "frames_written", "dead_letters", "windows",
-            "late_panes", "candidates", "stop_reason", "wall_seconds")
+            "late_panes", "candidates", "picks", "stop_reason", "wall_seconds")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     out = summary["output_dir"]
+    if summary.get("label_rate") is not None:
+        print(f"picks:        {FileSystems.join(out, CANDIDATES_DIR, PICKS_DIR)}/<event_time>_<frame>.jsonl")
     print(f"candidates:   {FileSystems.join(out, CANDIDATES_DIR)}/<window_start>_<window_end>.jsonl")
     print(f"dead letters: {FileSystems.join(out, DEAD_LETTERS_DIR)}/<window_start>_<window_end>.jsonl")
     print(f"windows:      {FileSystems.join(out, WINDOWS_FILE)}")

@@ -50,6 +50,7 @@ from schemas.records import MAX_ERROR_CHARS, STAGE_LABEL_EXPORT, STAGE_LABEL_IMP
 from transforms.annotate import dataset as dataset_lib
 from transforms.annotate import label_issues as issues_lib
 from transforms.annotate import label_studio as ls
+from transforms.index.mongodb_client import labelled_frame_ids
 
 METRICS_NAMESPACE = "activebeam.annotate"
 
@@ -341,28 +342,11 @@ class _LabelledIdsFn(beam.DoFn):
         self._excluded = Metrics.counter(METRICS_NAMESPACE, "frames_excluded_as_labelled")
 
     def process(self, _):
-        import pymongo
-        with pymongo.MongoClient(self._uri, serverSelectionTimeoutMS=30000, appname="activebeam") as client:
-            db = client[self._database]
-            ids = set()
-            for collection in ("label_tasks", "annotations"):
-                ids.update(doc["frame_id"] for doc in db[collection].find({}, {"frame_id": 1, "_id": 0})
-                           if doc.get("frame_id"))
-            for id_ in sorted(ids):
-                yield id_
-            self._excluded.inc(len(ids))
-            # Near-duplicates: the group of a labelled frame (the group id is its representative's frame_id).
-            groups = set(ids)
-            for doc in db["frames"].find({"_id": {"$in": sorted(ids)}, "duplicate_group": {"$type": "string"}},
-                                         {"duplicate_group": 1}):
-                groups.add(doc["duplicate_group"])
-            near = set()
-            for doc in db["frames"].find({"duplicate_group": {"$in": sorted(groups)}}, {"_id": 1}):
-                if doc["_id"] not in ids:
-                    near.add(doc["_id"])
-            for id_ in sorted(near):
-                yield id_
-            self._excluded.inc(len(near))
+        ids, near = labelled_frame_ids(self._uri, self._database)
+        yield from sorted(ids)
+        self._excluded.inc(len(ids))
+        yield from sorted(near)
+        self._excluded.inc(len(near))
 
 
 class ReadLabelledFrameIds(beam.PTransform):

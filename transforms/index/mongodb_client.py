@@ -316,3 +316,25 @@ def upsert_documents(uri: str, database: str, table: tables.TableSpec, documents
     with MongoUpserter(uri, database, table, max_attempts=max_attempts,
                        server_selection_timeout_ms=server_selection_timeout_ms) as upserter:
         return [upserter.dead_letter(failure) for failure in upserter.upsert(documents).failures]
+
+
+def labelled_frame_ids(uri: str, database: str):
+    """``(ids, near)``: the frame ids in ``label_tasks`` (sent for labelling) or ``annotations``
+    (labelled), and the other frames of their ``duplicate_group`` (near-duplicates, when the
+    frames carry one; the group id is its representative's ``frame_id``). Missing collections
+    count as empty; raises pymongo's errors when the server does not answer."""
+    import pymongo
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=DEFAULT_SERVER_SELECTION_TIMEOUT_MS,
+                             appname="activebeam") as client:
+        db = client[database]
+        ids = set()
+        for collection in ("label_tasks", "annotations"):
+            ids.update(doc["frame_id"] for doc in db[collection].find({}, {"frame_id": 1, "_id": 0})
+                       if doc.get("frame_id"))
+        groups = set(ids)
+        for doc in db["frames"].find({"_id": {"$in": sorted(ids)}, "duplicate_group": {"$type": "string"}},
+                                     {"duplicate_group": 1}):
+            groups.add(doc["duplicate_group"])
+        near = {doc["_id"] for doc in db["frames"].find({"duplicate_group": {"$in": sorted(groups)}}, {"_id": 1})
+                if doc["_id"] not in ids}
+    return ids, near

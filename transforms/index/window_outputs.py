@@ -36,13 +36,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 
 from schemas import candidates as candidates_schema
-from schemas import tables
 from schemas.records import WindowPane
 from transforms.common.files import is_local
 from transforms.common.outputs import METRICS_NAMESPACE
 from transforms.common.redact import redact_text
-from transforms.index.bigquery_client import append_rows
-from transforms.index.mongodb_client import MongoUpserter
+from transforms.index.candidate_stores import CandidateStores
 
 _LOG = logging.getLogger(__name__)
 CANDIDATES_DIR = "candidates"
@@ -50,7 +48,8 @@ DEAD_LETTERS_DIR = "dead_letters"
 WINDOWS_FILE = "windows.jsonl"
 
 
-def _basic_iso(seconds: float) -> str:
+def basic_iso(seconds: float) -> str:
+    """``20250131T120000Z`` (UTC ISO 8601 basic format; milliseconds only when not whole)."""
     moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
     text = moment.strftime("%Y%m%dT%H%M%S")
     if moment.microsecond:
@@ -66,7 +65,7 @@ def _extended_iso(seconds: float) -> str:
 
 def window_file_name(start: float, end: float) -> str:
     """``<start>_<end>.jsonl`` in UTC ISO 8601 basic format (milliseconds only when not whole)."""
-    return f"{_basic_iso(start)}_{_basic_iso(end)}.jsonl"
+    return f"{basic_iso(start)}_{basic_iso(end)}.jsonl"
 
 
 def _json_line(obj) -> str:
@@ -138,11 +137,9 @@ class _WritePanesFn(beam.DoFn):
     def __init__(self, output_dir: str, mongo_uri: Optional[str], database: str,
                  bigquery_table: Optional[str], project: Optional[str], run_id: str):
         self._output_dir = output_dir
-        self._mongo_uri, self._database = mongo_uri, database
-        self._bigquery_table, self._project = bigquery_table, project
+        self._stores = CandidateStores(mongo_uri, database, bigquery_table, project)
         self._run_id = run_id
         self._last: Dict[tuple, dict] = {}
-        self._upserter = None
         self._written = Metrics.counter(METRICS_NAMESPACE, "window_panes_written")
         self._unchanged = Metrics.counter(METRICS_NAMESPACE, "window_panes_unchanged")
         self._dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters_written")
@@ -152,15 +149,10 @@ class _WritePanesFn(beam.DoFn):
     def setup(self):
         for line in read_windows_log(self._output_dir):
             self._last[(line.get("window_start_s"), line.get("window_end_s"))] = line
-        if self._mongo_uri:
-            spec = tables.candidates_table()
-            spec = spec._replace(mongo_indexes=tuple(spec.mongo_indexes) + tuple(
-                i for i in candidates_schema.MONGO_INDEXES if i.keys not in {j.keys for j in spec.mongo_indexes}))
-            self._upserter = MongoUpserter(self._mongo_uri, self._database, spec, validate=False).open()
+        self._stores.open()
 
     def teardown(self):
-        if self._upserter is not None:
-            self._upserter.close()
+        self._stores.close()
 
     def _path(self, *parts) -> str:
         return FileSystems.join(self._output_dir, *parts)
@@ -204,35 +196,20 @@ class _WritePanesFn(beam.DoFn):
     def _index(self, pane: WindowPane, selection_id: Optional[str], previous_selection: Optional[str],
                digest: str) -> int:
         """Upserts the pane's candidates (and removes those it dropped); returns how many failed."""
-        failed = 0
-        if self._upserter is not None and pane.candidates:
-            docs = [candidates_schema.to_mongo_document(c) for c in pane.candidates]
-            result = self._upserter.upsert(docs)
-            failed += len(result.failures)
-            self._indexed.inc(len(result.written_ids))
-            for failure in result.failures[:3]:
-                _LOG.error("candidate not indexed in MongoDB: %s", redact_text(failure.reason)[:300])
+        name = window_file_name(pane.window_start, pane.window_end)
+        ids = [f"{c.selection_id}:{c.frame_id}:{digest}" for c in pane.candidates]
+        failed = self._stores.write(pane.candidates, ids, f"window {name}")
+        upserter = self._stores.upserter
+        if upserter is not None and pane.candidates:
+            self._indexed.inc(len(pane.candidates) - failed)
             stale_from = {s for s in (selection_id, previous_selection) if s}
             try:
-                self._upserter.collection().delete_many(
+                upserter.collection().delete_many(
                     {"selection_id": {"$in": sorted(stale_from)}, "window_start": pane.window_start,
-                     "_id": {"$nin": [d["_id"] for d in docs]}})
+                     "_id": {"$nin": [candidates_schema.candidate_key(c) for c in pane.candidates]}})
             except Exception as e:  # pylint: disable=broad-except  # stale entries stay: logged
                 _LOG.error("could not remove candidates window %s no longer selects: %s",
-                           window_file_name(pane.window_start, pane.window_end), redact_text(str(e))[:300])
-        if self._bigquery_table and pane.candidates:
-            rows = [candidates_schema.to_bigquery_row(c) for c in pane.candidates]
-            ids = [f"{c.selection_id}:{c.frame_id}:{digest}" for c in pane.candidates]
-            try:
-                problems = append_rows(self._bigquery_table, tables.candidates_table(), rows, ids,
-                                       project=self._project)
-            except Exception as e:  # pylint: disable=broad-except  # the files are written: logged
-                problems = [f"{type(e).__name__}: {e}"]
-            if problems:
-                failed += len(rows)
-                _LOG.error("candidates of window %s not appended to %s: %s",
-                           window_file_name(pane.window_start, pane.window_end), self._bigquery_table,
-                           redact_text(str(problems[0]))[:300])
+                           name, redact_text(str(e))[:300])
         self._not_indexed.inc(failed)
         return failed
 

@@ -1,7 +1,9 @@
 """Stage **SelectCandidates**: the frames worth annotating next.
 
-Public transform: :class:`SelectCandidates` (:mod:`.ptransforms`: identical frames collapsed, any
-strategy run as a bounded-memory ``CombineFn``, batch or per event-time window). Pure modules
+Public transforms: :class:`SelectCandidates` (:mod:`.ptransforms`: identical frames collapsed, any
+strategy run as a bounded-memory ``CombineFn``, batch or per event-time window) and
+:class:`SelectPerFrame` (:mod:`.per_frame`: VeSSAL, each frame decided as it arrives at a target
+rate, with Beam state per camera, source or globally). Pure modules
 (no Beam; enforced by ``//transforms/select:pure_test``):
 
 * :mod:`.base`: the ``Strategy`` interface, ``Pool``, ``Selection`` and the helpers strategies share.
@@ -10,6 +12,7 @@ strategy run as a bounded-memory ``CombineFn``, batch or per event-time window).
 * :mod:`.kcenter`: exact lazy greedy k-center (coreset) with batched faiss updates.
 * :mod:`.stochastic`: stochastic batch acquisition (power, softmax, soft-rank sampling of any score).
 * :mod:`.batchbald`: BatchBALD (greedy joint mutual information over MC-dropout samples), on a BALD shortlist.
+* :mod:`.vessal`: VeSSAL streaming selection (Saran et al. 2023) at a target rate.
 """
 from transforms._exports import lazy_exports
 
@@ -19,4 +22,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "factory": ("make_strategy", "checked_strategy", "STRATEGY_NAMES"),
     "stochastic": ("StochasticBatch",),
     "batchbald": ("BatchBALD",),
+    "vessal": ("VeSSAL",),
+    "per_frame": ("SelectPerFrame", "PerFrameSpec"),
 })

@@ -1,0 +1,207 @@
+"""VeSSAL's core (transforms/select/vessal.py) against independent computations, and its Beam
+transform (transforms/select/per_frame.py) on a real pipeline.
+
+The core's updates are checked against the quantities they stand for, computed from scratch
+with numpy: A^-1 against the inverse of lambda I + the sum of the picks' u u^T, zeta against
+ideal_rate / trace(Sigma A^-1) with a matrix product, the uncertainty factor against the norm
+of BADGE's outer-product gradient embedding.
+"""
+import numpy as np
+import pytest
+
+from transforms.select import vessal
+from transforms.select.vessal import Embedder, VeSSAL, badge_scale, frame_draw
+
+
+def _stream(n, d=16, seed=0, classes=10):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)), rng.dirichlet(np.full(classes, 0.3), size=n)
+
+
+def test_a_inv_is_the_inverse_of_the_picks_second_moment():
+    x, p = _stream(3000)
+    embed, sampler = Embedder(16), VeSSAL(0.05, 16, cov_inv_scaling=50.0)
+    picked = []
+    for i in range(len(x)):
+        u = embed(x[i], p[i])
+        if sampler.decide(u, frame_draw(str(i))).picked:
+            picked.append(u)
+    assert len(picked) > 50
+    a = np.eye(16) / 50.0 + sum(np.outer(u, u) for u in picked)
+    np.testing.assert_allclose(sampler.a_inv, np.linalg.inv(a), rtol=1e-8, atol=1e-10)
+
+
+def test_zeta_and_probability_follow_the_paper():
+    x, p = _stream(400, seed=1)
+    embed, sampler = Embedder(16), VeSSAL(0.1, 16, memory=50)
+    moments = []
+    for i in range(len(x)):
+        u = embed(x[i], p[i])
+        a_inv = sampler.a_inv.copy() if sampler.a_inv is not None else 100.0 * np.eye(16)
+        ideal = sampler.ideal_rate()
+        decision = sampler.decide(u, frame_draw(str(i)))
+        moments.append(np.outer(u, u))
+        # Sigma: the mean of the first `memory` frames, then an exponential moving average.
+        sigma = np.mean(moments, axis=0) if len(moments) <= 50 else None
+        if sigma is not None:
+            np.testing.assert_allclose(sampler.sigma, sigma, rtol=1e-9, atol=1e-12)
+        zeta = ideal / np.trace(sampler.sigma @ a_inv)
+        assert decision.zeta == pytest.approx(zeta, rel=1e-9)
+        assert decision.q == pytest.approx(u @ a_inv @ u, rel=1e-9)
+        assert decision.probability == pytest.approx(min(1.0, zeta * (u @ a_inv @ u)), rel=1e-9)
+        assert decision.picked == (frame_draw(str(i)) < decision.probability)
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.05, 0.2])
+def test_the_realised_rate_is_within_ten_percent(rate):
+    n = int(400 / rate)
+    x, p = _stream(n, d=32, seed=2)
+    # A correlated stream: clips of 40 near-identical frames.
+    x = np.repeat(x[::40], 40, axis=0)[:n] + 0.05 * np.random.default_rng(3).normal(size=(n, 32))
+    embed, sampler = Embedder(32), VeSSAL(rate, 32)
+    for i in range(n):
+        sampler.decide(embed(x[i], p[i]), frame_draw(str(i)))
+    assert abs(sampler.picks / n / rate - 1) <= 0.10, sampler.picks / n
+
+
+def test_a_pick_lowers_the_probability_of_the_next_identical_frame():
+    sampler = VeSSAL(0.5, 8)
+    u = np.ones(8) * 0.3
+    for i in range(20):  # a varied history for Sigma
+        sampler.decide(np.random.default_rng(i).normal(size=8) * 0.3, 1.0)
+    before = sampler.decide(u, 0.0)  # draw 0: picked
+    assert before.picked
+    after = sampler.decide(u, 0.0, keys=("other-frame",))
+    assert after.q == pytest.approx(before.q / (1 + before.q))  # Sherman-Morrison on the same u
+
+
+def test_frames_picked_or_labelled_are_not_picked_again_and_the_hour_cap_holds():
+    sampler = VeSSAL(1.0, 4, max_per_hour=3)
+    u = np.array([1.0, 0.0, 0.0, 0.0])
+    assert sampler.decide(u, 0.0, keys=("f1", "hash1"), event_time=0.0).picked
+    assert sampler.decide(u, 0.0, keys=("f2", "hash1"), event_time=1.0).outcome == vessal.ALREADY_PICKED
+    assert sampler.decide(u, 0.0, keys=("f1",), event_time=2.0).outcome == vessal.ALREADY_PICKED
+    assert sampler.decide(u, 0.0, keys=("f3",), labelled=True, event_time=3.0).outcome == vessal.LABELLED
+    outcomes = [sampler.decide(np.eye(4)[i % 4], 0.0, keys=(f"g{i}",), event_time=10.0 + i).outcome
+                for i in range(5)]
+    assert outcomes.count(vessal.PICKED) == 2 and outcomes.count(vessal.CAPPED) == 3  # 3 per hour
+    assert sampler.decide(np.eye(4)[1], 0.0, keys=("next-hour",), event_time=3600.0).picked
+
+
+def test_state_round_trip_continues_exactly():
+    x, p = _stream(600, seed=4)
+    embed = Embedder(16)
+    u = [embed(x[i], p[i]) for i in range(len(x))]
+    whole = VeSSAL(0.05, 16, max_per_hour=100)
+    first = [whole.decide(u[i], frame_draw(str(i)), event_time=i).outcome for i in range(600)]
+    part = VeSSAL(0.05, 16, max_per_hour=100)
+    second = [part.decide(u[i], frame_draw(str(i)), event_time=i).outcome for i in range(300)]
+    resumed = VeSSAL.from_state(part.to_state())
+    second += [resumed.decide(u[i], frame_draw(str(i)), event_time=i).outcome for i in range(300, 600)]
+    assert first == second
+    np.testing.assert_array_equal(whole.a_inv, resumed.a_inv)
+
+
+def test_embedder_projects_with_a_fixed_seed_and_scales_by_badge_norm():
+    rng = np.random.default_rng(5)
+    h, p = rng.normal(size=1280), rng.dirichlet(np.ones(10))
+    one, two = Embedder(64, seed=7), Embedder(64, seed=7)
+    np.testing.assert_array_equal(one(h, p), two(h, p))
+    assert one(h, p).shape == (64,)
+    # ||p - e_yhat|| is BADGE's last-layer gradient embedding's norm over ||h||.
+    gradient = np.outer(p - np.eye(10)[np.argmax(p)], h)
+    assert badge_scale(p) == pytest.approx(np.linalg.norm(gradient) / np.linalg.norm(h))
+    # Narrow embeddings are used as they are (unit length, times the scale).
+    np.testing.assert_allclose(Embedder(64)(h[:32], p), h[:32] / np.linalg.norm(h[:32]) * badge_scale(p))
+    with pytest.raises(ValueError, match="embedding width"):
+        one(h[:100], p)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"label_rate": 0}, "label_rate"), ({"label_rate": 1.5}, "label_rate"),
+    ({"label_rate": 0.1, "dim": 512}, "dim"), ({"label_rate": 0.1, "max_per_hour": -1}, "max_per_hour"),
+    ({"label_rate": 0.1, "horizon": 0}, "horizon"), ({"label_rate": 0.1, "cov_inv_scaling": 0}, "cov_inv_scaling"),
+])
+def test_parameters_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        VeSSAL(**kwargs)
+
+
+def test_select_per_frame_keeps_one_state_per_camera():
+    """SelectPerFrame on a real (batch) pipeline: each camera's state sees only its frames, and
+    picks are deterministic for the same input."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+    from schemas.records import FrameMetadata, FrameRecord, ModelVersion
+    from transforms.select.per_frame import PerFrameSpec, SelectPerFrame
+
+    x, p = _stream(400, d=24, seed=6)
+    model = ModelVersion("m", "0" * 16, "embedding")
+
+    def record(i):
+        cam = "cam-a" if i % 4 else "cam-b"  # 300 and 100 frames
+        frame = FrameMetadata(f"id{i}", f"/data/{cam}/f{i}.png", 0, None, 28, 28, "image", f"h{i}",
+                              event_time=1000.0 + i)
+        return FrameRecord(frame, x[i].astype(np.float32), p[i].astype(np.float32), int(np.argmax(p[i])),
+                           0.0, 0.0, 0.0, model)
+
+    def check(picks):
+        by_camera = {}
+        for pick in picks:
+            by_camera.setdefault(pick.candidate.source_uri.split("/")[2], []).append(pick.candidate.rank)
+        assert set(by_camera) == {"cam-a", "cam-b"}
+        for ranks in by_camera.values():  # ranks count each camera's own picks
+            assert sorted(ranks) == list(range(1, len(ranks) + 1))
+        assert 0.5 * 0.1 * 400 <= len(picks) <= 2 * 0.1 * 400
+
+    with beam.Pipeline("FnApiRunner") as pipeline:
+        records = [record(i) for i in range(400)]
+        broken = records[7]._replace(embedding=np.full(24, np.nan, dtype=np.float32))
+        out = (pipeline | beam.Create(records[:7] + [broken] + records[8:])
+               | SelectPerFrame(PerFrameSpec(0.1, state_key="camera", params=(("dim", 24),))))
+        assert_that(out.picks, check)
+        assert_that(out.dead_letters | beam.Map(lambda d: (d.frame_id, d.stage, "not finite" in d.error)),
+                    equal_to([("id7", "candidates", True)]), label="dead_letters")
+
+
+@pytest.fixture(scope="module")
+def mongo():
+    from tests import harness
+    with harness.mongod() as server:
+        yield server
+
+
+def test_select_per_frame_refuses_labelled_frames_and_resumes_from_its_snapshot(mongo):
+    """Against a real mongod: frames sent for labelling and their near-duplicate group are never
+    picked; a second pipeline (a restarted job, no Beam state) goes on from the saved state."""
+    import apache_beam as beam
+    import pymongo
+    from tests import harness
+    from schemas.records import FrameMetadata, FrameRecord, ModelVersion
+    from transforms.select.per_frame import PerFrameSpec, SelectPerFrame
+
+    db = pymongo.MongoClient(mongo.uri)["vessal"]
+    db.frames.insert_many([{"_id": "id5", "duplicate_group": "id5"}, {"_id": "id6", "duplicate_group": "id5"}])
+    db.label_tasks.insert_one({"_id": "t1", "frame_id": "id5"})
+    x, p = _stream(400, d=24, seed=8)
+    model = ModelVersion("m", "0" * 16, "embedding")
+
+    def run(indices):
+        records = [FrameRecord(FrameMetadata(f"id{i}", f"/cam/f{i}.png", 0, None, 28, 28, "image", f"h{i}",
+                                             event_time=float(i)),
+                               x[i].astype(np.float32), p[i].astype(np.float32), int(np.argmax(p[i])),
+                               0.0, 0.0, 0.0, model) for i in indices]
+        spec = PerFrameSpec(0.5, state_key="global", params=(("dim", 24),))
+        picks = harness.run_collect(lambda pipeline: {"picks": (pipeline | beam.Create(records) | SelectPerFrame(
+            spec, mongo_uri=mongo.uri, database="vessal")).picks})["picks"]
+        return {pick.candidate.frame_id: pick.candidate.rank for pick in picks}
+
+    first = run(range(0, 200))
+    assert "id5" not in first and "id6" not in first and len(first) > 40
+    assert db.selection_state.find_one({"key": "global"})["seen"] == 200
+    second = run(range(200, 400))
+    state = db.selection_state.find_one({"key": "global"})
+    assert state["seen"] == 400
+    ranks = sorted(list(first.values()) + list(second.values()))
+    assert ranks == list(range(1, len(ranks) + 1)) and state["picks"] == len(ranks)  # numbering went on
+    assert 0.5 * 400 * 0.6 <= len(ranks) <= 0.5 * 400 * 1.4

@@ -1,0 +1,271 @@
+"""Per-frame streaming selection at a target rate: VeSSAL as Beam state, keyed by camera, source or
+one global key.
+
+``SelectPerFrame`` decides each scored frame as soon as it arrives (no window to wait for) with
+:class:`transforms.select.vessal.VeSSAL`, and emits a :class:`Pick` for each frame it selects::
+
+    picks = records | SelectPerFrame(PerFrameSpec(label_rate=0.01, max_per_hour=120,
+                                                  state_key="camera"),
+                                     mongo_uri=uri, database="activebeam", inputs=("gs://cams/*",))
+    # PCollection[Pick]: candidate (strategy "vessal", score = selection probability), event_time
+
+State (Beam ``ReadModifyWriteState``, pickled): per key, ``A^-1`` and ``Sigma`` (``2 d^2``
+float64), counts, the hour's picks, the last 256 picks' frame ids and pixel hashes, and the model
+version (a new model starts a new ``A^-1`` and ``Sigma``: a new embedding space). Dataflow keeps
+it across worker restarts and updates. The local runner keeps it in memory only, so the state is
+also saved to MongoDB (collection ``selection_state``, ``_id`` ``<selection_id>:<key>``) at each
+pick (before the pick is emitted) and at the end of each bundle; a key without Beam state (a
+restarted local job) starts from that snapshot. A crash loses at most the updates of ``Sigma``
+and the counts of the frames of the bundle in flight, never a pick.
+
+Not picked again: a frame whose id or pixels were picked (the last 256 picks of its key), and
+frames sent for labelling or labelled, with their near-duplicate groups (read from MongoDB when
+a worker starts: :func:`transforms.index.mongodb_client.labelled_frame_ids`).
+
+Metrics (namespace ``activebeam.sample``): ``vessal_frames``, ``vessal_picked``, ``vessal_capped``,
+``vessal_refused`` (already picked or labelled), ``vessal_failed`` (dead letters), ``vessal_decision_us`` (distribution, µs per
+decision), ``vessal_probability_ppm`` (distribution, selection probability in millionths).
+"""
+import json
+import logging
+import os
+import time
+from typing import Any, NamedTuple, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from schemas.records import DEAD_LETTER_TAG, MAX_ERROR_CHARS, STAGE_CANDIDATES, Candidate, DeadLetter, FrameRecord
+from transforms.index.mongodb_client import labelled_frame_ids
+from transforms.select.base import selection_id
+from transforms.select.ptransforms import METRICS_NAMESPACE, to_scored
+from transforms.select.vessal import (CAPPED, PICKED, SKIPPED, VESSAL, Embedder, VeSSAL, badge_scale,
+                                      frame_draw)
+
+_LOG = logging.getLogger(__name__)
+CAMERA, SOURCE, GLOBAL = "camera", "source", "global"
+#: ``--vessal_state_key``: one VeSSAL state per camera (the folder of the file), per source file,
+#: or one for the whole stream.
+STATE_KEYS = (CAMERA, SOURCE, GLOBAL)
+STATE_COLLECTION = "selection_state"
+
+
+class PerFrameSpec(NamedTuple):
+    """What :class:`SelectPerFrame` runs: :class:`~transforms.select.vessal.VeSSAL`'s ``label_rate``,
+    ``max_per_hour`` and further ``params`` (``dim``, ``horizon``, ``memory``, ``cov_inv_scaling``,
+    ``seed``), one state per ``state_key`` (:data:`STATE_KEYS`)."""
+    label_rate: float
+    max_per_hour: int = 0
+    state_key: str = CAMERA
+    params: tuple = ()  # sorted (name, value) pairs
+
+    def sampler(self) -> VeSSAL:
+        """A new sampler with these parameters (raises ``ValueError`` for one out of range)."""
+        return VeSSAL(self.label_rate, max_per_hour=self.max_per_hour, **dict(self.params))
+
+    def validated(self) -> "PerFrameSpec":
+        if self.state_key not in STATE_KEYS:
+            raise ValueError(f"state_key must be one of {', '.join(STATE_KEYS)}, got {self.state_key!r}")
+        self.sampler()
+        return self
+
+
+def state_key_of(record: FrameRecord, how: str) -> str:
+    """The key of a frame's state: its camera (the folder of its file), its file, or ``global``."""
+    if how == GLOBAL:
+        return GLOBAL
+    return record.frame.source_uri if how == SOURCE else os.path.dirname(record.frame.source_uri)
+
+
+class Pick(NamedTuple):
+    """A frame :class:`SelectPerFrame` selected: its ``candidate`` and its ``event_time`` (seconds
+    since the epoch)."""
+    candidate: Candidate
+    event_time: Optional[float]
+
+
+class PerFrameResult(NamedTuple):
+    """:class:`SelectPerFrame`'s outputs: ``picks`` (``PCollection[Pick]``) and ``dead_letters``
+    (``PCollection[DeadLetter]``, stage ``candidates``: a frame whose embedding or probabilities
+    are not finite; it is indexed, not decided)."""
+    picks: object
+    dead_letters: object
+
+
+class _StateSnapshots:
+    """The ``selection_state`` collection: the last saved state of each key."""
+
+    def __init__(self, uri: str, database: str):
+        import pymongo
+        self._client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=30000, appname="activebeam")
+        self._collection = self._client[database][STATE_COLLECTION]
+
+    def load(self, doc_id: str) -> Optional[dict]:
+        import pickle
+        doc = self._collection.find_one({"_id": doc_id})
+        return pickle.loads(doc["state"]) if doc else None
+
+    def save(self, doc_id: str, key: str, state: dict):
+        import pickle
+        self._collection.replace_one(
+            {"_id": doc_id}, {"_id": doc_id, "key": key, "seen": state["seen"], "picks": state["picks"],
+                              "saved_at": time.time(), "state": pickle.dumps(state, protocol=4)}, upsert=True)
+
+    def close(self):
+        self._client.close()
+
+
+class _VessalFn(beam.DoFn):
+    """Decides each ``(key, FrameRecord)`` with the key's VeSSAL state; emits a :class:`Pick` per pick."""
+    STATE = ReadModifyWriteStateSpec("vessal", PickleCoder())
+
+    def __init__(self, spec: PerFrameSpec, selection: str, parameters: str, mongo_uri: Optional[str],
+                 database: str):
+        self._spec, self._selection, self._parameters = spec, selection, parameters
+        self._mongo_uri, self._database = mongo_uri, database
+        self._frames = Metrics.counter(METRICS_NAMESPACE, "vessal_frames")
+        self._picked = Metrics.counter(METRICS_NAMESPACE, "vessal_picked")
+        self._capped = Metrics.counter(METRICS_NAMESPACE, "vessal_capped")
+        self._refused = Metrics.counter(METRICS_NAMESPACE, "vessal_refused")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "vessal_failed")
+        self._cost = Metrics.distribution(METRICS_NAMESPACE, "vessal_decision_us")
+        self._probability = Metrics.distribution(METRICS_NAMESPACE, "vessal_probability_ppm")
+
+    def setup(self):
+        self._embedders = {}  # by embedding width: a new model may change it
+        # key -> (the state dict last written, its sampler): a state read back unchanged (the same
+        # object) is not rebuilt. A retried bundle reads the committed state, another object.
+        self._samplers = {}
+        self._snapshots, self._labelled = None, set()
+        if self._mongo_uri:
+            self._snapshots = _StateSnapshots(self._mongo_uri, self._database)
+            ids, near = labelled_frame_ids(self._mongo_uri, self._database)
+            self._labelled = ids | near
+
+    def start_bundle(self):
+        self._unsaved = {}
+
+    def finish_bundle(self):
+        if self._snapshots is not None:
+            for doc_id, (key, saved) in self._unsaved.items():
+                self._snapshots.save(doc_id, key, saved)
+        self._unsaved = {}
+
+    def teardown(self):
+        if self._snapshots is not None:
+            self._snapshots.close()
+
+    def _embed(self, record, sampler):
+        width = int(np.asarray(record.embedding).size)
+        if width not in self._embedders:
+            self._embedders[width] = Embedder(sampler.dim, sampler.seed)
+        probabilities = np.asarray(record.probabilities, dtype=np.float64)
+        if not np.all(np.isfinite(probabilities)):
+            raise ValueError("its class probabilities are not finite")
+        return self._embedders[width](record.embedding, probabilities)
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE)):
+        key, record = element
+        started = time.perf_counter()
+        doc_id = f"{self._selection}:{key}"
+        saved = state.read()
+        model = record.model.version
+        cached = self._samplers.get(key)
+        if cached is not None and cached[0] is saved and saved.get("model_version") == model:
+            sampler = cached[1]  # the state this instance wrote last: no rebuild
+        else:
+            if saved is None and self._snapshots is not None:
+                saved = self._snapshots.load(doc_id)
+            sampler = self._spec.sampler()
+            if saved is not None:
+                sampler.load_state(saved)
+                if saved.get("model_version") != model:
+                    sampler.reset_geometry()
+        frame = record.frame
+        try:
+            decision = sampler.decide(
+                self._embed(record, sampler), frame_draw(frame.frame_id, sampler.seed),
+                event_time=frame.event_time, keys=(frame.frame_id, frame.pixel_hash),
+                labelled=frame.frame_id in self._labelled)
+        except ValueError as e:  # a non-finite embedding or probabilities: the state is unchanged
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+                frame.source_uri, STAGE_CANDIDATES, f"per-frame selection (vessal) failed: {e}"[:MAX_ERROR_CHARS],
+                frame.frame_index, frame.frame_id))
+            return
+        saved = dict(sampler.to_state(), model_version=model)
+        state.write(saved)
+        self._samplers[key] = (saved, sampler)
+        self._frames.inc()
+        self._probability.update(int(round(decision.probability * 1e6)))
+        if self._snapshots is not None:
+            if decision.picked:
+                self._snapshots.save(doc_id, key, saved)
+                self._unsaved.pop(doc_id, None)
+            else:
+                self._unsaved[doc_id] = (key, saved)
+        self._cost.update(int((time.perf_counter() - started) * 1e6))
+        if decision.outcome == CAPPED:
+            self._capped.inc()
+        elif decision.outcome not in (PICKED, SKIPPED):
+            self._refused.inc()
+        if not decision.picked:
+            return
+        self._picked.inc()
+        _, scored = to_scored(record)
+        yield Pick(Candidate(
+            rank=decision.picks, frame_id=scored.frame_id, source_uri=scored.source_uri,
+            frame_index=scored.frame_index, timestamp_s=scored.timestamp_s, score=decision.probability,
+            strategy=VESSAL, scores=scored.scores, predicted_class=scored.predicted_class, duplicates=1,
+            model=scored.model, selection_id=self._selection, parameters=self._parameters,
+            components=(("ideal_rate", decision.ideal_rate), ("probability", decision.probability),
+                        ("q", decision.q), ("uncertainty", badge_scale(record.probabilities)),
+                        ("zeta", decision.zeta))), frame.event_time)
+
+
+class SelectPerFrame(beam.PTransform):
+    """VeSSAL per frame, with its state per camera, source or globally (see the module docstring).
+
+    Input: ``PCollection[FrameRecord]`` (any windowing: the state lives in the global window).
+    Output: :class:`PerFrameResult`: ``picks``, ``PCollection[Pick]``, and ``dead_letters``; each candidate's ``rank`` is its pick's number in its key,
+    ``score`` its selection probability, ``components`` ``probability``, ``q`` (``u^T A^-1 u``),
+    ``zeta``, ``ideal_rate`` and ``uncertainty`` (``||p - e_yhat||``); ``selection_id`` depends
+    on the parameters and ``inputs`` only (not on the model: a new model keeps the selection).
+
+    Parameters
+    ----------
+    spec : PerFrameSpec
+        Rate, cap, state key and VeSSAL's parameters.
+    mongo_uri, database : str, optional
+        Where the state snapshots and the labelled frames are (None: neither).
+    inputs : sequence of str
+        Names of the job's inputs, hashed into the ``selection_id``.
+
+    Raises
+    ------
+    ValueError
+        For a parameter out of range (:meth:`PerFrameSpec.validated`).
+    """
+
+    def __init__(self, spec: PerFrameSpec, *, mongo_uri: Optional[str] = None, database: str = "activebeam",
+                 inputs: Sequence[str] = ()):
+        super().__init__()
+        self._spec = spec.validated()
+        description = dict(spec.sampler().describe(), state_key=spec.state_key)
+        #: The selection's id (MongoDB ``_id`` prefix of its candidates and state snapshots).
+        self.selection_id = selection_id(description, "", tuple(inputs))
+        self._fn = _VessalFn(self._spec, self.selection_id, json.dumps(description, sort_keys=True),
+                             mongo_uri, database)
+
+    def expand(self, records):
+        how = self._spec.state_key
+        out = (records
+               | "StateWindow" >> beam.WindowInto(window.GlobalWindows())
+               | "KeyByState" >> beam.Map(lambda record: (state_key_of(record, how), record)).with_output_types(
+                   beam.typehints.KV[str, Any])
+               | "Decide" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="picks"))
+        return PerFrameResult(out.picks, out[DEAD_LETTER_TAG])
