@@ -61,7 +61,7 @@ PARAMS = {
     "project": Param("my-project", type="string", description="Google Cloud project of the Dataflow job"),
     "region": Param("europe-west1", type="string"),
     "template": Param("gs://my-bucket/templates/mine.json", type="string", description="Flex Template spec"),
-    "input": Param("gs://my-cams/{{ ds }}/*", type="string", description="the night's media glob"),
+    "input": Param("gs://my-cams/incoming/*", type="string", description="the media glob mined each night"),
     "output_root": Param("gs://my-bucket/activebeam/nightly", type="string"),
     "temp_location": Param("gs://my-bucket/tmp", type="string"),
     "mongo_uri": Param("mongodb://mongo.internal:27017", type="string"),
