@@ -110,7 +110,7 @@ with DAG(
             "parameters": {
                 "input": "{{ params.input }}", "output_dir": OUTPUT_DIR, "mongo_uri": "{{ params.mongo_uri }}",
                 "bigquery_table": "{{ params.bigquery_table }}", "budget": "{{ params.budget }}",
-                "strategy": "{{ params.strategy }}", "quiet": "true",
+                "strategy": "{{ params.strategy }}",
             },
             "environment": {"tempLocation": "{{ params.temp_location }}"},
         }},
