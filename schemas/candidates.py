@@ -9,7 +9,7 @@ the only places that turn a :class:`~schemas.records.Candidate` into stored form
 import json
 from typing import List
 
-from schemas.frames import Field, IndexSpec
+from schemas.frames import PREDICTED_LABEL, Field, IndexSpec
 from schemas.records import Candidate
 
 CANDIDATES_COLLECTION = "candidates"
@@ -34,6 +34,7 @@ CANDIDATE_FIELDS = (
     Field("scores", "STRING", "REQUIRED", "JSON object: the frame's uncertainty scores (entropy, margin, least_confidence)."),
     Field("window_start", "FLOAT64", "NULLABLE", "Streaming: start of the event-time window, seconds since the epoch; null in batch."),
     Field("window_end", "FLOAT64", "NULLABLE", "Streaming: end of the event-time window (exclusive); null in batch."),
+    PREDICTED_LABEL,
 )
 
 MONGO_INDEXES = (

@@ -4,12 +4,11 @@
 MongoDB indexes are derived from it, and :func:`to_mongo_document` / :func:`to_bigquery_row` are
 the only places that turn a :class:`~schemas.records.FrameRecord` into stored form.
 """
-import json
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Tuple
 
 import numpy as np
 
-from schemas.records import Detection, FrameMetadata, FrameRecord, ModelVersion
+from schemas.records import BOX_CORNERS, Detection, FrameMetadata, FrameRecord, ModelVersion, box_corners
 from schemas import scores as score_registry
 
 DEFAULT_DATABASE = "activebeam"
@@ -23,11 +22,32 @@ EXTRA_SCORE_NAMES = tuple(name for name, _ in EXTRA_SCORES)
 
 
 class Field(NamedTuple):
+    """One column: BigQuery standard SQL type (``STRING``, ``INT64``, ``FLOAT64``, ``BOOL``,
+    ``TIMESTAMP`` or ``RECORD``), mode (``REQUIRED``, ``NULLABLE`` or ``REPEATED``), description,
+    and for a ``RECORD`` (``STRUCT``) its sub-fields."""
     name: str
     bigquery_type: str
     mode: str  # REQUIRED, NULLABLE or REPEATED
     description: str
+    fields: Tuple["Field", ...] = ()
 
+
+#: ``detections.box``: a box's corners in pixels of the decoded frame (x to the right, y down).
+BOX_FIELDS = tuple(Field(name, "FLOAT64", "REQUIRED", f"{edge} edge of the box, pixels of the decoded frame.")
+                   for name, edge in zip(BOX_CORNERS, ("Left", "Top", "Right", "Bottom")))
+#: One element of ``detections`` (BigQuery ``ARRAY<STRUCT<label, class_id, score, box>>``).
+DETECTION_FIELDS = (
+    Field("label", "STRING", "REQUIRED", "Class name in the detector's class list (e.g. COCO's 'person')."),
+    Field("class_id", "INT64", "REQUIRED", "0-based index of label in the detector's class list."),
+    Field("score", "FLOAT64", "REQUIRED", "The detector's confidence in [0, 1]."),
+    Field("box", "RECORD", "REQUIRED", "The box: x1, y1 (top left) and x2, y2 (bottom right) in pixels of the decoded frame.",
+          BOX_FIELDS),
+)
+
+
+#: The name beside every class index (frames and candidates).
+PREDICTED_LABEL = Field("predicted_label", "STRING", "NULLABLE", "Name of predicted_class in the model's class list "
+                        "(its sidecar's class_names, the ImageNet names of the default backbone, the Fashion-MNIST names of the bundled model); null when the model declares none.")
 
 FRAME_FIELDS = (
     Field("frame_id", "STRING", "REQUIRED", "Deterministic id: sha256(source_uri NUL frame_index)[:32]; MongoDB _id."),
@@ -54,13 +74,13 @@ FRAME_FIELDS = (
     Field("event_time", "FLOAT64", "NULLABLE", "Streaming: capture time the frame was windowed by, seconds since the epoch (UTC); null in batch."),
     Field("event_time_source", "STRING", "NULLABLE", "Streaming: where event_time came from: 'exif', 'container' (creation_time + presentation time), 'notification' (the object's timeCreated) or 'mtime'."),
     # Detector and near-duplicates (appended last, as above).
-    Field("detections", "STRING", "NULLABLE", "The detector's boxes, best first, as a JSON list of {label, class_id, score, box: [x1, y1, x2, y2]} (pixels of the decoded frame); in MongoDB the list itself. Null when no detector ran."),
+    Field("detections", "RECORD", "REPEATED", "The detector's boxes, best first: {label, class_id, score, box: {x1, y1, x2, y2}} (pixels of the decoded frame); empty when no detector ran or it found nothing.",
+          DETECTION_FIELDS),
     Field("detector_name", "STRING", "NULLABLE", "Name of the detector model (file name); null when none ran."),
     Field("detector_version", "STRING", "NULLABLE", "sha256 of the detector model file, first 16 hex digits."),
     Field("duplicate_group", "STRING", "NULLABLE", "frame_id of the representative of the frame's near-duplicate group (embedding cosine similarity >= the run's near_duplicate_similarity; the representative, the group's smallest frame_id, stays eligible for candidates, the others are excluded); null if the frame has no near-duplicate."),
+    PREDICTED_LABEL,
 )
-#: What MongoDB holds for ``detections``: the list itself (BigQuery: its JSON text).
-DETECTIONS_DOCUMENT = Field("detections", "STRING", "REPEATED", "The detector's boxes, best first: {label, class_id, score, box: [x1, y1, x2, y2]} in pixels of the decoded frame.")
 
 
 class IndexSpec(NamedTuple):
@@ -80,6 +100,7 @@ def _frame_columns(record: FrameRecord) -> dict:
     columns = record.frame._asdict()
     columns["embedding"] = [float(x) for x in record.embedding]
     columns["predicted_class"] = record.predicted_class
+    columns["predicted_label"] = getattr(record, "predicted_label", None)
     return columns
 
 
@@ -104,6 +125,12 @@ def to_mongo_document(record: FrameRecord) -> dict:
     return doc
 
 
+def detection_from_document(d: dict) -> Detection:
+    """A stored detection (``{label, class_id, score, box}``; the box as ``{x1, y1, x2, y2}`` or,
+    from versions before the nested schema, ``[x1, y1, x2, y2]``) as a :class:`Detection`."""
+    return Detection(d["label"], int(d["class_id"]), float(d["score"]), box_corners(d["box"]))
+
+
 def _detector_columns(record: FrameRecord, columns: dict) -> None:
     """Detector name and version (when one ran) and the near-duplicate group (always: a rerun
     that finds the frame no longer in a group clears it)."""
@@ -124,7 +151,7 @@ def to_bigquery_row(record: FrameRecord) -> dict:
     row.update(_extra_scores(record))
     _detector_columns(record, row)
     if record.detector is not None:
-        row["detections"] = json.dumps([d.to_json_dict() for d in record.detections])
+        row["detections"] = [d.to_json_dict() for d in record.detections]
     return row
 
 
@@ -149,8 +176,7 @@ def from_mongo_document(doc: dict) -> FrameRecord:
         least_confidence=float(scores["least_confidence"]),
         model=ModelVersion(**{k: (doc.get("model") or {}).get(k) for k in ModelVersion._fields}),
         extra_scores=extra,
-        detections=tuple(Detection(d["label"], int(d["class_id"]), float(d["score"]), tuple(d["box"]))
-                         for d in doc.get("detections") or ()),
+        detections=tuple(detection_from_document(d) for d in doc.get("detections") or ()),
         detector=(ModelVersion(model["detector_name"], model.get("detector_version") or "", "")
                   if (model := doc.get("model") or {}).get("detector_name") else None),
-        duplicate_group=doc.get("duplicate_group"))
+        duplicate_group=doc.get("duplicate_group"), predicted_label=doc.get("predicted_label"))

@@ -107,6 +107,29 @@ class ModelVersion(NamedTuple):
     embedding_layer: str
 
 
+#: Corners of a stored box, in this order: ``{"x1", "y1", "x2", "y2"}`` (pixels).
+BOX_CORNERS = ("x1", "y1", "x2", "y2")
+
+
+def box_corners(box) -> Tuple[float, float, float, float]:
+    """``(x1, y1, x2, y2)`` of a stored box: the ``{"x1", "y1", "x2", "y2"}`` mapping that
+    documents and rows hold, or the ``[x1, y1, x2, y2]`` list that versions before the
+    nested BigQuery schema stored (so documents not yet migrated still read).
+
+    Raises
+    ------
+    ValueError
+        If ``box`` is neither a mapping with the four corners nor a sequence of four numbers.
+    """
+    if isinstance(box, dict):
+        if not all(k in box for k in BOX_CORNERS):
+            raise ValueError(f"a box needs the keys {BOX_CORNERS}, got {sorted(box)}")
+        return tuple(float(box[k]) for k in BOX_CORNERS)
+    if isinstance(box, (list, tuple)) and len(box) == 4:
+        return tuple(float(v) for v in box)
+    raise ValueError(f"a box is {{x1, y1, x2, y2}} or [x1, y1, x2, y2], got {box!r:.80}")
+
+
 class Detection(NamedTuple):
     """One object a detector found in a frame: ``label`` (e.g. COCO's ``"person"``), its
     ``class_id`` in the detector's class list, the detector's confidence ``score`` in [0, 1], and
@@ -117,8 +140,10 @@ class Detection(NamedTuple):
     box: Tuple[float, float, float, float]
 
     def to_json_dict(self) -> dict:
+        """The stored form (MongoDB sub-document and BigQuery ``STRUCT``): ``{label, class_id,
+        score, box: {x1, y1, x2, y2}}``."""
         return {"label": self.label, "class_id": int(self.class_id), "score": float(self.score),
-                "box": [float(v) for v in self.box]}
+                "box": dict(zip(BOX_CORNERS, (float(v) for v in self.box)))}
 
 
 class FrameRecord(NamedTuple):
@@ -136,7 +161,8 @@ class FrameRecord(NamedTuple):
     ``None`` for a frame with no near-duplicate or when groups were not computed.
     ``object_embedding``: float32 ``(D,)``, the mean of the unit-normalised embeddings of the
     frame's object crops (``ScoreFrames(objects=True)``; ``None`` without objects); used by
-    selection, not stored.
+    selection, not stored. ``predicted_label``: the name of ``predicted_class`` in the model's
+    class list (``None`` when the model declares no names).
     """
     frame: FrameMetadata
     embedding: np.ndarray
@@ -151,6 +177,7 @@ class FrameRecord(NamedTuple):
     detector: Optional[ModelVersion] = None
     duplicate_group: Optional[str] = None
     object_embedding: Optional[np.ndarray] = None
+    predicted_label: Optional[str] = None
 
 
 class Candidate(NamedTuple):
@@ -162,7 +189,8 @@ class Candidate(NamedTuple):
     version, inputs, window); ``parameters`` is the strategy's description as a JSON string;
     ``components`` are the per-frame values that explain the rank (e.g. margin and cluster
     size for Cluster-Margin); ``window_start``/``window_end`` bound the event-time window of a
-    streaming selection in seconds since the epoch (``None`` in batch).
+    streaming selection in seconds since the epoch (``None`` in batch); ``predicted_label``
+    names ``predicted_class`` (``None`` when the model declares no class names).
     """
     rank: int
     frame_id: str
@@ -180,6 +208,7 @@ class Candidate(NamedTuple):
     components: Tuple[Tuple[str, float], ...] = ()
     window_start: Optional[float] = None
     window_end: Optional[float] = None
+    predicted_label: Optional[str] = None
 
     def to_json_dict(self) -> dict:
         return {
@@ -199,6 +228,7 @@ class Candidate(NamedTuple):
                 "components": dict(self.components),
                 "window_start": self.window_start,
                 "window_end": self.window_end,
+                "predicted_label": self.predicted_label,
         }
 
 

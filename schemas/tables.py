@@ -29,6 +29,7 @@ BSON_TYPES = {
     "FLOAT64": "number",
     "BOOL": "bool",
     "TIMESTAMP": "date",
+    "RECORD": "object",
 }
 MODES = ("REQUIRED", "NULLABLE", "REPEATED")
 
@@ -72,8 +73,7 @@ def frames_table() -> TableSpec:
             IndexSpec(((INDEXED_AT.name, 1),), INDEXED_AT.name),),
         mongo_paths=dict(scores, model_name="model.name", model_version="model.version",
                          detector_name="model.detector_name", detector_version="model.detector_version"),
-        # detections: JSON text in BigQuery, the list itself in MongoDB (this entry wins there).
-        mongo_only=(PROBABILITIES, frames.DETECTIONS_DOCUMENT), ingest_time_field=INDEXED_AT.name,
+        mongo_only=(PROBABILITIES,), ingest_time_field=INDEXED_AT.name,
         partition_field=INDEXED_AT.name, clustering=("source_uri", "model_version"))
 
 
@@ -159,10 +159,18 @@ def all_tables() -> Dict[str, TableSpec]:
     return {spec.name: spec for spec in specs}
 
 
+def bigquery_field(field: Field) -> dict:
+    """One column as ``{name, type, mode, description}``, with ``fields`` for a ``RECORD``."""
+    column = {"name": field.name, "type": field.bigquery_type, "mode": field.mode, "description": field.description}
+    if field.fields:
+        column["fields"] = [bigquery_field(f) for f in field.fields]
+    return column
+
+
 def bigquery_fields(spec: TableSpec) -> List[dict]:
-    """The BigQuery schema: a JSON list of ``{name, type, mode, description}`` (``bq mk --schema``)."""
-    return [{"name": f.name, "type": f.bigquery_type, "mode": f.mode, "description": f.description}
-            for f in spec.fields]
+    """The BigQuery schema: a JSON list of ``{name, type, mode, description}`` (``bq mk --schema``;
+    ``RECORD`` columns nest their ``fields``)."""
+    return [bigquery_field(f) for f in spec.fields]
 
 
 def bigquery_table_options(spec: TableSpec) -> dict:
@@ -248,6 +256,11 @@ def _value_error(field: Field, value) -> Optional[str]:
         ok = isinstance(value, bool)
     elif kind == "TIMESTAMP":
         ok = isinstance(value, (str, datetime.datetime))
+    elif kind == "RECORD":
+        if not isinstance(value, dict):
+            return f"{field.name}: expected a RECORD (dict), got {type(value).__name__}"
+        errors = _record_errors(field.fields, value)
+        return f"{field.name}.{'; '.join(errors)}" if errors else None
     else:
         return f"{field.name}: unsupported type {kind}"
     return None if ok else f"{field.name}: expected {kind}, got {type(value).__name__} {value!r:.40}"
@@ -260,9 +273,14 @@ def bigquery_row_errors(spec: TableSpec, row: dict) -> List[str]:
     BigQuery itself rejects such rows (the emulator accepts some, and answers others with HTTP 500
     that clients retry for minutes); checking first turns them into dead letters at once.
     """
-    known = {f.name: f for f in spec.fields}
+    return _record_errors(spec.fields, row)
+
+
+def _record_errors(fields: Tuple[Field, ...], row: dict) -> List[str]:
+    """:func:`bigquery_row_errors` for the columns ``fields`` (a table's, or a RECORD's)."""
+    known = {f.name: f for f in fields}
     errors = [f"{name}: no such column" for name in row if name not in known]
-    for field in spec.fields:
+    for field in fields:
         value = row.get(field.name)
         if field.mode == "REPEATED":
             if value is None:

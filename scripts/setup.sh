@@ -72,6 +72,17 @@ own_venv() {  # own_venv NAME PACKAGE==VERSION
 }
 own_venv gcs-emulator gcp-storage-emulator==2026.7.19
 own_venv label-studio label-studio==1.23.2
+# Airflow, for the nightly DAG's test (tests/test_airflow_dag.py): its own virtualenv from the
+# resolved set pinned in dataflow/airflow/requirements.txt (Airflow's constraints file is not
+# reachable offline); reinstalled when that file changes.
+AIRFLOW_VENV="$ACTIVEBEAM_HOME/venvs/airflow"
+AIRFLOW_STAMP="$(sha256sum dataflow/airflow/requirements.txt | cut -c1-16)"
+if [ "$(cat "$AIRFLOW_VENV/.activebeam-stamp" 2>/dev/null)" != "$AIRFLOW_STAMP" ]; then
+  log "installing Airflow in $AIRFLOW_VENV"
+  "$PYTHON" -m venv "$AIRFLOW_VENV"
+  "$AIRFLOW_VENV/bin/pip" install -q --disable-pip-version-check -r dataflow/airflow/requirements.txt
+  echo "$AIRFLOW_STAMP" > "$AIRFLOW_VENV/.activebeam-stamp"
+fi
 
 # 5. Real sample media (opencv-doc videos, scikit-learn photos, Fashion-MNIST PNGs).
 .venv/bin/python -m beam_pipelines.local.sample_media --media_dir "$ACTIVEBEAM_HOME/media" >/dev/null

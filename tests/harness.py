@@ -167,6 +167,20 @@ def bigquery_client(endpoint: str, project: str = BIGQUERY_PROJECT):
                            client_options=ClientOptions(api_endpoint=endpoint))
 
 
+def scrape_metrics(port: int) -> dict:
+    """``{(sample name, sorted label pairs): value}`` of ``http://127.0.0.1:PORT/metrics``, read with
+    the Prometheus client library's own parser of its text format (``{}`` while nothing answers)."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8")
+    except OSError:
+        return {}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A valid PNG header declaring ``width`` x ``height`` RGB pixels followed by 64 bytes of
     pixel data: a decompression-bomb look-alike for decoding tests."""

@@ -516,5 +516,45 @@ def test_cli_with_embedded_label_studio_and_one_line_errors(loop):
     assert bad.returncode == 2 and bad.stderr.strip() == "annotate: error: --overlap must be in [0, 1], got 2.0"
 
 
+def test_export_to_a_label_studio_without_shared_disk_uploads_the_pictures(loop):
+    """A Label Studio with its own data directory and document root, which the exporter is never
+    told about (as on another machine): pictures go through its import API into its own storage,
+    it serves them, and a second export uploads nothing again."""
+    import cv2
+    import numpy as np
+    data_dir = os.path.join(harness.tmpdir("remote-ls-"), "data")
+    shutil.copytree(os.path.join(loop["root"], "ls-data"), data_dir, ignore=shutil.ignore_patterns("*.log", "home"))
+    server_root = harness.tmpdir("remote-ls-root-")  # its LOCAL_FILES_DOCUMENT_ROOT: never written by us
+    out = harness.tmpdir("remote-export-")
+    argv = ["export", "--selection_id", loop["first"][0]["selection_id"], "--mongo_uri", loop["mongo"].uri,
+            "--output_dir", out, "--label_studio_project", "cams-remote"]
+    with LocalLabelStudio(data_dir, document_root=server_root) as server:
+        remote = argv + ["--label_studio_url", server.url, "--label_studio_api_key", server.api_key]
+        with pytest.raises(ValueError, match="--label_studio_media=local_files needs --label_studio_document_root"):
+            annotate.run(remote + ["--label_studio_media", "local_files"])
+        counts = annotate.run(remote)
+        assert counts["media"] == "upload" and counts["tasks_in_project"] == BUDGET and counts["dead_letters"] == 0
+        client = LabelStudioClient(server.url, server.api_key)
+        project = client.project_by_title("cams-remote")
+        tasks = list(client.tasks(project["id"]))
+        assert {t["data"]["frame_id"] for t in tasks} == {c["frame_id"] for c in loop["first"]}
+        frames = {d["_id"]: d for d in loop["db"]["frames"].find({}, {"embedding": 0})}
+        for task in tasks:
+            image = task["data"]["image"]
+            assert image.startswith(f"/data/upload/{project['id']}/")
+            # In the server's own storage, served by the server at the frame's full resolution.
+            assert os.path.isfile(os.path.join(data_dir, "media", image[len("/data/"):]))
+            picture = client._session.get(client.url + image)
+            assert picture.status_code == 200
+            decoded = cv2.imdecode(np.frombuffer(picture.content, np.uint8), cv2.IMREAD_UNCHANGED)
+            frame = frames[task["data"]["frame_id"]]
+            assert decoded.shape[:2] == (frame["height"], frame["width"])
+        uploads = len(client.file_uploads(project["id"]))
+        assert uploads == BUDGET
+        again = annotate.run(remote)
+        assert again["tasks_in_project"] == BUDGET and len(client.file_uploads(project["id"])) == uploads
+    assert os.listdir(server_root) == []
+
+
 if __name__ == "__main__":
     harness.main(__file__)

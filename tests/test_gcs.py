@@ -100,7 +100,11 @@ def test_bigquery_file_loads_through_gcs(bucket):
     import apache_beam as beam
     from tests.records_factory import frame_record
     from transforms.index import WriteFramesToBigQuery
-    records = [frame_record(f"gs://{bucket.name}/cam/{i}.png") for i in range(5)]
+    from schemas.records import Detection, ModelVersion
+    detector = ModelVersion("nanodet_g.tflite", "fedcba9876543210", "")
+    records = [frame_record(f"gs://{bucket.name}/cam/{i}.png")._replace(
+        detections=(Detection("person", 0, 0.5, (1.0, 2.0, 3.0, 4.0 + i)),), detector=detector, predicted_label="coat")
+        for i in range(5)]
     bad = frame_record(f"gs://{bucket.name}/cam/bad.png")._replace(margin=float("inf"))
     with harness.bigquery_emulator(gcs_data_dir=bucket.data_dir) as endpoint:
         from transforms.common import gcp_emulators
@@ -118,6 +122,11 @@ def test_bigquery_file_loads_through_gcs(bucket):
             rows = list(client.query("SELECT frame_id, indexed_at FROM `loads.frames`").result())
             assert sorted(r["frame_id"] for r in rows) == sorted(r.frame.frame_id for r in records)
             assert all(r["indexed_at"] is not None for r in rows)
+            # The nested detections and the class name load as they stream (REPEATED RECORD).
+            boxes = {r["frame_id"]: (r["y2"], r["predicted_label"]) for r in client.query(
+                "SELECT f.frame_id, d.box.y2, f.predicted_label FROM `loads.frames` AS f, "
+                "UNNEST(f.detections) AS d").result()}
+            assert boxes == {r.frame.frame_id: (r.detections[0].box[3], "coat") for r in records}
         created = client.get_table("loads.frames")
         assert created.time_partitioning.field == "indexed_at"
         assert created.clustering_fields == ["source_uri", "model_version"]

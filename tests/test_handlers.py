@@ -191,6 +191,25 @@ def test_sidecar_errors(exported, tmp_path):
         load_model_spec(str(path))
 
 
+def test_class_names_from_the_sidecar_or_the_bundled_model(exported, tmp_path):
+    from transforms.score.model_base import DEFAULT_MODEL_CLASS_NAMES
+    assert load_model_spec().class_names == DEFAULT_MODEL_CLASS_NAMES  # the bundled model
+    path = tmp_path / "named.onnx"
+    path.write_bytes(open(exported[ONNX], "rb").read())
+    assert load_model_spec(str(path)).class_names == ()  # a model that declares none
+    names = [f"kind {i}" for i in range(10)]
+    (tmp_path / "named.onnx.json").write_text(json.dumps({"class_names": names}))
+    spec = load_model_spec(str(path))
+    assert spec.class_names == tuple(names) and spec.class_name(3) == "kind 3" and spec.class_name(10) is None
+    assert spec.prep() == load_model_spec(exported[ONNX]).prep()  # names change no preprocessing
+    (tmp_path / "named.onnx.json").write_text(json.dumps({"class_names": names[:9]}))
+    with pytest.raises(ValueError, match="9 names, the model has 10 class outputs"):
+        load_model_spec(str(path))
+    (tmp_path / "named.onnx.json").write_text(json.dumps({"class_names": "kind 0"}))
+    with pytest.raises(ValueError, match="class_names must be a list of strings"):
+        load_model_spec(str(path))
+
+
 def test_ensemble_disagreement_through_score_frames(exported, reference, tmp_path):
     """Members: the same CNN as TFLite (agrees: ~0) and a retouched copy (disagrees: equals the
     Jensen-Shannon divergence of the two models' own predictions)."""

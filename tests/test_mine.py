@@ -1,5 +1,6 @@
 """The `mine` job end to end on real media, against a real mongod and the BigQuery emulator;
 its option checks and its run record."""
+import contextlib
 import copy
 import json
 import os
@@ -7,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import apache_beam as beam
@@ -143,16 +145,28 @@ def test_two_worker_processes_give_what_one_gives_with_one_model_copy_each(input
     """The job with two worker processes (FnApiRunner multi_processing) on a fresh database:
     every file accounted for, the same frames and candidates as one in-process worker, each
     worker loading the model once (not per bundle)."""
-    runs = {}
+    runs, scraped = {}, {}
     for workers in (2, 1):
         out_dir = harness.tmpdir(f"mine-{workers}w-")
+        port = harness.free_port()
         argv = [f"--input={g}" for g in inputs] + [
             f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}", f"--mongo_database=workers{workers}",
-            "--budget=10", "--video_fps=1", "--video_split_seconds=20"]
+            "--budget=10", "--video_fps=1", "--video_split_seconds=20", f"--metrics_port={port}"]
         if workers > 1:
             argv += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-        runs[workers] = mine.run(argv), _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
+        with _scraping(port) as scraped[workers]:
+            runs[workers] = mine.run(argv), _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
     (two, two_candidates), (one, one_candidates) = runs[2], runs[1]
+    # --metrics_port: Prometheus saw the frames while the job ran, from the worker processes too
+    # (the client's multiprocess mode), and never more than the run's committed counts.
+    for workers, summary in ((2, two), (1, one)):
+        seen = scraped[workers]
+        assert 0 < seen.get("activebeam_frames_indexed_total", 0) <= summary["frames_written"], (workers, seen)
+        assert seen.get("activebeam_frames_decoded_total", 0) <= summary["frames_written"] + summary["dead_letters"]
+    import prometheus_client  # the in-process run's final values, in this process
+    assert prometheus_client.REGISTRY.get_sample_value("activebeam_candidates_total") == one["candidates"]
+    assert sum(sample.value for metric in prometheus_client.REGISTRY.collect() for sample in metric.samples
+               if sample.name == "activebeam_dead_letters_total") == one["dead_letters"]
     for name in mine.SUMMARY_COUNTERS:
         assert two[name] == one[name], name
     assert two["dead_letters"] == 3 and two["frames_written"] == 80 + 9 + 1 + 41  # + the fmnist/ directory
@@ -161,6 +175,27 @@ def test_two_worker_processes_give_what_one_gives_with_one_model_copy_each(input
     client = pymongo.MongoClient(mongo.uri)
     assert (sorted(client["workers2"]["frames"].distinct("_id"))
             == sorted(client["workers1"]["frames"].distinct("_id")))
+
+
+@contextlib.contextmanager
+def _scraping(port):
+    """Scrapes ``port`` every 0.2 s in a thread while the block runs; yields ``{sample name: the
+    largest value seen}`` (unlabelled samples)."""
+    seen, stop = {}, threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            for (name, labels), value in harness.scrape_metrics(port).items():
+                if not labels:
+                    seen[name] = max(seen.get(name, 0), value)
+            stop.wait(0.2)
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def test_cli_with_embedded_mongod(inputs):
@@ -208,6 +243,9 @@ BAD_OPTIONS = [
     (["--bigquery_candidates_table=p:d.t.x"], "--bigquery_candidates_table must be"),
     (["--output_dir=gs://bucket/out"], "--mongo_uri is required"),
     (["--runner=DataflowRunner", "--mongo_uri=mongodb://127.0.0.1:1"], "--input is required"),
+    (["--metrics_port=70000"], "--metrics_port must be a TCP port"),
+    (["--runner=DataflowRunner", "--mongo_uri=mongodb://127.0.0.1:1", "--metrics_port=9464"],
+     "--metrics_port serves the local runners' metrics"),
 ]
 
 
@@ -311,3 +349,13 @@ def test_run_fails_past_max_dead_letter_fraction_and_accounts_for_every_input(mo
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_every_prometheus_metric_is_documented_with_its_beam_metric():
+    from beam_pipelines.cli import metrics
+    with open(os.path.join(harness.CHECKOUT, "docs", "operations.md")) as f:
+        rows = {line.split("|")[1].strip(" `"): line for line in f if line.startswith("| `activebeam_")}
+    assert set(rows) == {spec.name for spec in metrics.METRICS}
+    for spec in metrics.METRICS:
+        beam_name = spec.beam.split(" ")[0].rstrip(",")
+        assert beam_name in rows[spec.name] or spec.beam.startswith("none"), spec.name

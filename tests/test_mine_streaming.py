@@ -677,3 +677,52 @@ def test_streaming_options_are_checked_before_anything_starts(argv, message):
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_streaming_run_is_scraped_by_prometheus(mongo):
+    """--metrics_port: while a streaming job runs, Prometheus' text format gives its frames,
+    index lag, dead letters by stage and window panes (docs/operations.md)."""
+    root = harness.tmpdir("stream-metrics-")
+    folder, out = os.path.join(root, "incoming"), os.path.join(root, "out")
+    os.makedirs(folder)
+    port = harness.free_port()
+    job = Job([f"--watch={folder}/*.png", "--watch_interval_seconds=1", f"--metrics_port={port}",
+               *_stream_args(out, mongo, "--max_runtime_seconds=600")], "metrics")
+    _wait(lambda: harness.scrape_metrics(port), 120, "the metrics endpoint", job)
+    names = [f"m{i}.png" for i in range(4)]
+    for i, name in enumerate(names):
+        shutil.copyfile(_png(200 + i), os.path.join(root, name))
+        os.replace(os.path.join(root, name), os.path.join(folder, name))
+    with open(os.path.join(root, "broken.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n not a picture")
+    os.replace(os.path.join(root, "broken.png"), os.path.join(folder, "broken.png"))
+    started = time.time()
+
+    def indexed():
+        samples = harness.scrape_metrics(port)
+        done = samples.get(("activebeam_frames_indexed_total", ()), 0) >= 4 and any(
+            name == "activebeam_dead_letters_total" and value >= 1 for (name, _), value in samples.items())
+        return samples if done else None
+    samples = _wait(indexed, 150, "4 frames indexed and a dead letter in the scraped metrics", job)
+    job.check_alive()  # scraped while the job runs
+    assert samples[("activebeam_frames_decoded_total", ())] == 4
+    assert samples[("activebeam_frames_scored_total", ())] == 4
+    dead = {dict(labels)["stage"]: value for (name, labels), value in samples.items()
+            if name == "activebeam_dead_letters_total"}
+    assert sum(dead.values()) == 1 and set(dead) <= {"read", "decode"}, dead
+    assert not any(name == "activebeam_store_write_errors_total" for name, _ in samples)
+    # The lag of each frame: from its event time (the file's mtime) to its MongoDB write.
+    assert samples[("activebeam_index_lag_seconds_count", ())] == 4
+    assert 0 <= samples[("activebeam_index_lag_seconds_sum", ())] <= 4 * (time.time() - started + 5)
+    assert samples[("activebeam_index_lag_seconds_bucket", (("le", "+Inf"),))] == 4
+    # Each window pane written: its kind and its number of candidates.
+    panes = _wait(lambda: (lambda s: s if s.get(("activebeam_window_candidates_count", ())) else None)(harness.scrape_metrics(port)),
+                  60, "a window pane in the scraped metrics", job)
+    on_time = panes.get(("activebeam_window_panes_total", (("pane", "on_time"),)), 0)
+    assert on_time >= 1 and panes[("activebeam_window_candidates_count", ())] == sum(
+        value for (name, _), value in panes.items() if name == "activebeam_window_panes_total")
+    written = int(panes[("activebeam_window_candidates_count", ())])  # lines are logged before they count
+    assert panes[("activebeam_window_candidates_sum", ())] == sum(
+        line["candidates"] for line in _windows_log(out)[:written])
+    assert job.stop(signal.SIGTERM) == 0, job.log()
+    assert harness.scrape_metrics(port) == {}  # the server stops with the job

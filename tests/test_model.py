@@ -8,6 +8,7 @@ import pytest
 
 from models.train_fashion_mnist import load_split
 from tests import harness
+from transforms.score.model_base import DEFAULT_MODEL_CLASS_NAMES
 from transforms.decode.ptransforms import DecodeMedia
 from transforms.score.ptransforms import (default_model_path, load_embedding_classifier, load_model_spec,
                               prepare_input)
@@ -76,6 +77,8 @@ def test_score_frames_through_run_inference(spec):
     pngs = [r for r in records if r.frame.source_uri.endswith(".png")]
     correct = sum(r.predicted_class == labels[os.path.basename(r.frame.source_uri)] for r in pngs)
     assert correct >= 85, f"{correct}/100 PNG frames classified as labelled"
+    # Every record names its class (the bundled model's Fashion-MNIST names).
+    assert all(r.predicted_label == DEFAULT_MODEL_CLASS_NAMES[r.predicted_class] for r in records)
     # Camera frames are far from Fashion-MNIST: the model is less sure about them.
     video = [r.entropy for r in records if r.frame.media_type == "video"]
     assert np.median(video) > np.median([r.entropy for r in pngs])

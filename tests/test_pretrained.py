@@ -360,7 +360,7 @@ def test_mine_with_the_default_models(models, tmp_path):
                     for d in client.activebeam.frames.find()}
         reports = stats.mongo_stats(server.uri)
         rows = {r["frame_id"]: dict(r.items()) for r in bigquery.query(
-            f"SELECT frame_id, detections, detector_name, duplicate_group, detection_sum "
+            f"SELECT frame_id, detections, detector_name, duplicate_group, detection_sum, predicted_label "
             f"FROM `{table.replace(':', '.')}`").result()}
     assert summary["frames_written"] == len(docs) == len(rows) == 3 + 8
     assert summary["strategy"] == "uncertainty_kcenter"  # the default: uncertain and diverse
@@ -373,12 +373,13 @@ def test_mine_with_the_default_models(models, tmp_path):
         for det in doc["detections"]:
             assert set(det) == {"label", "class_id", "score", "box"}
             assert nanodet.COCO_CLASSES[det["class_id"]] == det["label"] and 0 <= det["score"] <= 1
-            x1, y1, x2, y2 = det["box"]
+            x1, y1, x2, y2 = (det["box"][c] for c in ("x1", "y1", "x2", "y2"))
             assert 0 <= x1 < x2 <= doc["width"] and 0 <= y1 < y2 <= doc["height"]
         assert {"detection_sum", "detection_rare_class"} <= set(doc["scores"])
         # --detector_flip auto: the default selection does not read the flip-TTA score, so the
         # detector runs once per frame
         assert "detection_localisation" not in doc["scores"]
+        assert doc["predicted_label"] == pretrained.class_names("efficientnet_lite0")[doc["predicted_class"]]
     assert summary["detector"]["flip"] is False
     video = [d for k, d in docs.items() if k.startswith("vtest.avi")]
     assert all(sum(det["label"] == "person" for det in d["detections"]) >= 3 for d in video)
@@ -390,6 +391,7 @@ def test_mine_with_the_default_models(models, tmp_path):
         candidates = [json.loads(line) for line in f]
     chosen = {c["frame_id"] for c in candidates}
     docs_by_id = {d["_id"]: d for d in docs.values()}
+    assert all(c["predicted_label"] == docs_by_id[c["frame_id"]]["predicted_label"] for c in candidates)
     assert len(candidates) == len(docs) - 1 and copy["_id"] not in chosen and first["_id"] in chosen
     # The first is the most uncertain frame; each later one the farthest from those before it,
     # and says so (its distance to the earlier picks, the rule that admitted it).
@@ -406,10 +408,10 @@ def test_mine_with_the_default_models(models, tmp_path):
     with open(os.path.join(out_dir, "report", "index.html")) as f:
         assert "coverage radius / k-centre" in f.read()
     assert reports["near_duplicates"] == [{"duplicate_group": first["_id"], "frames": 2, "sources": 2}]
-    # BigQuery holds the same: detections as JSON text, the detector, the group.
+    # BigQuery holds the same: detections as ARRAY<STRUCT>, the class name, the detector, the group.
     for doc in docs.values():
         row = rows[doc["_id"]]
-        assert json.loads(row["detections"]) == doc["detections"]
+        assert row["detections"] == doc["detections"] and row["predicted_label"] == doc["predicted_label"]
         assert row["detector_name"] == pretrained.DETECTOR_FILE and row["duplicate_group"] == doc["duplicate_group"]
         assert row["detection_sum"] == pytest.approx(doc["scores"]["detection_sum"])
 

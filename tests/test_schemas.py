@@ -70,6 +70,46 @@ def test_rows_to_mongo_documents():
         tables.to_mongo_document(tables.runs_table(), {"job": "mine"})
 
 
+def test_nested_detections_are_checked_before_they_are_sent():
+    from schemas.frames import to_bigquery_row
+    from schemas.records import Detection, ModelVersion
+    record = frame_record("file:///cam/a.png")._replace(
+        detections=(Detection("person", 0, 0.5, (1.0, 2.0, 30.0, 40.0)),), detector=ModelVersion("d", "v", ""))
+    row = to_bigquery_row(record)
+    assert row["detections"] == [{"label": "person", "class_id": 0, "score": 0.5,
+                                  "box": {"x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 40.0}}]
+    spec = tables.frames_table()
+    assert tables.bigquery_row_errors(spec, row) == []
+    legacy = dict(row, detections=[dict(row["detections"][0], box=[1.0, 2.0, 30.0, 40.0])])  # an old list box
+    assert tables.bigquery_row_errors(spec, legacy) == ["detections.box: expected a RECORD (dict), got list"]
+    missing = dict(row, detections=[dict(row["detections"][0], box={"x1": 1.0, "y1": 2.0, "x2": 3.0})])
+    assert tables.bigquery_row_errors(spec, missing) == ["detections.box.y2: REQUIRED value missing"]
+
+
+def test_migration_plan_of_an_earlier_frames_table():
+    from schemas import migrations
+    spec = tables.frames_table()
+    current = tables.bigquery_fields(spec)
+    assert migrations.bigquery_plan("p.d.frames", spec, current) == migrations.BigQueryPlan([], [], current)
+    old = [dict(c, type="STRING", mode="NULLABLE") if c["name"] == "detections" else c
+           for c in current if c["name"] != "predicted_label"]
+    plan = migrations.bigquery_plan("p.d.frames", spec, old, {"cnn": ["a", "b"]})
+    assert [s.sql for s in plan.ddl] == [
+        "ALTER TABLE `p.d.frames` RENAME COLUMN detections TO detections_json",
+        "ALTER TABLE `p.d.frames` ADD COLUMN IF NOT EXISTS detections ARRAY<STRUCT<label STRING, class_id INT64, "
+        "score FLOAT64, box STRUCT<x1 FLOAT64, y1 FLOAT64, x2 FLOAT64, y2 FLOAT64>>>",
+        "ALTER TABLE `p.d.frames` ADD COLUMN IF NOT EXISTS predicted_label STRING"]
+    assert "JSON_QUERY_ARRAY(detections_json)" in plan.fills[0].sql
+    assert plan.fills[1].parameters == (("names", "ARRAY<STRING>", ["a", "b"]), ("model", "STRING", "cnn"))
+    names = [c["name"] for c in plan.schema]
+    assert names[-2:] == ["detections", "predicted_label"] and "detections_json" in names
+    with pytest.raises(migrations.MigrationError, match="REQUIRED column frame_id"):
+        migrations.bigquery_plan("p.d.frames", spec, [c for c in current if c["name"] != "frame_id"])
+    with pytest.raises(migrations.MigrationError, match="no migration step"):
+        migrations.bigquery_plan("p.d.frames", spec, [dict(c, type="STRING") if c["name"] == "width" else c
+                                                      for c in current])
+
+
 def test_unknown_type_is_a_clear_error():
     spec = tables.runs_table()._replace(fields=(frames.Field("x", "GEOGRAPHY", "NULLABLE", ""),))
     with pytest.raises(ValueError, match="GEOGRAPHY"):

@@ -8,6 +8,7 @@ import pytest
 from beam_pipelines import stats
 from schemas import tables
 from schemas.annotations import make_annotation_id
+from schemas.records import Detection, ModelVersion
 from tests import harness
 from tests.records_factory import TEST_MODEL, frame_record
 from transforms.index.bigquery_client import ensure_table
@@ -18,6 +19,12 @@ RECORDS = ([frame_record("gs://b/cam1/a.mp4", i, timestamp_s=float(i)) for i in 
 # Frames 1 and 2 of a.mp4 and c.png are near-duplicates; frame 1 represents them.
 GROUP = RECORDS[1].frame.frame_id
 RECORDS = [r._replace(duplicate_group=GROUP) if i in (1, 2, 6) else r for i, r in enumerate(RECORDS)]
+# Every frame names its class; a detector found two people in frame 0 of a.mp4 and a car in b.png.
+DETECTOR = ModelVersion("nanodet_g.tflite", "fedcba9876543210", "")
+BOXES = {0: (Detection("person", 0, 0.75, (2.0, 4.0, 12.0, 24.0)), Detection("person", 0, 0.25, (0.0, 0.0, 10.0, 10.0))),
+         5: (Detection("car", 2, 0.4, (1.0, 1.0, 5.0, 3.0)),)}
+RECORDS = [r._replace(predicted_label="coat", detections=BOXES.get(i, ()), detector=DETECTOR if i in BOXES else None)
+           for i, r in enumerate(RECORDS)]
 SELECTIONS = {"sel-1": RECORDS[:3], "sel-2": RECORDS[4:6]}
 LABELS = [(RECORDS[0], "coat", "ann"), (RECORDS[1], "coat", "ann"), (RECORDS[0], "coat", "bob"),
           (RECORDS[5], "bag", "ann")]
@@ -60,6 +67,13 @@ def expected(today):
         "labelling_funnel": [],  # nothing sent to annotators (tests/test_annotate.py fills them)
         "qc_per_annotator": [],
         "near_duplicates": [{"duplicate_group": GROUP, "frames": 3, "sources": 2}],
+        # From the detections' STRUCTs: UNNEST on BigQuery, $unwind on MongoDB.
+        "detections_per_label": [
+            {"label": "person", "boxes": 2, "frames": 1, "mean_score": 0.5, "uncertain_boxes": 1,
+             "mean_area_px": (10 * 20 + 10 * 10) / 2},
+            {"label": "car", "boxes": 1, "frames": 1, "mean_score": 0.4, "uncertain_boxes": 1, "mean_area_px": 8.0}],
+        "frames_per_predicted_label": [
+            {"model_version": TEST_MODEL.version, "predicted_class": 0, "predicted_label": "coat", "frames": 7}],
     }
 
 

@@ -42,7 +42,8 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from beam_pipelines.cli import preflight, shutdown
-from beam_pipelines.annotate.options import PROG, AnnotateJob, AnnotateOptions, check_options, split_command
+from beam_pipelines.annotate.options import (PROG, UPLOAD, AnnotateJob, AnnotateOptions, check_options,
+                                            split_command)
 from beam_pipelines.mine.options import MineOptions
 from schemas.labelling import LABEL_ISSUE_TYPES
 from transforms.annotate import label_studio as ls
@@ -56,6 +57,8 @@ REVIEW_SUFFIX = "-review"
 #: Issues listed in the QC report (all are in the label_issues table).
 REPORTED_ISSUES = 50
 MEDIA_FOLDER = "label-studio-media"
+#: Scratch folder (under --output_dir) of the pictures uploaded to a Label Studio without shared disk.
+UPLOAD_FOLDER = "label-studio-upload"
 #: The bundled model's classes, when the frames were scored by it.
 BUNDLED_MODEL = "fashion_mnist_cnn"
 
@@ -88,7 +91,9 @@ class Session:
             return self
         if self.o.label_studio_url:
             self.url, key = self.o.label_studio_url, self.o.label_studio_api_key
-            self.document_root = os.path.abspath(self.o.label_studio_document_root or self.job.output_dir)
+            # None: a server this job cannot write files for (pictures are uploaded)
+            self.document_root = (os.path.abspath(self.o.label_studio_document_root)
+                                  if self.o.label_studio_document_root else None)
         else:
             from beam_pipelines.local.label_studio import LabelStudioNotFound, LabelStudioStartError, LocalLabelStudio
             try:
@@ -214,9 +219,13 @@ def export(options, job: AnnotateJob) -> dict:
         classes = job.classes or _default_classes(list(frames.values()), kind)
         title = s.project_title(kind)
         project = s.client.ensure_project(title, ls.label_config(kind, classes), maximum_annotations=1)
-        media_dir = os.path.join(s.document_root, MEDIA_FOLDER, re.sub(r"[^A-Za-z0-9._-]+", "_", title))
+        upload = o.label_studio_media == UPLOAD or (o.label_studio_media == "auto" and s.document_root is None)
+        document_root = None if upload else s.document_root
+        media_dir = os.path.join(document_root or job.output_dir, UPLOAD_FOLDER if upload else MEDIA_FOLDER,
+                                 re.sub(r"[^A-Za-z0-9._-]+", "_", title))
         os.makedirs(media_dir, exist_ok=True)
-        s.client.ensure_local_storage(project["id"], media_dir)
+        if not upload:
+            s.client.ensure_local_storage(project["id"], media_dir)
         items = []
         for c in candidates:
             frame = frames.get(c["frame_id"])
@@ -228,7 +237,7 @@ def export(options, job: AnnotateJob) -> dict:
                                     gold_boxes=answer.get("boxes"), overlap=2))
         dead_path = os.path.join(job.output_dir, DEAD_LETTER_FILE)
         export_transform = ExportToLabelStudio(s.url, s.api_key, project["id"], title, kind, classes,
-                                               media_dir=media_dir, document_root=s.document_root)
+                                               media_dir=media_dir, document_root=document_root)
 
         def build(p):
             exported = p | "Frames" >> beam.Create(items) | "Export" >> export_transform
@@ -242,7 +251,8 @@ def export(options, job: AnnotateJob) -> dict:
         counts = {"project": title, "project_id": project["id"], "kind": kind, "classes": list(classes),
                   "selection_id": o.selection_id, "candidates": len(candidates), "gold_tasks": len(gold),
                   "tasks_in_project": synced, "dead_letters": _count_lines(dead_path),
-                  "label_studio_url": s.url, **_labelling_cost(s.db, items)}
+                  "label_studio_url": s.url, "media": "upload" if upload else "local_files",
+                  **_labelling_cost(s.db, items)}
         if o.serve and s.embedded_ls:
             print(json.dumps(counts, indent=2), flush=True)
             print(f"serving Label Studio at {s.url} until Ctrl-C ...", flush=True)

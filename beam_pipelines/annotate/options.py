@@ -14,6 +14,9 @@ from transforms.annotate import qc
 
 SUBCOMMANDS = ("export", "import", "qc", "dataset")
 TASK_KINDS = ("auto", "classification", "detection")
+#: How Label Studio gets the pictures of ``export`` (``--label_studio_media``).
+LOCAL_FILES, UPLOAD = "local_files", "upload"
+MEDIA_MODES = ("auto", LOCAL_FILES, UPLOAD)
 PROG = "python -m beam_pipelines.annotate"
 DEFAULT_REVIEW_BUDGET = 20
 
@@ -35,8 +38,14 @@ class AnnotateOptions(PipelineOptions):
         parser.add_argument("--label_studio_project", default=None,
                             help="Project title. Default: activebeam-<task kind>.")
         parser.add_argument("--label_studio_document_root", default=None,
-                            help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (pictures are written under it). "
-                                 "Default: the embedded server's, --output_dir.")
+                            help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT, when this job can write there "
+                                 "(pictures are written under it). Default: the embedded server's, --output_dir; "
+                                 "with --label_studio_url, none: pictures are uploaded.")
+        parser.add_argument("--label_studio_media", default="auto", choices=MEDIA_MODES,
+                            help="export: how Label Studio gets the pictures. local_files: written under "
+                                 "--label_studio_document_root, served by its local-files storage; upload: "
+                                 "through its import API into its own storage (a server on another machine). "
+                                 "auto: local_files when a document root is known, else upload.")
         parser.add_argument("--task", default="auto", choices=TASK_KINDS,
                             help="auto: detection when the frames carry detections, else classification.")
         parser.add_argument("--classes", default=None,
@@ -125,9 +134,10 @@ def check_options(command: str, options: PipelineOptions) -> AnnotateJob:
             raise ValueError(f"--label_studio_url must be an http(s) URL, got {o.label_studio_url!r}")
         if not o.label_studio_api_key:
             raise ValueError("--label_studio_url needs --label_studio_api_key")
-        if command == "export" and not o.label_studio_document_root:
-            raise ValueError("--label_studio_url needs --label_studio_document_root for export "
-                             "(the server's LOCAL_FILES_DOCUMENT_ROOT, where pictures are written)")
+    if o.label_studio_media == LOCAL_FILES and o.label_studio_url and not o.label_studio_document_root:
+        raise ValueError("--label_studio_media=local_files needs --label_studio_document_root (the server's "
+                         "LOCAL_FILES_DOCUMENT_ROOT, where pictures are written); or let them be uploaded "
+                         "(--label_studio_media=upload)")
     for flag, value in (("overlap", o.overlap), ("min_agreement", o.min_agreement),
                         ("min_gold_accuracy", o.min_gold_accuracy), ("iou_threshold", o.iou_threshold)):
         check_range(flag, value, 0.0 <= value <= 1.0, "in [0, 1]")

@@ -96,14 +96,22 @@ class CountProgress(beam.PTransform):
         self._dir = progress_dir
 
     def expand(self, pcolls):
-        pipeline = None
-        for name, value in pcolls.items():
-            parts = list(value) if isinstance(value, (list, tuple)) else [value]
-            for i, pcoll in enumerate(parts):
-                label = f"Count_{name}" if len(parts) == 1 else f"Count_{name}_{i}"
-                _ = pcoll | label >> beam.ParDo(_Tally(self._dir, name))
-                pipeline = pcoll.pipeline
-        return beam.pvalue.PDone(pipeline)
+        return observe_each(pcolls, "Count", lambda name: _Tally(self._dir, name))
+
+
+def observe_each(pcolls: dict, prefix: str, make_fn) -> beam.pvalue.PDone:
+    """Applies ``ParDo(make_fn(name))`` (a DoFn that emits nothing) to each PCollection of
+    ``{name: PCollection or sequence of PCollections}``, labelled ``PREFIX_name[_i]``; the
+    observed PCollections are not changed. What :class:`CountProgress` and
+    :class:`beam_pipelines.cli.metrics.ExportMetrics` share."""
+    pipeline = None
+    for name, value in pcolls.items():
+        parts = list(value) if isinstance(value, (list, tuple)) else [value]
+        for i, pcoll in enumerate(parts):
+            label = f"{prefix}_{name}" if len(parts) == 1 else f"{prefix}_{name}_{i}"
+            _ = pcoll | label >> beam.ParDo(make_fn(name))
+            pipeline = pcoll.pipeline
+    return beam.pvalue.PDone(pipeline)
 
 
 def read_counts(progress_dir: str) -> Dict[str, int]:

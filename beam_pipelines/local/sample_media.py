@@ -23,15 +23,13 @@ import tempfile
 import numpy as np
 
 from beam_pipelines.local.home import media_dir
+from transforms.score.model_base import DEFAULT_MODEL_CLASS_NAMES
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 OPENCV_HTML = "/usr/share/doc/opencv-doc/opencv4/html"
 FASHION_MNIST_COUNT = 300
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-CLASS_NAMES = (
-    "t-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)
+CLASS_NAMES = DEFAULT_MODEL_CLASS_NAMES  # the bundled model is trained on these labels
 
 
 def read_idx(path: str) -> np.ndarray:

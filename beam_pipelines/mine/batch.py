@@ -39,7 +39,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from beam_pipelines import report
 from beam_pipelines.report import figures
-from beam_pipelines.cli import preflight, progress, shutdown
+from beam_pipelines.cli import metrics, preflight, progress, shutdown
 from beam_pipelines.local import emulators, sample_media, worker as local_worker
 from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, priced, run_facts
 from beam_pipelines.mine.options import (MineOptions, check_options, dead_letter_fraction, decode_options,
@@ -85,9 +85,10 @@ class MineFrames(beam.PTransform):
                  inputs: Sequence[str] = (), project: Optional[str] = None,
                  progress_dir: Optional[str] = None, exclude_labelled: bool = True,
                  detector: Optional[DetectorHandler] = None, near_duplicate_similarity: float = 0.0,
-                 selection_embedding: str = "frame"):
+                 selection_embedding: str = "frame", export_metrics: bool = False):
         super().__init__()
         self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
+        self._export_metrics = export_metrics  # Prometheus (--metrics_port, local runners)
         self._decode = DecodeMedia(video_fps, **(decode_options or {}))
         if detector_background:
             detector = DetectorHandler(BackgroundDifferenceDetector(detector_background))
@@ -144,6 +145,9 @@ class MineFrames(beam.PTransform):
             # Files counted as each step decodes them, not after the flatten of all outcomes.
             _ = {"files": decoded.outcome_steps, "frames_decoded": decoded.frames, "frames_scored": model_outputs,
                  "frames_indexed": indexed.frame_ids} | "Progress" >> progress.CountProgress(self._progress_dir)
+        if self._export_metrics:
+            _ = {"frames_decoded": decoded.frames, "frames_scored": model_outputs, "frames_indexed": indexed.frame_ids,
+                 "dead_letters": dead_letters, "candidates": candidates} | "Metrics" >> metrics.ExportMetrics()
         candidates | "WriteCandidates" >> WriteCandidates(self._path(CANDIDATES_FILE))
         dead_letters | "WriteDeadLetters" >> WriteDeadLetters(self._path(DEAD_LETTER_FILE))
         outcomes = decoded.outcomes
@@ -277,6 +281,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
     with contextlib.ExitStack() as stack:
         stack.enter_context(cpus_shared_between_workers(options))
         stack.enter_context(shutdown.removes_beam_temp(job.output_dir))
+        stack.enter_context(metrics.serve(
+            mine.metrics_port, mine.metrics_host,
+            multiprocess=options.view_as(DirectOptions).direct_running_mode == "multi_processing"))
         mongo_uri = mine.mongo_uri or embedded_mongod(stack, job.output_dir)
         job = priced(mine, job, mongo_uri)
         facts = run_facts(mine, job, globs, mongo_uri, model)
@@ -300,7 +307,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
                 project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir,
-                exclude_labelled=not mine.include_labelled)
+                exclude_labelled=not mine.include_labelled, export_metrics=mine.metrics_port is not None)
             try:
                 result = _run_pipeline(options, job.runner, globs, mine_frames)
             except Exception as e:

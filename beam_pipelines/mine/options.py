@@ -168,6 +168,14 @@ class MineOptions(PipelineOptions):
             "--include_labelled", action="store_true",
             help="Let the selection pick frames already sent for labelling or labelled (label_tasks, "
                  "annotations) and their near-duplicates; by default they are skipped.")
+        parser.add_argument("--metrics_port", type=int, default=None,
+                            help="Local runners: serve Prometheus metrics (frames decoded/scored/indexed, "
+                                 "index lag, dead letters by stage, store write errors, candidates) on "
+                                 "http://HOST:PORT/metrics while the job runs (docs/operations.md). On "
+                                 "Dataflow the same figures are the job's metrics in Cloud Monitoring.")
+        parser.add_argument("--metrics_host", default="127.0.0.1",
+                            help="Address --metrics_port listens on (0.0.0.0: every interface, for a "
+                                 "Prometheus server on another machine). Default: 127.0.0.1.")
         parser.add_argument("--quiet", action="store_true",
                             help="No progress lines while the job runs (local runners print one every few seconds).")
         parser.add_argument("--uniqueness_k", type=int, default=3,
@@ -314,6 +322,11 @@ def check_options(options: PipelineOptions) -> MineJob:
         raise ValueError("--seconds_per_frame and --seconds_per_box cannot both be 0")
     if mine.strategy != VESSAL:  # a rate, not a budget
         strategy_params["budget_unit"] = mine.budget_unit
+    if mine.metrics_port is not None:
+        check_range("metrics_port", mine.metrics_port, 0 < mine.metrics_port < 65536, "a TCP port, 1-65535")
+        if not local_runner:
+            raise ValueError(f"--metrics_port serves the local runners' metrics; the {runner} job's are "
+                             f"in its console and Cloud Monitoring (docs/operations.md)")
     if mine.selection_embedding == "objects" and not (detector or mine.detector_background):
         raise ValueError("--selection_embedding=objects needs a detector: set --detector")
     _check_tables(mine)

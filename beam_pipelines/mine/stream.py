@@ -49,7 +49,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
-from beam_pipelines.cli import preflight, shutdown
+from beam_pipelines.cli import metrics, preflight, shutdown
 from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, priced, run_facts
 from beam_pipelines.mine.options import (MineJob, MineOptions, StreamingOptions, check_options, decode_options,
                                          stage_models)
@@ -153,9 +153,10 @@ class MineStream(beam.PTransform):
                  strategy_params: Optional[dict] = None, video_fps: float = 1.0,
                  decode_options: Optional[dict] = None, uniqueness_k: int = 0,
                  bigquery_table: Optional[str] = None, project: Optional[str] = None,
-                 feed: Optional[FeedSpec] = None):
+                 feed: Optional[FeedSpec] = None, export_metrics: bool = False):
         super().__init__()
         self._job, self._model, self._feed = job, model, feed
+        self._export_metrics = export_metrics  # Prometheus (--metrics_port, local runner)
         feed_id = feed.feed_id if feed else None
         self._ledger = LedgerConfig(mongo_uri, mongo_database, job.input_name, run_id)
         self._read = ReadArrivals(subscription=job.subscription, glob=job.watch, interval_s=job.interval_s,
@@ -221,7 +222,11 @@ class MineStream(beam.PTransform):
         panes = ((timed.records, dead_letters, restored)
                  | "ForWindows" >> beam.Flatten()
                  | "SelectPerWindow" >> self._select)
-        return panes | "WriteWindows" >> self._write
+        written = panes | "WriteWindows" >> self._write
+        if self._export_metrics:
+            _ = {"frames_decoded": decoded.frames, "frames_scored": scored.records, "frames_indexed": indexed.frame_ids,
+                 "dead_letters": dead_letters, "window_panes": written} | "Metrics" >> metrics.ExportMetrics()
+        return written
 
 
 #: On Dataflow, how late (behind the watermark) a notification may be read and still be mined.
@@ -418,13 +423,15 @@ def run(argv) -> dict:
         with RunRecord(lineage, mongo_uri, mine.mongo_database) as record:
             feed, endpoint = (_start_feed(stack, job, mongo_uri, mine.mongo_database, lineage.run_id)
                               if job.local else (None, None))
+            stack.enter_context(metrics.serve(mine.metrics_port, mine.metrics_host))
             pipeline = beam.Pipeline(runner=job.runner, options=options)
             _ = pipeline | "Mine" >> MineStream(
                 job, model, mongo_uri, lineage.run_id, detector=detector, mongo_database=mine.mongo_database,
                 budget=mine.budget, strategy=mine.strategy, strategy_params=job.mine.strategy_params,
                 video_fps=mine.video_fps, decode_options=decode_options(mine), uniqueness_k=mine.uniqueness_k,
                 bigquery_table=mine.bigquery_table, project=project,
-                feed=FeedSpec(endpoint, feed.id, bool(job.model_watch)) if feed else None)
+                feed=FeedSpec(endpoint, feed.id, bool(job.model_watch)) if feed else None,
+                export_metrics=mine.metrics_port is not None)
             result = pipeline.run()
             if not job.local:  # Dataflow: the job runs on; drain it with gcloud
                 record.finish_as("running")

@@ -8,7 +8,7 @@ Pure functions over files, no Beam::
 A frame is decoded again the way the ``mine`` job decoded it
 (:func:`transforms.decode.redecode.map_frames`).
 
-Detector boxes (``detections``: ``[{label, class_id, score, box: [x1, y1, x2, y2]}]`` in pixels
+Detector boxes (``detections``: ``[{label, class_id, score, box: {x1, y1, x2, y2}}]`` in pixels
 of the decoded frame, ``width`` x ``height``) are drawn into both pictures. Each frame gives a
 small JPEG thumbnail (``thumbs/<frame_id>.jpg``) and a larger one (``frames/<frame_id>.jpg``)
 that the thumbnail links to. A frame that cannot be decoded again gets an ``error`` instead.
@@ -18,6 +18,7 @@ from typing import Dict, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from schemas.records import box_corners
 from transforms.decode.images import resize_longest_side
 from transforms.decode.redecode import FrameRequest, map_frames  # noqa: F401  (FrameRequest: re-exported)
 
@@ -92,16 +93,17 @@ def _scale(request: FrameRequest, decoded: np.ndarray, shown: np.ndarray) -> flo
 
 
 def draw_boxes(rgb: np.ndarray, detections: Sequence[dict], scale: float = 1.0) -> np.ndarray:
-    """A copy of ``rgb`` with each detection's ``box`` ``[x1, y1, x2, y2]`` (times ``scale``)
+    """A copy of ``rgb`` with each detection's ``box`` ``{x1, y1, x2, y2}`` (times ``scale``)
     outlined and labelled ``label score``."""
     import cv2
     out = np.ascontiguousarray(rgb).copy()
     thickness = max(1, round(max(out.shape[:2]) / 300))
     for det in detections:
-        box = det.get("box")
-        if not box or len(box) != 4:
+        try:
+            box = box_corners(det.get("box"))
+        except ValueError:
             continue
-        x1, y1, x2, y2 = (int(round(float(v) * scale)) for v in box)
+        x1, y1, x2, y2 = (int(round(v * scale)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), BOX_COLOUR, thickness)
         label = str(det.get("label", det.get("class_id", "")))
         if det.get("score") is not None:

@@ -15,7 +15,10 @@ Reports (same names and columns from both stores):
 * ``qc_per_annotator``: the latest ``annotate qc`` of each project: per annotator and per batch,
   annotations, class agreement, box F1, gold accuracy, throughput, accepted and relabelled tasks;
 * ``near_duplicates``: frames and sources per near-duplicate group (``duplicate_group``, the
-  frame_id of the group's representative, the one frame of the group that can be a candidate).
+  frame_id of the group's representative, the one frame of the group that can be a candidate);
+* ``detections_per_label``: the detector's boxes per label (BigQuery: ``UNNEST(detections)``,
+  MongoDB: ``$unwind``): boxes, frames, mean confidence, boxes below 0.5 and mean box area (px²);
+* ``frames_per_predicted_label``: frames per model version and predicted class, with its name.
 
 On BigQuery each report is the SQL view shipped in ``schemas/views/NAME.sql`` (``{dataset}``
 stands for ``PROJECT.DATASET``); ``--create_views`` also creates them as views in the dataset.
@@ -31,7 +34,8 @@ from typing import Dict, List
 import schemas
 
 REPORTS = ("overview", "frames_per_source_day", "candidates_per_selection", "annotations_per_label",
-           "labelling_funnel", "qc_per_annotator", "near_duplicates")
+           "labelling_funnel", "qc_per_annotator", "near_duplicates", "detections_per_label",
+           "frames_per_predicted_label")
 QC_COLUMNS = ("project", "scope", "name", "annotations", "class_agreement", "box_f1", "gold_accuracy",
               "per_hour", "accepted", "relabel")
 VIEWS_DIR = os.path.join(os.path.dirname(os.path.abspath(schemas.__file__)), "views")
@@ -87,7 +91,29 @@ def _mongo_reports(database) -> Dict[str, List[dict]]:
         "labelling_funnel": _mongo_funnel(database),
         "qc_per_annotator": _mongo_latest_qc(database),
         "near_duplicates": list(near_duplicates),
+        "detections_per_label": _mongo_detections_per_label(frames),
+        "frames_per_predicted_label": list(frames.aggregate([
+            {"$group": {"_id": {"model_version": "$model.version", "predicted_class": "$predicted_class",
+                                "predicted_label": "$predicted_label"}, "frames": {"$sum": 1}}},
+            {"$project": {"_id": 0, "model_version": "$_id.model_version", "predicted_class": "$_id.predicted_class",
+                          "predicted_label": "$_id.predicted_label", "frames": 1}},
+            {"$sort": {"model_version": 1, "frames": -1, "predicted_class": 1}}])),
     }
+
+
+def _mongo_detections_per_label(frames) -> List[dict]:
+    """``detections_per_label`` (as ``schemas/views/detections_per_label.sql``)."""
+    box = "$detections.box"
+    area = {"$multiply": [{"$subtract": [f"{box}.x2", f"{box}.x1"]}, {"$subtract": [f"{box}.y2", f"{box}.y1"]}]}
+    return list(frames.aggregate([
+        {"$unwind": "$detections"},
+        {"$group": {"_id": "$detections.label", "boxes": {"$sum": 1}, "frames": {"$addToSet": "$_id"},
+                    "mean_score": {"$avg": "$detections.score"},
+                    "uncertain_boxes": {"$sum": {"$cond": [{"$lt": ["$detections.score", 0.5]}, 1, 0]}},
+                    "mean_area_px": {"$avg": area}}},
+        {"$project": {"_id": 0, "label": "$_id", "boxes": 1, "frames": {"$size": "$frames"}, "mean_score": 1,
+                      "uncertain_boxes": 1, "mean_area_px": 1}},
+        {"$sort": {"boxes": -1, "label": 1}}]))
 
 
 def _mongo_funnel(database) -> List[dict]:

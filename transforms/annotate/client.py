@@ -14,6 +14,7 @@ works the same way on Label Studio 1.23). Errors raise :class:`LabelStudioError`
 method, path, status and the start of the server's answer. References: Label Studio's API
 reference (https://api.labelstud.io/api-reference/introduction/getting-started).
 """
+import os
 import time
 from typing import Dict, Iterator, List, Optional
 
@@ -110,6 +111,22 @@ class LabelStudioClient:
         return self.request("POST", "/api/storages/localfiles",
                             json={"project": project_id, "path": path, "use_blob_urls": False,
                                   "title": "activebeam frames"})
+
+    def upload_file(self, project_id: int, path: str) -> str:
+        """Uploads a picture into the project's storage on the server (its import API without
+        creating a task: ``commit_to_project=false``); returns the URL tasks refer to it by
+        (``/data/upload/<project>/<name>``), served by Label Studio to logged-in users."""
+        with open(path, "rb") as f:
+            answer = self.request("POST", f"/api/projects/{project_id}/import",
+                                  params={"commit_to_project": "false"},
+                                  files={"file": (os.path.basename(path), f, "image/png")})
+        (upload_id,) = answer["file_upload_ids"]
+        stored = self.request("GET", f"/api/import/file-upload/{upload_id}")["file"]
+        return "/data/" + stored.lstrip("/")
+
+    def file_uploads(self, project_id: int) -> List[dict]:
+        """The files uploaded into the project (``{id, file, size}``)."""
+        return self.request("GET", f"/api/projects/{project_id}/file-uploads", params={"all": "true"}) or []
 
     # -- tasks ---------------------------------------------------------------------------------
     def import_tasks(self, project_id: int, tasks: List[dict]) -> dict:

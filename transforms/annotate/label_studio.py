@@ -25,6 +25,8 @@ import urllib.parse
 from typing import List, NamedTuple, Optional, Sequence
 from xml.sax.saxutils import quoteattr
 
+from schemas.records import box_corners
+
 CLASSIFICATION = "classification"
 DETECTION = "detection"
 TASK_KINDS = (CLASSIFICATION, DETECTION)
@@ -125,7 +127,7 @@ def prediction(frame: dict, kind: str, classes: Sequence[str]) -> Optional[dict]
     """The model's pre-annotation of a frame document, in Label Studio's ``predictions`` form.
 
     Detection (``kind == "detection"``): one ``rectanglelabels`` result per entry of the frame's
-    ``detections`` (``{label, score, box}``, pixels of ``width`` x ``height``), the prediction's
+    ``detections`` (``{label, score, box: {x1, y1, x2, y2}}``, pixels of ``width`` x ``height``), the prediction's
     score their mean. Classification: one ``choices`` result with the name of
     ``predicted_class``, scored by its probability (``probabilities[predicted_class]`` when stored,
     else ``1 - least_confidence``).
@@ -143,9 +145,13 @@ def prediction(frame: dict, kind: str, classes: Sequence[str]) -> Optional[dict]
         width, height = int(frame["width"]), int(frame["height"])
         results, scores = [], []
         for det in frame.get("detections") or ():
-            if det.get("label") not in classes or not det.get("box") or len(det["box"]) != 4:
+            try:
+                box = box_corners(det.get("box"))
+            except ValueError:
                 continue
-            value = dict(box_to_percent(det["box"], width, height), rectanglelabels=[str(det["label"])])
+            if det.get("label") not in classes:
+                continue
+            value = dict(box_to_percent(box, width, height), rectanglelabels=[str(det["label"])])
             results.append({"from_name": FROM_NAME, "to_name": TO_NAME, "type": RESULT_TYPES[DETECTION],
                             "original_width": width, "original_height": height, "value": value,
                             "score": float(det.get("score", 0.0))})

@@ -19,7 +19,8 @@
 
 * :class:`ExportToLabelStudio` groups frames by source file, decodes each frame again at full
   resolution (:func:`transforms.decode.redecode.map_frames`: one pass per video), writes it as a
-  PNG under ``media_dir`` (which Label Studio serves through its local-files storage), then imports
+  PNG under ``media_dir`` (which Label Studio serves through its local-files storage, or, for a
+  server the job cannot write files for, from which it is uploaded through the import API), then imports
   tasks in batches with the model's pre-annotations
   (:func:`transforms.annotate.label_studio.make_task`). A frame whose task already exists in the
   project (its ``data.frame_id``) is not imported again: exporting twice makes no duplicate.
@@ -128,10 +129,11 @@ class _ImportTasksFn(beam.DoFn):
     ``label_tasks`` row of every frame of the batch."""
 
     def __init__(self, url: str, api_key: str, project_id: int, project: str, kind: str,
-                 classes: Sequence[str], document_root: str):
+                 classes: Sequence[str], document_root: Optional[str]):
         self._url, self._api_key, self._project_id = url, api_key, project_id
         self._project, self._kind, self._classes = project, kind, tuple(classes)
-        self._document_root = os.path.abspath(document_root)
+        self._document_root = os.path.abspath(document_root) if document_root else None
+        self._uploaded = Metrics.counter(METRICS_NAMESPACE, "pictures_uploaded")
         self._imported = Metrics.counter(METRICS_NAMESPACE, "tasks_imported")
         self._present = Metrics.counter(METRICS_NAMESPACE, "tasks_already_present")
         self._client, self._existing = None, set()
@@ -141,11 +143,26 @@ class _ImportTasksFn(beam.DoFn):
         self._client = LabelStudioClient(self._url, self._api_key)
         self._existing = {t["data"].get("frame_id") for t in self._client.tasks(self._project_id)}
 
+    def _url_of(self, path: str) -> str:
+        """The picture's URL for the task: under the local-files root, or (no root) the URL Label
+        Studio gives the picture once uploaded through its import API."""
+        if self._document_root is None:
+            url = self._client.upload_file(self._project_id, path)
+            self._uploaded.inc()
+            return url
+        return ls.local_files_url(path, self._document_root)
+
     def process(self, batch):
         new_tasks, rows = [], []
         for item, (path, width, height) in batch:
             frame_id = _frame_id(item.frame)
-            task = ls.make_task(item.frame, ls.local_files_url(path, self._document_root), self._kind, self._classes,
+            try:  # a frame already in the project keeps its picture: nothing is uploaded again
+                image = "" if frame_id in self._existing else self._url_of(path)
+            except Exception as e:  # noqa: BLE001 - this frame is a dead letter, the batch goes on
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(
+                    item.frame, STAGE_LABEL_EXPORT, f"Label Studio did not take the picture: {type(e).__name__}: {e}"))
+                continue
+            task = ls.make_task(item.frame, image, self._kind, self._classes,
                                 selection_id=item.selection_id, gold=item.gold, overlap=item.overlap)
             row = {"label_task_key": make_label_task_key(self._project, frame_id), "project": self._project,
                    "frame_id": frame_id, "source_uri": item.frame["source_uri"],
@@ -193,10 +210,13 @@ class ExportToLabelStudio(beam.PTransform):
     classes : sequence of str
         Class names, in the model's class order.
     media_dir : str
-        Local folder for the pictures, under ``document_root`` and registered as the project's
-        local-files storage.
-    document_root : str
-        Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT``.
+        Local folder for the pictures: with ``document_root``, under it and registered as the
+        project's local-files storage; without, a scratch folder of this job.
+    document_root : str, optional
+        Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT``, when the job can write there. ``None``: a
+        Label Studio the job cannot write files for; each new task's picture is uploaded through
+        the server's import API (``POST /api/projects/ID/import?commit_to_project=false``) and the
+        task points at the URL the server gives it (``/data/upload/...``, kept in its own storage).
     batch_size : int
         Tasks per import request.
 
@@ -206,10 +226,10 @@ class ExportToLabelStudio(beam.PTransform):
     """
 
     def __init__(self, url: str, api_key: str, project_id: int, project: str, kind: str,
-                 classes: Sequence[str], media_dir: str, document_root: str, batch_size: int = 100):
+                 classes: Sequence[str], media_dir: str, document_root: Optional[str], batch_size: int = 100):
         super().__init__()
         ls.check_kind(kind)
-        if not os.path.abspath(media_dir).startswith(os.path.abspath(document_root) + os.sep):
+        if document_root and not os.path.abspath(media_dir).startswith(os.path.abspath(document_root) + os.sep):
             raise ValueError(f"media_dir {media_dir} must be under document_root {document_root}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -112,8 +112,7 @@ def request_options(timeout_s: float) -> dict:
 def table_resource(table_id: str, spec: tables.TableSpec):
     """The ``google.cloud.bigquery.Table`` to create: schema, daily time partitioning, clustering."""
     from google.cloud import bigquery
-    schema = [bigquery.SchemaField(f.name, f.bigquery_type, mode=f.mode, description=f.description)
-              for f in spec.fields]
+    schema = [bigquery.SchemaField.from_api_repr(column) for column in tables.bigquery_fields(spec)]
     table = bigquery.Table(table_id, schema=schema)
     if spec.partition_field:
         table.time_partitioning = bigquery.TimePartitioning(

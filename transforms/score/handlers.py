@@ -49,11 +49,13 @@ from schemas.records import ModelVersion
 from transforms.common.files import local_copy, open_binary
 from transforms.score import pretrained
 from transforms.score.keras_models import KerasHandler, SavedModelEndpoint, keras_file_summary, load_embedding_classifier
-from transforms.score.model_base import KERAS, ONNX, SAVED_MODEL, TFLITE, default_model_path, runtime_of
-from transforms.score.preprocessing import LOGITS, PROBABILITIES, Preprocessing, preprocessing_from_shape, read_preprocessing
+from transforms.score.model_base import (
+    DEFAULT_MODEL_CLASS_NAMES, KERAS, ONNX, SAVED_MODEL, TFLITE, default_model_path, runtime_of)
+from transforms.score.preprocessing import (
+    CLASS_NAMES_KEY, LOGITS, PROBABILITIES, SIDECAR_SUFFIX, Preprocessing, preprocessing_from_shape, read_preprocessing)
 from transforms.score.runtimes import RuntimeHandler, RuntimeSession
 
-__all__ = ["ModelSpec", "load_model_spec", "make_handler", "model_version_id", "file_digest"]
+__all__ = ["ModelSpec", "load_model_spec", "make_handler", "model_version_id", "file_digest", "class_names_of"]
 
 
 class ModelSpec(NamedTuple):
@@ -62,7 +64,8 @@ class ModelSpec(NamedTuple):
     ``uri`` is ``None`` for the bundled default model; ``version`` identifies the weights;
     ``input_shape`` is ``(height, width, channels)`` (kept for existing callers; the full
     declaration is ``preprocessing``); ``mc_passes`` is the number ``T`` of extra stochastic
-    forward passes with dropout active (0: none; Keras models only).
+    forward passes with dropout active (0: none; Keras models only). ``class_names``: the name
+    of each class output, in order (:func:`class_names_of`; empty when the model declares none).
     """
     uri: Optional[str]
     version: ModelVersion
@@ -72,6 +75,11 @@ class ModelSpec(NamedTuple):
     runtime: str = KERAS
     preprocessing: Optional[Preprocessing] = None
     mc_passes: int = 0
+    class_names: Tuple[str, ...] = ()
+
+    def class_name(self, index: int) -> Optional[str]:
+        """Name of class ``index`` (``predicted_label``), ``None`` without names or out of range."""
+        return self.class_names[index] if 0 <= index < len(self.class_names) else None
 
     def prep(self) -> Preprocessing:
         """The preprocessing to apply (built from ``input_shape`` for hand-made specs)."""
@@ -164,6 +172,26 @@ def _inspect(uri: str, runtime: str, declared: Optional[dict], embedding_layer: 
     return prep, int(np.asarray(output).shape[-1]), loaded.embedding_name
 
 
+def class_names_of(uri: Optional[str], name: str, declared: Optional[list], num_classes: int) -> Tuple[str, ...]:
+    """The names of a model's ``num_classes`` class outputs, in order: the sidecar's
+    ``class_names`` (``declared``), else the ImageNet names of the converted default backbone
+    (:func:`transforms.score.pretrained.class_names`), else the Fashion-MNIST names of the
+    bundled model (``uri`` ``None``), else ``()``.
+
+    Raises
+    ------
+    ValueError
+        If the sidecar declares a number of names other than ``num_classes``.
+    """
+    if declared is not None:
+        if len(declared) != num_classes:
+            raise ValueError(f"{uri}{SIDECAR_SUFFIX}: {CLASS_NAMES_KEY} has {len(declared)} names, "
+                             f"the model has {num_classes} class outputs")
+        return tuple(declared)
+    names = pretrained.class_names(name) or (DEFAULT_MODEL_CLASS_NAMES if uri is None else ())
+    return tuple(names) if len(names) == num_classes else ()
+
+
 def load_model_spec(uri: Optional[str] = None, embedding_layer: Optional[str] = None,
                     model_output: Optional[str] = None, mc_passes: int = 0) -> ModelSpec:
     """Reads a model once (on the driver) to validate it and fix its version and preprocessing.
@@ -198,6 +226,7 @@ def load_model_spec(uri: Optional[str] = None, embedding_layer: Optional[str] = 
         raise ValueError(f"mc_passes must be >= 0, and 0 for a {runtime} model (dropout needs Keras "
                          f"training mode), got {mc_passes}")
     declared = read_preprocessing(path)
+    names = (declared or {}).pop(CLASS_NAMES_KEY, None)
     if model_output:
         declared = dict(declared or {}, model_output=model_output)
     prep, num_classes, embedding_name = _inspect(path, runtime, declared, embedding_layer)
@@ -212,7 +241,8 @@ def load_model_spec(uri: Optional[str] = None, embedding_layer: Optional[str] = 
         model_output=prep.model_output,
         runtime=runtime,
         preprocessing=prep,
-        mc_passes=mc_passes)
+        mc_passes=mc_passes,
+        class_names=class_names_of(uri, name, names, num_classes))
 
 
 def make_handler(spec: ModelSpec, min_batch_size: int = 16, max_batch_size: int = 64,

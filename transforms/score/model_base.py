@@ -8,10 +8,16 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler
 
-__all__ = ["DEFAULT_MODEL_NAME", "METRICS_NAMESPACE", "KERAS", "SAVED_MODEL", "TFLITE", "ONNX", "RUNTIMES",
+__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_MODEL_CLASS_NAMES", "METRICS_NAMESPACE", "KERAS", "SAVED_MODEL", "TFLITE", "ONNX", "RUNTIMES",
            "default_model_path", "runtime_of", "ModelOutput", "ArrayHandler"]
 
 DEFAULT_MODEL_NAME = "fashion_mnist_cnn.keras"
+#: The bundled model's classes, in the order of its output (Fashion-MNIST's labels 0-9,
+#: Xiao et al. 2017, https://github.com/zalandoresearch/fashion-mnist).
+DEFAULT_MODEL_CLASS_NAMES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
 METRICS_NAMESPACE = "activebeam.model"
 KERAS, SAVED_MODEL, TFLITE, ONNX = "keras", "saved_model", "tflite", "onnx"
 RUNTIMES = (KERAS, SAVED_MODEL, TFLITE, ONNX)

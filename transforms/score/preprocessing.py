@@ -9,7 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.common.files import open_binary
 
-__all__ = ["PROBABILITIES", "LOGITS", "COLOURS", "LAYOUTS", "SIDECAR_SUFFIX", "Preprocessing",
+__all__ = ["PROBABILITIES", "LOGITS", "COLOURS", "LAYOUTS", "SIDECAR_SUFFIX", "CLASS_NAMES_KEY", "Preprocessing",
            "read_preprocessing", "preprocessing_from_shape", "prepare_input"]
 
 PROBABILITIES = "probabilities"
@@ -17,6 +17,8 @@ LOGITS = "logits"
 COLOURS = ("RGB", "BGR", "GREY")
 LAYOUTS = ("NHWC", "NCHW")
 SIDECAR_SUFFIX = ".json"
+#: Sidecar key that is not preprocessing: the model's class names, in the order of its class output.
+CLASS_NAMES_KEY = "class_names"
 
 
 class Preprocessing(NamedTuple):
@@ -70,12 +72,14 @@ class Preprocessing(NamedTuple):
 
 
 def read_preprocessing(uri: str) -> Optional[dict]:
-    """The model's JSON sidecar ``<uri>.json`` as a dict, or ``None`` if there is none.
+    """The model's JSON sidecar ``<uri>.json`` as a dict, or ``None`` if there is none: the
+    :class:`Preprocessing` keys, and ``class_names`` (the names of the class output, in order).
 
     Raises
     ------
     ValueError
-        If the sidecar is not a JSON object or names unknown keys.
+        If the sidecar is not a JSON object, names unknown keys, or its ``class_names`` is not a
+        list of strings.
     """
     path = uri.rstrip("/") + SIDECAR_SUFFIX
     if not FileSystems.exists(path):
@@ -84,9 +88,13 @@ def read_preprocessing(uri: str) -> Optional[dict]:
         declared = json.loads(f.read().decode("utf-8"))
     if not isinstance(declared, dict):
         raise ValueError(f"{path}: the preprocessing sidecar must be a JSON object")
-    unknown = set(declared) - set(Preprocessing._fields)
+    allowed = list(Preprocessing._fields) + [CLASS_NAMES_KEY]
+    unknown = set(declared) - set(allowed)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {list(Preprocessing._fields)}")
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {allowed}")
+    names = declared.get(CLASS_NAMES_KEY)
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{path}: {CLASS_NAMES_KEY} must be a list of strings (one per class output)")
     return declared
 
 

@@ -158,11 +158,13 @@ class _ToRecordFn(beam.DoFn):
         if key.members:
             members = np.stack((probabilities,) + key.members)[:, None, :]  # (M, 1, C)
             scores["ensemble_disagreement"] = float(uncertainty.ensemble_disagreement(members)[0])
+        predicted = int(np.argmax(probabilities))
         record = FrameRecord(
             frame=key.frame,
             embedding=np.asarray(embedding, dtype=np.float32).reshape(-1),
             probabilities=probabilities.astype(np.float32),
-            predicted_class=int(np.argmax(probabilities)),
+            predicted_class=predicted,
+            predicted_label=self._spec.class_name(predicted),
             entropy=scores.pop("entropy"),
             margin=scores.pop("margin"),
             least_confidence=scores.pop("least_confidence"),

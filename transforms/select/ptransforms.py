@@ -80,6 +80,7 @@ class Scored(NamedTuple):
     duplicate_group: Optional[str] = None
     detected_class: str = NO_DETECTION
     boxes: int = 0  # predicted boxes (the detector's detections): what an annotator will draw
+    predicted_label: Optional[str] = None
 
 
 def to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING) -> Tuple[str, Scored]:
@@ -101,7 +102,8 @@ def to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING) -> Tuple[st
         probabilities=np.asarray(record.probabilities, dtype=np.float32),
         duplicate_group=getattr(record, "duplicate_group", None),
         detected_class=detections[0].label if detections else NO_DETECTION,
-        boxes=len(detections or ()))
+        boxes=len(detections or ()),
+        predicted_label=getattr(record, "predicted_label", None))
 
 
 def _eligible(scored: Scored, counter) -> bool:
@@ -258,7 +260,8 @@ def ranked_candidates(ranked, strategy: Strategy, inputs: Sequence[str] = (),
         strategy=strategy.name, scores=scored.scores,
         predicted_class=scored.predicted_class, duplicates=scored.duplicates,
         model=scored.model, selection_id=sid, parameters=parameters,
-        components=components, window_start=start, window_end=end)
+        components=components, window_start=start, window_end=end,
+        predicted_label=getattr(scored, "predicted_label", None))
         for rank, (scored, score, components) in enumerate(ranked, start=1)]
 
 
