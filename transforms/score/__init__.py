@@ -11,6 +11,7 @@ uniqueness over sharded faiss indexes, :class:`AddDuplicateGroups`); detectors i
 * :mod:`.uncertainty`: least confidence, margin, ratio, entropy, BALD, variation ratios, ...
 * :mod:`.detection`: per-box detection uncertainty aggregated per frame.
 * :mod:`.knn`: k-NN uniqueness and near-duplicate pairs with faiss.
+* :mod:`.ann`: which faiss index a shard uses (exact or HNSW, by size) and its accuracy against exact.
 """
 from transforms._exports import lazy_exports
 
