@@ -76,7 +76,8 @@ def shard_of(frame_id: str, num_shards: int) -> int:
     return zlib.crc32(frame_id.encode("utf-8")) % num_shards
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (float ``(n, D)``) divided by their L2 norms (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -90,7 +91,7 @@ def build_index(embeddings: np.ndarray, metric: str = EUCLIDEAN, index_factory: 
     import faiss
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if metric == COSINE:
-        x = _unit(x)
+        x = unit_rows(x)
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == COSINE else faiss.METRIC_L2
     choice = ann.resolve(index_factory, len(x), exact_below)
     index = ann.new_index(x.shape[1], choice, faiss_metric)
@@ -130,7 +131,7 @@ def _search(shard_ids, index, query_ids, queries, k, metric):
     results per query (one may be the query itself), as float64 distances (``inf`` for the
     query itself and for missing results, faiss's order kept) and shard positions."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    scores, positions = index.search(_unit(q) if metric == COSINE else q, min(k + 1, len(shard_ids)))
+    scores, positions = index.search(unit_rows(q) if metric == COSINE else q, min(k + 1, len(shard_ids)))
     scores = scores.astype(np.float64)
     distances = np.maximum(1.0 - scores if metric == COSINE else np.sqrt(np.maximum(scores, 0.0)), 0.0)
     found = np.asarray(shard_ids, dtype=object)[np.maximum(positions, 0)]
@@ -162,6 +163,34 @@ def shard_distances(shard_ids: Sequence[str], index, query_ids: Sequence[str], q
         return out
     distances = np.sort(_search(shard_ids, index, query_ids, queries, k, metric)[0], axis=1)[:, :k]
     out[:, :distances.shape[1]] = distances
+    return out
+
+
+def distances_excluding(shard_ids: Sequence[str], index, query_ids: Sequence[str], queries: np.ndarray,
+                        k: int, excluded: frozenset, metric: str = COSINE) -> np.ndarray:
+    """:func:`shard_distances` that also skips the shard frames whose ids are in ``excluded``
+    (e.g. a run's own frames already in the history index): ``k`` doubles for the queries that
+    lost results to the exclusion until each has ``k`` or the shard is exhausted.
+
+    Returns
+    -------
+    ndarray of float64, shape (m, k), ascending per row, ``inf`` for missing neighbours.
+    """
+    out = np.full((len(query_ids), k), np.inf)
+    n = len(shard_ids)
+    if n == 0 or len(query_ids) == 0:
+        return out
+    ids = np.asarray(shard_ids, dtype=object)
+    pending, kk = np.arange(len(query_ids)), k
+    while len(pending):
+        distances, positions = _search(shard_ids, index, [query_ids[i] for i in pending], queries[pending], kk, metric)
+        if excluded:
+            distances[np.vectorize(excluded.__contains__, otypes=[bool])(ids[np.maximum(positions, 0)])] = np.inf
+        distances = np.sort(distances, axis=1)
+        done = (np.isfinite(distances).sum(axis=1) >= k) | (kk + 1 >= n)
+        width = min(k, distances.shape[1])
+        out[pending[done], :width] = distances[done, :width]
+        pending, kk = pending[~done], 2 * kk
     return out
 
 
@@ -206,7 +235,7 @@ def near_duplicate_pairs(shard_ids: Sequence[str], cosine_index, query_ids: Sequ
     """
     if len(shard_ids) == 0 or len(query_ids) == 0:
         return []
-    unit_q = _unit(np.ascontiguousarray(queries, dtype=np.float32))
+    unit_q = unit_rows(np.ascontiguousarray(queries, dtype=np.float32))
     # faiss keeps results strictly above the radius: step just below the threshold.
     radius = float(np.nextafter(np.float32(threshold), -1))
     if ann.is_graph(cosine_index):
