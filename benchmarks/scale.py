@@ -158,7 +158,7 @@ def _run(n, bases, probabilities, seed, stage, args, mongo_uri=None, history=Non
     from transforms.score.novelty import COSINE, ScoreNovelty
     from transforms.select.ptransforms import SelectCandidates
     start = time.perf_counter()
-    with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions()) as p:
+    with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
         records = (p | beam.Create(range(first_chunk, first_chunk + n // CHUNK)) | "Spread" >> beam.Reshuffle()
                    | "Generate" >> beam.FlatMap(_records, bases, probabilities, seed))
         if stage == "novelty":

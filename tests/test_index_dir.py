@@ -13,6 +13,7 @@ import pymongo
 import pytest
 
 from beam_pipelines import mine
+from beam_pipelines.cli.preflight import OptionError
 from schemas.records import ModelVersion
 from tests import harness
 from transforms.score.history import MANIFEST, ModelVersionChanged, NoveltyHistory
@@ -80,9 +81,9 @@ def test_another_model_is_refused_and_renewed_on_request(days):
         NoveltyHistory(index_dir, other)
     renewed = NoveltyHistory(index_dir, other, renew=True)
     assert renewed.renewed and renewed.load().index is None and renewed.next_generation == manifest["generation"] + 1
-    # The job refuses before it runs anything.
+    # The job refuses before it runs anything, as a bad option (exit code 2).
     changed = dict(manifest, model=dict(manifest["model"], version="0" * 16))
     with open(os.path.join(index_dir, MANIFEST), "w") as f:
         json.dump(changed, f)
-    with pytest.raises(ModelVersionChanged, match="holds .* embeddings of model"):
+    with pytest.raises(OptionError, match="holds .* embeddings of model .* --renew_index"):
         _run(day2, index_dir, mongo)

@@ -61,7 +61,7 @@ from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidat
 from transforms.score.detectors import AddClassRarity, BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.model_base import METRICS_NAMESPACE as SCORE_METRICS
 from transforms.score.threads import INFERENCE_THREADS_ENV
-from transforms.score.history import NoveltyHistory
+from transforms.score.history import ModelVersionChanged, NoveltyHistory
 from transforms.score.novelty import COSINE, ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
@@ -291,8 +291,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
                  else None)
         progress_dir = stack.enter_context(lines) if lines else None
         # the kept novelty index: refused here, before anything runs, if another model made it
-        history = (NoveltyHistory(mine.index_dir, model.version, renew=mine.renew_index)
-                   if mine.index_dir and mine.uniqueness_k else None)
+        history = _history(mine, model)
         with RunRecord(lineage, mongo_uri, mine.mongo_database) as run_record:
             mine_frames = MineFrames(
                 history=history,
@@ -339,6 +338,17 @@ def run(argv: Optional[List[str]] = None) -> dict:
 
 class TooManyDeadLetters(shutdown.RunFailed):
     """The run lost more of its inputs than ``--max_dead_letter_fraction`` allows."""
+
+
+def _history(mine, model: ModelSpec) -> Optional[NoveltyHistory]:
+    """The kept novelty index of ``--index_dir`` (or ``None``); another model's index is an
+    :class:`~beam_pipelines.cli.preflight.OptionError` (exit code 2) before anything runs."""
+    if not (mine.index_dir and mine.uniqueness_k):
+        return None
+    try:
+        return NoveltyHistory(mine.index_dir, model.version, renew=mine.renew_index)
+    except ModelVersionChanged as e:
+        raise preflight.OptionError(str(e)) from None
 
 
 def dead_letters_by_stage(metrics: MetricResults) -> Dict[str, int]:
