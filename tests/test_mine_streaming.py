@@ -589,6 +589,7 @@ def test_a_missing_subscription_is_a_store_error(mongo, pubsub_host):
     (["--watch=/tmp/x/*", "--selection_embedding=objects"], "--selection_embedding applies to batch runs only"),
     (["--watch=/tmp/x/*", "--include_labelled"], "--include_labelled applies to batch runs only"),
     (["--watch=/tmp/x/*", "--max_dead_letter_fraction=0.2"], "--max_dead_letter_fraction applies to batch runs only"),
+    (["--watch=/tmp/x/*", "--index_dir=/tmp/index"], "--index_dir applies to batch runs only"),
 ])
 def test_streaming_options_are_checked_before_anything_starts(argv, message):
     with pytest.raises(ValueError, match=message):
