@@ -1,7 +1,7 @@
 """Cost that grows with the data: the mine job's global stages at 10k, 100k and 1M frames.
 
-    python -m benchmarks.scale --quick       # 10k and 100k frames; ~10-20 min on 2 shared cores
-    python -m benchmarks.scale               # 10k, 100k and 1M frames (hours; >= 8 GB RAM)
+    python -m benchmarks.scale --quick       # 10k and 100k frames; about 25 min on 2 shared cores, 8.5 GB
+    python -m benchmarks.scale               # 10k, 100k and 1M frames (hours; about 80 GB at 1M)
 
 Data: the default backbone (EfficientNet-Lite0, :func:`transforms.score.pretrained.backbone_path`)
 embeds real frames (``vtest.avi``, ``box.mp4``, ``cup.mp4`` every 4th frame, ``china.jpg``,
