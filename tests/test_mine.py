@@ -231,6 +231,7 @@ BAD_OPTIONS = [
     (["--mc_passes=-2"], "--mc_passes must be 0 (off) or >= 2"),
     (["--strategy=bald"], "--mc_passes >= 2"),
     (["--strategy=uniqueness", "--uniqueness_k=0"], "--uniqueness_k >= 1"),
+    (["--index_dir=/tmp/index", "--uniqueness_k=0"], "--index_dir keeps the novelty index: set --uniqueness_k >= 1"),
     (["--strategy_params=[1]"], "--strategy_params must be a JSON object"),
     (["--strategy=coreset", '--strategy_params={"n_clusters": 2}'], "--strategy_params: bad parameters"),
     (["--video_fps=nan"], "--video_fps must be a number"),

@@ -61,6 +61,7 @@ from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidat
 from transforms.score.detectors import AddClassRarity, BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.model_base import METRICS_NAMESPACE as SCORE_METRICS
 from transforms.score.threads import INFERENCE_THREADS_ENV
+from transforms.score.history import ModelVersionChanged, NoveltyHistory
 from transforms.score.novelty import COSINE, ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
@@ -85,7 +86,8 @@ class MineFrames(beam.PTransform):
                  inputs: Sequence[str] = (), project: Optional[str] = None,
                  progress_dir: Optional[str] = None, exclude_labelled: bool = True,
                  detector: Optional[DetectorHandler] = None, near_duplicate_similarity: float = 0.0,
-                 selection_embedding: str = "frame", export_metrics: bool = False):
+                 selection_embedding: str = "frame", export_metrics: bool = False,
+                 history: Optional[NoveltyHistory] = None):
         super().__init__()
         self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
         self._export_metrics = export_metrics  # Prometheus (--metrics_port, local runners)
@@ -99,7 +101,7 @@ class MineFrames(beam.PTransform):
         # Euclidean default: uniqueness, near-duplicates and the selection's diversity agree.
         self._novelty = (ScoreNovelty(k=uniqueness_k, metric=COSINE,
                                       duplicate_threshold=near_duplicate_similarity or None,
-                                      assign_duplicate_groups=True)
+                                      assign_duplicate_groups=True, history=history)
                          if uniqueness_k else None)
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
@@ -296,8 +298,11 @@ def run(argv: Optional[List[str]] = None) -> dict:
         lines = (progress.ProgressLines(progress.count_files(globs)) if job.local_runner and not mine.quiet
                  else None)
         progress_dir = stack.enter_context(lines) if lines else None
+        # the kept novelty index: refused here, before anything runs, if another model made it
+        history = _history(mine, model)
         with RunRecord(lineage, mongo_uri, mine.mongo_database) as run_record:
             mine_frames = MineFrames(
+                history=history,
                 model=model, mongo_uri=mongo_uri, output_dir=job.output_dir, budget=mine.budget,
                 strategy=mine.strategy, video_fps=mine.video_fps,
                 mongo_database=mine.mongo_database, bigquery_table=mine.bigquery_table,
@@ -322,6 +327,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
             # A Flex Template launch (--template_location): Beam wrote a job file, no job runs yet.
             finished = finished and getattr(result, "has_job", True)
             counts = summary_counts(result.metrics()) if finished else None
+            if history is not None and finished and result.state == PipelineState.DONE:
+                history.commit()  # the run's frames become part of the kept index only now
             loads = model_loads(result.metrics()) if finished else None
             run_record.set_counts(counts)
             if finished:  # selection figures, <output_dir>/report/index.html; failures are logged
@@ -339,6 +346,17 @@ def run(argv: Optional[List[str]] = None) -> dict:
 
 class TooManyDeadLetters(shutdown.RunFailed):
     """The run lost more of its inputs than ``--max_dead_letter_fraction`` allows."""
+
+
+def _history(mine, model: ModelSpec) -> Optional[NoveltyHistory]:
+    """The kept novelty index of ``--index_dir`` (or ``None``); another model's index is an
+    :class:`~beam_pipelines.cli.preflight.OptionError` (exit code 2) before anything runs."""
+    if not (mine.index_dir and mine.uniqueness_k):
+        return None
+    try:
+        return NoveltyHistory(mine.index_dir, model.version, renew=mine.renew_index)
+    except ModelVersionChanged as e:
+        raise preflight.OptionError(str(e)) from None
 
 
 def dead_letters_by_stage(metrics: MetricResults) -> Dict[str, int]:

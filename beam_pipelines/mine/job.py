@@ -124,6 +124,7 @@ def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Model
         "mc_passes": model.mc_passes,
         "detector_background": mine.detector_background,
         "uniqueness_k": mine.uniqueness_k,
+        "index_dir": mine.index_dir,
         "include_labelled": mine.include_labelled,
         "runner": job.runner,
     }

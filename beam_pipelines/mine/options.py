@@ -180,6 +180,14 @@ class MineOptions(PipelineOptions):
                             help="No progress lines while the job runs (local runners print one every few seconds).")
         parser.add_argument("--uniqueness_k", type=int, default=3,
                             help="Neighbours for the k-NN uniqueness score (FiftyOne: 3); 0 = off.")
+        parser.add_argument("--index_dir", default=None,
+                            help="Directory (local or gs://) that keeps the novelty index of earlier runs: "
+                                 "this run's uniqueness and near-duplicates are computed against every "
+                                 "frame indexed before, and its frames are added when it succeeds "
+                                 "(transforms/score/history.py; needs --uniqueness_k >= 1).")
+        parser.add_argument("--renew_index", action="store_true",
+                            help="Start a new index in --index_dir when it holds another model's "
+                                 "embeddings (by default such a run stops and says so).")
         parser.add_argument(
             "--max_dead_letter_fraction", type=float, default=DEFAULT_MAX_DEAD_LETTER_FRACTION,
             help="The run fails (exit 1, run record 'failed') when the larger of the share of matched "
@@ -291,6 +299,8 @@ def check_options(options: PipelineOptions) -> MineJob:
     if streaming and local_runner:
         runner = STREAMING_RUNNER
     _check_ranges(mine)
+    if mine.index_dir and mine.uniqueness_k < 1:
+        raise ValueError("--index_dir keeps the novelty index: set --uniqueness_k >= 1")
     model, detector = _models(mine)
     stage_to = None
     if not local_runner:
@@ -638,6 +648,7 @@ BATCH_ONLY_OPTIONS = {
     "near_duplicate_similarity": "a streaming window is selected without near-duplicate groups",
     "selection_embedding": "a streaming window is selected on frame embeddings",
     "include_labelled": "a streaming window selects from frames that just arrived, none labelled yet",
+    "index_dir": "a streaming window is scored against its own frames, not a kept index",
     "max_dead_letter_fraction": "a streaming job runs on; its dead letters are in dead_letters/ per window",
 }
 

@@ -2,7 +2,8 @@
 
 Public transforms: :class:`ScoreFrames` (:mod:`.ptransforms`: ``RunInference`` with the handler of
 the model's runtime, :mod:`.handlers`) and :class:`ScoreNovelty` (:mod:`.novelty`: k-NN
-uniqueness over sharded faiss indexes, :class:`AddDuplicateGroups`); detectors in :mod:`.detectors`
+uniqueness over sharded faiss indexes, :class:`AddDuplicateGroups`; the index kept between runs
+in :mod:`.history`); detectors in :mod:`.detectors`
 (NanoDet-g, the default; :class:`AddClassRarity`); the pretrained models converted at set-up in
 :mod:`.pretrained`. Pure modules (no Beam; enforced by ``//transforms/score:pure_test`` and
 ``//transforms/score/pretrained:pretrained_test``):
@@ -11,6 +12,7 @@ uniqueness over sharded faiss indexes, :class:`AddDuplicateGroups`); detectors i
 * :mod:`.uncertainty`: least confidence, margin, ratio, entropy, BALD, variation ratios, ...
 * :mod:`.detection`: per-box detection uncertainty aggregated per frame.
 * :mod:`.knn`: k-NN uniqueness and near-duplicate pairs with faiss.
+* :mod:`.ann`: which faiss index a shard uses (exact or HNSW, by size) and its accuracy against exact.
 """
 from transforms._exports import lazy_exports
 

@@ -17,6 +17,8 @@ from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
+from transforms.score import ann
+
 FIFTYONE_K = 3
 FIFTYONE_WEIGHTS = (0.6, 0.3, 0.1)
 EUCLIDEAN, COSINE = "euclidean", "cosine"
@@ -74,22 +76,29 @@ def shard_of(frame_id: str, num_shards: int) -> int:
     return zlib.crc32(frame_id.encode("utf-8")) % num_shards
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (float ``(n, D)``) divided by their L2 norms (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def build_index(embeddings: np.ndarray, metric: str = EUCLIDEAN, index_factory: str = "Flat"):
+def build_index(embeddings: np.ndarray, metric: str = EUCLIDEAN, index_factory: str = "Flat",
+                exact_below: int = ann.EXACT_BELOW):
     """A faiss index over ``float32 (n, D)`` embeddings (L2 for euclidean; inner product of unit
-    vectors for cosine). Trains it first if the factory needs training (IVF, PQ, ...)."""
+    vectors for cosine). ``index_factory`` is a ``faiss.index_factory`` string or ``"auto"``
+    (:func:`transforms.score.ann.choose_index` of ``n``: exact ``Flat`` below ``exact_below``
+    vectors, else HNSW); HNSW gets :mod:`~transforms.score.ann`'s ``efConstruction`` and
+    ``efSearch``. Trains the index first if the factory needs training (IVF, PQ, ...)."""
     import faiss
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if metric == COSINE:
-        x = _unit(x)
+        x = unit_rows(x)
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == COSINE else faiss.METRIC_L2
-    index = faiss.index_factory(x.shape[1], index_factory, faiss_metric)
+    choice = ann.resolve(index_factory, len(x), exact_below)
+    index = ann.new_index(x.shape[1], choice, faiss_metric)
     if not index.is_trained:
         index.train(x)
     index.add(x)
+    ann.tune(index, choice)
     return index
 
 
@@ -122,7 +131,7 @@ def _search(shard_ids, index, query_ids, queries, k, metric):
     results per query (one may be the query itself), as float64 distances (``inf`` for the
     query itself and for missing results, faiss's order kept) and shard positions."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    scores, positions = index.search(_unit(q) if metric == COSINE else q, min(k + 1, len(shard_ids)))
+    scores, positions = index.search(unit_rows(q) if metric == COSINE else q, min(k + 1, len(shard_ids)))
     scores = scores.astype(np.float64)
     distances = np.maximum(1.0 - scores if metric == COSINE else np.sqrt(np.maximum(scores, 0.0)), 0.0)
     found = np.asarray(shard_ids, dtype=object)[np.maximum(positions, 0)]
@@ -157,6 +166,34 @@ def shard_distances(shard_ids: Sequence[str], index, query_ids: Sequence[str], q
     return out
 
 
+def distances_excluding(shard_ids: Sequence[str], index, query_ids: Sequence[str], queries: np.ndarray,
+                        k: int, excluded: frozenset, metric: str = COSINE) -> np.ndarray:
+    """:func:`shard_distances` that also skips the shard frames whose ids are in ``excluded``
+    (e.g. a run's own frames already in the history index): ``k`` doubles for the queries that
+    lost results to the exclusion until each has ``k`` or the shard is exhausted.
+
+    Returns
+    -------
+    ndarray of float64, shape (m, k), ascending per row, ``inf`` for missing neighbours.
+    """
+    out = np.full((len(query_ids), k), np.inf)
+    n = len(shard_ids)
+    if n == 0 or len(query_ids) == 0:
+        return out
+    ids = np.asarray(shard_ids, dtype=object)
+    pending, kk = np.arange(len(query_ids)), k
+    while len(pending):
+        distances, positions = _search(shard_ids, index, [query_ids[i] for i in pending], queries[pending], kk, metric)
+        if excluded:
+            distances[np.vectorize(excluded.__contains__, otypes=[bool])(ids[np.maximum(positions, 0)])] = np.inf
+        distances = np.sort(distances, axis=1)
+        done = (np.isfinite(distances).sum(axis=1) >= k) | (kk + 1 >= n)
+        width = min(k, distances.shape[1])
+        out[pending[done], :width] = distances[done, :width]
+        pending, kk = pending[~done], 2 * kk
+    return out
+
+
 def uniqueness_from_distances(distances: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     """:func:`frame_uniqueness` of many frames from their distances to candidate neighbours.
 
@@ -186,24 +223,51 @@ def uniqueness_from_distances(distances: np.ndarray, weights: Sequence[float]) -
 
 
 def near_duplicate_pairs(shard_ids: Sequence[str], cosine_index, query_ids: Sequence[str],
-                         queries: np.ndarray, threshold: float) -> List[Tuple[str, str]]:
-    """Every (query, shard frame) pair with cosine similarity ``>= threshold`` (faiss range
-    search on unit vectors), each unordered pair once (``query id < frame id``).
+                         queries: np.ndarray, threshold: float, each_pair_once: bool = True
+                         ) -> List[Tuple[str, str]]:
+    """Every (query, shard frame) pair with cosine similarity ``>= threshold`` on unit vectors:
+    a faiss range search, or for an HNSW index (no range search in faiss) k-NN searches whose
+    ``k`` doubles (from :data:`PAIR_K`) for the queries whose farthest result is still at or
+    above the threshold. With ``each_pair_once`` each unordered pair comes once
+    (``query id < frame id``), else every ``(query, other frame)``.
 
     ``cosine_index`` is :func:`build_index` of the shard with ``metric="cosine"``.
     """
     if len(shard_ids) == 0 or len(query_ids) == 0:
         return []
-    unit_q = _unit(np.ascontiguousarray(queries, dtype=np.float32))
+    unit_q = unit_rows(np.ascontiguousarray(queries, dtype=np.float32))
     # faiss keeps results strictly above the radius: step just below the threshold.
-    lims, _, positions = cosine_index.range_search(unit_q, float(np.nextafter(np.float32(threshold), -1)))
+    radius = float(np.nextafter(np.float32(threshold), -1))
+    if ann.is_graph(cosine_index):
+        found = _growing_knn(cosine_index, unit_q, radius, len(shard_ids))
+    else:
+        lims, _, positions = cosine_index.range_search(unit_q, radius)
+        found = (positions[lims[row]:lims[row + 1]] for row in range(len(query_ids)))
     pairs = []
-    for row, query_id in enumerate(query_ids):
-        for position in positions[lims[row]:lims[row + 1]]:
+    for query_id, row in zip(query_ids, found):
+        for position in row:
             other = shard_ids[position]
-            if query_id < other:
+            if query_id < other or (not each_pair_once and query_id != other):
                 pairs.append((query_id, other))
     return pairs
+
+
+#: First ``k`` of the k-NN searches that find near-duplicate pairs in an HNSW index.
+PAIR_K = 16
+
+
+def _growing_knn(index, unit_q, radius, n):
+    """Per query, the positions with inner product above ``radius``: k-NN searches from
+    :data:`PAIR_K`, doubling ``k`` for the queries whose k-th result is still above it."""
+    found = [None] * len(unit_q)
+    pending, k = np.arange(len(unit_q)), min(PAIR_K, n)
+    while len(pending):
+        scores, positions = index.search(unit_q[pending], k)
+        full = (scores[:, -1] > radius) & (k < n)
+        for row, s, p in zip(pending[~full], scores[~full], positions[~full]):
+            found[row] = p[(s > radius) & (p >= 0)]
+        pending, k = pending[full], min(2 * k, n)
+    return found
 
 
 def merge_neighbours(lists: Iterable[Sequence[Neighbour]], k: int) -> List[Neighbour]:

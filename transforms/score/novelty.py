@@ -9,16 +9,17 @@ or above a threshold)::
     novelty.duplicate_groups   # (leader frame_id, (member frame_ids, ...)), groups of 2+
 
 Scaling past one machine: the embeddings are split into ``num_shards`` shards by frame id; each
-shard gets its own faiss index (exact ``Flat`` by default, or any ``faiss.index_factory`` string
-such as ``"IVF256,Flat"`` for approximate search), and every frame is searched against every
-shard. Frames travel in blocks of ``query_batch_size`` (``BatchElements``): each block is sent
+shard gets its own faiss index, chosen by its size (``index_factory="auto"``,
+:mod:`transforms.score.ann`: exact ``Flat`` below ``exact_below`` frames, an HNSW graph above,
+so the search grows close to linearly with N instead of N²; or any ``faiss.index_factory``
+string), and every frame is searched against every shard. Frames travel in blocks of ``query_batch_size`` (``BatchElements``): each block is sent
 to every shard (a shuffle of ``N / query_batch_size x num_shards`` blocks, not of ``N x
 num_shards`` vectors), each shard returns the block's k nearest distances, and a block's
 distances are merged across shards at once (numpy). Per-frame elements cross a stage boundary
 only once, when the uniqueness values are joined back to their records, so the transform's cost
 is the search, not Beam's per-element work. No worker holds more than one shard's index, and a
 shard's query blocks are streamed through it; near-duplicate pairs come from a faiss range
-search (cosine) in the same pass. The pairs (ids and ``(source_uri, frame_index)``) are joined
+search (cosine; growing k-NN searches in an HNSW graph) in the same pass. The pairs (ids and ``(source_uri, frame_index)``) are joined
 into groups with union-find on one worker; with ``assign_duplicate_groups`` each record gets its
 group's representative in the same join as its uniqueness.
 
@@ -40,10 +41,13 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from schemas.records import FrameRecord
+from transforms.score.ann import AUTO, EXACT_BELOW
+from transforms.score.history import NoveltyHistory
 from transforms.score.knn import (  # noqa: F401  (re-exported: the public names of novelty)
     COSINE, DEFAULT_DUPLICATE_THRESHOLD, EUCLIDEAN, FIFTYONE_K, FIFTYONE_WEIGHTS, Neighbour,
-    build_index, duplicate_groups, frame_uniqueness, knn_uniqueness, merge_neighbours,
-    near_duplicate_pairs, search_shard, shard_distances, shard_of, uniqueness_from_distances)
+    build_index, distances_excluding, duplicate_groups, frame_uniqueness, knn_uniqueness,
+    merge_neighbours, near_duplicate_pairs, search_shard, shard_distances, shard_of,
+    uniqueness_from_distances)
 
 _NAMESPACE = "activebeam.novelty"
 _PAIRS = "near_duplicate_pairs"
@@ -78,8 +82,9 @@ class _SearchShardFn(beam.DoFn):
     ``(block id, (ids, distances (n, k)))`` and, on ``near_duplicate_pairs``, the pairs found
     with their frames' keys: ``((id, key), (id, key))``."""
 
-    def __init__(self, k, metric, index_factory, duplicate_threshold):
+    def __init__(self, k, metric, index_factory, duplicate_threshold, exact_below):
         self._k, self._metric, self._factory = k, metric, index_factory
+        self._exact_below = exact_below
         self._threshold = duplicate_threshold
         self._searched = Metrics.counter(_NAMESPACE, "shard_queries")
 
@@ -92,10 +97,11 @@ class _SearchShardFn(beam.DoFn):
         keys = dict(zip(ids, (key for part in parts for key in part.keys)))
         embeddings = np.concatenate([part.embeddings for part in parts])
         del parts
-        index = build_index(embeddings, self._metric, self._factory)
+        index = build_index(embeddings, self._metric, self._factory, self._exact_below)
         cosine_index = None
         if self._threshold is not None:
-            cosine_index = index if self._metric == COSINE else build_index(embeddings, COSINE, self._factory)
+            cosine_index = (index if self._metric == COSINE
+                            else build_index(embeddings, COSINE, self._factory, self._exact_below))
         for block in grouped["queries"]:
             distances = shard_distances(ids, index, block.ids, block.embeddings, self._k, self._metric)
             self._searched.inc(len(block.ids))
@@ -105,6 +111,50 @@ class _SearchShardFn(beam.DoFn):
                 for a, b in near_duplicate_pairs(ids, cosine_index, block.ids, block.embeddings,
                                                  self._threshold):
                     yield beam.pvalue.TaggedOutput(_PAIRS, ((a, block_keys[a]), (b, keys[b])))
+
+
+class _SearchHistoryFn(beam.DoFn):
+    """Searches every query block in the index of earlier runs (a :class:`NoveltyHistory`
+    generation, pinned when the pipeline was built), as one more shard: emits ``(block id,
+    (ids, distances (n, k)))`` and, on ``near_duplicate_pairs``, pairs of a block frame and a
+    history frame. History frames that are also in this run (a rerun) are skipped."""
+
+    def __init__(self, history: NoveltyHistory, k, threshold):
+        self._history, self._k, self._threshold = history, k, threshold
+        self._searched = Metrics.counter(_NAMESPACE, "history_queries")
+
+    def setup(self):
+        self._snapshot = self._history.load()
+        self._keys = dict(zip(self._snapshot.ids, self._snapshot.keys))
+        self._rerun = None
+
+    def process(self, block: _Block, run_ids):
+        history = self._snapshot
+        if history.index is None:
+            return
+        if self._rerun is None:  # the same side input for every block of the (global) window
+            self._rerun = frozenset(run_ids) & frozenset(history.ids)
+        distances = distances_excluding(history.ids, history.index, block.ids, block.embeddings, self._k,
+                                        self._rerun, COSINE)
+        self._searched.inc(len(block.ids))
+        yield block.ids[0], (block.ids, distances)
+        if self._threshold is None:
+            return
+        block_keys = dict(zip(block.ids, block.keys))
+        for a, b in near_duplicate_pairs(history.ids, history.index, block.ids, block.embeddings,
+                                         self._threshold, each_pair_once=False):
+            if b not in self._rerun:
+                yield beam.pvalue.TaggedOutput(_PAIRS, ((a, block_keys[a]), (b, self._keys[b])))
+
+
+def _write_history(frames, history: NoveltyHistory):
+    """Writes the next history generation with this run's frames (committed by the driver)."""
+    if not frames:
+        return
+    ids, embeddings, keys = zip(*frames)
+    added = history.write_next(history.load(), list(ids), np.stack(embeddings), list(keys))
+    Metrics.counter(_NAMESPACE, "history_frames_added").inc(added)
+    yield added
 
 
 def _block_uniqueness(block_and_hits, weights):
@@ -170,7 +220,12 @@ class ScoreNovelty(beam.PTransform):
     num_shards : int
         Number of faiss indexes the embeddings are split into.
     index_factory : str
-        ``faiss.index_factory`` description of each shard's index (``"Flat"``: exact).
+        ``"auto"`` (default): each shard's index chosen by its size
+        (:func:`transforms.score.ann.choose_index`: ``Flat`` below ``exact_below`` frames, else
+        ``HNSW32,Flat`` with efConstruction 80, efSearch 128); or a ``faiss.index_factory``
+        description (``"Flat"``: always exact).
+    exact_below : int
+        Shards with fewer frames are searched exactly under ``"auto"`` (default 10,000).
     query_batch_size : int
         Frames per block: the unit that is shuffled to the shards and searched at once.
     assign_duplicate_groups : bool
@@ -179,19 +234,29 @@ class ScoreNovelty(beam.PTransform):
         first by ``(source_uri, frame_index, frame_id)``, or ``None``. Needs
         ``duplicate_threshold``; ignored without it.
 
+    history : NoveltyHistory, optional
+        The index of earlier runs (:mod:`transforms.score.history`, ``mine --index_dir``):
+        every frame's neighbours and near-duplicates are also searched there (a history frame
+        can be a group's representative, so the run's near-copies of it are not selected), and
+        the run's frames are written as the history's next generation, which the caller
+        makes current with :meth:`NoveltyHistory.commit` once the pipeline succeeded. Needs
+        ``metric="cosine"``. All of the run's embeddings meet on one worker for that write.
+
     Input ``PCollection[FrameRecord]`` (unique frame ids); output :class:`NoveltyResult`.
 
     Raises
     ------
     ValueError
-        For parameters outside their ranges (named in the message).
+        For parameters outside their ranges (named in the message), or a history with a
+        metric other than cosine.
     """
 
     def __init__(self, k: int = FIFTYONE_K, weights: Optional[Sequence[float]] = None,
                  metric: str = EUCLIDEAN, normalise: bool = True,
                  duplicate_threshold: Optional[float] = DEFAULT_DUPLICATE_THRESHOLD,
-                 num_shards: int = 4, index_factory: str = "Flat", query_batch_size: int = 1024,
-                 assign_duplicate_groups: bool = False):
+                 num_shards: int = 4, index_factory: str = AUTO, query_batch_size: int = 1024,
+                 assign_duplicate_groups: bool = False, exact_below: int = EXACT_BELOW,
+                 history: Optional[NoveltyHistory] = None):
         super().__init__()
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -203,18 +268,23 @@ class ScoreNovelty(beam.PTransform):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
         if duplicate_threshold is not None and not -1.0 <= duplicate_threshold <= 1.0:
             raise ValueError(f"duplicate_threshold must be a cosine similarity in [-1, 1], got {duplicate_threshold}")
+        if exact_below < 0:
+            raise ValueError(f"exact_below must be >= 0, got {exact_below}")
         if num_shards < 1 or query_batch_size < 1:
             raise ValueError(f"num_shards and query_batch_size must be >= 1, got {num_shards}, {query_batch_size}")
         self._k, self._weights, self._metric = k, tuple(weights), metric
         self._normalise, self._threshold = normalise, duplicate_threshold
         self._shards, self._factory, self._batch = num_shards, index_factory, query_batch_size
+        if history is not None and metric != COSINE:
+            raise ValueError(f"history needs metric='cosine' (its index holds unit vectors), got {metric!r}")
+        self._exact_below, self._history = exact_below, history
         self._assign_groups = bool(assign_duplicate_groups and duplicate_threshold is not None)
 
     def expand(self, records):
         shards, k, weights = self._shards, self._k, self._weights
-        blocks = (records
-                  | "Embeddings" >> beam.Map(lambda r: (r.frame.frame_id, r.embedding,
-                                                        (r.frame.source_uri, r.frame.frame_index)))
+        frames = records | "Embeddings" >> beam.Map(lambda r: (r.frame.frame_id, r.embedding,
+                                                               (r.frame.source_uri, r.frame.frame_index)))
+        blocks = (frames
                   | "Batch" >> beam.BatchElements(min_batch_size=self._batch, max_batch_size=self._batch)
                   | "ToBlocks" >> beam.Map(_to_block))
         shard_parts = blocks | "SplitByShard" >> beam.FlatMap(_split_by_shard, shards)
@@ -222,14 +292,26 @@ class ScoreNovelty(beam.PTransform):
         found = ({"shard": shard_parts, "queries": queries}
                  | "GroupByShard" >> beam.CoGroupByKey()
                  | "SearchShards" >> beam.ParDo(_SearchShardFn(
-                     k, self._metric, self._factory, self._threshold)
+                     k, self._metric, self._factory, self._threshold, self._exact_below)
                  ).with_output_types(Tuple[str, Any]).with_outputs(_PAIRS, main="distances"))
-        merged = (found.distances
+        distances, pairs = found.distances, found[_PAIRS]
+        if self._history is not None:
+            run_ids = beam.pvalue.AsList(frames | "RunIds" >> beam.Map(lambda f: f[0]))
+            past = (blocks
+                    | "SearchHistory" >> beam.ParDo(_SearchHistoryFn(self._history, k, self._threshold), run_ids
+                                                    ).with_output_types(Tuple[str, Any]).with_outputs(
+                                                        _PAIRS, main="distances"))
+            distances = (distances, past.distances) | "WithHistory" >> beam.Flatten()
+            pairs = (pairs, past[_PAIRS]) | "PairsWithHistory" >> beam.Flatten()
+            _ = (frames
+                 | "AllRunFrames" >> beam.combiners.ToList()
+                 | "WriteHistory" >> beam.FlatMap(_write_history, self._history))
+        merged = (distances
                   | "ByBlock" >> beam.GroupByKey()
                   | "MergeShards" >> beam.FlatMap(_block_uniqueness, weights).with_outputs(
                       "largest", main="uniqueness"))
         largest = merged.largest | "Largest" >> beam.CombineGlobally(lambda values: max(values, default=0.0))
-        grouped = (found[_PAIRS]
+        grouped = (pairs
                    | "AllPairs" >> beam.combiners.ToList()
                    | "UnionFind" >> beam.FlatMap(_groups_and_representatives).with_outputs(
                        "representatives", main="groups"))
