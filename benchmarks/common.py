@@ -101,3 +101,29 @@ def batch_seconds(glob, mongo_uri, database, out_dir, env) -> tuple:
         raise RuntimeError(f"batch job failed:\n{done.stderr[-3000:]}")
     with open(os.path.join(out_dir, "summary.json")) as f:
         return seconds, json.load(f)["frames_written"]
+
+
+def prepare_media(directory: str, images: int) -> list:
+    """Real media for the run: returns the input globs."""
+    from beam_pipelines.local import sample_media
+    globs = sample_media.prepare(directory, fashion_mnist_count=images)
+    return globs
+
+
+def frame_metadata(source, index, timestamp_s, media_type, rgb):
+    """The ``FrameMetadata`` the job gives a decoded frame (RGB ``(H, W, 3)``)."""
+    from schemas.records import FrameMetadata, make_frame_id
+    return FrameMetadata(make_frame_id(source, index), source, index, timestamp_s, rgb.shape[1], rgb.shape[0],
+                         media_type, "")
+
+
+def upsert_frames(collection, records) -> int:
+    """Bulk-writes frame records as the job's index does (``$set`` upserts by frame id)."""
+    import pymongo
+    from schemas import frames as frames_schema
+    ops = []
+    for record in records:
+        doc = frames_schema.to_mongo_document(record)
+        ops.append(pymongo.UpdateOne({"_id": doc.pop("_id")}, {"$set": doc}, upsert=True))
+    collection.bulk_write(ops, ordered=False)
+    return len(ops)

@@ -37,19 +37,12 @@ import time
 
 import psutil
 
-from benchmarks.common import print_result
+from benchmarks.common import frame_metadata, prepare_media, print_result, upsert_frames
 
 DATABASE_PREFIX = "bench_mine"
 #: Videos are cut into ranges of this many seconds (the job's option), so that two workers
 #: share the long clip: vtest.avi (80 s) is the heaviest input.
 SPLIT_SECONDS = 20
-
-
-def prepare_media(directory: str, images: int) -> list:
-    """Real media for the run: returns the input globs."""
-    from beam_pipelines.local import sample_media
-    globs = sample_media.prepare(directory, fashion_mnist_count=images)
-    return globs
 
 
 class _TreePeak:
@@ -112,24 +105,6 @@ def _job_argv(globs, mongo_uri, database, output_dir, workers, batch_size, video
     return argv
 
 
-def _metadata(source, index, timestamp_s, media_type, rgb):
-    from schemas.records import FrameMetadata, make_frame_id
-    return FrameMetadata(make_frame_id(source, index), source, index, timestamp_s, rgb.shape[1], rgb.shape[0],
-                         media_type, "")
-
-
-def _upsert(collection, records) -> int:
-    """Bulk-writes frame records as the job's index does (``$set`` upserts by frame id)."""
-    import pymongo
-    from schemas import frames as frames_schema
-    ops = []
-    for record in records:
-        doc = frames_schema.to_mongo_document(record)
-        ops.append(pymongo.UpdateOne({"_id": doc.pop("_id")}, {"$set": doc}, upsert=True))
-    collection.bulk_write(ops, ordered=False)
-    return len(ops)
-
-
 def run_loop(globs, mongo_uri, database, batch_size) -> int:
     """The baseline: decode, infer and upsert in one process, no Beam. Returns frames written."""
     import av
@@ -162,14 +137,14 @@ def run_loop(globs, mongo_uri, database, batch_size) -> int:
         entropy = uncertainty.entropy(probabilities)
         margin = uncertainty.margin(probabilities)
         least = uncertainty.least_confidence(probabilities)
-        written += _upsert(collection, [
+        written += upsert_frames(collection, [
             FrameRecord(meta, embeddings[i], probabilities[i], int(probabilities[i].argmax()),
                         float(entropy[i]), float(margin[i]), float(least[i]), spec.version)
             for i, (meta, _) in enumerate(pending)])
         pending.clear()
 
     def add(source, index, timestamp_s, media_type, rgb):
-        pending.append((_metadata(source, index, timestamp_s, media_type, rgb), prepare_input(rgb, prep)))
+        pending.append((frame_metadata(source, index, timestamp_s, media_type, rgb), prepare_input(rgb, prep)))
         if len(pending) >= batch_size:
             flush()
 
@@ -233,11 +208,11 @@ def run_default_models_loop(globs, mongo_uri, database, batch_size, video_fps) -
                 int(probabilities.argmax()), scores.pop("entropy"), scores.pop("margin"),
                 scores.pop("least_confidence"), spec.version, extra_scores=tuple(sorted(scores.items())),
                 detections=detection_records(found), detector=detector_id))
-        written += _upsert(collection, records)
+        written += upsert_frames(collection, records)
         pending.clear()
 
     def add(source, index, timestamp_s, media_type, rgb):
-        pending.append((_metadata(source, index, timestamp_s, media_type, rgb), prepare_input(rgb, prep),
+        pending.append((frame_metadata(source, index, timestamp_s, media_type, rgb), prepare_input(rgb, prep),
                         detector.detect(rgb)))
         if len(pending) >= batch_size:
             flush()
