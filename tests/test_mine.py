@@ -90,7 +90,10 @@ def test_mine_end_to_end_and_idempotent_rerun(inputs, mongo):
             written = json.load(f)
         run = pymongo.MongoClient(mongo.uri)["activebeam"]["runs"].find_one({"_id": summary["run_id"]})
         assert run["status"] == "succeeded" and run["code_version"] == written["code_version"]
-        assert json.loads(run["counts"]) == {name: written[name] for name in mine.SUMMARY_COUNTERS}
+        counts = json.loads(run["counts"])
+        assert {name: counts[name] for name in mine.SUMMARY_COUNTERS} == {name: written[name] for name in mine.SUMMARY_COUNTERS}
+        # and what the selection costs to label (no detector: 25 frames at the published 5 s each)
+        assert counts["estimated_label_seconds"] == written["selection_figures"]["estimated_label_seconds"] == 125.0
         integers = {k for k, v in written.items() if isinstance(v, int) and not isinstance(v, bool)}
         assert set(mine.SUMMARY_COUNTERS) == integers - {"budget", "mc_passes", "uniqueness_k"}
 
