@@ -139,7 +139,8 @@ def select(records, strategy, budget: int, beam_check: bool) -> List[str]:
     the same records also go through ``SelectCandidates`` on the FnApiRunner, which must rank
     the same frames (``BeamAssertException`` otherwise)."""
     from transforms.select.ptransforms import to_pool, to_scored
-    pool = to_pool([to_scored(r)[1] for r in records])
+    # In frame-id order, as SelectCandidates orders its pool (ties, e.g. k-centre's, then agree).
+    pool = to_pool(sorted((to_scored(r)[1] for r in records), key=lambda s: s.frame_id))
     picks = [str(i) for i in pool.ids[strategy.select(pool, budget).indices]]
     if beam_check:
         import apache_beam as beam

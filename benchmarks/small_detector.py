@@ -8,7 +8,8 @@ trained with the focal loss of Lin et al. 2017, RetinaNet, at the cell holding a
 its 8 neighbours are left out of the loss, a hard form of CenterNet's penalty-reduced
 neighbourhood), and per cell the box: centre offset in the cell (sigmoid) and log width and
 height relative to :data:`ANCHOR` pixels (L1 loss at the centre cells). Training:
-``steps`` Adam steps of batches of ``batch_size`` labelled frames, each mirrored at random.
+``steps`` Adam steps of batches of ``batch_size`` labelled frames, each mirrored at random,
+moved by up to :data:`MAX_SHIFT_CELLS` grid cells and jittered in brightness and colour.
 
 The export decodes the grid inside the graph, so the TFLite model's one output is the ``yolo``
 layout of :mod:`transforms.score.detector_spec`: ``(1, cells, 4 + C)``, ``cx, cy, w, h`` in pixels
@@ -26,6 +27,7 @@ STRIDE = 8
 ANCHOR = 24.0
 SCORE_THRESHOLD = 0.05  # low, so that mAP sees the whole precision-recall curve
 IOU_THRESHOLD = 0.5
+MAX_SHIFT_CELLS = 2     # training frames move by up to this many grid cells (16 px) each way
 
 
 class TrainedDetector(NamedTuple):
@@ -106,8 +108,22 @@ def train(frames: np.ndarray, boxes: Sequence[np.ndarray], classes: Sequence[np.
         x = np.where(flip[:, None, None, None], frames[idx][:, :, ::-1], frames[idx]).astype(np.float32)
         targets = [np.where(flip.reshape((-1,) + (1,) * (a.ndim - 1)), b[idx], a[idx])
                    for a, b in zip(plain, mirrored)]
-        step(x, *targets)
+        rows, cols = rng.integers(-MAX_SHIFT_CELLS, MAX_SHIFT_CELLS + 1, 2)
+        x = _shifted(x, rows * STRIDE, cols * STRIDE, 0.0)
+        targets = [_shifted(t, rows, cols, 1.0 if k == 1 else 0.0) for k, t in enumerate(targets)]
+        x *= rng.uniform(0.7, 1.3, (batch_size, 1, 1, 1)) * rng.uniform(0.85, 1.15, (batch_size, 1, 1, 3))
+        step(np.clip(x, 0, 255).astype(np.float32), *targets)
     return model
+
+
+def _shifted(a: np.ndarray, rows: int, cols: int, fill: float) -> np.ndarray:
+    """``a`` ``(N, H, W, ...)`` moved by ``rows``, ``cols`` along axes 1 and 2, ``fill`` where
+    nothing moved in (an augmentation: frames by whole grid cells, so targets move with them)."""
+    out = np.full_like(a, fill)
+    h, w = a.shape[1:3]
+    out[:, max(rows, 0):h + min(rows, 0), max(cols, 0):w + min(cols, 0)] = \
+        a[:, max(-rows, 0):h + min(-rows, 0), max(-cols, 0):w + min(-cols, 0)]
+    return out
 
 
 def export(model, class_names: Sequence[str], directory: str, name: str = "detector") -> TrainedDetector:

@@ -195,6 +195,18 @@ def test_detector_options_and_sidecar_errors(detectors, tmp_path):
     frame, _ = _painted("china.jpg", (255, 0, 0), rows=(3, 5), cols=(2, 4))
     with pytest.raises(DetectorOutputError, match="scores 2 classes, the sidecar names 1"):
         ExportedDetector(str(bare)).load().detect(frame)
+    from transforms.decode.ptransforms import DecodeMedia
+    from transforms.score.ptransforms import ScoreFrames, load_model_spec
+    path = str(tmp_path / "red.png")
+    cv2.imwrite(path, frame[..., ::-1])
+
+    def build(p):
+        decoded = p | beam.Create([path]) | DecodeMedia()
+        scored = decoded.frames | ScoreFrames(load_model_spec(), detector=detector_handler(str(bare)))
+        return {"records": scored.records, "dead": scored.dead_letters}
+    out = harness.run_collect(build)
+    (dead,) = out["dead"]
+    assert out["records"] == [] and dead.stage == "inference" and "scores 2 classes" in dead.reason
     assert read_detector_spec(str(tmp_path / "nothing.onnx")) is None
 
 

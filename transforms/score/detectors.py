@@ -111,7 +111,8 @@ class NanoDetDetector:
 
 class DetectorOutputError(RuntimeError):
     """A detector's outputs do not match what its sidecar declares. Not a ``ValueError``: the
-    frame is dead-lettered by ``ScoreFrames`` (stage ``detector``) rather than skipped."""
+    frame is dead-lettered by ``ScoreFrames`` (stage ``inference``, reason ``detector inference
+    failed ...``) rather than skipped as a frame the detector does not take."""
 
 
 class ExportedDetector:
