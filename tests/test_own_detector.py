@@ -206,7 +206,7 @@ def test_detector_options_and_sidecar_errors(detectors, tmp_path):
         return {"records": scored.records, "dead": scored.dead_letters}
     out = harness.run_collect(build)
     (dead,) = out["dead"]
-    assert out["records"] == [] and dead.stage == "inference" and "scores 2 classes" in dead.reason
+    assert out["records"] == [] and dead.stage == "inference" and "scores 2 classes" in dead.error
     assert read_detector_spec(str(tmp_path / "nothing.onnx")) is None
 
 

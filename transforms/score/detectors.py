@@ -111,7 +111,7 @@ class NanoDetDetector:
 
 class DetectorOutputError(RuntimeError):
     """A detector's outputs do not match what its sidecar declares. Not a ``ValueError``: the
-    frame is dead-lettered by ``ScoreFrames`` (stage ``inference``, reason ``detector inference
+    frame is dead-lettered by ``ScoreFrames`` (stage ``inference``, error ``detector inference
     failed ...``) rather than skipped as a frame the detector does not take."""
 
 
