@@ -20,6 +20,8 @@ FnApiRunner runs :class:`transforms.score.ptransforms.ScoreFrames` with the back
 model and the exported detector as ``--detector`` would
 (:func:`transforms.score.detectors.detector_handler`, flip TTA on), and the strategy chooses
 from the resulting ``FrameRecord``\\s (:func:`transforms.select.ptransforms.to_pool`).
+``--embedding_model pretrained`` gives ``ScoreFrames`` the ``mine`` job's default backbone
+(EfficientNet-Lite0) instead, beside the same detector, as ``mine --detector`` runs.
 
 **Protocol.** Per seed and strategy: the initial clip, then ``--rounds`` rounds of
 ``--round_frames`` frames chosen by the strategy, whose ground truth the generator then
@@ -112,14 +114,20 @@ class Split:
 
 # --- scoring through the job's path, selection, evaluation -------------------------------------
 
-def score_pool(frames, trained: small_detector.TrainedDetector):
-    """``FrameRecord``\\s of ``frames`` from ``ScoreFrames`` (backbone + the exported detector
-    through :func:`~transforms.score.detectors.detector_handler`) on the FnApiRunner."""
+def score_pool(frames, trained: small_detector.TrainedDetector, embedding_model: str = "detector"):
+    """``FrameRecord``\\s of ``frames`` from ``ScoreFrames`` (a model + the exported detector
+    through :func:`~transforms.score.detectors.detector_handler`) on the FnApiRunner. The model,
+    whose embedding the strategies see: ``"detector"``, the trained network's backbone;
+    ``"pretrained"``, the ``mine`` job's default EfficientNet-Lite0
+    (:func:`transforms.score.pretrained.backbone_path`); or a model path."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
+    from transforms.score import pretrained
     from transforms.score.detectors import detector_handler
     from transforms.score.ptransforms import ScoreFrames, load_model_spec
-    spec = load_model_spec(trained.backbone)
+    model = {"detector": trained.backbone, "pretrained": pretrained.backbone_path()}.get(embedding_model,
+                                                                                        embedding_model)
+    spec = load_model_spec(model)
     key = f"score{time.monotonic_ns()}"
     with beam.Pipeline(options=PipelineOptions(runner="FnApiRunner")) as p:
         scored = (p | beam.Create(frames) | ScoreFrames(spec, detector=detector_handler(trained.detector, flip=True)))
@@ -236,7 +244,7 @@ def run_seed(seed: int, args, options: dd.GeneratorOptions, work: str, log) -> D
             if round_index == 1 and initial_records is not None:
                 records = [r for r in initial_records if position[r.frame.frame_id] not in set(labelled.tolist())]
             else:
-                records = score_pool(unlabelled, current)
+                records = score_pool(unlabelled, current, args.embedding_model)
                 if round_index == 1:
                     initial_records = records
             base, params = STRATEGIES[name]
@@ -334,6 +342,9 @@ def parse_args(argv=None):
     parser.add_argument("--test_cameras", type=int, default=2)
     parser.add_argument("--seconds_per_frame", type=float, default=3.0)
     parser.add_argument("--seconds_per_box", type=float, default=7.0)
+    parser.add_argument("--embedding_model", default="detector",
+                        help="whose embedding the strategies see: 'detector' (the trained network's pooled "
+                             "features, default), 'pretrained' (mine's EfficientNet-Lite0) or a model path")
     parser.add_argument("--no_beam_check", action="store_true", help="skip the SelectCandidates check of seed 0")
     parser.add_argument("--out_dir", default=".", help="where the PNG and the JSON go (default: here)")
     dd.add_generator_options(parser)
@@ -369,7 +380,8 @@ def main(argv=None):
     result.update(preset="quick" if args.quick else "default", seeds=args.seeds, rounds=args.rounds,
                   round_frames=args.round_frames, initial_frames=args.initial_frames, steps=args.steps,
                   generator=options._asdict(), wall_seconds=round(time.monotonic() - started, 1),
-                  beam_selections_checked=not args.no_beam_check, curves_png=png)
+                  beam_selections_checked=not args.no_beam_check, embedding_model=args.embedding_model,
+                  curves_png=png)
     with open(os.path.join(args.out_dir, "detection_al_results.json"), "w") as f:
         json.dump(dict(result, curves=curves), f, indent=1)
     print(json.dumps(result, sort_keys=True))
