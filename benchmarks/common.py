@@ -127,3 +127,30 @@ def upsert_frames(collection, records) -> int:
         ops.append(pymongo.UpdateOne({"_id": doc.pop("_id")}, {"$set": doc}, upsert=True))
     collection.bulk_write(ops, ordered=False)
     return len(ops)
+
+
+#: Elements kept by :func:`keep` in this process (the FnApiRunner runs in-process).
+_KEPT: Dict[str, list] = {}
+
+
+class _Keep:
+    """A picklable callable that stores a list of elements under ``key`` in :data:`_KEPT`; it
+    lives in this module (imported by name), so the copy Beam unpickles writes the same dict."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __call__(self, elements):
+        _KEPT[self.key] = list(elements)
+
+
+def keep(pcoll, key: str):
+    """Stores the elements of ``pcoll`` under ``key`` when an in-process runner (FnApiRunner)
+    runs the pipeline; :func:`taken` returns them afterwards."""
+    import apache_beam as beam
+    return pcoll | f"ToList{key}" >> beam.combiners.ToList() | f"Keep{key}" >> beam.Map(_Keep(key))
+
+
+def taken(key: str) -> list:
+    """The elements :func:`keep` stored under ``key`` (removed); ``[]`` when none arrived."""
+    return _KEPT.pop(key, [])

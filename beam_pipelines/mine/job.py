@@ -17,8 +17,8 @@ from beam_pipelines.cli import preflight
 from beam_pipelines.local.mongod import LocalMongoD
 from beam_pipelines.mine.options import BATCH_ONLY_OPTIONS, MineJob, decode_options
 from transforms.common.redact import redact_uri
-from transforms.score.detectors import (BackgroundDifferenceDetector, DetectorHandler, detector_version,
-                                        nanodet_handler)
+from transforms.score.detectors import (BackgroundDifferenceDetector, DetectorHandler, detector_handler,
+                                        detector_version)
 from transforms.score.ptransforms import ModelSpec, load_model_spec
 from transforms.select.cost import CostModel, checked_cost_model, fit_to_annotations
 
@@ -43,7 +43,8 @@ def load_model(mine, job: MineJob) -> ModelSpec:
 
 def make_detector(mine, job: MineJob) -> Optional[DetectorHandler]:
     """The detector the job runs, or ``None``: ``--detector_background``'s background-difference
-    detector, else ``--detector`` (resolved in ``job.detector``) with ``--detector_flip``.
+    detector, else ``--detector`` (resolved in ``job.detector``: NanoDet-g, or a detector its
+    sidecar declares, :func:`~transforms.score.detectors.detector_handler`) with ``--detector_flip``.
 
     Raises
     ------
@@ -55,7 +56,7 @@ def make_detector(mine, job: MineJob) -> Optional[DetectorHandler]:
     if not job.detector:
         return None
     try:
-        return nanodet_handler(job.detector, flip=job.detector_flip)
+        return detector_handler(job.detector, flip=job.detector_flip)
     except Exception as e:  # noqa: BLE001 - an unreadable file
         raise preflight.OptionError(f"--detector {job.detector} cannot be used: {preflight.one_line(e, 300)}") from e
 

@@ -25,8 +25,9 @@ from transforms.index.bigquery_client import parse_table_id, sibling_table
 from transforms.score import pretrained
 from transforms.score import registry as score_registry
 from transforms.score.detection import LOCALISATION_SCORE
-from transforms.score.model_base import DEFAULT_MODEL_NAME  # no TensorFlow import
-from transforms.score.preprocessing import LOGITS, PROBABILITIES  # no TensorFlow import
+from transforms.score.detector_spec import read_detector_spec  # no TensorFlow import
+from transforms.score.model_base import DEFAULT_MODEL_NAME, ONNX, SAVED_MODEL, TFLITE, runtime_of  # no TensorFlow import
+from transforms.score.preprocessing import LOGITS, PROBABILITIES, SIDECAR_SUFFIX  # no TensorFlow import
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
 from transforms.select.cost import BOXES, BUDGET_UNITS, FRAMES
 from transforms.select.factory import make_strategy
@@ -137,7 +138,11 @@ class MineOptions(PipelineOptions):
                                  "--model is not given), 'nanodet' (the same with any --model), "
                                  "'nanodet_int8' (NanoDet-g with int8 weights: about 3x faster, the "
                                  "same boxes but at the score threshold, a different selection; "
-                                 "docs/models.md), a NanoDet .tflite path or gs:// URI, or 'none'.")
+                                 "docs/models.md), 'none', or a path or gs:// URI of a NanoDet "
+                                 ".tflite or of your own detector (.onnx, .tflite or SavedModel "
+                                 "directory) with a <detector>.json sidecar: class_names, input "
+                                 "size and normalisation, output layout, score threshold, NMS "
+                                 "(see docs/models.md).")
         parser.add_argument("--detector_flip", default=AUTO, choices=(AUTO, "on", "off"),
                             help="Also detect on the mirrored frame for detection_localisation "
                                  "(doubles the detector's cost). auto (the default): on when the "
@@ -239,7 +244,7 @@ class MineJob(NamedTuple):
     bigquery_write_method: str  # AUTO resolved
     detector_background: Optional[str]
     model: Optional[str] = None     # resolved --model; None: the bundled Fashion-MNIST CNN
-    detector: Optional[str] = None  # NanoDet .tflite the job runs, or None
+    detector: Optional[str] = None  # detector the job runs (NanoDet .tflite, or one with a sidecar), or None
     # A remote runner's workers cannot read the driver's converted default models: they are
     # copied to this location (--staging_location, else --temp_location) by stage_models.
     stage_models_to: Optional[str] = None
@@ -272,9 +277,18 @@ def _models(mine):
     else:
         detector = _from_caller_dir(choice)
         preflight.check_model_file("detector", detector)
-        if not detector.lower().endswith(".tflite"):
-            raise ValueError(f"--detector must be auto, nanodet, nanodet_int8, none or a NanoDet .tflite file, "
+        if runtime_of(detector) not in (TFLITE, ONNX, SAVED_MODEL):
+            raise ValueError(f"--detector must be auto, nanodet, nanodet_int8, none, a NanoDet .tflite file, or a detector "
+                             f".onnx, .tflite or SavedModel directory with a {SIDECAR_SUFFIX} sidecar, "
                              f"got {choice!r}")
+        try:
+            spec = read_detector_spec(detector)
+        except ValueError as e:
+            raise ValueError(f"--detector {choice}: {e}") from None
+        if spec is None and runtime_of(detector) != TFLITE:
+            raise ValueError(f"--detector {choice}: a detector other than NanoDet-g needs a sidecar "
+                             f"{detector.rstrip('/')}{SIDECAR_SUFFIX} (class_names, input and output "
+                             f"layout; see docs/models.md)")
     return model, detector
 
 

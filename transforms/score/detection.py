@@ -78,6 +78,36 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression, best score first.
+
+    ``boxes`` float ``(K, 4)`` as ``[x1, y1, x2, y2]``; ``scores`` ``(K,)``; a box is dropped
+    when its IoU with a kept, better box exceeds ``iou_threshold`` (Neubeck & Van Gool, 2006,
+    Efficient Non-Maximum Suppression; the greedy form every detector's post-processing uses).
+    """
+    order = np.argsort(-scores, kind="stable")
+    area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]))
+        h = np.maximum(0.0, np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]))
+        inter = w * h
+        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def per_class_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices (int64) of the boxes :func:`nms` keeps within each class of ``class_ids`` ``(K,)``
+    (boxes of different classes never suppress each other), grouped by class."""
+    keep = [np.nonzero(class_ids == c)[0][nms(boxes[class_ids == c], scores[class_ids == c], iou_threshold)]
+            for c in np.unique(class_ids)]
+    return np.concatenate(keep).astype(np.int64) if keep else np.zeros(0, np.int64)
+
+
 def localisation_instability(boxes, class_ids, augmented_boxes, augmented_class_ids) -> np.ndarray:
     """Per box, ``1 - IoU`` with the best-overlapping box of the same class found on an
     augmented copy of the frame (boxes mapped back to the frame); 1 when there is none.

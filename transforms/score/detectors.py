@@ -3,7 +3,10 @@
 :class:`DetectorHandler` is the Beam ``ModelHandler`` around any detector object with ``load()``
 and ``detect(pixels) -> Detections``. :class:`NanoDetDetector` is the default one (NanoDet-g,
 COCO's 80 classes, converted at set-up by :mod:`transforms.score.pretrained.convert`, run by the
-LiteRT interpreter without importing TensorFlow); :class:`BackgroundDifferenceDetector` is a
+LiteRT interpreter without importing TensorFlow); :class:`ExportedDetector` is a team's own
+detector in ONNX, TFLite or SavedModel form, declared by a JSON sidecar
+(:mod:`transforms.score.detector_spec`), picked by :func:`detector_handler`;
+:class:`BackgroundDifferenceDetector` is a
 documented example of a detector without weights, for fixed cameras. The per-frame scores are
 :func:`transforms.score.detection.aggregate_detection_scores`.
 """
@@ -22,12 +25,31 @@ from transforms.common.files import local_copy
 from transforms.score.detection import (RARE_CLASS_SCORE, UNCERTAIN_BAND, Detections,
                                         aggregate_detection_scores, localisation_instability,
                                         rare_class_scores)
+from transforms.score.detector_spec import DetectorSpec, decode_outputs, read_detector_spec
 from transforms.score.handlers import model_version_id
 from transforms.score.litert import load_interpreter
+from transforms.score.model_base import ONNX, SAVED_MODEL, TFLITE, runtime_of
+from transforms.score.preprocessing import SIDECAR_SUFFIX, prepare_input
+from transforms.score.runtimes import NamedOutputsSession
 from transforms.score.pretrained import nanodet
 from transforms.score.threads import inference_threads
 
 _LOG = logging.getLogger(__name__)
+
+
+def detect_with_flip(run, pixels: np.ndarray, class_names: Sequence[str], flip: bool) -> Detections:
+    """:class:`Detections` of one RGB ``uint8 (H, W, 3)`` frame from ``run(pixels) -> (boxes,
+    scores, class_ids)``; with ``flip``, ``run`` also sees the mirrored frame and each box gets
+    its :func:`~transforms.score.detection.localisation_instability` against the mirrored
+    pass's boxes mapped back (Kao et al., 2018, with a horizontal flip as the perturbation)."""
+    boxes, scores, classes = run(pixels)
+    localisation = None
+    if flip:
+        width = pixels.shape[1]
+        f_boxes, _, f_classes = run(np.ascontiguousarray(pixels[:, ::-1]))
+        f_boxes = np.stack([width - f_boxes[:, 2], f_boxes[:, 1], width - f_boxes[:, 0], f_boxes[:, 3]], axis=1)
+        localisation = localisation_instability(boxes, classes, f_boxes, f_classes)
+    return Detections(boxes, scores, classes, tuple(class_names[c] for c in classes), localisation)
 
 
 class NanoDetDetector:
@@ -84,14 +106,88 @@ class NanoDetDetector:
         """Boxes of one RGB ``uint8 (H, W, 3)`` frame, best first (see :class:`Detections`)."""
         if self._interpreter is None:
             self.load()
-        boxes, scores, classes = self._run(pixels)
-        localisation = None
-        if self.flip:
-            width = pixels.shape[1]
-            f_boxes, _, f_classes = self._run(np.ascontiguousarray(pixels[:, ::-1]))
-            f_boxes = np.stack([width - f_boxes[:, 2], f_boxes[:, 1], width - f_boxes[:, 0], f_boxes[:, 3]], axis=1)
-            localisation = localisation_instability(boxes, classes, f_boxes, f_classes)
-        return Detections(boxes, scores, classes, tuple(nanodet.COCO_CLASSES[c] for c in classes), localisation)
+        return detect_with_flip(self._run, pixels, nanodet.COCO_CLASSES, self.flip)
+
+
+class DetectorOutputError(RuntimeError):
+    """A detector's outputs do not match what its sidecar declares. Not a ``ValueError``: the
+    frame is dead-lettered by ``ScoreFrames`` (stage ``inference``, error ``detector inference
+    failed ...``) rather than skipped as a frame the detector does not take."""
+
+
+class ExportedDetector:
+    """A team's own detector exported to ONNX, TFLite or a TensorFlow SavedModel, read as its JSON
+    sidecar declares (:mod:`transforms.score.detector_spec`), with the same optional
+    horizontal-flip test-time augmentation as :class:`NanoDetDetector`.
+
+    Parameters
+    ----------
+    model_uri : str
+        ``.onnx`` or ``.tflite`` file, or SavedModel directory (any Beam filesystem; a SavedModel
+        is read by TensorFlow, which reads ``gs://`` itself).
+    spec : DetectorSpec, optional
+        Default: the sidecar ``<model_uri>.json`` (:func:`~transforms.score.detector_spec.read_detector_spec`).
+    flip : bool
+        Also run the mirrored frame for ``detection_localisation``; doubles the cost.
+    num_threads : int, optional
+        Runtime threads (default: :func:`~transforms.score.threads.inference_threads`).
+
+    Raises
+    ------
+    ValueError
+        If the model has no sidecar, or the sidecar is invalid (naming its key); at ``load()``,
+        if the model's input cannot take the declared image.
+    DetectorOutputError
+        From ``detect``, when the model's outputs do not have the declared layout.
+    """
+
+    def __init__(self, model_uri: str, spec: Optional[DetectorSpec] = None, flip: bool = True,
+                 num_threads: Optional[int] = None):
+        self.model_uri = model_uri
+        self.spec = spec or read_detector_spec(model_uri)
+        if self.spec is None:
+            raise ValueError(f"{model_uri}: a detector other than NanoDet-g needs a sidecar "
+                             f"{model_uri.rstrip('/')}{SIDECAR_SUFFIX} (class_names, input and output layout; "
+                             f"see docs/models.md)")
+        self.runtime = runtime_of(model_uri)
+        if self.runtime not in (ONNX, TFLITE, SAVED_MODEL):
+            raise ValueError(f"{model_uri}: a detector must be .onnx, .tflite or a SavedModel directory")
+        self.flip, self.num_threads = flip, num_threads
+        self._session = None
+
+    def load(self) -> "ExportedDetector":
+        if self.runtime == SAVED_MODEL:
+            self._session = NamedOutputsSession(self.model_uri, self.runtime, self.num_threads)
+        else:
+            with local_copy(self.model_uri) as local:
+                self._session = NamedOutputsSession(local, self.runtime, self.num_threads or inference_threads())
+        shape = self._session.input_shape
+        if len(shape) != 3:
+            raise ValueError(f"{self.model_uri}: the detector's input must be an image batch (N, H, W, C) "
+                             f"or (N, C, H, W), got {(None,) + shape}")
+        size = shape[1:3] if self.spec.layout == "NCHW" else shape[0:2]
+        self._prep = self.spec.preprocessing(None if None in size else tuple(size))
+        channels = shape[0] if self.spec.layout == "NCHW" else shape[2]
+        if channels is not None and channels != self._prep.channels:
+            raise ValueError(f"{self.model_uri}: colour {self._prep.colour} gives {self._prep.channels} "
+                             f"channels, the detector takes {channels} (layout {self.spec.layout})")
+        return self
+
+    def _run(self, rgb: np.ndarray):
+        x = prepare_input(rgb, self._prep)[None]
+        if self.spec.input_dtype == "uint8":
+            x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        outputs = self._session.run(x)
+        try:
+            return decode_outputs(outputs, self.spec, self._prep.input_size, rgb.shape[1], rgb.shape[0])
+        except ValueError as e:  # the sidecar does not describe the model: every frame would fail
+            raise DetectorOutputError(f"{self.model_uri}: {e}") from e
+
+    def detect(self, pixels: np.ndarray) -> Detections:
+        """Boxes of one RGB ``uint8 (H, W, 3)`` frame, best first (see :class:`Detections`)."""
+        if self._session is None:
+            self.load()
+        return detect_with_flip(self._run, pixels, self.spec.class_names, self.flip)
 
 
 class BackgroundDifferenceDetector:
@@ -222,6 +318,22 @@ def detector_version(uri: str):
 def nanodet_handler(uri: str, flip: bool = True) -> DetectorHandler:
     """The ``DetectorHandler`` of a NanoDet TFLite model at ``uri``, versioned by its digest."""
     return DetectorHandler(NanoDetDetector(uri, flip=flip), version=detector_version(uri))
+
+
+def detector_handler(uri: str, flip: bool = True) -> DetectorHandler:
+    """The ``DetectorHandler`` of the detector at ``uri``, versioned by its digest: an
+    :class:`ExportedDetector` when a sidecar ``<uri>.json`` declares it, else NanoDet-g's
+    ``.tflite`` (:func:`nanodet_handler`).
+
+    Raises
+    ------
+    ValueError
+        For an invalid sidecar, or a model other than a ``.tflite`` without one.
+    """
+    spec = read_detector_spec(uri)
+    if spec is None and uri.lower().endswith(".tflite"):
+        return nanodet_handler(uri, flip)
+    return DetectorHandler(ExportedDetector(uri, spec, flip=flip), version=detector_version(uri))
 
 
 def _class_labels(record):

@@ -24,6 +24,8 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+from transforms.score.detection import per_class_nms
+
 INPUT_SIZE = 416
 STRIDES = (8, 16, 32)
 REG_BINS = 11  # reg_max + 1
@@ -70,26 +72,6 @@ def _levels(outputs: Sequence[np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.nda
             raise ValueError(f"NanoDet outputs lack stride {stride}: shapes "
                              f"{sorted(by_shape)}") from None
     return levels
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices of the boxes kept by greedy non-maximum suppression, best score first.
-
-    ``boxes`` float ``(K, 4)`` as ``[x1, y1, x2, y2]``; ``scores`` ``(K,)``.
-    """
-    order = np.argsort(-scores, kind="stable")
-    area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]))
-        h = np.maximum(0.0, np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]))
-        inter = w * h
-        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
 
 
 def decode(outputs: Sequence[np.ndarray], width: int, height: int,
@@ -140,10 +122,6 @@ def decode(outputs: Sequence[np.ndarray], width: int, height: int,
                               np.concatenate(all_classes))
     boxes = boxes * np.array([width, height, width, height], dtype=np.float64) / INPUT_SIZE
     boxes = np.clip(boxes, 0, [width, height, width, height])
-    keep = []
-    for c in np.unique(classes):
-        idx = np.nonzero(classes == c)[0]
-        keep.extend(idx[nms(boxes[idx], scores[idx], iou_threshold)])
-    keep = np.asarray(keep, dtype=np.int64)
+    keep = per_class_nms(boxes, scores, classes, iou_threshold)
     keep = keep[np.argsort(-scores[keep], kind="stable")][:max_detections]
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), classes[keep].astype(np.int32)

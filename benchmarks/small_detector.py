@@ -1,0 +1,170 @@
+"""A small single-stage detector that trains on this CPU in about a minute, exported as a TFLite
+model with a sidecar that ``mine --detector`` (:class:`transforms.score.detectors.ExportedDetector`)
+reads, and a TFLite backbone (embedding + class probabilities) for ``ScoreFrames``' main model.
+
+The network is a CenterNet-style head on a 7-layer CNN (Zhou, Wang & Krähenbühl 2019, Objects
+as Points): on a grid of stride :data:`STRIDE`, per cell and class a centre score (sigmoid,
+trained with the focal loss of Lin et al. 2017, RetinaNet, at the cell holding a box's centre;
+its 8 neighbours are left out of the loss, a hard form of CenterNet's penalty-reduced
+neighbourhood), and per cell the box: centre offset in the cell (sigmoid) and log width and
+height relative to :data:`ANCHOR` pixels (L1 loss at the centre cells). Training:
+``steps`` Adam steps of batches of ``batch_size`` labelled frames, each mirrored at random,
+moved by up to :data:`MAX_SHIFT_CELLS` grid cells and jittered in brightness and colour.
+
+The export decodes the grid inside the graph, so the TFLite model's one output is the ``yolo``
+layout of :mod:`transforms.score.detector_spec`: ``(1, cells, 4 + C)``, ``cx, cy, w, h`` in pixels
+of the input and C class scores in [0, 1]. Variables are frozen into constants before
+conversion: a TFLite model converted from a SavedModel with resource variables reads them with
+``READ_VARIABLE`` ops, which LiteRT's XNNPACK path runs to NaN outputs (seen with LiteRT 2.3).
+"""
+import json
+import os
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+STRIDE = 8
+ANCHOR = 24.0
+SCORE_THRESHOLD = 0.05  # low, so that mAP sees the whole precision-recall curve
+IOU_THRESHOLD = 0.5
+MAX_SHIFT_CELLS = 2     # training frames move by up to this many grid cells (16 px) each way
+
+
+class TrainedDetector(NamedTuple):
+    """Paths of one training's exports: ``detector`` (TFLite + ``.json`` sidecar) and
+    ``backbone`` (TFLite + sidecar: ``embedding`` (64-d pooled features) and ``probabilities``
+    (softmax over the classes' best cell logits))."""
+    detector: str
+    backbone: str
+
+
+def _targets(boxes_list, classes_list, n_classes, grid_h, grid_w):
+    n = len(boxes_list)
+    heat = np.zeros((n, grid_h, grid_w, n_classes), np.float32)
+    weight = np.ones((n, grid_h, grid_w, n_classes), np.float32)
+    box = np.zeros((n, grid_h, grid_w, 4), np.float32)
+    centre = np.zeros((n, grid_h, grid_w, 1), np.float32)
+    for i, (boxes, classes) in enumerate(zip(boxes_list, classes_list)):
+        for (x1, y1, x2, y2), k in zip(boxes, classes):
+            cx, cy = (x1 + x2) / 2 / STRIDE, (y1 + y2) / 2 / STRIDE
+            col, row = min(int(cx), grid_w - 1), min(int(cy), grid_h - 1)
+            weight[i, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2, k] = 0.0
+            heat[i, row, col, k] = 1.0
+            box[i, row, col] = (cx - col, cy - row, np.log((x2 - x1) / ANCHOR), np.log((y2 - y1) / ANCHOR))
+            centre[i, row, col] = 1.0
+    weight[heat > 0] = 1.0
+    return heat, weight, box, centre
+
+
+def _build(height, width, n_classes):
+    import keras
+    x = keras.Input((height, width, 3), name="image")
+    y = keras.layers.Rescaling(1 / 255.0)(x)
+    for filters in (16, 32, 48):
+        for strides in (2, 1):
+            y = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(y)
+            y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
+    features = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="features")(y)
+    cls = keras.layers.Conv2D(n_classes, 1, bias_initializer=keras.initializers.Constant(-4.0), name="cls")(features)
+    box = keras.layers.Conv2D(4, 1, name="box")(features)
+    return keras.Model(x, [cls, box, features])
+
+
+def train(frames: np.ndarray, boxes: Sequence[np.ndarray], classes: Sequence[np.ndarray], n_classes: int,
+          seed: int = 0, steps: int = 600, batch_size: int = 16, learning_rate: float = 2e-3):
+    """A Keras model trained from scratch on RGB ``uint8 (N, H, W, 3)`` frames and their boxes
+    (``[x1, y1, x2, y2]`` pixels) and class indices; deterministic in ``seed`` on one machine."""
+    import keras
+    import tensorflow as tf
+    keras.utils.set_random_seed(seed)
+    height, width = frames.shape[1:3]
+    grid_h, grid_w = height // STRIDE, width // STRIDE
+    model = _build(height, width, n_classes)
+    flipped_boxes = [np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1) if len(b) else b
+                     for b in boxes]
+    plain = _targets(boxes, classes, n_classes, grid_h, grid_w)
+    mirrored = _targets(flipped_boxes, classes, n_classes, grid_h, grid_w)
+    optimizer = keras.optimizers.Adam(learning_rate)
+    focal = keras.losses.BinaryFocalCrossentropy(from_logits=True, gamma=2.0, alpha=0.25, reduction="none")
+
+    @tf.function
+    def step(x, heat, weight, box, centre):
+        with tf.GradientTape() as tape:
+            cls, reg, _ = model(x, training=True)
+            positives = tf.maximum(tf.reduce_sum(centre), 1.0)
+            per_cell = focal(heat[..., None], cls[..., None])
+            cls_loss = tf.reduce_sum(per_cell * weight) / positives
+            reg = tf.concat([tf.sigmoid(reg[..., :2]), reg[..., 2:]], axis=-1)
+            box_loss = tf.reduce_sum(tf.abs(reg - box) * centre) / positives
+            loss = cls_loss + box_loss
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = rng.integers(0, len(frames), batch_size)
+        flip = rng.random(batch_size) < 0.5
+        x = np.where(flip[:, None, None, None], frames[idx][:, :, ::-1], frames[idx]).astype(np.float32)
+        targets = [np.where(flip.reshape((-1,) + (1,) * (a.ndim - 1)), b[idx], a[idx])
+                   for a, b in zip(plain, mirrored)]
+        rows, cols = rng.integers(-MAX_SHIFT_CELLS, MAX_SHIFT_CELLS + 1, 2)
+        x = _shifted(x, rows * STRIDE, cols * STRIDE, 0.0)
+        targets = [_shifted(t, rows, cols, 1.0 if k == 1 else 0.0) for k, t in enumerate(targets)]
+        x *= rng.uniform(0.7, 1.3, (batch_size, 1, 1, 1)) * rng.uniform(0.85, 1.15, (batch_size, 1, 1, 3))
+        step(np.clip(x, 0, 255).astype(np.float32), *targets)
+    return model
+
+
+def _shifted(a: np.ndarray, rows: int, cols: int, fill: float) -> np.ndarray:
+    """``a`` ``(N, H, W, ...)`` moved by ``rows``, ``cols`` along axes 1 and 2, ``fill`` where
+    nothing moved in (an augmentation: frames by whole grid cells, so targets move with them)."""
+    out = np.full_like(a, fill)
+    h, w = a.shape[1:3]
+    out[:, max(rows, 0):h + min(rows, 0), max(cols, 0):w + min(cols, 0)] = \
+        a[:, max(-rows, 0):h + min(-rows, 0), max(-cols, 0):w + min(-cols, 0)]
+    return out
+
+
+def export(model, class_names: Sequence[str], directory: str, name: str = "detector") -> TrainedDetector:
+    """Writes ``<name>.tflite`` (+ sidecar) and ``<name>_backbone.tflite`` (+ sidecar) to
+    ``directory`` (see :class:`TrainedDetector`)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    height, width = model.input_shape[1:3]
+    grid_h, grid_w = height // STRIDE, width // STRIDE
+    n_classes = len(class_names)
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+    grid = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float32)[None]
+    spec = tf.TensorSpec([1, height, width, 3], tf.float32, name="image")
+
+    @tf.function(input_signature=[spec])
+    def detect(image):
+        cls, box, _ = model(image, training=False)
+        scores = tf.reshape(tf.sigmoid(cls), [1, grid_h * grid_w, n_classes])
+        box = tf.reshape(box, [1, grid_h * grid_w, 4])
+        centre = (tf.constant(grid) + tf.sigmoid(box[..., :2])) * STRIDE
+        size = tf.exp(tf.clip_by_value(box[..., 2:], -4.0, 4.0)) * ANCHOR
+        return tf.concat([centre, size, scores], axis=-1)
+
+    @tf.function(input_signature=[spec])
+    def backbone(image):
+        cls, _, features = model(image, training=False)
+        return tf.reduce_mean(features, axis=[1, 2]), tf.nn.softmax(tf.reduce_max(cls, axis=[1, 2]))
+
+    os.makedirs(directory, exist_ok=True)
+    paths = TrainedDetector(os.path.join(directory, f"{name}.tflite"), os.path.join(directory, f"{name}_backbone.tflite"))
+    for path, function in zip(paths, (detect, backbone)):
+        frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+        with open(path, "wb") as f:
+            f.write(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
+    with open(paths.detector + ".json", "w") as f:
+        json.dump({"class_names": list(class_names), "output_layout": "yolo", "box_format": "cxcywh",
+                   "box_units": "pixels", "score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD,
+                   "nms": "per_class"}, f)
+    from ai_edge_litert.interpreter import Interpreter
+    outputs = Interpreter(paths.backbone).get_output_details()
+    by_width = {int(d["shape"][-1]): d["name"] for d in outputs}
+    with open(paths.backbone + ".json", "w") as f:
+        json.dump({"embedding_output": by_width[64], "class_output": by_width[n_classes]}, f)
+    return paths

@@ -1,0 +1,62 @@
+"""The detection active-learning benchmark's parts, small: the detector it trains exports to a
+TFLite model that ScoreFrames runs as `mine --detector` would, its selections equal
+SelectCandidates' on the FnApiRunner, mAP comes from pycocotools, and the figures of the result."""
+import numpy as np
+import pytest
+
+from benchmarks import detection_al as al
+from benchmarks import detection_data as dd
+from benchmarks import small_detector
+from transforms.select.factory import make_strategy
+
+
+@pytest.fixture(scope="module")
+def split():
+    options = dd.GeneratorOptions(cameras=4, long_frames=16, min_frames=8, max_frames=10, seed=1)
+    return al.Split(dd.generate(options), options, test_cameras=1, seed=1)
+
+
+def test_trained_detector_through_score_frames_selection_and_map(split, tmp_path):
+    labelled = split.initial(8, seed=1)
+    assert len(labelled) == 8 and len({split.sources[i] for i in labelled}) == 1  # one clip
+    trained, map50 = al._train_and_export(split, labelled, str(tmp_path), seed=0,
+                                          args=type("Args", (), {"steps": 20})())
+    assert 0.0 <= map50 <= 1.0
+    frames = split.frame_records()[:12]
+    records = al.score_pool(frames, trained)
+    assert sorted(r.frame.frame_id for r in records) == sorted(f.frame_id for f in frames)
+    for record in records:
+        scores = dict(record.extra_scores)
+        assert record.detector.name == "detector.tflite" and len(record.embedding) == 64
+        assert {"detection_max", "detection_sum", "detection_localisation"} <= set(scores)
+        assert scores["detection_count"] == len(record.detections)
+        assert all(d.label in split.options.class_names for d in record.detections)
+    picks = al.select(records, make_strategy("uncertainty_kcenter", {"score": "detection_max"}), 4, beam_check=True)
+    assert 1 <= len(picks) <= 4 and set(picks) <= {r.frame.frame_id for r in records}
+    assert al.coco_map50(trained.detector, split.test_clips, split.options.class_names) == pytest.approx(map50)
+
+
+def test_map50_of_the_ground_truth_is_one_and_of_shifted_boxes_zero(split):
+    def answers(shift):
+        truth = iter([(b + shift, np.ones(len(b)), c) for clip in split.test_clips
+                      for b, c in zip(clip.boxes, clip.classes)])
+        return lambda frame: next(truth)
+    assert al.map50(split.test_clips, split.options.class_names, answers(0.0)) == pytest.approx(1.0)
+    assert al.map50(split.test_clips, split.options.class_names, answers(1000.0)) == 0.0
+
+
+def test_summary_ratios_and_wins():
+    def curve(points):
+        return [{"frames": f, "boxes": b, "seconds": 3 * f + 7 * b, "map50": m} for f, b, m in points]
+    random = [curve([(10, 20, 0.1), (20, 60, 0.2), (30, 100, 0.3)])] * 2
+    default = [curve([(10, 20, 0.1), (20, 40, 0.3), (30, 60, 0.4)]),
+               curve([(10, 20, 0.1), (20, 40, 0.25), (30, 60, 0.28)])]
+    out = al.summarise({"random": random, al.DEFAULT: default, al.TOPK: random}, seeds=2)
+    assert out["vs_random"][al.DEFAULT]["boxes_ratio_per_seed"] == [0.4, None]  # 40 boxes vs 100; never
+    assert out["boxes_vs_random"] is None and out["boxes_vs_random_goal_met"] is False
+    assert out["default_beats_random_seeds"] == 2 and out["default_beats_topk_seeds"] == 2
+    assert out["default_beats_random_sign_test_p"] == 0.25
+    one = al.summarise({"random": random[:1], al.DEFAULT: default[:1]}, seeds=1)
+    seconds = (3 * 20 + 7 * 40) / (3 * 30 + 7 * 100)
+    assert one["boxes_vs_random"] == 0.4 and one["seconds_vs_random"] == pytest.approx(seconds, abs=1e-3)
+    assert one["boxes_vs_random_goal_met"] and one["seconds_vs_random_goal_met"]
