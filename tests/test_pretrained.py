@@ -187,9 +187,9 @@ def test_int8_detector_finds_the_float_models_boxes(models, vtest_frames):
     reference = [float32.detect(rgb) for rgb in frames]
     found = [int8.detect(rgb) for rgb in frames]
     assert sum(len(d.boxes) for d in reference) > 100  # a test with boxes to find
-    assert convert.box_f1(reference, found) >= convert.MIN_QUANTIZED_BOX_F1  # measured 0.94 here
+    assert convert.box_f1(reference, found) >= convert.MIN_QUANTIZED_BOX_F1  # measured 0.97 here
     # the misses are boxes at the score threshold (0.30-0.32), which a hair's change of weights
-    # flips: without them the detectors agree (measured 0.996: one pair matched one-to-one otherwise)
+    # flips: without them the detectors agree (measured 0.995: one pair matched one-to-one otherwise)
     assert convert.box_f1(reference, found, band=0.03) >= 0.99
 
 

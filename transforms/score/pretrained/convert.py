@@ -200,31 +200,31 @@ def check_video_frames(every: int = 20) -> List[np.ndarray]:
 
 
 def box_f1(reference, candidate, iou: float = 0.5, band: float = 0.0) -> float:
-    """F1 of ``candidate``'s boxes against ``reference``'s over frames: a box matches an unmatched
-    reference box of the same class with IoU >= ``iou`` (greedy, most confident reference first).
-    Both are sequences of :class:`~transforms.score.detection.Detections`; 1.0 when neither has a box.
+    """F1 of ``candidate``'s boxes against ``reference``'s over frames, boxes matched one-to-one
+    within a frame by :func:`transforms.annotate.qc.match_boxes` (same class, IoU >= ``iou``, by
+    decreasing IoU). Both are sequences of :class:`~transforms.score.detection.Detections`; 1.0
+    when neither has a box.
 
     ``band`` > 0 leaves out the unmatched boxes of either side that score below
     ``nanodet.SCORE_THRESHOLD + band``: boxes at the threshold, which the slightest change of
     the weights keeps or drops (the int8 detector's only misses score 0.30-0.32; docs/models.md).
     """
-    from transforms.score.detection import iou_matrix
+    from transforms.annotate.qc import match_boxes
+
+    def boxes(found):
+        return [{"label": int(k), "box": [float(v) for v in b]} for k, b in zip(found.class_ids, found.boxes)]
+
+    def counted(confidences, unmatched):
+        confidences = np.asarray(confidences)[list(unmatched)]
+        return int(np.sum(confidences >= nanodet.SCORE_THRESHOLD + band)) if band else len(confidences)
+
     matched = total = 0
-    edge = nanodet.SCORE_THRESHOLD + band
     for ref, cand in zip(reference, candidate):
-        free = np.ones(len(cand.boxes), bool)
-        hit = np.zeros(len(ref.boxes), bool)
-        if len(ref.boxes) and len(cand.boxes):
-            overlap = np.where(np.asarray(ref.class_ids)[:, None] == np.asarray(cand.class_ids)[None, :],
-                               iou_matrix(ref.boxes, cand.boxes), 0.0)
-            for i in np.argsort(-np.asarray(ref.confidences), kind="stable"):
-                j = int(np.argmax(np.where(free, overlap[i], -1.0)))
-                if free[j] and overlap[i, j] >= iou:
-                    free[j], hit[i] = False, True
-        matched += int(hit.sum())
-        total += 2 * int(hit.sum())
-        total += int(np.sum(np.asarray(ref.confidences)[~hit] >= edge)) if band else int((~hit).sum())
-        total += int(np.sum(np.asarray(cand.confidences)[free] >= edge)) if band else int(free.sum())
+        pairs = match_boxes(boxes(ref), boxes(cand), iou)
+        matched += len(pairs)
+        total += 2 * len(pairs)
+        total += counted(ref.confidences, set(range(len(ref.boxes))) - {i for i, _, _ in pairs})
+        total += counted(cand.confidences, set(range(len(cand.boxes))) - {j for _, j, _ in pairs})
     return 1.0 if total == 0 else 2.0 * matched / total
 
 
