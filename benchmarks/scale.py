@@ -23,7 +23,7 @@ wall time minus ``source``'s; peak RSS is the process's (records and runner incl
 
 The baseline is exact search: ``exact_search_s`` is the time of a ``Flat`` search of
 ``--recall_queries`` sampled frames against all N, scaled by ``N / queries`` (exact cost is
-linear in the queries). The recall figures (:func:`transforms.score.ann.compare_with_exact`)
+linear in the queries). The recall figures (:func:`transforms.score.ann_accuracy.compare_with_exact`)
 come from the same sample at the largest size: recall@3, Spearman of uniqueness, recall of the
 near-duplicate pairs. Growth exponents are ``log(t2 / t1) / log(n2 / n1)`` between the two
 largest sizes; the projection to 10M and 100M multiplies by ``(N / n_max) ** exponent`` and
@@ -208,7 +208,7 @@ def _uri(clip):
 def exact_baseline(n, bases, seed, queries):
     """Seconds of an exact (``Flat``) cosine search of ``queries`` sampled frames against all
     ``n``, scaled to all ``n`` queries, and the recall figures of ``"auto"`` on that sample."""
-    from transforms.score import ann, knn
+    from transforms.score import ann, ann_accuracy, knn
     x = np.concatenate([near_copy_clusters(bases, CHUNK // CLIP_LENGTH, c * (CHUNK // CLIP_LENGTH), seed)[0]
                         for c in range(n // CHUNK)])
     rows = np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False)
@@ -217,7 +217,7 @@ def exact_baseline(n, bases, seed, queries):
     index.search(x[rows], K + 1)
     seconds = (time.perf_counter() - start) * n / len(rows)
     del index
-    accuracy = ann.compare_with_exact(x, rows, K, knn.FIFTYONE_WEIGHTS, THRESHOLD, ann.AUTO, exact_below=0)
+    accuracy = ann_accuracy.compare_with_exact(x, rows, K, knn.FIFTYONE_WEIGHTS, THRESHOLD, ann.AUTO, exact_below=0)
     return seconds, accuracy
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from benchmarks.scale import CLIP_LENGTH, THRESHOLD, near_copy_clusters
-from transforms.score import ann, knn
+from transforms.score import ann, ann_accuracy, knn
 
 N, DIM, QUERIES = 20_000, 1280, 1000
 
@@ -51,7 +51,7 @@ def test_graph_pairs_equal_range_search_pairs(vectors):
 
 def test_approximate_against_exact_meets_the_goals(vectors):
     rows = np.random.default_rng(0).choice(N, size=QUERIES, replace=False)
-    accuracy = ann.compare_with_exact(vectors, rows, 3, knn.FIFTYONE_WEIGHTS, THRESHOLD, ann.AUTO,
+    accuracy = ann_accuracy.compare_with_exact(vectors, rows, 3, knn.FIFTYONE_WEIGHTS, THRESHOLD, ann.AUTO,
                                       exact_below=0)
     assert accuracy.queries == QUERIES and accuracy.exact_pairs > QUERIES
     assert accuracy.recall_at_k >= 0.95, accuracy
@@ -61,4 +61,4 @@ def test_approximate_against_exact_meets_the_goals(vectors):
 
 def test_recall_at_k_counts_found_neighbours():
     exact = np.array([[1, 2, 3], [4, 5, -1]])
-    assert ann.recall_at_k(np.array([[3, 2, 9], [5, 4, 7]]), exact) == pytest.approx(4 / 5)
+    assert ann_accuracy.recall_at_k(np.array([[3, 2, 9], [5, 4, 7]]), exact) == pytest.approx(4 / 5)

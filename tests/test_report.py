@@ -326,6 +326,31 @@ def test_progress_shows_no_time_left_before_it_is_measured_on_enough_work():
         assert not any("left" in line for line in lines), lines
 
 
+def test_progress_estimates_the_end_from_indexing_not_from_scoring(monkeypatch):
+    """Every file decoded and scored, nothing indexed yet (a batch job indexes after its
+    selection): the scoring rate says nothing of the time left, so no estimate (a run used to say
+    ~0:16 left a second before it ended). Once indexing moves over MIN_RATE_SPAN_S: an estimate."""
+    import time
+    monkeypatch.setattr(progress, "MIN_RATE_SPAN_S", 0.2)
+
+    def lines_for(steps):
+        out = io.StringIO()
+        with progress.ProgressLines(files_total=4, interval_s=0.05, out=out) as progress_dir:
+            for counts in steps:
+                for name, count in counts.items():
+                    with open(os.path.join(progress_dir, f"{name}.a.count"), "w") as f:
+                        f.write(str(count))
+                time.sleep(0.3)
+        return out.getvalue().splitlines()
+
+    scoring = lines_for([{"files": 4, "frames_decoded": 400, "frames_scored": n} for n in (100, 250, 400)])
+    assert any("frames/s" in line for line in scoring), scoring
+    assert not any("left" in line for line in scoring), scoring
+    indexing = lines_for([{"files": 4, "frames_decoded": 400, "frames_scored": 400, "frames_indexed": n}
+                          for n in (50, 100, 150, 200)])
+    assert any("left" in line for line in indexing if "200 indexed" in line), indexing
+
+
 
 def test_imagenet_classes_are_named_for_the_default_backbone(tmp_path, monkeypatch):
     """Candidates scored by the converted EfficientNet-Lite0 show "880 (name)", not a bare index;

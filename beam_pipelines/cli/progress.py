@@ -14,8 +14,10 @@ twice here (the run's summary counts come from Beam's committed metrics, not fro
 
 Time left is shown when the total is known and the pace is measured on enough work: from the
 files done while decoding (the number of matched files is counted before the run) once
-:data:`MIN_DONE_FRACTION` of them are done, then from the frames left to index once every file is
-decoded (the frame total is then known), at a rate measured over :data:`MIN_RATE_SPAN_S` or more.
+:data:`MIN_DONE_FRACTION` of them are done; once every file is decoded (the frame total is then
+known), from the frames left to index at the indexing rate, measured on indexing itself over
+:data:`MIN_RATE_SPAN_S` or more. A batch job indexes after its selection, so the scoring rate says
+nothing of what is left then, and no estimate is shown until indexing has a rate of its own.
 
 On Dataflow (or any remote runner) no side channel is used: the same quantities are the job's
 metrics (namespace/name), visible in the console's "Job metrics" tab and in ``result.metrics()``:
@@ -174,7 +176,7 @@ class ProgressLines:
         self._stop = threading.Event()
         self._thread = None
         self._started = 0.0
-        self._history = collections.deque()  # (time, frames indexed or scored)
+        self._history = collections.deque()  # (time, frames indexed or scored, frames indexed)
         self._files_seen, self._files_changed_at = 0, 0.0
         self._first_files = None  # (time, files) of the first line that counted a file done
 
@@ -207,10 +209,10 @@ class ProgressLines:
     def _print(self, counts: Dict[str, int], final: bool = False):
         now = time.monotonic()
         done = counts.get("frames_indexed", 0) or counts.get("frames_scored", 0)
-        self._history.append((now, done))
+        self._history.append((now, done, counts.get("frames_indexed", 0)))
         while len(self._history) > 2 and now - self._history[0][0] > RATE_WINDOW_S:
             self._history.popleft()
-        t0, d0 = self._history[0]
+        t0, d0, _ = self._history[0]
         rate = (done - d0) / (now - t0) if now - t0 > 0.5 else None
         if final:
             rate = done / (now - self._started) if now > self._started else None
@@ -218,16 +220,16 @@ class ProgressLines:
             self._files_seen, self._files_changed_at = counts.get("files", 0), now
         if self._first_files is None and counts.get("files", 0):
             self._first_files = (now, counts["files"])
-        eta = None if final else self._eta(counts, now, rate)
+        eta = None if final else self._eta(counts, now)
         self._out.write(format_line(now - self._started, counts, self._files_total, rate, eta) + "\n")
         self._out.flush()
 
-    def _eta(self, counts: Dict[str, int], now: float, rate: Optional[float]) -> Optional[float]:
+    def _eta(self, counts: Dict[str, int], now: float) -> Optional[float]:
         """Seconds left: from the pace of files done while decoding, measured from the first file
         done (the start-up before it, loading models and starting workers, is not a file's cost),
         as long as that count moves (a video counts when its last range is decoded, so a run
-        whose images are done waits on its videos with no file done: then no estimate); from the
-        indexing rate after."""
+        whose images are done waits on its videos with no file done: then no estimate); after,
+        from the indexing rate measured since indexing began, over MIN_RATE_SPAN_S or more."""
         files = counts.get("files", 0)
         if not self._files_total or files < MIN_DONE_FRACTION * self._files_total or not files:
             return None
@@ -236,10 +238,13 @@ class ProgressLines:
             if now - self._files_changed_at > STALLED_INTERVALS * self._interval or files <= f0 or now <= t0:
                 return None
             return (self._files_total - files) * (now - t0) / (files - f0)
-        if not rate or now - self._history[0][0] < MIN_RATE_SPAN_S:
+        indexing = [(t, indexed) for t, _, indexed in self._history if indexed > 0]
+        if len(indexing) < 2 or indexing[-1][0] - indexing[0][0] < MIN_RATE_SPAN_S:
             return None
-        left = counts.get("frames_decoded", 0) - counts.get("frames_indexed", 0)
-        return left / rate
+        index_rate = (indexing[-1][1] - indexing[0][1]) / (indexing[-1][0] - indexing[0][0])
+        if index_rate <= 0:
+            return None
+        return (counts.get("frames_decoded", 0) - counts.get("frames_indexed", 0)) / index_rate
 
 
 def count_files(globs) -> Optional[int]:

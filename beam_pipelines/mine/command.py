@@ -77,6 +77,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
+    # WriteToText warns "Deleting 1 existing files in target path matching: " when a rerun
+    # rewrites dead_letter.jsonl: the job replaces its own output files by design.
+    logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
     logging.getLogger().addFilter(QuietBeamNoise())
     logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(QuietBeamNoise())
     for name, value in COMMAND_ENVIRONMENT.items():
