@@ -1,4 +1,5 @@
 """The labelling loop's pure parts against hand-computed values: Label Studio formats, QC maths, splits, COCO."""
+import numpy as np
 import pytest
 
 from tests import harness
@@ -209,6 +210,31 @@ def test_objectlab_finds_swapped_missing_and_shifted_boxes():
         label_issues.detection_issues([[]], [[(0, [0, 0, 1, 1], 1.5)]], 2)
     with pytest.raises(ValueError, match="one entry per annotation"):
         label_issues.detection_issues([[]], [], 2)
+
+
+def test_objectlab_trusts_a_detector_as_confident_as_it_is_where_annotators_agree():
+    """A detector that scores right boxes 0.62-0.80 (as NanoDet-g does), never 0.95: with cleanlab's
+    default threshold (0.95) no predicted box is confident, so the swapped and the missing box are
+    invisible; the threshold calibrated on the agreeing boxes (their 5th percentile) finds both."""
+    given, predicted = _detection_set()
+    rng = np.random.default_rng(0)
+    predicted = [[(c, box, float(rng.uniform(0.62, 0.8)) if score > 0.5 else score) for c, box, score in p]
+                 for p in predicted]
+    unmatched = {(3, 1), (5, 0), (8, 0)}  # (image, class) of the model boxes no given box agrees with
+    agreeing = [score for i, p in enumerate(predicted) for c, box, score in p
+                if score > 0.5 and (i, c) not in unmatched]
+    threshold = label_issues.confident_threshold(given, predicted)
+    assert threshold == pytest.approx(np.quantile(agreeing, 0.05))
+    assert 0.62 <= threshold < 0.65
+    default = label_issues.detection_issues(given, predicted, 2, high_probability_threshold=0.95)
+    calibrated = label_issues.detection_issues(given, predicted, 2)
+    assert default[3].subtype_scores["swap"] > 0.9 and default[5].subtype_scores["overlooked"] > 0.9
+    assert calibrated[3].subtype_scores["swap"] < 0.5 and calibrated[5].subtype_scores["overlooked"] < 0.5
+    assert calibrated[3].issue_type == "swap" and calibrated[5].issue_type == "overlooked"
+    assert set(label_issues.ranked(calibrated)[:3]) == {3, 5, 8}
+    assert not set(label_issues.ranked(default)[:3]) >= {3, 5}
+    # Too few agreeing boxes to calibrate on: cleanlab's default.
+    assert label_issues.confident_threshold(given[:5], predicted[:5]) == 0.95
 
 
 def test_review_tasks_highlight_the_suspect_box_and_pre_annotate_the_fix():

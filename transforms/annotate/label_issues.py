@@ -29,6 +29,15 @@ Two methods, both called from cleanlab 2.9 rather than re-implemented:
   is :func:`cleanlab.object_detection.rank.get_label_quality_scores` (a weighted mean of the
   three), the flag :func:`cleanlab.object_detection.filter.find_label_issues`; the issue type
   is the subtype with the lowest pooled score and the suspect box its lowest-scored box.
+  **Confident, calibrated to the detector**: ObjectLab sees a swap or an overlooked box only next
+  to a *confident* predicted box, confidence >= ``high_probability_threshold`` (cleanlab's default
+  0.95). Detectors differ in how sure they sound: NanoDet-g scores most right boxes 0.4-0.8, so
+  with 0.95 it would see almost nothing. :func:`confident_threshold` sets it from the project's
+  own data: the 5th percentile of the confidences of the predicted boxes that agree with a given
+  box (same class, IoU >= 0.5), at most 0.95, so 95 % of the boxes on which the detector and the
+  annotators agree count as confident. The swap and overlooked box scores and the image score
+  (cleanlab's ``rank._get_subtype_label_quality_scores``, what ``get_label_quality_scores`` runs
+  with its defaults) get that threshold; the flag keeps cleanlab's defaults.
 
 Both methods want **out-of-sample** predictions (a model that never trained on these labels),
 which is what activebeam's frames carry for newly labelled data. cleanlab's thresholds are
@@ -44,7 +53,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from schemas.labelling import LABEL_ISSUE_TYPES as ISSUE_TYPES
-from transforms.annotate.qc import iou
+from transforms.annotate.qc import iou, match_boxes
 
 #: Issue types (cleanlab's names; the registry is :data:`schemas.labelling.LABEL_ISSUE_TYPES`):
 #: a wrong class, a missing box, a badly located box.
@@ -151,6 +160,40 @@ def _check_boxes(name: str, i: int, boxes, n_classes: int, scored: bool):
             raise ValueError(f"{name}[{i}]: confidence {entry[2]} is outside [0, 1]")
 
 
+#: :func:`confident_threshold`: the share of agreeing predicted boxes counted as confident, the
+#: fewest agreeing boxes to calibrate on (else cleanlab's default), and the bounds of the result.
+CONFIDENT_SHARE = 0.95
+MIN_AGREEING_BOXES = 20
+CONFIDENT_BOUNDS = (0.3, 0.95)
+
+
+def confident_threshold(given: Sequence[Sequence[Tuple[int, Sequence[float]]]],
+                        predicted: Sequence[Sequence[Tuple[int, Sequence[float], float]]]) -> float:
+    """ObjectLab's ``high_probability_threshold`` calibrated to the detector (module docstring).
+
+    Parameters
+    ----------
+    given, predicted : as :func:`detection_issues` takes them
+
+    Returns
+    -------
+    float in :data:`CONFIDENT_BOUNDS`: the ``1 - CONFIDENT_SHARE`` quantile of the confidences of
+    predicted boxes matched one-to-one to a given box of their class at IoU >= 0.5
+    (:func:`transforms.annotate.qc.match_boxes`), capped at cleanlab's 0.95; cleanlab's 0.95 with
+    fewer than :data:`MIN_AGREEING_BOXES` such boxes.
+    """
+    from cleanlab.object_detection.rank import HIGH_PROBABILITY_THRESHOLD
+    agreeing = []
+    for g, p in zip(given, predicted):
+        a = [{"label": int(c), "box": list(box)} for c, box in g]
+        b = [{"label": int(c), "box": list(box), "score": float(score)} for c, box, score in p]
+        agreeing.extend(b[j]["score"] for _, j, _ in match_boxes(a, b, 0.5))
+    if len(agreeing) < MIN_AGREEING_BOXES:
+        return float(HIGH_PROBABILITY_THRESHOLD)
+    low, high = CONFIDENT_BOUNDS
+    return float(np.clip(np.quantile(agreeing, 1.0 - CONFIDENT_SHARE), low, min(high, HIGH_PROBABILITY_THRESHOLD)))
+
+
 def _closest(box: Sequence[float], candidates: Sequence[tuple]) -> Optional[tuple]:
     """The candidate box of largest IoU with ``box`` (``None`` if none overlaps)."""
     best = max(candidates, key=lambda c: iou(box, c[1]), default=None)
@@ -159,7 +202,7 @@ def _closest(box: Sequence[float], candidates: Sequence[tuple]) -> Optional[tupl
 
 def detection_issues(given: Sequence[Sequence[Tuple[int, Sequence[float]]]],
                      predicted: Sequence[Sequence[Tuple[int, Sequence[float], float]]],
-                     n_classes: int) -> List[ScoredLabel]:
+                     n_classes: int, high_probability_threshold: Optional[float] = None) -> List[ScoredLabel]:
     """ObjectLab over box annotations (see the module docstring).
 
     Parameters
@@ -171,6 +214,9 @@ def detection_issues(given: Sequence[Sequence[Tuple[int, Sequence[float]]]],
         keep the low-confidence ones, cleanlab weighs them).
     n_classes : int
         K, the number of classes (>= 1).
+    high_probability_threshold : float, optional
+        Confidence from which a predicted box is trusted for swaps and overlooked boxes; default
+        :func:`confident_threshold` of these annotations.
 
     Returns
     -------
@@ -194,15 +240,21 @@ def detection_issues(given: Sequence[Sequence[Tuple[int, Sequence[float]]]],
     for i, (g, p) in enumerate(zip(given, predicted)):
         _check_boxes("given", i, g, n_classes, scored=False)
         _check_boxes("predicted", i, p, n_classes, scored=True)
+    confident = confident_threshold(given, predicted) if high_probability_threshold is None \
+        else float(high_probability_threshold)
     labels = [_cleanlab_label(g) for g in given]
     predictions, flats = zip(*(_cleanlab_prediction(p, n_classes) for p in predicted))
     predictions = list(predictions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quality = od_rank.get_label_quality_scores(labels, predictions, verbose=False)
+        # get_label_quality_scores with the calibrated threshold instead of its default
+        quality = od_rank._get_subtype_label_quality_scores(labels, predictions,
+                                                            high_probability_threshold=confident)
         flagged = find_label_issues(labels, predictions)
-        per_box = {SWAP: od_rank.compute_swap_box_scores(labels=labels, predictions=predictions),
-                   OVERLOOKED: od_rank.compute_overlooked_box_scores(labels=labels, predictions=predictions),
+        per_box = {SWAP: od_rank.compute_swap_box_scores(labels=labels, predictions=predictions,
+                                                         high_probability_threshold=confident),
+                   OVERLOOKED: od_rank.compute_overlooked_box_scores(labels=labels, predictions=predictions,
+                                                                     high_probability_threshold=confident),
                    BADLOC: od_rank.compute_badloc_box_scores(labels=labels, predictions=predictions)}
         pooled = {t: od_rank.pool_box_scores_per_image([np.nan_to_num(s, nan=1.0) for s in scores])
                   for t, scores in per_box.items()}

@@ -593,9 +593,11 @@ class _ScoreFn(beam.DoFn):
                                                       np.asarray([i.probabilities for i in items]))
             method = issues_lib.CLASSIFICATION_METHOD
         else:
-            scored = issues_lib.detection_issues([i.given for i in items], [i.predicted for i in items],
-                                                 len(self._classes))
-            method = issues_lib.DETECTION_METHOD
+            given, predicted = [i.given for i in items], [i.predicted for i in items]
+            confident = issues_lib.confident_threshold(given, predicted)
+            scored = issues_lib.detection_issues(given, predicted, len(self._classes),
+                                                 high_probability_threshold=confident)
+            method = f"{issues_lib.DETECTION_METHOD}, high_probability_threshold {confident:.3f}"
         method = f"{method} (cleanlab {_cleanlab_version()})"
         for rank, i in enumerate(issues_lib.ranked(scored), start=1):
             self._scored.inc()
