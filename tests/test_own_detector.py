@@ -211,6 +211,27 @@ def test_detector_options_and_sidecar_errors(detectors, tmp_path):
     assert read_detector_spec(str(tmp_path / "nothing.onnx")) is None
 
 
+def test_a_changed_sidecar_is_a_new_detector_version(detectors, tmp_path):
+    """The version of a model with a sidecar covers the sidecar: another score threshold or class
+    list changes what the records say. Without a sidecar it is the file's digest."""
+    from transforms.score.handlers import file_digest
+    from transforms.score.detectors import detector_version
+    model = tmp_path / "det.onnx"
+    shutil.copy(detectors["onnx"], model)
+    with open(f"{detectors['onnx']}.json") as f:
+        sidecar = json.load(f)
+    with open(f"{model}.json", "w") as f:
+        json.dump(sidecar, f)
+    first = detector_version(str(model)).version
+    with open(f"{model}.json", "w") as f:
+        json.dump(dict(sidecar, score_threshold=0.6), f)
+    second = detector_version(str(model)).version
+    assert len({first, second, file_digest(str(model))}) == 3
+    assert detector_handler(str(model)).version.version == second
+    os.remove(f"{model}.json")
+    assert detector_version(str(model)).version == file_digest(str(model))
+
+
 def _spec(**declared):
     return parse_detector_spec(dict({"class_names": ["a", "b"]}, **declared))
 

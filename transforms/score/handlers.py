@@ -97,7 +97,10 @@ def model_version_id(uri: str) -> str:
     A model that :mod:`transforms.score.pretrained.convert` wrote (listed, with its sha256, in the
     ``manifest.json`` beside it) is versioned by its conversion recipe, the same on every machine
     (:func:`transforms.score.pretrained.version_in_manifest`); any other model by the first 16 hex
-    digits of the sha256 of its bytes (:func:`file_digest`), so a retrained model is a new version.
+    digits of the sha256 of its bytes (:func:`file_digest`), so a retrained model is a new version,
+    combined with its JSON sidecar's bytes when it has one (``<uri>.json``: preprocessing, class
+    names, a detector's output layout and thresholds change what the model's records say, so a
+    changed sidecar is a new version too).
     """
     if not FileSystems.exists(FileSystems.join(uri.rstrip("/"), "saved_model.pb")):
         directory, name = FileSystems.split(uri)
@@ -115,7 +118,12 @@ def model_version_id(uri: str) -> str:
             version = pretrained.version_in_manifest(manifest, name, digest.hexdigest())
             if version:
                 return version
-    return file_digest(uri)
+    version = file_digest(uri)
+    sidecar = uri.rstrip("/") + SIDECAR_SUFFIX
+    if FileSystems.exists(sidecar):
+        with open_binary(sidecar) as f:
+            version = hashlib.sha256(version.encode("ascii") + b"\0" + f.read()).hexdigest()[:16]
+    return version
 
 
 def file_digest(uri: str) -> str:
