@@ -366,6 +366,26 @@ def test_uncertainty_kcenter_min_distance_stops_and_preselection_is_exact():
     assert isinstance(make_strategy("uncertainty_kcenter", {"score": "entropy"}), UncertaintyKCenter)
 
 
+def test_uncertainty_kcenter_leaves_frames_without_uncertainty_out_while_others_fill_the_budget():
+    """8 frames with a box to learn from (one scene) and 52 with none (detection_max 0), among them
+    black and washed-out frames far from everything: farthest-first would pick those outliers
+    from a pool padded with zero-score frames; they enter only to fill the budget."""
+    rng = np.random.default_rng(3)
+    scene = rng.normal(size=32) * 3
+    informative = scene + rng.normal(scale=0.5, size=(8, 32))
+    empty = np.concatenate([-scene + rng.normal(scale=0.5, size=(44, 32)), rng.normal(scale=20, size=(8, 32))])
+    pool = Pool(ids=np.array([f"f{i:02d}" for i in range(60)], dtype=object),
+                embeddings=np.concatenate([informative, empty]).astype(np.float32),
+                scores={"detection_max": np.concatenate([0.2 + 0.7 * rng.random(8), np.zeros(52)])})
+    picked = UncertaintyKCenter("detection_max", pool_multiplier=3).select(pool, 5)
+    assert len(picked.indices) == 5 and set(picked.indices) <= set(range(8))
+    filled = UncertaintyKCenter("detection_max", pool_multiplier=3).select(pool, 10)
+    assert len(filled.indices) == 10 and set(range(8)) <= set(filled.indices)
+    # A user's own stored score has no known floor: its zeros are ranked like any value.
+    own = pool.replace(scores={"my_score": pool.scores["detection_max"]})
+    assert not set(UncertaintyKCenter("my_score", pool_multiplier=3).select(own, 5).indices) <= set(range(8))
+
+
 def test_pool_replace_keeps_the_other_fields():
     """``Pool`` is a frozen dataclass: ``replace`` works whatever the frame count (``NamedTuple``'s
     ``_replace`` raised ``TypeError`` because ``len`` is the frame count)."""

@@ -14,6 +14,11 @@ redundancy out of the batch:
   a new person in the scene, a cut). Consecutive 1-fps frames of a fixed camera are typically
   0.03-0.08 apart (``vtest.avi``), so the default 0.1 keeps them out.
 
+A frame whose uncertainty is 0 (no box found, or a classifier certain to float precision: every
+registered score is >= 0 once oriented, 0 meaning nothing to learn) enters the pool only while
+the frames with some uncertainty are fewer than the budget: farthest-first traversal favours
+outliers, and a quiet night's black or empty frames are the farthest of all.
+
 The rules apply as the uncertainty pool is formed: frames are taken in descending uncertainty and
 each is admitted unless a rule excludes it next to a frame already admitted, until ``P = ceil(m x
 budget)`` are admitted. So a fixed camera's thousand near-identical uncertain frames fill one
@@ -37,6 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from transforms.score import registry
 from transforms.select.base import Selection, Strategy, empty_selection, rank_by, require, score_values, unit_rows
 
 #: ``components["rule"]`` of a pick: why it was admitted.
@@ -143,6 +149,8 @@ class UncertaintyKCenter(Strategy):
         ``ceil(m x budget)`` are admitted. Cost: one ``(D,) x (P, D)`` product per frame looked at."""
         size = self._pool_size(len(pool), budget)
         values = score_values(pool, self.score)
+        if self.score in registry.names():  # >= 0 once oriented; 0: nothing to learn (module docstring)
+            size = min(size, max(budget, int(np.count_nonzero(values > 0))))
         order = rank_by(values, pool.ids, len(pool))
         embeddings = require(pool, "embeddings", self.name)  # rows normalised as they are looked at
         meta = pool.metadata or {}
