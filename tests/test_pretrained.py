@@ -451,6 +451,16 @@ def test_default_models_and_options(models):
     with harness.pretrained_defaults(), emulators.environment(ACTIVEBEAM_MODELS=harness.tmpdir("no-models-")):
         with pytest.raises(ValueError, match=r"default models .* are not in .*transforms.score.pretrained.convert"):
             job()
+    # A models folder with the two defaults and not the int8 detector: the default runs, only
+    # --detector nanodet_int8 asks for its file.
+    two = harness.tmpdir("two-models-")
+    for name in (pretrained.BACKBONE_FILE, pretrained.DETECTOR_FILE):
+        shutil.copy(os.path.join(pretrained.models_dir(), name), two)
+    with harness.pretrained_defaults(), emulators.environment(ACTIVEBEAM_MODELS=two):
+        assert (job().model, job().detector) == (os.path.join(two, pretrained.BACKBONE_FILE),
+                                                 os.path.join(two, pretrained.DETECTOR_FILE))
+        with pytest.raises(ValueError, match="--detector=nanodet_int8: .* does not exist"):
+            job("--detector=nanodet_int8")
     pinned = job()
     assert (pinned.model, pinned.detector) == (None, None)
     with pytest.raises(ValueError, match="needs detections"):

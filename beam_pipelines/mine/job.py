@@ -77,7 +77,10 @@ def calibrated_cost_model(mongo_uri: str, database: str, timeout_s: float = 10.0
 def priced(mine, job: MineJob, mongo_uri: str) -> MineJob:
     """``job`` with the run's cost model in its strategy's parameters (``cost_model``): the
     ``--seconds_per_frame``/``--seconds_per_box`` given, else fitted to the index's annotations,
-    else published (:mod:`transforms.select.cost`)."""
+    else published (:mod:`transforms.select.cost`). ``vessal`` has no budget to price: the job
+    as it is, without reading the annotations."""
+    if mine.strategy == "vessal":
+        return job
     calibrated = None
     if mine.seconds_per_frame is None or mine.seconds_per_box is None:
         calibrated = calibrated_cost_model(mongo_uri, mine.mongo_database)

@@ -54,7 +54,7 @@ def detector_path() -> str:
 
 
 def detector_int8_path() -> str:
-    """Path of NanoDet-g with int8 weights, the default detector (may not exist before set-up)."""
+    """Path of NanoDet-g with int8 weights, ``--detector nanodet_int8`` (may not exist before set-up)."""
     return os.path.join(models_dir(), DETECTOR_INT8_FILE)
 
 
@@ -80,7 +80,7 @@ def default_models():
     """
     if os.environ.get(DEFAULT_MODEL_ENV, "") == SMALL_DEFAULT:
         return None, None
-    if all(os.path.isfile(p) for p in (backbone_path(), detector_path(), detector_int8_path())):
+    if all(os.path.isfile(p) for p in (backbone_path(), detector_path())):
         return backbone_path(), detector_path()
     raise DefaultModelsMissing(
         f"the default models (EfficientNet-Lite0, NanoDet-g) are not in {models_dir()}: get them with "
