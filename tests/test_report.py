@@ -354,14 +354,16 @@ def test_progress_estimates_the_end_from_indexing_not_from_scoring(monkeypatch):
 
 def test_imagenet_classes_are_named_for_the_default_backbone(tmp_path, monkeypatch):
     """Candidates scored by the converted EfficientNet-Lite0 show "880 (name)", not a bare index;
-    another model's classes stay numbers."""
+    a record's own predicted_label names its class whatever the model (a user's model with class
+    names); another model's classes without one stay numbers."""
     monkeypatch.setenv("ACTIVEBEAM_MODELS", str(tmp_path))
     (tmp_path / "imagenet_classes.json").write_text(json.dumps([f"class{i}" for i in range(1000)]))
     base = {"frame_id": "f1", "source_uri": harness.media("china.jpg"), "rank": 1, "score": 1.0,
             "predicted_class": 880, "strategy": "entropy"}
-    for model, shown in (("efficientnet_lite0", "880 (class880)"), ("fashion_mnist_cnn", 880)):
+    for model, label, shown in (("efficientnet_lite0", None, "880 (class880)"), ("fashion_mnist_cnn", None, 880),
+                                ("my_model", "forklift", "880 (forklift)")):
         report_dir = str(tmp_path / model)
-        report.write_report(report_dir, [dict(base, model={"name": model, "version": "v1"})])
+        report.write_report(report_dir, [dict(base, model={"name": model, "version": "v1"}, predicted_label=label)])
         with open(os.path.join(report_dir, "data.js")) as f:
             data = json.loads(f.read().split("=", 1)[1].rstrip().rstrip(";"))
         assert data["candidates"][0]["cls"] == shown

@@ -90,14 +90,17 @@ def write_report(report_dir: str, candidates: Iterable[dict], frames: Iterable[d
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size!r}")
     candidates = sorted(candidates, key=lambda c: (c.get("rank") is None, c.get("rank") or 0))
-    names = pretrained.class_names(((candidates[0].get("model") or {}).get("name")) if candidates else None)
-    if names:  # "880 (unicycle)" rather than a bare ImageNet index
-        def named(c):
-            k = c.get("predicted_class")
-            return (dict(c, predicted_class=f"{k} ({names[k]})") if isinstance(k, int) and 0 <= k < len(names)
-                    else c)
-        candidates = [named(c) for c in candidates]
-        frames = (named(doc) for doc in frames)
+    # "880 (unicycle)" rather than a bare index: the record's predicted_label (the name in its
+    # model's class list), else the default model's names for records written before it existed.
+    names = pretrained.class_names(((candidates[0].get("model") or {}).get("name")) if candidates else None) or ()
+
+    def named(c):
+        k, label = c.get("predicted_class"), c.get("predicted_label")
+        if label is None and isinstance(k, int) and 0 <= k < len(names):
+            label = names[k]
+        return dict(c, predicted_class=f"{k} ({label})") if isinstance(k, int) and label is not None else c
+    candidates = [named(c) for c in candidates]
+    frames = (named(doc) for doc in frames)
     summary = dict(summary or {})
     pool = _Pool.gather(frames, {c["frame_id"] for c in candidates})
     local_dir, publish = _local_target(report_dir)
