@@ -59,6 +59,25 @@ def test_mine_with_cluster_margin_indexes_candidates_everywhere():
         assert n == 8
 
 
+def test_a_default_selection_short_of_its_budget_says_why(caplog):
+    """min_distance 1.5 (cosine): after the first pick no Fashion-MNIST frame is that far from it,
+    so 1 of a budget of 5 is selected from 60 indexed frames, and one warning line says which
+    rule and how to set it; a selection that fills its budget says nothing."""
+    out_dir = harness.tmpdir("mine-short-")
+    pngs = harness.media("fashion-mnist", "t10k-000[0-5]*.png")
+    with harness.mongod() as mongo, caplog.at_level("WARNING", logger="beam_pipelines.mine.batch"):
+        argv = [f"--input={pngs}", f"--output_dir={out_dir}", f"--mongo_uri={mongo.uri}", "--budget=5"]
+        short = mine.run(argv + ['--strategy_params={"min_distance": 1.5}'])
+        assert short["candidates"] < 5 < short["frames_written"]
+        (line,) = [r.getMessage() for r in caplog.records if "of a budget of" in r.getMessage()]
+        assert line.startswith(f"selected {short['candidates']} frames of a budget of 5 from {short['frames_written']} "
+                               "indexed: uncertainty_kcenter admits no frame within cosine distance 1.5 (min_distance)")
+        assert "--strategy_params" in line
+        caplog.clear()
+        assert mine.run(argv)["candidates"] == 5
+        assert not [r for r in caplog.records if "of a budget of" in r.getMessage()]
+
+
 def test_bad_strategy_params_fail_before_running():
     with pytest.raises(ValueError, match="JSON object"):
         mine.run(["--strategy=coreset", "--strategy_params=[1, 2]"])

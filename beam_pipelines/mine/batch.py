@@ -42,7 +42,7 @@ from beam_pipelines.report import figures
 from beam_pipelines.cli import metrics, preflight, progress, shutdown
 from beam_pipelines.local import emulators, sample_media, worker as local_worker
 from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, priced, run_facts
-from beam_pipelines.mine.options import (MineOptions, check_options, dead_letter_fraction, decode_options,
+from beam_pipelines.mine.options import (DEFAULT_STRATEGY, MineOptions, check_options, dead_letter_fraction, decode_options,
                                          stage_models)
 from beam_pipelines.cli.run_record import RunRecord, describe_run
 from schemas.frames import DEFAULT_DATABASE
@@ -57,6 +57,7 @@ from transforms.decode.ptransforms import METRICS_NAMESPACE as DECODE_METRICS
 from transforms.index import METRICS_NAMESPACE as INDEX_METRICS
 from transforms.index import WriteFramesToBigQuery, WriteFramesToMongoDB
 from transforms.annotate.ptransforms import ReadLabelledFrameIds
+from transforms.select.uncertainty_kcenter import UncertaintyKCenter
 from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.score.detectors import AddClassRarity, BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.model_base import METRICS_NAMESPACE as SCORE_METRICS
@@ -337,11 +338,31 @@ def run(argv: Optional[List[str]] = None) -> dict:
                     run_record.set_counts(dict(counts, **{k: selection.get(k) for k in figures.COST_KEYS}))
                 report.write_run_report_safely(job.output_dir, mongo_uri, mine.mongo_database)
             if counts is not None:
+                _warn_if_short_of_budget(facts, counts)
                 _check_dead_letters(counts, dead_letters_by_stage(result.metrics()),
                                     mine.max_dead_letter_fraction, job.output_dir)
         elapsed = time.monotonic() - started
     summary = _written_summary(job.output_dir)
     return dict(summary, wall_seconds=round(elapsed, 1), model_loads=loads) if summary else summary
+
+
+def _warn_if_short_of_budget(facts: dict, counts: Dict[str, int]) -> None:
+    """One warning line when the default strategy stopped short of a frames budget while the run
+    indexed more frames: its distance rules found no other frame distinct enough. Their defaults
+    are distances of the default backbone's embedding; another model's may need others."""
+    if facts.get("budget_unit") != "frames" or (facts.get("strategy") or DEFAULT_STRATEGY) != DEFAULT_STRATEGY:
+        return
+    selected, budget, indexed = counts.get("candidates", 0), facts.get("budget") or 0, counts.get("frames_written", 0)
+    if selected >= min(budget, indexed):
+        return
+    rules = dict(UncertaintyKCenter().params(), **(facts.get("strategy_params") or {}))
+    _LOG.warning(
+        "selected %d frames of a budget of %d from %d indexed: %s admits no frame within cosine distance "
+        "%g (min_distance) of another, nor one within %g s of a frame of its source unless %g apart "
+        "(min_seconds_apart, temporal_distance), and no other frame passed. These defaults are distances "
+        "of the default backbone's embedding; for another model's, set them with --strategy_params "
+        "(docs/sampling.md)", selected, budget, indexed, DEFAULT_STRATEGY, rules["min_distance"],
+        rules["min_seconds_apart"], rules["temporal_distance"])
 
 
 class TooManyDeadLetters(shutdown.RunFailed):
