@@ -37,8 +37,10 @@ Metrics (namespace ``activebeam.sample``): ``vessal_frames``, ``vessal_picked``,
 ``vessal_refused`` (already picked or labelled), ``vessal_failed`` (dead letters), ``vessal_decision_us`` (distribution, µs per
 decision), ``vessal_probability_ppm`` (distribution, selection probability in millionths).
 """
+import collections
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, NamedTuple, Optional, Sequence
@@ -56,8 +58,8 @@ from transforms.index.mongodb_client import labelled_frame_ids
 from transforms.intake.event_time import EARLIEST, exif_seconds
 from transforms.select.base import selection_id
 from transforms.select.ptransforms import METRICS_NAMESPACE, ExcludedDigestFn, Scored, to_scored
-from transforms.select.vessal import (CAPPED, PICKED, SKIPPED, VESSAL, Decision, Embedder, VeSSAL, badge_scale,
-                                      frame_draw)
+from transforms.select.vessal import (ALREADY_PICKED, CAPPED, LABELLED, PICKED, VESSAL, Decision, Embedder, VeSSAL,
+                                      badge_scale, frame_draw)
 
 _LOG = logging.getLogger(__name__)
 CAMERA, SOURCE, GLOBAL = "camera", "source", "global"
@@ -133,10 +135,10 @@ class _FrameEmbedder:
         if width not in self._embedders:
             self._embedders[width] = Embedder(self._dim, self._seed)
         probabilities = np.asarray(record.probabilities, dtype=np.float64)
-        if not np.all(np.isfinite(probabilities)):
+        if not math.isfinite(float(probabilities.sum())):  # a sum is finite iff every term is (here)
             raise ValueError("its class probabilities are not finite")
         u = self._embedders[width](record.embedding, probabilities)
-        if not np.all(np.isfinite(u)):
+        if not math.isfinite(float(u @ u)):
             raise ValueError("u is not finite (a non-finite embedding or probabilities)")
         return u
 
@@ -161,27 +163,33 @@ def pick_candidate(scored: Scored, decision: Decision, selection: str, parameter
         predicted_label=scored.predicted_label)
 
 
+#: The counters of per-frame selection, by the :class:`~transforms.select.vessal.Decision` outcomes they count.
+_COUNTED = {"vessal_frames": None, "vessal_picked": (PICKED,), "vessal_capped": (CAPPED,),
+            "vessal_refused": (ALREADY_PICKED, LABELLED)}
+
+
 class _Metrics:
-    """The transform's counters and distributions (see the module docstring)."""
+    """The transform's counters and distributions (see the module docstring). The counters are
+    added up per bundle (:meth:`flush`), the distributions updated per frame."""
 
     def __init__(self):
-        self.frames = Metrics.counter(METRICS_NAMESPACE, "vessal_frames")
-        self.picked = Metrics.counter(METRICS_NAMESPACE, "vessal_picked")
-        self.capped = Metrics.counter(METRICS_NAMESPACE, "vessal_capped")
-        self.refused = Metrics.counter(METRICS_NAMESPACE, "vessal_refused")
+        self._counters = {name: Metrics.counter(METRICS_NAMESPACE, name) for name in _COUNTED}
         self.failed = Metrics.counter(METRICS_NAMESPACE, "vessal_failed")
         self.cost = Metrics.distribution(METRICS_NAMESPACE, "vessal_decision_us")
         self.probability = Metrics.distribution(METRICS_NAMESPACE, "vessal_probability_ppm")
+        self._outcomes = collections.Counter()
 
-    def decided(self, decision: Decision):
-        self.frames.inc()
+    def decided(self, decision: Decision, started: float):
+        self._outcomes[decision.outcome] += 1
+        self.cost.update(int((time.perf_counter() - started) * 1e6))
         self.probability.update(int(round(decision.probability * 1e6)))
-        if decision.outcome == CAPPED:
-            self.capped.inc()
-        elif decision.outcome not in (PICKED, SKIPPED):
-            self.refused.inc()
-        elif decision.picked:
-            self.picked.inc()
+
+    def flush(self):
+        for name, outcomes in _COUNTED.items():
+            count = sum(self._outcomes.values()) if outcomes is None else sum(self._outcomes[o] for o in outcomes)
+            if count:
+                self._counters[name].inc(count)
+        self._outcomes.clear()
 
 
 class Pick(NamedTuple):
@@ -246,8 +254,11 @@ class _VessalFn(beam.DoFn):
 
     def start_bundle(self):
         self._unsaved = {}
+        for _, sampler in self._samplers.values():
+            sampler.detach()  # the states written by the last bundle (committed) stay as they were
 
     def finish_bundle(self):
+        self._metrics.flush()
         if self._snapshots is not None:
             for doc_id, (key, saved) in self._unsaved.items():
                 self._snapshots.save(doc_id, key, saved)
@@ -294,8 +305,7 @@ class _VessalFn(beam.DoFn):
                 self._unsaved.pop(doc_id, None)
             else:
                 self._unsaved[doc_id] = (key, saved)
-        self._metrics.cost.update(int((time.perf_counter() - started) * 1e6))
-        self._metrics.decided(decision)
+        self._metrics.decided(decision, started)
         if decision.picked:
             _, scored = to_scored(record)
             yield Pick(pick_candidate(scored, decision, self._selection, self._parameters,
@@ -403,11 +413,11 @@ class _PassFn(beam.DoFn):
             decision = sampler.decide(item.u, frame_draw(frame_id, sampler.seed),
                                       event_time=None if unknown else seconds,
                                       keys=(frame_id, item.pixel_hash), labelled=frame_id in excluded)
-            self._metrics.cost.update(int((time.perf_counter() - started) * 1e6))
-            self._metrics.decided(decision)
+            self._metrics.decided(decision, started)
             if decision.picked:
                 self._selected.inc()
                 yield pick_candidate(item.scored, decision, selection, self._parameters, item.uncertainty)
+        self._metrics.flush()
 
 
 class PerFramePassResult(NamedTuple):
