@@ -154,6 +154,9 @@ def test_vessal_in_batch_is_one_pass_in_event_time_order_at_the_rate():
         assert "event time" in summary["selection_order"]
         run = db["runs"].find_one({"_id": summary["run_id"]})
         assert json.loads(run["options"])["label_rate"] == 0.1
+        with open(os.path.join(out_dir, "report", "index.html"), encoding="utf-8") as f:
+            report = f.read()
+        assert "label_rate" in report and "selection_order" in report and "vessal" in report
         candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
         assert summary["candidates"] == summary["candidates_written"] == len(candidates)
         assert abs(len(candidates) / len(frames) / 0.1 - 1) <= 0.10, len(candidates)

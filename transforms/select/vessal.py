@@ -65,7 +65,7 @@ from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
-#: The strategy's name (``--strategy vessal``): per frame, streaming only.
+#: The strategy's name (``--strategy vessal``): per frame, as frames arrive (streaming) or in event-time order (batch).
 VESSAL = "vessal"
 #: Largest width of ``u``: state is ``2 d^2`` floats and each frame costs ``O(d^2)``.
 MAX_DIM = 256
