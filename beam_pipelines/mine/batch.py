@@ -11,8 +11,9 @@ score them with a model (Keras, SavedModel, TFLite or ONNX) through ``RunInferen
 MC-dropout, detection and k-NN uniqueness scores when asked), index one document per frame in MongoDB
 (and a row in BigQuery), select ``--budget`` distinct frames with ``--strategy`` (and
 ``--strategy_params``; with ``--strategy vessal --label_rate R``, about ``R`` of the frames, each
-decided by VeSSAL in one pass in event-time order: :class:`~transforms.select.per_frame.SelectPerFrameInOrder`), write results and index the candidates in MongoDB's ``candidates``
-collection (and the BigQuery candidates table).
+decided by VeSSAL in one pass in event-time order:
+:class:`~transforms.select.per_frame.SelectPerFrameInOrder`), write results and index the
+candidates in MongoDB's ``candidates`` collection (and the BigQuery candidates table).
 
 Outputs in ``--output_dir``: ``candidates.jsonl`` (sorted by rank), ``dead_letter.jsonl`` (one
 object per failed file or frame: ``source_uri``, ``stage``, ``error``) and ``summary.json``

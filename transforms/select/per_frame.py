@@ -105,13 +105,9 @@ def event_order(frame: FrameMetadata) -> tuple:
     its EXIF capture time when set and after 1990, :data:`transforms.intake.event_time.EARLIEST`),
     frames without one after those with; ties (and frames without one) by ``source_uri`` (camera
     files are named by time), ``timestamp_s`` in the file, ``frame_index``, ``frame_id``."""
-    return (*event_seconds_key(frame), frame.source_uri, frame.timestamp_s or 0.0, frame.frame_index, frame.frame_id)
-
-
-def event_seconds_key(frame: FrameMetadata) -> tuple:
-    """``(unknown, seconds)``: ``(False, event time)``, or ``(True, 0.0)`` without one (see :func:`event_order`)."""
     when = frame_event_seconds(frame)
-    return (when is None, 0.0 if when is None else when)
+    return (when is None, 0.0 if when is None else when, frame.source_uri, frame.timestamp_s or 0.0,
+            frame.frame_index, frame.frame_id)
 
 
 def frame_event_seconds(frame: FrameMetadata) -> Optional[float]:
