@@ -28,11 +28,14 @@ Printed per side and seed: labels acquired, labels needed to reach ``--target`` 
 its first pick. Also: VeSSAL's realised rate / R, and its per-frame decision cost: the pure
 decision (embedding + decide) in µs, and ``SelectPerFrame``'s (Beam state read and written per
 frame, on the FnApiRunner) from its ``vessal_decision_us`` metric, as a share of the ``mine``
-job's per-frame time (:func:`job_frame_ms`: the job on 3,000 and 1,000 Fashion-MNIST PNGs (9,000 and 3,000 without ``--quick``) with
-the bundled CNN, the cheapest model it runs, so the share is the largest it can be).
+job's marginal per-frame time (:func:`job_frame_ms`) with the bundled CNN, the cheapest model it
+runs (3,000 and 1,000 Fashion-MNIST PNGs; 9,000 and 3,000 without ``--quick``): the largest share
+the decision can take, which the goal uses; and with the default models a user's run gets
+(EfficientNet-Lite0 and NanoDet-g; 200 and 50 PNGs, 600 and 200 without ``--quick``).
 
 Last line: JSON with the figures and ``rate_goal_met`` (|rate / R - 1| <= 0.10 in every seed),
-``decision_cost_goal_met`` (<= 5 % of the per-frame time), ``labels_vs_random_goal_met`` (mean
+``decision_cost_goal_met`` (``SelectPerFrame``'s decision <= 5 % of the bundled CNN job's
+per-frame time; the share of the default models' job is printed too), ``labels_vs_random_goal_met`` (mean
 labels-to-target <= 0.6 x random's), ``labels_vs_window_goal_met`` (fewer than window top-k in
 every seed), ``drift_goal_met`` (first drift pick within the first 2 % of its frames, every seed).
 """
@@ -162,11 +165,12 @@ def pipeline_decision_us(features, probabilities, rate) -> float:
     return float(dist[0].committed.mean)
 
 
-def job_frame_ms(frames: int, fewer: int) -> dict:
-    """The ``mine`` job's per-frame time (ms): the batch job (its own process, the bundled CNN,
-    the cheapest model it runs; a local mongod) on ``frames`` and on ``fewer`` Fashion-MNIST PNGs
-    (:func:`benchmarks.common.batch_seconds`). ``marginal_ms``: ``(t_N - t_n) / (N - n)``, the
-    start-up left out; ``whole_ms``: ``t_N / N``, start-up included."""
+def job_frame_ms(frames: int, fewer: int, default_models: bool = False) -> dict:
+    """The ``mine`` job's per-frame time (ms): the batch job (its own process, a local mongod) on
+    ``frames`` and on ``fewer`` Fashion-MNIST PNGs (:func:`benchmarks.common.batch_seconds`), with
+    the bundled CNN (the cheapest model it runs) or, with ``default_models``, the models a user's
+    run gets (EfficientNet-Lite0 and NanoDet-g, from ``$ACTIVEBEAM_HOME``). ``marginal_ms``:
+    ``(t_N - t_n) / (N - n)``, the start-up left out; ``whole_ms``: ``t_N / N``, start-up included."""
     import os
     import shutil
     import tempfile
@@ -174,6 +178,8 @@ def job_frame_ms(frames: int, fewer: int) -> dict:
     from benchmarks.common import batch_seconds, fashion_pngs
     work = tempfile.mkdtemp(prefix="activebeam-bench-select-")
     env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3", ACTIVEBEAM_DEFAULT_MODEL="fashion_mnist")
+    if default_models:
+        env.pop("ACTIVEBEAM_DEFAULT_MODEL")
     try:
         runs = {}
         for count in (fewer, frames):
@@ -186,7 +192,8 @@ def job_frame_ms(frames: int, fewer: int) -> dict:
                 runs[count] = batch_seconds(os.path.join(folder, "*.png"), mongo.uri, "bench",
                                             os.path.join(work, f"out-{count}"), env)
         (t_few, n_few), (t_all, n_all) = runs[fewer], runs[frames]
-        print(f"mine job: {n_few} frames in {t_few:.1f} s, {n_all} in {t_all:.1f} s", flush=True)
+        print(f"mine job ({'default models' if default_models else 'bundled CNN'}): {n_few} frames in "
+              f"{t_few:.1f} s, {n_all} in {t_all:.1f} s", flush=True)
         return {"marginal_ms": (t_all - t_few) / (n_all - n_few) * 1e3, "whole_ms": t_all / n_all * 1e3}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -242,6 +249,7 @@ def main(argv=None):
             beam_us = pipeline_decision_us(features[sample], probs, args.rate)
     job = job_frame_ms(3000, 1000) if args.quick else job_frame_ms(9000, 3000)
     frame_ms = job["marginal_ms"]
+    default_job = job_frame_ms(200, 50, True) if args.quick else job_frame_ms(600, 200, True)
 
     def mean_labels(side):
         values = [r[side]["labels_to_target"] for r in per_seed]
@@ -256,6 +264,11 @@ def main(argv=None):
         "job_frame_ms": round(frame_ms, 3), "job_frame_ms_with_start_up": round(job["whole_ms"], 3),
         "decision_share": round(decision_us / 1e3 / frame_ms, 4),
         "pipeline_decision_share": round(beam_us / 1e3 / frame_ms, 4),
+        "job_frame_ms_default_models": round(default_job["marginal_ms"], 3),
+        "pipeline_decision_share_default_models": round(beam_us / 1e3 / default_job["marginal_ms"], 5),
+        # The goal is held against the cheapest model's job: the largest share the decision can
+        # take, so a goal met there is met with every model the job runs.
+        "decision_cost_goal_basis": "pipeline_decision_share (bundled CNN, the cheapest job)",
         "labels_to_target": {s: [r[s]["labels_to_target"] for r in per_seed] for s in ("vessal", "random", "window_topk")},
         "labels_to_higher_target": {s: [r[s]["labels_to_higher_target"] for r in per_seed]
                                     for s in ("vessal", "random", "window_topk")},
@@ -274,7 +287,9 @@ def main(argv=None):
     result["drift_goal_met"] = all(s is not None and s <= 0.02 for s in result["drift_first_pick_share"]["vessal"])
     print(f"VeSSAL realised rate / target: {result['rate_ratio']}")
     print(f"decision: {result['decision_us']} µs pure, {result['pipeline_decision_us']} µs in SelectPerFrame; "
-          f"mine job {result['job_frame_ms']} ms/frame -> share {result['pipeline_decision_share']:.2%}")
+          f"mine job {result['job_frame_ms']} ms/frame (bundled CNN) -> share {result['pipeline_decision_share']:.2%} "
+          f"(the goal's); default models {result['job_frame_ms_default_models']} ms/frame -> share "
+          f"{result['pipeline_decision_share_default_models']:.3%}")
     print(f"labels to {args.target:.0%} accuracy: {result['labels_to_target']} (vessal / random = "
           f"{result['labels_vs_random']})")
     print(f"labels to {args.target + 0.05:.0%} accuracy: {result['labels_to_higher_target']}; accuracy at the "

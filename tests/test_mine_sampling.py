@@ -140,5 +140,66 @@ def test_mine_ranks_by_a_stored_score(strategy, extra):
         assert [c["components"][strategy] for c in candidates] == [stored[f] for f in top]
 
 
+def _vessal_pass(frames, label_rate, labelled=()):
+    """The pure VeSSAL over the frame documents in event-time order (no capture times here: file,
+    time in the file, frame id): ``{frame_id: (rank, probability)}`` of its picks."""
+    from transforms.select.vessal import Embedder, VeSSAL, frame_draw
+    embed, sampler = Embedder(64, 0), VeSSAL(label_rate, 64)
+    picks = {}
+    for doc in sorted(frames, key=lambda d: (d["source_uri"], d.get("timestamp_s") or 0.0, d["frame_index"], d["_id"])):
+        decision = sampler.decide(embed(doc["embedding"], doc["probabilities"]), frame_draw(doc["_id"], 0),
+                                  keys=(doc["_id"], doc["pixel_hash"]), labelled=doc["_id"] in labelled)
+        if decision.picked:
+            picks[doc["_id"]] = (decision.picks, decision.probability)
+    return picks
+
+
+def test_vessal_in_batch_is_one_pass_in_event_time_order_at_the_rate():
+    """--strategy vessal --label_rate on a batch input (300 Fashion-MNIST PNGs and the 795 frames of
+    vtest.avi, one global state): the candidates are the picks of the pure VeSSAL over the indexed
+    frames in event-time order, at the rate within 10 %; a rerun gives the same candidates and
+    selection_id; a frame sent for labelling is refused and the selection gets a new id."""
+    out_dir = harness.tmpdir("mine-vessal-")
+    inputs = [harness.media("fashion-mnist", "*.png"), harness.media("vtest.avi")]
+    with harness.mongod() as mongo:
+        argv = [f"--input={inputs[0]}", f"--input={inputs[1]}", "--video_fps=0", f"--output_dir={out_dir}",
+                f"--mongo_uri={mongo.uri}", "--strategy=vessal", "--label_rate=0.1",
+                "--vessal_state_key=global", "--quiet"]
+        summary = mine.run(argv)
+        db = pymongo.MongoClient(mongo.uri)["activebeam"]
+        frames = list(db["frames"].find())
+        assert len(frames) == summary["frames_scored"] == 300 + 795
+        assert summary["label_rate"] == 0.1 and summary["budget"] is None and summary["vessal_state_key"] == "global"
+        assert "event time" in summary["selection_order"]
+        run = db["runs"].find_one({"_id": summary["run_id"]})
+        assert json.loads(run["options"])["label_rate"] == 0.1
+        with open(os.path.join(out_dir, "report", "index.html"), encoding="utf-8") as f:
+            report = f.read()
+        assert "label_rate" in report and "selection_order" in report and "vessal" in report
+        candidates = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
+        assert summary["candidates"] == summary["candidates_written"] == len(candidates)
+        assert abs(len(candidates) / len(frames) / 0.1 - 1) <= 0.10, len(candidates)
+        expected = _vessal_pass(frames, 0.1)
+        assert {c["frame_id"]: (c["rank"], c["score"]) for c in candidates} == expected
+        assert {c["strategy"] for c in candidates} == {"vessal"} and len({c["selection_id"] for c in candidates}) == 1
+        assert all(c["components"]["probability"] == c["score"] > 0 for c in candidates)
+        stored = {d["frame_id"]: d for d in db["candidates"].find()}
+        assert set(stored) == set(expected)
+
+        again = mine.run(argv)
+        assert _read_jsonl(os.path.join(out_dir, "candidates.jsonl")) == candidates
+        assert db["candidates"].count_documents({}) == len(candidates) and again["candidates"] == len(candidates)
+
+        first = candidates[0]["frame_id"]
+        db["label_tasks"].insert_one({"_id": "task-1", "frame_id": first})
+        mine.run(argv)
+        after = _read_jsonl(os.path.join(out_dir, "candidates.jsonl"))
+        assert first not in {c["frame_id"] for c in after}
+        assert {c["frame_id"]: (c["rank"], c["score"]) for c in after} == _vessal_pass(frames, 0.1, {first})
+        assert after[0]["selection_id"] != candidates[0]["selection_id"]
+    with pytest.raises(ValueError, match="--budget does not apply to --strategy vessal"):
+        mine.run(["--strategy=vessal", "--label_rate=0.1", "--budget=5"])
+
+
 if __name__ == "__main__":
     harness.main(__file__)

@@ -668,7 +668,7 @@ def test_a_missing_subscription_is_a_store_error(mongo, pubsub_host):
     (["--watch=/tmp/x/*", "--strategy=vessal", "--label_rate=1.5"], "--label_rate"),
     (["--watch=/tmp/x/*", "--strategy=vessal", "--label_rate=0.1", '--strategy_params={"dim": 1000}'], "dim"),
     (["--watch=/tmp/x/*", "--label_rate=0.1"], "--label_rate applies to --strategy vessal only"),
-    (["--input=/tmp/x/*", "--strategy=vessal", "--label_rate=0.1"], "runs in the streaming job"),
+    (["--watch=/tmp/x/*", "--strategy=vessal", "--label_rate=0.1", "--budget=5"], "--budget does not apply"),
     (["--watch=/tmp/x/*", "--index_dir=/tmp/index"], "--index_dir applies to batch runs only"),
 ])
 def test_streaming_options_are_checked_before_anything_starts(argv, message):

@@ -205,3 +205,37 @@ def test_select_per_frame_refuses_labelled_frames_and_resumes_from_its_snapshot(
     ranks = sorted(list(first.values()) + list(second.values()))
     assert ranks == list(range(1, len(ranks) + 1)) and state["picks"] == len(ranks)  # numbering went on
     assert 0.5 * 400 * 0.6 <= len(ranks) <= 0.5 * 400 * 1.4
+
+
+def test_a_detached_state_stays_as_it_was_and_the_trace_stays_exact():
+    """decide() updates A^-1 and Sigma in place: a state handed out before detach() is left alone;
+    the trace followed in O(1) per frame equals the Frobenius product recomputed from scratch."""
+    x, p = _stream(500, seed=9)
+    embed, sampler = Embedder(16), VeSSAL(0.2, 16)
+    for i in range(250):
+        sampler.decide(embed(x[i], p[i]), frame_draw(str(i)))
+    state = sampler.to_state()
+    kept = {name: state[name].copy() for name in ("a_inv", "sigma")}
+    sampler.detach()
+    for i in range(250, 500):
+        sampler.decide(embed(x[i], p[i]), frame_draw(str(i)))
+        assert sampler.to_state()["trace"] == pytest.approx(float(np.trace(sampler.sigma @ sampler.a_inv)), rel=1e-9)
+    for name, value in kept.items():
+        np.testing.assert_array_equal(state[name], value)
+    assert not np.array_equal(sampler.sigma, kept["sigma"])
+
+
+def test_event_order_puts_capture_time_first_then_file_time_and_id():
+    from schemas.records import FrameMetadata
+    from transforms.select.per_frame import event_order
+
+    def frame(frame_id, uri, index=0, t=None, capture=None, event=None):
+        return FrameMetadata(frame_id, uri, index, t, 8, 8, "video" if t is not None else "image", "h",
+                             capture_time=capture, event_time=event)
+
+    frames = [frame("z", "/cam/b.jpg"), frame("y", "/cam/a.mp4", 1, 0.5), frame("x", "/cam/a.mp4", 0, 0.0),
+              frame("w", "/cam/c.jpg", capture="2024-05-01T12:00:00"),
+              frame("v", "/cam/d.jpg", capture="2024-05-01T11:00:00"),
+              frame("u", "/cam/e.jpg", capture="1970-01-01T00:00:00"),  # an unset camera clock: unknown
+              frame("t", "/cam/f.jpg", event=1714560000.0)]  # 2024-05-01T10:40Z, set by the intake
+    assert [f.frame_id for f in sorted(frames, key=event_order)] == ["t", "v", "w", "x", "y", "z", "u"]

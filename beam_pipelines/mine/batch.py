@@ -10,8 +10,10 @@ Stages (one ``PTransform`` each, see :class:`MineFrames`): decode files into fra
 score them with a model (Keras, SavedModel, TFLite or ONNX) through ``RunInference`` (plus
 MC-dropout, detection and k-NN uniqueness scores when asked), index one document per frame in MongoDB
 (and a row in BigQuery), select ``--budget`` distinct frames with ``--strategy`` (and
-``--strategy_params``), write results and index the candidates in MongoDB's ``candidates``
-collection (and the BigQuery candidates table).
+``--strategy_params``; with ``--strategy vessal --label_rate R``, about ``R`` of the frames, each
+decided by VeSSAL in one pass in event-time order:
+:class:`~transforms.select.per_frame.SelectPerFrameInOrder`), write results and index the
+candidates in MongoDB's ``candidates`` collection (and the BigQuery candidates table).
 
 Outputs in ``--output_dir``: ``candidates.jsonl`` (sorted by rank), ``dead_letter.jsonl`` (one
 object per failed file or frame: ``source_uri``, ``stage``, ``error``) and ``summary.json``
@@ -67,6 +69,7 @@ from transforms.score.novelty import COSINE, ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
 from transforms.select.ptransforms import SelectCandidates
+from transforms.select.per_frame import PerFrameSpec, SelectPerFrameInOrder
 
 _LOG = logging.getLogger(__name__)
 class MineFrames(beam.PTransform):
@@ -88,7 +91,7 @@ class MineFrames(beam.PTransform):
                  progress_dir: Optional[str] = None, exclude_labelled: bool = True,
                  detector: Optional[DetectorHandler] = None, near_duplicate_similarity: float = 0.0,
                  selection_embedding: str = "frame", export_metrics: bool = False,
-                 history: Optional[NoveltyHistory] = None):
+                 history: Optional[NoveltyHistory] = None, per_frame: Optional[PerFrameSpec] = None):
         super().__init__()
         self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
         self._export_metrics = export_metrics  # Prometheus (--metrics_port, local runners)
@@ -107,8 +110,10 @@ class MineFrames(beam.PTransform):
         self._index_mongo = WriteFramesToMongoDB(mongo_uri, mongo_database)
         self._index_bigquery = (WriteFramesToBigQuery(bigquery_table, bigquery_write_method, project=project)
                                 if bigquery_table else None)
-        self._select = SelectCandidates(budget, strategy, strategy_params, inputs=inputs,
-                                        embedding=selection_embedding)
+        # --strategy vessal: a rate, decided per frame in one pass in event-time order; else a budget.
+        self._select = (SelectPerFrameInOrder(per_frame, inputs=inputs) if per_frame is not None else
+                        SelectCandidates(budget, strategy, strategy_params, inputs=inputs,
+                                         embedding=selection_embedding))
         # Selections remember: frames sent for labelling or labelled (and their near-duplicates) are skipped.
         self._labelled = ReadLabelledFrameIds(mongo_uri, mongo_database) if exclude_labelled else None
         self._candidates_mongo = WriteCandidatesToMongoDB(mongo_uri, mongo_database)
@@ -137,7 +142,12 @@ class MineFrames(beam.PTransform):
         select = self._select
         if self._labelled:
             select = select.excluding(globs.pipeline | "LabelledFrames" >> self._labelled)
-        candidates = scored.records | "SelectCandidates" >> select
+        if isinstance(select, SelectPerFrameInOrder):
+            decided = scored.records | "SelectPerFrame" >> select
+            candidates = decided.candidates
+            dead_letters.append(decided.dead_letters)
+        else:
+            candidates = scored.records | "SelectCandidates" >> select
         candidates_indexed = candidates | "CandidatesToMongoDB" >> self._candidates_mongo
         dead_letters.append(candidates_indexed.dead_letters)
         if self._candidates_bigquery:
@@ -313,7 +323,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 uniqueness_k=mine.uniqueness_k, strategy_params=job.strategy_params,
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
                 project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir,
-                exclude_labelled=not mine.include_labelled, export_metrics=mine.metrics_port is not None)
+                exclude_labelled=not mine.include_labelled, export_metrics=mine.metrics_port is not None,
+                per_frame=job.per_frame)
             try:
                 result = _run_pipeline(options, job.runner, globs, mine_frames)
             except Exception as e:

@@ -21,6 +21,7 @@ from transforms.score.detectors import (BackgroundDifferenceDetector, DetectorHa
                                         detector_version)
 from transforms.score.ptransforms import ModelSpec, load_model_spec
 from transforms.select.cost import CostModel, checked_cost_model, fit_to_annotations
+from transforms.select.per_frame import EVENT_ORDER
 
 _LOG = logging.getLogger(__name__)
 
@@ -99,8 +100,10 @@ def embedded_mongod(stack: contextlib.ExitStack, output_dir: str) -> str:
 
 def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: ModelSpec,
               streaming: bool = False) -> dict:
-    """What ``summary.json`` and the run's entry say about the run's settings; a streaming run's
-    leave out the settings of :data:`~beam_pipelines.mine.options.BATCH_ONLY_OPTIONS`, which it
+    """What ``summary.json`` and the run's entry say about the run's settings (with ``--strategy
+    vessal``: ``label_rate``, ``max_per_hour``, ``vessal_state_key``, no budget, and in batch the
+    ``selection_order``); a streaming run's leave out the settings of
+    :data:`~beam_pipelines.mine.options.BATCH_ONLY_OPTIONS`, which it
     does not apply (and refuses when given)."""
     facts = {
         "inputs": globs,
@@ -132,6 +135,12 @@ def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Model
         "include_labelled": mine.include_labelled,
         "runner": job.runner,
     }
+    if job.per_frame is not None:  # --strategy vessal: a rate, not a budget
+        spec = job.per_frame
+        facts.update(budget=None, budget_unit=None, label_rate=spec.label_rate, max_per_hour=spec.max_per_hour,
+                     vessal_state_key=spec.state_key)
+        if not streaming:
+            facts["selection_order"] = EVENT_ORDER
     if streaming:
         for name in BATCH_ONLY_OPTIONS:
             facts.pop(name, None)

@@ -73,7 +73,8 @@ class MineOptions(PipelineOptions):
                             help="AUTO: FILE_LOADS when --temp_location is on gs:// (load jobs are "
                                  "free and atomic), else STREAMING_INSERTS.")
         parser.add_argument("--budget", type=int, default=50,
-                            help="How much to select, in --budget_unit (per window in streaming).")
+                            help="How much to select, in --budget_unit (per window in streaming). "
+                                 "Refused with --strategy vessal, which picks --label_rate of the frames.")
         parser.add_argument("--budget_unit", default=FRAMES, choices=BUDGET_UNITS,
                             help="frames (the default: --budget candidates), boxes (predicted boxes, "
                                  "each frame's opening time counted in boxes) or seconds (estimated "
@@ -91,10 +92,22 @@ class MineOptions(PipelineOptions):
                             help="Selection strategy: uncertainty_kcenter (the most uncertain frames, "
                                  "then k-centre over them, without near-identical consecutive frames), "
                                  "an uncertainty score (top-k), random, coreset (k-center greedy), "
-                                 "cluster_margin or combined (docs/sampling.md); streaming only: vessal "
-                                 "(each frame decided as it arrives, --label_rate of them). Default: "
+                                 "cluster_margin or combined (docs/sampling.md); or vessal: each frame decided "
+                                 "with VeSSAL, --label_rate of them, as it arrives in streaming, in one "
+                                 "pass in event-time order in batch (no --budget). Default: "
                                  "uncertainty_kcenter with score detection_max when a detector runs, "
                                  "else entropy.")
+        parser.add_argument("--label_rate", type=float, default=None,
+                            help="With --strategy vessal: the share of frames to pick, in (0, 1] "
+                                 "(e.g. 0.01); streaming: each frame decided as soon as it is scored; "
+                                 "batch: one pass over the frames in event-time order "
+                                 "(docs/sampling.md, 'Per-frame selection at a rate').")
+        parser.add_argument("--max_per_hour", type=int, default=0,
+                            help="With --strategy vessal: at most this many picks per event-time hour "
+                                 "and state key (a burst beyond it is not picked); 0: no cap.")
+        parser.add_argument("--vessal_state_key", default="camera", choices=STATE_KEYS,
+                            help="With --strategy vessal: one selection state per camera (the folder "
+                                 "of the file), per source file, or one global state.")
         parser.add_argument(
             "--strategy_params", default="{}",
             help='JSON object of the strategy\'s parameters, e.g. \'{"n_clusters": 20}\' for '
@@ -248,7 +261,7 @@ class MineJob(NamedTuple):
     # A remote runner's workers cannot read the driver's converted default models: they are
     # copied to this location (--staging_location, else --temp_location) by stage_models.
     stage_models_to: Optional[str] = None
-    per_frame: Optional[PerFrameSpec] = None  # --strategy vessal (streaming): per-frame selection
+    per_frame: Optional[PerFrameSpec] = None  # --strategy vessal: per-frame selection at a rate
     # --detector_flip resolved: the detector also runs on the mirrored frame (flip-TTA).
     detector_flip: bool = False
 
@@ -493,28 +506,28 @@ def per_frame_spec(options: PipelineOptions) -> Optional[PerFrameSpec]:
     Raises
     ------
     ValueError
-        ``vessal`` in a batch run or without ``--label_rate``; ``--label_rate``, ``--max_per_hour``
-        or ``--vessal_state_key`` without ``vessal``; a value or ``--strategy_params`` entry out of
+        ``vessal`` without ``--label_rate`` or with ``--budget``/``--budget_unit``; ``--label_rate``,
+        ``--max_per_hour`` or ``--vessal_state_key`` without ``vessal``; a value or ``--strategy_params`` entry out of
         range (VeSSAL takes ``dim``, ``horizon``, ``memory``, ``cov_inv_scaling``, ``seed``).
     """
     mine = options.view_as(MineOptions)
-    stream = options.view_as(StreamingOptions)
     given = options.get_all_options(drop_default=True)
     if mine.strategy != VESSAL:
         for flag in ("label_rate", "max_per_hour", "vessal_state_key"):
             if flag in given:
                 raise ValueError(f"--{flag} applies to --strategy vessal only, got --strategy {mine.strategy}")
         return None
-    if not streaming_requested(options):
-        raise ValueError("--strategy vessal decides each frame as it arrives: it runs in the streaming "
-                         "job (--watch or --input_subscription); a batch run selects with a budget")
-    if stream.label_rate is None:
+    for flag in ("budget", "budget_unit"):
+        if flag in given:
+            raise ValueError(f"--{flag} does not apply to --strategy vessal: it picks --label_rate of the "
+                             f"frames (a rate, not a budget)")
+    if mine.label_rate is None:
         raise ValueError("--strategy vessal needs --label_rate, the share of frames to pick (e.g. 0.01)")
-    check_range("label_rate", stream.label_rate, 0 < stream.label_rate <= 1, "in (0, 1]")
-    check_range("max_per_hour", stream.max_per_hour, stream.max_per_hour >= 0, ">= 0 (0: no cap)")
+    check_range("label_rate", mine.label_rate, 0 < mine.label_rate <= 1, "in (0, 1]")
+    check_range("max_per_hour", mine.max_per_hour, mine.max_per_hour >= 0, ">= 0 (0: no cap)")
     params = _strategy_params(mine)
     try:
-        return PerFrameSpec(stream.label_rate, stream.max_per_hour, stream.vessal_state_key,
+        return PerFrameSpec(mine.label_rate, mine.max_per_hour, mine.vessal_state_key,
                             tuple(sorted(params.items()))).validated()
     except (ValueError, TypeError) as e:
         raise ValueError(f"--strategy_params for vessal: {preflight.one_line(e)} (it takes dim, horizon, "
@@ -638,16 +651,6 @@ class StreamingOptions(PipelineOptions):
                                  "their frames are indexed; after a crash they come back this late.")
         parser.add_argument("--status_interval_seconds", type=float, default=10.0,
                             help="Seconds between updates of the run's counts in <database>.runs.")
-        parser.add_argument("--label_rate", type=float, default=None,
-                            help="With --strategy vessal: the share of frames to pick, in (0, 1] "
-                                 "(e.g. 0.01), each frame decided as soon as it is scored "
-                                 "(docs/sampling.md, 'Per-frame selection at a rate').")
-        parser.add_argument("--max_per_hour", type=int, default=0,
-                            help="With --strategy vessal: at most this many picks per event-time hour "
-                                 "and state key (a burst beyond it is not picked); 0: no cap.")
-        parser.add_argument("--vessal_state_key", default="camera", choices=STATE_KEYS,
-                            help="With --strategy vessal: one selection state per camera (the folder "
-                                 "of the file), per source file, or one global state.")
 
 
 def streaming_requested(options: PipelineOptions) -> bool:

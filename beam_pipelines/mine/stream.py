@@ -410,10 +410,6 @@ def run(argv) -> dict:
                      window_seconds=job.windows.window_s, window_period_seconds=job.windows.period_s,
                      allowed_lateness_seconds=job.windows.allowed_lateness_s, model_watch=job.model_watch,
                      runner=job.runner)
-        if job.mine.per_frame is not None:
-            spec = job.mine.per_frame
-            facts.update(budget=None, label_rate=spec.label_rate, max_per_hour=spec.max_per_hour,
-                         vessal_state_key=spec.state_key)
         lineage = describe_run(
             "mine", options.get_all_options(drop_default=True, retain_unknown_options=True), facts,
             inputs=[job.input_name], output_dir=output_dir, model=facts["model"],

@@ -504,7 +504,8 @@ def _overview(candidates, pool, dead_letters, summary, unrendered) -> str:
 
 
 SUMMARY_FIRST = ("run_id", "code_version", "runner", "model", "inputs", "output_dir", "strategy", "strategy_params",
-                 "budget", "budget_unit", "cost_model", "candidates", "selection_figures", "files_matched", "files_decoded", "files_failed",
+                 "budget", "budget_unit", "label_rate", "max_per_hour", "vessal_state_key", "selection_order",
+                 "cost_model", "candidates", "selection_figures", "files_matched", "files_decoded", "files_failed",
                  "frames_decoded", "frames_written", "dead_letters", "wall_seconds")
 
 

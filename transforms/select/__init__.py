@@ -3,7 +3,8 @@
 Public transforms: :class:`SelectCandidates` (:mod:`.ptransforms`: identical frames collapsed, any
 strategy run as a bounded-memory ``CombineFn``, batch or per event-time window) and
 :class:`SelectPerFrame` (:mod:`.per_frame`: VeSSAL, each frame decided as it arrives at a target
-rate, with Beam state per camera, source or globally). Pure modules
+rate, with Beam state per camera, source or globally; :class:`SelectPerFrameInOrder`, the same
+decisions in one pass over a bounded pool in event-time order). Pure modules
 (no Beam; enforced by ``//transforms/select:pure_test``):
 
 * :mod:`.base`: the ``Strategy`` interface, ``Pool``, ``Selection`` and the helpers strategies share.
@@ -23,5 +24,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "stochastic": ("StochasticBatch",),
     "batchbald": ("BatchBALD",),
     "vessal": ("VeSSAL",),
-    "per_frame": ("SelectPerFrame", "PerFrameSpec"),
+    "per_frame": ("SelectPerFrame", "SelectPerFrameInOrder", "PerFrameSpec"),
 })

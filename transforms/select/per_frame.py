@@ -22,12 +22,25 @@ Not picked again: a frame whose id or pixels were picked (the last 256 picks of 
 frames sent for labelling or labelled, with their near-duplicate groups (read from MongoDB when
 a worker starts: :func:`transforms.index.mongodb_client.labelled_frame_ids`).
 
+Batch (a bounded pool): ``SelectPerFrameInOrder`` makes ONE pass over the pool per state key in
+event-time order (:func:`event_order`: capture time, then file, timestamp in the file and frame
+id), with the same decisions as the streaming transform (same ``u``, same draws
+:func:`~transforms.select.vessal.frame_draw` of the frame id, same state keys) and no state to
+keep: the pass is a pure function of the pool, so a rerun picks the same frames under the same
+``selection_id``. Memory: the frames of one key on one worker (``u``, ``d`` float64, and the
+candidate's fields: about 1 KB a frame at ``d = 64``)::
+
+    result = records | SelectPerFrameInOrder(PerFrameSpec(label_rate=0.01)).excluding(labelled_ids)
+    # result.candidates: PCollection[Candidate]; result.dead_letters
+
 Metrics (namespace ``activebeam.sample``): ``vessal_frames``, ``vessal_picked``, ``vessal_capped``,
 ``vessal_refused`` (already picked or labelled), ``vessal_failed`` (dead letters), ``vessal_decision_us`` (distribution, µs per
 decision), ``vessal_probability_ppm`` (distribution, selection probability in millionths).
 """
+import collections
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, NamedTuple, Optional, Sequence
@@ -39,12 +52,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from schemas.records import DEAD_LETTER_TAG, MAX_ERROR_CHARS, STAGE_CANDIDATES, Candidate, DeadLetter, FrameRecord
+from schemas.records import (DEAD_LETTER_TAG, MAX_ERROR_CHARS, STAGE_CANDIDATES, Candidate, DeadLetter,
+                             FrameMetadata, FrameRecord)
 from transforms.index.mongodb_client import labelled_frame_ids
+from transforms.intake.event_time import EARLIEST, exif_seconds
 from transforms.select.base import selection_id
-from transforms.select.ptransforms import METRICS_NAMESPACE, to_scored
-from transforms.select.vessal import (CAPPED, PICKED, SKIPPED, VESSAL, Embedder, VeSSAL, badge_scale,
-                                      frame_draw)
+from transforms.select.ptransforms import METRICS_NAMESPACE, ExcludedDigestFn, Scored, to_scored
+from transforms.select.vessal import (ALREADY_PICKED, CAPPED, LABELLED, PICKED, VESSAL, Decision, Embedder, VeSSAL,
+                                      badge_scale, frame_draw)
 
 _LOG = logging.getLogger(__name__)
 CAMERA, SOURCE, GLOBAL = "camera", "source", "global"
@@ -79,6 +94,98 @@ def state_key_of(record: FrameRecord, how: str) -> str:
     if how == GLOBAL:
         return GLOBAL
     return record.frame.source_uri if how == SOURCE else os.path.dirname(record.frame.source_uri)
+
+
+#: The order of :class:`SelectPerFrameInOrder`'s pass (what :func:`event_order` sorts by).
+EVENT_ORDER = "event time (capture time, then file, timestamp in the file, frame id)"
+
+
+def event_order(frame: FrameMetadata) -> tuple:
+    """Sort key of a bounded pool's frame in event-time order: its event time (``event_time``, else
+    its EXIF capture time when set and after 1990, :data:`transforms.intake.event_time.EARLIEST`),
+    frames without one after those with; ties (and frames without one) by ``source_uri`` (camera
+    files are named by time), ``timestamp_s`` in the file, ``frame_index``, ``frame_id``."""
+    when = frame_event_seconds(frame)
+    return (when is None, 0.0 if when is None else when, frame.source_uri, frame.timestamp_s or 0.0,
+            frame.frame_index, frame.frame_id)
+
+
+def frame_event_seconds(frame: FrameMetadata) -> Optional[float]:
+    """A frame's event time in seconds since the epoch (``event_time``, else a plausible EXIF capture
+    time), or None."""
+    if frame.event_time is not None:
+        return float(frame.event_time)
+    seconds = exif_seconds(frame.capture_time)
+    return seconds if seconds is not None and seconds >= EARLIEST else None
+
+
+class _FrameEmbedder:
+    """VeSSAL's ``u`` of a record (:class:`~transforms.select.vessal.Embedder`, one per embedding
+    width: a new model may change it); raises ``ValueError`` for non-finite probabilities or ``u``."""
+
+    def __init__(self, dim: int, seed: int):
+        self._dim, self._seed, self._embedders = dim, seed, {}
+
+    def __call__(self, record: FrameRecord) -> np.ndarray:
+        width = int(np.asarray(record.embedding).size)
+        if width not in self._embedders:
+            self._embedders[width] = Embedder(self._dim, self._seed)
+        probabilities = np.asarray(record.probabilities, dtype=np.float64)
+        if not math.isfinite(float(probabilities.sum())):  # a sum is finite iff every term is (here)
+            raise ValueError("its class probabilities are not finite")
+        u = self._embedders[width](record.embedding, probabilities)
+        if not math.isfinite(float(u @ u)):
+            raise ValueError("u is not finite (a non-finite embedding or probabilities)")
+        return u
+
+
+def _failed(frame: FrameMetadata, error: Exception) -> DeadLetter:
+    return DeadLetter(frame.source_uri, STAGE_CANDIDATES, f"per-frame selection (vessal) failed: {error}"[:MAX_ERROR_CHARS],
+                      frame.frame_index, frame.frame_id)
+
+
+def pick_candidate(scored: Scored, decision: Decision, selection: str, parameters: str,
+                   uncertainty: float) -> Candidate:
+    """The candidate of a picked frame: ``rank`` its pick's number in its key, ``score`` its
+    selection probability, ``components`` ``ideal_rate``, ``probability``, ``q``, ``uncertainty``
+    (``||p - e_yhat||``) and ``zeta``."""
+    return Candidate(
+        rank=decision.picks, frame_id=scored.frame_id, source_uri=scored.source_uri,
+        frame_index=scored.frame_index, timestamp_s=scored.timestamp_s, score=decision.probability,
+        strategy=VESSAL, scores=scored.scores, predicted_class=scored.predicted_class, duplicates=1,
+        model=scored.model, selection_id=selection, parameters=parameters,
+        components=(("ideal_rate", decision.ideal_rate), ("probability", decision.probability),
+                    ("q", decision.q), ("uncertainty", uncertainty), ("zeta", decision.zeta)),
+        predicted_label=scored.predicted_label)
+
+
+#: The counters of per-frame selection, by the :class:`~transforms.select.vessal.Decision` outcomes they count.
+_COUNTED = {"vessal_frames": None, "vessal_picked": (PICKED,), "vessal_capped": (CAPPED,),
+            "vessal_refused": (ALREADY_PICKED, LABELLED)}
+
+
+class _Metrics:
+    """The transform's counters and distributions (see the module docstring). The counters are
+    added up per bundle (:meth:`flush`), the distributions updated per frame."""
+
+    def __init__(self):
+        self._counters = {name: Metrics.counter(METRICS_NAMESPACE, name) for name in _COUNTED}
+        self.failed = Metrics.counter(METRICS_NAMESPACE, "vessal_failed")
+        self.cost = Metrics.distribution(METRICS_NAMESPACE, "vessal_decision_us")
+        self.probability = Metrics.distribution(METRICS_NAMESPACE, "vessal_probability_ppm")
+        self._outcomes = collections.Counter()
+
+    def decided(self, decision: Decision, started: float):
+        self._outcomes[decision.outcome] += 1
+        self.cost.update(int((time.perf_counter() - started) * 1e6))
+        self.probability.update(int(round(decision.probability * 1e6)))
+
+    def flush(self):
+        for name, outcomes in _COUNTED.items():
+            count = sum(self._outcomes.values()) if outcomes is None else sum(self._outcomes[o] for o in outcomes)
+            if count:
+                self._counters[name].inc(count)
+        self._outcomes.clear()
 
 
 class Pick(NamedTuple):
@@ -127,16 +234,11 @@ class _VessalFn(beam.DoFn):
                  database: str):
         self._spec, self._selection, self._parameters = spec, selection, parameters
         self._mongo_uri, self._database = mongo_uri, database
-        self._frames = Metrics.counter(METRICS_NAMESPACE, "vessal_frames")
-        self._picked = Metrics.counter(METRICS_NAMESPACE, "vessal_picked")
-        self._capped = Metrics.counter(METRICS_NAMESPACE, "vessal_capped")
-        self._refused = Metrics.counter(METRICS_NAMESPACE, "vessal_refused")
-        self._failed = Metrics.counter(METRICS_NAMESPACE, "vessal_failed")
-        self._cost = Metrics.distribution(METRICS_NAMESPACE, "vessal_decision_us")
-        self._probability = Metrics.distribution(METRICS_NAMESPACE, "vessal_probability_ppm")
+        self._metrics = _Metrics()
 
     def setup(self):
-        self._embedders = {}  # by embedding width: a new model may change it
+        sampler = self._spec.sampler()
+        self._embed = _FrameEmbedder(sampler.dim, sampler.seed)
         # key -> (the state dict last written, its sampler): a state read back unchanged (the same
         # object) is not rebuilt. A retried bundle reads the committed state, another object.
         self._samplers = {}
@@ -148,8 +250,11 @@ class _VessalFn(beam.DoFn):
 
     def start_bundle(self):
         self._unsaved = {}
+        for _, sampler in self._samplers.values():
+            sampler.detach()  # the states written by the last bundle (committed) stay as they were
 
     def finish_bundle(self):
+        self._metrics.flush()
         if self._snapshots is not None:
             for doc_id, (key, saved) in self._unsaved.items():
                 self._snapshots.save(doc_id, key, saved)
@@ -159,72 +264,48 @@ class _VessalFn(beam.DoFn):
         if self._snapshots is not None:
             self._snapshots.close()
 
-    def _embed(self, record, sampler):
-        width = int(np.asarray(record.embedding).size)
-        if width not in self._embedders:
-            self._embedders[width] = Embedder(sampler.dim, sampler.seed)
-        probabilities = np.asarray(record.probabilities, dtype=np.float64)
-        if not np.all(np.isfinite(probabilities)):
-            raise ValueError("its class probabilities are not finite")
-        return self._embedders[width](record.embedding, probabilities)
+    def _sampler(self, key: str, doc_id: str, saved: Optional[dict], model: str) -> VeSSAL:
+        cached = self._samplers.get(key)
+        if cached is not None and cached[0] is saved and saved.get("model_version") == model:
+            return cached[1]  # the state this instance wrote last: no rebuild
+        if saved is None and self._snapshots is not None:
+            saved = self._snapshots.load(doc_id)
+        sampler = self._spec.sampler()
+        if saved is not None:
+            sampler.load_state(saved)
+            if saved.get("model_version") != model:
+                sampler.reset_geometry()
+        return sampler
 
     def process(self, element, state=beam.DoFn.StateParam(STATE)):
         key, record = element
         started = time.perf_counter()
         doc_id = f"{self._selection}:{key}"
-        saved = state.read()
         model = record.model.version
-        cached = self._samplers.get(key)
-        if cached is not None and cached[0] is saved and saved.get("model_version") == model:
-            sampler = cached[1]  # the state this instance wrote last: no rebuild
-        else:
-            if saved is None and self._snapshots is not None:
-                saved = self._snapshots.load(doc_id)
-            sampler = self._spec.sampler()
-            if saved is not None:
-                sampler.load_state(saved)
-                if saved.get("model_version") != model:
-                    sampler.reset_geometry()
+        sampler = self._sampler(key, doc_id, state.read(), model)
         frame = record.frame
         try:
-            decision = sampler.decide(
-                self._embed(record, sampler), frame_draw(frame.frame_id, sampler.seed),
-                event_time=frame.event_time, keys=(frame.frame_id, frame.pixel_hash),
-                labelled=frame.frame_id in self._labelled)
+            u = self._embed(record)
         except ValueError as e:  # a non-finite embedding or probabilities: the state is unchanged
-            self._failed.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-                frame.source_uri, STAGE_CANDIDATES, f"per-frame selection (vessal) failed: {e}"[:MAX_ERROR_CHARS],
-                frame.frame_index, frame.frame_id))
+            self._metrics.failed.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, _failed(frame, e))
             return
+        decision = sampler.decide(u, frame_draw(frame.frame_id, sampler.seed), event_time=frame.event_time,
+                                  keys=(frame.frame_id, frame.pixel_hash), labelled=frame.frame_id in self._labelled)
         saved = dict(sampler.to_state(), model_version=model)
         state.write(saved)
         self._samplers[key] = (saved, sampler)
-        self._frames.inc()
-        self._probability.update(int(round(decision.probability * 1e6)))
         if self._snapshots is not None:
             if decision.picked:
                 self._snapshots.save(doc_id, key, saved)
                 self._unsaved.pop(doc_id, None)
             else:
                 self._unsaved[doc_id] = (key, saved)
-        self._cost.update(int((time.perf_counter() - started) * 1e6))
-        if decision.outcome == CAPPED:
-            self._capped.inc()
-        elif decision.outcome not in (PICKED, SKIPPED):
-            self._refused.inc()
-        if not decision.picked:
-            return
-        self._picked.inc()
-        _, scored = to_scored(record)
-        yield Pick(Candidate(
-            rank=decision.picks, frame_id=scored.frame_id, source_uri=scored.source_uri,
-            frame_index=scored.frame_index, timestamp_s=scored.timestamp_s, score=decision.probability,
-            strategy=VESSAL, scores=scored.scores, predicted_class=scored.predicted_class, duplicates=1,
-            model=scored.model, selection_id=self._selection, parameters=self._parameters,
-            components=(("ideal_rate", decision.ideal_rate), ("probability", decision.probability),
-                        ("q", decision.q), ("uncertainty", badge_scale(record.probabilities)),
-                        ("zeta", decision.zeta))), frame.event_time)
+        self._metrics.decided(decision, started)
+        if decision.picked:
+            _, scored = to_scored(record)
+            yield Pick(pick_candidate(scored, decision, self._selection, self._parameters,
+                                      badge_scale(record.probabilities)), frame.event_time)
 
 
 class SelectPerFrame(beam.PTransform):
@@ -269,3 +350,119 @@ class SelectPerFrame(beam.PTransform):
                    beam.typehints.KV[str, Any])
                | "Decide" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="picks"))
         return PerFrameResult(out.picks, out[DEAD_LETTER_TAG])
+
+
+class _Ordered(NamedTuple):
+    """What the batch pass keeps of a frame: its place in :func:`event_order`, ``u`` (float64
+    ``(d,)``), ``||p - e_yhat||`` and the candidate's fields (``Scored`` without its embedding)."""
+    order: tuple
+    u: np.ndarray
+    uncertainty: float
+    pixel_hash: str
+    scored: Scored
+
+
+class _EmbedFn(beam.DoFn):
+    """``FrameRecord`` -> ``(state key, _Ordered)``; a dead letter for a non-finite embedding or probabilities."""
+
+    def __init__(self, spec: PerFrameSpec):
+        self._spec = spec
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "vessal_failed")
+
+    def setup(self):
+        sampler = self._spec.sampler()
+        self._embed = _FrameEmbedder(sampler.dim, sampler.seed)
+
+    def process(self, record):
+        try:
+            u = self._embed(record)
+        except ValueError as e:
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, _failed(record.frame, e))
+            return
+        _, scored = to_scored(record)
+        empty = np.zeros(0, dtype=np.float32)
+        yield state_key_of(record, self._spec.state_key), _Ordered(
+            event_order(record.frame), u, badge_scale(record.probabilities), record.frame.pixel_hash,
+            scored._replace(embedding=empty, probabilities=empty))
+
+
+class _PassFn(beam.DoFn):
+    """One key's frames, sorted by :func:`event_order`, decided one after the other by a new
+    :class:`~transforms.select.vessal.VeSSAL`; emits a ``Candidate`` per pick."""
+
+    def __init__(self, spec: PerFrameSpec, description: dict, inputs: Sequence[str]):
+        self._spec, self._description, self._inputs = spec, description, tuple(inputs)
+        self._parameters = json.dumps(description, sort_keys=True)
+        self._metrics = _Metrics()
+        self._selected = Metrics.counter(METRICS_NAMESPACE, "candidates_selected")
+
+    def process(self, element, excluded, digest):
+        # ``excluded``, ``digest``: plain arguments without defaults (side inputs; see _AssignRanks).
+        key, items = element
+        selection = selection_id(self._description, "", self._inputs + ((digest,) if digest else ()))
+        sampler = self._spec.sampler()
+        for item in sorted(items, key=lambda i: i.order):
+            started = time.perf_counter()
+            frame_id = item.scored.frame_id
+            unknown, seconds = item.order[:2]
+            decision = sampler.decide(item.u, frame_draw(frame_id, sampler.seed),
+                                      event_time=None if unknown else seconds,
+                                      keys=(frame_id, item.pixel_hash), labelled=frame_id in excluded)
+            self._metrics.decided(decision, started)
+            if decision.picked:
+                self._selected.inc()
+                yield pick_candidate(item.scored, decision, selection, self._parameters, item.uncertainty)
+        self._metrics.flush()
+
+
+class PerFramePassResult(NamedTuple):
+    """:class:`SelectPerFrameInOrder`'s outputs: ``candidates`` (``PCollection[Candidate]``) and
+    ``dead_letters`` (``PCollection[DeadLetter]``, stage ``candidates``)."""
+    candidates: object
+    dead_letters: object
+
+
+class SelectPerFrameInOrder(beam.PTransform):
+    """VeSSAL over a bounded pool: one pass per state key in event-time order (see the module docstring).
+
+    Input: ``PCollection[FrameRecord]``. Output: :class:`PerFramePassResult`. The candidates are
+    those of :class:`SelectPerFrame` (``strategy`` ``vessal``, ``score`` = selection probability,
+    ``rank`` = the pick's number in its key, same ``components``) and equal to what a
+    :class:`~transforms.select.vessal.VeSSAL` started afresh picks when it decides the key's
+    frames in :func:`event_order` with :func:`~transforms.select.vessal.frame_draw` draws. No
+    state is kept: a rerun on the same pool picks the same frames under the same ``selection_id``
+    (parameters, state key, ``inputs`` and the digest of the excluded ids).
+
+    ``spec`` and ``inputs`` are :class:`SelectPerFrame`'s (no MongoDB: the pass keeps no state;
+    labelled frames come from :meth:`excluding`); a ``spec`` out of range raises ``ValueError``.
+    """
+
+    def __init__(self, spec: PerFrameSpec, *, inputs: Sequence[str] = ()):
+        super().__init__()
+        self._spec = spec.validated()
+        self._description = dict(spec.sampler().describe(), state_key=spec.state_key, order="event_time")
+        self._inputs = tuple(inputs)
+        self._exclude_ids = None
+
+    def excluding(self, exclude_ids) -> "SelectPerFrameInOrder":
+        """This selection, also refusing the frame ids of ``exclude_ids`` (``PCollection[str]``:
+        frames sent for labelling or labelled and their near-duplicate groups,
+        :class:`transforms.annotate.ptransforms.ReadLabelledFrameIds`); they still count in the
+        stream the rate is a share of, as in streaming."""
+        selection = SelectPerFrameInOrder(self._spec, inputs=self._inputs)
+        selection._exclude_ids = exclude_ids  # pylint: disable=protected-access
+        return selection
+
+    def expand(self, records):
+        embedded = records | "Embed" >> beam.ParDo(_EmbedFn(self._spec)).with_outputs(DEAD_LETTER_TAG, main="frames")
+        excluded = self._exclude_ids
+        if excluded is None:
+            excluded = records.pipeline | "NoneExcluded" >> beam.Create([]).with_output_types(str)
+        as_dict = beam.pvalue.AsDict(excluded | "KeyExcluded" >> beam.Map(lambda i: (i, True)))
+        digest = beam.pvalue.AsSingleton(excluded | "ExcludedDigest" >> beam.CombineGlobally(ExcludedDigestFn()))
+        candidates = (embedded.frames
+                      | "ByStateKey" >> beam.GroupByKey()
+                      | "DecideInEventTimeOrder" >> beam.ParDo(_PassFn(self._spec, self._description, self._inputs),
+                                                               as_dict, digest))
+        return PerFramePassResult(candidates, embedded[DEAD_LETTER_TAG])

@@ -285,7 +285,7 @@ class _AssignRanks(beam.DoFn):
             yield candidate
 
 
-class _ExcludedDigestFn(beam.CombineFn):
+class ExcludedDigestFn(beam.CombineFn):
     """Order-independent digest of a set of frame ids: ``excluded:<count>:<xor of their sha256
     prefixes>``, or ``""`` for none."""
 
@@ -420,5 +420,5 @@ class SelectCandidates(beam.PTransform):
         # What was excluded is part of the selection's identity: a later selection that skips newly
         # labelled frames gets a new selection_id (none excluded: the id of a plain selection).
         excluded = beam.pvalue.AsSingleton(
-            self._exclude_ids | "ExcludedDigest" >> beam.CombineGlobally(_ExcludedDigestFn()))
+            self._exclude_ids | "ExcludedDigest" >> beam.CombineGlobally(ExcludedDigestFn()))
         return ranked | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs), excluded)

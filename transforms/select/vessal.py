@@ -16,15 +16,17 @@ probability ``p = min(1, zeta * u^T A^-1 u)``:
   rank-1 Woodbury identity): ``A^-1 <- A^-1 - (A^-1 u)(A^-1 u)^T / (1 + u^T A^-1 u)``, so a
   near-identical following frame gets a much lower probability.
 * ``zeta = ideal_rate / tr(Sigma A^-1)``, with ``Sigma`` the running second moment of the
-  stream's ``u`` (``E[u u^T]``): then ``E[p] = zeta E[u^T A^-1 u] = ideal_rate``. The trace is
-  the Frobenius inner product of two symmetric matrices, ``O(d^2)``, not the ``O(d^3)`` of a
-  matrix product.
+  stream's ``u`` (``E[u u^T]``): then ``E[p] = zeta E[u^T A^-1 u] = ideal_rate``. The trace
+  follows ``Sigma``'s update in ``O(1)``: ``tr(Sigma' A^-1) = (1 - beta) tr(Sigma A^-1) + beta
+  u^T A^-1 u``; when a pick changes ``A^-1`` it is recomputed exactly as the Frobenius inner
+  product of two symmetric matrices, ``O(d^2)``, not the ``O(d^3)`` of a matrix product.
 * ``ideal_rate`` steers the realised rate to ``label_rate``: ``(R (t + H) - picks) / H``, clipped to
   ``[0, 1]``: the rate that would meet the target ``horizon`` (``H``) frames from now.
 
 State: ``A^-1`` and ``Sigma`` (``2 d^2`` float64, 1 MB at ``d = 256``), counts, the current
 hour's picks and the last 256 picks; work per frame ``O(d^2)`` (one matrix-vector
-product, one rank-1 update of ``Sigma``, one inner product; a pick adds one rank-1 update).
+product and one rank-1 update of ``Sigma``, in place on float64 C-contiguous arrays; a pick adds
+one rank-1 update of ``A^-1`` and the trace).
 
 Where this differs from the reference code (``asaran/VeSSAL``, ``query_strategies/vessal.py``,
 ``StreamingSampling.streaming_sampler``, commit f506fe6):
@@ -34,7 +36,8 @@ Where this differs from the reference code (``asaran/VeSSAL``, ``query_strategie
 * The reference's ``Sigma`` is the plain mean of all ``u u^T`` seen; here it is that mean for the
   first ``memory`` frames, then an exponential moving average of that memory, so that the rate
   adapts when the stream changes (day and night, a new camera).
-* The reference computes ``tr(Sigma A^-1)`` with a matrix product (``O(d^3)``) per frame.
+* The reference computes ``tr(Sigma A^-1)`` with a matrix product (``O(d^3)``) per frame; here
+  ``O(1)`` per frame and ``O(d^2)`` per pick (above).
 * The reference uses BADGE gradient embeddings (``C * D`` wide, or a rank-``r`` expectation) on GPU;
   here the uncertainty-scaled projected embedding above, which the streaming job has without
   back-propagation. The reference's random projection is scikit-learn's
@@ -57,11 +60,12 @@ References
 """
 import collections
 import hashlib
+import math
 from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
-#: The strategy's name (``--strategy vessal``): per frame, streaming only.
+#: The strategy's name (``--strategy vessal``): per frame, as frames arrive (streaming) or in event-time order (batch).
 VESSAL = "vessal"
 #: Largest width of ``u``: state is ``2 d^2`` floats and each frame costs ``O(d^2)``.
 MAX_DIM = 256
@@ -84,9 +88,8 @@ def badge_scale(probabilities: np.ndarray) -> float:
     p = np.asarray(probabilities, dtype=np.float64).ravel()
     if p.size == 0:
         return 0.0
-    error = p.copy()
-    error[int(np.argmax(p))] -= 1.0
-    return float(np.sqrt(error @ error))
+    # ||p - e_k||^2 = ||p||^2 - 2 p_k + 1, k = argmax: one inner product, no copy
+    return math.sqrt(max(0.0, float(p @ p) - 2.0 * float(p.max()) + 1.0))
 
 
 class Embedder:
@@ -215,6 +218,9 @@ class VeSSAL:
         self.hour_picks = 0
         self.recent = collections.deque(maxlen=RECENT_PICKS)  # frame ids and pixel hashes of picks
         self._recent_set = set()
+        self._recent_text: Optional[str] = ""  # "\n".join(recent), None when stale
+        self._trace = 0.0  # tr(Sigma A^-1), kept up to date in O(1) per frame
+        self._shared = False  # a_inv and sigma are referenced by a state handed out: copy before updating
 
     def describe(self) -> dict:
         """The parameters, as selection ids and candidates record them."""
@@ -225,10 +231,21 @@ class VeSSAL:
     def _start(self, d: int):
         self.a_inv = self.cov_inv_scaling * np.eye(d)
         self.sigma = np.zeros((d, d))
+        self._trace, self._shared = 0.0, False
 
     def reset_geometry(self):
         """Forgets ``A^-1`` and ``Sigma`` (a new model: a new embedding space); keeps the counts."""
         self.a_inv = self.sigma = None
+
+    def detach(self):
+        """Leaves the arrays of the states handed out so far (:meth:`to_state`) as they are: the next
+        decision updates copies of them (one copy of ``2 d^2`` floats, then updates in place)."""
+        self._shared = True
+
+    def _own(self):
+        if self._shared:
+            self.a_inv, self.sigma = self.a_inv.copy(), self.sigma.copy()
+            self._shared = False
 
     def ideal_rate(self) -> float:
         """The rate that meets ``label_rate`` ``horizon`` frames from now, in [0, 1]."""
@@ -243,6 +260,7 @@ class VeSSAL:
                     self._recent_set.discard(self.recent[0])
                 self.recent.append(key)
                 self._recent_set.add(key)
+                self._recent_text = None
 
     def was_picked(self, *keys: str) -> bool:
         return any(k in self._recent_set for k in keys if k)
@@ -273,21 +291,25 @@ class VeSSAL:
             For a ``u`` of another width than the state's, or not finite.
         """
         u = np.asarray(u, dtype=np.float64).ravel()
-        if not np.all(np.isfinite(u)):
-            raise ValueError("u is not finite (a non-finite embedding or probabilities)")
         if self.a_inv is None:
             self._start(u.size)
         elif u.size != self.a_inv.shape[0]:
             raise ValueError(f"u has width {u.size}, the state {self.a_inv.shape[0]}")
-        keys = tuple(keys)
         ideal = self.ideal_rate()
         v = self.a_inv @ u
         q = float(u @ v)
+        if not math.isfinite(q):  # A^-1 is finite: a non-finite u (checked before any update)
+            raise ValueError("u is not finite (a non-finite embedding or probabilities)")
+        keys = tuple(keys)
         # Running second moment: the mean of the first `memory` frames, then their moving average.
         beta = 1.0 / min(self.seen + 1, self.memory)
-        # New arrays, never updated in place: a state handed out by to_state() stays as it was.
-        self.sigma = (1.0 - beta) * self.sigma + beta * np.outer(u, u)
-        trace = float(np.vdot(self.sigma, self.a_inv))  # tr(Sigma A^-1), both symmetric: O(d^2)
+        self._own()
+        self.sigma *= 1.0 - beta
+        self.sigma += np.outer(u, beta * u)
+        # tr(Sigma A^-1) after that update: (1 - beta) tr(Sigma_old A^-1) + beta u^T A^-1 u, O(1);
+        # recomputed exactly (a Frobenius product, O(d^2)) whenever A^-1 changes.
+        self._trace = (1.0 - beta) * self._trace + beta * q
+        trace = self._trace
         zeta = ideal / trace if trace > 0 else 0.0
         probability = min(1.0, zeta * q)
         self.seen += 1
@@ -301,7 +323,8 @@ class VeSSAL:
             outcome = CAPPED
         else:
             outcome = PICKED
-            self.a_inv = self.a_inv - np.outer(v, v) / (1.0 + q)  # Sherman-Morrison
+            self.a_inv -= np.outer(v, v / (1.0 + q))  # Sherman-Morrison
+            self._trace = float(np.vdot(self.sigma, self.a_inv))  # both symmetric: the trace, O(d^2)
             self.picks += 1
             self.hour_picks += 1
             self.remember(*keys)
@@ -321,24 +344,32 @@ class VeSSAL:
 
     def to_state(self) -> dict:
         """The state as a dict of numbers, strings and float64 arrays (:meth:`from_state` reverses
-        it). Its arrays are shared with the sampler, which never changes them in place."""
+        it). Its arrays ARE the sampler's, which updates them in place: call :meth:`detach` before
+        the next decision to keep this state as it is (the Beam transform does at each bundle)."""
+        if self._recent_text is None:
+            self._recent_text = "\n".join(self.recent)  # one string: pickled 50x faster than a list
         return {"params": self.describe(), "a_inv": self.a_inv, "sigma": self.sigma, "seen": self.seen,
                 "picks": self.picks, "hour": self.hour, "hour_picks": self.hour_picks,
-                "recent": "\n".join(self.recent)}  # one string: pickled per frame, 50x faster than a list
+                "recent": self._recent_text, "trace": self._trace}
 
     def load_state(self, state: dict) -> "VeSSAL":
         """Takes ``A^-1``, ``Sigma``, counts and recent picks from :meth:`to_state`'s dict (the
         parameters stay this sampler's: a restart may change ``label_rate``); returns ``self``."""
         for name in ("a_inv", "sigma"):
             value = state.get(name)
-            # Not copied: decide() replaces the arrays instead of updating them in place.
-            setattr(self, name, None if value is None else np.asarray(value, dtype=np.float64))
+            # Shared with the state until the first decision copies them (decisions update in place).
+            setattr(self, name, None if value is None else np.ascontiguousarray(value, dtype=np.float64))
+        self._shared = True
+        if self.a_inv is not None:
+            trace = state.get("trace")
+            self._trace = float(np.vdot(self.sigma, self.a_inv)) if trace is None else float(trace)
         self.seen, self.picks = int(state["seen"]), int(state["picks"])
         self.hour, self.hour_picks = state.get("hour"), int(state.get("hour_picks", 0))
         recent = state.get("recent") or ""
         recent = (recent.split("\n") if recent else []) if isinstance(recent, str) else list(recent)
         self.recent = collections.deque(recent[-RECENT_PICKS:], maxlen=RECENT_PICKS)
         self._recent_set = set(self.recent)
+        self._recent_text = None
         return self
 
     @classmethod
