@@ -14,7 +14,8 @@ shard gets its own faiss index, chosen by its size (``index_factory="auto"``,
 so the search grows close to linearly with N instead of N²; or any ``faiss.index_factory``
 string), and every frame is searched against every shard. Frames travel in blocks of ``query_batch_size`` (``BatchElements``): each block is sent
 to every shard (a shuffle of ``N / query_batch_size x num_shards`` blocks, not of ``N x
-num_shards`` vectors), each shard returns the block's k nearest distances, and a block's
+num_shards`` vectors, and the only shuffle of embeddings: a shard builds its index from its own
+frames of those blocks, so no second copy of the vectors is shuffled), each shard returns the block's k nearest distances, and a block's
 distances are merged across shards at once (numpy). Per-frame elements cross a stage boundary
 only once, when the uniqueness values are joined back to their records, so the transform's cost
 is the search, not Beam's per-element work. No worker holds more than one shard's index, and a
@@ -78,19 +79,22 @@ def _split_by_shard(block: _Block, num_shards: int):
 
 
 class _SearchShardFn(beam.DoFn):
-    """Per shard: builds its faiss index, streams every query block through it; emits
+    """Per shard: gathers its own frames from the query blocks (every block reaches every shard),
+    builds its faiss index from them and streams every query block through it; emits
     ``(block id, (ids, distances (n, k)))`` and, on ``near_duplicate_pairs``, the pairs found
-    with their frames' keys: ``((id, key), (id, key))``."""
+    with their frames' keys: ``((id, key), (id, key))``. The blocks are read twice from the
+    grouped iterable (Beam's grouped values are re-iterable), never listed: a shard worker holds
+    its own frames and index, not all N queries."""
 
-    def __init__(self, k, metric, index_factory, duplicate_threshold, exact_below):
+    def __init__(self, k, metric, index_factory, duplicate_threshold, exact_below, num_shards):
         self._k, self._metric, self._factory = k, metric, index_factory
-        self._exact_below = exact_below
+        self._exact_below, self._shards = exact_below, num_shards
         self._threshold = duplicate_threshold
         self._searched = Metrics.counter(_NAMESPACE, "shard_queries")
 
     def process(self, element):
-        _, grouped = element
-        parts = list(grouped["shard"])
+        shard, blocks = element
+        parts = [part for block in blocks for s, part in _split_by_shard(block, self._shards) if s == shard]
         if not parts:
             return
         ids = [frame_id for part in parts for frame_id in part.ids]
@@ -102,7 +106,8 @@ class _SearchShardFn(beam.DoFn):
         if self._threshold is not None:
             cosine_index = (index if self._metric == COSINE
                             else build_index(embeddings, COSINE, self._factory, self._exact_below))
-        for block in grouped["queries"]:
+        del embeddings
+        for block in blocks:
             distances = shard_distances(ids, index, block.ids, block.embeddings, self._k, self._metric)
             self._searched.inc(len(block.ids))
             yield block.ids[0], (block.ids, distances)
@@ -287,12 +292,11 @@ class ScoreNovelty(beam.PTransform):
         blocks = (frames
                   | "Batch" >> beam.BatchElements(min_batch_size=self._batch, max_batch_size=self._batch)
                   | "ToBlocks" >> beam.Map(_to_block))
-        shard_parts = blocks | "SplitByShard" >> beam.FlatMap(_split_by_shard, shards)
-        queries = blocks | "QueryEveryShard" >> beam.FlatMap(lambda b: ((s, b) for s in range(shards)))
-        found = ({"shard": shard_parts, "queries": queries}
-                 | "GroupByShard" >> beam.CoGroupByKey()
+        found = (blocks
+                 | "QueryEveryShard" >> beam.FlatMap(lambda b: ((s, b) for s in range(shards)))
+                 | "GroupByShard" >> beam.GroupByKey()
                  | "SearchShards" >> beam.ParDo(_SearchShardFn(
-                     k, self._metric, self._factory, self._threshold, self._exact_below)
+                     k, self._metric, self._factory, self._threshold, self._exact_below, shards)
                  ).with_output_types(Tuple[str, Any]).with_outputs(_PAIRS, main="distances"))
         distances, pairs = found.distances, found[_PAIRS]
         if self._history is not None:
