@@ -180,13 +180,13 @@ def incremental(n_history, n_new, bases, probabilities, seed, args, work):
     first ``n_history`` frames (:class:`NoveltyHistory`, built outside the timed run), source
     time not subtracted."""
     from schemas.records import ModelVersion
-    from transforms.score.history import HistorySnapshot, NoveltyHistory
+    from transforms.score.history import NoveltyHistory
     model = ModelVersion("efficientnet_lite0", "benchmark", "embedding")
     history = NoveltyHistory(os.path.join(work, "index"), model)
     clips = CHUNK // CLIP_LENGTH
     x = np.concatenate([near_copy_clusters(bases, clips, c * clips, seed)[0] for c in range(n_history // CHUNK)])
     ids = list(_frame_ids(n_history))
-    history.write_next(HistorySnapshot(0, None, [], []), ids, x, [(i, 0) for i in ids])
+    history.write_next(ids, x, [(i, 0) for i in ids])
     history.commit()
     del x
     return _run(n_new, bases, probabilities, seed, "novelty", args, history=history,

@@ -120,9 +120,10 @@ class _SearchShardFn(beam.DoFn):
 
 class _SearchHistoryFn(beam.DoFn):
     """Searches every query block in the index of earlier runs (a :class:`NoveltyHistory`
-    generation, pinned when the pipeline was built), as one more shard: emits ``(block id,
-    (ids, distances (n, k)))`` and, on ``near_duplicate_pairs``, pairs of a block frame and a
-    history frame. History frames that are also in this run (a rerun) are skipped."""
+    generation, pinned when the pipeline was built): each of its segments acts as one more
+    shard, emitting ``(block id, (ids, distances (n, k)))`` and, on ``near_duplicate_pairs``,
+    pairs of a block frame and a history frame. History frames that are also in this run (a
+    rerun) are skipped."""
 
     def __init__(self, history: NoveltyHistory, k, threshold):
         self._history, self._k, self._threshold = history, k, threshold
@@ -130,26 +131,25 @@ class _SearchHistoryFn(beam.DoFn):
 
     def setup(self):
         self._snapshot = self._history.load()
-        self._keys = dict(zip(self._snapshot.ids, self._snapshot.keys))
+        self._keys = [dict(zip(segment.ids, segment.keys)) for segment in self._snapshot.segments]
         self._rerun = None
 
     def process(self, block: _Block, run_ids):
-        history = self._snapshot
-        if history.index is None:
-            return
         if self._rerun is None:  # the same side input for every block of the (global) window
-            self._rerun = frozenset(run_ids) & frozenset(history.ids)
-        distances = distances_excluding(history.ids, history.index, block.ids, block.embeddings, self._k,
-                                        self._rerun, COSINE)
-        self._searched.inc(len(block.ids))
-        yield block.ids[0], (block.ids, distances)
-        if self._threshold is None:
-            return
-        block_keys = dict(zip(block.ids, block.keys))
-        for a, b in near_duplicate_pairs(history.ids, history.index, block.ids, block.embeddings,
-                                         self._threshold, each_pair_once=False):
-            if b not in self._rerun:
-                yield beam.pvalue.TaggedOutput(_PAIRS, ((a, block_keys[a]), (b, self._keys[b])))
+            self._rerun = frozenset(run_ids) & frozenset(self._snapshot.ids)
+        for segment, keys in zip(self._snapshot.segments, self._keys):
+            distances = distances_excluding(segment.ids, segment.index, block.ids, block.embeddings, self._k,
+                                            self._rerun, COSINE)
+            yield block.ids[0], (block.ids, distances)
+            if self._threshold is None:
+                continue
+            block_keys = dict(zip(block.ids, block.keys))
+            for a, b in near_duplicate_pairs(segment.ids, segment.index, block.ids, block.embeddings,
+                                             self._threshold, each_pair_once=False):
+                if b not in self._rerun:
+                    yield beam.pvalue.TaggedOutput(_PAIRS, ((a, block_keys[a]), (b, keys[b])))
+        if self._snapshot.segments:
+            self._searched.inc(len(block.ids))
 
 
 def _write_history(frames, history: NoveltyHistory):
@@ -157,7 +157,7 @@ def _write_history(frames, history: NoveltyHistory):
     if not frames:
         return
     ids, embeddings, keys = zip(*frames)
-    added = history.write_next(history.load(), list(ids), np.stack(embeddings), list(keys))
+    added = history.write_next(list(ids), np.stack(embeddings), list(keys))
     Metrics.counter(_NAMESPACE, "history_frames_added").inc(added)
     yield added
 
