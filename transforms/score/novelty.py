@@ -69,15 +69,6 @@ def _to_block(batch) -> _Block:
     return _Block(ids, np.stack(embeddings).astype(np.float32), keys)
 
 
-def _split_by_shard(block: _Block, num_shards: int):
-    """``(shard, part of the block)`` for each shard that has some of the block's frames."""
-    shards = np.array([shard_of(frame_id, num_shards) for frame_id in block.ids])
-    for shard in np.unique(shards):
-        rows = np.nonzero(shards == shard)[0]
-        yield int(shard), _Block(tuple(block.ids[i] for i in rows), block.embeddings[rows],
-                                 tuple(block.keys[i] for i in rows))
-
-
 class _SearchShardFn(beam.DoFn):
     """Per shard: gathers its own frames from the query blocks (every block reaches every shard),
     builds its faiss index from them and streams every query block through it; emits
@@ -92,20 +83,41 @@ class _SearchShardFn(beam.DoFn):
         self._threshold = duplicate_threshold
         self._searched = Metrics.counter(_NAMESPACE, "shard_queries")
 
+    def _own_frames(self, shard: int, blocks):
+        """ids, ``{id: key}`` and float32 ``(n, D)`` embeddings of the shard's frames among the
+        blocks, gathered into one array in two passes (no per-block copies)."""
+        rows = []
+        for block in blocks:
+            if self._shards == 1:
+                rows.append(np.arange(len(block.ids)))
+            else:
+                rows.append(np.nonzero([shard_of(i, self._shards) == shard for i in block.ids])[0])
+        n = sum(len(r) for r in rows)
+        if not n:
+            return [], {}, None
+        ids, keys, embeddings, at = [], {}, None, 0
+        for block, own in zip(blocks, rows):
+            if embeddings is None:
+                embeddings = np.empty((n, block.embeddings.shape[1]), dtype=np.float32)
+            embeddings[at:at + len(own)] = block.embeddings[own]
+            at += len(own)
+            for i in own:
+                ids.append(block.ids[i])
+                keys[block.ids[i]] = block.keys[i]
+        return ids, keys, embeddings
+
     def process(self, element):
         shard, blocks = element
-        parts = [part for block in blocks for s, part in _split_by_shard(block, self._shards) if s == shard]
-        if not parts:
+        ids, keys, embeddings = self._own_frames(shard, blocks)
+        if not ids:
             return
-        ids = [frame_id for part in parts for frame_id in part.ids]
-        keys = dict(zip(ids, (key for part in parts for key in part.keys)))
-        embeddings = np.concatenate([part.embeddings for part in parts])
-        del parts
-        index = build_index(embeddings, self._metric, self._factory, self._exact_below)
         cosine_index = None
-        if self._threshold is not None:
-            cosine_index = (index if self._metric == COSINE
-                            else build_index(embeddings, COSINE, self._factory, self._exact_below))
+        if self._threshold is not None and self._metric != COSINE:
+            cosine_index = build_index(embeddings, COSINE, self._factory, self._exact_below)
+        # the shard's own copy of its vectors: normalised in place for a cosine index
+        index = build_index(embeddings, self._metric, self._factory, self._exact_below, overwrite=True)
+        if self._threshold is not None and self._metric == COSINE:
+            cosine_index = index
         del embeddings
         for block in blocks:
             distances = shard_distances(ids, index, block.ids, block.embeddings, self._k, self._metric)
