@@ -178,7 +178,7 @@ class UncertaintyKCenter(Strategy):
 def _min_distance(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """float64 ``(B,)``: the smallest cosine distance ``1 - dot`` of each unit row of ``rows``
     ``(B, D)`` to the unit rows of ``reference`` ``(L, D)`` (``L >= 1``), in slices of
-    :data:`BLOCK` reference rows so that memory stays ``O(B x BLOCK)``."""
+    ``16 x BLOCK`` reference rows so that memory stays ``O(B x 16 x BLOCK)``."""
     nearest = np.full(len(rows), np.inf)
     for start in range(0, len(reference), 16 * BLOCK):
         nearest = np.minimum(nearest, (1.0 - rows @ reference[start:start + 16 * BLOCK].T).min(axis=1))
