@@ -1,7 +1,7 @@
 """Cost that grows with the data: the mine job's global stages at 10k, 100k and 1M frames.
 
-    python -m benchmarks.scale --quick       # 10k and 100k frames; about 25 min on 2 shared cores, 8.5 GB
-    python -m benchmarks.scale               # 10k, 100k and 1M frames (hours; about 80 GB at 1M)
+    python -m benchmarks.scale --quick       # 10k and 100k frames; about 10 min on 2 shared cores, 7.7 GB
+    python -m benchmarks.scale               # 10k, 100k and 1M frames (about 67 GB at 1M by the 100k figures)
 
 Data: the default backbone (EfficientNet-Lite0, :func:`transforms.score.pretrained.backbone_path`)
 embeds real frames (``vtest.avi``, ``box.mp4``, ``cup.mp4`` every 4th frame, ``china.jpg``,
@@ -16,7 +16,7 @@ pipeline, :data:`CHUNK` frames per element, from a seed: nothing is pickled into
 
 Stages, each its own pipeline on the in-process ``FnApiRunner`` (as the tests run the job):
 ``source`` (generation alone), ``novelty`` (the job's :class:`ScoreNovelty`: cosine k=3
-uniqueness, near-duplicate groups at 0.99, ``index_factory="auto"``, 4 shards), ``selection``
+uniqueness, near-duplicate groups at 0.99, ``index_factory="auto"``, ``--shards`` shards, 1 by default), ``selection``
 (:class:`SelectCandidates`, the default ``uncertainty_kcenter``, ``--budget`` picks) and
 ``writes`` (:class:`WriteFramesToMongoDB` into a local mongod). A stage's time is its pipeline's
 wall time minus ``source``'s; peak RSS is the process's (records and runner included).
@@ -180,13 +180,13 @@ def incremental(n_history, n_new, bases, probabilities, seed, args, work):
     first ``n_history`` frames (:class:`NoveltyHistory`, built outside the timed run), source
     time not subtracted."""
     from schemas.records import ModelVersion
-    from transforms.score.history import HistorySnapshot, NoveltyHistory
+    from transforms.score.history import NoveltyHistory
     model = ModelVersion("efficientnet_lite0", "benchmark", "embedding")
     history = NoveltyHistory(os.path.join(work, "index"), model)
     clips = CHUNK // CLIP_LENGTH
     x = np.concatenate([near_copy_clusters(bases, clips, c * clips, seed)[0] for c in range(n_history // CHUNK)])
     ids = list(_frame_ids(n_history))
-    history.write_next(HistorySnapshot(0, None, [], []), ids, x, [(i, 0) for i in ids])
+    history.write_next(ids, x, [(i, 0) for i in ids])
     history.commit()
     del x
     return _run(n_new, bases, probabilities, seed, "novelty", args, history=history,

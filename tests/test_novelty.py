@@ -167,3 +167,16 @@ def test_invalid_parameters(kwargs, match):
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_build_index_can_normalise_its_input_in_place_to_the_same_vectors():
+    """``overwrite=True`` (a shard's own copy of its vectors) saves a copy, not a bit of the index."""
+    from transforms.score.knn import build_index, unit_rows
+    x = np.random.default_rng(4).normal(size=(300, 24)).astype(np.float32)
+    mine = x.copy()
+    index = build_index(mine, COSINE, overwrite=True)
+    assert np.array_equal(mine, unit_rows(x))  # normalised in place
+    assert np.array_equal(index.reconstruct_n(0, 300), build_index(x, COSINE).reconstruct_n(0, 300))
+    untouched = x.copy()
+    build_index(untouched, COSINE)
+    assert np.array_equal(untouched, x)

@@ -136,3 +136,39 @@ def test_excluded_ids_side_input_are_never_selected():
     got = harness.run_collect(lambda p: {"c": p | beam.Create(records) | SelectCandidates(
         5, "entropy", exclude_ids=p | "Labelled" >> beam.Create([r.frame.frame_id for r in best]))})["c"]
     assert len(got) == 5 and not {c.frame_id for c in got} & {r.frame.frame_id for r in best}
+
+
+class _MostConfident:
+    """A user's strategy that reads ``Pool.probabilities`` itself (top-k by the largest class
+    probability)."""
+
+    @staticmethod
+    def make():
+        from transforms.select.base import Selection, Strategy, rank_by
+
+        class MostConfident(Strategy):
+            name = "most_confident"
+            reads_probabilities = True
+
+            def _select(self, pool, budget, labelled):
+                p = np.asarray(pool.probabilities).max(axis=1)
+                order = rank_by(p, pool.ids, budget)
+                return Selection(order, p[order], {})
+        return MostConfident()
+
+
+def test_probabilities_travel_only_to_strategies_that_read_them():
+    """Selection carries no class probabilities for the built-in strategies (their scores are
+    stored on the records); a strategy that reads ``Pool.probabilities``, or a wrapper of one,
+    gets them through ``SelectCandidates``."""
+    from transforms.select.ptransforms import to_pool, to_scored
+    from transforms.select.strategies import Balanced
+    records = _random_records(60, seed=3)
+    assert to_pool([to_scored(r, probabilities=False)[1] for r in records]).probabilities is None
+    assert not any(make_strategy(name).needs_probabilities for name in ("entropy", "uncertainty_kcenter", "coreset"))
+    strategy = _MostConfident.make()
+    assert Balanced(strategy, key="predicted_class").needs_probabilities
+    got = _select(records, 5, strategy)
+    confidence = {r.frame.frame_id: float(np.max(r.probabilities)) for r in records}
+    assert sorted(c.frame_id for c in got) == sorted(sorted(confidence, key=lambda i: (-confidence[i], i))[:5])
+    assert sorted(c.score for c in got) == pytest.approx(sorted(confidence.values())[-5:])

@@ -466,3 +466,101 @@ def test_cost_model_fitted_to_lead_times_recovers_frame_and_box_seconds():
     assert checked_cost_model() == CostModel(5.0, 7.0, "published", 0)
     with pytest.raises(ValueError, match="seconds_per_box"):
         checked_cost_model(seconds_per_box=-1.0)
+
+
+class _FrameByFrameUncertaintyKCenter(UncertaintyKCenter):
+    """The reference: the thinned pool formed one frame at a time, one ``(D,) x (n, D)`` product
+    per frame looked at (the implementation before blocks)."""
+
+    def _thinned_pool(self, pool, budget, labelled):
+        from transforms.select.uncertainty_kcenter import SOURCE_KEY, TIME_KEY, ThinnedPool
+        size = self._pool_size(len(pool), budget)
+        values = base.score_values(pool, self.score)
+        order = base.rank_by(values, pool.ids, len(pool))
+        embeddings = np.asarray(pool.embeddings)
+        meta = pool.metadata or {}
+        sources = np.asarray(meta[SOURCE_KEY]) if SOURCE_KEY in meta else None
+        times = (np.asarray(meta[TIME_KEY], dtype=np.float64) if TIME_KEY in meta
+                 else np.full(len(pool), np.nan))
+        known = None
+        if labelled is not None and labelled.embeddings is not None and len(labelled):
+            known = base.unit_rows(labelled.embeddings)
+        admitted, nearest_known = [], []
+        kept = np.empty((size, embeddings.shape[1]))
+        for i in order:
+            if len(admitted) == size:
+                break
+            row = base.unit_rows(embeddings[i:i + 1])[0]
+            to_known = float((1.0 - known @ row).min()) if known is not None else np.inf
+            if to_known < self.min_distance:
+                continue
+            if admitted:
+                to_kept = 1.0 - kept[:len(admitted)] @ row
+                if to_kept.min() < self.min_distance:
+                    continue
+                if sources is not None and self.min_seconds_apart > 0 and np.isfinite(times[i]):
+                    rows = np.asarray(admitted)
+                    neighbours = (sources[rows] == sources[i]) & (np.abs(times[rows] - times[i]) < self.min_seconds_apart)
+                    if np.any(neighbours & (to_kept < self.temporal_distance)):
+                        continue
+            kept[len(admitted)] = row
+            admitted.append(i)
+            nearest_known.append(to_known)
+        admitted = np.asarray(admitted, dtype=np.int64)
+        return ThinnedPool(admitted, kept[:len(admitted)], np.asarray(nearest_known, dtype=np.float64),
+                           values[admitted])
+
+
+def _clips_pool(rng, n, dim, sources):
+    """Clips of near-copies (AR walks around random centres), exact copies, timestamps with
+    NaNs (still images) and tied uncertainties: every rule of the thinned pool has work."""
+    clip = rng.integers(sources, size=n)
+    centres = rng.normal(size=(sources, dim))
+    x = centres[clip] + np.cumsum(rng.normal(scale=0.05, size=(n, dim)), axis=0) * 0.2
+    copies = rng.choice(n, size=n // 10, replace=False)
+    x[copies] = x[rng.choice(n, size=len(copies))]  # exact copies: distance 0
+    times = np.round(rng.uniform(0, n / 4, size=n), 1)
+    times[rng.random(n) < 0.05] = np.nan
+    uncertainty = np.round(rng.random(n), 2)  # many ties, broken by id
+    return Pool(ids=np.array([f"f{i:05d}" for i in rng.permutation(n)], dtype=object),
+                embeddings=x.astype(np.float32), scores={"entropy": uncertainty},
+                metadata={"source": np.array([f"cam{c}.mp4" for c in clip], dtype=object), "timestamp": times})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_uncertainty_kcenter_blocks_equal_the_frame_by_frame_pass(seed, monkeypatch):
+    """The block-screened thinned pool gives the frame-by-frame pass's selection to the last bit:
+    the same indices in the same order, the same scores and components, the same preselection;
+    with labelled frames, several sources and the temporal rule, blocks smaller and larger than
+    the pool, and thresholds set exactly to distances that occur (the decisions re-checked
+    frame by frame)."""
+    from transforms.select import uncertainty_kcenter
+    rng = np.random.default_rng(seed)
+    n, dim = int(rng.integers(300, 1500)), int(rng.choice([16, 64, 200]))
+    pool = _clips_pool(rng, n, dim, sources=int(rng.integers(1, 12)))
+    labelled = Pool(ids=np.array([f"l{i}" for i in range(40)], dtype=object),
+                    embeddings=np.concatenate([pool.embeddings[rng.choice(n, 20)],
+                                               rng.normal(size=(20, dim)).astype(np.float32)]))
+    unit = base.unit_rows(pool.embeddings)
+    a, b = rng.choice(n, 2, replace=False)
+    tied = float(1.0 - unit[a] @ unit[b])  # a distance that occurs: a threshold exactly on it
+    settings = [{}, {"min_distance": 0.02, "temporal_distance": 0.3, "min_seconds_apart": 5.0},
+                {"min_distance": min(tied, 1.99), "temporal_distance": min(tied + 0.01, 2.0), "pool_multiplier": 5},
+                {"min_seconds_apart": 0.0, "pool_multiplier": 1.5}]
+    budget = int(rng.integers(5, 120))
+    compared = 0
+    for block in (7, 256):
+        monkeypatch.setattr(uncertainty_kcenter, "BLOCK", block)
+        for params in settings:
+            for known in (None, labelled):
+                blocked = UncertaintyKCenter("entropy", **params)
+                reference = _FrameByFrameUncertaintyKCenter("entropy", **params)
+                got, want = blocked.select(pool, budget, known), reference.select(pool, budget, known)
+                assert got.indices.tolist() == want.indices.tolist()
+                assert np.array_equal(got.scores, want.scores)
+                assert sorted(got.components) == sorted(want.components)
+                for name in want.components:
+                    assert np.array_equal(got.components[name], want.components[name]), name
+                assert blocked.preselect(pool, budget, known).tolist() == reference.preselect(pool, budget, known).tolist()
+                compared += len(want.indices)
+    assert compared > 0

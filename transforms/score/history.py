@@ -3,29 +3,40 @@
 ``mine --index_dir DIR`` scores each run's frames against every frame indexed before (uniqueness
 and near-duplicates, :class:`transforms.score.novelty.ScoreNovelty` with ``history=``), and
 adds the run's frames to the index when the run succeeds. A run's cost grows with its new
-frames: they are searched in the kept index (``O(log n)`` per query for its HNSW graph) and
-added to it; history is never searched against itself again. What the directory holds::
+frames: they are searched in the kept segments (``O(log n)`` per query in an HNSW graph) and
+written as a segment of their own; history is never searched against itself again, nor read
+back and rewritten whole. What the directory holds::
 
-    DIR/manifest.json             which generation is current, the embedding model, frame count
-    DIR/index-000003.faiss        faiss.serialize_index of the cosine index (unit vectors, inner product)
-    DIR/frames-000003.jsonl       one line per indexed vector, in index order: frame_id, source_uri, frame_index
+    DIR/manifest.json             which generation is current, the embedding model, frame count, its segments
+    DIR/segment-000003.faiss      faiss.serialize_index of one segment's cosine index (unit vectors, inner product)
+    DIR/segment-000003.jsonl      one line per vector of that segment, in index order: frame_id, source_uri, frame_index
     DIR/pending-000004.json       a run's next manifest, written by the pipeline, renamed by commit()
 
+Append-only segments, merged by the logarithmic method (Bentley & Saxe 1980, "Decomposable
+searching problems I: static-to-dynamic transformation", J. Algorithms 1(4); the same scheme
+as an LSM tree's tiers): a run's new frames become a new segment; while the segment before it
+holds fewer than :data:`MERGE_FACTOR` times as many frames, the two are merged (their vectors
+read back with ``reconstruct_n`` and one index built). Segments then shrink at least by half
+from the oldest to the newest, so there are ``O(log N)`` of them to search, and each vector is
+rewritten ``O(log N)`` times over the directory's life, not once per run. Each segment's index
+follows its own size (:func:`transforms.score.ann.choose_index`: ``Flat`` below 10,000 frames,
+else ``HNSW32,Flat``). Uniqueness and near-duplicates are found in every segment, as in every
+shard of a run, and merged.
+
 Restart-safe by generations (a two-phase commit): a run reads generation ``g`` (pinned when the
-pipeline is built), writes ``g + 1``'s files and ``pending-(g+1).json`` from inside the
+pipeline is built), writes segment ``g + 1``'s files and ``pending-(g+1).json`` from inside the
 pipeline, and the driver renames the pending manifest over ``manifest.json`` only after the
-pipeline succeeded (:meth:`NoveltyHistory.commit`). A run that dies leaves ``g`` current; its
-rerun writes ``g + 1`` again. Frames already indexed (same frame id) are not added twice.
-One run at a time per directory.
+pipeline succeeded (:meth:`NoveltyHistory.commit`). Committed segments are never rewritten: a
+merge writes a new segment. A run that dies leaves ``g`` current; its rerun writes ``g + 1``
+again. Frames already indexed (same frame id) are not added twice. One run at a time per
+directory. Segments that a merge replaced stay on disk (an older generation's manifest names
+them), as the files of a renewed index do.
 
 Versioned with the model: the manifest names the embedding model (name, version, embedding
 layer). A run with another model stops with :class:`ModelVersionChanged`, whose message says to
 pass a new ``--index_dir`` or ``--renew_index`` (which starts generation ``g + 1`` empty,
-keeping the old files for reference).
-
-The index type follows its size (:func:`transforms.score.ann.choose_index`): ``Flat`` while small,
-rebuilt once as an HNSW graph from its stored vectors when it crosses the threshold, then grown
-by ``add``.
+keeping the old files for reference). A directory of format 1 (one ``index-g.faiss`` and
+``frames-g.jsonl`` per generation) is read as one segment.
 """
 import json
 import logging
@@ -42,20 +53,36 @@ from transforms.score import ann, knn
 
 _LOG = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2
+#: A new segment is merged into the one before it while that one holds fewer than
+#: ``MERGE_FACTOR`` times its frames (the logarithmic method's base).
+MERGE_FACTOR = 2
 
 
 class ModelVersionChanged(ValueError):
     """The index directory holds embeddings of another model than this run's."""
 
 
-class HistorySnapshot(NamedTuple):
-    """One generation of the history: the faiss cosine index (or ``None`` when empty), the
-    frame ids and ``(source_uri, frame_index)`` keys in index order."""
-    generation: int
+class Segment(NamedTuple):
+    """One append-only piece of the history: its faiss cosine index and its frame ids and
+    ``(source_uri, frame_index)`` keys in index order."""
     index: object
     ids: List[str]
     keys: List[Tuple[str, int]]
+
+
+class HistorySnapshot(NamedTuple):
+    """One generation of the history: its segments, oldest (largest) first."""
+    generation: int
+    segments: List[Segment]
+
+    @property
+    def ids(self) -> List[str]:
+        return [frame_id for segment in self.segments for frame_id in segment.ids]
+
+    @property
+    def keys(self) -> List[Tuple[str, int]]:
+        return [key for segment in self.segments for key in segment.keys]
 
 
 def _model_dict(model: ModelVersion) -> dict:
@@ -102,7 +129,8 @@ class NoveltyHistory:
         self.generation = manifest["generation"] if manifest else 0
         self.frames = manifest["frames"] if manifest else 0
         self.renewed = False
-        if manifest and manifest.get("format") != FORMAT:
+        self._segments = _segments_of(manifest) if manifest else []
+        if manifest and manifest.get("format") not in (1, FORMAT):
             raise ValueError(f"{self._path(MANIFEST)}: unknown format {manifest.get('format')!r}")
         if manifest and manifest["model"] != _model_dict(model):
             old = manifest["model"]
@@ -116,7 +144,7 @@ class NoveltyHistory:
             _LOG.warning("--index_dir %s: model changed from %s %s to %s %s, starting a new index "
                          "(generation %d)", self.index_dir, old["name"], old["version"], model.name,
                          model.version, self.generation + 1)
-            self.renewed, self.frames = True, 0
+            self.renewed, self.frames, self._segments = True, 0, []
 
     def _path(self, name: str) -> str:
         return FileSystems.join(self.index_dir, name)
@@ -130,48 +158,61 @@ class NoveltyHistory:
         return self.generation + 1
 
     def load(self) -> HistorySnapshot:
-        """The pinned generation (empty for a new or renewed directory)."""
+        """The pinned generation's segments (none for a new or renewed directory)."""
         if self.renewed or self.generation == 0 or self.frames == 0:
-            return HistorySnapshot(self.generation, None, [], [])
+            return HistorySnapshot(self.generation, [])
+        return HistorySnapshot(self.generation, [self._load_segment(entry) for entry in self._segments])
+
+    def _load_segment(self, entry: dict) -> Segment:
         import faiss
-        g = self.generation
-        index = faiss.deserialize_index(np.frombuffer(_read_bytes(self._path(f"index-{g:06d}.faiss")), np.uint8))
+        index = faiss.deserialize_index(np.frombuffer(_read_bytes(self._path(entry["index"])), np.uint8))
         ann.tune(index, ann.resolve(ann.AUTO, index.ntotal))
+        ids, keys = self._frames(entry)
+        return Segment(index, ids, keys)
+
+    def _frames(self, entry: dict) -> Tuple[List[str], List[Tuple[str, int]]]:
         ids, keys = [], []
-        for line in _read_bytes(self._path(f"frames-{g:06d}.jsonl")).decode("utf-8").splitlines():
+        for line in _read_bytes(self._path(entry["frames"])).decode("utf-8").splitlines():
             frame = json.loads(line)
             ids.append(frame["frame_id"])
             keys.append((frame["source_uri"], frame["frame_index"]))
-        return HistorySnapshot(g, index, ids, keys)
+        return ids, keys
 
-    def write_next(self, snapshot: HistorySnapshot, new_ids: Sequence[str], new_embeddings: np.ndarray,
+    def write_next(self, new_ids: Sequence[str], new_embeddings: np.ndarray,
                    new_keys: Sequence[Tuple[str, int]]) -> int:
-        """Writes generation ``g + 1`` (the snapshot plus the new frames not yet in it) and its
-        pending manifest; returns the number of frames added. Nothing is current until
-        :meth:`commit`."""
-        import faiss
-        known = set(snapshot.ids)
-        fresh = [i for i, frame_id in enumerate(new_ids) if frame_id not in known]
-        fresh = sorted(dict((new_ids[i], i) for i in fresh).values())  # one entry per frame id
-        ids = snapshot.ids + [new_ids[i] for i in fresh]
-        keys = snapshot.keys + [tuple(new_keys[i]) for i in fresh]
-        x = np.ascontiguousarray(np.asarray(new_embeddings, dtype=np.float32)[fresh])
-        index = snapshot.index
-        choice = ann.choose_index(len(ids))
-        if index is None or (not ann.is_graph(index) and choice.factory != ann.EXACT):
-            old = index.reconstruct_n(0, index.ntotal) if index is not None else np.empty((0, x.shape[1]), np.float32)
-            index = knn.build_index(np.concatenate([old, x]), knn.COSINE, ann.AUTO)
-        elif len(x):
-            index.add(knn.unit_rows(x))
+        """Writes generation ``g + 1``: the pinned generation's segments and a new segment of
+        the new frames not yet in them (``new_embeddings`` float ``(n, D)``, normalised here),
+        merged by :data:`MERGE_FACTOR`; then its pending manifest. Returns the number of frames
+        added. Reads only the segments' frame lists (and the vectors of the segments it
+        merges). Nothing is current until :meth:`commit`."""
+        entries = [] if self.renewed else list(self._segments)
+        known = {frame_id for entry in entries for frame_id in self._frames(entry)[0]}
+        fresh = sorted(dict((frame_id, i) for i, frame_id in enumerate(new_ids) if frame_id not in known).values())
         g = self.next_generation
-        _write_bytes(self._path(f"index-{g:06d}.faiss"), faiss.serialize_index(index).tobytes())
-        _write_bytes(self._path(f"frames-{g:06d}.jsonl"), "".join(
+        if fresh:
+            x = np.asarray(new_embeddings, dtype=np.float32)[fresh]
+            ids, keys = [new_ids[i] for i in fresh], [tuple(new_keys[i]) for i in fresh]
+            while entries and entries[-1]["count"] < MERGE_FACTOR * len(ids):
+                older = self._load_segment(entries.pop())
+                x = np.concatenate([older.index.reconstruct_n(0, older.index.ntotal), x])
+                ids, keys = older.ids + ids, older.keys + keys
+            entries.append(self._write_segment(g, x, ids, keys))
+        write_atomically(self._path(f"pending-{g:06d}.json"), json.dumps(
+            {"format": FORMAT, "generation": g, "frames": sum(e["count"] for e in entries),
+             "model": _model_dict(self.model), "segments": entries}, sort_keys=True) + "\n")
+        return len(fresh)
+
+    def _write_segment(self, g: int, x: np.ndarray, ids: List[str], keys: List[Tuple[str, int]]) -> dict:
+        """Writes segment ``g`` (its index over ``x`` and its frame list); its manifest entry."""
+        import faiss
+        index = knn.build_index(x, knn.COSINE, ann.AUTO)
+        name = f"segment-{g:06d}"
+        _write_bytes(self._path(f"{name}.faiss"), faiss.serialize_index(index).tobytes())
+        _write_bytes(self._path(f"{name}.jsonl"), "".join(
             json.dumps({"frame_id": i, "source_uri": k[0], "frame_index": int(k[1])}) + "\n"
             for i, k in zip(ids, keys)).encode("utf-8"))
-        write_atomically(self._path(f"pending-{g:06d}.json"), json.dumps(
-            {"format": FORMAT, "generation": g, "frames": len(ids), "model": _model_dict(self.model),
-             "factory": choice.factory}, sort_keys=True) + "\n")
-        return len(fresh)
+        return {"index": f"{name}.faiss", "frames": f"{name}.jsonl", "count": len(ids),
+                "factory": ann.choose_index(len(ids)).factory}
 
     def commit(self) -> bool:
         """Makes the pending generation current (after the run succeeded); False if the run
@@ -182,5 +223,15 @@ class NoveltyHistory:
         write_atomically(self._path(MANIFEST), _read_bytes(pending).decode("utf-8"))
         FileSystems.delete([pending])
         self.generation, self.renewed = self.next_generation, False
-        self.frames = json.loads(_read_bytes(self._path(MANIFEST)))["frames"]
+        manifest = json.loads(_read_bytes(self._path(MANIFEST)))
+        self.frames, self._segments = manifest["frames"], _segments_of(manifest)
         return True
+
+
+def _segments_of(manifest: dict) -> List[dict]:
+    """The segment entries of a manifest (a format-1 generation is one segment)."""
+    if "segments" in manifest:
+        return list(manifest["segments"])
+    g = manifest["generation"]
+    return [{"index": f"index-{g:06d}.faiss", "frames": f"frames-{g:06d}.jsonl", "count": manifest["frames"],
+             "factory": manifest.get("factory")}] if manifest["frames"] else []

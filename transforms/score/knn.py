@@ -82,15 +82,20 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def build_index(embeddings: np.ndarray, metric: str = EUCLIDEAN, index_factory: str = "Flat",
-                exact_below: int = ann.EXACT_BELOW):
+                exact_below: int = ann.EXACT_BELOW, overwrite: bool = False):
     """A faiss index over ``float32 (n, D)`` embeddings (L2 for euclidean; inner product of unit
     vectors for cosine). ``index_factory`` is a ``faiss.index_factory`` string or ``"auto"``
     (:func:`transforms.score.ann.choose_index` of ``n``: exact ``Flat`` below ``exact_below``
     vectors, else HNSW); HNSW gets :mod:`~transforms.score.ann`'s ``efConstruction`` and
-    ``efSearch``. Trains the index first if the factory needs training (IVF, PQ, ...)."""
+    ``efSearch``. Trains the index first if the factory needs training (IVF, PQ, ...).
+    ``overwrite``: for cosine, normalise a float32 C-contiguous ``embeddings`` in place (the
+    same values as :func:`unit_rows`) instead of in a copy, for a caller that no longer needs
+    them: one copy of the vectors less in memory while the index is built."""
     import faiss
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if metric == COSINE:
+    if metric == COSINE and overwrite and x is embeddings:
+        np.divide(x, np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), out=x)
+    elif metric == COSINE:
         x = unit_rows(x)
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == COSINE else faiss.METRIC_L2
     choice = ann.resolve(index_factory, len(x), exact_below)

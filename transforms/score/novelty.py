@@ -14,7 +14,8 @@ shard gets its own faiss index, chosen by its size (``index_factory="auto"``,
 so the search grows close to linearly with N instead of N²; or any ``faiss.index_factory``
 string), and every frame is searched against every shard. Frames travel in blocks of ``query_batch_size`` (``BatchElements``): each block is sent
 to every shard (a shuffle of ``N / query_batch_size x num_shards`` blocks, not of ``N x
-num_shards`` vectors), each shard returns the block's k nearest distances, and a block's
+num_shards`` vectors, and the only shuffle of embeddings: a shard builds its index from its own
+frames of those blocks, so no second copy of the vectors is shuffled), each shard returns the block's k nearest distances, and a block's
 distances are merged across shards at once (numpy). Per-frame elements cross a stage boundary
 only once, when the uniqueness values are joined back to their records, so the transform's cost
 is the search, not Beam's per-element work. No worker holds more than one shard's index, and a
@@ -68,41 +69,57 @@ def _to_block(batch) -> _Block:
     return _Block(ids, np.stack(embeddings).astype(np.float32), keys)
 
 
-def _split_by_shard(block: _Block, num_shards: int):
-    """``(shard, part of the block)`` for each shard that has some of the block's frames."""
-    shards = np.array([shard_of(frame_id, num_shards) for frame_id in block.ids])
-    for shard in np.unique(shards):
-        rows = np.nonzero(shards == shard)[0]
-        yield int(shard), _Block(tuple(block.ids[i] for i in rows), block.embeddings[rows],
-                                 tuple(block.keys[i] for i in rows))
-
-
 class _SearchShardFn(beam.DoFn):
-    """Per shard: builds its faiss index, streams every query block through it; emits
+    """Per shard: gathers its own frames from the query blocks (every block reaches every shard),
+    builds its faiss index from them and streams every query block through it; emits
     ``(block id, (ids, distances (n, k)))`` and, on ``near_duplicate_pairs``, the pairs found
-    with their frames' keys: ``((id, key), (id, key))``."""
+    with their frames' keys: ``((id, key), (id, key))``. The blocks are read twice from the
+    grouped iterable (Beam's grouped values are re-iterable), never listed: a shard worker holds
+    its own frames and index, not all N queries."""
 
-    def __init__(self, k, metric, index_factory, duplicate_threshold, exact_below):
+    def __init__(self, k, metric, index_factory, duplicate_threshold, exact_below, num_shards):
         self._k, self._metric, self._factory = k, metric, index_factory
-        self._exact_below = exact_below
+        self._exact_below, self._shards = exact_below, num_shards
         self._threshold = duplicate_threshold
         self._searched = Metrics.counter(_NAMESPACE, "shard_queries")
 
+    def _own_frames(self, shard: int, blocks):
+        """ids, ``{id: key}`` and float32 ``(n, D)`` embeddings of the shard's frames among the
+        blocks, gathered into one array in two passes (no per-block copies)."""
+        rows = []
+        for block in blocks:
+            if self._shards == 1:
+                rows.append(np.arange(len(block.ids)))
+            else:
+                rows.append(np.nonzero([shard_of(i, self._shards) == shard for i in block.ids])[0])
+        n = sum(len(r) for r in rows)
+        if not n:
+            return [], {}, None
+        ids, keys, embeddings, at = [], {}, None, 0
+        for block, own in zip(blocks, rows):
+            if embeddings is None:
+                embeddings = np.empty((n, block.embeddings.shape[1]), dtype=np.float32)
+            embeddings[at:at + len(own)] = block.embeddings[own]
+            at += len(own)
+            for i in own:
+                ids.append(block.ids[i])
+                keys[block.ids[i]] = block.keys[i]
+        return ids, keys, embeddings
+
     def process(self, element):
-        _, grouped = element
-        parts = list(grouped["shard"])
-        if not parts:
+        shard, blocks = element
+        ids, keys, embeddings = self._own_frames(shard, blocks)
+        if not ids:
             return
-        ids = [frame_id for part in parts for frame_id in part.ids]
-        keys = dict(zip(ids, (key for part in parts for key in part.keys)))
-        embeddings = np.concatenate([part.embeddings for part in parts])
-        del parts
-        index = build_index(embeddings, self._metric, self._factory, self._exact_below)
         cosine_index = None
-        if self._threshold is not None:
-            cosine_index = (index if self._metric == COSINE
-                            else build_index(embeddings, COSINE, self._factory, self._exact_below))
-        for block in grouped["queries"]:
+        if self._threshold is not None and self._metric != COSINE:
+            cosine_index = build_index(embeddings, COSINE, self._factory, self._exact_below)
+        # the shard's own copy of its vectors: normalised in place for a cosine index
+        index = build_index(embeddings, self._metric, self._factory, self._exact_below, overwrite=True)
+        if self._threshold is not None and self._metric == COSINE:
+            cosine_index = index
+        del embeddings
+        for block in blocks:
             distances = shard_distances(ids, index, block.ids, block.embeddings, self._k, self._metric)
             self._searched.inc(len(block.ids))
             yield block.ids[0], (block.ids, distances)
@@ -115,9 +132,10 @@ class _SearchShardFn(beam.DoFn):
 
 class _SearchHistoryFn(beam.DoFn):
     """Searches every query block in the index of earlier runs (a :class:`NoveltyHistory`
-    generation, pinned when the pipeline was built), as one more shard: emits ``(block id,
-    (ids, distances (n, k)))`` and, on ``near_duplicate_pairs``, pairs of a block frame and a
-    history frame. History frames that are also in this run (a rerun) are skipped."""
+    generation, pinned when the pipeline was built): each of its segments acts as one more
+    shard, emitting ``(block id, (ids, distances (n, k)))`` and, on ``near_duplicate_pairs``,
+    pairs of a block frame and a history frame. History frames that are also in this run (a
+    rerun) are skipped."""
 
     def __init__(self, history: NoveltyHistory, k, threshold):
         self._history, self._k, self._threshold = history, k, threshold
@@ -125,26 +143,25 @@ class _SearchHistoryFn(beam.DoFn):
 
     def setup(self):
         self._snapshot = self._history.load()
-        self._keys = dict(zip(self._snapshot.ids, self._snapshot.keys))
+        self._keys = [dict(zip(segment.ids, segment.keys)) for segment in self._snapshot.segments]
         self._rerun = None
 
     def process(self, block: _Block, run_ids):
-        history = self._snapshot
-        if history.index is None:
-            return
         if self._rerun is None:  # the same side input for every block of the (global) window
-            self._rerun = frozenset(run_ids) & frozenset(history.ids)
-        distances = distances_excluding(history.ids, history.index, block.ids, block.embeddings, self._k,
-                                        self._rerun, COSINE)
-        self._searched.inc(len(block.ids))
-        yield block.ids[0], (block.ids, distances)
-        if self._threshold is None:
-            return
-        block_keys = dict(zip(block.ids, block.keys))
-        for a, b in near_duplicate_pairs(history.ids, history.index, block.ids, block.embeddings,
-                                         self._threshold, each_pair_once=False):
-            if b not in self._rerun:
-                yield beam.pvalue.TaggedOutput(_PAIRS, ((a, block_keys[a]), (b, self._keys[b])))
+            self._rerun = frozenset(run_ids) & frozenset(self._snapshot.ids)
+        for segment, keys in zip(self._snapshot.segments, self._keys):
+            distances = distances_excluding(segment.ids, segment.index, block.ids, block.embeddings, self._k,
+                                            self._rerun, COSINE)
+            yield block.ids[0], (block.ids, distances)
+            if self._threshold is None:
+                continue
+            block_keys = dict(zip(block.ids, block.keys))
+            for a, b in near_duplicate_pairs(segment.ids, segment.index, block.ids, block.embeddings,
+                                             self._threshold, each_pair_once=False):
+                if b not in self._rerun:
+                    yield beam.pvalue.TaggedOutput(_PAIRS, ((a, block_keys[a]), (b, keys[b])))
+        if self._snapshot.segments:
+            self._searched.inc(len(block.ids))
 
 
 def _write_history(frames, history: NoveltyHistory):
@@ -152,7 +169,7 @@ def _write_history(frames, history: NoveltyHistory):
     if not frames:
         return
     ids, embeddings, keys = zip(*frames)
-    added = history.write_next(history.load(), list(ids), np.stack(embeddings), list(keys))
+    added = history.write_next(list(ids), np.stack(embeddings), list(keys))
     Metrics.counter(_NAMESPACE, "history_frames_added").inc(added)
     yield added
 
@@ -287,12 +304,11 @@ class ScoreNovelty(beam.PTransform):
         blocks = (frames
                   | "Batch" >> beam.BatchElements(min_batch_size=self._batch, max_batch_size=self._batch)
                   | "ToBlocks" >> beam.Map(_to_block))
-        shard_parts = blocks | "SplitByShard" >> beam.FlatMap(_split_by_shard, shards)
-        queries = blocks | "QueryEveryShard" >> beam.FlatMap(lambda b: ((s, b) for s in range(shards)))
-        found = ({"shard": shard_parts, "queries": queries}
-                 | "GroupByShard" >> beam.CoGroupByKey()
+        found = (blocks
+                 | "QueryEveryShard" >> beam.FlatMap(lambda b: ((s, b) for s in range(shards)))
+                 | "GroupByShard" >> beam.GroupByKey()
                  | "SearchShards" >> beam.ParDo(_SearchShardFn(
-                     k, self._metric, self._factory, self._threshold, self._exact_below)
+                     k, self._metric, self._factory, self._threshold, self._exact_below, shards)
                  ).with_output_types(Tuple[str, Any]).with_outputs(_PAIRS, main="distances"))
         distances, pairs = found.distances, found[_PAIRS]
         if self._history is not None:

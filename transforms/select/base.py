@@ -151,6 +151,18 @@ class Strategy:
     scores and components aligned with the indices, and the same result for the same input.
     """
     name = "strategy"
+    #: Whether the strategy reads ``Pool.probabilities`` itself. The built-in strategies read
+    #: class probabilities only through :func:`score_values`, which finds the stored scores
+    #: first, so :class:`~transforms.select.ptransforms.SelectCandidates` carries no
+    #: probabilities through selection (``C`` floats per frame) unless this is ``True``; a
+    #: wrapper (``inner``) inherits its inner strategy's need.
+    reads_probabilities = False
+
+    @property
+    def needs_probabilities(self) -> bool:
+        """Whether this strategy, or the strategy it wraps, reads ``Pool.probabilities``."""
+        inner = getattr(self, "inner", None)
+        return bool(self.reads_probabilities or (isinstance(inner, Strategy) and inner.needs_probabilities))
 
     def params(self) -> dict:
         """The parameters that define this strategy (JSON-serialisable; part of the selection id)."""

@@ -12,7 +12,8 @@ on at most ``shard_size`` frames::
                                                   params={"n_clusters": 50})
     # PCollection[Candidate], ranks 1..budget, with selection_id, parameters and components
 
-Memory per worker: ``O(shard_size * (D + C))`` floats (``D`` embedding width, ``C`` classes),
+Memory per worker: ``O(shard_size * D)`` floats (``D`` embedding width; ``+ C`` class
+probabilities per frame only for a strategy that reads them, ``Strategy.needs_probabilities``),
 whatever the number of frames: an accumulator peaks at ``2 * shard_size`` frames of about
 1 KB each with 128-d embeddings (Python objects included), about 100 MB with the default
 ``shard_size=50_000``, for 10M frames as for 10K (a budget above 25,000 raises the default
@@ -75,7 +76,7 @@ class Scored(NamedTuple):
     predicted_class: int
     model: ModelVersion
     embedding: np.ndarray
-    probabilities: np.ndarray
+    probabilities: Optional[np.ndarray]  # None unless the strategy reads them (Strategy.needs_probabilities)
     duplicates: int = 1
     duplicate_group: Optional[str] = None
     detected_class: str = NO_DETECTION
@@ -83,10 +84,13 @@ class Scored(NamedTuple):
     predicted_label: Optional[str] = None
 
 
-def to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING) -> Tuple[str, Scored]:
+def to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING,
+              probabilities: bool = True) -> Tuple[str, Scored]:
     """``(pixel_hash, Scored)`` of a frame record: what selection keeps of it, keyed by its pixels
     (identical frames collapse on that key); ``embedding`` picks the frame's embedding
-    (:data:`FRAME_EMBEDDING`) or its objects' (:data:`OBJECT_EMBEDDING`)."""
+    (:data:`FRAME_EMBEDDING`) or its objects' (:data:`OBJECT_EMBEDDING`); ``probabilities``:
+    whether to keep the class probabilities (float32 ``(C,)``; else ``None``). The embedding is
+    a float32 copy, never a view that would keep the record's buffers alive."""
     frame = record.frame
     vector = record.embedding
     if embedding == OBJECT_EMBEDDING and getattr(record, "object_embedding", None) is not None:
@@ -98,8 +102,8 @@ def to_scored(record: FrameRecord, embedding: str = FRAME_EMBEDDING) -> Tuple[st
         scores=tuple((name, float(getattr(record, name))) for name in SCORE_NAMES)
         + tuple((name, float(value)) for name, value in record.extra_scores),
         predicted_class=record.predicted_class, model=record.model,
-        embedding=np.asarray(vector, dtype=np.float32),
-        probabilities=np.asarray(record.probabilities, dtype=np.float32),
+        embedding=np.array(vector, dtype=np.float32),
+        probabilities=np.array(record.probabilities, dtype=np.float32) if probabilities else None,
         duplicate_group=getattr(record, "duplicate_group", None),
         detected_class=detections[0].label if detections else NO_DETECTION,
         boxes=len(detections or ()),
@@ -163,7 +167,8 @@ METADATA_COLUMNS = ("source", "camera", "predicted_class", "detected_class")
 
 
 def to_pool(items: Sequence[Scored]) -> Pool:
-    """The strategy view of scored frames: ids, embeddings, probabilities, stored scores and the
+    """The strategy view of scored frames: ids, embeddings, probabilities (``None`` when a frame
+    carries none, see :func:`to_scored`), stored scores and the
     metadata columns ``source`` (file URI), ``timestamp`` (seconds into a video, NaN for a still
     image), ``camera`` (the file's directory),
     ``predicted_class``, ``detected_class`` (label of the frame's most confident detection,
@@ -171,7 +176,8 @@ def to_pool(items: Sequence[Scored]) -> Pool:
     return Pool(
         ids=np.array([s.frame_id for s in items], dtype=object),
         embeddings=np.stack([s.embedding for s in items]).astype(np.float32),
-        probabilities=np.stack([s.probabilities for s in items]),
+        probabilities=(None if any(s.probabilities is None for s in items)
+                       else np.stack([s.probabilities for s in items])),
         scores=_shared_scores(items),
         metadata={"source": np.array([s.source_uri for s in items], dtype=object),
                   "timestamp": np.array([np.nan if s.timestamp_s is None else s.timestamp_s for s in items],
@@ -407,7 +413,7 @@ class SelectCandidates(beam.PTransform):
                 lambda r, ex: r.frame.frame_id not in ex, excluded)
         ranked = (
             frame_records
-            | "KeyByPixelHash" >> beam.Map(to_scored, self._embedding)
+            | "KeyByPixelHash" >> beam.Map(to_scored, self._embedding, self._strategy.needs_probabilities)
             | "OnePerIdenticalFrames" >> beam.CombinePerKey(_FirstOfIdenticalFn())
             | "CountDuplicates" >> beam.Map(
                 _with_duplicates, Metrics.counter(METRICS_NAMESPACE, "identical_frames_skipped"))

@@ -24,8 +24,10 @@ each is admitted unless a rule excludes it next to a frame already admitted, unt
 budget)`` are admitted. So a fixed camera's thousand near-identical uncertain frames fill one
 place of the pool, not a thousand, and the traversal then spreads the batch over the pool.
 
-Memory is ``O(P x D)``, never ``O(N^2)``: forming the pool costs one ``(P, D)`` product per frame
-looked at, each pick one more. Under sharding each shard keeps its own thinned pool
+Memory is ``O(P x D)``, never ``O(N^2)``: the pool is formed in blocks of frames, one matrix
+product per block against the frames admitted so far, with the same result as a frame-by-frame
+pass (see :meth:`UncertaintyKCenter._thinned_pool`); each pick of the traversal costs one
+``(D,) x (P, D)`` product. Under sharding each shard keeps its own thinned pool
 (:meth:`UncertaintyKCenter.preselect`) and the union is thinned again.
 
 References
@@ -38,7 +40,7 @@ References
 * Sener, O. & Savarese, S. (2018). Active Learning for CNNs: A Core-Set Approach (greedy k-centre).
 * LightlyOne selection docs, "Diversity" strategy with ``stopping_condition.min_distance``.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -51,6 +53,12 @@ MOST_UNCERTAIN, FARTHEST = 0.0, 1.0
 #: distance.
 NO_EARLIER_PICK = 2.0
 SOURCE_KEY, TIME_KEY = "source", "timestamp"
+#: Frames looked at together when the pool is formed (one matrix product per block).
+BLOCK = 256
+#: How near its threshold (cosine distance) a block product's distance may be before the
+#: frame-by-frame product decides: far above the float64 rounding of a dot product of unit rows
+#: (about ``D x 1.1e-16``, 1.4e-13 at ``D`` = 1280), far below any threshold's meaning.
+SCREEN_MARGIN = 1e-9
 
 
 class ThinnedPool(NamedTuple):
@@ -146,41 +154,147 @@ class UncertaintyKCenter(Strategy):
         (ties by id), each admitted unless it is
         within ``min_distance`` of an admitted or labelled frame, or within ``min_seconds_apart``
         of an admitted frame of its source and less than ``temporal_distance`` from it; until
-        ``ceil(m x budget)`` are admitted. Cost: one ``(D,) x (P, D)`` product per frame looked at."""
+        ``ceil(m x budget)`` are admitted.
+
+        The frames are looked at in blocks of :data:`BLOCK`: one matrix product gives a block's
+        cosine distances to the frames admitted before it, to each other and to the labelled
+        frames, then the block's frames are resolved one by one in rank order against those
+        distances (:class:`_Admissions`). The result is a frame-by-frame pass's to the last bit:
+        a decision whose distance lies within :data:`SCREEN_MARGIN` of its threshold, and each
+        admitted frame's distance to the labelled frames, are recomputed as that pass computes
+        them (one ``(D,) x (n, D)`` product). Cost: ``O(F x (P + L) x D)`` multiply-adds in
+        ``F / BLOCK`` matrix products for ``F`` frames looked at and ``L`` labelled frames;
+        memory ``O((P + BLOCK) x D + BLOCK x (P + BLOCK))`` floats."""
         size = self._pool_size(len(pool), budget)
         values = score_values(pool, self.score)
         if self.score in registry.names():  # >= 0 once oriented; 0: nothing to learn (module docstring)
             size = min(size, max(budget, int(np.count_nonzero(values > 0))))
         order = rank_by(values, pool.ids, len(pool))
         embeddings = require(pool, "embeddings", self.name)  # rows normalised as they are looked at
-        meta = pool.metadata or {}
-        sources = np.asarray(meta[SOURCE_KEY]) if SOURCE_KEY in meta else None
-        times = (np.asarray(meta[TIME_KEY], dtype=np.float64) if TIME_KEY in meta
-                 else np.full(len(pool), np.nan))
         known = None
         if labelled is not None and labelled.embeddings is not None and len(labelled):
             known = unit_rows(labelled.embeddings)
-        admitted, nearest_known = [], []
-        kept = np.empty((size, embeddings.shape[1]))
-        for i in order:
-            if len(admitted) == size:
+        admissions = _Admissions(self, pool.metadata or {}, len(pool), size, embeddings.shape[1], known)
+        for start in range(0, len(order), BLOCK):
+            if admissions.full():
                 break
-            row = unit_rows(embeddings[i:i + 1])[0]
-            to_known = float((1.0 - known @ row).min()) if known is not None else np.inf
-            if to_known < self.min_distance:
-                continue
-            if admitted:
-                to_kept = 1.0 - kept[:len(admitted)] @ row
-                if to_kept.min() < self.min_distance:
+            block = order[start:start + BLOCK]
+            admissions.resolve_block(block, embeddings)
+        return admissions.thinned(values)
+
+
+def _min_distance(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """float64 ``(B,)``: the smallest cosine distance ``1 - dot`` of each unit row of ``rows``
+    ``(B, D)`` to the unit rows of ``reference`` ``(L, D)`` (``L >= 1``), in slices of
+    ``16 x BLOCK`` reference rows so that memory stays ``O(B x 16 x BLOCK)``."""
+    nearest = np.full(len(rows), np.inf)
+    for start in range(0, len(reference), 16 * BLOCK):
+        nearest = np.minimum(nearest, (1.0 - rows @ reference[start:start + 16 * BLOCK].T).min(axis=1))
+    return nearest
+
+
+class _Admissions:
+    """The frames admitted so far to the thinned pool and the rules that admit the next one.
+
+    ``kept`` float64 ``(P, D)``: the admitted unit rows in admission order (the first ``count``
+    are set); ``codes``/``times``: their source (as an int code) and timestamp (seconds)."""
+
+    def __init__(self, strategy: "UncertaintyKCenter", meta, n: int, size: int, dim: int, known):
+        self.min_distance = strategy.min_distance
+        self.temporal_distance = strategy.temporal_distance
+        self.min_seconds_apart = strategy.min_seconds_apart
+        self.size, self.known, self.count = size, known, 0
+        self.temporal = SOURCE_KEY in meta and self.min_seconds_apart > 0
+        codes = {}  # equal sources <=> equal codes (dict keys compare with ==, as the sources do)
+        self.source_codes = (np.array([codes.setdefault(s, len(codes)) for s in meta[SOURCE_KEY]], dtype=np.int64)
+                             if self.temporal else None)
+        self.frame_times = (np.asarray(meta[TIME_KEY], dtype=np.float64) if TIME_KEY in meta
+                            else np.full(n, np.nan))
+        self.kept = np.empty((size, dim))
+        self.indices = np.empty(size, dtype=np.int64)
+        self.nearest_known = np.empty(size)
+        self.codes = np.empty(size, dtype=np.int64)
+        self.times = np.empty(size)
+
+    def full(self) -> bool:
+        return self.count == self.size
+
+    def _neighbours(self, i: int, n: int) -> Optional[np.ndarray]:
+        """bool ``(n,)``: the first ``n`` admitted frames of frame ``i``'s source within
+        ``min_seconds_apart`` of it (``None``: the temporal rule does not apply to ``i``)."""
+        if not self.temporal or not np.isfinite(self.frame_times[i]):
+            return None
+        return ((self.codes[:n] == self.source_codes[i])
+                & (np.abs(self.times[:n] - self.frame_times[i]) < self.min_seconds_apart))
+
+    def _excluded(self, i: int, to_known: float, to_kept: np.ndarray) -> bool:
+        """Whether a rule excludes frame ``i`` at distance ``to_known`` from the labelled frames
+        and ``to_kept`` ``(count,)`` from the admitted ones."""
+        if to_known < self.min_distance:
+            return True
+        if not self.count:
+            return False
+        if to_kept.min() < self.min_distance:
+            return True
+        neighbours = self._neighbours(i, self.count)
+        return neighbours is not None and bool(np.any(neighbours & (to_kept < self.temporal_distance)))
+
+    def _ambiguous(self, i: int, to_known: float, to_kept: np.ndarray) -> bool:
+        """Whether approximate distances lie too near a threshold to decide on."""
+        if abs(to_known - self.min_distance) <= SCREEN_MARGIN:
+            return True
+        if not self.count:
+            return False
+        if np.any(np.abs(to_kept - self.min_distance) <= SCREEN_MARGIN):
+            return True
+        neighbours = self._neighbours(i, self.count)
+        return neighbours is not None and bool(np.any(np.abs(to_kept[neighbours] - self.temporal_distance)
+                                                      <= SCREEN_MARGIN))
+
+    def _to_known(self, row: np.ndarray) -> float:
+        """The frame-by-frame pass's distance of ``row`` to the nearest labelled frame (``inf``
+        without any): one ``(D,) x (L, D)`` product."""
+        return float((1.0 - self.known @ row).min()) if self.known is not None else np.inf
+
+    def _to_kept(self, row: np.ndarray) -> np.ndarray:
+        """The frame-by-frame pass's distances of ``row`` to the admitted frames, ``(count,)``."""
+        return 1.0 - self.kept[:self.count] @ row if self.count else np.empty(0)
+
+    def resolve_block(self, block: np.ndarray, embeddings: np.ndarray) -> None:
+        """Looks at the frames ``block`` (indices in rank order) until the pool is full."""
+        rows = unit_rows(embeddings[block])
+        first = self.count
+        to_earlier = 1.0 - rows @ self.kept[:first].T  # (B, first)
+        to_block = 1.0 - rows @ rows.T  # (B, B)
+        to_known = _min_distance(rows, self.known) if self.known is not None else np.full(len(block), np.inf)
+        in_block = []  # block positions admitted, in order
+        for b, i in enumerate(block):
+            if self.full():
+                return
+            i = int(i)
+            approx = np.concatenate([to_earlier[b], to_block[b, in_block]])
+            if self._ambiguous(i, to_known[b], approx):
+                row = unit_rows(embeddings[i:i + 1])[0]
+                exact_known = self._to_known(row)
+                if self._excluded(i, exact_known, self._to_kept(row)):
                     continue
-                if sources is not None and self.min_seconds_apart > 0 and np.isfinite(times[i]):
-                    rows = np.asarray(admitted)
-                    neighbours = (sources[rows] == sources[i]) & (np.abs(times[rows] - times[i]) < self.min_seconds_apart)
-                    if np.any(neighbours & (to_kept < self.temporal_distance)):
-                        continue
-            kept[len(admitted)] = row
-            admitted.append(i)
-            nearest_known.append(to_known)
-        admitted = np.asarray(admitted, dtype=np.int64)
-        return ThinnedPool(admitted, kept[:len(admitted)], np.asarray(nearest_known, dtype=np.float64),
-                           values[admitted])
+            elif self._excluded(i, to_known[b], approx):
+                continue
+            else:
+                row = unit_rows(embeddings[i:i + 1])[0]
+                exact_known = self._to_known(row)
+            self._admit(i, row, exact_known)
+            in_block.append(b)
+
+    def _admit(self, i: int, row: np.ndarray, to_known: float) -> None:
+        n = self.count
+        self.kept[n], self.indices[n], self.nearest_known[n] = row, i, to_known
+        if self.temporal:
+            self.codes[n] = self.source_codes[i]
+        self.times[n] = self.frame_times[i]
+        self.count += 1
+
+    def thinned(self, values: np.ndarray) -> ThinnedPool:
+        n = self.count
+        return ThinnedPool(self.indices[:n].copy(), self.kept[:n], self.nearest_known[:n].copy(),
+                           values[self.indices[:n]])

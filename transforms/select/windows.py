@@ -167,7 +167,7 @@ class WindowPaneFn(beam.CombineFn):
         if isinstance(element, DeadLetter):
             dead_letters[_dead_letter_key(element)] = element
         else:
-            pixel_hash, scored = to_scored(element)
+            pixel_hash, scored = to_scored(element, probabilities=self._strategy.needs_probabilities)
             frames[scored.frame_id] = (pixel_hash, scored)
         return accumulator
 
