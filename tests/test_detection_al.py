@@ -20,7 +20,8 @@ def test_trained_detector_through_score_frames_selection_and_map(split, tmp_path
     labelled = split.initial(8, seed=1)
     assert len(labelled) == 8 and len({split.sources[i] for i in labelled}) == 1  # one clip
     trained, map50 = al._train_and_export(split, labelled, str(tmp_path), seed=0,
-                                          args=type("Args", (), {"steps": 20})())
+                                          args=type("Args", (), {"steps": 20, "learning_rate": 2e-3,
+                                                                 "backbone": small_detector.SCRATCH})())
     assert 0.0 <= map50 <= 1.0
     frames = split.frame_records()[:12]
     records = al.score_pool(frames, trained)
@@ -34,6 +35,28 @@ def test_trained_detector_through_score_frames_selection_and_map(split, tmp_path
     picks = al.select(records, make_strategy("uncertainty_kcenter", {"score": "detection_max"}), 4, beam_check=True)
     assert 1 <= len(picks) <= 4 and set(picks) <= {r.frame.frame_id for r in records}
     assert al.coco_map50(trained.detector, split.test_clips, split.options.class_names) == pytest.approx(map50)
+
+
+def test_the_imagenet_backbone_is_frozen_and_the_head_sees_its_stride_8_grid(split):
+    """--backbone efficientnet_lite0: EfficientNet-Lite0's ImageNet layers from set-up's pinned
+    checkpoint, frozen (only the head's weights train), their stride-16 maps brought up to the
+    head's stride-8 grid; a few training steps leave the backbone's weights as they were."""
+    import keras
+    height, width = split.frames.shape[1:3]
+    model = small_detector._build(height, width, len(split.options.classes), small_detector.EFFICIENTNET)
+    cls, box, features = model(np.zeros((1, height, width, 3), np.float32))
+    grid = (height // small_detector.STRIDE, width // small_detector.STRIDE)
+    assert cls.shape[1:] == grid + (len(split.options.classes),) and box.shape[1:] == grid + (4,)
+    backbone = [layer for layer in model.layers if isinstance(layer, keras.Model)][0]
+    assert not backbone.trainable_weights and backbone.non_trainable_weights
+    assert {w.path.split("/")[0] for w in model.trainable_weights} == {"features", "cls", "box"}
+    labelled = split.initial(8, seed=1)
+    trained = small_detector.train(split.frames[labelled], [split.boxes[i] for i in labelled],
+                                   [split.classes[i] for i in labelled], len(split.options.classes),
+                                   steps=3, backbone=small_detector.EFFICIENTNET)
+    before = [np.asarray(w) for w in backbone.non_trainable_weights]
+    after = [layer for layer in trained.layers if isinstance(layer, keras.Model)][0].non_trainable_weights
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, after))
 
 
 def test_map50_of_the_ground_truth_is_one_and_of_shifted_boxes_zero(split):

@@ -57,18 +57,23 @@ def _bn(layers, x, weights, prefix, name):
     return x
 
 
-def build(weights: Dict[str, np.ndarray], name: str = "efficientnet_lite0"):
+def build(weights: Dict[str, np.ndarray], name: str = "efficientnet_lite0", input_size=(INPUT_SIZE, INPUT_SIZE)):
     """The Keras model of EfficientNet-Lite0 with the given PyTorch weights.
 
     Parameters
     ----------
     weights : dict of str to ndarray
         The state dict (see :func:`transforms.score.pretrained.torch_checkpoint.load_state_dict`).
+    name : str
+        The Keras model's name.
+    input_size : (int, int)
+        ``(height, width)`` of the input in pixels: 224 x 224, what the weights were trained on
+        and what set-up converts; any other size works as a feature extractor.
 
     Returns
     -------
     keras.Model
-        Input float32 ``(N, 224, 224, 3)`` RGB pixels in [0, 255]; outputs ``[embedding
+        Input float32 ``(N, height, width, 3)`` RGB pixels in [0, 255]; outputs ``[embedding
         float32 (N, 1280), logits float32 (N, 1000)]``.
 
     Raises
@@ -82,7 +87,7 @@ def build(weights: Dict[str, np.ndarray], name: str = "efficientnet_lite0"):
     from keras import layers
 
     relu6 = lambda n: layers.ReLU(6.0, name=n)  # noqa: E731
-    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), dtype="float32", name="pixels")
+    inputs = keras.Input((int(input_size[0]), int(input_size[1]), 3), dtype="float32", name="pixels")
     x = layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="scale")(inputs)
     x = _conv(layers, x, weights["_conv_stem.weight"], 2, "stem_conv")
     x = relu6("stem_relu")(_bn(layers, x, weights, "_bn0", "stem_bn"))
