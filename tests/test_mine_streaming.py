@@ -719,9 +719,12 @@ def test_streaming_run_is_scraped_by_prometheus(mongo):
     # Each window pane written: its kind and its number of candidates.
     panes = _wait(lambda: (lambda s: s if s.get(("activebeam_window_candidates_count", ())) else None)(harness.scrape_metrics(port)),
                   60, "a window pane in the scraped metrics", job)
-    on_time = panes.get(("activebeam_window_panes_total", (("pane", "on_time"),)), 0)
-    assert on_time >= 1 and panes[("activebeam_window_candidates_count", ())] == sum(
-        value for (name, _), value in panes.items() if name == "activebeam_window_panes_total")
+    # By kind: on time, or late when the machine is slow enough for the watermark to pass a
+    # frame's window before it is indexed (a loaded CI machine); every pane is counted once.
+    kinds = {dict(labels)["pane"]: value for (name, labels), value in panes.items()
+             if name == "activebeam_window_panes_total"}
+    assert kinds and set(kinds) <= {"on_time", "late", "early"}, kinds
+    assert panes[("activebeam_window_candidates_count", ())] == sum(kinds.values())
     written = int(panes[("activebeam_window_candidates_count", ())])  # lines are logged before they count
     assert panes[("activebeam_window_candidates_sum", ())] == sum(
         line["candidates"] for line in _windows_log(out)[:written])
