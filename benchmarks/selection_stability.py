@@ -10,7 +10,7 @@ default (``uncertainty_kcenter`` on ``detection_max``, budget 50), each with its
 
 * ``int8_selection_jaccard``: |A ∩ B| / |A ∪ B| of the two runs' candidates (goal >= 0.8, the
   bar for making the faster detector the default), and ``int8_pool_jaccard``: the same for the
-  uncertainty pools the k-centre step starts from (:meth:`UncertaintyKCenter._thinned_pool`);
+  uncertainty pools the k-centre step starts from (:meth:`UncertaintyKCenter.preselect`);
 * ``detection_max_abs_diff_median`` / ``_p90``: how far the int8 scores are from the float ones;
   ``frames_detection_max_above_0_95``: float frames with a box near c = 0.5;
 * ``noise_jaccard``: for each sigma, the median over ``--draws`` draws of the Jaccard overlap of
@@ -51,24 +51,20 @@ def run_job(detector: str, inputs, output_dir: str) -> None:
 
 
 def read_pool(output_dir: str):
-    """The run's eligible frames as a strategy :class:`Pool` (``detection_max`` scores, source and
-    timestamp metadata; near-duplicate group members other than the representative left out, as
-    ``SelectCandidates`` leaves them out) and its candidates' frame ids in rank order."""
+    """The run's eligible frames as a strategy :class:`Pool` (:func:`figures.pool_from_documents`:
+    stored scores, source and timestamp metadata; near-duplicate group members other than the
+    representative left out, as ``SelectCandidates`` leaves them out) and its candidates' frame
+    ids in rank order."""
     import pymongo
 
     from beam_pipelines.local.mongod import LocalMongoD
-    from transforms.select.base import Pool
+    from beam_pipelines.report import figures
     with LocalMongoD(os.path.join(output_dir, "mongo-data")) as mongod:
         frames = pymongo.MongoClient(mongod.uri)["activebeam"]["frames"]
         docs = sorted((d for d in frames.find({}, {"embedding": 1, "scores": 1, "source_uri": 1, "timestamp_s": 1,
                                                    "duplicate_group": 1})
                        if d.get("duplicate_group") in (None, d["_id"])), key=lambda d: d["_id"])
-    pool = Pool(ids=np.array([d["_id"] for d in docs], dtype=object),
-                embeddings=np.array([d["embedding"] for d in docs], dtype=np.float32),
-                scores={"detection_max": np.array([d["scores"]["detection_max"] for d in docs])},
-                metadata={"source": np.array([d["source_uri"] for d in docs], dtype=object),
-                          "timestamp": np.array([np.nan if d.get("timestamp_s") is None else d["timestamp_s"]
-                                                 for d in docs], dtype=np.float64)})
+    pool = figures.pool_from_documents(docs)
     with open(os.path.join(output_dir, "candidates.jsonl")) as f:
         candidates = [json.loads(line)["frame_id"] for line in f if line.strip()]
     return pool, candidates
@@ -118,8 +114,8 @@ def main(argv=None):
     diff = (np.abs(float_pool.scores["detection_max"] - int8_pool.scores["detection_max"])
             if same_frames else np.array([np.nan]))
 
-    def pool_ids(pool):
-        return pool.ids[default._thinned_pool(pool, BUDGET, None).indices]
+    def pool_ids(pool):  # the thinned uncertainty pool (what a shard keeps: the whole pool here)
+        return pool.ids[default.preselect(pool, BUDGET)]
     result = {
         "frames": len(float_pool), "budget": BUDGET,
         "replay_matches_job": select(float_pool, default) == float_picks and select(int8_pool, default) == int8_picks,
