@@ -13,7 +13,7 @@ Tarjan (1975), Efficiency of a good but not linear set union algorithm (union-fi
 import heapq
 import itertools
 import zlib
-from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -76,9 +76,10 @@ def shard_of(frame_id: str, num_shards: int) -> int:
     return zlib.crc32(frame_id.encode("utf-8")) % num_shards
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` (float ``(n, D)``) divided by their L2 norms (zero rows stay zero)."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def unit_rows(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Rows of ``x`` (float ``(n, D)``) divided by their L2 norms (zero rows stay zero); into
+    ``out`` when given (``out=x``: in place)."""
+    return np.divide(x, np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), out=out)
 
 
 def build_index(embeddings: np.ndarray, metric: str = EUCLIDEAN, index_factory: str = "Flat",
@@ -93,10 +94,8 @@ def build_index(embeddings: np.ndarray, metric: str = EUCLIDEAN, index_factory: 
     them: one copy of the vectors less in memory while the index is built."""
     import faiss
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if metric == COSINE and overwrite and x is embeddings:
-        np.divide(x, np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), out=x)
-    elif metric == COSINE:
-        x = unit_rows(x)
+    if metric == COSINE:
+        x = unit_rows(x, out=x if overwrite and x is embeddings else None)
     faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == COSINE else faiss.METRIC_L2
     choice = ann.resolve(index_factory, len(x), exact_below)
     index = ann.new_index(x.shape[1], choice, faiss_metric)

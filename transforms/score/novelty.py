@@ -149,13 +149,13 @@ class _SearchHistoryFn(beam.DoFn):
     def process(self, block: _Block, run_ids):
         if self._rerun is None:  # the same side input for every block of the (global) window
             self._rerun = frozenset(run_ids) & frozenset(self._snapshot.ids)
+        block_keys = dict(zip(block.ids, block.keys))
         for segment, keys in zip(self._snapshot.segments, self._keys):
             distances = distances_excluding(segment.ids, segment.index, block.ids, block.embeddings, self._k,
                                             self._rerun, COSINE)
             yield block.ids[0], (block.ids, distances)
             if self._threshold is None:
                 continue
-            block_keys = dict(zip(block.ids, block.keys))
             for a, b in near_duplicate_pairs(segment.ids, segment.index, block.ids, block.embeddings,
                                              self._threshold, each_pair_once=False):
                 if b not in self._rerun:
