@@ -80,7 +80,7 @@ def priced(mine, job: MineJob, mongo_uri: str) -> MineJob:
     ``--seconds_per_frame``/``--seconds_per_box`` given, else fitted to the index's annotations,
     else published (:mod:`transforms.select.cost`). ``vessal`` has no budget to price: the job
     as it is, without reading the annotations."""
-    if mine.strategy == "vessal":
+    if job.per_frame is not None:
         return job
     calibrated = None
     if mine.seconds_per_frame is None or mine.seconds_per_box is None:
