@@ -92,10 +92,13 @@ def _efficientnet_features(height, width):
     return features
 
 
-def _build(height, width, n_classes, backbone: str = SCRATCH):
+def _maps(height, width, backbone: str):
+    """A Keras model: float pixels ``(N, height, width, 3)`` in [0, 255] -> the stride-8 map the
+    head reads, ``(N, height // 8, width // 8, C)``: EfficientNet-Lite0's frozen ImageNet maps
+    (stride 16 brought up to stride 8, ``C`` = 152) or the 6-layer CNN's (``C`` = 48)."""
     import keras
     x = keras.Input((height, width, 3), name="image")
-    if backbone == EFFICIENTNET:  # the ImageNet maps, stride 16 brought up to stride 8
+    if backbone == EFFICIENTNET:
         f8, f16 = _efficientnet_features(height, width)(x, training=False)
         up = keras.layers.UpSampling2D(2)(f16)[:, :f8.shape[1], :f8.shape[2]]
         y = keras.layers.Concatenate()([f8, up])
@@ -105,10 +108,68 @@ def _build(height, width, n_classes, backbone: str = SCRATCH):
             for strides in (2, 1):
                 y = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(y)
                 y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
-    features = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="features")(y)
+    return keras.Model(x, y, name="maps")
+
+
+def _head(map_shape, n_classes, dropout: float = 0.0):
+    """A Keras model: the stride-8 map -> ``[cls (N, h, w, C) logits, box (N, h, w, 4), features
+    (N, h, w, 64)]``; with ``dropout``, the map's units are dropped at that rate in training
+    (Srivastava et al. 2014, Dropout)."""
+    import keras
+    m = keras.Input(map_shape, name="map")
+    dropped = keras.layers.Dropout(dropout, name="map_dropout")(m) if dropout else m
+    features = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="features")(dropped)
     cls = keras.layers.Conv2D(n_classes, 1, bias_initializer=keras.initializers.Constant(-4.0), name="cls")(features)
     box = keras.layers.Conv2D(4, 1, name="box")(features)
-    return keras.Model(x, [cls, box, features])
+    return keras.Model(m, [cls, box, features], name="head")
+
+
+def _build(height, width, n_classes, backbone: str = SCRATCH):
+    import keras
+    x = keras.Input((height, width, 3), name="image")
+    maps = _maps(height, width, backbone)
+    dropout = HEAD_DROPOUT if backbone == EFFICIENTNET else 0.0
+    return keras.Model(x, _head(maps.output_shape[1:], n_classes, dropout)(maps(x)))
+
+
+#: A frozen backbone's training reads its maps of this many mirrored and colour-jittered copies
+#: of each labelled frame, computed once (fewer when there are many frames: :func:`_bank_variants`).
+BANK_VARIANTS = 8
+BANK_MAX_MAPS = 2048
+#: Dropout on the frozen backbone's map in training: with the bank's few copies of each frame the
+#: head otherwise learns their exact maps (mAP@0.5 on held-out cameras after 800 steps on 40 random
+#: frames, 3 seeds: 0.035 without, 0.27 with 0.5; the per-step augmentation of before: 0.21).
+HEAD_DROPOUT = 0.5
+
+
+def _bank_variants(n_frames: int) -> int:
+    return int(np.clip(BANK_MAX_MAPS // max(n_frames, 1), 2, BANK_VARIANTS))
+
+
+def _augmented(frames, plain, mirrored, idx, rng, shift: bool = True):
+    """Frames ``idx`` mirrored at random, moved by up to :data:`MAX_SHIFT_CELLS` grid cells (the
+    same move for all of them; not with ``shift=False``) and jittered in brightness and colour,
+    as float pixels, with their targets moved alike."""
+    n = len(idx)
+    flip = rng.random(n) < 0.5
+    x = np.where(flip[:, None, None, None], frames[idx][:, :, ::-1], frames[idx]).astype(np.float32)
+    targets = [np.where(flip.reshape((-1,) + (1,) * (a.ndim - 1)), b[idx], a[idx]) for a, b in zip(plain, mirrored)]
+    if shift:
+        rows, cols = rng.integers(-MAX_SHIFT_CELLS, MAX_SHIFT_CELLS + 1, 2)
+        x = _shifted(x, rows * STRIDE, cols * STRIDE, 0.0)
+        targets = [_shifted(t, rows, cols, 1.0 if k == 1 else 0.0) for k, t in enumerate(targets)]
+    x *= rng.uniform(0.7, 1.3, (n, 1, 1, 1)) * rng.uniform(0.85, 1.15, (n, 1, 1, 3))
+    return np.clip(x, 0, 255).astype(np.float32), targets
+
+
+def _shifted_tf(a, rows, cols, fill):
+    """:func:`_shifted` in TensorFlow: ``a`` ``(N, H, W, C)`` moved by ``rows``, ``cols`` (scalar
+    int tensors), ``fill`` (broadcastable to ``a``'s ``(H, W, C)``) where nothing moved in."""
+    import tensorflow as tf
+    h, w = tf.shape(a)[1], tf.shape(a)[2]
+    r, c = tf.range(h)[:, None] - rows, tf.range(w)[None, :] - cols
+    inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+    return tf.where(inside[None, :, :, None], tf.roll(a, [rows, cols], axis=[1, 2]), fill)
 
 
 def train(frames: np.ndarray, boxes: Sequence[np.ndarray], classes: Sequence[np.ndarray], n_classes: int,
@@ -116,46 +177,69 @@ def train(frames: np.ndarray, boxes: Sequence[np.ndarray], classes: Sequence[np.
           backbone: str = SCRATCH):
     """A Keras model trained on RGB ``uint8 (N, H, W, 3)`` frames and their boxes (``[x1, y1, x2,
     y2]`` pixels) and class indices, from scratch or as a head on the frozen ImageNet backbone
-    (:data:`BACKBONES`); deterministic in ``seed`` on one machine."""
+    (:data:`BACKBONES`); deterministic in ``seed`` on one machine.
+
+    From scratch, every step's batch is augmented afresh. On the frozen backbone, whose maps do
+    not change while the head trains, the backbone runs once on a bank of
+    :func:`_bank_variants` mirrored and colour-jittered copies of every frame, and the steps draw
+    their batches from the bank's maps, moved by whole grid cells as the pixels were (a black
+    image's map where the move brings black pixels in), through the head with
+    :data:`HEAD_DROPOUT`: 13 s for 800 steps on 60 frames here instead of 38 s with a backbone pass
+    per image per step, and a better head (see :data:`HEAD_DROPOUT`)."""
     import keras
     import tensorflow as tf
     keras.utils.set_random_seed(seed)
     height, width = frames.shape[1:3]
     grid_h, grid_w = height // STRIDE, width // STRIDE
     model = _build(height, width, n_classes, backbone)
+    maps, head = (layer for layer in model.layers if isinstance(layer, keras.Model))
     flipped_boxes = [np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1) if len(b) else b
                      for b in boxes]
     plain = _targets(boxes, classes, n_classes, grid_h, grid_w)
     mirrored = _targets(flipped_boxes, classes, n_classes, grid_h, grid_w)
+    frozen = backbone == EFFICIENTNET
+    trained = head if frozen else model
     optimizer = keras.optimizers.Adam(learning_rate)
     focal = keras.losses.BinaryFocalCrossentropy(from_logits=True, gamma=2.0, alpha=0.25, reduction="none")
 
     @tf.function
     def step(x, heat, weight, box, centre):
         with tf.GradientTape() as tape:
-            cls, reg, _ = model(x, training=True)
+            cls, reg, _ = trained(x, training=True)
             positives = tf.maximum(tf.reduce_sum(centre), 1.0)
             per_cell = focal(heat[..., None], cls[..., None])
             cls_loss = tf.reduce_sum(per_cell * weight) / positives
             reg = tf.concat([tf.sigmoid(reg[..., :2]), reg[..., 2:]], axis=-1)
             box_loss = tf.reduce_sum(tf.abs(reg - box) * centre) / positives
             loss = cls_loss + box_loss
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        grads = tape.gradient(loss, trained.trainable_variables)
+        optimizer.apply_gradients(zip(grads, trained.trainable_variables))
         return loss
 
     rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        idx = rng.integers(0, len(frames), batch_size)
-        flip = rng.random(batch_size) < 0.5
-        x = np.where(flip[:, None, None, None], frames[idx][:, :, ::-1], frames[idx]).astype(np.float32)
-        targets = [np.where(flip.reshape((-1,) + (1,) * (a.ndim - 1)), b[idx], a[idx])
-                   for a, b in zip(plain, mirrored)]
-        rows, cols = rng.integers(-MAX_SHIFT_CELLS, MAX_SHIFT_CELLS + 1, 2)
-        x = _shifted(x, rows * STRIDE, cols * STRIDE, 0.0)
-        targets = [_shifted(t, rows, cols, 1.0 if k == 1 else 0.0) for k, t in enumerate(targets)]
-        x *= rng.uniform(0.7, 1.3, (batch_size, 1, 1, 1)) * rng.uniform(0.85, 1.15, (batch_size, 1, 1, 3))
-        step(np.clip(x, 0, 255).astype(np.float32), *targets)
+    if frozen:
+        bank_maps, bank_targets = [], []
+        for _ in range(_bank_variants(len(frames))):
+            x, targets = _augmented(frames, plain, mirrored, np.arange(len(frames)), rng, shift=False)
+            bank_maps.append(np.concatenate([np.asarray(maps(x[i:i + 64], training=False))
+                                             for i in range(0, len(x), 64)]))
+            bank_targets.append(targets)
+        bank = [tf.constant(np.concatenate(a)) for a in [bank_maps] + list(zip(*bank_targets))]
+        # What a black image's map is where a move brings black pixels in.
+        black = maps(np.zeros((1, height, width, 3), np.float32), training=False)[0]
+        fills = [black, 0.0, 1.0, 0.0, 0.0]  # map, heat, weight, box, centre
+
+        @tf.function
+        def steps_on_bank(indices, moves):  # all the steps in one graph: a step is ~8 ms of arithmetic
+            for i in tf.range(tf.shape(indices)[0]):
+                step(*(_shifted_tf(tf.gather(a, indices[i]), moves[i, 0], moves[i, 1], fill)
+                       for a, fill in zip(bank, fills)))
+        steps_on_bank(tf.constant(rng.integers(0, int(bank[0].shape[0]), (steps, batch_size))),
+                      tf.constant(rng.integers(-MAX_SHIFT_CELLS, MAX_SHIFT_CELLS + 1, (steps, 2)), tf.int32))
+    else:
+        for _ in range(steps):
+            x, targets = _augmented(frames, plain, mirrored, rng.integers(0, len(frames), batch_size), rng)
+            step(x, *targets)
     return model
 
 

@@ -83,3 +83,15 @@ def test_summary_ratios_and_wins():
     seconds = (3 * 20 + 7 * 40) / (3 * 30 + 7 * 100)
     assert one["boxes_vs_random"] == 0.4 and one["seconds_vs_random"] == pytest.approx(seconds, abs=1e-3)
     assert one["boxes_vs_random_goal_met"] and one["seconds_vs_random_goal_met"]
+
+
+def test_moving_the_bank_maps_in_tensorflow_moves_them_as_the_pixels_move():
+    """The frozen backbone's training moves its bank's maps by whole grid cells in the graph
+    (small_detector._shifted_tf); it must move them as the pixel augmentation does, filling
+    what moves in."""
+    a = np.random.default_rng(0).random((2, 5, 7, 3)).astype(np.float32)
+    fill = np.full((5, 7, 3), -1.0, np.float32)
+    for rows, cols in [(0, 0), (2, -1), (-2, 2), (1, 0)]:
+        expected = small_detector._shifted(a, rows, cols, -1.0)
+        got = np.asarray(small_detector._shifted_tf(a, np.int32(rows), np.int32(cols), fill))
+        assert np.array_equal(got, expected)
