@@ -86,8 +86,9 @@ def write_report(report_dir: str, candidates: Iterable[dict], frames: Iterable[d
     page_size : int
         Candidates per page of the grid.
     label_issues : iterable of dict
-        ``label_issues`` rows (:mod:`schemas.labelling`) of the candidates' annotations, shown
-        worst first (lowest ``quality_score``).
+        ``label_issues`` rows (:mod:`schemas.labelling`) of the candidates' annotations; the
+        flagged ones are shown grouped by ``issue_type``, each group in its review queue's order
+        (lowest ``type_score`` first, then ``type_rank``).
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size!r}")
