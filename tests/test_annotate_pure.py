@@ -291,6 +291,9 @@ def test_review_tasks_highlight_the_suspect_box_and_pre_annotate_the_fix():
     given = [{"label": "person", "box": [20, 10, 120, 60]}, {"label": "person", "box": [0, 0, 10, 10]}]
     task = ls.make_review_task(issue, "/data/local-files/?d=m/f1.png", 200, 100, given)
     assert task["data"]["label_issue_id"] == "i1" and "(swap)" in task["data"]["review_note"]
+    assert task["data"]["type_rank"] is None and "queue" not in task["data"]["review_note"]
+    queued = ls.make_review_task(dict(issue, type_rank=3), "u", 200, 100, given)["data"]
+    assert queued["type_rank"] == 3 and queued["review_note"].endswith("; #3 of the swap queue")
     result = task["predictions"][0]["result"]
     labels = [(r["from_name"], r["value"]["rectanglelabels"][0], r["value"]["x"]) for r in result]
     assert labels == [("label", "person", 0.0), ("label", "car", 11.0), ("suspect", "suspect", 10.0)]

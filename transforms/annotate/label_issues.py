@@ -308,12 +308,25 @@ def type_score(issue: ScoredLabel) -> float:
 def ranked_by_type(issues: Sequence[ScoredLabel]) -> Dict[str, List[int]]:
     """Each issue type's review queue (module docstring, "Review queues by issue type").
 
+    Parameters
+    ----------
+    issues : sequence of ScoredLabel, length n
+        One scoring run's verdicts (:func:`classification_issues` or :func:`detection_issues`).
+
     Returns
     -------
     dict of str to list of int
         For every type of :data:`ISSUE_TYPES` (empty lists included), the indices of the issues
         whose ``issue_type`` it is, worst first: by :func:`type_score` ascending, ties by index.
         Every index is in exactly one queue.
+
+    References
+    ----------
+    The per-type scores are cleanlab's, nothing is re-scored here: for boxes ObjectLab's
+    ``compute_swap_box_scores``, ``compute_overlooked_box_scores`` and
+    ``compute_badloc_box_scores`` pooled per image by ``pool_box_scores_per_image`` (Tkachenko,
+    Thyagarajan and Mueller, 2023); for classes ``get_label_quality_scores(method="self_confidence")``
+    (Northcutt, Jiang and Chuang, JAIR 2021). The queues are a sort of them.
     """
     queues = {t: [] for t in ISSUE_TYPES}
     for i in sorted(range(len(issues)), key=lambda i: (type_score(issues[i]), i)):

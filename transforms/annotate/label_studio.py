@@ -331,6 +331,8 @@ def make_review_task(issue: dict, image_url: str, width: int, height: int, given
             f"'{issue['label'] or 'no box'}', quality score {issue['quality_score']:.3f}")
     if issue.get("suggested_label"):
         note += f"; the model says '{issue['suggested_label']}'"
+    if issue.get("type_rank"):
+        note += f"; #{issue['type_rank']} of the {issue['issue_type']} queue"
     data = {"image": image_url, "frame_id": issue["frame_id"], "source_uri": issue["source_uri"],
             "frame_index": int(issue["frame_index"]), "width": int(width), "height": int(height),
             "label_issue_id": issue["label_issue_id"], "annotation_id": issue["annotation_id"],
