@@ -28,10 +28,29 @@ in the labelled class** (lowest first). Both rank every label; a reviewer looks 
    a detector that rarely reaches that (NanoDet-g's boxes score 0.36-0.79 on ``vtest.avi``)
    yields fewer swap and overlooked issues than measured here.
 
-Figures per type and seed: precision@k of cleanlab's ranking and of the baseline, their ratio,
-and precision / recall of cleanlab's own flagged set (``find_label_issues``). Goals (at 5 %
-noise, mean over seeds): precision@k >= 0.8 for class swaps (classification and boxes), >= 0.6
-for dropped and shifted boxes, and >= 1.5 x the baseline's precision@k for each type. The last
+Two orders of cleanlab's verdicts are measured, as ``annotate qc --label_issues`` offers them:
+
+* **overall** (``<type>_overall_precision_at_k``): every label by its overall ``quality`` (for
+  boxes ObjectLab's weighted mean of the three subtypes), one review queue for all types (the
+  default review);
+* **type queue** (``<type>_queue_precision_at_k``): the queue of the issue type that matches the
+  corruption (box swap -> ``swap``, dropped box -> ``overlooked``, shifted box -> ``badloc``;
+  class swap -> ``swap``, which is the overall order), as
+  :func:`transforms.annotate.label_issues.ranked_by_type` builds it (the labels whose
+  ``issue_type`` it is, by that type's own pooled score) and ``--review_issue_types`` sends it.
+  A queue shorter than ``k`` counts its missing places as misses.
+
+For reference, ``<type>_subtype_score_precision_at_k`` ranks every label by the matching type's
+pooled score whatever its ``issue_type`` (no goal: no product queue is built that way; it shows
+what the one-type-per-label queues cost).
+
+Figures per type and seed: precision@k of both orders and of the baseline, the ratios, and
+precision / recall of cleanlab's own flagged set (``find_label_issues``). Goals (at 5 % noise,
+mean over seeds), judged on the **type queue** (issue 32 asks for precision per issue type):
+precision@k >= 0.8 for class swaps (classification and boxes), >= 0.6 for dropped and shifted
+boxes, and >= 1.5 x the baseline's precision@k for each type. The class-swap ratio goal cannot be
+met when the baseline's precision@k x 1.5 exceeds 1 (the baseline, ``p[label]``, is cleanlab's
+self-confidence score itself): ``class_swap_ratio_to_baseline_goal_reachable`` says so. The last
 line is JSON with the figures and a ``<figure>_goal_met`` boolean per goal.
 """
 import argparse
@@ -52,12 +71,21 @@ N_CLASSES_DETECTION = 3
 FRAME_W, FRAME_H = 640, 480
 GOAL_PRECISION = {"class_swap": 0.8, "box_swap": 0.8, "box_dropped": 0.6, "box_shifted": 0.6}
 GOAL_RATIO = 1.5
+#: The review queue (issue type) that should hold each corruption.
+QUEUE_OF = {"class_swap": label_issues.SWAP, "box_swap": label_issues.SWAP, "box_dropped": label_issues.OVERLOOKED,
+            "box_shifted": label_issues.BADLOC}
 
 
 def precision_at_k(scores: Sequence[float], noisy: set, k: int) -> float:
     """Share of the ``k`` lowest scores (ties by index) that are corrupted labels."""
     order = sorted(range(len(scores)), key=lambda i: (scores[i], i))[:k]
     return sum(i in noisy for i in order) / float(k) if k else 0.0
+
+
+def queue_precision_at_k(queue: Sequence[int], noisy: set, k: int) -> float:
+    """Share of the first ``k`` places of a review queue (indices, worst first) that hold
+    corrupted labels; places a shorter queue lacks count as misses."""
+    return sum(i in noisy for i in queue[:k]) / float(k) if k else 0.0
 
 
 def _flagged_figures(issues, noisy: set) -> Tuple[float, float]:
@@ -88,11 +116,19 @@ def class_swap_run(probs: np.ndarray, truth: np.ndarray, noise: float, seed: int
     issues = label_issues.classification_issues(labels, probs)
     seconds = time.perf_counter() - start
     noisy_set, k = set(noisy.tolist()), noisy.size
-    ours = precision_at_k([s.quality for s in issues], noisy_set, k)
     base = precision_at_k(probs[np.arange(n), labels].tolist(), noisy_set, k)
     flagged_p, flagged_r = _flagged_figures(issues, noisy_set)
-    return {"labels": int(n), "k": int(k), "precision_at_k": ours, "baseline_precision_at_k": base,
-            "flagged_precision": flagged_p, "flagged_recall": flagged_r, "cleanlab_s": round(seconds, 3)}
+    return {"labels": int(n), "k": int(k), **_orders(issues, label_issues.SWAP, noisy_set, k),
+            "baseline_precision_at_k": base, "flagged_precision": flagged_p, "flagged_recall": flagged_r,
+            "cleanlab_s": round(seconds, 3)}
+
+
+def _orders(issues, issue_type: str, noisy: set, k: int) -> dict:
+    """precision@k of the overall order, of ``issue_type``'s queue, and of every label ranked by
+    that type's score (module docstring)."""
+    return {"overall_precision_at_k": precision_at_k([s.quality for s in issues], noisy, k),
+            "queue_precision_at_k": queue_precision_at_k(label_issues.ranked_by_type(issues)[issue_type], noisy, k),
+            "subtype_score_precision_at_k": precision_at_k([s.subtype_scores[issue_type] for s in issues], noisy, k)}
 
 
 # --- detection -------------------------------------------------------------------------------
@@ -188,13 +224,11 @@ def detection_run(kind: str, n_images: int, noise: float, seed: int) -> dict:
     issues = label_issues.detection_issues(labels, predicted, N_CLASSES_DETECTION)
     seconds = time.perf_counter() - start
     k = len(noisy)
-    ours = precision_at_k([s.quality for s in issues], noisy, k)
     base = precision_at_k(detection_baseline(labels, predicted), noisy, k)
     flagged_p, flagged_r = _flagged_figures(issues, noisy)
-    expected = {"box_swap": label_issues.SWAP, "box_dropped": label_issues.OVERLOOKED,
-                "box_shifted": label_issues.BADLOC}[kind]
+    expected = QUEUE_OF[kind]
     typed = sum(issues[i].issue_type == expected for i in noisy) / float(k) if k else 0.0
-    return {"images": n_images, "k": k, "precision_at_k": ours, "baseline_precision_at_k": base,
+    return {"images": n_images, "k": k, **_orders(issues, expected, noisy, k), "baseline_precision_at_k": base,
             "flagged_precision": flagged_p, "flagged_recall": flagged_r, "issue_type_right": typed,
             "cleanlab_s": round(seconds, 3)}
 
@@ -202,22 +236,30 @@ def detection_run(kind: str, n_images: int, noise: float, seed: int) -> dict:
 # --- summary ---------------------------------------------------------------------------------
 
 def summarise(runs: Dict[str, List[dict]]) -> dict:
-    """Mean figures per issue type over seeds, ratios, and the goals."""
+    """Mean figures per issue type over seeds, ratios, and the goals (judged on the type queue)."""
     result = {}
     for kind, per_seed in runs.items():
         mean = {key: float(np.mean([r[key] for r in per_seed])) for key in per_seed[0]
                 if isinstance(per_seed[0][key], (int, float))}
-        ratio = mean["precision_at_k"] / mean["baseline_precision_at_k"] if mean["baseline_precision_at_k"] else None
-        result[f"{kind}_precision_at_k"] = round(mean["precision_at_k"], 4)
-        result[f"{kind}_baseline_precision_at_k"] = round(mean["baseline_precision_at_k"], 4)
-        result[f"{kind}_ratio_to_baseline"] = round(ratio, 3) if ratio is not None else None
+        base = mean["baseline_precision_at_k"]
+        for order in ("overall", "queue", "subtype_score"):
+            result[f"{kind}_{order}_precision_at_k"] = round(mean[f"{order}_precision_at_k"], 4)
+        for order in ("overall", "queue"):
+            ratio = mean[f"{order}_precision_at_k"] / base if base else None
+            result[f"{kind}_{order}_ratio_to_baseline"] = round(ratio, 3) if ratio is not None else None
+        result[f"{kind}_queue"] = QUEUE_OF[kind]
+        result[f"{kind}_baseline_precision_at_k"] = round(base, 4)
         result[f"{kind}_flagged_precision"] = round(mean["flagged_precision"], 4)
         result[f"{kind}_flagged_recall"] = round(mean["flagged_recall"], 4)
         result[f"{kind}_k"] = int(mean["k"])
-        result[f"{kind}_precision_at_k_goal_met"] = mean["precision_at_k"] >= GOAL_PRECISION[kind]
+        if "issue_type_right" in mean:  # share of the corrupted labels cleanlab put in the right queue
+            result[f"{kind}_issue_type_right"] = round(mean["issue_type_right"], 4)
+        queue = mean["queue_precision_at_k"]
+        result[f"{kind}_queue_precision_at_k_goal_met"] = queue >= GOAL_PRECISION[kind]
+        # Reachable only if 1.5 x the baseline is a precision at all (<= 1).
+        result[f"{kind}_ratio_to_baseline_goal_reachable"] = base * GOAL_RATIO <= 1.0
         # A baseline that finds none of them (dropped boxes): any hit is an infinite ratio.
-        result[f"{kind}_ratio_to_baseline_goal_met"] = (mean["precision_at_k"] > 0 if ratio is None
-                                                        else ratio >= GOAL_RATIO)
+        result[f"{kind}_queue_ratio_to_baseline_goal_met"] = (queue > 0 if not base else queue / base >= GOAL_RATIO)
     return result
 
 

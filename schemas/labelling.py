@@ -9,7 +9,8 @@
   gold accuracy and throughput (:mod:`transforms.annotate.qc`).
 * ``label_issues``: one entry per (annotation, model) that ``annotate qc --label_issues``
   scored against the model's predictions with cleanlab (:mod:`transforms.annotate.label_issues`):
-  the label quality score, whether cleanlab flags it, the issue type and the suspect box.
+  the label quality score and rank, whether cleanlab flags it, the issue type, its rank in that
+  type's review queue, and the suspect box.
 * ``retrain_triggers``: one entry each time accepted labels since the previous trigger reach
   ``--retrain_after``; a training job starts from it (and from its Pub/Sub message).
 """
@@ -23,6 +24,8 @@ RETRAIN_TRIGGERS_COLLECTION = "retrain_triggers"
 LABEL_ISSUES_COLLECTION = "label_issues"
 #: ``issue_type`` values: a wrong class, a missing box, a badly located box (cleanlab's names).
 LABEL_ISSUE_TYPES = ("swap", "overlooked", "badloc")
+#: What each issue type means, for people (report headings, help texts).
+LABEL_ISSUE_TYPE_NAMES = {"swap": "wrong class", "overlooked": "missing box", "badloc": "badly located box"}
 LABEL_TASK_STATUSES = ("exported", "labelled", "accepted", "relabel", "gold")
 
 LABEL_TASK_FIELDS = (
@@ -98,6 +101,8 @@ LABEL_ISSUE_FIELDS = (
     Field("rank", "INT64", "REQUIRED", "1 = the likeliest error of the run (quality_score ascending)."),
     Field("is_issue", "BOOL", "REQUIRED", "Flagged by cleanlab's find_label_issues (confident learning; ObjectLab for boxes)."),
     Field("issue_type", "STRING", "REQUIRED", "Likeliest kind of error: 'swap' (wrong class), 'overlooked' (missing box) or 'badloc' (badly located box)."),
+    Field("type_score", "FLOAT64", "NULLABLE", "The pooled score of issue_type itself in [0, 1] (its swap_score, overlooked_score or badloc_score; classification: quality_score); orders the type's review queue. Always set by the current writer; NULLABLE so migrate can add it."),
+    Field("type_rank", "INT64", "NULLABLE", "1 = the first of issue_type's review queue in the run: the run's rows of that issue_type by type_score ascending. Always set by the current writer; NULLABLE so migrate can add it."),
     Field("swap_score", "FLOAT64", "NULLABLE", "Pooled swap score in [0, 1] (low = a wrong class is likely)."),
     Field("overlooked_score", "FLOAT64", "NULLABLE", "Detection: pooled overlooked score in [0, 1] (low = a missing box is likely)."),
     Field("badloc_score", "FLOAT64", "NULLABLE", "Detection: pooled badly-located score in [0, 1] (low = a misplaced box is likely)."),

@@ -219,6 +219,8 @@ def test_label_issues_score_every_answer_against_the_model_and_go_to_review(loop
         argmax = CLASS_NAMES[max(range(10), key=lambda k: frame["probabilities"][k])]
         assert r["suggested_label"] == (argmax if argmax != r["label"] else None)
         assert r["method"].endswith("(cleanlab 2.9.0)") and r["model_version"].startswith("fashion_mnist_cnn@")
+        # One issue type, scored by quality: its review queue is the overall ranking.
+        assert (r["type_rank"], r["type_score"]) == (r["rank"], r["quality_score"])
     flagged = [r for r in rows if r["is_issue"]]
     assert section["flagged"] == len(flagged) >= 1 and section["flagged_by_type"]["swap"] == len(flagged)
     # The flags are cleanlab's confident learning on the same labels and stored probabilities.
@@ -252,6 +254,7 @@ def test_label_issues_score_every_answer_against_the_model_and_go_to_review(loop
     shown = [r for r in flagged if r["frame_id"] in selected]
     table = text[text.index("<h2>Label issues</h2>"):text.index("<h2>Dead letters</h2>")]
     assert f"{len(shown)} likely label errors" in table if shown else "None flagged" in table
+    assert (f"<h3>swap: wrong class ({len(shown)})</h3>" in table) == bool(shown) and "<h3>badloc" not in table
     assert all(r["frame_id"] in table for r in shown)
     # Rerun, also to BigQuery (twice): the same rows (ids, ranks), appended once; no second
     # review task, review ids kept.
@@ -261,9 +264,10 @@ def test_label_issues_score_every_answer_against_the_model_and_go_to_review(loop
         for _ in range(2):
             again = annotate.run(argv + ["--bigquery_label_issues_table",
                                          f"{harness.BIGQUERY_PROJECT}:issues.label_issues"])["label_issues"]
-            (stored,) = bq.query(f"SELECT COUNT(*) AS n, COUNT(DISTINCT label_issue_id) AS ids, MIN(`rank`) AS first "
+            (stored,) = bq.query(f"SELECT COUNT(*) AS n, COUNT(DISTINCT label_issue_id) AS ids, MIN(`rank`) AS first, "
+                                 f"COUNTIF(type_rank = `rank`) AS queued "
                                  f"FROM `{harness.BIGQUERY_PROJECT}.issues.label_issues`").result()
-            assert (stored["n"], stored["ids"], stored["first"]) == (len(rows), len(rows), 1)
+            assert (stored["n"], stored["ids"], stored["first"], stored["queued"]) == (len(rows), len(rows), 1, len(rows))
     assert again["run_id"] == section["run_id"] and again["review_tasks"] == len(tasks)
     assert db["label_issues"].count_documents({}) == len(rows)
     assert len(list(client.tasks(review["id"]))) == len(tasks)
@@ -459,14 +463,34 @@ def test_label_issues_on_boxes_review_tasks_and_the_fix_loop(loop):
             result = result[1:]
         client.create_annotation(task["id"], result, lead_time=2.0)
     assert annotate.run(["import"] + common)["annotations"] == len(frames)
+    # The missing-box reviewer's queue first: only overlooked issues go to review.
+    section = annotate.run(["qc", "--label_issues", "--review_budget", "5", "--review_issue_types", "overlooked"]
+                           + common)["label_issues"]
+    assert section["scored"] == len(frames) and section["unscorable"] == 0 and section["review_by"] == ["overlooked"]
+    assert [i["frame_id"] for i in section["worst_by_type"]["overlooked"][:1]] == [missing]
+    (queued,) = client.tasks(client.project_by_title("boxes-review")["id"])
+    assert (queued["data"]["frame_id"], queued["data"]["issue_type"], queued["data"]["type_rank"]) == (
+        missing, "overlooked", 1)
     section = annotate.run(["qc", "--label_issues", "--review_budget", "5"] + common)["label_issues"]
-    assert section["scored"] == len(frames) and section["unscorable"] == 0
+    assert section["review_by"] == "quality"
     rows = list(db["label_issues"].find({"project": "boxes"}).sort("rank", 1))
     assert {r["frame_id"] for r in rows[:2]} == {swapped, missing} and all(r["is_issue"] for r in rows[:2])
     by_frame = {r["frame_id"]: r for r in rows}
     assert (by_frame[swapped]["issue_type"], by_frame[swapped]["suggested_label"]) == ("swap", "person")
     assert by_frame[missing]["issue_type"] == "overlooked"
     assert json.loads(by_frame[missing]["suspect_box"])["label"] == "cup"
+    # Each type's queue: its rows by their own type's score, numbered from 1.
+    for t in ("swap", "overlooked", "badloc"):
+        queue = sorted((r for r in rows if r["issue_type"] == t), key=lambda r: r["type_rank"])
+        assert [r["type_rank"] for r in queue] == list(range(1, len(queue) + 1))
+        assert [r["type_score"] for r in queue] == sorted(r[f"{t}_score"] for r in queue)
+    assert by_frame[swapped]["type_rank"] == by_frame[missing]["type_rank"] == 1
+    # The report groups the flagged issues by type, each group in its queue's order.
+    from beam_pipelines import report
+    with open(report.write_report(os.path.join(loop["root"], "boxes-report"), [], label_issues=rows)) as f:
+        page = f.read()
+    swap_table = page[page.index("<h3>swap: wrong class"):page.index("<h3>overlooked: missing box")]
+    assert swapped in swap_table and missing not in swap_table and missing in page[page.index("<h3>overlooked"):]
     review = client.project_by_title("boxes-review")
     review_tasks = {t["data"]["frame_id"]: t for t in client.tasks(review["id"])}
     assert set(review_tasks) == {r["frame_id"] for r in rows if r["is_issue"]} and len(review_tasks) <= 5

@@ -212,6 +212,48 @@ def test_objectlab_finds_swapped_missing_and_shifted_boxes():
         label_issues.detection_issues([[]], [], 2)
 
 
+def test_review_queues_by_issue_type_order_each_type_by_its_own_score():
+    """Every annotation is in exactly one queue, its issue type's, ordered by that type's pooled
+    score, not by the overall quality: below, the overall ranking puts the shifted box (c) first
+    and the weak swap (a) before the clear one (b); the swap queue puts b first."""
+    given, predicted = _detection_set()
+    scored = label_issues.detection_issues(given, predicted, 2)
+    queues = label_issues.ranked_by_type(scored)
+    assert sorted(i for q in queues.values() for i in q) == list(range(len(scored)))
+    for t, queue in queues.items():
+        assert all(scored[i].issue_type == t for i in queue)
+        scores = [scored[i].subtype_scores[t] for i in queue]
+        assert scores == sorted(scores) and scores == [label_issues.type_score(scored[i]) for i in queue]
+    assert (queues["swap"][0], queues["overlooked"][0], queues["badloc"][0]) == (3, 5, 8)
+    a = label_issues.ScoredLabel(0.10, True, "swap", {"swap": 0.30, "overlooked": 0.9, "badloc": 0.8})
+    b = label_issues.ScoredLabel(0.20, True, "swap", {"swap": 0.05, "overlooked": 0.9, "badloc": 0.9})
+    c = label_issues.ScoredLabel(0.05, True, "badloc", {"swap": 0.9, "overlooked": 0.9, "badloc": 0.02})
+    assert label_issues.ranked([a, b, c]) == [2, 0, 1]
+    assert label_issues.ranked_by_type([a, b, c]) == {"swap": [1, 0], "overlooked": [], "badloc": [2]}
+    # Classification: one type, scored by quality: the queue is the overall ranking.
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    plain = label_issues.classification_issues([0, 0, 1, 1], probs)
+    assert label_issues.ranked_by_type(plain)["swap"] == label_issues.ranked(plain)
+
+
+def test_review_queue_picks_the_flagged_rows_overall_or_per_type():
+    rows = [{"id": n, "is_issue": flagged, "issue_type": t, "rank": rank, "type_rank": type_rank}
+            for n, (flagged, t, rank, type_rank) in enumerate([
+                (True, "badloc", 1, 1), (True, "swap", 2, 2), (False, "swap", 3, 3), (True, "swap", 4, 1),
+                (True, "overlooked", 5, 1), (True, "badloc", 6, 2)])]
+    ids = lambda picked: [r["id"] for r in picked]  # noqa: E731
+    assert ids(label_issues.review_queue(rows, 3)) == [0, 1, 3]
+    assert ids(label_issues.review_queue(rows, 10, ())) == [0, 1, 3, 4, 5]
+    # Per type: the budget is per queue, queues in the order asked, each by type_rank; unflagged never.
+    assert ids(label_issues.review_queue(rows, 1, ("swap", "overlooked"))) == [3, 4]
+    assert ids(label_issues.review_queue(rows, 5, ("badloc", "swap", "badloc"))) == [0, 5, 3, 1]
+    assert label_issues.review_queue(rows, 0, ("swap",)) == []
+    with pytest.raises(ValueError, match="among swap, overlooked, badloc"):
+        label_issues.review_queue(rows, 1, ("swap", "bogus"))
+    with pytest.raises(ValueError, match="budget"):
+        label_issues.review_queue(rows, -1)
+
+
 def test_objectlab_trusts_a_detector_as_confident_as_it_is_where_annotators_agree():
     """A detector that scores right boxes 0.62-0.80 (as NanoDet-g does), never 0.95: with cleanlab's
     default threshold (0.95) no predicted box is confident, so the swapped and the missing box are
@@ -249,6 +291,9 @@ def test_review_tasks_highlight_the_suspect_box_and_pre_annotate_the_fix():
     given = [{"label": "person", "box": [20, 10, 120, 60]}, {"label": "person", "box": [0, 0, 10, 10]}]
     task = ls.make_review_task(issue, "/data/local-files/?d=m/f1.png", 200, 100, given)
     assert task["data"]["label_issue_id"] == "i1" and "(swap)" in task["data"]["review_note"]
+    assert task["data"]["type_rank"] is None and "queue" not in task["data"]["review_note"]
+    queued = ls.make_review_task(dict(issue, type_rank=3), "u", 200, 100, given)["data"]
+    assert queued["type_rank"] == 3 and queued["review_note"].endswith("; #3 of the swap queue")
     result = task["predictions"][0]["result"]
     labels = [(r["from_name"], r["value"]["rectanglelabels"][0], r["value"]["x"]) for r in result]
     assert labels == [("label", "person", 0.0), ("label", "car", 11.0), ("suspect", "suspect", 10.0)]
@@ -269,6 +314,14 @@ def test_label_issue_options_are_checked_before_any_server():
     with pytest.raises(ValueError, match="--bigquery_label_issues_table needs --label_issues"):
         check_options("qc", PipelineOptions(["--bigquery_label_issues_table", "p:d.t"]))
     assert check_options("qc", PipelineOptions(["--label_issues", "--review_budget", "0"])).command == "qc"
+    with pytest.raises(ValueError, match="--review_issue_types needs --label_issues"):
+        check_options("qc", PipelineOptions(["--review_issue_types", "swap"]))
+    for bad in ("swap,wrong_box", ",", ""):
+        with pytest.raises(ValueError, match="--review_issue_types must list issue types among swap, overlooked"):
+            check_options("qc", PipelineOptions(["--label_issues", f"--review_issue_types={bad}"]))
+    job = check_options("qc", PipelineOptions(["--label_issues", "--review_issue_types", "overlooked, swap,overlooked"]))
+    assert job.review_issue_types == ("overlooked", "swap")
+    assert check_options("qc", PipelineOptions(["--label_issues"])).review_issue_types == ()
 
 
 if __name__ == "__main__":

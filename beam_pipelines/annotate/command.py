@@ -4,6 +4,7 @@
     python -m beam_pipelines.annotate import   # finished annotations -> annotations collection (+ BigQuery)
     python -m beam_pipelines.annotate qc       # agreement, gold accuracy, throughput; relabel the failures
     python -m beam_pipelines.annotate qc --label_issues [--review_budget 20]   # + likely label errors
+    python -m beam_pipelines.annotate qc --label_issues --review_issue_types swap,overlooked  # queues by type
     python -m beam_pipelines.annotate dataset [--retrain_after 500 --retrain_topic projects/P/topics/T]
 
 Every subcommand takes ``--mongo_uri`` (default: the embedded mongod of ``<output_dir>/mongo-data``,
@@ -21,7 +22,11 @@ and credentials are printed) and ``--label_studio_project`` (default ``activebea
   sent back get one more annotator in Label Studio. With ``--label_issues``, every annotation is
   scored against its frame's predictions with cleanlab (:class:`transforms.annotate.FindLabelIssues`)
   into ``label_issues``, and the ``--review_budget`` worst flagged ones become tasks of the project
-  ``<project>-review``, whose answers the next ``import`` applies.
+  ``<project>-review``, whose answers the next ``import`` applies. With ``--review_issue_types
+  swap,overlooked`` the review goes by issue type instead: each listed type's ``--review_budget``
+  first flagged issues in that type's queue (``type_rank``: by the type's own cleanlab score),
+  queue after queue, into the same project; each task's ``data.issue_type`` and ``data.type_rank``
+  let a reviewer filter and sort Label Studio's Data Manager to their own queue.
 * ``dataset``: accepted labels as COCO (detection) or manifest + class folders (classification)
   (:class:`transforms.annotate.WriteTrainingSet`); with ``--retrain_after`` a ``retrain_triggers``
   entry (and a Pub/Sub message with ``--retrain_topic``) when enough new labels arrived.
@@ -476,9 +481,12 @@ def _label_issues(s: Session, options, job: AnnotateJob, project: dict, annotati
                   ledger: Dict[str, dict], now: datetime.datetime) -> dict:
     """``qc --label_issues``: every annotation scored with cleanlab against its frame's
     predictions (:class:`transforms.annotate.FindLabelIssues`) into ``label_issues``, and the worst
-    flagged ones sent for review; returns the section of the QC report."""
+    flagged ones sent for review (:func:`transforms.annotate.label_issues.review_queue`: by overall
+    quality, or per ``--review_issue_types`` queue); returns the section of the QC report
+    (``worst``: the first rows by ``rank``; ``worst_by_type``: each type's first rows by ``type_rank``)."""
     import apache_beam as beam
     from schemas import tables
+    from transforms.annotate.label_issues import review_queue
     from transforms.annotate.ptransforms import FindLabelIssues
     o = options.view_as(AnnotateOptions)
     title, kind = project["title"], ls.kind_of_config(project["label_config"])
@@ -499,17 +507,24 @@ def _label_issues(s: Session, options, job: AnnotateJob, project: dict, annotati
         _store_rows(s, found.issues, spec, o.bigquery_label_issues_table, "project", found.dead_letters, dead_path)
     _run(build, options)
     issues = list(s.db["label_issues"].find({"project": title, "run_id": run_id}).sort("rank", 1))
-    picks = [i for i in issues if i["is_issue"]][:o.review_budget]
+    picks = review_queue(issues, o.review_budget, job.review_issue_types)
     review = _send_for_review(s, project, kind, classes, picks, ledger, frames, annotations) if picks else {}
     flagged = [i for i in issues if i["is_issue"]]
-    keep = ("rank", "frame_id", "annotator", "label", "issue_type", "quality_score", "suggested_label",
-            "suspect_box", "model_box", "review_task_id")
+    keep = ("rank", "type_rank", "frame_id", "annotator", "label", "issue_type", "quality_score", "type_score",
+            "suggested_label", "suspect_box", "model_box", "review_task_id")
+    task_ids = review.get("task_ids") or {}
+
+    def listed(rows: List[dict]) -> List[dict]:
+        return [{k: i.get(k) for k in keep} | {"review_task_id": task_ids.get(i["_id"], i.get("review_task_id"))}
+                for i in rows[:REPORTED_ISSUES]]
     return {"run_id": run_id, "method": issues[0]["method"] if issues else None, "scored": len(issues),
             "flagged": len(flagged), "unscorable": _count_lines(dead_path),
             "flagged_by_type": {t: sum(i["issue_type"] == t for i in flagged) for t in LABEL_ISSUE_TYPES},
-            "review_project": review.get("project"), "review_tasks": len(review.get("task_ids") or {}),
-            "worst": [{k: i.get(k) for k in keep} | {"review_task_id": (review.get("task_ids") or {}).get(
-                i["_id"], i.get("review_task_id"))} for i in issues[:REPORTED_ISSUES]]}
+            "review_by": list(job.review_issue_types) or "quality",
+            "review_project": review.get("project"), "review_tasks": len(task_ids),
+            "worst": listed(issues),
+            "worst_by_type": {t: listed(sorted((i for i in issues if i["issue_type"] == t), key=lambda i: i["type_rank"]))
+                              for t in LABEL_ISSUE_TYPES}}
 
 
 def _send_for_review(s: Session, project: dict, kind: str, classes, picks: List[dict], ledger: Dict[str, dict],

@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines.mine.options import MineOptions
 from beam_pipelines.cli.preflight import check_mongo_uri, check_range
+from schemas.labelling import LABEL_ISSUE_TYPES
 from transforms.annotate import qc
 
 SUBCOMMANDS = ("export", "import", "qc", "dataset")
@@ -74,6 +75,12 @@ class AnnotateOptions(PipelineOptions):
         parser.add_argument("--review_budget", type=int, default=DEFAULT_REVIEW_BUDGET,
                             help="qc --label_issues: the worst flagged issues sent to Label Studio as review "
                                  "tasks (project <project>-review); 0 = none.")
+        parser.add_argument("--review_issue_types", default=None,
+                            help="qc --label_issues: review by issue type, one queue per listed type "
+                                 f"(comma-separated among {', '.join(LABEL_ISSUE_TYPES)}), each the "
+                                 "--review_budget first flagged issues of that type by their type's own score "
+                                 "(type_rank). Default: one queue, the flagged issues of every type by overall "
+                                 "quality (rank).")
         parser.add_argument("--bigquery_label_issues_table", default=None,
                             help="qc --label_issues: also append the label_issues rows to this PROJECT:DATASET.TABLE.")
         parser.add_argument("--dataset_dir", default=None, help="dataset: where to write (default <output_dir>/dataset).")
@@ -96,6 +103,7 @@ class AnnotateJob(NamedTuple):
     store_check_timeout_s: float
     classes: Optional[Tuple[str, ...]]
     dataset_dir: str
+    review_issue_types: Tuple[str, ...] = ()
 
 
 def split_command(argv: List[str]) -> Tuple[str, List[str]]:
@@ -122,6 +130,17 @@ def _classes(value: Optional[str]) -> Optional[Tuple[str, ...]]:
     return tuple(names)
 
 
+def review_issue_types(value: Optional[str]) -> Tuple[str, ...]:
+    """``--review_issue_types`` as a tuple of distinct types in the order given (``()``: none);
+    ``ValueError`` naming the option on a type outside :data:`schemas.labelling.LABEL_ISSUE_TYPES`."""
+    names = tuple(dict.fromkeys(n.strip() for n in (value or "").split(",") if n.strip()))
+    unknown = [n for n in names if n not in LABEL_ISSUE_TYPES]
+    if unknown or (value is not None and not names):
+        raise ValueError(f"--review_issue_types must list issue types among {', '.join(LABEL_ISSUE_TYPES)}, "
+                         f"got {value!r}")
+    return names
+
+
 def check_options(command: str, options: PipelineOptions) -> AnnotateJob:
     """Every check that needs no server; ``ValueError`` naming the option."""
     o, shared = options.view_as(AnnotateOptions), options.view_as(MineOptions)
@@ -144,8 +163,10 @@ def check_options(command: str, options: PipelineOptions) -> AnnotateJob:
     check_range("val_fraction", o.val_fraction, 0.0 <= o.val_fraction < 1.0, "in [0, 1)")
     check_range("retrain_after", o.retrain_after, o.retrain_after >= 0, ">= 0")
     check_range("review_budget", o.review_budget, o.review_budget >= 0, ">= 0")
-    if o.bigquery_label_issues_table and not o.label_issues:
-        raise ValueError("--bigquery_label_issues_table needs --label_issues")
+    for flag in ("bigquery_label_issues_table", "review_issue_types"):
+        if getattr(o, flag) and not o.label_issues:
+            raise ValueError(f"--{flag} needs --label_issues")
+    issue_types = review_issue_types(o.review_issue_types)
     if o.gold and not os.path.isfile(o.gold):
         raise ValueError(f"--gold {o.gold}: no such file")
     if o.export_file and not os.path.isfile(o.export_file):
@@ -155,4 +176,4 @@ def check_options(command: str, options: PipelineOptions) -> AnnotateJob:
     output_dir = os.path.abspath(shared.output_dir)
     return AnnotateJob(command, output_dir, shared.mongo_uri, shared.mongo_database, shared.store_check_timeout_s,
                        _classes(o.classes),
-                       os.path.abspath(o.dataset_dir or os.path.join(output_dir, "dataset")))
+                       os.path.abspath(o.dataset_dir or os.path.join(output_dir, "dataset")), issue_types)

@@ -13,7 +13,8 @@ network at view time):
   of the embeddings with the candidates highlighted (canvas); identical-frame groups (same pixel
   hash in the pool) and near-duplicate candidates (cosine similarity of embeddings); the likely
   label errors cleanlab flagged among the candidates' annotations (``annotate qc --label_issues``,
-  MongoDB ``label_issues``); dead letters;
+  MongoDB ``label_issues``), grouped by issue type, each group in its review queue's order; dead
+  letters;
 * ``data.js``: the candidates and map points (a ``<script>``, since browsers refuse ``fetch``
   from ``file://``), rendered client-side by ``report.js`` one page at a time, so a
   10,000-candidate selection opens as fast as a 50-candidate one;
@@ -41,6 +42,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from beam_pipelines.report.frames import FrameRequest, render_frames
+from schemas.labelling import LABEL_ISSUE_TYPE_NAMES, LABEL_ISSUE_TYPES
 from transforms.score import pretrained
 from transforms.score.detection import describe_objects
 
@@ -84,8 +86,9 @@ def write_report(report_dir: str, candidates: Iterable[dict], frames: Iterable[d
     page_size : int
         Candidates per page of the grid.
     label_issues : iterable of dict
-        ``label_issues`` rows (:mod:`schemas.labelling`) of the candidates' annotations, shown
-        worst first (lowest ``quality_score``).
+        ``label_issues`` rows (:mod:`schemas.labelling`) of the candidates' annotations; the
+        flagged ones are shown grouped by ``issue_type``, each group in its review queue's order
+        (lowest ``type_score`` first, then ``type_rank``).
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size!r}")
@@ -617,20 +620,40 @@ def _duplicates(pool: _Pool, groups: List[List[int]]) -> str:
     return "".join(out)
 
 
+def _queue_key(issue: dict) -> tuple:
+    """Order within an issue type's review queue: the type's own score (``type_score``; rows of
+    earlier versions: the ``<type>_score`` column, else ``quality_score``), then ``type_rank``."""
+    score = issue.get("type_score")
+    if score is None:
+        score = issue.get(f"{issue.get('issue_type')}_score")
+    return (issue["quality_score"] if score is None else score, issue.get("type_rank") or 0, issue["frame_id"])
+
+
 def _label_issues(issues: List[dict]) -> str:
-    flagged = sorted((i for i in issues if i.get("is_issue")), key=lambda i: (i["quality_score"], i["frame_id"]))
+    """The flagged issues grouped by issue type (:data:`schemas.labelling.LABEL_ISSUE_TYPES` order),
+    each group in its review queue's order (:func:`_queue_key`)."""
+    flagged = [i for i in issues if i.get("is_issue")]
     if not flagged:
         return ("<p>None flagged among the candidates' annotations (scored by "
                 "<code>annotate qc --label_issues</code>, when it ran).</p>")
-    rows = "".join(f"<tr><td class='name'>{_e(i['frame_id'])}</td><td>{_e(i.get('annotator'))}</td>"
-                   f"<td>{_e(i.get('label'))}</td><td>{_e(i.get('issue_type'))}</td>"
-                   f"<td>{i['quality_score']:.3f}</td><td>{_e(i.get('suggested_label') or '')}</td>"
-                   f"<td>{_e(i.get('suspect_box') or '')}</td><td>{_e(i.get('review_task_id') or '')}</td></tr>"
-                   for i in flagged[:TABLE_ROWS])
-    return (f"<p>{len(flagged)} likely label errors (cleanlab; lowest quality score first).</p>"
-            f"<table class='counts' id='label-issue-table'><thead><tr><th>frame</th><th>annotator</th>"
-            f"<th>label</th><th>issue</th><th>quality</th><th>model says</th><th>suspect box</th>"
-            f"<th>review task</th></tr></thead><tbody>{rows}</tbody></table>")
+    out = [f"<p>{len(flagged)} likely label errors (cleanlab), grouped by issue type; each group in its "
+           f"review queue's order (lowest score of that type first).</p>"]
+    types = list(LABEL_ISSUE_TYPES) + sorted({i.get("issue_type") for i in flagged} - set(LABEL_ISSUE_TYPES))
+    for t in types:
+        group = sorted((i for i in flagged if i.get("issue_type") == t), key=_queue_key)
+        if not group:
+            continue
+        rows = "".join(f"<tr><td>{_e(i.get('type_rank') or '')}</td><td class='name'>{_e(i['frame_id'])}</td>"
+                       f"<td>{_e(i.get('annotator'))}</td><td>{_e(i.get('label'))}</td>"
+                       f"<td>{_queue_key(i)[0]:.3f}</td><td>{i['quality_score']:.3f}</td>"
+                       f"<td>{_e(i.get('suggested_label') or '')}</td><td>{_e(i.get('suspect_box') or '')}</td>"
+                       f"<td>{_e(i.get('review_task_id') or '')}</td></tr>" for i in group[:TABLE_ROWS])
+        out.append(f"<h3>{_e(t)}: {_e(LABEL_ISSUE_TYPE_NAMES.get(t, t))} ({len(group)})</h3>"
+                   f"<table class='counts label-issue-table' id='label-issues-{_e(t)}'><thead><tr>"
+                   f"<th>queue #</th><th>frame</th><th>annotator</th><th>label</th><th>{_e(t)} score</th>"
+                   f"<th>quality</th><th>model says</th><th>suspect box</th><th>review task</th></tr></thead>"
+                   f"<tbody>{rows}</tbody></table>")
+    return "".join(out)
 
 
 def _dead_letters(dead_letters: List[dict]) -> str:

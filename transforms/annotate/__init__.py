@@ -2,7 +2,7 @@
 
 Pure: :mod:`~transforms.annotate.label_studio` (configs, tasks, pre-annotations, results),
 :mod:`~transforms.annotate.qc` (agreement, box F1, gold accuracy, acceptance),
-:mod:`~transforms.annotate.label_issues` (likely label errors, with cleanlab),
+:mod:`~transforms.annotate.label_issues` (likely label errors, with cleanlab; review queues per issue type),
 :mod:`~transforms.annotate.dataset` (splits, COCO, manifests), :mod:`~transforms.annotate.client`
 (the REST client). Beam: :mod:`~transforms.annotate.ptransforms`. The job is
 ``python -m beam_pipelines.annotate`` (docs/annotation.md).
@@ -14,5 +14,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
                     "WriteTrainingSet"),
     "client": ("LabelStudioClient", "LabelStudioError"),
     "qc": ("qc_report",),
-    "label_issues": ("classification_issues", "detection_issues"),
+    "label_issues": ("classification_issues", "detection_issues", "ranked_by_type", "review_queue"),
 })

@@ -5,7 +5,9 @@ Pure functions (numpy and cleanlab, no Beam, no store) over one project's annota
     issues = classification_issues(labels, pred_probs)          # labels (n,), pred_probs (n, K)
     issues = detection_issues(given_boxes, predicted_boxes, K)   # per image: [(class, [x1, y1, x2, y2])], ...
     issues[i].quality, issues[i].is_issue, issues[i].issue_type  # 0..1 (low = likely wrong), flagged, type
-    order = ranked(issues)                                       # worst first
+    order = ranked(issues)                                       # worst first, all types by quality
+    queues = ranked_by_type(issues)                              # {type: indices}, each by its own score
+    picks = review_queue(rows, budget, ("swap", "overlooked"))  # label_issues rows sent for review
 
 Two methods, both called from cleanlab 2.9 rather than re-implemented:
 
@@ -39,6 +41,16 @@ Two methods, both called from cleanlab 2.9 rather than re-implemented:
   (cleanlab's ``rank._get_subtype_label_quality_scores``, what ``get_label_quality_scores`` runs
   with its defaults) get that threshold; the flag keeps cleanlab's defaults.
 
+**Review queues by issue type.** :func:`ranked` orders every annotation by the overall
+``quality`` (for boxes ObjectLab's weighted mean of the three subtypes). A team that reviews
+errors by kind (one reviewer checks class swaps, another missing boxes) works through one queue
+per type instead: :func:`ranked_by_type` puts each annotation in the queue of its ``issue_type``
+and orders the queue by that type's own pooled score (cleanlab's per-type score, above), so a
+frame where the detector simply missed an object (a low badloc score) does not push the swaps
+down the swap queue. Classification has one type, ``swap``, whose score is ``quality``: its queue
+is :func:`ranked`. :func:`review_queue` picks the review tasks from ``label_issues`` rows either
+way. ``benchmarks.label_issues`` measures both orders (docs/annotation.md).
+
 Both methods want **out-of-sample** predictions (a model that never trained on these labels),
 which is what activebeam's frames carry for newly labelled data. cleanlab's thresholds are
 dataset-level: scores depend on the other annotations scored with them, so score a project's
@@ -48,7 +60,7 @@ Boxes are ``[x1, y1, x2, y2]`` in pixels of the decoded frame; class indices are
 the project's class list (the model's class order).
 """
 import warnings
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -285,3 +297,73 @@ def ranked(issues: Sequence[ScoredLabel]) -> List[int]:
     """Indices of ``issues`` worst first: by ``quality`` ascending (cleanlab's ranking), ties by index."""
     return sorted(range(len(issues)), key=lambda i: (issues[i].quality, i))
 
+
+
+def type_score(issue: ScoredLabel) -> float:
+    """The pooled score in [0, 1] of the issue's own type (``subtype_scores[issue_type]``; low =
+    likely wrong): what orders its type's queue. Classification: ``quality``."""
+    return float(issue.subtype_scores[issue.issue_type])
+
+
+def ranked_by_type(issues: Sequence[ScoredLabel]) -> Dict[str, List[int]]:
+    """Each issue type's review queue (module docstring, "Review queues by issue type").
+
+    Parameters
+    ----------
+    issues : sequence of ScoredLabel, length n
+        One scoring run's verdicts (:func:`classification_issues` or :func:`detection_issues`).
+
+    Returns
+    -------
+    dict of str to list of int
+        For every type of :data:`ISSUE_TYPES` (empty lists included), the indices of the issues
+        whose ``issue_type`` it is, worst first: by :func:`type_score` ascending, ties by index.
+        Every index is in exactly one queue.
+
+    References
+    ----------
+    The per-type scores are cleanlab's, nothing is re-scored here: for boxes ObjectLab's
+    ``compute_swap_box_scores``, ``compute_overlooked_box_scores`` and
+    ``compute_badloc_box_scores`` pooled per image by ``pool_box_scores_per_image`` (Tkachenko,
+    Thyagarajan and Mueller, 2023); for classes ``get_label_quality_scores(method="self_confidence")``
+    (Northcutt, Jiang and Chuang, JAIR 2021). The queues are a sort of them.
+    """
+    queues = {t: [] for t in ISSUE_TYPES}
+    for i in sorted(range(len(issues)), key=lambda i: (type_score(issues[i]), i)):
+        queues[issues[i].issue_type].append(i)
+    return queues
+
+
+def review_queue(rows: Sequence[dict], budget: int, issue_types: Optional[Sequence[str]] = None) -> List[dict]:
+    """The ``label_issues`` rows (:mod:`schemas.labelling`) to send for review, in review order.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        One scoring run's rows, with ``is_issue``, ``issue_type``, ``rank`` and ``type_rank``.
+    budget : int
+        ``>= 0``. Without ``issue_types``: the most rows picked; with them: the most per type.
+    issue_types : sequence of str, optional
+        ``None`` (or empty): the flagged rows of every type by ``rank`` (overall quality). Else
+        one queue per listed type, in the order given: that type's flagged rows by ``type_rank``.
+
+    Returns
+    -------
+    list of dict
+        At most ``budget`` rows (``budget * len(issue_types)`` with types), flagged ones only.
+
+    Raises
+    ------
+    ValueError
+        On a negative budget or a type outside :data:`ISSUE_TYPES`.
+    """
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    flagged = [r for r in rows if r["is_issue"]]
+    if not issue_types:
+        return sorted(flagged, key=lambda r: r["rank"])[:budget]
+    unknown = [t for t in issue_types if t not in ISSUE_TYPES]
+    if unknown:
+        raise ValueError(f"issue types must be among {', '.join(ISSUE_TYPES)}, got {', '.join(unknown)}")
+    return [r for t in dict.fromkeys(issue_types)
+            for r in sorted((r for r in flagged if r["issue_type"] == t), key=lambda r: r["type_rank"])[:budget]]

@@ -323,17 +323,21 @@ def make_review_task(issue: dict, image_url: str, width: int, height: int, given
     with the suspect one replaced by the model's box (``swap``, ``badloc``) or the model's box
     added (``overlooked``), in the ``label`` control; the suspect box itself in the ``suspect``
     control, highlighted. ``data.frame_id`` and ``data.label_issue_id`` identify the task, so a
-    rerun imports no second task for the frame.
+    rerun imports no second task for the frame; ``data.issue_type`` and ``data.type_rank`` (the
+    place in that type's review queue) let a reviewer filter and sort to one queue.
     """
     kind = check_kind(issue["kind"])
     note = (f"Possible label error ({issue['issue_type']}): {issue['annotator']} gave "
             f"'{issue['label'] or 'no box'}', quality score {issue['quality_score']:.3f}")
     if issue.get("suggested_label"):
         note += f"; the model says '{issue['suggested_label']}'"
+    if issue.get("type_rank"):
+        note += f"; #{issue['type_rank']} of the {issue['issue_type']} queue"
     data = {"image": image_url, "frame_id": issue["frame_id"], "source_uri": issue["source_uri"],
             "frame_index": int(issue["frame_index"]), "width": int(width), "height": int(height),
             "label_issue_id": issue["label_issue_id"], "annotation_id": issue["annotation_id"],
             "issue_type": issue["issue_type"], "quality_score": float(issue["quality_score"]),
+            "type_rank": issue.get("type_rank"),
             "given_label": issue["label"], "review_note": note, "activebeam_kind": kind}
     if kind == CLASSIFICATION:
         result = [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": RESULT_TYPES[CLASSIFICATION],

@@ -599,16 +599,18 @@ class _ScoreFn(beam.DoFn):
                                                  high_probability_threshold=confident)
             method = f"{issues_lib.DETECTION_METHOD}, high_probability_threshold {confident:.3f}"
         method = f"{method} (cleanlab {_cleanlab_version()})"
+        type_ranks = {i: r for queue in issues_lib.ranked_by_type(scored).values()
+                      for r, i in enumerate(queue, start=1)}
         for rank, i in enumerate(issues_lib.ranked(scored), start=1):
             self._scored.inc()
             self._flagged.inc(int(scored[i].is_issue))
             self._quality.update(int(round(1000 * scored[i].quality)))
-            yield self._row(items[i], scored[i], rank, method)
+            yield self._row(items[i], scored[i], rank, type_ranks[i], method)
 
     def _name(self, index: Optional[int]) -> Optional[str]:
         return None if index is None else self._classes[index]
 
-    def _row(self, item: _Scorable, s: "issues_lib.ScoredLabel", rank: int, method: str) -> dict:
+    def _row(self, item: _Scorable, s: "issues_lib.ScoredLabel", rank: int, type_rank: int, method: str) -> dict:
         a = item.annotation
         suspect = model = None
         if s.suspect_box is not None:
@@ -623,6 +625,7 @@ class _ScoreFn(beam.DoFn):
             "frame_index": int(a["frame_index"]), "project": self._project, "kind": self._kind,
             "annotator": a["annotator"], "label": a["label"], "quality_score": s.quality, "rank": rank,
             "is_issue": s.is_issue, "issue_type": s.issue_type,
+            "type_score": issues_lib.type_score(s), "type_rank": type_rank,
             "swap_score": s.subtype_scores.get(issues_lib.SWAP),
             "overlooked_score": s.subtype_scores.get(issues_lib.OVERLOOKED) if detection else None,
             "badloc_score": s.subtype_scores.get(issues_lib.BADLOC) if detection else None,
@@ -662,8 +665,9 @@ class FindLabelIssues(beam.PTransform):
     Input: ``PCollection[dict]`` of ``annotations`` rows or documents (``annotation_id`` or
     ``_id``, ``frame_id``, ``source_uri``, ``frame_index``, ``annotator``, ``label``, ``boxes``).
     Returns :class:`LabelIssues`: ``issues``, one ``label_issues`` row per scorable annotation
-    (``rank`` 1 = lowest quality score; ``label_issue_id`` deterministic, so a rerun rewrites the
-    same rows), and ``dead_letters`` (stage ``label_issues``): an annotation whose frame is not
+    (``rank`` 1 = lowest quality score; ``type_rank`` 1 = first of its ``issue_type``'s review
+    queue, by ``type_score``: :func:`transforms.annotate.label_issues.ranked_by_type`;
+    ``label_issue_id`` deterministic, so a rerun rewrites the same rows), and ``dead_letters`` (stage ``label_issues``): an annotation whose frame is not
     indexed, carries no probabilities for the project's classes (classification) or no
     detections (detection), or whose label is not a project class.
 
