@@ -375,10 +375,13 @@ def write_coco(clips: Sequence[Clip], class_names: Sequence[str], directory: str
     return path
 
 
-def add_generator_options(parser: argparse.ArgumentParser):
+def add_generator_options(parser: argparse.ArgumentParser, **defaults):
     """One command-line option per :class:`GeneratorOptions` field (pairs and lists as
-    comma-separated values)."""
-    for name, default in GeneratorOptions._field_defaults.items():
+    comma-separated values); ``defaults`` replace some fields' defaults (a benchmark's own)."""
+    unknown = set(defaults) - set(GeneratorOptions._fields)
+    if unknown:
+        raise ValueError(f"no generator options {sorted(unknown)}")
+    for name, default in dict(GeneratorOptions._field_defaults, **defaults).items():
         if isinstance(default, tuple):
             kind = float if isinstance(default[0], float) else int
             parser.add_argument(f"--{name}", default=default,
