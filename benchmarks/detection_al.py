@@ -232,7 +232,9 @@ def _train_and_export(split: Split, labelled: np.ndarray, directory: str, seed: 
                                  [split.classes[i] for i in labelled], len(split.options.classes),
                                  seed=seed, steps=args.steps, learning_rate=args.learning_rate,
                                  backbone=args.backbone)
-    trained = small_detector.export(model, split.options.class_names, directory)
+    # The trained network's own backbone export is only read with --embedding_model detector.
+    trained = small_detector.export(model, split.options.class_names, directory,
+                                    backbone_too=args.embedding_model == "detector")
     return trained, coco_map50(trained.detector, split.test_clips, split.options.class_names)
 
 

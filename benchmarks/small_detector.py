@@ -21,7 +21,7 @@ conversion: a TFLite model converted from a SavedModel with resource variables r
 """
 import json
 import os
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -35,9 +35,9 @@ MAX_SHIFT_CELLS = 2     # training frames move by up to this many grid cells (16
 class TrainedDetector(NamedTuple):
     """Paths of one training's exports: ``detector`` (TFLite + ``.json`` sidecar) and
     ``backbone`` (TFLite + sidecar: ``embedding`` (64-d pooled features) and ``probabilities``
-    (softmax over the classes' best cell logits))."""
+    (softmax over the classes' best cell logits)), ``None`` when not exported."""
     detector: str
-    backbone: str
+    backbone: Optional[str]
 
 
 def _targets(boxes_list, classes_list, n_classes, grid_h, grid_w):
@@ -253,9 +253,10 @@ def _shifted(a: np.ndarray, rows: int, cols: int, fill: float) -> np.ndarray:
     return out
 
 
-def export(model, class_names: Sequence[str], directory: str, name: str = "detector") -> TrainedDetector:
-    """Writes ``<name>.tflite`` (+ sidecar) and ``<name>_backbone.tflite`` (+ sidecar) to
-    ``directory`` (see :class:`TrainedDetector`)."""
+def export(model, class_names: Sequence[str], directory: str, name: str = "detector",
+           backbone_too: bool = True) -> TrainedDetector:
+    """Writes ``<name>.tflite`` (+ sidecar) and, with ``backbone_too``, ``<name>_backbone.tflite``
+    (+ sidecar) to ``directory`` (see :class:`TrainedDetector`)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     height, width = model.input_shape[1:3]
@@ -280,8 +281,11 @@ def export(model, class_names: Sequence[str], directory: str, name: str = "detec
         return tf.reduce_mean(features, axis=[1, 2]), tf.nn.softmax(tf.reduce_max(cls, axis=[1, 2]))
 
     os.makedirs(directory, exist_ok=True)
-    paths = TrainedDetector(os.path.join(directory, f"{name}.tflite"), os.path.join(directory, f"{name}_backbone.tflite"))
+    paths = TrainedDetector(os.path.join(directory, f"{name}.tflite"),
+                            os.path.join(directory, f"{name}_backbone.tflite") if backbone_too else None)
     for path, function in zip(paths, (detect, backbone)):
+        if path is None:
+            continue
         frozen = convert_variables_to_constants_v2(function.get_concrete_function())
         with open(path, "wb") as f:
             f.write(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
@@ -289,6 +293,8 @@ def export(model, class_names: Sequence[str], directory: str, name: str = "detec
         json.dump({"class_names": list(class_names), "output_layout": "yolo", "box_format": "cxcywh",
                    "box_units": "pixels", "score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD,
                    "nms": "per_class"}, f)
+    if not backbone_too:
+        return paths
     from ai_edge_litert.interpreter import Interpreter
     outputs = Interpreter(paths.backbone).get_output_details()
     by_width = {int(d["shape"][-1]): d["name"] for d in outputs}

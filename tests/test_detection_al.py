@@ -21,7 +21,8 @@ def test_trained_detector_through_score_frames_selection_and_map(split, tmp_path
     assert len(labelled) == 8 and len({split.sources[i] for i in labelled}) == 1  # one clip
     trained, map50 = al._train_and_export(split, labelled, str(tmp_path), seed=0,
                                           args=type("Args", (), {"steps": 20, "learning_rate": 2e-3,
-                                                                 "backbone": small_detector.SCRATCH})())
+                                                                 "backbone": small_detector.SCRATCH,
+                                                                 "embedding_model": "detector"})())
     assert 0.0 <= map50 <= 1.0
     frames = split.frame_records()[:12]
     records = al.score_pool(frames, trained)
@@ -95,3 +96,16 @@ def test_moving_the_bank_maps_in_tensorflow_moves_them_as_the_pixels_move():
         expected = small_detector._shifted(a, rows, cols, -1.0)
         got = np.asarray(small_detector._shifted_tf(a, np.int32(rows), np.int32(cols), fill))
         assert np.array_equal(got, expected)
+
+
+def test_the_benchmark_defaults_hold_out_ten_cameras_and_pool_eight():
+    """The benchmark's own generator defaults (a long crowded camera, 10 held-out cameras for a
+    test set that can tell strategies apart) and a pool of the other 8, split by camera."""
+    args = al.parse_args(["--quick"])
+    assert (args.cameras, args.long_frames, args.test_cameras) == (18, 120, 10)
+    assert args.embedding_model == "pretrained"
+    options = dd.options_from(args).validate()
+    split = al.Split(dd.generate(options), options, args.test_cameras, seed=0)
+    assert len(split.pool_clips) == 8 and len(split.test_clips) == 10
+    assert split.pool_clips[0].camera == "camera00" and len(split.pool_clips[0].frames) == 120
+    assert not {c.camera for c in split.pool_clips} & {c.camera for c in split.test_clips}
