@@ -40,6 +40,11 @@ class TrainedDetector(NamedTuple):
     backbone: Optional[str]
 
 
+#: What each of :func:`_targets`' arrays (heat, weight, box, centre) holds where a move brings
+#: nothing in: no object, a cell that counts in the loss, no box, no centre.
+TARGET_FILLS = (0.0, 1.0, 0.0, 0.0)
+
+
 def _targets(boxes_list, classes_list, n_classes, grid_h, grid_w):
     n = len(boxes_list)
     heat = np.zeros((n, grid_h, grid_w, n_classes), np.float32)
@@ -157,7 +162,7 @@ def _augmented(frames, plain, mirrored, idx, rng, shift: bool = True):
     if shift:
         rows, cols = rng.integers(-MAX_SHIFT_CELLS, MAX_SHIFT_CELLS + 1, 2)
         x = _shifted(x, rows * STRIDE, cols * STRIDE, 0.0)
-        targets = [_shifted(t, rows, cols, 1.0 if k == 1 else 0.0) for k, t in enumerate(targets)]
+        targets = [_shifted(t, rows, cols, fill) for t, fill in zip(targets, TARGET_FILLS)]
     x *= rng.uniform(0.7, 1.3, (n, 1, 1, 1)) * rng.uniform(0.85, 1.15, (n, 1, 1, 3))
     return np.clip(x, 0, 255).astype(np.float32), targets
 
@@ -227,7 +232,7 @@ def train(frames: np.ndarray, boxes: Sequence[np.ndarray], classes: Sequence[np.
         bank = [tf.constant(np.concatenate(a)) for a in [bank_maps] + list(zip(*bank_targets))]
         # What a black image's map is where a move brings black pixels in.
         black = maps(np.zeros((1, height, width, 3), np.float32), training=False)[0]
-        fills = [black, 0.0, 1.0, 0.0, 0.0]  # map, heat, weight, box, centre
+        fills = (black,) + TARGET_FILLS  # the map, then the targets
 
         @tf.function
         def steps_on_bank(indices, moves):  # all the steps in one graph: a step is ~8 ms of arithmetic
