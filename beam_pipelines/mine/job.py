@@ -138,7 +138,7 @@ def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Model
     if job.per_frame is not None:  # --strategy vessal: a rate, not a budget
         spec = job.per_frame
         facts.update(budget=None, budget_unit=None, label_rate=spec.label_rate, max_per_hour=spec.max_per_hour,
-                     vessal_state_key=spec.state_key)
+                     vessal_state_key=spec.state_key, strategy_params=dict(spec.params))  # uncertainty resolved
         if not streaming:
             facts["selection_order"] = EVENT_ORDER
     if streaming:

@@ -32,7 +32,7 @@ from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
 from transforms.select.cost import BOXES, BUDGET_UNITS, FRAMES
 from transforms.select.factory import make_strategy
 from transforms.select.per_frame import STATE_KEYS, PerFrameSpec
-from transforms.select.vessal import VESSAL
+from transforms.select.vessal import BADGE, VESSAL
 
 AUTO, NONE, NANODET, NANODET_INT8 = "auto", "none", "nanodet", "nanodet_int8"
 #: Cosine similarity of embeddings from which two frames are near-duplicates (FiftyOne's
@@ -114,7 +114,10 @@ class MineOptions(PipelineOptions):
                  'cluster_margin, \'{"strengths": {"entropy": 1, "least_confidence": 0.5}}\' for '
                  'combined, \'{"balance_key": "camera"}\' (source, camera, predicted_class, '
                  'detected_class) for quotas, '
-                 '\'{"near_duplicate_distance": 0.1}\'.')
+                 '\'{"near_duplicate_distance": 0.1}\'; for vessal: dim, horizon, memory, '
+                 'cov_inv_scaling, seed, uncertainty (what scales each frame\'s embedding: badge, '
+                 'detection_max or detection_mean; default detection_max when a detector runs, '
+                 'else badge).')
         parser.add_argument("--bigquery_candidates_table", default=None,
                             help="PROJECT:DATASET.TABLE for candidates; default: table 'candidates' "
                                  "in --bigquery_table's dataset when that is given.")
@@ -350,7 +353,7 @@ def check_options(options: PipelineOptions) -> MineJob:
     check_range("direct_num_workers", options.view_as(DirectOptions).direct_num_workers,
                 options.view_as(DirectOptions).direct_num_workers >= 0, ">= 0 (0: one per CPU)")
     strategy_params = _checked_strategy(mine, detector)
-    per_frame = per_frame_spec(options)
+    per_frame = per_frame_spec(options, bool(detector or mine.detector_background))
     if mine.strategy == DEFAULT_STRATEGY and "score" not in strategy_params:
         strategy_params["score"] = default_score(bool(detector or mine.detector_background))
     if mine.budget_unit == BOXES and not (detector or mine.detector_background):
@@ -500,15 +503,18 @@ def _checked_strategy(mine, detector: Optional[str] = None) -> dict:
     return strategy_params
 
 
-def per_frame_spec(options: PipelineOptions) -> Optional[PerFrameSpec]:
-    """The per-frame selection of ``--strategy vessal`` (None for another strategy).
+def per_frame_spec(options: PipelineOptions, detections: bool = False) -> Optional[PerFrameSpec]:
+    """The per-frame selection of ``--strategy vessal`` (None for another strategy). ``detections``:
+    the job runs a detector (``--detector`` or ``--detector_background``); then VeSSAL's
+    ``uncertainty``, when ``--strategy_params`` does not set it, is :func:`default_vessal_uncertainty`'s.
 
     Raises
     ------
     ValueError
         ``vessal`` without ``--label_rate`` or with ``--budget``/``--budget_unit``; ``--label_rate``,
         ``--max_per_hour`` or ``--vessal_state_key`` without ``vessal``; a value or ``--strategy_params`` entry out of
-        range (VeSSAL takes ``dim``, ``horizon``, ``memory``, ``cov_inv_scaling``, ``seed``).
+        range (VeSSAL takes ``dim``, ``horizon``, ``memory``, ``cov_inv_scaling``, ``seed``, ``uncertainty``);
+        a detection ``uncertainty`` without a detector.
     """
     mine = options.view_as(MineOptions)
     given = options.get_all_options(drop_default=True)
@@ -526,12 +532,17 @@ def per_frame_spec(options: PipelineOptions) -> Optional[PerFrameSpec]:
     check_range("label_rate", mine.label_rate, 0 < mine.label_rate <= 1, "in (0, 1]")
     check_range("max_per_hour", mine.max_per_hour, mine.max_per_hour >= 0, ">= 0 (0: no cap)")
     params = _strategy_params(mine)
+    params.setdefault("uncertainty", default_vessal_uncertainty(detections))
     try:
-        return PerFrameSpec(mine.label_rate, mine.max_per_hour, mine.vessal_state_key,
+        spec = PerFrameSpec(mine.label_rate, mine.max_per_hour, mine.vessal_state_key,
                             tuple(sorted(params.items()))).validated()
     except (ValueError, TypeError) as e:
         raise ValueError(f"--strategy_params for vessal: {preflight.one_line(e)} (it takes dim, horizon, "
-                         f"memory, cov_inv_scaling, seed)") from None
+                         f"memory, cov_inv_scaling, seed, uncertainty)") from None
+    if params["uncertainty"] != BADGE and not detections:
+        raise ValueError(f"--strategy_params uncertainty {params['uncertainty']} needs detections: set --detector "
+                         f"(or --detector_background), or uncertainty badge")
+    return spec
 
 
 #: ``--strategy`` when not given: uncertain and diverse at once
@@ -545,6 +556,14 @@ def default_score(detections: bool) -> str:
     boxes, so crowded frames of a fixed camera do not win for being crowded: Brust et al. 2019,
     "Active learning for deep object detection", max aggregation), else ``entropy``."""
     return "detection_max" if detections else "entropy"
+
+
+def default_vessal_uncertainty(detections: bool) -> str:
+    """VeSSAL's ``uncertainty`` when ``--strategy_params`` does not set it, on the condition of
+    :func:`default_score`: ``detection_max`` when a detector runs (the detector's uncertainty scales
+    ``u``: a team labelling boxes gets frames its detector is unsure of, not frames the backbone's
+    ImageNet classifier is unsure of), else ``badge`` (``||p - e_yhat||``, BADGE)."""
+    return "detection_max" if detections else BADGE
 
 
 def _scores_used(strategy: str, params: dict):

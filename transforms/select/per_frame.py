@@ -33,8 +33,18 @@ candidate's fields: about 1 KB a frame at ``d = 64``)::
     result = records | SelectPerFrameInOrder(PerFrameSpec(label_rate=0.01)).excluding(labelled_ids)
     # result.candidates: PCollection[Candidate]; result.dead_letters
 
+Uncertainty: ``u`` is scaled by the frame's uncertainty chosen by the spec's ``uncertainty``
+parameter (:func:`~transforms.select.vessal.frame_uncertainty`): ``badge`` (``||p - e_yhat||`` of
+the record's class probabilities) or a per-frame detection score read from the record's
+``extra_scores`` (``detection_max``, ``detection_mean``), which the candidate's ``components``
+keep as ``uncertainty``. A record without that score (the detector did not score the frame) gets
+uncertainty 0: ``u = 0``, selection probability 0, never picked; it still counts in the stream
+(``seen``, ``Sigma``) and in the counter ``vessal_no_uncertainty``. A score outside ``[0, 1]`` or
+not finite makes a dead letter.
+
 Metrics (namespace ``activebeam.sample``): ``vessal_frames``, ``vessal_picked``, ``vessal_capped``,
-``vessal_refused`` (already picked or labelled), ``vessal_failed`` (dead letters), ``vessal_decision_us`` (distribution, µs per
+``vessal_refused`` (already picked or labelled), ``vessal_failed`` (dead letters), ``vessal_no_uncertainty``
+(frames without the chosen detection score: never picked), ``vessal_decision_us`` (distribution, µs per
 decision), ``vessal_probability_ppm`` (distribution, selection probability in millionths).
 """
 import collections
@@ -43,7 +53,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -58,8 +68,8 @@ from transforms.index.mongodb_client import labelled_frame_ids
 from transforms.intake.event_time import EARLIEST, exif_seconds
 from transforms.select.base import selection_id
 from transforms.select.ptransforms import METRICS_NAMESPACE, ExcludedDigestFn, Scored, to_scored
-from transforms.select.vessal import (ALREADY_PICKED, CAPPED, LABELLED, PICKED, VESSAL, Decision, Embedder, VeSSAL,
-                                      badge_scale, frame_draw)
+from transforms.select.vessal import (ALREADY_PICKED, BADGE, CAPPED, LABELLED, PICKED, VESSAL, Decision, Embedder,
+                                      VeSSAL, frame_draw, frame_uncertainty)
 
 _LOG = logging.getLogger(__name__)
 CAMERA, SOURCE, GLOBAL = "camera", "source", "global"
@@ -67,12 +77,14 @@ CAMERA, SOURCE, GLOBAL = "camera", "source", "global"
 #: or one for the whole stream.
 STATE_KEYS = (CAMERA, SOURCE, GLOBAL)
 STATE_COLLECTION = "selection_state"
+#: Counter of the frames without the chosen detection score (uncertainty 0: never picked).
+NO_UNCERTAINTY = "vessal_no_uncertainty"
 
 
 class PerFrameSpec(NamedTuple):
     """What :class:`SelectPerFrame` runs: :class:`~transforms.select.vessal.VeSSAL`'s ``label_rate``,
     ``max_per_hour`` and further ``params`` (``dim``, ``horizon``, ``memory``, ``cov_inv_scaling``,
-    ``seed``), one state per ``state_key`` (:data:`STATE_KEYS`)."""
+    ``seed``, ``uncertainty``), one state per ``state_key`` (:data:`STATE_KEYS`)."""
     label_rate: float
     max_per_hour: int = 0
     state_key: str = CAMERA
@@ -120,23 +132,30 @@ def frame_event_seconds(frame: FrameMetadata) -> Optional[float]:
 
 
 class _FrameEmbedder:
-    """VeSSAL's ``u`` of a record (:class:`~transforms.select.vessal.Embedder`, one per embedding
-    width: a new model may change it); raises ``ValueError`` for non-finite probabilities or ``u``."""
+    """A record's VeSSAL ``u`` and uncertainty (:class:`~transforms.select.vessal.Embedder`, one per
+    embedding width: a new model may change it; :func:`~transforms.select.vessal.frame_uncertainty`
+    chosen by ``uncertainty``)."""
 
-    def __init__(self, dim: int, seed: int):
-        self._dim, self._seed, self._embedders = dim, seed, {}
+    def __init__(self, sampler: VeSSAL):
+        self._dim, self._seed, self._uncertainty, self._embedders = sampler.dim, sampler.seed, sampler.uncertainty, {}
 
-    def __call__(self, record: FrameRecord) -> np.ndarray:
+    def __call__(self, record: FrameRecord) -> Tuple[np.ndarray, float, bool]:
+        """``(u, uncertainty, missing)``: float64 ``(d,)``, the factor of ``u`` and whether the
+        record lacks the chosen detection score (then ``uncertainty`` is 0). Raises ``ValueError``
+        for non-finite probabilities or ``u``, or a detection score outside ``[0, 1]``."""
         width = int(np.asarray(record.embedding).size)
         if width not in self._embedders:
             self._embedders[width] = Embedder(self._dim, self._seed)
         probabilities = np.asarray(record.probabilities, dtype=np.float64)
-        if not math.isfinite(float(probabilities.sum())):  # a sum is finite iff every term is (here)
-            raise ValueError("its class probabilities are not finite")
-        u = self._embedders[width](record.embedding, probabilities)
+        if self._uncertainty == BADGE and not math.isfinite(float(probabilities.sum())):
+            raise ValueError("its class probabilities are not finite")  # a sum is finite iff every term is (here)
+        uncertainty = frame_uncertainty(probabilities, dict(record.extra_scores), self._uncertainty)
+        missing = uncertainty is None
+        uncertainty = 0.0 if missing else uncertainty
+        u = self._embedders[width](record.embedding, scale=uncertainty)
         if not math.isfinite(float(u @ u)):
             raise ValueError("u is not finite (a non-finite embedding or probabilities)")
-        return u
+        return u, uncertainty, missing
 
 
 def _failed(frame: FrameMetadata, error: Exception) -> DeadLetter:
@@ -148,7 +167,7 @@ def pick_candidate(scored: Scored, decision: Decision, selection: str, parameter
                    uncertainty: float) -> Candidate:
     """The candidate of a picked frame: ``rank`` its pick's number in its key, ``score`` its
     selection probability, ``components`` ``ideal_rate``, ``probability``, ``q``, ``uncertainty``
-    (``||p - e_yhat||``) and ``zeta``."""
+    (the factor of ``u``: ``||p - e_yhat||`` or the chosen detection score) and ``zeta``."""
     return Candidate(
         rank=decision.picks, frame_id=scored.frame_id, source_uri=scored.source_uri,
         frame_index=scored.frame_index, timestamp_s=scored.timestamp_s, score=decision.probability,
@@ -171,6 +190,7 @@ class _Metrics:
     def __init__(self):
         self._counters = {name: Metrics.counter(METRICS_NAMESPACE, name) for name in _COUNTED}
         self.failed = Metrics.counter(METRICS_NAMESPACE, "vessal_failed")
+        self.no_uncertainty = Metrics.counter(METRICS_NAMESPACE, NO_UNCERTAINTY)
         self.cost = Metrics.distribution(METRICS_NAMESPACE, "vessal_decision_us")
         self.probability = Metrics.distribution(METRICS_NAMESPACE, "vessal_probability_ppm")
         self._outcomes = collections.Counter()
@@ -238,7 +258,7 @@ class _VessalFn(beam.DoFn):
 
     def setup(self):
         sampler = self._spec.sampler()
-        self._embed = _FrameEmbedder(sampler.dim, sampler.seed)
+        self._embed = _FrameEmbedder(sampler)
         # key -> (the state dict last written, its sampler): a state read back unchanged (the same
         # object) is not rebuilt. A retried bundle reads the committed state, another object.
         self._samplers = {}
@@ -285,11 +305,13 @@ class _VessalFn(beam.DoFn):
         sampler = self._sampler(key, doc_id, state.read(), model)
         frame = record.frame
         try:
-            u = self._embed(record)
+            u, uncertainty, missing = self._embed(record)
         except ValueError as e:  # a non-finite embedding or probabilities: the state is unchanged
             self._metrics.failed.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, _failed(frame, e))
             return
+        if missing:
+            self._metrics.no_uncertainty.inc()
         decision = sampler.decide(u, frame_draw(frame.frame_id, sampler.seed), event_time=frame.event_time,
                                   keys=(frame.frame_id, frame.pixel_hash), labelled=frame.frame_id in self._labelled)
         saved = dict(sampler.to_state(), model_version=model)
@@ -304,8 +326,8 @@ class _VessalFn(beam.DoFn):
         self._metrics.decided(decision, started)
         if decision.picked:
             _, scored = to_scored(record)
-            yield Pick(pick_candidate(scored, decision, self._selection, self._parameters,
-                                      badge_scale(record.probabilities)), frame.event_time)
+            yield Pick(pick_candidate(scored, decision, self._selection, self._parameters, uncertainty),
+                       frame.event_time)
 
 
 class SelectPerFrame(beam.PTransform):
@@ -314,7 +336,7 @@ class SelectPerFrame(beam.PTransform):
     Input: ``PCollection[FrameRecord]`` (any windowing: the state lives in the global window).
     Output: :class:`PerFrameResult`: ``picks``, ``PCollection[Pick]``, and ``dead_letters``; each candidate's ``rank`` is its pick's number in its key,
     ``score`` its selection probability, ``components`` ``probability``, ``q`` (``u^T A^-1 u``),
-    ``zeta``, ``ideal_rate`` and ``uncertainty`` (``||p - e_yhat||``); ``selection_id`` depends
+    ``zeta``, ``ideal_rate`` and ``uncertainty`` (the factor of ``u``, see the module docstring); ``selection_id`` depends
     on the parameters and ``inputs`` only (not on the model: a new model keeps the selection).
 
     Parameters
@@ -354,7 +376,8 @@ class SelectPerFrame(beam.PTransform):
 
 class _Ordered(NamedTuple):
     """What the batch pass keeps of a frame: its place in :func:`event_order`, ``u`` (float64
-    ``(d,)``), ``||p - e_yhat||`` and the candidate's fields (``Scored`` without its embedding)."""
+    ``(d,)``), its uncertainty (the factor of ``u``) and the candidate's fields (``Scored`` without
+    its embedding)."""
     order: tuple
     u: np.ndarray
     uncertainty: float
@@ -368,22 +391,24 @@ class _EmbedFn(beam.DoFn):
     def __init__(self, spec: PerFrameSpec):
         self._spec = spec
         self._failed = Metrics.counter(METRICS_NAMESPACE, "vessal_failed")
+        self._no_uncertainty = Metrics.counter(METRICS_NAMESPACE, NO_UNCERTAINTY)
 
     def setup(self):
-        sampler = self._spec.sampler()
-        self._embed = _FrameEmbedder(sampler.dim, sampler.seed)
+        self._embed = _FrameEmbedder(self._spec.sampler())
 
     def process(self, record):
         try:
-            u = self._embed(record)
+            u, uncertainty, missing = self._embed(record)
         except ValueError as e:
             self._failed.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, _failed(record.frame, e))
             return
+        if missing:
+            self._no_uncertainty.inc()
         _, scored = to_scored(record)
         empty = np.zeros(0, dtype=np.float32)
         yield state_key_of(record, self._spec.state_key), _Ordered(
-            event_order(record.frame), u, badge_scale(record.probabilities), record.frame.pixel_hash,
+            event_order(record.frame), u, uncertainty, record.frame.pixel_hash,
             scored._replace(embedding=empty, probabilities=empty))
 
 

@@ -5,11 +5,20 @@ probability ``p = min(1, zeta * u^T A^-1 u)``:
 
 * ``u`` (float64 ``(d,)``, ``d <= 256``) is the frame's *uncertainty-scaled embedding*
   (:class:`Embedder`): its unit-normalised embedding, projected to ``d`` dimensions by a fixed
-  seeded Gaussian random projection when it is wider, times ``||p - e_yhat||``, the norm of the
-  softmax error of the predicted class. That factor is the norm of BADGE's last-layer gradient
-  embedding ``(p - e_yhat) (x) h`` divided by ``||h||`` (Ash et al. 2020), so ``u`` has the
-  gradient embedding's uncertainty with the embedding's direction, in ``d`` instead of ``C * D``
-  dimensions.
+  seeded Gaussian random projection when it is wider, times the frame's uncertainty
+  (:func:`frame_uncertainty`, chosen by the parameter ``uncertainty``):
+
+  - ``badge``: ``||p - e_yhat||``, the norm of the softmax error of the predicted class. That
+    factor is the norm of BADGE's last-layer gradient embedding ``(p - e_yhat) (x) h`` divided by
+    ``||h||`` (Ash et al. 2020), so ``u`` has the gradient embedding's uncertainty with the
+    embedding's direction, in ``d`` instead of ``C * D`` dimensions.
+  - ``detection_max`` or ``detection_mean`` (:data:`DETECTION_UNCERTAINTIES`): the detector's
+    per-frame score, the max or mean over the frame's boxes of ``1 - |2c - 1|`` (``c`` the box's
+    confidence; Brust et al. 2019), in ``[0, 1]``, 0 for a frame without boxes. When the job
+    labels boxes, the classifier's ``p`` (ImageNet classes of the backbone with the default
+    models) says nothing of what the detector is unsure about; the detector's own uncertainty
+    does. A frame without that score (the detector did not score it) has uncertainty 0: ``u = 0``,
+    probability 0, never picked.
 * ``A^-1`` is the inverse of ``A = lambda I + sum of u u^T over the frames picked so far``
   (``lambda = 1 / cov_inv_scaling``): ``u^T A^-1 u`` is the frame's determinantal contribution, large
   for directions the picks have not covered. A pick updates ``A^-1`` by Sherman-Morrison (the
@@ -40,7 +49,8 @@ Where this differs from the reference code (``asaran/VeSSAL``, ``query_strategie
   ``O(1)`` per frame and ``O(d^2)`` per pick (above).
 * The reference uses BADGE gradient embeddings (``C * D`` wide, or a rank-``r`` expectation) on GPU;
   here the uncertainty-scaled projected embedding above, which the streaming job has without
-  back-propagation. The reference's random projection is scikit-learn's
+  back-propagation; its scale is BADGE's ``||p - e_yhat||`` (``uncertainty="badge"``) or, for a
+  detection job, a detector's per-frame uncertainty (the reference has classifiers only). The reference's random projection is scikit-learn's
   ``GaussianRandomProjection`` (used here too).
 * Draws are deterministic per frame (a hash of the frame id and ``seed``): a frame replayed after a
   restart gets the same decision from the same state.
@@ -54,6 +64,8 @@ References
   https://github.com/asaran/VeSSAL ``query_strategies/vessal.py``.
 * Ash, J. T., Zhang, C., Krishnamurthy, A., Langford, J. & Agarwal, A. (2020). Deep Batch Active
   Learning by Diverse, Uncertain Gradient Lower Bounds (BADGE). ICLR. (Gradient embeddings.)
+* Brust, C.-A., Käding, C. & Denzler, J. (2019). Active Learning for Deep Object Detection. VISAPP.
+  (Per-box margin ``1 - |2c - 1|``, aggregated by max or mean over a frame's boxes.)
 * Sherman, J. & Morrison, W. J. (1950). Adjustment of an inverse matrix corresponding to a change
   in one element of a given matrix. Ann. Math. Statist. 21.
 * Johnson, W. B. & Lindenstrauss, J. (1984); Achlioptas, D. (2003): random projections.
@@ -61,7 +73,7 @@ References
 import collections
 import hashlib
 import math
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -78,6 +90,19 @@ HOUR_S = 3600.0
 #: is read and written for every frame, so this list is kept short.
 RECENT_PICKS = 512
 
+#: ``uncertainty="badge"``: ``||p - e_yhat||`` of the class probabilities (:func:`badge_scale`).
+BADGE = "badge"
+#: The per-frame detection scores VeSSAL's ``uncertainty`` may be: in the registry
+#: (:mod:`schemas.scores`) with needs ``detections``, high = uncertain, and in ``[0, 1]``
+#: (max and mean of the per-box ``1 - |2c - 1|``). Not ``detection_sum``,
+#: ``detection_count``, ``detection_uncertain_count`` (they grow with the number of boxes, not in
+#: ``[0, 1]``), ``detection_localisation`` (only computed with flip-TTA) nor
+#: ``detection_rare_class`` (class rarity over the whole run, not an uncertainty, and computed
+#: once every frame is scored: not per frame as it arrives).
+DETECTION_UNCERTAINTIES = ("detection_max", "detection_mean")
+#: Every value of VeSSAL's ``uncertainty``.
+UNCERTAINTIES = (BADGE,) + DETECTION_UNCERTAINTIES
+
 PICKED, SKIPPED, CAPPED, ALREADY_PICKED, LABELLED = "picked", "skipped", "capped", "already_picked", "labelled"
 
 
@@ -92,9 +117,41 @@ def badge_scale(probabilities: np.ndarray) -> float:
     return math.sqrt(max(0.0, float(p @ p) - 2.0 * float(p.max()) + 1.0))
 
 
+def check_uncertainty(uncertainty: str) -> str:
+    """``uncertainty`` if it is one of :data:`UNCERTAINTIES`; else raises a one-line ``ValueError``
+    naming the allowed values."""
+    if uncertainty not in UNCERTAINTIES:
+        raise ValueError(f"uncertainty must be one of {', '.join(UNCERTAINTIES)}, got {uncertainty!r}")
+    return uncertainty
+
+
+def frame_uncertainty(probabilities, scores: Mapping[str, float], uncertainty: str) -> Optional[float]:
+    """A frame's uncertainty, the factor of its VeSSAL ``u``: for ``uncertainty="badge"``
+    :func:`badge_scale` of ``probabilities`` (float ``(C,)``), in ``[0, sqrt(2)]``; for a detection
+    score (:data:`DETECTION_UNCERTAINTIES`) ``scores[uncertainty]`` (the frame's per-frame scores,
+    name to value), in ``[0, 1]``, or None when the frame has no such score (the detector did not
+    score it; the Beam transforms use 0 and count it).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``uncertainty``, or a detection score that is not a number in ``[0, 1]``.
+    """
+    if check_uncertainty(uncertainty) == BADGE:
+        return badge_scale(probabilities)
+    value = scores.get(uncertainty)
+    if value is None:
+        return None
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ValueError(f"its {uncertainty} is {value!r}, not in [0, 1]")
+    return value
+
+
 class Embedder:
-    """Frame embedding ``h`` (``(D,)``) and probabilities ``p`` (``(C,)``) to VeSSAL's ``u``
-    (float64 ``(d,)``): ``P (h / ||h||) * ||p - e_yhat||``, with ``P`` scikit-learn's
+    """Frame embedding ``h`` (``(D,)``) and probabilities ``p`` (``(C,)``) or a given uncertainty
+    ``scale`` to VeSSAL's ``u`` (float64 ``(d,)``): ``P (h / ||h||) * ||p - e_yhat||``, or
+    ``P (h / ||h||) * scale``, with ``P`` scikit-learn's
     ``GaussianRandomProjection(n_components=d, random_state=seed)`` (entries N(0, 1/d)) when
     ``D > dim``, else the identity (``d = D``). Same ``(D, dim, seed)``: same ``P`` on every worker
     and after every restart.
@@ -102,7 +159,8 @@ class Embedder:
     Raises
     ------
     ValueError
-        ``dim`` outside ``[1, 256]``, or an embedding of another width than the first one.
+        ``dim`` outside ``[1, 256]``; at a call, an embedding of another width than the first one,
+        neither ``probabilities`` nor ``scale``, or a ``scale`` negative or not finite.
     """
 
     def __init__(self, dim: int = 64, seed: int = 0):
@@ -127,7 +185,16 @@ class Embedder:
             return None
         return self.dim if self._projection is not None else self._width
 
-    def __call__(self, embedding: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    def __call__(self, embedding: np.ndarray, probabilities: Optional[np.ndarray] = None, *,
+                 scale: Optional[float] = None) -> np.ndarray:
+        """``u`` of one frame: the projected unit embedding times ``scale`` when given (a float
+        ``>= 0``, e.g. :func:`frame_uncertainty`), else times :func:`badge_scale` of
+        ``probabilities``."""
+        if scale is None:
+            if probabilities is None:
+                raise ValueError("give the frame's class probabilities or its uncertainty (scale)")
+        elif not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
         h = np.asarray(embedding, dtype=np.float64).ravel()
         if self._width is None:
             self._fit(h.size)
@@ -138,7 +205,7 @@ class Embedder:
             h = h / norm
         if self._projection is not None:
             h = self._projection @ h
-        return h * badge_scale(probabilities)
+        return h * (badge_scale(probabilities) if scale is None else float(scale))
 
 
 def frame_draw(frame_id: str, seed: int = 0) -> float:
@@ -185,6 +252,10 @@ class VeSSAL:
         ``A^-1`` starts as ``cov_inv_scaling * I`` (the reference's parameter and default).
     seed : int
         Seed of the per-frame draws (:func:`frame_draw`).
+    uncertainty : str
+        What scales ``u`` (:data:`UNCERTAINTIES`, :func:`frame_uncertainty`): ``badge``
+        (``||p - e_yhat||``) or a detection score (``detection_max``, ``detection_mean``). The
+        sampler only records it (:meth:`describe`); whoever builds ``u`` applies it.
 
     Raises
     ------
@@ -194,7 +265,7 @@ class VeSSAL:
 
     def __init__(self, label_rate: float, dim: int = 64, *, max_per_hour: int = 0,
                  horizon: Optional[int] = None, memory: int = 10_000,
-                 cov_inv_scaling: float = COV_INV_SCALING, seed: int = 0):
+                 cov_inv_scaling: float = COV_INV_SCALING, seed: int = 0, uncertainty: str = BADGE):
         if not 0 < label_rate <= 1:
             raise ValueError(f"label_rate must be in (0, 1], got {label_rate!r}")
         if not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
@@ -208,6 +279,7 @@ class VeSSAL:
             raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
         if not cov_inv_scaling > 0:
             raise ValueError(f"cov_inv_scaling must be > 0, got {cov_inv_scaling!r}")
+        self.uncertainty = check_uncertainty(uncertainty)
         self.label_rate, self.dim, self.max_per_hour = float(label_rate), dim, max_per_hour
         self.horizon, self.memory, self.cov_inv_scaling, self.seed = horizon, memory, float(cov_inv_scaling), seed
         self.a_inv: Optional[np.ndarray] = None  # (d, d)
@@ -226,7 +298,7 @@ class VeSSAL:
         """The parameters, as selection ids and candidates record them."""
         return {"name": VESSAL, "label_rate": self.label_rate, "dim": self.dim,
                 "max_per_hour": self.max_per_hour, "horizon": self.horizon, "memory": self.memory,
-                "cov_inv_scaling": self.cov_inv_scaling, "seed": self.seed}
+                "cov_inv_scaling": self.cov_inv_scaling, "seed": self.seed, "uncertainty": self.uncertainty}
 
     def _start(self, d: int):
         self.a_inv = self.cov_inv_scaling * np.eye(d)
