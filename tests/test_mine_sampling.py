@@ -170,6 +170,7 @@ def test_vessal_in_batch_is_one_pass_in_event_time_order_at_the_rate():
         frames = list(db["frames"].find())
         assert len(frames) == summary["frames_scored"] == 300 + 795
         assert summary["label_rate"] == 0.1 and summary["budget"] is None and summary["vessal_state_key"] == "global"
+        assert summary["strategy_params"] == {"uncertainty": "badge"}  # no detector: BADGE's ||p - e_yhat||
         assert "event time" in summary["selection_order"]
         run = db["runs"].find_one({"_id": summary["run_id"]})
         assert json.loads(run["options"])["label_rate"] == 0.1
@@ -199,6 +200,51 @@ def test_vessal_in_batch_is_one_pass_in_event_time_order_at_the_rate():
         assert after[0]["selection_id"] != candidates[0]["selection_id"]
     with pytest.raises(ValueError, match="--budget does not apply to --strategy vessal"):
         mine.run(["--strategy=vessal", "--label_rate=0.1", "--budget=5"])
+
+
+def _vessal_job(*argv):
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_pipelines.mine.options import check_options
+    return check_options(PipelineOptions(["--strategy=vessal", "--label_rate=0.1",
+                                          f"--output_dir={harness.tmpdir('vessal-opts-')}", *argv]))
+
+
+def test_vessal_uncertainty_is_the_detectors_when_one_runs_else_badge():
+    """auto: detection_max with a detector (the default models' NanoDet-g, or --detector nanodet),
+    badge without (the small default model, or --detector none); set in --strategy_params it is
+    kept; it is one of the selection's parameters, so it changes the selection_id."""
+    from transforms.select.per_frame import SelectPerFrame
+
+    def uncertainty(job):
+        return dict(job.per_frame.params)["uncertainty"]
+
+    assert uncertainty(_vessal_job()) == "badge"  # the pinned Fashion-MNIST model: no detector
+    assert uncertainty(_vessal_job("--detector=nanodet")) == "detection_max"
+    with harness.pretrained_defaults():
+        assert uncertainty(_vessal_job()) == "detection_max"
+        assert uncertainty(_vessal_job("--detector=none")) == "badge"
+        forced = _vessal_job('--strategy_params={"uncertainty": "badge", "dim": 32}')
+        assert dict(forced.per_frame.params) == {"uncertainty": "badge", "dim": 32}
+        mean = _vessal_job('--strategy_params={"uncertainty": "detection_mean"}')
+        assert uncertainty(mean) == "detection_mean"
+        auto = _vessal_job()
+    ids = {SelectPerFrame(job.per_frame).selection_id for job in (auto, forced, mean)}
+    assert len(ids) == 3
+
+
+@pytest.mark.parametrize("params, message", [
+    ('{"uncertainty": "detection_sum"}', "mine: error: --strategy_params for vessal: uncertainty must be one of "
+     "badge, detection_max, detection_mean, got 'detection_sum' (it takes dim, horizon, memory, cov_inv_scaling, "
+     "seed, uncertainty)"),
+    ('{"uncertainty": "detection_max"}', "mine: error: --strategy_params uncertainty detection_max needs "
+     "detections: set --detector (or --detector_background), or uncertainty badge"),
+])
+def test_a_bad_vessal_uncertainty_exits_2_with_one_line(params, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        mine.main(["--strategy=vessal", "--label_rate=0.1", f"--strategy_params={params}",
+                   f"--output_dir={harness.tmpdir('vessal-bad-')}"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
 
 
 if __name__ == "__main__":

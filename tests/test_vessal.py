@@ -6,6 +6,8 @@ with numpy: A^-1 against the inverse of lambda I + the sum of the picks' u u^T, 
 ideal_rate / trace(Sigma A^-1) with a matrix product, the uncertainty factor against the norm
 of BADGE's outer-product gradient embedding.
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -117,6 +119,87 @@ def test_embedder_projects_with_a_fixed_seed_and_scales_by_badge_norm():
         one(h[:100], p)
 
 
+def test_embedder_scale_multiplies_the_projected_unit_embedding():
+    """Embedder(h, scale=s) is P (h / ||h||) * s with scikit-learn's projection of the same seed;
+    Embedder(h, p) is the same with s = ||p - e_yhat||, bit for bit (the benchmark's call)."""
+    from sklearn.random_projection import GaussianRandomProjection
+    rng = np.random.default_rng(11)
+    h, p = rng.normal(size=1280), rng.dirichlet(np.ones(10))
+    projection = GaussianRandomProjection(n_components=64, random_state=7).fit(np.zeros((1, 1280))).components_
+    unit = projection @ (h / np.linalg.norm(h))
+    embed = Embedder(64, seed=7)
+    np.testing.assert_allclose(embed(h, scale=0.37), unit * 0.37, rtol=1e-12)
+    np.testing.assert_array_equal(embed(h, scale=0.0), np.zeros(64))
+    np.testing.assert_array_equal(embed(h, p), embed(h, scale=badge_scale(p)))
+    np.testing.assert_allclose(embed(h, p), unit * np.linalg.norm(p - np.eye(10)[np.argmax(p)]), rtol=1e-12)
+    np.testing.assert_array_equal(embed(h, p, scale=0.5), embed(h, scale=0.5))  # scale wins
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scale must be a finite number >= 0"):
+            embed(h, scale=bad)
+    with pytest.raises(ValueError, match="probabilities or its uncertainty"):
+        embed(h)
+
+
+def test_frame_uncertainty_is_badge_or_the_named_detection_score():
+    from transforms.score.detection import aggregate_detection_scores
+    p = np.array([0.7, 0.2, 0.1])
+    scores = aggregate_detection_scores([0.9, 0.45, 0.2])  # per box 1 - |2c - 1|: 0.2, 0.9, 0.4
+    assert vessal.frame_uncertainty(p, scores, "badge") == badge_scale(p)
+    assert vessal.frame_uncertainty(p, scores, "detection_max") == pytest.approx(0.9)
+    assert vessal.frame_uncertainty(p, scores, "detection_mean") == pytest.approx(0.5)
+    assert vessal.frame_uncertainty(p, {}, "detection_max") is None  # not scored by a detector
+    for value in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="not in \\[0, 1\\]"):
+            vessal.frame_uncertainty(p, {"detection_max": value}, "detection_max")
+
+
+def test_the_accepted_detection_uncertainties_are_registered_high_and_in_the_unit_interval():
+    """Each accepted name is a registered detection score where high means uncertain, in [0, 1]
+    over random frames with up to 30 boxes; the sums and counts are not in [0, 1] and refused."""
+    from schemas import scores
+    from transforms.score.detection import aggregate_detection_scores
+    for name in vessal.DETECTION_UNCERTAINTIES:
+        assert scores.get(name).needs == scores.DETECTIONS and scores.get(name).uncertain_when == scores.HIGH
+    rng = np.random.default_rng(12)
+    frames = [aggregate_detection_scores(rng.uniform(size=rng.integers(0, 30))) for _ in range(200)]
+    for name in vessal.DETECTION_UNCERTAINTIES:
+        assert all(0.0 <= f[name] <= 1.0 for f in frames)
+    for name in ("detection_sum", "detection_count", "detection_uncertain_count"):
+        assert max(f[name] for f in frames) > 1.0
+        with pytest.raises(ValueError, match="^uncertainty must be one of badge, detection_max, detection_mean, got"):
+            VeSSAL(0.1, uncertainty=name)
+
+
+@pytest.mark.parametrize("bad", ["entropy", "detection_localisation", "detection_rare_class", "", "BADGE", 3, None])
+def test_an_unknown_uncertainty_is_refused_in_one_line(bad):
+    with pytest.raises(ValueError) as raised:
+        VeSSAL(0.1, uncertainty=bad)
+    assert str(raised.value) == f"uncertainty must be one of badge, detection_max, detection_mean, got {bad!r}"
+
+
+def test_uncertainty_is_a_parameter_of_the_selection_and_of_its_state():
+    sampler = VeSSAL(0.1, 8, uncertainty="detection_mean")
+    assert sampler.describe()["uncertainty"] == "detection_mean"
+    assert VeSSAL(0.1, 8).describe()["uncertainty"] == "badge"
+    sampler.decide(np.ones(8), 0.5)
+    assert VeSSAL.from_state(sampler.to_state()).uncertainty == "detection_mean"
+
+
+def test_a_frame_with_uncertainty_zero_is_never_picked():
+    """u = h * 0: probability 0 whatever the state (rate 1, a fresh A^-1), never picked, still counted."""
+    x, _ = _stream(2000, d=16, seed=13)
+    detection = np.random.default_rng(14).uniform(size=len(x))
+    embed, sampler = Embedder(16), VeSSAL(0.3, 16)
+    for i in range(len(x)):
+        zero = i % 3 == 0
+        decision = sampler.decide(embed(x[i], scale=0.0 if zero else detection[i]), frame_draw(str(i)))
+        if zero:
+            assert decision.probability == 0.0 and not decision.picked
+    assert sampler.seen == 2000 and abs(sampler.picks / 2000 / 0.3 - 1) <= 0.10  # the rate, over every frame
+    fresh = VeSSAL(1.0, 16)
+    assert fresh.decide(np.zeros(16), 0.0).outcome == vessal.SKIPPED
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"label_rate": 0}, "label_rate"), ({"label_rate": 1.5}, "label_rate"),
     ({"label_rate": 0.1, "dim": 512}, "dim"), ({"label_rate": 0.1, "max_per_hour": -1}, "max_per_hour"),
@@ -162,6 +245,90 @@ def test_select_per_frame_keeps_one_state_per_camera():
         assert_that(out.picks, check)
         assert_that(out.dead_letters | beam.Map(lambda d: (d.frame_id, d.stage, "not finite" in d.error)),
                     equal_to([("id7", "candidates", True)]), label="dead_letters")
+
+
+def _detection_records(n, d=40, seed=15, missing=lambda i: i % 7 == 3):
+    """``n`` records of one camera whose ``extra_scores`` carry ``detection_max`` and
+    ``detection_mean`` (uniform in [0, 1]), except the ``missing`` ones (not scored by a detector)."""
+    from schemas.records import FrameMetadata, FrameRecord, ModelVersion
+    x, p = _stream(n, d=d, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    high, mean = rng.uniform(size=n), rng.uniform(size=n)
+    model = ModelVersion("m", "0" * 16, "embedding")
+    records = []
+    for i in range(n):
+        extra = () if missing(i) else (("detection_max", float(high[i])), ("detection_mean", float(mean[i] * high[i])))
+        frame = FrameMetadata(f"id{i}", f"/data/cam/f{i:04d}.png", 0, None, 28, 28, "image", f"h{i}",
+                              event_time=1000.0 + i)
+        records.append(FrameRecord(frame, x[i].astype(np.float32), p[i].astype(np.float32), int(np.argmax(p[i])),
+                                   0.0, 0.0, 0.0, model, extra_scores=extra))
+    return records
+
+
+def _pure_detection_pass(records, label_rate, dim):
+    """The pure VeSSAL over ``records`` in order, ``u = Embedder(h, scale=detection_max or 0)``:
+    ``{frame_id: (rank, probability, uncertainty)}`` of its picks."""
+    embed, sampler = Embedder(dim, 0), VeSSAL(label_rate, dim, uncertainty="detection_max")
+    picks = {}
+    for record in records:
+        scale = dict(record.extra_scores).get("detection_max", 0.0)
+        frame = record.frame
+        decision = sampler.decide(embed(record.embedding, scale=scale), frame_draw(frame.frame_id, 0),
+                                  event_time=frame.event_time, keys=(frame.frame_id, frame.pixel_hash))
+        if decision.picked:
+            picks[frame.frame_id] = (decision.picks, decision.probability, scale)
+    return picks
+
+
+def _counter(result, name):
+    from apache_beam.metrics.metric import MetricsFilter
+    counters = result.metrics().query(MetricsFilter().with_name(name))["counters"]
+    return sum(c.committed for c in counters)
+
+
+@pytest.mark.parametrize("transform", ["SelectPerFrame", "SelectPerFrameInOrder"])
+def test_per_frame_selection_scales_u_by_the_detectors_uncertainty(transform):
+    """With uncertainty detection_max, both Beam paths pick what the pure VeSSAL fed
+    Embedder(h, scale=detection_max) picks, with the same ranks and probabilities, and record
+    detection_max as the candidate's uncertainty; frames without the score are counted in
+    vessal_no_uncertainty and never picked; a score outside [0, 1] is a dead letter."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+    from transforms.select import per_frame
+
+    records = _detection_records(600)
+    lacking = {r.frame.frame_id for r in records if not r.extra_scores}
+    broken = records[5]._replace(extra_scores=(("detection_max", 1.5), ("detection_mean", 0.5)))
+    records[5] = broken
+    expected = _pure_detection_pass(records[:5] + records[6:], 0.1, 16)
+    assert len(expected) >= 30 and len(lacking) > 80
+    assert len(expected) != len(_pure_detection_pass([r._replace(extra_scores=()) for r in records], 0.1, 16))
+    spec = per_frame.PerFrameSpec(0.1, state_key="camera", params=(("dim", 16), ("uncertainty", "detection_max")))
+    pipeline = beam.Pipeline("FnApiRunner")
+    # One bundle in event-time order: the streaming transform decides in arrival order.
+    created = pipeline | beam.Create(records, reshuffle=False)
+    if transform == "SelectPerFrame":
+        out = created | per_frame.SelectPerFrame(spec)
+        candidates, dead = out.picks | beam.Map(lambda pick: pick.candidate), out.dead_letters
+    else:
+        out = created | per_frame.SelectPerFrameInOrder(spec)
+        candidates, dead = out.candidates, out.dead_letters
+
+    def check(got):
+        picks = {c.frame_id: c for c in got}
+        assert set(picks) == set(expected) and not lacking & set(picks)
+        for frame_id, (rank, probability, uncertainty) in expected.items():
+            candidate = picks[frame_id]
+            assert (candidate.rank, candidate.score) == (rank, pytest.approx(probability, rel=1e-9))
+            assert dict(candidate.components)["uncertainty"] == uncertainty
+            assert json.loads(candidate.parameters)["uncertainty"] == "detection_max"
+
+    assert_that(candidates, check)
+    assert_that(dead | beam.Map(lambda d: (d.frame_id, d.stage, "detection_max is 1.5" in d.error)),
+                equal_to([("id5", "candidates", True)]), label="dead_letters")
+    result = pipeline.run()
+    result.wait_until_finish()
+    assert _counter(result, per_frame.NO_UNCERTAINTY) == len(lacking)
 
 
 @pytest.fixture(scope="module")
