@@ -37,7 +37,8 @@ Uncertainty: ``u`` is scaled by the frame's uncertainty chosen by the spec's ``u
 parameter (:func:`~transforms.select.vessal.frame_uncertainty`): ``badge`` (``||p - e_yhat||`` of
 the record's class probabilities) or a per-frame detection score read from the record's
 ``extra_scores`` (``detection_max``, ``detection_mean``), which the candidate's ``components``
-keep as ``uncertainty``. A record without that score (the detector did not score the frame) gets
+keep as ``uncertainty``. A record without that score (a frame the detector cannot take, e.g. the
+background-difference detector on another camera's frame: no ``detection_*`` scores) gets
 uncertainty 0: ``u = 0``, selection probability 0, never picked; it still counts in the stream
 (``seen``, ``Sigma``) and in the counter ``vessal_no_uncertainty``. A score outside ``[0, 1]`` or
 not finite makes a dead letter.
@@ -149,7 +150,8 @@ class _FrameEmbedder:
         probabilities = np.asarray(record.probabilities, dtype=np.float64)
         if self._uncertainty == BADGE and not math.isfinite(float(probabilities.sum())):
             raise ValueError("its class probabilities are not finite")  # a sum is finite iff every term is (here)
-        uncertainty = frame_uncertainty(probabilities, dict(record.extra_scores), self._uncertainty)
+        scores = {} if self._uncertainty == BADGE else dict(record.extra_scores)
+        uncertainty = frame_uncertainty(probabilities, scores, self._uncertainty)
         missing = uncertainty is None
         uncertainty = 0.0 if missing else uncertainty
         u = self._embedders[width](record.embedding, scale=uncertainty)
@@ -336,8 +338,8 @@ class SelectPerFrame(beam.PTransform):
     Input: ``PCollection[FrameRecord]`` (any windowing: the state lives in the global window).
     Output: :class:`PerFrameResult`: ``picks``, ``PCollection[Pick]``, and ``dead_letters``; each candidate's ``rank`` is its pick's number in its key,
     ``score`` its selection probability, ``components`` ``probability``, ``q`` (``u^T A^-1 u``),
-    ``zeta``, ``ideal_rate`` and ``uncertainty`` (the factor of ``u``, see the module docstring); ``selection_id`` depends
-    on the parameters and ``inputs`` only (not on the model: a new model keeps the selection).
+    ``zeta``, ``ideal_rate`` and ``uncertainty`` (the factor of ``u``, see the module docstring);
+    ``selection_id`` depends on the parameters and ``inputs`` only (not on the model: a new model keeps the selection).
 
     Parameters
     ----------

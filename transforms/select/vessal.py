@@ -17,7 +17,7 @@ probability ``p = min(1, zeta * u^T A^-1 u)``:
     confidence; Brust et al. 2019), in ``[0, 1]``, 0 for a frame without boxes. When the job
     labels boxes, the classifier's ``p`` (ImageNet classes of the backbone with the default
     models) says nothing of what the detector is unsure about; the detector's own uncertainty
-    does. A frame without that score (the detector did not score it) has uncertainty 0: ``u = 0``,
+    does. A frame without that score (one the detector cannot take) has uncertainty 0: ``u = 0``,
     probability 0, never picked.
 * ``A^-1`` is the inverse of ``A = lambda I + sum of u u^T over the frames picked so far``
   (``lambda = 1 / cov_inv_scaling``): ``u^T A^-1 u`` is the frame's determinantal contribution, large
@@ -50,8 +50,8 @@ Where this differs from the reference code (``asaran/VeSSAL``, ``query_strategie
 * The reference uses BADGE gradient embeddings (``C * D`` wide, or a rank-``r`` expectation) on GPU;
   here the uncertainty-scaled projected embedding above, which the streaming job has without
   back-propagation; its scale is BADGE's ``||p - e_yhat||`` (``uncertainty="badge"``) or, for a
-  detection job, a detector's per-frame uncertainty (the reference has classifiers only). The reference's random projection is scikit-learn's
-  ``GaussianRandomProjection`` (used here too).
+  detection job, a detector's per-frame uncertainty (the reference has classifiers only). The
+  reference's random projection is scikit-learn's ``GaussianRandomProjection`` (used here too).
 * Draws are deterministic per frame (a hash of the frame id and ``seed``): a frame replayed after a
   restart gets the same decision from the same state.
 * Added for a production stream: ``max_per_hour`` (picks per event-time hour; a burst beyond it is
