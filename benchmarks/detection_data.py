@@ -227,8 +227,9 @@ def _render(options, background, tracks, t, rng):
             np.asarray(ids, np.int64), np.asarray(visible, np.float64))
 
 
-def generate(options: GeneratorOptions = GeneratorOptions()) -> List[Clip]:
-    """The cameras' clips (camera 0 the long, crowded one), deterministic in ``options``.
+def generate(options: GeneratorOptions = GeneratorOptions(), backgrounds: Sequence[str] = BACKGROUNDS) -> List[Clip]:
+    """The cameras' clips (camera 0 the long, crowded one), deterministic in ``options``; camera
+    ``i`` films a crop of ``backgrounds[i % len(backgrounds)]`` (photos of :data:`OPENCV_DATA`).
 
     Raises
     ------
@@ -243,7 +244,7 @@ def generate(options: GeneratorOptions = GeneratorOptions()) -> List[Clip]:
                                                                     options.cameras - 1)]
     clips, next_track = [], 0
     for camera, n_frames in enumerate(lengths):
-        background = _background(BACKGROUNDS[camera % len(BACKGROUNDS)], rng, options.width, options.height)
+        background = _background(backgrounds[camera % len(backgrounds)], rng, options.width, options.height)
         mean_objects = options.objects * (options.crowded if camera == 0 else 1.0)
         tracks = _tracks(options, rng, n_frames, mean_objects, sprites, next_track)
         next_track += len(tracks)

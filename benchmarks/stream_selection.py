@@ -1,31 +1,51 @@
 """Benchmark of per-frame streaming selection (VeSSAL, ``--strategy vessal --label_rate R``) against
 uniform random sampling at the same rate and per-window top-k with the same total.
 
-    python -m benchmarks.stream_selection --quick      # 3 seeds x 12,000 frames, R = 0.02
-    python -m benchmarks.stream_selection               # 5 seeds x 30,000 frames, R = 0.01
+    python -m benchmarks.stream_selection --quick                  # detection stream, 3 seeds, R = 0.04
+    python -m benchmarks.stream_selection                          # detection stream, 5 seeds
+    python -m benchmarks.stream_selection --stream fashion --quick # Fashion-MNIST clips, 3 seeds x 12,000 frames
 
-The stream (stream order = event time): Fashion-MNIST training images made into camera clips:
-each clip repeats one image for 10-40 frames, each frame shifted by up to 2 pixels, its
+Stream order is event time. Sides (same stream, same learner, retrained every
+``--retrain_every`` frames on the labels acquired so far):
+
+* ``vessal``: :class:`transforms.select.vessal.VeSSAL` with ``label_rate`` R, deciding each frame;
+* ``random``: each frame picked with probability R (its draw fixed by the frame id);
+* ``window_topk``: per window, ``R x window`` picks by the streaming job's default per-window
+  strategy (``uncertainty_kcenter``), labelled when the window closes.
+
+**The detection stream** (``--stream detection``, the default): the multi-camera clips of
+:mod:`benchmarks.detection_data` (:data:`DETECTION_DEFAULTS`: 24 cameras at 1 fps, camera 0 a long
+crowded run of 300 frames, the others 40-120 frames; every generator option can be changed here).
+``--test_cameras`` (8) whole cameras are held out for the test; the other 16 run side by side
+(:func:`make_detection_stream`), about 1,600 frames. The first :data:`INITIAL_FRAMES` frames of
+one of them are yesterday's labels (the first detector is trained on them; they are not in the
+stream). The drift: a camera filming a photo no other camera films (:data:`DRIFT_BACKGROUND`,
+:data:`DRIFT_FRAMES` frames) joins at the stream's median event time, and a second camera of it
+joins the test set. The learner: the small detector of :mod:`benchmarks.small_detector` (its head
+on EfficientNet-Lite0's frozen layers, ``--steps`` Adam steps), exported to TFLite and run as
+``mine --detector`` runs it; quality is mAP@0.5 on the test cameras (pycocotools). Each frame's
+``detection_max`` comes from the latest detector, its embedding from the ``mine`` job's default
+backbone through ``ScoreFrames``; VeSSAL's ``u`` is that embedding scaled by ``detection_max`` (the
+job's ``uncertainty`` with a detector), per-window top-k is ``uncertainty_kcenter`` on
+``detection_max`` (the job's default with a detector), windows of ``--retrain_every`` (250) frames.
+The target is random's final mAP in each seed: labels-to-target is the first point of a side's
+curve at or above it (interpolated), random's own included.
+
+**The Fashion-MNIST stream** (``--stream fashion``): Fashion-MNIST training images made into camera
+clips: each clip repeats one image for 10-40 frames, each frame shifted by up to 2 pixels, its
 brightness scaled by 0.9-1.1 and Gaussian noise (sigma 8 grey levels) added. Nine classes are
 present from the start with long-tailed shares (Zipf, exponent 1.2, order shuffled per seed:
 a few classes fill most of the stream, as a few scenes fill a fleet's footage); the tenth (the
 drift class) appears halfway, with the median class's share. The test set is 2,000 balanced
-Fashion-MNIST test images (all ten classes: what the labels are for).
+Fashion-MNIST test images (all ten classes: what the labels are for). The learner:
+scikit-learn ``LogisticRegression`` on 50 PCA components of the pixels (PCA fitted on 5,000 other
+training images, no labels), retrained every 200 frames; each frame's probabilities come from the
+latest model (VeSSAL's ``badge`` uncertainty), its embedding is its PCA vector; per-window top-k
+ranks by entropy over windows of 1,000 frames; the target is ``--target`` test accuracy.
 
-The learner: scikit-learn ``LogisticRegression`` on 50 PCA components of the pixels (PCA fitted
-on 5,000 other training images, no labels), retrained on the labels acquired so far every 200
-frames of the stream; each frame's probabilities come from the latest model, its embedding is
-its PCA vector. Sides (same stream, same learner):
-
-* ``vessal``: :class:`transforms.select.vessal.VeSSAL` with ``label_rate`` R, deciding each frame;
-* ``random``: each frame picked with probability R (its draw fixed by the frame id);
-* ``window_topk``: per window of 1,000 frames, ``R x 1,000`` picks by the streaming job's default
-  per-window strategy (``uncertainty_kcenter`` on entropy, :mod:`transforms.select`), labelled
-  when the window closes.
-
-Printed per side and seed: labels acquired, labels needed to reach ``--target`` test accuracy
-(first evaluation at or above it; also ``--target`` + 0.05), the accuracy at the stream's end, and for the drift class the share of its frames seen until
-its first pick. Also: VeSSAL's realised rate / R, and its per-frame decision cost: the pure
+Printed per side and seed: labels acquired, labels needed to reach the target, the quality at
+the stream's end, and for the drift camera (class) the share of its frames seen until its first
+pick. Also: VeSSAL's realised rate / R, and its per-frame decision cost: the pure
 decision (embedding + decide) in µs, and ``SelectPerFrame``'s (Beam state read and written per
 frame, on the FnApiRunner) from its ``vessal_decision_us`` metric, as a share of the ``mine``
 job's marginal per-frame time (:func:`job_frame_ms`) with the bundled CNN, the cheapest model it
@@ -41,13 +61,16 @@ every seed), ``drift_goal_met`` (first drift pick within the first 2 % of its fr
 """
 import argparse
 import statistics
+import tempfile
 import time
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from benchmarks.common import print_result
 from transforms.select.vessal import Embedder, VeSSAL, frame_draw
 
+SIDES = ("vessal", "random", "window_topk")
 CLASSES = 10
 CLIP_FRAMES = (10, 40)
 RETRAIN_EVERY = 200
@@ -109,15 +132,15 @@ def labels_to(curve, target):
     return next((n for n, accuracy in curve if accuracy >= target), None)
 
 
-def run_side(side, features, labels, x_test, y_test, rate, seed):
+def run_side(side, features, labels, x_test, y_test, rate, seed, retrain_every: int = RETRAIN_EVERY):
     """One side over the stream; returns its curve, picks (indices in stream order) and, for
     VeSSAL, the per-frame decision time in µs."""
     learner = Learner(x_test, y_test)
     picked, decide_s = [], 0.0
     sampler, embed = VeSSAL(rate, 64, seed=seed), Embedder(64, seed=seed)
     window_start = 0
-    for start in range(0, len(features), RETRAIN_EVERY):
-        stop = min(start + RETRAIN_EVERY, len(features))
+    for start in range(0, len(features), retrain_every):
+        stop = min(start + retrain_every, len(features))
         probs = learner.probabilities(features[start:stop])
         if side == "vessal":
             began = time.perf_counter()
@@ -144,6 +167,206 @@ def window_picks(learner, features, start, stop, budget):
                 probabilities=probs.astype(np.float32))
     selection = make_strategy("uncertainty_kcenter", {"score": "entropy"}).select(pool, budget)
     return [start + int(i) for i in selection.indices]
+
+
+# --- the detection stream (the default) ---------------------------------------------------------
+
+#: Generator settings of the detection stream (:mod:`benchmarks.detection_data`'s options; each
+#: can be changed on the command line): 24 cameras, 8 of them held out for the test, so the
+#: stream is 16 cameras, camera 0 a long crowded run of 300 frames, the others 40-120 frames.
+DETECTION_DEFAULTS = dict(cameras=24, long_frames=300, min_frames=40, max_frames=120)
+#: The photo the drift cameras film: in none of :data:`benchmarks.detection_data.BACKGROUNDS`.
+DRIFT_BACKGROUND = "graf1.png"
+#: Frames of the drift camera that joins the stream halfway (a new site comes online; a second
+#: camera of that site is added to the test set, so its labels count).
+DRIFT_FRAMES = 150
+#: Frames of the labelled clip the stream's first detector is trained on (yesterday's labels).
+INITIAL_FRAMES = 20
+
+
+class DetectionStream(NamedTuple):
+    """One seed's detection stream in event-time order: ``frames`` uint8 ``(N, H, W, 3)``, per
+    frame ``boxes`` / ``classes`` (ground truth), ``camera`` names, ``event_time`` (s),
+    ``drift`` (bool ``(N,)``: the drift camera's frames); ``initial`` the labelled clip
+    (:class:`benchmarks.detection_data.Clip`, not in the stream); ``test`` the held-out cameras."""
+    frames: np.ndarray
+    boxes: list
+    classes: list
+    camera: list
+    event_time: np.ndarray
+    drift: np.ndarray
+    initial: object
+    test: list
+
+
+def make_detection_stream(options, test_cameras: int, seed: int) -> DetectionStream:
+    """The cameras of :func:`benchmarks.detection_data.generate` (``options`` with ``seed``),
+    ``test_cameras`` of them held out by camera; the others run side by side at ``options.fps``:
+    camera 0 from time 0, each other camera from a random time so that it ends by camera 0's end.
+    The first :data:`INITIAL_FRAMES` of one other camera are the labelled initial clip and left out
+    of the stream. The drift camera (:data:`DRIFT_BACKGROUND`, :data:`DRIFT_FRAMES` frames) starts
+    at the stream's median event time; a second camera of that photo joins the test set."""
+    from benchmarks import detection_data as dd
+    options = options._replace(seed=seed)
+    pool, test = dd.split_cameras(dd.generate(options), test_cameras, seed)
+    drift_options = options._replace(cameras=2, long_frames=DRIFT_FRAMES, crowded=1.0, seed=seed + 7919)
+    drift, drift_test = (c._replace(camera=f"drift{i}") for i, c in
+                         enumerate(dd.generate(drift_options, backgrounds=(DRIFT_BACKGROUND,))))
+    rng = np.random.default_rng(seed)
+    first = int(rng.integers(1, len(pool)))
+    initial = pool[first]._replace(frames=pool[first].frames[:INITIAL_FRAMES],
+                                   **{k: getattr(pool[first], k)[:INITIAL_FRAMES]
+                                      for k in ("boxes", "classes", "tracks", "visible")})
+    end = len(pool[0].frames) / options.fps
+    rows = []  # (event time, camera, clip, frame index)
+    for i, clip in enumerate(pool):
+        skip = INITIAL_FRAMES if i == first else 0
+        start = 0.0 if i == 0 else rng.uniform(0, max(0.0, end - len(clip.frames) / options.fps))
+        rows += [(start + t / options.fps, clip.camera, clip, t) for t in range(skip, len(clip.frames))]
+    halfway = float(np.median([r[0] for r in rows]))
+    rows += [(halfway + t / options.fps, drift.camera, drift, t) for t in range(len(drift.frames))]
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return DetectionStream(
+        frames=np.stack([c.frames[t] for _, _, c, t in rows]), boxes=[c.boxes[t] for _, _, c, t in rows],
+        classes=[c.classes[t] for _, _, c, t in rows], camera=[name for _, name, _, _ in rows],
+        event_time=np.array([r[0] for r in rows]), drift=np.array([name == drift.camera for _, name, _, _ in rows]),
+        initial=initial, test=list(test) + [drift_test])
+
+
+def embed_frames(frames: np.ndarray, fps: float) -> np.ndarray:
+    """float32 ``(N, 1280)``: the ``mine`` job's default embedding (EfficientNet-Lite0, set-up's
+    converted model) of each frame, through the job's ``ScoreFrames`` on the FnApiRunner."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from benchmarks.common import keep, taken
+    from schemas.records import Frame, make_frame_id
+    from transforms.decode.ptransforms import pixel_hash
+    from transforms.score import pretrained
+    from transforms.score.ptransforms import ScoreFrames, load_model_spec
+    uri = "synthetic://stream.avi"
+    records = [Frame(frame_id=make_frame_id(uri, i), source_uri=uri, frame_index=i, timestamp_s=i / fps,
+                     width=f.shape[1], height=f.shape[0], media_type="video", pixel_hash=pixel_hash(f), pixels=f)
+               for i, f in enumerate(frames)]
+    key = f"embed{time.monotonic_ns()}"
+    with beam.Pipeline(options=PipelineOptions(runner="FnApiRunner")) as p:
+        scored = p | beam.Create(records) | ScoreFrames(load_model_spec(pretrained.backbone_path()))
+        keep(scored.records, key)
+    by_index = {r.frame.frame_index: r.embedding for r in taken(key)}
+    if len(by_index) != len(frames):
+        raise RuntimeError(f"ScoreFrames embedded {len(by_index)} of {len(frames)} frames")
+    return np.stack([by_index[i] for i in range(len(frames))]).astype(np.float32)
+
+
+class DetectionLearner:
+    """The small detector of :mod:`benchmarks.small_detector` (its head on EfficientNet-Lite0's
+    frozen layers), retrained on the initial clip plus the labels acquired so far, exported to
+    TFLite and run as ``mine --detector`` runs it (:class:`transforms.score.detectors.ExportedDetector`,
+    flip off); ``curve``: ``(labels acquired, mAP@0.5 on the test cameras)`` after each training."""
+
+    def __init__(self, stream: DetectionStream, class_names, args, seed: int, work: str):
+        self.stream, self.class_names, self.args, self.seed, self.work = stream, class_names, args, seed, work
+        self.curve, self.detector = [], None
+
+    def fit(self, picked: Sequence[int], name: str):
+        import os
+        from benchmarks import small_detector
+        from benchmarks.detection_al import coco_map50
+        from transforms.score.detectors import ExportedDetector
+        s, initial = self.stream, self.stream.initial
+        frames = np.concatenate([initial.frames, s.frames[list(picked)]]) if picked else initial.frames
+        model = small_detector.train(frames, list(initial.boxes) + [s.boxes[i] for i in picked],
+                                     list(initial.classes) + [s.classes[i] for i in picked], len(self.class_names),
+                                     seed=self.seed, steps=self.args.steps, learning_rate=1e-3,
+                                     backbone=small_detector.EFFICIENTNET)
+        trained = small_detector.export(model, self.class_names, os.path.join(self.work, name), backbone_too=False)
+        self.curve.append((len(picked), coco_map50(trained.detector, s.test, self.class_names)))
+        self.detector = ExportedDetector(trained.detector, flip=False).load()
+
+    def uncertainty(self, indices) -> np.ndarray:
+        """``detection_max`` (:func:`transforms.score.detection.aggregate_detection_scores`) of each frame."""
+        from transforms.score.detection import aggregate_detection_scores
+        return np.array([aggregate_detection_scores(self.detector.detect(self.stream.frames[i]).confidences)
+                         ["detection_max"] for i in indices])
+
+
+def run_detection_side(side: str, stream: DetectionStream, embeddings: np.ndarray, first, class_names, args,
+                       seed: int, work: str):
+    """One side over the detection stream (see the module docstring); returns the learner's curve,
+    the picks (stream indices) and VeSSAL's pure per-frame decision time in µs."""
+    import copy
+    learner = DetectionLearner(stream, class_names, args, seed, work)
+    learner.curve, learner.detector = [first[0]], first[1]
+    picked, decide_s = [], 0.0
+    sampler, embed = VeSSAL(args.rate, 64, seed=seed), Embedder(64, seed=seed)
+    n = len(stream.frames)
+    for start in range(0, n, args.retrain_every):
+        stop = min(start + args.retrain_every, n)
+        before = len(picked)
+        if side == "vessal":
+            uncertainty = learner.uncertainty(range(start, stop))
+            began = time.perf_counter()
+            for i in range(start, stop):
+                u = embed(embeddings[i], scale=float(uncertainty[i - start]))
+                if sampler.decide(u, frame_draw(f"{seed}:{i}", seed), event_time=float(stream.event_time[i])).picked:
+                    picked.append(i)
+            decide_s += time.perf_counter() - began
+        elif side == "random":
+            picked.extend(i for i in range(start, stop) if frame_draw(f"{seed}:{i}", seed + 1) < args.rate)
+        else:  # window_topk: the window is the retraining period
+            picked.extend(detection_window_picks(learner, embeddings, start, stop, int(round(args.rate * (stop - start)))))
+        if len(picked) > before:
+            learner.fit(picked, f"s{seed}-{side}-{stop}")
+    return learner.curve, picked, decide_s / n * 1e6
+
+
+def detection_window_picks(learner: DetectionLearner, embeddings, start: int, stop: int, budget: int):
+    """The streaming job's default per-window selection with a detector (``uncertainty_kcenter``
+    on ``detection_max``, :func:`beam_pipelines.mine.options.default_score`) over ``start..stop-1``."""
+    from transforms.select.base import Pool
+    from transforms.select.factory import make_strategy
+    if budget < 1:
+        return []
+    pool = Pool(np.array([f"{i:07d}" for i in range(start, stop)]), embeddings=embeddings[start:stop],
+                scores={"detection_max": learner.uncertainty(range(start, stop))})
+    selection = make_strategy("uncertainty_kcenter", {"score": "detection_max"}).select(pool, budget)
+    return [start + int(i) for i in selection.indices]
+
+
+def detection_seed(seed: int, args, work: str) -> dict:
+    """Every side's figures on one seed's detection stream."""
+    from benchmarks import detection_data as dd
+    from benchmarks.active_learning import labels_to_reach
+    options = dd.options_from(args)
+    stream = make_detection_stream(options, args.test_cameras, seed)
+    began = time.perf_counter()
+    embeddings = embed_frames(stream.frames, options.fps)
+    print(f"seed {seed}: {len(stream.frames)} frames ({int(stream.drift.sum())} of the drift camera), embedded in "
+          f"{time.perf_counter() - began:.0f} s", flush=True)
+    initial = DetectionLearner(stream, options.class_names, args, seed, work)
+    initial.fit([], f"s{seed}-initial")
+    first = (initial.curve[0], initial.detector)
+    drift_frames = np.flatnonzero(stream.drift)
+    row = {"seed": seed, "frames": len(stream.frames), "initial_map50": round(first[0][1], 4)}
+    for side in SIDES:
+        curve, picked, decision_us = run_detection_side(side, stream, embeddings, first, options.class_names,
+                                                        args, seed, work)
+        drift_picks = [i for i in picked if stream.drift[i]]
+        row[side] = {"labels": len(picked), "curve": [(n, round(m, 4)) for n, m in curve],
+                     "final_map50": round(curve[-1][1], 4),
+                     "drift_first_pick_share": (float(np.searchsorted(drift_frames, drift_picks[0]) + 1) / len(drift_frames)
+                                                if drift_picks else None)}
+        if side == "vessal":
+            row["rate_ratio"] = len(picked) / len(stream.frames) / args.rate
+            row["decision_us"] = decision_us
+        print({"seed": seed, "side": side, **row[side]}, flush=True)
+    target = row["random"]["final_map50"]
+    for side in SIDES:
+        reached = labels_to_reach(row[side]["curve"], target)
+        row[side]["labels_to_target"] = None if reached is None else round(reached, 1)
+    row["target_map50"] = target
+    if seed == 0:
+        row["embeddings_sample"] = embeddings[:2000]
+    return row
 
 
 def pipeline_decision_us(features, probabilities, rate) -> float:
@@ -199,38 +422,59 @@ def job_frame_ms(frames: int, fewer: int, default_models: bool = False) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+#: Presets per stream: ``(seeds, frames or None, label rate)``; the detection stream's length is
+#: its cameras' (:data:`DETECTION_DEFAULTS`).
+PRESETS = {"detection": {"quick": (3, None, 0.04), "default": (5, None, 0.04)},
+           "fashion": {"quick": (3, 12_000, 0.02), "default": (5, 30_000, 0.01)}}
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 seeds x 12,000 frames at R = 0.02")
+    from benchmarks import detection_data as dd
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.stream_selection", description=__doc__.split("\n")[0])
+    parser.add_argument("--stream", choices=tuple(PRESETS), default="detection",
+                        help="detection: multi-camera clips with boxes, a detector learns (default); "
+                             "fashion: Fashion-MNIST clips, a classifier learns")
+    parser.add_argument("--quick", action="store_true",
+                        help="detection: 3 seeds at R = 0.04 (5 seeds without); fashion: 3 seeds x 12,000 frames at "
+                             "R = 0.02 (5 x 30,000 at R = 0.01 without)")
     parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--frames", type=int, default=None, help="fashion: the stream's length")
     parser.add_argument("--rate", type=float, default=None)
-    parser.add_argument("--target", type=float, default=0.55, help="balanced test accuracy to reach")
+    parser.add_argument("--target", type=float, default=0.55, help="fashion: balanced test accuracy to reach")
+    parser.add_argument("--test_cameras", type=int, default=8, help="detection: whole cameras held out for the test")
+    parser.add_argument("--retrain_every", type=int, default=None,
+                        help="frames between retrainings (and per-window top-k's window): detection 250, fashion 200")
+    parser.add_argument("--steps", type=int, default=600, help="detection: Adam steps per training")
+    dd.add_generator_options(parser, **DETECTION_DEFAULTS)
     args = parser.parse_args(argv)
-    args.seeds = args.seeds or (3 if args.quick else 5)
-    args.frames = args.frames or (12_000 if args.quick else 30_000)
-    args.rate = args.rate or (0.02 if args.quick else 0.01)
+    seeds, frames, rate = PRESETS[args.stream]["quick" if args.quick else "default"]
+    args.seeds = args.seeds or seeds
+    args.frames = args.frames or frames
+    args.rate = args.rate or rate
+    args.retrain_every = args.retrain_every or (250 if args.stream == "detection" else RETRAIN_EVERY)
     return args
 
 
-def main(argv=None):
+def fashion_seeds(args):
+    """Per seed, every side's figures on the Fashion-MNIST stream; and a sample of seed 0's
+    features and probabilities for the Beam decision cost."""
     from sklearn.decomposition import PCA
     from models.train_fashion_mnist import load_split
-    args = parse_args(argv)
     train_x, train_y = load_split("train")
     test_x, test_y = load_split("t10k")
     pca = PCA(PCA_DIM, random_state=0).fit(train_x[-5000:].reshape(5000, -1) / 255.0)
     test_rng = np.random.default_rng(0)
     test_idx = np.concatenate([test_rng.choice(np.flatnonzero(test_y == c), 200, replace=False) for c in range(CLASSES)])
     x_test, y_test = pca.transform(test_x[test_idx].reshape(len(test_idx), -1) / 255.0), test_y[test_idx]
-    per_seed = []
+    per_seed, sample = [], None
     for seed in range(args.seeds):
         frames, labels, drift = make_stream(train_x[:-5000], train_y[:-5000], args.frames, seed)
         features = pca.transform(frames.reshape(len(frames), -1) / 255.0)
         drift_frames = np.flatnonzero(labels == drift)
         row = {"seed": seed, "drift_class": drift}
-        for side in ("vessal", "random", "window_topk"):
-            curve, picked, decision_us = run_side(side, features, labels, x_test, y_test, args.rate, seed)
+        for side in SIDES:
+            curve, picked, decision_us = run_side(side, features, labels, x_test, y_test, args.rate, seed,
+                                                    args.retrain_every)
             drift_picks = [i for i in picked if labels[i] == drift]
             row[side] = {
                 "labels": len(picked), "labels_to_target": labels_to(curve, args.target),
@@ -244,9 +488,24 @@ def main(argv=None):
         print({k: v for k, v in row.items()}, flush=True)
         per_seed.append(row)
         if seed == 0:
-            sample = slice(0, 2000)
-            probs = Learner(x_test, y_test).probabilities(features[sample])
-            beam_us = pipeline_decision_us(features[sample], probs, args.rate)
+            sample = features[:2000], Learner(x_test, y_test).probabilities(features[:2000])
+    return per_seed, sample
+
+
+def main(argv=None):
+    import os
+    args = parse_args(argv)
+    if args.stream == "detection":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with tempfile.TemporaryDirectory(prefix="activebeam-stream-") as work:
+            per_seed = [detection_seed(seed, args, work) for seed in range(args.seeds)]
+        embeddings = per_seed[0].pop("embeddings_sample")
+        sample = embeddings, np.full((len(embeddings), len(args.classes)), 1.0 / len(args.classes))
+        final, target_text = "final_map50", "random's final mAP@0.5 (per seed)"
+    else:
+        per_seed, sample = fashion_seeds(args)
+        final, target_text = "final_accuracy", f"{args.target:.0%} accuracy"
+    beam_us = pipeline_decision_us(*sample, args.rate)
     job = job_frame_ms(3000, 1000) if args.quick else job_frame_ms(9000, 3000)
     frame_ms = job["marginal_ms"]
     default_job = job_frame_ms(200, 50, True) if args.quick else job_frame_ms(600, 200, True)
@@ -255,10 +514,11 @@ def main(argv=None):
         values = [r[side]["labels_to_target"] for r in per_seed]
         return None if None in values else statistics.mean(values)
 
-    vessal_labels, random_labels, window_labels = (mean_labels(s) for s in ("vessal", "random", "window_topk"))
+    vessal_labels, random_labels = mean_labels("vessal"), mean_labels("random")
     decision_us = statistics.median(r["decision_us"] for r in per_seed)
     result = {
-        "label_rate": args.rate, "frames": args.frames, "seeds": args.seeds, "target_accuracy": args.target,
+        "stream": args.stream, "label_rate": args.rate, "frames": [r.get("frames", args.frames) for r in per_seed],
+        "seeds": args.seeds, "target": target_text,
         "rate_ratio": [round(r["rate_ratio"], 3) for r in per_seed],
         "decision_us": round(decision_us, 1), "pipeline_decision_us": round(beam_us, 1),
         "job_frame_ms": round(frame_ms, 3), "job_frame_ms_with_start_up": round(job["whole_ms"], 3),
@@ -269,14 +529,17 @@ def main(argv=None):
         # The goal is held against the cheapest model's job: the largest share the decision can
         # take, so a goal met there is met with every model the job runs.
         "decision_cost_goal_basis": "pipeline_decision_share (bundled CNN, the cheapest job)",
-        "labels_to_target": {s: [r[s]["labels_to_target"] for r in per_seed] for s in ("vessal", "random", "window_topk")},
-        "labels_to_higher_target": {s: [r[s]["labels_to_higher_target"] for r in per_seed]
-                                    for s in ("vessal", "random", "window_topk")},
-        "final_accuracy": {s: [round(r[s]["final_accuracy"], 3) for r in per_seed] for s in ("vessal", "random", "window_topk")},
+        "labels_to_target": {s: [r[s]["labels_to_target"] for r in per_seed] for s in SIDES},
+        final: {s: [round(r[s][final], 3) for r in per_seed] for s in SIDES},
         "labels_vs_random": (round(vessal_labels / random_labels, 3) if vessal_labels and random_labels else None),
-        "drift_first_pick_share": {s: [r[s]["drift_first_pick_share"] for r in per_seed]
-                                   for s in ("vessal", "random", "window_topk")},
+        "drift_first_pick_share": {s: [r[s]["drift_first_pick_share"] for r in per_seed] for s in SIDES},
     }
+    if args.stream == "detection":
+        result["target_map50"] = [r["target_map50"] for r in per_seed]
+        result["initial_map50"] = [r["initial_map50"] for r in per_seed]
+        result["curves"] = {s: [r[s]["curve"] for r in per_seed] for s in SIDES}
+    else:
+        result["labels_to_higher_target"] = {s: [r[s]["labels_to_higher_target"] for r in per_seed] for s in SIDES}
     result["rate_goal_met"] = all(abs(r - 1) <= 0.10 for r in result["rate_ratio"])
     result["decision_cost_goal_met"] = frame_ms > 0 and result["pipeline_decision_share"] <= 0.05
     result["labels_vs_random_goal_met"] = result["labels_vs_random"] is not None and result["labels_vs_random"] <= 0.6
@@ -290,11 +553,10 @@ def main(argv=None):
           f"mine job {result['job_frame_ms']} ms/frame (bundled CNN) -> share {result['pipeline_decision_share']:.2%} "
           f"(the goal's); default models {result['job_frame_ms_default_models']} ms/frame -> share "
           f"{result['pipeline_decision_share_default_models']:.3%}")
-    print(f"labels to {args.target:.0%} accuracy: {result['labels_to_target']} (vessal / random = "
-          f"{result['labels_vs_random']})")
-    print(f"labels to {args.target + 0.05:.0%} accuracy: {result['labels_to_higher_target']}; accuracy at the "
-          f"stream's end: {result['final_accuracy']}")
-    print(f"drift: share of the new class's frames until its first pick: {result['drift_first_pick_share']}")
+    print(f"labels to {target_text}: {result['labels_to_target']} (vessal / random = {result['labels_vs_random']})")
+    print(f"at the stream's end ({final}): {result[final]}")
+    print(f"drift: share of the new {'camera' if args.stream == 'detection' else 'class'}'s frames until its first "
+          f"pick: {result['drift_first_pick_share']}")
     print_result(result)
 
 
