@@ -223,6 +223,12 @@ def test_label_issues_score_every_answer_against_the_model_and_go_to_review(loop
         assert (r["type_rank"], r["type_score"]) == (r["rank"], r["quality_score"])
     flagged = [r for r in rows if r["is_issue"]]
     assert section["flagged"] == len(flagged) >= 1 and section["flagged_by_type"]["swap"] == len(flagged)
+    # A box issue type for a classification project is an option error, before anything runs.
+    from beam_pipelines.cli.preflight import OptionError
+    with pytest.raises(OptionError, match=r"^--review_issue_types overlooked: project .* labels classes, whose "
+                                          r"only label issue type is swap \(a wrong class\); overlooked and badloc"):
+        annotate.run(argv + ["--review_issue_types", "swap,overlooked"])
+    assert db["label_issues"].count_documents({"project": PROJECT}) == len(rows)
     # The flags are cleanlab's confident learning on the same labels and stored probabilities.
     from cleanlab.filter import find_label_issues
     import numpy as np

@@ -432,6 +432,7 @@ def run_qc(options, job: AnnotateJob) -> dict:
     with Session(options, job) as s:
         project = s.existing_project()
         title, kind = project["title"], ls.kind_of_config(project["label_config"])
+        _check_review_issue_types(job, title, kind)
         annotations = []
         for a in s.db["annotations"].find({"label_project": title}).sort("_id", 1):
             annotations.append(dict(a, boxes=json.loads(a["boxes"]) if a.get("boxes") else []))
@@ -475,6 +476,18 @@ def run_qc(options, job: AnnotateJob) -> dict:
                 "gold": sum(t["status"] == qc.GOLD for t in report["tasks"].values()),
                 "report": os.path.join(job.output_dir, QC_REPORT_FILE), "store_failures": len(dead),
                 **({"label_issues": found} if found is not None else {})}
+
+
+def _check_review_issue_types(job: AnnotateJob, title: str, kind: str):
+    """``OptionError`` when ``--review_issue_types`` names a box issue type (``overlooked``,
+    ``badloc``) for a classification project, whose only label issue is a swap (a wrong class):
+    its queue would always be empty and send nothing."""
+    box_types = [t for t in job.review_issue_types if t != LABEL_ISSUE_TYPES[0]]
+    if kind == ls.CLASSIFICATION and box_types:
+        raise preflight.OptionError(
+            f"--review_issue_types {','.join(box_types)}: project {title} labels classes, whose only label issue "
+            f"type is {LABEL_ISSUE_TYPES[0]} (a wrong class); {' and '.join(LABEL_ISSUE_TYPES[1:])} are issues "
+            f"of boxes")
 
 
 def _label_issues(s: Session, options, job: AnnotateJob, project: dict, annotations: List[dict],
