@@ -25,7 +25,7 @@ from transforms.index.bigquery_client import parse_table_id, sibling_table
 from transforms.score import pretrained
 from transforms.score import registry as score_registry
 from transforms.score.detection import LOCALISATION_SCORE
-from transforms.score.detector_spec import read_detector_spec  # no TensorFlow import
+from transforms.score.detector_spec import missing_sidecar, read_detector_spec  # no TensorFlow import
 from transforms.score.model_base import DEFAULT_MODEL_NAME, ONNX, SAVED_MODEL, TFLITE, runtime_of  # no TensorFlow import
 from transforms.score.preprocessing import LOGITS, PROBABILITIES, SIDECAR_SUFFIX  # no TensorFlow import
 from transforms.select.ptransforms import METADATA_COLUMNS, STRATEGIES
@@ -302,9 +302,7 @@ def _models(mine):
         except ValueError as e:
             raise ValueError(f"--detector {choice}: {e}") from None
         if spec is None and runtime_of(detector) != TFLITE:
-            raise ValueError(f"--detector {choice}: a detector other than NanoDet-g needs a sidecar "
-                             f"{detector.rstrip('/')}{SIDECAR_SUFFIX} (class_names, input and output "
-                             f"layout; see docs/models.md)")
+            raise ValueError(f"--detector {choice}: {missing_sidecar(detector)}")
     return model, detector
 
 

@@ -169,6 +169,12 @@ def parse_detector_spec(declared: dict, where: str = "the detector sidecar") -> 
     return spec
 
 
+def missing_sidecar(uri: str) -> str:
+    """What to say when the detector at ``uri`` (not NanoDet-g) has no sidecar."""
+    return (f"a detector other than NanoDet-g needs a sidecar {uri.rstrip('/')}{SIDECAR_SUFFIX} (class_names, "
+            f"input and output layout; see docs/models.md)")
+
+
 def read_detector_spec(uri: str) -> Optional[DetectorSpec]:
     """The checked sidecar ``<uri>.json`` of the detector at ``uri``, or ``None`` if there is none.
 

@@ -25,11 +25,11 @@ from transforms.common.files import local_copy
 from transforms.score.detection import (RARE_CLASS_SCORE, UNCERTAIN_BAND, Detections,
                                         aggregate_detection_scores, localisation_instability,
                                         rare_class_scores)
-from transforms.score.detector_spec import DetectorSpec, decode_outputs, read_detector_spec
+from transforms.score.detector_spec import DetectorSpec, decode_outputs, missing_sidecar, read_detector_spec
 from transforms.score.handlers import model_version_id
 from transforms.score.litert import load_interpreter
 from transforms.score.model_base import ONNX, SAVED_MODEL, TFLITE, runtime_of
-from transforms.score.preprocessing import SIDECAR_SUFFIX, prepare_input
+from transforms.score.preprocessing import prepare_input
 from transforms.score.runtimes import NamedOutputsSession
 from transforms.score.pretrained import nanodet
 from transforms.score.threads import inference_threads
@@ -146,9 +146,7 @@ class ExportedDetector:
         self.model_uri = model_uri
         self.spec = spec or read_detector_spec(model_uri)
         if self.spec is None:
-            raise ValueError(f"{model_uri}: a detector other than NanoDet-g needs a sidecar "
-                             f"{model_uri.rstrip('/')}{SIDECAR_SUFFIX} (class_names, input and output layout; "
-                             f"see docs/models.md)")
+            raise ValueError(f"{model_uri}: {missing_sidecar(model_uri)}")
         self.runtime = runtime_of(model_uri)
         if self.runtime not in (ONNX, TFLITE, SAVED_MODEL):
             raise ValueError(f"{model_uri}: a detector must be .onnx, .tflite or a SavedModel directory")
