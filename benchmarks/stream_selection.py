@@ -8,7 +8,10 @@ uniform random sampling at the same rate and per-window top-k with the same tota
 Stream order is event time. Sides (same stream, same learner, retrained every
 ``--retrain_every`` frames on the labels acquired so far):
 
-* ``vessal``: :class:`transforms.select.vessal.VeSSAL` with ``label_rate`` R, deciding each frame;
+* ``vessal``: :class:`transforms.select.vessal.VeSSAL` with ``label_rate`` R, deciding each frame,
+  one state for the whole stream (``--vessal_state_key global``); on the detection stream each
+  frame names its camera, so each camera's first frame with a box is picked (``new_camera_pick``),
+  the Fashion-MNIST stream names none;
 * ``random``: each frame picked with probability R (its draw fixed by the frame id);
 * ``window_topk``: per window, ``R x window`` picks by the streaming job's default per-window
   strategy (``uncertainty_kcenter``), labelled when the window closes.
@@ -309,7 +312,8 @@ def run_detection_side(side: str, stream: DetectionStream, embeddings: np.ndarra
             began = time.perf_counter()
             for i in range(start, stop):
                 u = embed(embeddings[i], scale=float(uncertainty[i - start]))
-                if sampler.decide(u, frame_draw(f"{seed}:{i}", seed), event_time=float(stream.event_time[i])).picked:
+                if sampler.decide(u, frame_draw(f"{seed}:{i}", seed), event_time=float(stream.event_time[i]),
+                                  camera=stream.camera[i]).picked:
                     picked.append(i)
             decide_s += time.perf_counter() - began
         elif side == "random":

@@ -148,7 +148,8 @@ def _vessal_pass(frames, label_rate, labelled=()):
     picks = {}
     for doc in sorted(frames, key=lambda d: (d["source_uri"], d.get("timestamp_s") or 0.0, d["frame_index"], d["_id"])):
         decision = sampler.decide(embed(doc["embedding"], doc["probabilities"]), frame_draw(doc["_id"], 0),
-                                  keys=(doc["_id"], doc["pixel_hash"]), labelled=doc["_id"] in labelled)
+                                  keys=(doc["_id"], doc["pixel_hash"]), labelled=doc["_id"] in labelled,
+                                  camera=os.path.dirname(doc["source_uri"]))
         if decision.picked:
             picks[doc["_id"]] = (decision.picks, decision.probability)
     return picks
@@ -235,7 +236,9 @@ def test_vessal_uncertainty_is_the_detectors_when_one_runs_else_badge():
 @pytest.mark.parametrize("params, message", [
     ('{"uncertainty": "detection_sum"}', "mine: error: --strategy_params for vessal: uncertainty must be one of "
      "badge, detection_max, detection_mean, got 'detection_sum' (it takes dim, horizon, memory, cov_inv_scaling, "
-     "seed, uncertainty)"),
+     "seed, uncertainty, new_camera_pick)"),
+    ('{"new_camera_pick": 1}', "mine: error: --strategy_params for vessal: new_camera_pick must be true or false, "
+     "got 1 (it takes dim, horizon, memory, cov_inv_scaling, seed, uncertainty, new_camera_pick)"),
     ('{"uncertainty": "detection_max"}', "mine: error: --strategy_params uncertainty detection_max needs "
      "detections: set --detector (or --detector_background), or uncertainty badge"),
 ])

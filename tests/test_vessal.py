@@ -200,10 +200,50 @@ def test_a_frame_with_uncertainty_zero_is_never_picked():
     assert fresh.decide(np.zeros(16), 0.0).outcome == vessal.SKIPPED
 
 
+def test_the_first_frame_of_a_camera_not_covered_is_picked_and_the_rate_takes_it_back():
+    """new_camera_pick: a camera's first frame with u != 0 is picked with probability 1 even with
+    the rate used up (ideal_rate 0), once per camera; a frame with u = 0, None as the camera or a
+    pick refused by the hour's cap covers nothing; a labelled frame covers its camera; the state
+    keeps the cameras; off, the same frame is skipped; over 20 interleaved cameras the rate holds."""
+    u = np.eye(8)[0] * 0.5
+    sampler = VeSSAL(0.01, 8)
+    for i in range(30):  # draws of 0 pick camera a's frames until the rate is used up
+        sampler.decide(np.eye(8)[i % 8] * 0.5, 0.0, keys=(f"a{i}",), camera="a")
+    never = 0.999999  # a draw that only a probability of 1 picks
+    assert sampler.ideal_rate() == 0.0 and sampler.picks >= 10
+    assert sampler.decide(u, never, keys=("a-next",), camera="a").outcome == vessal.SKIPPED
+    blank = sampler.decide(np.zeros(8), never, keys=("b0",), camera="b")
+    assert (blank.outcome, blank.probability, blank.new_camera) == (vessal.SKIPPED, 0.0, False)
+    assert sampler.decide(u, never, keys=("x0",), camera=None).outcome == vessal.SKIPPED
+    first = sampler.decide(u, never, keys=("b1",), camera="b")
+    assert first.picked and first.new_camera and first.probability == 1.0 and first.ideal_rate == 0.0
+    assert not sampler.decide(u, never, keys=("b2",), camera="b").picked
+    assert sampler.decide(u, 0.0, keys=("c0",), camera="c", labelled=True).outcome == vessal.LABELLED
+    assert sampler.decide(u, never, keys=("c1",), camera="c").outcome == vessal.SKIPPED
+    resumed = VeSSAL.from_state(sampler.to_state())
+    assert resumed.cameras == {"a", "b", "c"}
+    assert resumed.decide(u, never, keys=("c2",), camera="c").outcome == vessal.SKIPPED
+    capped = VeSSAL(0.5, 8, max_per_hour=1)
+    assert capped.decide(u, never, keys=("p0",), camera="p", event_time=0.0).new_camera
+    assert capped.decide(u, never, keys=("q0",), camera="q", event_time=1.0).outcome == vessal.CAPPED
+    late = capped.decide(u, never, keys=("q1",), camera="q", event_time=3600.0)  # the next hour: still q's first
+    assert late.picked and late.new_camera
+    off = VeSSAL(0.01, 8, new_camera_pick=False)
+    assert off.decide(u, never, camera="e").outcome == vessal.SKIPPED and "new_camera_pick" in off.describe()
+
+    x, p = _stream(8000, d=16, seed=22)
+    embed, stream = Embedder(16), VeSSAL(0.05, 16)
+    firsts = [stream.decide(embed(x[i], p[i]), frame_draw(str(i)), camera=f"cam{i % 20}").new_camera
+              for i in range(len(x))]
+    assert sum(firsts) == 20 and all(firsts[:20])
+    assert abs(stream.picks / len(x) / 0.05 - 1) <= 0.10, stream.picks
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"label_rate": 0}, "label_rate"), ({"label_rate": 1.5}, "label_rate"),
     ({"label_rate": 0.1, "dim": 512}, "dim"), ({"label_rate": 0.1, "max_per_hour": -1}, "max_per_hour"),
     ({"label_rate": 0.1, "horizon": 0}, "horizon"), ({"label_rate": 0.1, "cov_inv_scaling": 0}, "cov_inv_scaling"),
+    ({"label_rate": 0.1, "new_camera_pick": "yes"}, "new_camera_pick"),
 ])
 def test_parameters_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -266,17 +306,20 @@ def _detection_records(n, d=40, seed=15, missing=lambda i: i % 7 == 3):
 
 
 def _pure_detection_pass(records, label_rate, dim):
-    """The pure VeSSAL over ``records`` in order, ``u = Embedder(h, scale=detection_max or 0)``:
-    ``{frame_id: (rank, probability, uncertainty)}`` of its picks."""
+    """The pure VeSSAL over ``records`` in order, ``u = Embedder(h, scale=detection_max or 0)``,
+    cameras the folders of the files: ``{frame_id: (rank, probability, uncertainty, new_camera)}``
+    of its picks."""
+    import os
     embed, sampler = Embedder(dim, 0), VeSSAL(label_rate, dim, uncertainty="detection_max")
     picks = {}
     for record in records:
         scale = dict(record.extra_scores).get("detection_max", 0.0)
         frame = record.frame
         decision = sampler.decide(embed(record.embedding, scale=scale), frame_draw(frame.frame_id, 0),
-                                  event_time=frame.event_time, keys=(frame.frame_id, frame.pixel_hash))
+                                  event_time=frame.event_time, keys=(frame.frame_id, frame.pixel_hash),
+                                  camera=os.path.dirname(frame.source_uri))
         if decision.picked:
-            picks[frame.frame_id] = (decision.picks, decision.probability, scale)
+            picks[frame.frame_id] = (decision.picks, decision.probability, scale, decision.new_camera)
     return picks
 
 
@@ -317,10 +360,11 @@ def test_per_frame_selection_scales_u_by_the_detectors_uncertainty(transform):
     def check(got):
         picks = {c.frame_id: c for c in got}
         assert set(picks) == set(expected) and not lacking & set(picks)
-        for frame_id, (rank, probability, uncertainty) in expected.items():
+        for frame_id, (rank, probability, uncertainty, new_camera) in expected.items():
             candidate = picks[frame_id]
             assert (candidate.rank, candidate.score) == (rank, pytest.approx(probability, rel=1e-9))
             assert dict(candidate.components)["uncertainty"] == uncertainty
+            assert dict(candidate.components)["new_camera"] == float(new_camera) == float(rank == 1)
             assert json.loads(candidate.parameters)["uncertainty"] == "detection_max"
 
     assert_that(candidates, check)

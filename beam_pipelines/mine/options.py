@@ -117,7 +117,7 @@ class MineOptions(PipelineOptions):
                  '\'{"near_duplicate_distance": 0.1}\'; for vessal: dim, horizon, memory, '
                  'cov_inv_scaling, seed, uncertainty (what scales each frame\'s embedding: badge, '
                  'detection_max or detection_mean; default detection_max when a detector runs, '
-                 'else badge).')
+                 'else badge), new_camera_pick (default true: each camera\'s first frame is picked).')
         parser.add_argument("--bigquery_candidates_table", default=None,
                             help="PROJECT:DATASET.TABLE for candidates; default: table 'candidates' "
                                  "in --bigquery_table's dataset when that is given.")
@@ -536,7 +536,7 @@ def per_frame_spec(options: PipelineOptions, detections: bool = False) -> Option
                             tuple(sorted(params.items()))).validated()
     except (ValueError, TypeError) as e:
         raise ValueError(f"--strategy_params for vessal: {preflight.one_line(e)} (it takes dim, horizon, "
-                         f"memory, cov_inv_scaling, seed, uncertainty)") from None
+                         f"memory, cov_inv_scaling, seed, uncertainty, new_camera_pick)") from None
     if params["uncertainty"] != BADGE and not detections:
         raise ValueError(f"--strategy_params uncertainty {params['uncertainty']} needs detections: set --detector "
                          f"(or --detector_background), or uncertainty badge")

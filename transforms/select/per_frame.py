@@ -18,6 +18,12 @@ pick (before the pick is emitted) and at the end of each bundle; a key without B
 restarted local job) starts from that snapshot. A crash loses at most the updates of ``Sigma``
 and the counts of the frames of the bundle in flight, never a pick.
 
+A camera's first frame: with the ``camera`` or ``global`` state key, the first frame (with an
+uncertainty above 0) of a camera (the folder of its file) that the state has neither picked from
+nor seen labelled is picked with probability 1 (VeSSAL's ``new_camera_pick``, on by default;
+``--strategy_params '{"new_camera_pick": false}'`` turns it off). Not with the ``source`` key,
+where each file is a state.
+
 Not picked again: a frame whose id or pixels were picked (the last 256 picks of its key), and
 frames sent for labelling or labelled, with their near-duplicate groups (read from MongoDB when
 a worker starts: :func:`transforms.index.mongodb_client.labelled_frame_ids`).
@@ -102,6 +108,13 @@ class PerFrameSpec(NamedTuple):
         return self
 
 
+def camera_of(record: FrameRecord, how: str) -> Optional[str]:
+    """The camera VeSSAL's ``new_camera_pick`` covers (the folder of the frame's file); None with
+    the ``source`` state key, where each file is a state of its own: its first frame would be
+    picked in every file."""
+    return None if how == SOURCE else os.path.dirname(record.frame.source_uri)
+
+
 def state_key_of(record: FrameRecord, how: str) -> str:
     """The key of a frame's state: its camera (the folder of its file), its file, or ``global``."""
     if how == GLOBAL:
@@ -168,14 +181,16 @@ def _failed(frame: FrameMetadata, error: Exception) -> DeadLetter:
 def pick_candidate(scored: Scored, decision: Decision, selection: str, parameters: str,
                    uncertainty: float) -> Candidate:
     """The candidate of a picked frame: ``rank`` its pick's number in its key, ``score`` its
-    selection probability, ``components`` ``ideal_rate``, ``probability``, ``q``, ``uncertainty``
-    (the factor of ``u``: ``||p - e_yhat||`` or the chosen detection score) and ``zeta``."""
+    selection probability, ``components`` ``ideal_rate``, ``new_camera`` (1.0 when picked as its
+    camera's first frame, else 0.0), ``probability``, ``q``, ``uncertainty`` (the factor of ``u``:
+    ``||p - e_yhat||`` or the chosen detection score) and ``zeta``."""
     return Candidate(
         rank=decision.picks, frame_id=scored.frame_id, source_uri=scored.source_uri,
         frame_index=scored.frame_index, timestamp_s=scored.timestamp_s, score=decision.probability,
         strategy=VESSAL, scores=scored.scores, predicted_class=scored.predicted_class, duplicates=1,
         model=scored.model, selection_id=selection, parameters=parameters,
-        components=(("ideal_rate", decision.ideal_rate), ("probability", decision.probability),
+        components=(("ideal_rate", decision.ideal_rate), ("new_camera", float(decision.new_camera)),
+                    ("probability", decision.probability),
                     ("q", decision.q), ("uncertainty", uncertainty), ("zeta", decision.zeta)),
         predicted_label=scored.predicted_label)
 
@@ -315,7 +330,8 @@ class _VessalFn(beam.DoFn):
         if missing:
             self._metrics.no_uncertainty.inc()
         decision = sampler.decide(u, frame_draw(frame.frame_id, sampler.seed), event_time=frame.event_time,
-                                  keys=(frame.frame_id, frame.pixel_hash), labelled=frame.frame_id in self._labelled)
+                                  keys=(frame.frame_id, frame.pixel_hash), labelled=frame.frame_id in self._labelled,
+                                  camera=camera_of(record, self._spec.state_key))
         saved = dict(sampler.to_state(), model_version=model)
         state.write(saved)
         self._samplers[key] = (saved, sampler)
@@ -384,6 +400,7 @@ class _Ordered(NamedTuple):
     u: np.ndarray
     uncertainty: float
     pixel_hash: str
+    camera: Optional[str]
     scored: Scored
 
 
@@ -411,7 +428,7 @@ class _EmbedFn(beam.DoFn):
         empty = np.zeros(0, dtype=np.float32)
         yield state_key_of(record, self._spec.state_key), _Ordered(
             event_order(record.frame), u, uncertainty, record.frame.pixel_hash,
-            scored._replace(embedding=empty, probabilities=empty))
+            camera_of(record, self._spec.state_key), scored._replace(embedding=empty, probabilities=empty))
 
 
 class _PassFn(beam.DoFn):
@@ -435,7 +452,8 @@ class _PassFn(beam.DoFn):
             unknown, seconds = item.order[:2]
             decision = sampler.decide(item.u, frame_draw(frame_id, sampler.seed),
                                       event_time=None if unknown else seconds,
-                                      keys=(frame_id, item.pixel_hash), labelled=frame_id in excluded)
+                                      keys=(frame_id, item.pixel_hash), labelled=frame_id in excluded,
+                                      camera=item.camera)
             self._metrics.decided(decision, started)
             if decision.picked:
                 self._selected.inc()

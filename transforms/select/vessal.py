@@ -31,9 +31,18 @@ probability ``p = min(1, zeta * u^T A^-1 u)``:
   product of two symmetric matrices, ``O(d^2)``, not the ``O(d^3)`` of a matrix product.
 * ``ideal_rate`` steers the realised rate to ``label_rate``: ``(R (t + H) - picks) / H``, clipped to
   ``[0, 1]``: the rate that would meet the target ``horizon`` (``H``) frames from now.
+* **A new camera's first frame** (``new_camera_pick``, on by default): the first frame with
+  ``u != 0`` of a camera the state has neither picked from nor seen labelled is picked with
+  probability 1, whatever the rate (the hour's cap still applies). A camera without a labelled
+  frame is a blind spot of the model; the determinantal term only rises a few-fold for it (a new
+  site's frames share most of their embedding directions with the others), so at ``R = 0.04``
+  its frames get ``p`` 0.2-0.3 and the first pick waits several frames. The reference code
+  picks the first frame of its stream for the same reason (``Sigma = 0`` gives ``zeta = inf``);
+  here each camera starts that way, and the rate controller takes the extra pick back from the
+  frames that follow. The state keeps the names of the cameras covered (one string per camera).
 
 State: ``A^-1`` and ``Sigma`` (``2 d^2`` float64, 1 MB at ``d = 256``), counts, the current
-hour's picks and the last 256 picks; work per frame ``O(d^2)`` (one matrix-vector
+hour's picks, the last 256 picks and the names of the cameras covered; work per frame ``O(d^2)`` (one matrix-vector
 product and one rank-1 update of ``Sigma``, in place on float64 C-contiguous arrays; a pick adds
 one rank-1 update of ``A^-1`` and the trace).
 
@@ -54,6 +63,9 @@ Where this differs from the reference code (``asaran/VeSSAL``, ``query_strategie
   reference's random projection is scikit-learn's ``GaussianRandomProjection`` (used here too).
 * Draws are deterministic per frame (a hash of the frame id and ``seed``): a frame replayed after a
   restart gets the same decision from the same state.
+* The reference's first frame is picked because ``zeta`` is infinite; here ``Sigma`` includes the
+  frame being decided (its first frame gets ``p = ideal_rate``) and the first frame of each camera
+  is picked explicitly (``new_camera_pick``, above).
 * Added for a production stream: ``max_per_hour`` (picks per event-time hour; a burst beyond it is
   not picked) and refusal of frames already picked, of identical pixels, or listed as labelled.
 
@@ -218,7 +230,8 @@ class Decision(NamedTuple):
     """One frame's outcome: ``outcome`` (``picked``, ``skipped``, ``capped``: the hour's
     ``max_per_hour`` was reached, ``already_picked``, ``labelled``), ``probability`` in [0, 1]
     (the selection probability ``min(1, zeta q)``; 0 when refused before drawing), ``q`` =
-    ``u^T A^-1 u``, ``zeta``, ``ideal_rate``, and ``seen``/``picks`` after the frame."""
+    ``u^T A^-1 u``, ``zeta``, ``ideal_rate``, ``seen``/``picks`` after the frame, and ``new_camera``:
+    the probability is 1 because the frame is its camera's first (``new_camera_pick``)."""
     outcome: str
     probability: float
     q: float
@@ -226,6 +239,7 @@ class Decision(NamedTuple):
     ideal_rate: float
     seen: int
     picks: int
+    new_camera: bool = False
 
     @property
     def picked(self) -> bool:
@@ -256,6 +270,9 @@ class VeSSAL:
         What scales ``u`` (:data:`UNCERTAINTIES`, :func:`frame_uncertainty`): ``badge``
         (``||p - e_yhat||``) or a detection score (``detection_max``, ``detection_mean``). The
         sampler only records it (:meth:`describe`); whoever builds ``u`` applies it.
+    new_camera_pick : bool
+        Pick the first frame with ``u != 0`` of each camera not yet covered (see the module
+        docstring); cameras are named by the ``camera`` argument of :meth:`decide`.
 
     Raises
     ------
@@ -265,7 +282,8 @@ class VeSSAL:
 
     def __init__(self, label_rate: float, dim: int = 64, *, max_per_hour: int = 0,
                  horizon: Optional[int] = None, memory: int = 10_000,
-                 cov_inv_scaling: float = COV_INV_SCALING, seed: int = 0, uncertainty: str = BADGE):
+                 cov_inv_scaling: float = COV_INV_SCALING, seed: int = 0, uncertainty: str = BADGE,
+                 new_camera_pick: bool = True):
         if not 0 < label_rate <= 1:
             raise ValueError(f"label_rate must be in (0, 1], got {label_rate!r}")
         if not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
@@ -279,7 +297,12 @@ class VeSSAL:
             raise ValueError(f"memory must be an integer >= 1, got {memory!r}")
         if not cov_inv_scaling > 0:
             raise ValueError(f"cov_inv_scaling must be > 0, got {cov_inv_scaling!r}")
+        if not isinstance(new_camera_pick, bool):
+            raise ValueError(f"new_camera_pick must be true or false, got {new_camera_pick!r}")
         self.uncertainty = check_uncertainty(uncertainty)
+        self.new_camera_pick = new_camera_pick
+        self.cameras = set()  # cameras picked from or seen labelled (new_camera_pick)
+        self._cameras_text: Optional[str] = ""  # "\n".join(sorted(cameras)), None when stale
         self.label_rate, self.dim, self.max_per_hour = float(label_rate), dim, max_per_hour
         self.horizon, self.memory, self.cov_inv_scaling, self.seed = horizon, memory, float(cov_inv_scaling), seed
         self.a_inv: Optional[np.ndarray] = None  # (d, d)
@@ -298,7 +321,8 @@ class VeSSAL:
         """The parameters, as selection ids and candidates record them."""
         return {"name": VESSAL, "label_rate": self.label_rate, "dim": self.dim,
                 "max_per_hour": self.max_per_hour, "horizon": self.horizon, "memory": self.memory,
-                "cov_inv_scaling": self.cov_inv_scaling, "seed": self.seed, "uncertainty": self.uncertainty}
+                "cov_inv_scaling": self.cov_inv_scaling, "seed": self.seed, "uncertainty": self.uncertainty,
+                "new_camera_pick": self.new_camera_pick}
 
     def _start(self, d: int):
         self.a_inv = self.cov_inv_scaling * np.eye(d)
@@ -338,7 +362,7 @@ class VeSSAL:
         return any(k in self._recent_set for k in keys if k)
 
     def decide(self, u: np.ndarray, draw: float, *, event_time: Optional[float] = None,
-               keys: Iterable[str] = (), labelled: bool = False) -> Decision:
+               keys: Iterable[str] = (), labelled: bool = False, camera: Optional[str] = None) -> Decision:
         """Decides one frame and updates the state.
 
         Parameters
@@ -353,6 +377,9 @@ class VeSSAL:
             The frame's id and pixel hash: a frame with a key already picked is refused.
         labelled : bool
             The frame (or its near-duplicate group) is labelled or sent for labelling: refused.
+        camera : str, optional
+            The frame's camera, for ``new_camera_pick`` (None: the frame is not its camera's
+            first; it covers no camera).
 
         Every frame counts in ``seen`` and in ``Sigma`` (refused ones too: they are part of the
         stream the rate is a share of).
@@ -384,9 +411,14 @@ class VeSSAL:
         trace = self._trace
         zeta = ideal / trace if trace > 0 else 0.0
         probability = min(1.0, zeta * q)
+        new_camera = (self.new_camera_pick and camera is not None and camera not in self.cameras and q > 0
+                      and not labelled)
+        if new_camera:
+            probability = 1.0
         self.seen += 1
         if labelled:
             outcome = LABELLED
+            self._cover(camera)  # a camera with a labelled frame is covered
         elif self.was_picked(*keys):
             outcome = ALREADY_PICKED
         elif not draw < probability:
@@ -400,9 +432,15 @@ class VeSSAL:
             self.picks += 1
             self.hour_picks += 1
             self.remember(*keys)
+            self._cover(camera)
         if outcome in (LABELLED, ALREADY_PICKED):
-            probability = 0.0
-        return Decision(outcome, float(probability), q, float(zeta), ideal, self.seen, self.picks)
+            probability, new_camera = 0.0, False
+        return Decision(outcome, float(probability), q, float(zeta), ideal, self.seen, self.picks, bool(new_camera))
+
+    def _cover(self, camera: Optional[str]):
+        if camera is not None and camera not in self.cameras:
+            self.cameras.add(camera)
+            self._cameras_text = None
 
     def _capped(self, event_time: Optional[float]) -> bool:
         if not self.max_per_hour:
@@ -420,9 +458,11 @@ class VeSSAL:
         the next decision to keep this state as it is (the Beam transform does at each bundle)."""
         if self._recent_text is None:
             self._recent_text = "\n".join(self.recent)  # one string: pickled 50x faster than a list
+        if self._cameras_text is None:
+            self._cameras_text = "\n".join(sorted(self.cameras))
         return {"params": self.describe(), "a_inv": self.a_inv, "sigma": self.sigma, "seen": self.seen,
                 "picks": self.picks, "hour": self.hour, "hour_picks": self.hour_picks,
-                "recent": self._recent_text, "trace": self._trace}
+                "recent": self._recent_text, "trace": self._trace, "cameras": self._cameras_text}
 
     def load_state(self, state: dict) -> "VeSSAL":
         """Takes ``A^-1``, ``Sigma``, counts and recent picks from :meth:`to_state`'s dict (the
@@ -442,6 +482,9 @@ class VeSSAL:
         self.recent = collections.deque(recent[-RECENT_PICKS:], maxlen=RECENT_PICKS)
         self._recent_set = set(self.recent)
         self._recent_text = None
+        cameras = state.get("cameras") or ""
+        self.cameras = set(cameras.split("\n")) if cameras else set()
+        self._cameras_text = None
         return self
 
     @classmethod
