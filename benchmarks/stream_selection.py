@@ -9,9 +9,10 @@ Stream order is event time. Sides (same stream, same learner, retrained every
 ``--retrain_every`` frames on the labels acquired so far):
 
 * ``vessal``: :class:`transforms.select.vessal.VeSSAL` with ``label_rate`` R, deciding each frame,
-  one state for the whole stream (``--vessal_state_key global``); on the detection stream each
-  frame names its camera, so each camera's first frame with a box is picked (``new_camera_pick``),
-  the Fashion-MNIST stream names none;
+  one state for the whole stream (``--vessal_state_key global``, or ``camera``: one per camera,
+  the ``mine`` job's default); on the detection stream each frame names its camera, so each
+  camera's first frame with a box is picked (``new_camera_pick``), the Fashion-MNIST stream names
+  none;
 * ``random``: each frame picked with probability R (its draw fixed by the frame id);
 * ``window_topk``: per window, ``R x window`` picks by the streaming job's default per-window
   strategy (``uncertainty_kcenter``), labelled when the window closes.
@@ -302,7 +303,7 @@ def run_detection_side(side: str, stream: DetectionStream, embeddings: np.ndarra
     learner = DetectionLearner(stream, class_names, args, seed, work)
     learner.curve, learner.detector = [first[0]], first[1]
     picked, decide_s = [], 0.0
-    sampler, embed = VeSSAL(args.rate, 64, seed=seed), Embedder(64, seed=seed)
+    embed, samplers = Embedder(64, seed=seed), {}  # one VeSSAL per state key (global, or per camera)
     n = len(stream.frames)
     for start in range(0, n, args.retrain_every):
         stop = min(start + args.retrain_every, n)
@@ -312,7 +313,10 @@ def run_detection_side(side: str, stream: DetectionStream, embeddings: np.ndarra
             began = time.perf_counter()
             for i in range(start, stop):
                 u = embed(embeddings[i], scale=float(uncertainty[i - start]))
-                if sampler.decide(u, frame_draw(f"{seed}:{i}", seed), event_time=float(stream.event_time[i]),
+                key = stream.camera[i] if args.vessal_state_key == "camera" else "global"
+                if key not in samplers:
+                    samplers[key] = VeSSAL(args.rate, 64, seed=seed)
+                if samplers[key].decide(u, frame_draw(f"{seed}:{i}", seed), event_time=float(stream.event_time[i]),
                                   camera=stream.camera[i]).picked:
                     picked.append(i)
             decide_s += time.perf_counter() - began
@@ -451,8 +455,13 @@ def parse_args(argv=None):
     parser.add_argument("--retrain_every", type=int, default=None,
                         help="frames between retrainings (and per-window top-k's window): detection 250, fashion 200")
     parser.add_argument("--steps", type=int, default=600, help="detection: Adam steps per training")
+    parser.add_argument("--vessal_state_key", choices=("global", "camera"), default="global",
+                        help="detection: one VeSSAL state for the stream (default) or one per camera (the mine "
+                             "job's default --vessal_state_key)")
     dd.add_generator_options(parser, **DETECTION_DEFAULTS)
     args = parser.parse_args(argv)
+    if args.stream == "fashion" and args.vessal_state_key == "camera":
+        parser.error("--vessal_state_key camera needs --stream detection (the Fashion-MNIST stream names no camera)")
     seeds, frames, rate = PRESETS[args.stream]["quick" if args.quick else "default"]
     args.seeds = args.seeds or seeds
     args.frames = args.frames or frames
@@ -527,6 +536,7 @@ def main(argv=None):
     result = {
         "stream": args.stream, "label_rate": args.rate, "frames": [r.get("frames", args.frames) for r in per_seed],
         "seeds": args.seeds, "target": target_text,
+        "vessal_state_key": args.vessal_state_key if args.stream == "detection" else "global",
         "rate_ratio": [round(r["rate_ratio"], 3) for r in per_seed],
         "decision_us": round(decision_us, 1), "pipeline_decision_us": round(beam_us, 1),
         "job_frame_ms": round(frame_ms, 3), "job_frame_ms_with_start_up": round(job["whole_ms"], 3),
