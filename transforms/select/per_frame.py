@@ -112,7 +112,7 @@ def camera_of(record: FrameRecord, how: str) -> Optional[str]:
     """The camera VeSSAL's ``new_camera_pick`` covers (the folder of the frame's file); None with
     the ``source`` state key, where each file is a state of its own: its first frame would be
     picked in every file."""
-    return None if how == SOURCE else os.path.dirname(record.frame.source_uri)
+    return None if how == SOURCE else state_key_of(record, CAMERA)
 
 
 def state_key_of(record: FrameRecord, how: str) -> str:
