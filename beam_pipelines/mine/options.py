@@ -351,10 +351,11 @@ def check_options(options: PipelineOptions) -> MineJob:
     check_range("direct_num_workers", options.view_as(DirectOptions).direct_num_workers,
                 options.view_as(DirectOptions).direct_num_workers >= 0, ">= 0 (0: one per CPU)")
     strategy_params = _checked_strategy(mine, detector)
-    per_frame = per_frame_spec(options, bool(detector or mine.detector_background))
+    detections = bool(detector or mine.detector_background)  # the job runs a detector
+    per_frame = per_frame_spec(options, detections)
     if mine.strategy == DEFAULT_STRATEGY and "score" not in strategy_params:
-        strategy_params["score"] = default_score(bool(detector or mine.detector_background))
-    if mine.budget_unit == BOXES and not (detector or mine.detector_background):
+        strategy_params["score"] = default_score(detections)
+    if mine.budget_unit == BOXES and not detections:
         raise ValueError("--budget_unit=boxes counts predicted boxes: it needs a detector (--detector)")
     if mine.seconds_per_frame == 0 and mine.seconds_per_box == 0:
         raise ValueError("--seconds_per_frame and --seconds_per_box cannot both be 0")
@@ -365,7 +366,7 @@ def check_options(options: PipelineOptions) -> MineJob:
         if not local_runner:
             raise ValueError(f"--metrics_port serves the local runners' metrics; the {runner} job's are "
                              f"in its console and Cloud Monitoring (docs/operations.md)")
-    if mine.selection_embedding == "objects" and not (detector or mine.detector_background):
+    if mine.selection_embedding == "objects" and not detections:
         raise ValueError("--selection_embedding=objects needs a detector: set --detector")
     _check_tables(mine)
     globs = tuple(_from_caller_dir(g) for g in _split_globs(mine.input))
