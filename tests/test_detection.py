@@ -9,7 +9,7 @@ import pytest
 from schemas import frames as frames_schema
 from tests import harness
 from transforms.decode.ptransforms import DecodeMedia
-from transforms.score.detection import aggregate_detection_scores, box_uncertainty, estimate_background
+from transforms.score.detection import aggregate_detection_scores, best_rejected, box_uncertainty, estimate_background
 from transforms.score.detectors import BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.ptransforms import ScoreFrames, load_model_spec
 
@@ -25,6 +25,37 @@ def test_box_uncertainty_and_aggregates():
     empty = aggregate_detection_scores([])
     assert empty == {"detection_max": 0.0, "detection_mean": 0.0, "detection_sum": 0.0,
                      "detection_uncertain_count": 0.0, "detection_count": 0.0}
+
+
+def test_the_best_rejected_box_scores_detection_max_and_a_frame_without_boxes():
+    # A kept box at 0.9 (u 0.2) and a rejected 0.25 (u 0.5): the max is the rejected box's; mean
+    # and sum stay those of the kept boxes, and so do the counts.
+    scores = aggregate_detection_scores([0.9], rejected=0.25)
+    assert scores["detection_max"] == pytest.approx(0.5)
+    assert scores["detection_mean"] == pytest.approx(0.2) and scores["detection_sum"] == pytest.approx(0.2)
+    assert scores["detection_count"] == 1 and scores["detection_uncertain_count"] == 0
+    assert aggregate_detection_scores([0.5], rejected=0.25)["detection_max"] == pytest.approx(1.0)
+    # Nothing kept: the rejected box scores the frame in all three; without it, 0.
+    alone = aggregate_detection_scores([], rejected=0.2)
+    assert alone["detection_max"] == alone["detection_mean"] == alone["detection_sum"] == pytest.approx(0.4)
+    assert alone["detection_count"] == 0
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        aggregate_detection_scores([], rejected=1.5)
+
+
+def test_best_rejected_skips_the_duplicates_of_kept_boxes():
+    kept = np.array([[0, 0, 10, 10]], float)
+    candidates = np.array([[1, 0, 11, 10],     # 0.28, class 0: the kept box one pixel over (IoU 0.82)
+                           [1, 0, 11, 10],     # 0.26, class 1: same place, another class
+                           [50, 50, 60, 60]],  # 0.2, class 0: elsewhere
+                          float)
+    scores, classes = np.array([0.28, 0.26, 0.2]), np.array([0, 1, 0])
+    assert best_rejected(kept, [0], candidates, scores, classes, iou_threshold=0.6) == 1
+    assert best_rejected(kept, [0], candidates, scores, classes, iou_threshold=0.6, class_agnostic=True) == 2
+    assert best_rejected(kept, [0], candidates, scores, classes, iou_threshold=0.9) == 0
+    assert best_rejected(np.zeros((0, 4)), [], candidates, scores, classes, iou_threshold=0.6) == 0
+    assert best_rejected(kept, [0], candidates[:1], scores[:1], classes[:1], iou_threshold=0.6) == -1
+    assert best_rejected(kept, [0], np.zeros((0, 4)), [], [], iou_threshold=0.6) == -1
 
 
 def test_describe_objects_counts_labels_and_uncertain_boxes():

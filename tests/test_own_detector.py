@@ -241,14 +241,18 @@ def test_decode_yolo_rows_transposed_and_with_objectness():
     rows = np.array([[50, 50, 20, 20, 0.9, 0.1], [52, 50, 20, 20, 0.8, 0.2], [10, 10, 4, 4, 0.1, 0.6]], np.float32)
     spec = _spec(output_layout="yolo", box_format="cxcywh", iou_threshold=0.5)
     for layout in (rows[None], rows.T[None]):  # (1, N, 6) and YOLOv8's (1, 6, N)
-        boxes, scores, ids = decode_outputs({"out": layout}, spec, (100, 100), 200, 100)
+        boxes, scores, ids, rejected = decode_outputs({"out": layout}, spec, (100, 100), 200, 100)
         np.testing.assert_allclose(boxes, [[80, 40, 120, 60], [16, 8, 24, 12]])
         np.testing.assert_allclose(scores, [0.9, 0.6], rtol=1e-6)
         assert ids.tolist() == [0, 1]
+        assert rejected == 0.0  # the 0.8 of class a beside the 0.9 is suppressed, not rejected
     with_objectness = np.insert(rows, 4, [1.0, 0.2, 0.5], axis=1)  # YOLOv5: objectness x class score
-    boxes, scores, ids = decode_outputs({"out": with_objectness[None]}, _spec(
+    boxes, scores, ids, rejected = decode_outputs({"out": with_objectness[None]}, _spec(
         output_layout="yolo", box_format="cxcywh", objectness=True), (100, 100), 100, 100)
     np.testing.assert_allclose(scores, [0.9, 0.3], rtol=1e-6)
+    # 0.8 x 0.2 = 0.16 (class a) is rejected by the 0.3 threshold, and it overlaps the kept 0.9 box
+    # of its class (IoU 0.82 > 0.6): suppressed; the 0.5 x 0.6 = 0.3 box is kept.
+    assert rejected == 0.0
     with pytest.raises(ValueError, match=r"yolo output must be \(N, 6\)"):
         decode_outputs({"out": np.zeros((1, 3, 9))}, spec, (100, 100), 100, 100)
 
@@ -258,10 +262,11 @@ def test_decode_boxes_scores_normalised_yxyx_with_softmax_and_background():
     logits = np.array([[[0.0, 4.0, 0.0], [5.0, 0.0, 0.0]]], np.float32)  # class 0 = background
     spec = _spec(output_layout="boxes_scores", box_format="yxyx", box_units="normalised",
                  score_activation="softmax", background_class=0, outputs={"boxes": "b", "scores": "s"})
-    out_boxes, scores, ids = decode_outputs({"s": logits, "b": boxes}, spec, (300, 300), 200, 100)
+    out_boxes, scores, ids, rejected = decode_outputs({"s": logits, "b": boxes}, spec, (300, 300), 200, 100)
     np.testing.assert_allclose(out_boxes, [[40, 10, 120, 50]], rtol=1e-6)
     np.testing.assert_allclose(scores, [np.exp(4) / (np.exp(4) + 2)], rtol=1e-6)
     assert ids.tolist() == [0]
+    assert rejected == 0.0  # the background box's best class scores 1 / (e^5 + 2) = 0.007, below the floor
     with pytest.raises(ValueError, match="score_activation"):
         decode_outputs({"b": boxes, "s": logits}, _spec(output_layout="boxes_scores", background_class=0,
                                                         outputs={"boxes": "b", "scores": "s"}), (300, 300), 200, 100)
@@ -274,9 +279,16 @@ def test_decode_tf_object_detection_api_outputs():
     spec = _spec(output_layout="detections", box_format="yxyx", box_units="normalised", class_offset=1,
                  outputs={"boxes": "detection_boxes", "scores": "detection_scores",
                           "classes": "detection_classes", "count": "num_detections"}, nms="none")
-    boxes, scores, ids = decode_outputs(outputs, spec, (320, 320), 640, 480)
+    boxes, scores, ids, rejected = decode_outputs(outputs, spec, (320, 320), 640, 480)
     np.testing.assert_allclose(boxes, [[0, 0, 320, 240], [320, 240, 640, 480]])
     assert ids.tolist() == [1, 0] and scores.tolist() == pytest.approx([0.9, 0.4])
+    assert rejected == 0.0  # the third detection is past num_detections
+    # Counted, the whole-frame 0.2 of class 0 is below the threshold; its IoU with the kept box of
+    # its class is 0.25: the best rejected box.
+    found = decode_outputs(dict(outputs, num_detections=np.array([3.0])), spec, (320, 320), 640, 480)
+    assert found.class_ids.tolist() == [1, 0] and found.rejected == pytest.approx(0.2)
+    assert decode_outputs(dict(outputs, num_detections=np.array([3.0])), spec._replace(uncertainty_floor=0.3),
+                          (320, 320), 640, 480).rejected == 0.0
 
 
 if __name__ == "__main__":

@@ -257,20 +257,87 @@ def test_detection_scores_against_hand_computed_values():
     assert rare_class_scores([["person"]]) == [0.0]  # a single box says nothing about rarity
 
 
+def _one_box(cls, reg, cell, class_id, score, peaks):
+    """Sets one cell of a NanoDet stride: ``class_id`` at ``score``, each side's distance
+    distribution peaked at the bin of ``peaks`` (left, top, right, bottom)."""
+    cls[0, cell, class_id] = score
+    reg[0, cell] = -50.0
+    for side, peak in enumerate(peaks):
+        reg[0, cell, side * 11 + peak] = 50.0
+
+
 def test_nanodet_decoding_of_a_hand_made_output():
     # One stride-32 cell (row 2, col 3) with class 2 ("car") at 0.8 and box sides peaked at bins
     # 1, 2, 3, 4 -> distances 32, 64, 96, 128 px around the centre (112, 80) of a 416x416 frame.
     outputs = [np.zeros((1, (416 // s) ** 2, w), np.float32) for s in nanodet.STRIDES for w in (80, 44)]
     cls, reg = outputs[4], outputs[5]
-    cell = 2 * 13 + 3
-    cls[0, cell, 2] = 0.8
-    reg[0, cell] = -50.0
-    for side, peak in enumerate((1, 2, 3, 4)):
-        reg[0, cell, side * 11 + peak] = 50.0
-    boxes, scores, classes = nanodet.decode(outputs, width=832, height=416)
+    _one_box(cls, reg, 2 * 13 + 3, 2, 0.8, (1, 2, 3, 4))
+    boxes, scores, classes, rejected = nanodet.decode(outputs, width=832, height=416)
     assert classes.tolist() == [2] and nanodet.COCO_CLASSES[2] == "car"
     np.testing.assert_allclose(scores, [0.8])
     np.testing.assert_allclose(boxes[0], [(112 - 32) * 2, 80 - 64, (112 + 96) * 2, 80 + 128], atol=1e-3)
+    assert rejected == 0.0
+    # Rejected boxes (below the 0.3 threshold): a duplicate of the car at stride 16 (centre (120,
+    # 88), the same side distances: IoU 0.85) is suppressed by it; a dog far away is the best
+    # rejected box, and a 0.04 below the floor is not.
+    _one_box(outputs[2], outputs[3], 5 * 26 + 7, 2, 0.25, (2, 4, 6, 8))
+    cls[0, 0, 16], cls[0, 1, 16] = 0.2, 0.04
+    assert nanodet.decode(outputs, width=832, height=416).rejected == 0.0  # no floor given
+    found = nanodet.decode(outputs, width=832, height=416, uncertainty_floor=0.05)
+    assert found.class_ids.tolist() == [2]
+    np.testing.assert_allclose(found.rejected, 0.2, rtol=1e-6)
+    assert nanodet.decode(outputs, width=832, height=416, uncertainty_floor=0.21).rejected == 0.0
+
+
+def test_detection_max_with_the_best_rejected_box_is_the_detectors_max_at_the_floor(models, vtest_frames):
+    """On real frames, detection_max from the boxes kept at 0.3 plus the best rejected box
+    (Detections.rejected) equals detection_max of every box NanoDet keeps at the 0.05 floor, and a
+    frame without any kept box is scored by its rejected box instead of 0."""
+    from transforms.score.detectors import NanoDetDetector
+    detector = NanoDetDetector(os.path.join(models, pretrained.DETECTOR_FILE), flip=False).load()
+    frames = list(vtest_frames.values())
+    ground = cv2.resize(frames[0][420:520, 0:120], (240, 200))  # grass and pavement: nothing to keep
+    frames += [ground, cv2.GaussianBlur(frames[1], (31, 31), 0), np.zeros((96, 128, 3), np.uint8)]
+    without_boxes = 0
+    for rgb in frames:
+        with detector._lock:
+            detector._interpreter.set_tensor(detector._input, nanodet.prepare(rgb))
+            detector._interpreter.invoke()
+            outputs = [detector._interpreter.get_tensor(i).copy() for i in detector._outputs]
+        found = nanodet.decode(outputs, rgb.shape[1], rgb.shape[0], uncertainty_floor=0.05)
+        at_floor = nanodet.decode(outputs, rgb.shape[1], rgb.shape[0], score_threshold=0.05)
+        kept_at_threshold = at_floor.scores[at_floor.scores >= nanodet.SCORE_THRESHOLD]
+        np.testing.assert_allclose(np.sort(kept_at_threshold), np.sort(found.scores))
+        below = at_floor.scores[at_floor.scores < nanodet.SCORE_THRESHOLD]
+        assert found.rejected == pytest.approx(float(below.max(initial=0.0)))
+        expected = aggregate_detection_scores(at_floor.scores)["detection_max"]
+        got = aggregate_detection_scores(found.scores, rejected=found.rejected)
+        assert got["detection_max"] == pytest.approx(expected, abs=1e-6)
+        assert got["detection_count"] == len(found.scores)
+        if not len(found.scores) and found.rejected:
+            without_boxes += 1
+            assert got["detection_max"] == got["detection_mean"] == got["detection_sum"] > 0
+    assert without_boxes >= 1
+    # Through ScoreFrames, as the job runs it: the ground crop keeps no box and is scored by the
+    # best box NanoDet rejected.
+    from schemas.records import Frame
+    from transforms.score.detection import box_uncertainty
+    from transforms.score.detectors import nanodet_handler
+    from transforms.score.ptransforms import ScoreFrames, load_model_spec
+    ground_frame = Frame("ground", "ground.png", 0, None, 240, 200, "image", "hg", ground)
+    import apache_beam as beam
+    spec = load_model_spec(pretrained.backbone_path())
+    out = harness.run_collect(lambda p: {"records": (p | beam.Create([ground_frame]) | ScoreFrames(
+        spec, detector=nanodet_handler(pretrained.detector_path(), flip=False))).records})
+    (record,) = out["records"]
+    assert record.detections == ()
+    with detector._lock:
+        detector._interpreter.set_tensor(detector._input, nanodet.prepare(ground))
+        detector._interpreter.invoke()
+        outputs = [detector._interpreter.get_tensor(i).copy() for i in detector._outputs]
+    rejected = nanodet.decode(outputs, 240, 200, uncertainty_floor=0.05).rejected
+    assert rejected > 0
+    assert dict(record.extra_scores)["detection_max"] == pytest.approx(box_uncertainty([rejected])[0], abs=1e-6)
 
 
 def test_object_embeddings_and_object_level_selection(models, vtest_frames):

@@ -19,7 +19,14 @@ Per-frame scores (all in ``FrameRecord.extra_scores``, names in :data:`DETECTION
 * per-box class uncertainty ``u = 1 - |2c - 1|`` of the box's confidence ``c`` (1 at c = 0.5,
   0 at c in {0, 1}; the binary "1-vs-2" margin of Brust et al.), aggregated over the frame's boxes
   as ``detection_max``, ``detection_mean`` and ``detection_sum`` (Brust et al. compare sum,
-  average and max; Haussmann et al. report max and sum as the strongest);
+  average and max; Haussmann et al. report max and sum as the strongest). The best box the
+  detector **rejected** counts too: the highest-confidence box between
+  :data:`UNCERTAINTY_FLOOR` and the score threshold that NMS would keep (:func:`best_rejected`;
+  ``Detections.rejected``). It enters ``detection_max``, which is then exactly the max of the
+  detector run at the floor (``u`` grows with ``c`` below 0.5), and it scores a frame without
+  kept boxes in all three. Without it, a frame whose objects the detector sees at confidence
+  0.1-0.3 (the objects it misses) would have uncertainty 0, the same as an empty scene, and
+  uncertainty sampling would never ask for it;
 * ``detection_count`` (boxes) and ``detection_uncertain_count`` (confidence in the band
   ``[low, high]``);
 * ``detection_localisation``: localisation instability under a test-time augmentation, the mean
@@ -46,6 +53,11 @@ from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 UNCERTAIN_BAND = (0.3, 0.7)
+#: Lowest confidence of a rejected box that scores a frame without kept boxes
+#: (:func:`best_rejected`): the score threshold at which detectors are evaluated (mmdetection's
+#: ``test_cfg.score_thr`` and Detectron2's ``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` are 0.05); below it
+#: a detector's scores are background clutter.
+UNCERTAINTY_FLOOR = 0.05
 DETECTION_SCORES = ("detection_max", "detection_mean", "detection_sum", "detection_uncertain_count",
                     "detection_count")
 LOCALISATION_SCORE = "detection_localisation"
@@ -57,12 +69,26 @@ class Detections(NamedTuple):
     of the frame, ``confidences`` float32 ``(K,)`` in [0, 1], ``class_ids`` int32 ``(K,)`` and
     ``labels`` (K names) of the detector's classes (``None`` / ``()`` for a class-less detector),
     ``localisation`` float ``(K,)`` of :func:`localisation_instability` when the detector ran a
-    test-time augmentation (else ``None``)."""
+    test-time augmentation (else ``None``), ``rejected`` the confidence in ``[floor, threshold)``
+    of the best box the detector scored but did not keep (:func:`best_rejected`; 0.0 when none,
+    or for a detector that does not report it)."""
     boxes: np.ndarray
     confidences: np.ndarray
     class_ids: Optional[np.ndarray] = None
     labels: Tuple[str, ...] = ()
     localisation: Optional[np.ndarray] = None
+    rejected: float = 0.0
+
+
+class Decoded(NamedTuple):
+    """A detector's decoded outputs for one frame: ``boxes`` float32 ``(K, 4)`` ``[x1, y1, x2,
+    y2]`` in pixels of the frame, ``scores`` float32 ``(K,)`` descending, ``class_ids`` int32
+    ``(K,)``, the boxes kept (score threshold, NMS, most detections), and ``rejected`` (float) of
+    :func:`best_rejected`."""
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    rejected: float = 0.0
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -106,6 +132,39 @@ def per_class_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, 
     keep = [np.nonzero(class_ids == c)[0][nms(boxes[class_ids == c], scores[class_ids == c], iou_threshold)]
             for c in np.unique(class_ids)]
     return np.concatenate(keep).astype(np.int64) if keep else np.zeros(0, np.int64)
+
+
+def best_rejected(kept_boxes, kept_classes, boxes, scores, classes, iou_threshold: float,
+                  class_agnostic: bool = False) -> int:
+    """Index of the best rejected box that non-maximum suppression would keep, or -1.
+
+    ``boxes`` float ``(M, 4)`` ``[x1, y1, x2, y2]``, ``scores`` ``(M,)`` and ``classes`` int
+    ``(M,)`` are candidates the score threshold rejected (any order); ``kept_boxes`` ``(K, 4)`` and
+    ``kept_classes`` ``(K,)`` the boxes kept. Greedy NMS run over both at a lower threshold keeps
+    every kept box (a box is only suppressed by a better one), and the best rejected box whose
+    IoU with every kept box of its class (of any class with ``class_agnostic``) is at most
+    ``iou_threshold``: the better rejected boxes are all suppressed, so they suppress nothing.
+    So this is the best box a detector run at the lower threshold would add, without running
+    NMS over the hundreds of boxes a low threshold lets through. A duplicate of a confident box
+    (the same object, one anchor over) is suppressed and does not count.
+
+    Returns
+    -------
+    int: index into ``boxes``, or -1 when every candidate is suppressed (or there is none).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if not len(scores):
+        return -1
+    order = np.argsort(-scores, kind="stable")
+    kept_boxes = np.asarray(kept_boxes, dtype=np.float64).reshape(-1, 4)
+    if not len(kept_boxes):
+        return int(order[0])
+    iou = iou_matrix(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[order], kept_boxes)
+    if not class_agnostic:
+        same = np.asarray(classes).reshape(-1, 1)[order] == np.asarray(kept_classes).reshape(1, -1)
+        iou = np.where(same, iou, 0.0)
+    free = np.nonzero(iou.max(axis=1) <= iou_threshold)[0]
+    return int(order[free[0]]) if len(free) else -1
 
 
 def localisation_instability(boxes, class_ids, augmented_boxes, augmented_class_ids) -> np.ndarray:
@@ -251,7 +310,7 @@ def box_uncertainty(confidences) -> np.ndarray:
 
 
 def aggregate_detection_scores(confidences, band: Tuple[float, float] = UNCERTAIN_BAND,
-                               localisation=None) -> Dict[str, float]:
+                               localisation=None, rejected: float = 0.0) -> Dict[str, float]:
     """Per-frame detection scores from the confidences of the frame's boxes.
 
     Parameters
@@ -262,25 +321,34 @@ def aggregate_detection_scores(confidences, band: Tuple[float, float] = UNCERTAI
     localisation : array-like of float, shape (K,), optional
         Per-box :func:`localisation_instability`; adds ``detection_localisation`` (their mean,
         0 without boxes).
+    rejected : float in [0, 1]
+        ``Detections.rejected``: the confidence of the best box the detector did not keep (0:
+        none).
 
     Returns
     -------
     dict with ``detection_max``, ``detection_mean``, ``detection_sum`` (of
-    :func:`box_uncertainty`; 0 without boxes), ``detection_uncertain_count`` and
-    ``detection_count`` (as floats), and ``detection_localisation`` when given.
+    :func:`box_uncertainty` over the boxes; ``detection_max`` includes ``rejected``, and a frame
+    without boxes gets ``rejected``'s for all three, 0 without either),
+    ``detection_uncertain_count`` and ``detection_count`` (of the boxes kept, as floats), and
+    ``detection_localisation`` when given.
 
     Raises
     ------
     ValueError
-        For confidences outside [0, 1], or a band that is not ``0 <= low <= high <= 1``.
+        For confidences or ``rejected`` outside [0, 1], or a band that is not
+        ``0 <= low <= high <= 1``.
     """
     low, high = band
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"band must satisfy 0 <= low <= high <= 1, got {band}")
     c = np.asarray(confidences, dtype=np.float64).reshape(-1)
     u = box_uncertainty(c)
+    (u_rejected,) = box_uncertainty([rejected])
+    if not len(c) and rejected:
+        u = np.array([u_rejected])
     scores = {
-        "detection_max": float(u.max()) if len(u) else 0.0,
+        "detection_max": float(max(u.max(initial=0.0), u_rejected)),
         "detection_mean": float(u.mean()) if len(u) else 0.0,
         "detection_sum": float(u.sum()),
         "detection_uncertain_count": float(np.count_nonzero((c >= low) & (c <= high))),

@@ -59,7 +59,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.common.files import open_binary
-from transforms.score.detection import per_class_nms
+from transforms.score.detection import UNCERTAINTY_FLOOR, Decoded, best_rejected, per_class_nms
 from transforms.score.preprocessing import SIDECAR_SUFFIX, Preprocessing
 
 __all__ = ["OUTPUT_LAYOUTS", "BOX_FORMATS", "BOX_UNITS", "ACTIVATIONS", "NMS_MODES", "DetectorSpec",
@@ -102,6 +102,7 @@ class DetectorSpec(NamedTuple):
     iou_threshold: float = 0.6
     nms: str = "per_class"
     max_detections: int = 100
+    uncertainty_floor: float = UNCERTAINTY_FLOOR
 
     def preprocessing(self, input_size: Optional[Tuple[int, int]] = None) -> Preprocessing:
         """The :class:`~transforms.score.preprocessing.Preprocessing` of the model input
@@ -155,7 +156,7 @@ def parse_detector_spec(declared: dict, where: str = "the detector sidecar") -> 
         _choice("score_activation", spec.score_activation, ACTIVATIONS)
         _choice("nms", spec.nms, NMS_MODES)
         _choice("input_dtype", spec.input_dtype, INPUT_DTYPES)
-        for key in ("score_threshold", "iou_threshold"):
+        for key in ("score_threshold", "iou_threshold", "uncertainty_floor"):
             if not 0.0 <= float(getattr(spec, key)) <= 1.0:
                 raise ValueError(f"{key} must be in [0, 1], got {getattr(spec, key)}")
         if int(spec.max_detections) < 1:
@@ -281,9 +282,11 @@ def decode_outputs(outputs: Dict[str, np.ndarray], spec: DetectorSpec, input_siz
 
     Returns
     -------
-    boxes : ndarray of float32, shape (K, 4), ``[x1, y1, x2, y2]`` in pixels of the frame
-    scores : ndarray of float32, shape (K,), in [0, 1], descending
-    class_ids : ndarray of int32, shape (K,), index into ``spec.class_names``
+    :class:`~transforms.score.detection.Decoded`: ``boxes`` float32 ``(K, 4)``, ``[x1, y1, x2,
+    y2]`` in pixels of the frame; ``scores`` float32 ``(K,)`` in [0, 1], descending;
+    ``class_ids`` int32 ``(K,)``, index into ``spec.class_names``; ``rejected``, the score of the
+    best box in ``[uncertainty_floor, score_threshold)`` that NMS would keep
+    (:func:`~transforms.score.detection.best_rejected`), 0.0 when none.
 
     Raises
     ------
@@ -307,6 +310,8 @@ def decode_outputs(outputs: Dict[str, np.ndarray], spec: DetectorSpec, input_siz
     if np.any(keep & ((ids < 0) | (ids >= len(spec.class_names)))):
         raise ValueError(f"class index outside the {len(spec.class_names)} class_names (class_offset "
                          f"{spec.class_offset})")
+    rejected = (scores >= spec.uncertainty_floor) & ~keep & (ids >= 0) & (ids < len(spec.class_names))
+    all_boxes, all_scores, all_ids = boxes, scores, ids
     boxes = _to_xyxy(boxes[keep], spec, input_size, width, height)
     scores, ids = scores[keep], ids[keep]
     if spec.nms != "none" and len(boxes):
@@ -314,4 +319,14 @@ def decode_outputs(outputs: Dict[str, np.ndarray], spec: DetectorSpec, input_siz
                              spec.iou_threshold)
         boxes, scores, ids = boxes[kept], scores[kept], ids[kept]
     order = np.argsort(-scores, kind="stable")[:int(spec.max_detections)]
-    return boxes[order].astype(np.float32), scores[order].astype(np.float32), ids[order].astype(np.int32)
+    boxes, scores, ids = boxes[order], scores[order], ids[order]
+    best_score = 0.0
+    if np.any(rejected):
+        r_boxes = _to_xyxy(all_boxes[rejected], spec, input_size, width, height)
+        r_scores = all_scores[rejected]
+        # A model that ran its own NMS ("nms": "none") still has its rejected boxes checked
+        # against the kept ones, at the sidecar's iou_threshold.
+        best = best_rejected(boxes, ids, r_boxes, r_scores, all_ids[rejected], spec.iou_threshold,
+                             class_agnostic=spec.nms == "class_agnostic")
+        best_score = float(np.float32(r_scores[best])) if best >= 0 else 0.0
+    return Decoded(boxes.astype(np.float32), scores.astype(np.float32), ids.astype(np.int32), best_score)

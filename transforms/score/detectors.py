@@ -22,7 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from schemas.records import ModelVersion
 from transforms.common.files import local_copy
-from transforms.score.detection import (RARE_CLASS_SCORE, UNCERTAIN_BAND, Detections,
+from transforms.score.detection import (RARE_CLASS_SCORE, UNCERTAIN_BAND, UNCERTAINTY_FLOOR, Detections,
                                         aggregate_detection_scores, localisation_instability,
                                         rare_class_scores)
 from transforms.score.detector_spec import DetectorSpec, decode_outputs, missing_sidecar, read_detector_spec
@@ -39,17 +39,17 @@ _LOG = logging.getLogger(__name__)
 
 def detect_with_flip(run, pixels: np.ndarray, class_names: Sequence[str], flip: bool) -> Detections:
     """:class:`Detections` of one RGB ``uint8 (H, W, 3)`` frame from ``run(pixels) -> (boxes,
-    scores, class_ids)``; with ``flip``, ``run`` also sees the mirrored frame and each box gets
+    scores, class_ids, rejected)`` (a :class:`~transforms.score.detection.Decoded`); with ``flip``, ``run`` also sees the mirrored frame and each box gets
     its :func:`~transforms.score.detection.localisation_instability` against the mirrored
     pass's boxes mapped back (Kao et al., 2018, with a horizontal flip as the perturbation)."""
-    boxes, scores, classes = run(pixels)
+    boxes, scores, classes, rejected = run(pixels)
     localisation = None
     if flip:
         width = pixels.shape[1]
-        f_boxes, _, f_classes = run(np.ascontiguousarray(pixels[:, ::-1]))
+        f_boxes, _, f_classes, _ = run(np.ascontiguousarray(pixels[:, ::-1]))
         f_boxes = np.stack([width - f_boxes[:, 2], f_boxes[:, 1], width - f_boxes[:, 0], f_boxes[:, 3]], axis=1)
         localisation = localisation_instability(boxes, classes, f_boxes, f_classes)
-    return Detections(boxes, scores, classes, tuple(class_names[c] for c in classes), localisation)
+    return Detections(boxes, scores, classes, tuple(class_names[c] for c in classes), localisation, rejected)
 
 
 class NanoDetDetector:
@@ -64,6 +64,9 @@ class NanoDetDetector:
     score_threshold, iou_threshold : float
         Smallest class score of a kept box, and the overlap of per-class NMS
         (:func:`transforms.score.pretrained.nanodet.decode`).
+    uncertainty_floor : float
+        Smallest score of the best rejected box (``Detections.rejected``; see
+        :mod:`transforms.score.detection`); >= ``score_threshold`` turns it off.
     flip : bool
         Also run the mirrored frame and give each box its :func:`localisation_instability`
         (``detection_localisation``); doubles the detector's cost.
@@ -78,12 +81,13 @@ class NanoDetDetector:
 
     def __init__(self, model_uri: str, score_threshold: float = nanodet.SCORE_THRESHOLD,
                  iou_threshold: float = nanodet.IOU_THRESHOLD, flip: bool = True,
-                 num_threads: Optional[int] = None):
-        if not (0 <= score_threshold <= 1 and 0 <= iou_threshold <= 1):
-            raise ValueError(f"score_threshold and iou_threshold must be in [0, 1], got "
-                             f"{score_threshold}, {iou_threshold}")
+                 num_threads: Optional[int] = None, uncertainty_floor: float = UNCERTAINTY_FLOOR):
+        if not (0 <= score_threshold <= 1 and 0 <= iou_threshold <= 1 and 0 <= uncertainty_floor <= 1):
+            raise ValueError(f"score_threshold, iou_threshold and uncertainty_floor must be in [0, 1], got "
+                             f"{score_threshold}, {iou_threshold}, {uncertainty_floor}")
         self.model_uri = model_uri
         self.score_threshold, self.iou_threshold, self.flip = score_threshold, iou_threshold, flip
+        self.uncertainty_floor = uncertainty_floor
         self.num_threads = num_threads
         self._interpreter = None
         self._lock = threading.Lock()  # one interpreter per process, shared by Beam's threads
@@ -100,7 +104,8 @@ class NanoDetDetector:
             self._interpreter.set_tensor(self._input, nanodet.prepare(rgb))
             self._interpreter.invoke()
             outputs = [self._interpreter.get_tensor(i).copy() for i in self._outputs]
-        return nanodet.decode(outputs, rgb.shape[1], rgb.shape[0], self.score_threshold, self.iou_threshold)
+        return nanodet.decode(outputs, rgb.shape[1], rgb.shape[0], self.score_threshold, self.iou_threshold,
+                              uncertainty_floor=self.uncertainty_floor)
 
     def detect(self, pixels: np.ndarray) -> Detections:
         """Boxes of one RGB ``uint8 (H, W, 3)`` frame, best first (see :class:`Detections`)."""

@@ -97,7 +97,8 @@ def _with_detection_scores(keyed_result, band):
     if result.inference is None:  # the detector does not apply to this frame
         return key, result.example
     found = result.inference
-    scores = aggregate_detection_scores(found.confidences, band, found.localisation)
+    scores = aggregate_detection_scores(found.confidences, band, found.localisation,
+                                        getattr(found, "rejected", 0.0))
     return key._replace(scores=tuple(sorted(dict(key.scores, **scores).items())),
                         detections=detection_records(found)), result.example
 

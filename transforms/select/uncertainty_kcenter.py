@@ -14,9 +14,10 @@ redundancy out of the batch:
   a new person in the scene, a cut). Consecutive 1-fps frames of a fixed camera are typically
   0.03-0.08 apart (``vtest.avi``), so the default 0.1 keeps them out.
 
-A frame whose uncertainty is 0 (no box found, or a classifier certain to float precision: every
-registered score is >= 0 once oriented, 0 meaning nothing to learn) enters the pool only while
-the frames with some uncertainty are fewer than the budget: farthest-first traversal favours
+A frame whose uncertainty is 0 (no box found, even down to the detector's uncertainty floor, or a
+classifier certain to float precision: every registered score is >= 0 once oriented, 0 meaning
+nothing to learn) enters the pool only while the frames with some uncertainty are fewer than the
+budget: farthest-first traversal favours
 outliers, and a quiet night's black or empty frames are the farthest of all.
 
 The rules apply as the uncertainty pool is formed: frames are taken in descending uncertainty and

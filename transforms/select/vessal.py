@@ -14,7 +14,9 @@ probability ``p = min(1, zeta * u^T A^-1 u)``:
     embedding's direction, in ``d`` instead of ``C * D`` dimensions.
   - ``detection_max`` or ``detection_mean`` (:data:`DETECTION_UNCERTAINTIES`): the detector's
     per-frame score, the max or mean over the frame's boxes of ``1 - |2c - 1|`` (``c`` the box's
-    confidence; Brust et al. 2019), in ``[0, 1]``, 0 for a frame without boxes. When the job
+    confidence; Brust et al. 2019), in ``[0, 1]``; the best box the detector rejected counts too
+    (:data:`transforms.score.detection.UNCERTAINTY_FLOOR`), and a frame in which it sees nothing
+    has 0. When the job
     labels boxes, the classifier's ``p`` (ImageNet classes of the backbone with the default
     models) says nothing of what the detector is unsure about; the detector's own uncertainty
     does. A frame without that score (one the detector cannot take) has uncertainty 0: ``u = 0``,

@@ -244,7 +244,7 @@ def quantize_nanodet(model_json: str, output: str, reference: str, frames: List[
     def detections(path):
         found = []
         for rgb in frames:
-            boxes, scores, class_ids = nanodet.decode(_tflite_outputs(path, nanodet.prepare(rgb)),
+            boxes, scores, class_ids, _ = nanodet.decode(_tflite_outputs(path, nanodet.prepare(rgb)),
                                                       width=rgb.shape[1], height=rgb.shape[0])
             found.append(Detections(boxes, scores, class_ids))
         return found

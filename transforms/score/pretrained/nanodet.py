@@ -20,11 +20,11 @@ RangiLyu, NanoDet (2020), https://github.com/RangiLyu/nanodet (Apache-2.0; ``nan
 gfl_head.py``: centre points, distribution integral, per-class NMS at IoU 0.6);
 Li et al. (2020), Generalized Focal Loss, NeurIPS (the 11-bin distance distributions).
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from transforms.score.detection import per_class_nms
+from transforms.score.detection import Decoded, best_rejected, per_class_nms
 
 INPUT_SIZE = 416
 STRIDES = (8, 16, 32)
@@ -74,9 +74,27 @@ def _levels(outputs: Sequence[np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.nda
     return levels
 
 
+def _box(reg: np.ndarray, cell: np.ndarray, stride: int) -> np.ndarray:
+    """Boxes ``(k, 4)`` ``[x1, y1, x2, y2]`` in input pixels of ``cell``s of one stride from
+    their regression rows (the expectation of each side's distribution over ``REG_BINS``)."""
+    side = INPUT_SIZE // stride
+    rows, cols = np.divmod(cell, side)
+    cx, cy = (cols + 0.5) * stride, (rows + 0.5) * stride
+    logits = reg[cell].reshape(-1, 4, REG_BINS).astype(np.float64)
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    dist = (p * np.arange(REG_BINS)).sum(axis=-1) * stride  # (k, 4): left, top, right, bottom
+    return np.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], axis=1)
+
+
+#: Rejected candidates per stride looked at first for :func:`decode`'s ``rejected`` (all of them
+#: when these are all suppressed by kept boxes).
+REJECTED_SHORTLIST = 64
+
+
 def decode(outputs: Sequence[np.ndarray], width: int, height: int,
            score_threshold: float = SCORE_THRESHOLD, iou_threshold: float = IOU_THRESHOLD,
-           max_detections: int = MAX_DETECTIONS):
+           max_detections: int = MAX_DETECTIONS, uncertainty_floor: Optional[float] = None) -> Decoded:
     """Boxes, scores and classes of one frame from NanoDet's six raw outputs.
 
     Parameters
@@ -88,40 +106,73 @@ def decode(outputs: Sequence[np.ndarray], width: int, height: int,
         Size of the original frame in pixels; boxes are scaled back to it.
     score_threshold, iou_threshold, max_detections
         Minimum class score of a box, NMS overlap, and most boxes kept (best first).
+    uncertainty_floor : float, optional
+        With a floor below ``score_threshold``, ``rejected`` is the score of the best box in
+        ``[floor, score_threshold)`` that per-class NMS would keep
+        (:func:`transforms.score.detection.best_rejected`); else 0.
 
     Returns
     -------
-    boxes : ndarray of float32, shape (K, 4), ``[x1, y1, x2, y2]`` in pixels, clipped to the frame
-    scores : ndarray of float32, shape (K,), in [0, 1], descending
-    class_ids : ndarray of int32, shape (K,), index into :data:`COCO_CLASSES`
+    :class:`~transforms.score.detection.Decoded`: ``boxes`` float32 ``(K, 4)``, ``[x1, y1, x2,
+    y2]`` in pixels, clipped to the frame; ``scores`` float32 ``(K,)`` in [0, 1], descending;
+    ``class_ids`` int32 ``(K,)``, index into :data:`COCO_CLASSES`; ``rejected`` float.
 
     Raises
     ------
     ValueError
         If the outputs do not have NanoDet's shapes.
     """
+    levels = _levels(outputs)
+    size = np.array([width, height, width, height], dtype=np.float64)
     all_boxes, all_scores, all_classes = [], [], []
-    for stride, (cls, reg) in _levels(outputs).items():
-        side = INPUT_SIZE // stride
-        rows, cols = np.divmod(np.arange(side * side), side)
-        cx, cy = (cols + 0.5) * stride, (rows + 0.5) * stride
+    for stride, (cls, reg) in levels.items():
         cell, cls_id = np.nonzero(cls >= score_threshold)
         if not len(cell):
             continue
-        logits = reg[cell].reshape(-1, 4, REG_BINS).astype(np.float64)
-        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
-        dist = (p * np.arange(REG_BINS)).sum(axis=-1) * stride  # (k, 4): left, top, right, bottom
-        all_boxes.append(np.stack([cx[cell] - dist[:, 0], cy[cell] - dist[:, 1],
-                                   cx[cell] + dist[:, 2], cy[cell] + dist[:, 3]], axis=1))
+        all_boxes.append(_box(reg, cell, stride))
         all_scores.append(cls[cell, cls_id])
         all_classes.append(cls_id)
-    if not all_boxes:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
-    boxes, scores, classes = (np.concatenate(all_boxes), np.concatenate(all_scores).astype(np.float64),
-                              np.concatenate(all_classes))
-    boxes = boxes * np.array([width, height, width, height], dtype=np.float64) / INPUT_SIZE
-    boxes = np.clip(boxes, 0, [width, height, width, height])
-    keep = per_class_nms(boxes, scores, classes, iou_threshold)
-    keep = keep[np.argsort(-scores[keep], kind="stable")][:max_detections]
-    return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), classes[keep].astype(np.int32)
+    if all_boxes:
+        boxes, scores, classes = (np.concatenate(all_boxes), np.concatenate(all_scores).astype(np.float64),
+                                  np.concatenate(all_classes))
+        boxes = np.clip(boxes * size / INPUT_SIZE, 0, size)
+        keep = per_class_nms(boxes, scores, classes, iou_threshold)
+        keep = keep[np.argsort(-scores[keep], kind="stable")][:max_detections]
+        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    else:
+        boxes, scores, classes = np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
+    rejected = 0.0
+    if uncertainty_floor is not None and uncertainty_floor < score_threshold:
+        rejected = _best_rejected(levels, boxes, classes, uncertainty_floor, score_threshold, iou_threshold, size)
+    return Decoded(boxes.astype(np.float32), scores.astype(np.float32), classes.astype(np.int32), rejected)
+
+
+def _best_rejected(levels, kept_boxes, kept_classes, floor, threshold, iou_threshold, size) -> float:
+    """Score of :func:`~transforms.score.detection.best_rejected` over the cells scoring in
+    ``[floor, threshold)``: first among each stride's best :data:`REJECTED_SHORTLIST`, which holds
+    the answer when its best free candidate scores at least every candidate left out; else among
+    all of them."""
+    for shortlist in (REJECTED_SHORTLIST, None):
+        boxes, scores, classes, left_out = [], [], [], -1.0
+        for stride, (cls, reg) in levels.items():
+            cell, cls_id = np.nonzero((cls >= floor) & (cls < threshold))
+            s = cls[cell, cls_id]
+            if shortlist is not None and len(s) > shortlist:
+                order = np.argsort(-s, kind="stable")
+                left_out = max(left_out, float(s[order[shortlist]]))
+                top = order[:shortlist]
+                cell, cls_id, s = cell[top], cls_id[top], s[top]
+            if len(cell):
+                boxes.append(_box(reg, cell, stride))
+                scores.append(s)
+                classes.append(cls_id)
+        if not scores:
+            return 0.0
+        boxes = np.clip(np.concatenate(boxes) * size / INPUT_SIZE, 0, size)
+        scores, classes = np.concatenate(scores).astype(np.float64), np.concatenate(classes)
+        best = best_rejected(kept_boxes, kept_classes, boxes, scores, classes, iou_threshold)
+        if best >= 0 and scores[best] >= left_out:
+            return float(np.float32(scores[best]))
+        if left_out < 0:
+            return 0.0
+    return 0.0
