@@ -37,7 +37,9 @@ pycocotools (``COCOeval``, ``stats[1]``). Strategies (``--strategies``): ``rando
 ``detection_sum`` (top-k), ``coreset``, ``cluster_margin`` and the default,
 ``uncertainty_kcenter`` with ``detection_max``. Every seed-0 selection also runs through
 :class:`transforms.select.SelectCandidates` on the FnApiRunner over the same records, and the
-run fails unless its ranked frame ids equal the in-process picks.
+run fails unless its ranked frame ids equal the in-process picks. Diagnostics, run when named
+(:data:`DIAGNOSTICS`): the default's ranking weighted by annotation cost (return on investment)
+or by the labelled set's class need, each from predicted or true boxes.
 
 **Cost.** Each point of a curve carries the labelled frames, their ground-truth boxes and the
 estimated annotation seconds ``frames x --seconds_per_frame + boxes x --seconds_per_box``
@@ -81,6 +83,19 @@ STRATEGIES = {
     "cluster_margin": ("cluster_margin", {"score": "detection_max", "n_clusters": 10}),
     DEFAULT: (DEFAULT, {"score": "detection_max"}),
 }
+#: Diagnostics, run only when named in ``--strategies``: the default's ranking (``detection_max``,
+#: then k-centre over the uncertainty pool) with ``detection_max`` multiplied by a per-frame weight
+#: (:func:`diagnostic_weights`), to see whether annotation cost or class need in the ranking cuts
+#: the boxes to random's final mAP. ``roi_*``: return on investment, weight ``1 / (seconds_per_frame
+#: + seconds_per_box x boxes)`` (Haertel, Seppi, Ringger & Carroll 2008, Return on Investment for
+#: Active Learning, NIPS Workshop on Cost-Sensitive Learning; Settles, Craven & Friedland 2008,
+#: Active Learning with Real Annotation Costs), boxes predicted (the sum of the detections'
+#: confidences: the expected objects) or the ground truth's (an oracle). ``class_need_*``: weight
+#: ``0.25 + 0.75 x need`` of the frame's classes, ``need_c`` proportional to ``1 / sqrt(1 + labelled
+#: boxes of class c)`` (the labelled set's rare classes first, as Brust et al. 2019 weight by class
+#: frequency), the frame's classes predicted (``max c need / max c`` over its detections) or the
+#: ground truth's (an oracle: ``max need``).
+DIAGNOSTICS = ("roi_predicted", "roi_oracle", "class_need_predicted", "class_need_oracle")
 PRESETS = {
     "default": dict(seeds=5, rounds=4, round_frames=20, initial_frames=20, steps=800),
     "quick": dict(seeds=3, rounds=2, round_frames=20, initial_frames=20, steps=800),
@@ -261,10 +276,14 @@ def run_seed(seed: int, args, options: dd.GeneratorOptions, work: str, log) -> D
                 records = score_pool(unlabelled, current, args.embedding_model)
                 if round_index == 1:
                     initial_records = records
-            base, params = STRATEGIES[name]
-            params = dict(params, seed=seed * 1000 + round_index) if base == "random" else params
-            picks = select(records, make_strategy(base, params), args.round_frames,
-                           beam_check=seed == 0 and not args.no_beam_check)
+            if name in DIAGNOSTICS:
+                strategy = Reweighted(diagnostic_weights(name, split, records, labelled, position, args))
+            else:
+                base, params = STRATEGIES[name]
+                params = dict(params, seed=seed * 1000 + round_index) if base == "random" else params
+                strategy = make_strategy(base, params)
+            picks = select(records, strategy, args.round_frames,
+                           beam_check=seed == 0 and not args.no_beam_check and name not in DIAGNOSTICS)
             labelled = np.concatenate([labelled, [position[p] for p in picks]])
             current, map50 = _train_and_export(split, labelled, os.path.join(work, f"s{seed}-{name}-r{round_index}"),
                                                seed, args)
@@ -273,6 +292,43 @@ def run_seed(seed: int, args, options: dd.GeneratorOptions, work: str, log) -> D
             log({"seed": seed, "strategy": name, "round": round_index, **point})
         curves[name] = curve
     return curves
+
+
+class Reweighted:
+    """``uncertainty_kcenter`` on ``detection_max`` x ``weights[frame_id]`` (a diagnostic of
+    :data:`DIAGNOSTICS`)."""
+
+    def __init__(self, weights: Dict[str, float]):
+        from transforms.select.uncertainty_kcenter import UncertaintyKCenter
+        self.weights, self.inner = weights, UncertaintyKCenter(score="detection_max")
+
+    def select(self, pool, budget):
+        weight = np.array([self.weights[i] for i in pool.ids])
+        scores = dict(pool.scores, detection_max=np.asarray(pool.scores["detection_max"]) * weight)
+        return self.inner.select(pool.replace(scores=scores), budget)
+
+
+def diagnostic_weights(kind: str, split: Split, records, labelled: np.ndarray, position, args) -> Dict[str, float]:
+    """Per-frame weights of the diagnostic ``kind`` (:data:`DIAGNOSTICS`) for the ``records``
+    of the unlabelled pool, ``labelled`` the pool rows already labelled."""
+    detections = {r.frame.frame_id: [(d.class_id, d.score) for d in r.detections or ()] for r in records}
+    oracle = kind.endswith("_oracle")
+    if kind.startswith("roi_"):
+        def boxes(fid):
+            return len(split.boxes[position[fid]]) if oracle else sum(c for _, c in detections[fid])
+        return {fid: 1.0 / (args.seconds_per_frame + args.seconds_per_box * boxes(fid)) for fid in detections}
+    counts = np.zeros(len(split.options.classes))
+    for row in labelled:
+        np.add.at(counts, split.classes[row], 1)
+    need = 1.0 / np.sqrt(counts + 1.0)
+    need /= need.max()
+
+    def frame_need(fid):
+        if oracle:
+            return float(need[split.classes[position[fid]]].max(initial=0.0))
+        found = detections[fid]
+        return max((c * need[k] for k, c in found), default=0.0) / max((c for _, c in found), default=1.0)
+    return {fid: 0.25 + 0.75 * frame_need(fid) for fid in detections}
 
 
 def _to_reach(curve, target, x_key):
@@ -352,7 +408,8 @@ def parse_args(argv=None):
         parser.add_argument(f"--{key}", type=int, default=None, help=f"default preset {PRESETS['default'][key]}, "
                                                                      f"--quick {PRESETS['quick'][key]}")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
-                        help=f"comma-separated, of {', '.join(STRATEGIES)}")
+                        help=f"comma-separated, of {', '.join(STRATEGIES)}; diagnostics (the default's ranking "
+                             f"weighted by cost or class need): {', '.join(DIAGNOSTICS)}")
     parser.add_argument("--test_cameras", type=int, default=10,
                         help="whole cameras held out for the test (default 10: with 2, mAP moved by 0.04-0.07 "
                              "between trainings of the same labels; with 10, by 0.01)")
@@ -378,9 +435,9 @@ def parse_args(argv=None):
     if args.learning_rate is None:
         args.learning_rate = 1e-3 if args.backbone == small_detector.EFFICIENTNET else 2e-3
     args.strategies = [s for s in args.strategies.split(",") if s]
-    unknown = set(args.strategies) - set(STRATEGIES)
+    unknown = set(args.strategies) - set(STRATEGIES) - set(DIAGNOSTICS)
     if unknown:
-        parser.error(f"--strategies: unknown {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
+        parser.error(f"--strategies: unknown {sorted(unknown)}; choose from {', '.join((*STRATEGIES, *DIAGNOSTICS))}")
     return args
 
 

@@ -36,6 +36,22 @@ def test_trained_detector_through_score_frames_selection_and_map(split, tmp_path
     picks = al.select(records, make_strategy("uncertainty_kcenter", {"score": "detection_max"}), 4, beam_check=True)
     assert 1 <= len(picks) <= 4 and set(picks) <= {r.frame.frame_id for r in records}
     assert al.coco_map50(trained.detector, split.test_clips, split.options.class_names) == pytest.approx(map50)
+    # The diagnostics' weights: return on investment from the true boxes; class need, largest
+    # for the classes the labelled clip lacks.
+    position = {f.frame_id: i for i, f in enumerate(split.frame_records())}
+    costs = type("Args", (), {"seconds_per_frame": 3.0, "seconds_per_box": 7.0})()
+    roi = al.diagnostic_weights("roi_oracle", split, records, labelled, position, costs)
+    assert roi == {fid: pytest.approx(1 / (3 + 7 * len(split.boxes[position[fid]]))) for fid in roi} and len(roi) == 12
+    need = al.diagnostic_weights("class_need_oracle", split, records, labelled, position, costs)
+    labelled_classes = set(np.concatenate([split.classes[i] for i in labelled]).tolist())
+    assert len(labelled_classes) < len(split.options.classes)  # so an unlabelled class has need 1
+    for fid, weight in need.items():
+        classes = set(split.classes[position[fid]].tolist())
+        assert weight == 1.0 if classes - labelled_classes else 0.25 <= weight < 1.0
+    predicted = al.diagnostic_weights("class_need_predicted", split, records, labelled, position, costs)
+    assert all(0.25 <= w <= 1.0 for w in predicted.values())
+    picks = al.select(records, al.Reweighted(roi), 4, beam_check=False)
+    assert 1 <= len(picks) <= 4 and set(picks) <= set(roi)
 
 
 def test_the_imagenet_backbone_is_frozen_and_the_head_sees_its_stride_8_grid(split):
