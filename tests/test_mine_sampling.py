@@ -142,14 +142,16 @@ def test_mine_ranks_by_a_stored_score(strategy, extra):
 
 def _vessal_pass(frames, label_rate, labelled=()):
     """The pure VeSSAL over the frame documents in event-time order (no capture times here: file,
-    time in the file, frame id): ``{frame_id: (rank, probability)}`` of its picks."""
+    time in the file, frame id), the frames left given as ``remaining`` as a batch pass does:
+    ``{frame_id: (rank, probability)}`` of its picks."""
     from transforms.select.vessal import Embedder, VeSSAL, frame_draw
     embed, sampler = Embedder(64, 0), VeSSAL(label_rate, 64)
     picks = {}
-    for doc in sorted(frames, key=lambda d: (d["source_uri"], d.get("timestamp_s") or 0.0, d["frame_index"], d["_id"])):
+    ordered = sorted(frames, key=lambda d: (d["source_uri"], d.get("timestamp_s") or 0.0, d["frame_index"], d["_id"]))
+    for i, doc in enumerate(ordered):
         decision = sampler.decide(embed(doc["embedding"], doc["probabilities"]), frame_draw(doc["_id"], 0),
                                   keys=(doc["_id"], doc["pixel_hash"]), labelled=doc["_id"] in labelled,
-                                  camera=os.path.dirname(doc["source_uri"]))
+                                  camera=os.path.dirname(doc["source_uri"]), remaining=len(ordered) - i)
         if decision.picked:
             picks[doc["_id"]] = (decision.picks, decision.probability)
     return picks

@@ -33,6 +33,39 @@ def test_a_inv_is_the_inverse_of_the_picks_second_moment():
     np.testing.assert_allclose(sampler.a_inv, np.linalg.inv(a), rtol=1e-8, atol=1e-10)
 
 
+def _short_cameras_rate(length, known_length, cameras=20, label_rate=0.04):
+    """Realised rate / label_rate of one state per camera over ``cameras`` streams of ``length``
+    frames whose scene changes every 60 frames (a new direction of u, which VeSSAL picks in a
+    burst), the first frame of each camera picked (new_camera_pick)."""
+    rng = np.random.default_rng(length)
+    picks = 0
+    for camera in range(cameras):
+        sampler, scene = VeSSAL(label_rate, 32), rng.normal(size=32)
+        for t in range(length):
+            u = (scene + 0.3 * rng.normal(size=32)) * rng.uniform(0.2, 1.0)
+            sampler.decide(u, frame_draw(f"{camera}-{t}"), camera=str(camera),
+                           remaining=length - t if known_length else None)
+            if t % 60 == 59:
+                scene = rng.normal(size=32)
+        picks += sampler.picks
+    return picks / (cameras * length) / label_rate
+
+
+def test_a_stream_of_known_length_meets_the_rate_at_its_end():
+    """A batch pass knows each state's frames: the rate then meets label_rate at the last frame
+    (the reference's (k - picks) / (N - i)). Without it, short cameras end well above the rate:
+    their burst of picks at a scene change and their first frame's pick are paid back over the
+    horizon (250 frames at R = 0.04), which they do not have."""
+    for length in (100, 300):
+        assert abs(_short_cameras_rate(length, known_length=True) - 1) <= 0.02
+        assert _short_cameras_rate(length, known_length=False) > 1.15
+    sampler = VeSSAL(0.1, 4)
+    assert sampler.ideal_rate(remaining=10) == pytest.approx(0.1)  # (0.1 x 10 - 0) / 10
+    sampler.picks = 1
+    assert sampler.ideal_rate(remaining=10) == 0.0 and sampler.ideal_rate(remaining=20) == pytest.approx(0.05)
+    assert sampler.ideal_rate(remaining=1) == 0.0 and sampler.ideal_rate() == pytest.approx(0.09)  # H = 100
+
+
 def test_zeta_and_probability_follow_the_paper():
     x, p = _stream(400, seed=1)
     embed, sampler = Embedder(16), VeSSAL(0.1, 16, memory=50)
@@ -305,19 +338,20 @@ def _detection_records(n, d=40, seed=15, missing=lambda i: i % 7 == 3):
     return records
 
 
-def _pure_detection_pass(records, label_rate, dim):
+def _pure_detection_pass(records, label_rate, dim, known_length=False):
     """The pure VeSSAL over ``records`` in order, ``u = Embedder(h, scale=detection_max or 0)``,
-    cameras the folders of the files: ``{frame_id: (rank, probability, uncertainty, new_camera)}``
-    of its picks."""
+    cameras the folders of the files, with ``known_length`` the frames left as ``remaining`` (a
+    batch pass): ``{frame_id: (rank, probability, uncertainty, new_camera)}`` of its picks."""
     import os
     embed, sampler = Embedder(dim, 0), VeSSAL(label_rate, dim, uncertainty="detection_max")
     picks = {}
-    for record in records:
+    for i, record in enumerate(records):
         scale = dict(record.extra_scores).get("detection_max", 0.0)
         frame = record.frame
         decision = sampler.decide(embed(record.embedding, scale=scale), frame_draw(frame.frame_id, 0),
                                   event_time=frame.event_time, keys=(frame.frame_id, frame.pixel_hash),
-                                  camera=os.path.dirname(frame.source_uri))
+                                  camera=os.path.dirname(frame.source_uri),
+                                  remaining=len(records) - i if known_length else None)
         if decision.picked:
             picks[frame.frame_id] = (decision.picks, decision.probability, scale, decision.new_camera)
     return picks
@@ -343,7 +377,7 @@ def test_per_frame_selection_scales_u_by_the_detectors_uncertainty(transform):
     lacking = {r.frame.frame_id for r in records if not r.extra_scores}
     broken = records[5]._replace(extra_scores=(("detection_max", 1.5), ("detection_mean", 0.5)))
     records[5] = broken
-    expected = _pure_detection_pass(records[:5] + records[6:], 0.1, 16)
+    expected = _pure_detection_pass(records[:5] + records[6:], 0.1, 16, known_length=transform == "SelectPerFrameInOrder")
     assert len(expected) >= 30 and len(lacking) > 80
     assert len(expected) != len(_pure_detection_pass([r._replace(extra_scores=()) for r in records], 0.1, 16))
     spec = per_frame.PerFrameSpec(0.1, state_key="camera", params=(("dim", 16), ("uncertainty", "detection_max")))

@@ -30,8 +30,11 @@ a worker starts: :func:`transforms.index.mongodb_client.labelled_frame_ids`).
 
 Batch (a bounded pool): ``SelectPerFrameInOrder`` makes ONE pass over the pool per state key in
 event-time order (:func:`event_order`: capture time, then file, timestamp in the file and frame
-id), with the same decisions as the streaming transform (same ``u``, same draws
-:func:`~transforms.select.vessal.frame_draw` of the frame id, same state keys) and no state to
+id), with the decisions of the streaming transform (same ``u``, same draws
+:func:`~transforms.select.vessal.frame_draw` of the frame id, same state keys) but for the rate:
+a pass knows how many frames its key has, so the rate is steered to meet ``label_rate`` at the
+key's last frame (the reference's ``(k - picks) / (N - i)``; ``remaining`` of
+:meth:`~transforms.select.vessal.VeSSAL.decide`), not ``horizon`` frames ahead, and no state to
 keep: the pass is a pure function of the pool, so a rerun picks the same frames under the same
 ``selection_id``. Memory: the frames of one key on one worker (``u``, ``d`` float64, and the
 candidate's fields: about 1 KB a frame at ``d = 64``)::
@@ -446,14 +449,15 @@ class _PassFn(beam.DoFn):
         key, items = element
         selection = selection_id(self._description, "", self._inputs + ((digest,) if digest else ()))
         sampler = self._spec.sampler()
-        for item in sorted(items, key=lambda i: i.order):
+        ordered = sorted(items, key=lambda i: i.order)
+        for position, item in enumerate(ordered):
             started = time.perf_counter()
             frame_id = item.scored.frame_id
             unknown, seconds = item.order[:2]
             decision = sampler.decide(item.u, frame_draw(frame_id, sampler.seed),
                                       event_time=None if unknown else seconds,
                                       keys=(frame_id, item.pixel_hash), labelled=frame_id in excluded,
-                                      camera=item.camera)
+                                      camera=item.camera, remaining=len(ordered) - position)
             self._metrics.decided(decision, started)
             if decision.picked:
                 self._selected.inc()
@@ -475,7 +479,8 @@ class SelectPerFrameInOrder(beam.PTransform):
     those of :class:`SelectPerFrame` (``strategy`` ``vessal``, ``score`` = selection probability,
     ``rank`` = the pick's number in its key, same ``components``) and equal to what a
     :class:`~transforms.select.vessal.VeSSAL` started afresh picks when it decides the key's
-    frames in :func:`event_order` with :func:`~transforms.select.vessal.frame_draw` draws. No
+    frames in :func:`event_order` with :func:`~transforms.select.vessal.frame_draw` draws and
+    ``remaining`` (the key's frames left, this one included). No
     state is kept: a rerun on the same pool picks the same frames under the same ``selection_id``
     (parameters, state key, ``inputs`` and the digest of the excluded ids).
 
@@ -486,7 +491,8 @@ class SelectPerFrameInOrder(beam.PTransform):
     def __init__(self, spec: PerFrameSpec, *, inputs: Sequence[str] = ()):
         super().__init__()
         self._spec = spec.validated()
-        self._description = dict(spec.sampler().describe(), state_key=spec.state_key, order="event_time")
+        self._description = dict(spec.sampler().describe(), state_key=spec.state_key, order="event_time",
+                                 rate="known_length")
         self._inputs = tuple(inputs)
         self._exclude_ids = None
 

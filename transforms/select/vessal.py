@@ -32,7 +32,10 @@ probability ``p = min(1, zeta * u^T A^-1 u)``:
   u^T A^-1 u``; when a pick changes ``A^-1`` it is recomputed exactly as the Frobenius inner
   product of two symmetric matrices, ``O(d^2)``, not the ``O(d^3)`` of a matrix product.
 * ``ideal_rate`` steers the realised rate to ``label_rate``: ``(R (t + H) - picks) / H``, clipped to
-  ``[0, 1]``: the rate that would meet the target ``horizon`` (``H``) frames from now.
+  ``[0, 1]``: the rate that would meet the target ``horizon`` (``H``) frames from now. In a stream
+  of known length ``N`` (a batch pass) it is the reference's ``(R N - picks) / (N - t)``: the
+  rate that meets the target at the end, so a short camera's burst of picks (a new scene, a
+  forced first pick) is paid back within the camera, not over ``H`` frames it does not have.
 * **A new camera's first frame** (``new_camera_pick``, on by default): the first frame with
   ``u != 0`` of a camera the state has neither picked from nor seen labelled is picked with
   probability 1, whatever the rate (the hour's cap still applies). A camera without a labelled
@@ -53,6 +56,7 @@ Where this differs from the reference code (``asaran/VeSSAL``, ``query_strategie
 
 * The reference knows the stream's length ``N`` and a budget ``k`` (``ideal_rate = (k - picks) /
   (N - i)``); a camera stream has no end, so the rate is a target ``R`` with a finite horizon.
+  A batch pass knows ``N`` and uses the reference's form with ``k = R N``.
 * The reference's ``Sigma`` is the plain mean of all ``u u^T`` seen; here it is that mean for the
   first ``memory`` frames, then an exponential moving average of that memory, so that the rate
   adapts when the stream changes (day and night, a new camera).
@@ -345,10 +349,14 @@ class VeSSAL:
             self.a_inv, self.sigma = self.a_inv.copy(), self.sigma.copy()
             self._shared = False
 
-    def ideal_rate(self) -> float:
-        """The rate that meets ``label_rate`` ``horizon`` frames from now, in [0, 1]."""
-        wanted = self.label_rate * (self.seen + self.horizon) - self.picks
-        return float(min(1.0, max(0.0, wanted / self.horizon)))
+    def ideal_rate(self, remaining: Optional[int] = None) -> float:
+        """The rate that meets ``label_rate`` ``horizon`` frames from now, in [0, 1]; with
+        ``remaining`` (the frames left in a stream of known length, this one included), the rate
+        that meets it at the stream's end, the reference's ``(k - picks) / (N - i)`` with ``k =
+        label_rate x N``."""
+        frames = self.horizon if remaining is None else max(int(remaining), 1)
+        wanted = self.label_rate * (self.seen + frames) - self.picks
+        return float(min(1.0, max(0.0, wanted / frames)))
 
     def remember(self, *keys: str):
         """Marks frame ids or pixel hashes as picked (refused from now on; the last 512 kept)."""
@@ -364,7 +372,8 @@ class VeSSAL:
         return any(k in self._recent_set for k in keys if k)
 
     def decide(self, u: np.ndarray, draw: float, *, event_time: Optional[float] = None,
-               keys: Iterable[str] = (), labelled: bool = False, camera: Optional[str] = None) -> Decision:
+               keys: Iterable[str] = (), labelled: bool = False, camera: Optional[str] = None,
+               remaining: Optional[int] = None) -> Decision:
         """Decides one frame and updates the state.
 
         Parameters
@@ -382,6 +391,10 @@ class VeSSAL:
         camera : str, optional
             The frame's camera, for ``new_camera_pick`` (None: the frame is not its camera's
             first; it covers no camera).
+        remaining : int, optional
+            In a stream of known length (a batch pass), the frames left, this one included: the
+            rate then meets ``label_rate`` at the stream's end (:meth:`ideal_rate`), not
+            ``horizon`` frames ahead.
 
         Every frame counts in ``seen`` and in ``Sigma`` (refused ones too: they are part of the
         stream the rate is a share of).
@@ -396,7 +409,7 @@ class VeSSAL:
             self._start(u.size)
         elif u.size != self.a_inv.shape[0]:
             raise ValueError(f"u has width {u.size}, the state {self.a_inv.shape[0]}")
-        ideal = self.ideal_rate()
+        ideal = self.ideal_rate(remaining)
         v = self.a_inv @ u
         q = float(u @ v)
         if not math.isfinite(q):  # A^-1 is finite: a non-finite u (checked before any update)
