@@ -212,6 +212,24 @@ def _vessal_job(*argv):
                                           f"--output_dir={harness.tmpdir('vessal-opts-')}", *argv]))
 
 
+def test_vessal_refuses_a_budget_also_given_at_its_default_value():
+    """--budget 50 and --budget_unit frames are their defaults, but given on the command line they
+    are still refused with --strategy vessal (not ignored silently), as are the vessal-only options
+    given at their defaults with another strategy."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_pipelines.mine.options import check_options
+    for argv, message in ((["--budget=50"], "--budget does not apply to --strategy vessal"),
+                          (["--budget", "50"], "--budget does not apply to --strategy vessal"),
+                          (["--budget_unit=frames"], "--budget_unit does not apply to --strategy vessal")):
+        with pytest.raises(ValueError, match=message):
+            _vessal_job(*argv)
+    for flag in ("--max_per_hour=0", "--vessal_state_key=camera"):
+        with pytest.raises(ValueError, match=f"{flag.split('=')[0]} applies to --strategy vessal only"):
+            check_options(PipelineOptions(["--strategy=random", flag,
+                                           f"--output_dir={harness.tmpdir('vessal-opts-')}"]))
+    assert _vessal_job().per_frame.label_rate == 0.1  # nothing given: accepted
+
+
 def test_vessal_uncertainty_is_the_detectors_when_one_runs_else_badge():
     """auto: detection_max with a detector (the default models' NanoDet-g, or --detector nanodet),
     badge without (the small default model, or --detector none); set in --strategy_params it is

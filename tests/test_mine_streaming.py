@@ -670,6 +670,9 @@ def test_a_missing_subscription_is_a_store_error(mongo, pubsub_host):
     (["--watch=/tmp/x/*", "--label_rate=0.1"], "--label_rate applies to --strategy vessal only"),
     (["--watch=/tmp/x/*", "--strategy=vessal", "--label_rate=0.1", "--budget=5"], "--budget does not apply"),
     (["--watch=/tmp/x/*", "--index_dir=/tmp/index"], "--index_dir applies to batch runs only"),
+    # ... also when given at their default values (not ignored because the value is the default).
+    (["--watch=/tmp/x/*", "--max_dead_letter_fraction=0.5"], "--max_dead_letter_fraction applies to batch runs only"),
+    (["--watch=/tmp/x/*", "--strategy=vessal", "--label_rate=0.1", "--budget=50"], "--budget does not apply"),
 ])
 def test_streaming_options_are_checked_before_anything_starts(argv, message):
     with pytest.raises(ValueError, match=message):

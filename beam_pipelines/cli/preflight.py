@@ -155,6 +155,18 @@ def exit_if_options_are_bad(prog: str, argv: Sequence[str], options_class, check
         sys.exit(2)
 
 
+def given_options(options: PipelineOptions) -> set:
+    """Names of the options the command line sets, also those set to their default value
+    (``--budget 50``): ``get_all_options(drop_default=True)`` alone misses them, so an option that
+    does not apply would be ignored silently when its value happens to be the default. Plus the
+    options set otherwise (keyword arguments) to a value other than their default."""
+    names = set(options.get_all_options(drop_default=True))
+    for token in getattr(options, "_flags", None) or ():
+        if isinstance(token, str) and token.startswith("--") and len(token) > 2:
+            names.add(token[2:].split("=", 1)[0].replace("-", "_"))
+    return names
+
+
 # --- values and paths (instant, local) ------------------------------------------------------
 
 def check_range(flag: str, value, valid: bool, expected: str):

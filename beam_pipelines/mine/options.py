@@ -516,7 +516,7 @@ def per_frame_spec(options: PipelineOptions, detections: bool = False) -> Option
         a detection ``uncertainty`` without a detector.
     """
     mine = options.view_as(MineOptions)
-    given = options.get_all_options(drop_default=True)
+    given = preflight.given_options(options)
     if mine.strategy != VESSAL:
         for flag in ("label_rate", "max_per_hour", "vessal_state_key"):
             if flag in given:
@@ -726,7 +726,7 @@ def check_streaming_options(options: PipelineOptions):
     if mine.bigquery_write_method == "FILE_LOADS":
         raise ValueError("--bigquery_write_method=FILE_LOADS needs a bounded input: a streaming job "
                          "uses STREAMING_INSERTS (or AUTO)")
-    given = options.get_all_options(drop_default=True)
+    given = preflight.given_options(options)
     for flag, why in BATCH_ONLY_OPTIONS.items():
         if flag in given:
             raise ValueError(f"--{flag} applies to batch runs only: {why}")
