@@ -377,7 +377,8 @@ def test_per_frame_selection_scales_u_by_the_detectors_uncertainty(transform):
     lacking = {r.frame.frame_id for r in records if not r.extra_scores}
     broken = records[5]._replace(extra_scores=(("detection_max", 1.5), ("detection_mean", 0.5)))
     records[5] = broken
-    expected = _pure_detection_pass(records[:5] + records[6:], 0.1, 16, known_length=transform == "SelectPerFrameInOrder")
+    expected = _pure_detection_pass(records[:5] + records[6:], 0.1, 16,
+                                    known_length=transform == "SelectPerFrameInOrder")
     assert len(expected) >= 30 and len(lacking) > 80
     assert len(expected) != len(_pure_detection_pass([r._replace(extra_scores=()) for r in records], 0.1, 16))
     spec = per_frame.PerFrameSpec(0.1, state_key="camera", params=(("dim", 16), ("uncertainty", "detection_max")))

@@ -33,6 +33,22 @@ _LOG = logging.getLogger(__name__)
 # the MongoDB drivers' retryable-writes specification.
 TRANSIENT_ERROR_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
+#: How a failure that retrying later may fix begins (the server was unreachable or kept failing
+#: transiently): :func:`is_unavailable`. Other failures (a document the validator rejects) are
+#: the document's.
+UNREACHABLE, FAILED_AFTER_RETRIES = "MongoDB unreachable since", "MongoDB write failed after"
+
+
+def is_unavailable(dead_letter) -> bool:
+    """True for a dead letter of stage ``mongodb`` whose document was not written because the
+    server was unavailable (unreachable, or transient errors through every attempt): the document
+    itself is fine, and writing it again later may succeed."""
+    if getattr(dead_letter, "stage", None) != records.STAGE_MONGODB:
+        return False
+    _, _, reason = (dead_letter.error or "").partition(": ")
+    return reason.startswith((UNREACHABLE, FAILED_AFTER_RETRIES))
+
+
 #: How long a write waits for a reachable server before it counts as a transient failure
 #: (a ``serverSelectionTimeoutMS`` in the URI wins).
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 30000
@@ -260,7 +276,7 @@ class MongoUpserter:
         if self._unreachable is not None:
             since, last_try, error = self._unreachable
             if time.monotonic() - last_try < self._unreachable_cooldown_s:
-                reason = (f"MongoDB unreachable since {since:%Y-%m-%dT%H:%M:%SZ} (an earlier batch "
+                reason = (f"{UNREACHABLE} {since:%Y-%m-%dT%H:%M:%SZ} (an earlier batch "
                           f"failed all {self._max_attempts} attempts: {error}); not tried again until "
                           f"{self._unreachable_cooldown_s:g} s after the last attempt")
                 return UpsertResult([], [UpsertFailure(doc, reason) for doc in documents], 0)
@@ -292,7 +308,7 @@ class MongoUpserter:
         else:  # a server answered
             self._unreachable = None
         for i in pending:
-            failed[i] = f"MongoDB write failed after {attempts} attempts: {last_error}"
+            failed[i] = f"{FAILED_AFTER_RETRIES} {attempts} attempts: {last_error}"
         return UpsertResult([doc["_id"] for i, doc in enumerate(documents) if i not in failed],
                             [UpsertFailure(documents[i], failed[i]) for i in sorted(failed)], retries)
 

@@ -44,6 +44,7 @@ from transforms.intake.ledger import ArrivalLedger
 from transforms.intake.notifications import (NotificationError, PubsubNotice, Skipped, parse_notification,
                                              watched_arrival)
 from transforms.intake.watch import ARRIVALS, FEED_CODER, MODELS, acknowledge
+from transforms.index.mongodb_client import is_unavailable
 
 _LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "activebeam.stream"
@@ -405,6 +406,7 @@ class _AcknowledgeFn(beam.DoFn):
         self._ledger = None
         self._done = Metrics.counter(METRICS_NAMESPACE, "arrivals_done")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "acknowledge_failed")
+        self._not_indexed = Metrics.counter(METRICS_NAMESPACE, "arrivals_not_indexed")
 
     def setup(self):
         self._ledger = self._ledger_config.open()
@@ -426,8 +428,15 @@ class _AcknowledgeFn(beam.DoFn):
 
     def _file(self, grouped):
         late_dead = list(grouped["index_dead_letters"])
+        unavailable = sum(1 for dead, _ in late_dead if is_unavailable(dead))
         for result in grouped["results"]:
             arrival = result.arrival
+            if unavailable:  # not done, not acknowledged: the next run (or redelivery) indexes it again
+                self._not_indexed.inc()
+                _LOG.warning("%s: %d frames not indexed, MongoDB unavailable; not marked done, so the next "
+                             "run reads it again (frames already written are upserted, not duplicated)",
+                             arrival.key, unavailable)
+                continue
             try:
                 self._ledger.done(arrival.key, result.frames, result.event_times,
                                   list(result.dead_letters) + late_dead)
@@ -449,6 +458,13 @@ class AcknowledgeArrivals(beam.PTransform):
     the index writers, timestamped with their event time), and any other PCollections whose
     watermark must pass an intake window before it is acknowledged (the writers' outputs: their
     elements are not used).
+
+    An arrival some of whose frames MongoDB could not take because it was unavailable
+    (:func:`transforms.index.mongodb_client.is_unavailable`: unreachable, or failing through every
+    retry) is neither marked done nor acknowledged (counter ``arrivals_not_indexed``): the next
+    run claims it again and indexes it, its frames already written being upserted, not
+    duplicated. A frame the store refuses for itself (its validator) is a dead letter of a done
+    arrival, as a file that does not decode is.
     """
 
     def __init__(self, ledger: LedgerConfig, feed_id: Optional[str] = None):
