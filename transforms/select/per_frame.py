@@ -16,7 +16,10 @@ it across worker restarts and updates. The local runner keeps it in memory only,
 also saved to MongoDB (collection ``selection_state``, ``_id`` ``<selection_id>:<key>``) at each
 pick (before the pick is emitted) and at the end of each bundle; a key without Beam state (a
 restarted local job) starts from that snapshot. A crash loses at most the updates of ``Sigma``
-and the counts of the frames of the bundle in flight, never a pick.
+and the counts of the frames of the bundle in flight, never a pick: a pick saved in the snapshot
+whose candidate was not written before the crash is refused as already picked when its frame
+comes again, and then emitted again with its saved decision (the same candidate, counter
+``vessal_picks_restored``) unless MongoDB ``candidates`` has it.
 
 A camera's first frame: with the ``camera`` or ``global`` state key, the first frame (with an
 uncertainty above 0) of a camera (the folder of its file) that the state has neither picked from
@@ -72,6 +75,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from schemas.candidates import CANDIDATES_COLLECTION, candidate_document_id
 from schemas.records import (DEAD_LETTER_TAG, MAX_ERROR_CHARS, STAGE_CANDIDATES, Candidate, DeadLetter,
                              FrameMetadata, FrameRecord)
 from transforms.index.mongodb_client import labelled_frame_ids
@@ -211,6 +215,7 @@ class _Metrics:
         self._counters = {name: Metrics.counter(METRICS_NAMESPACE, name) for name in _COUNTED}
         self.failed = Metrics.counter(METRICS_NAMESPACE, "vessal_failed")
         self.no_uncertainty = Metrics.counter(METRICS_NAMESPACE, NO_UNCERTAINTY)
+        self.restored = Metrics.counter(METRICS_NAMESPACE, "vessal_picks_restored")
         self.cost = Metrics.distribution(METRICS_NAMESPACE, "vessal_decision_us")
         self.probability = Metrics.distribution(METRICS_NAMESPACE, "vessal_probability_ppm")
         self._outcomes = collections.Counter()
@@ -255,6 +260,10 @@ class _StateSnapshots:
         import pickle
         doc = self._collection.find_one({"_id": doc_id})
         return pickle.loads(doc["state"]) if doc else None
+
+    def candidate_written(self, candidate_id: str) -> bool:
+        """Whether MongoDB ``candidates`` has the candidate ``candidate_id`` (``selection:frame``)."""
+        return self._collection.database[CANDIDATES_COLLECTION].find_one({"_id": candidate_id}, {"_id": 1}) is not None
 
     def save(self, doc_id: str, key: str, state: dict):
         import pickle
@@ -345,10 +354,21 @@ class _VessalFn(beam.DoFn):
             else:
                 self._unsaved[doc_id] = (key, saved)
         self._metrics.decided(decision, started)
-        if decision.picked:
+        if decision.outcome == ALREADY_PICKED and self._snapshots is not None:
+            decision = self._unwritten_pick(sampler, frame.frame_id)
+        if decision is not None and decision.picked:
             _, scored = to_scored(record)
             yield Pick(pick_candidate(scored, decision, self._selection, self._parameters, uncertainty),
                        frame.event_time)
+
+    def _unwritten_pick(self, sampler: VeSSAL, frame_id: str) -> Optional[Decision]:
+        """The decision that picked ``frame_id``, again, when its candidate is not in MongoDB (the
+        job stopped between saving the pick and writing it); else None."""
+        original = sampler.picked_decision(frame_id)
+        if original is None or self._snapshots.candidate_written(candidate_document_id(self._selection, frame_id)):
+            return None
+        self._metrics.restored.inc()
+        return original
 
 
 class SelectPerFrame(beam.PTransform):

@@ -47,7 +47,7 @@ probability ``p = min(1, zeta * u^T A^-1 u)``:
   frames that follow. The state keeps the names of the cameras covered (one string per camera).
 
 State: ``A^-1`` and ``Sigma`` (``2 d^2`` float64, 1 MB at ``d = 256``), counts, the current
-hour's picks, the last 256 picks and the names of the cameras covered; work per frame ``O(d^2)`` (one matrix-vector
+hour's picks, the last 256 picks (frame ids, pixel hashes and decisions) and the names of the cameras covered; work per frame ``O(d^2)`` (one matrix-vector
 product and one rank-1 update of ``Sigma``, in place on float64 C-contiguous arrays; a pick adds
 one rank-1 update of ``A^-1`` and the trace).
 
@@ -90,6 +90,7 @@ References
 """
 import collections
 import hashlib
+import json
 import math
 from typing import Iterable, Mapping, NamedTuple, Optional
 
@@ -320,6 +321,9 @@ class VeSSAL:
         self.recent = collections.deque(maxlen=RECENT_PICKS)  # frame ids and pixel hashes of picks
         self._recent_set = set()
         self._recent_text: Optional[str] = ""  # "\n".join(recent), None when stale
+        # frame id -> its Decision's fields, for the last RECENT_PICKS // 2 picks (picked_decision)
+        self.pick_log = collections.OrderedDict()
+        self._pick_log_text: Optional[str] = "{}"  # JSON of pick_log, None when stale
         self._trace = 0.0  # tr(Sigma A^-1), kept up to date in O(1) per frame
         self._shared = False  # a_inv and sigma are referenced by a state handed out: copy before updating
 
@@ -367,6 +371,22 @@ class VeSSAL:
                 self.recent.append(key)
                 self._recent_set.add(key)
                 self._recent_text = None
+
+    def picked_decision(self, frame_id: str) -> Optional["Decision"]:
+        """The :class:`Decision` that picked ``frame_id``, if it is one of the last
+        ``RECENT_PICKS // 2`` picks (else None): what a restarted job re-emits when a pick was
+        saved in the state but its candidate never written (a crash in between)."""
+        fields = self.pick_log.get(frame_id)
+        return None if fields is None else Decision(PICKED, *fields[:6], bool(fields[6]))
+
+    def _log_pick(self, frame_id: Optional[str], decision: "Decision"):
+        if not frame_id:
+            return
+        self.pick_log[frame_id] = [decision.probability, decision.q, decision.zeta, decision.ideal_rate,
+                                   decision.seen, decision.picks, int(decision.new_camera)]
+        while len(self.pick_log) > RECENT_PICKS // 2:
+            self.pick_log.popitem(last=False)
+        self._pick_log_text = None
 
     def was_picked(self, *keys: str) -> bool:
         return any(k in self._recent_set for k in keys if k)
@@ -450,7 +470,10 @@ class VeSSAL:
             self._cover(camera)
         if outcome in (LABELLED, ALREADY_PICKED):
             probability, new_camera = 0.0, False
-        return Decision(outcome, float(probability), q, float(zeta), ideal, self.seen, self.picks, bool(new_camera))
+        decision = Decision(outcome, float(probability), q, float(zeta), ideal, self.seen, self.picks, bool(new_camera))
+        if outcome == PICKED:
+            self._log_pick(keys[0] if keys else None, decision)
+        return decision
 
     def _cover(self, camera: Optional[str]):
         if camera is not None and camera not in self.cameras:
@@ -475,9 +498,12 @@ class VeSSAL:
             self._recent_text = "\n".join(self.recent)  # one string: pickled 50x faster than a list
         if self._cameras_text is None:
             self._cameras_text = "\n".join(sorted(self.cameras))
+        if self._pick_log_text is None:
+            self._pick_log_text = json.dumps(self.pick_log)
         return {"params": self.describe(), "a_inv": self.a_inv, "sigma": self.sigma, "seen": self.seen,
                 "picks": self.picks, "hour": self.hour, "hour_picks": self.hour_picks,
-                "recent": self._recent_text, "trace": self._trace, "cameras": self._cameras_text}
+                "recent": self._recent_text, "trace": self._trace, "cameras": self._cameras_text,
+                "pick_log": self._pick_log_text}
 
     def load_state(self, state: dict) -> "VeSSAL":
         """Takes ``A^-1``, ``Sigma``, counts and recent picks from :meth:`to_state`'s dict (the
@@ -500,6 +526,8 @@ class VeSSAL:
         cameras = state.get("cameras") or ""
         self.cameras = set(cameras.split("\n")) if cameras else set()
         self._cameras_text = None
+        self.pick_log = collections.OrderedDict(json.loads(state.get("pick_log") or "{}"))
+        self._pick_log_text = None
         return self
 
     @classmethod
