@@ -86,16 +86,17 @@ def test_late_pane_too_late_frame_and_restored_frames(tmp_path):
     first, late, too_late = RECORDS[:5], RECORDS[5], RECORDS[6]
     restored = [Restored(r) for r in first[:2]]  # the same frames replayed after a restart
     dead = DeadLetter("file:///cam/broken.png", "decode", "not an image")
-    stream = (TestStream()
-              .advance_watermark_to(BASE)
-              .add_elements([TimestampedValue(r, BASE + i) for i, r in enumerate(first)])
-              .add_elements([TimestampedValue(x, BASE + 10) for x in restored + [dead]])
-              .advance_watermark_to(BASE + 120)                        # [0, 60) fires on time
-              .add_elements([TimestampedValue(late, BASE + 30)])        # late, within lateness
-              .add_elements([TimestampedValue(too_late, BASE - 7200)])  # 2 h before: too late
-              .advance_watermark_to_infinity())
+    def stream():
+        return (TestStream()
+                .advance_watermark_to(BASE)
+                .add_elements([TimestampedValue(r, BASE + i) for i, r in enumerate(first)])
+                .add_elements([TimestampedValue(x, BASE + 10) for x in restored + [dead]])
+                .advance_watermark_to(BASE + 120)                        # [0, 60) fires on time
+                .add_elements([TimestampedValue(late, BASE + 30)])        # late, within lateness
+                .add_elements([TimestampedValue(too_late, BASE - 7200)])  # 2 h before: too late
+                .advance_watermark_to_infinity())
     out = str(tmp_path)
-    panes = _run(stream, SelectPerWindow(WindowSpec(60, None, 3600), 2, "entropy"), out)
+    panes = _run(stream(), SelectPerWindow(WindowSpec(60, None, 3600), 2, "entropy"), out)
     window = [p for p in panes if p["window"] == [0, 60]]
     assert [p["pane"] for p in window] == ["on_time", "late"]
     assert (window[0]["frames"], window[0]["files"]) == (5, 6)  # restored ones counted once
@@ -115,6 +116,12 @@ def test_late_pane_too_late_frame_and_restored_frames(tmp_path):
         lines = [json.loads(line) for line in f]
     assert [(line["pane"], line["frames"]) for line in lines if line["window_start_s"] == BASE] == [
         ("on_time", 5), ("late", 6)]
+    # When the frames are decided per frame (--strategy vessal), the too-late frame is indexed and
+    # decided: not a failure, no dead letter; the decode failure stays one.
+    counted = _run(stream(), SelectPerWindow(WindowSpec(60, None, 3600), 0, "random", decided_per_frame=True),
+                   str(tmp_path / "per_frame"))
+    assert not [p for p in counted if ["window", too_late.frame.source_uri] in p["dead"]]
+    assert [p["dead"] for p in counted if p["window"] == [0, 60]][0] == [["decode", "file:///cam/broken.png"]]
 
 
 def test_a_window_with_identical_frames_selects_one_and_counts_them():

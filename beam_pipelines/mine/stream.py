@@ -177,7 +177,8 @@ class MineStream(beam.PTransform):
         if per_frame is not None:  # picks per frame; the windows still count and hold the dead letters
             budget, strategy, strategy_params, uniqueness_k = 0, "random", None, 0
         self._select = SelectPerWindow(job.windows, budget, strategy, strategy_params,
-                                       uniqueness_k=uniqueness_k, inputs=(job.input_name,))
+                                       uniqueness_k=uniqueness_k, inputs=(job.input_name,),
+                                       decided_per_frame=per_frame is not None)
         self._pick = self._write_picks = None
         if per_frame is not None:
             self._pick = SelectPerFrame(per_frame, mongo_uri=mongo_uri, database=mongo_database,

@@ -19,6 +19,9 @@ of each open window, as long as the window accepts late data.
 An element whose every window closed more than ``allowed_lateness_s`` ago (by the wall clock,
 which the job's watermark never passes) would be dropped by Beam without a trace: it becomes a
 dead letter of stage ``window`` in the current window instead (the frame itself is indexed).
+With ``decided_per_frame`` (the windows only count, ``--strategy vessal`` decides every frame
+as it comes) such a frame is not a failure: it is indexed and decided, and only counted in
+``frames_too_late`` (not in a window).
 
 With ``uniqueness_k`` the k-NN uniqueness score (FiftyOne's, :mod:`transforms.score.knn`) is
 computed among the window's distinct frames and can be ranked by (strategy ``uniqueness``).
@@ -90,8 +93,9 @@ class _TooLateFn(beam.DoFn):
     """Drops nothing silently: what Beam would drop as too late becomes a ``window`` dead letter
     in the current window."""
 
-    def __init__(self, spec: WindowSpec):
+    def __init__(self, spec: WindowSpec, decided_per_frame: bool = False):
         self._spec = spec
+        self._decided_per_frame = decided_per_frame
         self._too_late = Metrics.counter(METRICS_NAMESPACE, "frames_too_late")
         self._restored_closed = Metrics.counter(METRICS_NAMESPACE, "restored_outside_lateness")
 
@@ -112,6 +116,8 @@ class _TooLateFn(beam.DoFn):
             yield TimestampedValue(item, now)
             return
         self._too_late.inc()
+        if self._decided_per_frame:  # indexed and decided per frame: nothing is lost
+            return
         frame = item.frame
         yield TimestampedValue(DeadLetter(
             frame.source_uri, records.STAGE_WINDOW,
@@ -244,6 +250,9 @@ class SelectPerWindow(beam.PTransform):
         Neighbours of the per-window uniqueness score; 0: not computed.
     inputs : sequence of str
         Names of the job's inputs, hashed into each window's ``selection_id``.
+    decided_per_frame : bool
+        The frames are decided elsewhere, as they come (``--strategy vessal``; ``budget`` 0): a
+        frame too late for its windows is counted in ``frames_too_late``, not a dead letter.
 
     Raises
     ------
@@ -252,9 +261,10 @@ class SelectPerWindow(beam.PTransform):
     """
 
     def __init__(self, spec: WindowSpec, budget: int, strategy="entropy", params=None, *,
-                 uniqueness_k: int = 0, inputs: Sequence[str] = ()):
+                 uniqueness_k: int = 0, inputs: Sequence[str] = (), decided_per_frame: bool = False):
         super().__init__()
         self._spec = spec.validated()
+        self._decided_per_frame = decided_per_frame
         strategy = checked_strategy(budget, strategy, params)
         if uniqueness_k < 0:
             raise ValueError(f"uniqueness_k must be >= 0, got {uniqueness_k}")
@@ -264,7 +274,7 @@ class SelectPerWindow(beam.PTransform):
     def expand(self, items):
         spec = self._spec
         return (items
-                | "DeadLetterTooLate" >> beam.ParDo(_TooLateFn(spec)).with_output_types(Any)
+                | "DeadLetterTooLate" >> beam.ParDo(_TooLateFn(spec, self._decided_per_frame)).with_output_types(Any)
                 | "EventTimeWindows" >> beam.WindowInto(
                     spec.windowfn(), trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
