@@ -56,7 +56,8 @@ uncertainty 0: ``u = 0``, selection probability 0, never picked; it still counts
 not finite makes a dead letter.
 
 Metrics (namespace ``activebeam.sample``): ``vessal_frames``, ``vessal_picked``, ``vessal_capped``,
-``vessal_refused`` (already picked or labelled), ``vessal_failed`` (dead letters), ``vessal_no_uncertainty``
+``vessal_refused`` (already picked or labelled), ``vessal_picks_restored`` (picks emitted again
+after a crash, see State), ``vessal_failed`` (dead letters), ``vessal_no_uncertainty``
 (frames without the chosen detection score: never picked), ``vessal_decision_us`` (distribution, µs per
 decision), ``vessal_probability_ppm`` (distribution, selection probability in millionths).
 """
