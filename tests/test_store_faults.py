@@ -140,9 +140,9 @@ if __name__ == "__main__":
 
 
 def test_an_arrival_whose_frames_mongodb_could_not_take_is_not_marked_done():
-    """Streaming: a file some of whose frames failed to be indexed because MongoDB was unavailable
-    stays claimed (not done, not acknowledged), so the next run claims it again and indexes it;
-    a frame the store refuses for itself leaves the file done, with its dead letter."""
+    """Streaming: a file whose scored frames are not all in MongoDB when it is acknowledged
+    (MongoDB was down while they were written) stays claimed (not done, not acknowledged), so
+    the next run claims it again and indexes it; a file whose frames are all there is done."""
     from schemas import arrivals as arrivals_schema
     from schemas import records
     from schemas.records import Arrival, DeadLetter
@@ -154,31 +154,33 @@ def test_an_arrival_whose_frames_mongodb_could_not_take_is_not_marked_done():
         return DeadLetter(uri, records.STAGE_MONGODB, f"frames _id=f1: {reason}", 0, "f1")
     outage = "MongoDB unreachable since 2026-12-06T19:00:00Z (an earlier batch failed all 5 attempts: ...)"
     retries = "MongoDB write failed after 5 attempts: connection closed"
-    refused = "Document failed validation"
     assert is_unavailable(dead("a", outage)) and is_unavailable(dead("a", retries))
-    assert not is_unavailable(dead("a", refused))
+    assert not is_unavailable(dead("a", "Document failed validation"))
     assert not is_unavailable(DeadLetter("a", records.STAGE_DECODE, f"frames _id=f1: {outage}", 0, "f1"))
     with harness.mongod() as server:
-        config = LedgerConfig(server.uri, "ack", "/cams/*", "run-1")
+        frames = pymongo.MongoClient(server.uri)["ack"]["frames"]
+        # (file, frames of it in the store, an outage dead letter in the group)
+        cases = (("partial", 2, False), ("lost", 0, False), ("reported", 3, True), ("clean", 3, False))
+        frames.insert_many([{"_id": f"{name}-{i}", "source_uri": f"/cams/{name}.mp4", "frame_index": i}
+                            for name, stored, _ in cases for i in range(stored)])
         ledger = ArrivalLedger(server.uri, "ack", "/cams/*", "run-1").open()
-        fn = _AcknowledgeFn(config, None)
+        fn = _AcknowledgeFn(LedgerConfig(server.uri, "ack", "/cams/*", "run-1"), None)
         fn.setup()
         fn.start_bundle()
         statuses = {}
-        for name, reason in (("outage", outage), ("refused", refused), ("clean", None)):
+        for name, _, reported in cases:
             arrival = Arrival(f"/cams/{name}.mp4#1:1", f"/cams/{name}.mp4", 0.0, "mtime")
             ledger.claim(arrival)
-            late = [(dead(arrival.uri, reason), 0.0)] if reason else []
+            late = [(dead(arrival.uri, outage), 0.0)] if reported else []
             fn._file({"results": [ArrivalResult(arrival, 3, (0.0, 1.0, 2.0), ())], "index_dead_letters": late})
-            statuses.update(ledger.statuses([arrival.key]))
+            statuses[name] = ledger.statuses([arrival.key])[arrival.key]
         fn.teardown()
-        assert statuses == {"/cams/outage.mp4#1:1": arrivals_schema.CLAIMED,
-                            "/cams/refused.mp4#1:1": arrivals_schema.DONE,
-                            "/cams/clean.mp4#1:1": arrivals_schema.DONE}
-        assert fn._keys == ["/cams/refused.mp4#1:1", "/cams/clean.mp4#1:1"]  # acknowledged
-        # The next run takes the claimed file over; a done one stays done.
+        assert statuses == {"partial": arrivals_schema.CLAIMED, "lost": arrivals_schema.CLAIMED,
+                            "reported": arrivals_schema.CLAIMED, "clean": arrivals_schema.DONE}
+        assert fn._keys == ["/cams/clean.mp4#1:1"]  # the only one acknowledged
+        # The next run takes the claimed files over; a done one stays done.
         next_run = ArrivalLedger(server.uri, "ack", "/cams/*", "run-2").open()
-        for name, claim in (("outage", "TAKEN_OVER"), ("clean", "DUPLICATE")):
+        for name, claim in (("lost", "TAKEN_OVER"), ("clean", "DUPLICATE")):
             again = Arrival(f"/cams/{name}.mp4#1:1", f"/cams/{name}.mp4", 0.0, "mtime")
             assert next_run.claim(again).claim.name == claim
         ledger.close()

@@ -21,6 +21,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence
 
 from schemas import arrivals as arrivals_schema
 from schemas import tables
+from schemas.frames import FRAMES_COLLECTION
 from schemas.records import Arrival
 from transforms.index.mongodb_client import DEFAULT_SERVER_SELECTION_TIMEOUT_MS, MongoUpserter
 
@@ -92,6 +93,17 @@ class ArrivalLedger:
                 if attempt == self._max_attempts:
                     raise
                 time.sleep(0.5 * 2 ** (attempt - 1) * (1 + random.random()))
+
+    def frames_stored(self, source_uri: str) -> int:
+        """Frames of ``source_uri`` in the ``frames`` collection of the ledger's database.
+
+        Raises
+        ------
+        pymongo.errors.PyMongoError
+            When MongoDB stays unreachable after ``max_attempts``.
+        """
+        frames = self._collection.database[FRAMES_COLLECTION]
+        return self._retrying(lambda: frames.count_documents({"source_uri": source_uri}))
 
     def claim(self, arrival: Arrival) -> ClaimResult:
         """Claims ``arrival`` for this run unless it is done or this run already has it.

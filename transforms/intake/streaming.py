@@ -431,11 +431,20 @@ class _AcknowledgeFn(beam.DoFn):
         unavailable = sum(1 for dead, _ in late_dead if is_unavailable(dead))
         for result in grouped["results"]:
             arrival = result.arrival
-            if unavailable:  # not done, not acknowledged: the next run (or redelivery) indexes it again
+            try:
+                # The index writers' dead letters carry their frames' event times, so they seldom
+                # reach this intake window's group: the store says what was written.
+                missing = max(unavailable, result.frames - self._ledger.frames_stored(arrival.uri))
+            except Exception as e:  # pylint: disable=broad-except  # not acknowledged: it comes back
+                self._failed.inc()
+                _LOG.warning("could not count the frames of %s (its message will be delivered again): %s",
+                             arrival.key, e)
+                continue
+            if missing > 0:  # not done, not acknowledged: the next run (or redelivery) indexes it again
                 self._not_indexed.inc()
-                _LOG.warning("%s: %d frames not indexed, MongoDB unavailable; not marked done, so the next "
-                             "run reads it again (frames already written are upserted, not duplicated)",
-                             arrival.key, unavailable)
+                _LOG.warning("%s: %d of its %d frames are not in MongoDB (unavailable while they were written); "
+                             "not marked done, so the next run reads it again (frames already written are "
+                             "upserted, not duplicated)", arrival.key, missing, result.frames)
                 continue
             try:
                 self._ledger.done(arrival.key, result.frames, result.event_times,
@@ -459,12 +468,13 @@ class AcknowledgeArrivals(beam.PTransform):
     watermark must pass an intake window before it is acknowledged (the writers' outputs: their
     elements are not used).
 
-    An arrival some of whose frames MongoDB could not take because it was unavailable
-    (:func:`transforms.index.mongodb_client.is_unavailable`: unreachable, or failing through every
-    retry) is neither marked done nor acknowledged (counter ``arrivals_not_indexed``): the next
-    run claims it again and indexes it, its frames already written being upserted, not
-    duplicated. A frame the store refuses for itself (its validator) is a dead letter of a done
-    arrival, as a file that does not decode is.
+    An arrival whose scored frames are not all in MongoDB ``frames`` when it is acknowledged
+    (MongoDB was unavailable while they were written; or an index dead letter of
+    :func:`transforms.index.mongodb_client.is_unavailable` reached this group) is neither marked
+    done nor acknowledged (counter ``arrivals_not_indexed``): the next run claims it again and
+    indexes it, its frames already written being upserted, not duplicated. (A frame the store
+    refused for itself, by its validator, would have its file read again by each run, and
+    dead-lettered again: never lost.)
     """
 
     def __init__(self, ledger: LedgerConfig, feed_id: Optional[str] = None):
