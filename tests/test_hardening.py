@@ -636,15 +636,31 @@ def test_data_directory_in_use_by_a_live_run_is_one_line(nothing_starts, monkeyp
                         f"to end, or use another --output_dir")
 
 
-def test_frames_left_unindexed_make_exit_code_1(monkeypatch, capsys):
+@pytest.mark.parametrize("written, candidates_written, message", [
+    (3, 2, "2 of 5 scored frames"),
+    (5, 0, "2 of 2 candidates"),  # MongoDB died after the frames were indexed
+    (4, 1, "1 of 5 scored frames and 1 of 2 candidates"),
+])
+def test_frames_or_candidates_left_unindexed_make_exit_code_1(monkeypatch, capsys, written, candidates_written,
+                                                               message):
     out_dir = harness.tmpdir()
     summary = {"output_dir": out_dir, "files_matched": 2, "files_decoded": 2, "files_failed": 0,
-               "frames_decoded": 5, "frames_scored": 5, "frames_written": 3, "dead_letters": 2,
-               "candidates": 2, "wall_seconds": 1.0, "mongo_embedded": False}
+               "frames_decoded": 5, "frames_scored": 5, "frames_written": written, "dead_letters": 2,
+               "candidates": 2, "candidates_written": candidates_written, "wall_seconds": 1.0,
+               "mongo_embedded": False}
     monkeypatch.setattr(mine_command, "run", lambda argv: summary)
     code, lines, _ = _main([], capsys)
-    assert code == 1 and lines == [f"mine: error: 2 of 5 scored frames were not indexed in MongoDB "
-                                   f"(dead letters at stage 'mongodb' in {out_dir}/dead_letter.jsonl)"]
+    assert code == 1 and lines == [f"mine: error: {message} were not indexed in MongoDB (dead letters at stage "
+                                   f"'mongodb' in {out_dir}/dead_letter.jsonl; a rerun writes them)"]
+
+
+def test_a_run_that_indexed_everything_exits_0(monkeypatch, capsys):
+    summary = {"output_dir": harness.tmpdir(), "files_matched": 1, "files_decoded": 1, "files_failed": 0,
+               "frames_decoded": 5, "frames_scored": 5, "frames_written": 5, "dead_letters": 0,
+               "candidates": 2, "candidates_written": 2, "wall_seconds": 1.0, "mongo_embedded": False}
+    monkeypatch.setattr(mine_command, "run", lambda argv: summary)
+    mine.main([])  # no SystemExit: exit code 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.strip()] == []
 
 
 # --- secrets and the checkout ----------------------------------------------------------------

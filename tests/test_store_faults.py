@@ -185,3 +185,22 @@ def test_an_arrival_whose_frames_mongodb_could_not_take_is_not_marked_done():
             assert next_run.claim(again).claim.name == claim
         ledger.close()
         next_run.close()
+
+
+def test_a_dead_server_is_given_up_on_within_the_uris_server_selection_timeout():
+    """Every reader and writer honours ``serverSelectionTimeoutMS`` written in the URI (pymongo's
+    keywords would win over it): a stopped mongod costs the URI's 400 ms, not the default 30 s."""
+    from transforms.index.mongodb_client import labelled_frame_ids, mongo_client, uri_options
+    from transforms.select.per_frame import _StateSnapshots
+    assert uri_options("mongodb://h:1/db?serverSelectionTimeoutMS=5&retryWrites=false") == {
+        "serverselectiontimeoutms", "retrywrites"}
+    assert mongo_client("mongodb://h:1/").options.server_selection_timeout == 30
+    with harness.mongod() as server:
+        uri = server.uri + ("&" if "?" in server.uri else "/?") + "serverSelectionTimeoutMS=400"
+        assert labelled_frame_ids(uri, "dead") == (set(), set())
+        server.stop()
+        for read in (lambda: labelled_frame_ids(uri, "dead"), lambda: _StateSnapshots(uri, "dead").load("k")):
+            started = time.monotonic()
+            with pytest.raises(pymongo.errors.ServerSelectionTimeoutError):
+                read()
+            assert time.monotonic() - started < 5

@@ -80,8 +80,8 @@ class Session:
         self.embedded_ls = None
 
     def __enter__(self):
-        import pymongo
         from transforms.annotate.client import LabelStudioClient
+        from transforms.index.mongodb_client import mongo_client
         stack = self._stack.__enter__()
         os.makedirs(self.job.output_dir, exist_ok=True)
         if self.job.mongo_uri:
@@ -90,7 +90,7 @@ class Session:
         else:
             from beam_pipelines.local.mongod import LocalMongoD
             self.mongo_uri = stack.enter_context(LocalMongoD(os.path.join(self.job.output_dir, "mongo-data"))).uri
-        mongo = stack.enter_context(pymongo.MongoClient(self.mongo_uri, serverSelectionTimeoutMS=30000))
+        mongo = stack.enter_context(mongo_client(self.mongo_uri, appname="activebeam-annotate"))
         self.db = mongo[self.job.mongo_database]
         if not self._need_ls:
             return self

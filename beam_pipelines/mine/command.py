@@ -68,7 +68,7 @@ COMMAND_ENVIRONMENT = {"NO_GCE_CHECK": "true",  # never probe the cloud metadata
 
 def main(argv=None):
     """The command: :func:`run`, with one line ``mine: error: ...`` and an exit code for bad options
-    (2), unusable stores (3), a cancelling signal (128 + its number) or frames left unindexed (1)
+    (2), unusable stores (3), a cancelling signal (128 + its number) or frames or candidates left unindexed (1)
     (see :mod:`beam_pipelines.cli.shutdown`)."""
     args = list(argv if argv is not None else sys.argv[1:])
     if "-h" in args or "--help" in args or "--help_beam" in args:
@@ -100,9 +100,12 @@ def main(argv=None):
         if summary.get("mongo_embedded"):
             print(f"MongoDB data: {os.path.join(out, 'mongo-data')} (database "
                   f"{summary['mongo_database']!r}, collection 'frames'; start mongod with --dbpath there)")
-        unindexed = summary.get("frames_scored", 0) - summary.get("frames_written", 0)
-        if unindexed > 0:
-            sys.stderr.write(f"mine: error: {unindexed} of {summary['frames_scored']} scored frames "
-                             f"were not indexed in MongoDB (dead letters at stage 'mongodb' in "
-                             f"{FileSystems.join(out, DEAD_LETTER_FILE)})\n")
+        unindexed = [(summary.get(total, 0) - summary.get(written, 0), summary.get(total, 0), what)
+                     for total, written, what in (("frames_scored", "frames_written", "scored frames"),
+                                                  ("candidates", "candidates_written", "candidates"))]
+        unindexed = [f"{missing} of {total} {what}" for missing, total, what in unindexed if missing > 0]
+        if unindexed:
+            sys.stderr.write(f"mine: error: {' and '.join(unindexed)} were not indexed in MongoDB (dead "
+                             f"letters at stage 'mongodb' in {FileSystems.join(out, DEAD_LETTER_FILE)}; "
+                             f"a rerun writes them)\n")
             sys.exit(shutdown.EXIT_FAILED)

@@ -17,6 +17,7 @@ from beam_pipelines.cli import preflight
 from beam_pipelines.local.mongod import LocalMongoD
 from beam_pipelines.mine.options import BATCH_ONLY_OPTIONS, MineJob, decode_options
 from transforms.common.redact import redact_uri
+from transforms.index.mongodb_client import mongo_client
 from transforms.score.detectors import (BackgroundDifferenceDetector, DetectorHandler, detector_handler,
                                         detector_version)
 from transforms.score.ptransforms import ModelSpec, load_model_spec
@@ -67,7 +68,7 @@ def calibrated_cost_model(mongo_uri: str, database: str, timeout_s: float = 10.0
     when MongoDB cannot be read (logged: the published defaults apply)."""
     import pymongo
     try:
-        with pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=int(timeout_s * 1000)) as client:
+        with mongo_client(mongo_uri, server_selection_timeout_ms=int(timeout_s * 1000)) as client:
             return fit_to_annotations(client[database])
     except pymongo.errors.PyMongoError as e:
         _LOG.warning("the cost model keeps its published defaults: annotations cannot be read (%s)",

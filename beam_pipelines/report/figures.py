@@ -14,12 +14,12 @@ import logging
 from typing import Optional
 
 import numpy as np
-import pymongo
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines.report.html import pool_frames
 from schemas import scores as score_registry
 from transforms.common.outputs import CANDIDATES_FILE, SUMMARY_FILE
+from transforms.index.mongodb_client import mongo_client
 from transforms.index.window_outputs import write_atomically
 from transforms.select.base import Pool
 from transforms.select.cost import CostModel, selection_cost
@@ -97,7 +97,7 @@ def add_to_summary(output_dir: str, mongo_uri: Optional[str], database: str) -> 
         with FileSystems.open(summary_path) as f:
             summary = json.loads(f.read().decode("utf-8"))
         candidates = _read_json_lines(FileSystems.join(output_dir, CANDIDATES_FILE))
-        with pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000) as client:
+        with mongo_client(mongo_uri, appname="activebeam-report", server_selection_timeout_ms=10_000) as client:
             figures = selection_figures(summary, candidates, client[database])
         if figures is not None:
             summary[SUMMARY_KEY] = figures

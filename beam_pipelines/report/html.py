@@ -226,9 +226,8 @@ def _run_outputs(run: Optional[dict]):
 
 class _mongo:
     def __init__(self, uri: str):
-        import pymongo
-        options = {"serverSelectionTimeoutMS": 30000, "appname": "activebeam-report"}
-        self._client = pymongo.MongoClient(uri, **{k: v for k, v in options.items() if k.lower() not in uri.lower()})
+        from transforms.index.mongodb_client import mongo_client
+        self._client = mongo_client(uri, appname="activebeam-report")
 
     def __enter__(self):
         return self._client

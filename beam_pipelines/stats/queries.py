@@ -145,10 +145,8 @@ def _mongo_latest_qc(database) -> List[dict]:
 
 def mongo_stats(uri: str, database: str = "activebeam") -> Dict[str, List[dict]]:
     """Every report from MongoDB: ``{report: [row dict, ...]}``, in :data:`REPORTS` order."""
-    import pymongo
-    defaults = {"serverSelectionTimeoutMS": 30000, "appname": "activebeam-stats"}
-    options = {k: v for k, v in defaults.items() if k.lower() not in uri.lower()}  # the URI wins
-    with pymongo.MongoClient(uri, **options) as client:
+    from transforms.index.mongodb_client import mongo_client
+    with mongo_client(uri, appname="activebeam-stats") as client:
         return _mongo_reports(client[database])
 
 

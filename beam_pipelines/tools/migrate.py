@@ -96,9 +96,9 @@ def migrate_bigquery(dataset: str, class_names: Dict[str, Sequence[str]], client
 def migrate_mongo(uri: str, database: str, class_names: Dict[str, Sequence[str]]) -> Dict[str, dict]:
     """Migrates the ``frames`` and ``candidates`` collections; returns per collection the number
     of documents changed."""
-    import pymongo
+    from transforms.index.mongodb_client import mongo_client
     done = {}
-    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=30000) as client:
+    with mongo_client(uri, appname="activebeam-migrate") as client:
         db = client[database]
         boxes = db["frames"].update_many(migrations.MONGO_LEGACY_BOXES, migrations.mongo_boxes_update())
         done["frames"] = {"boxes": boxes.modified_count}

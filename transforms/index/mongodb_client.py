@@ -54,6 +54,25 @@ def is_unavailable(dead_letter) -> bool:
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 30000
 
 
+def uri_options(uri: str) -> frozenset:
+    """The lower-cased names of the options in a MongoDB connection string's query part."""
+    import urllib.parse
+    query = uri.partition("?")[2]
+    return frozenset(name.lower() for name, _ in urllib.parse.parse_qsl(query, keep_blank_values=True))
+
+
+def mongo_client(uri: str, *, appname: str = "activebeam",
+                 server_selection_timeout_ms: int = DEFAULT_SERVER_SELECTION_TIMEOUT_MS, **defaults):
+    """A ``pymongo.MongoClient`` for ``uri`` with these defaults, where an option written in the
+    URI wins (pymongo lets keywords win over the URI, so ``?serverSelectionTimeoutMS=2000`` would
+    otherwise be ignored). Connects lazily; raises ``pymongo.errors.ConfigurationError`` or
+    ``InvalidURI`` for a malformed URI."""
+    import pymongo
+    defaults.update(appname=appname, serverSelectionTimeoutMS=server_selection_timeout_ms)
+    given = uri_options(uri)
+    return pymongo.MongoClient(uri, **{k: v for k, v in defaults.items() if k.lower() not in given})
+
+
 #: After a batch failed every attempt because no server answered, later batches of the same
 #: upserter fail at once (dead letters) for this many seconds, then one attempt probes the server
 #: again: a server that died mid-run costs one batch's retries, not every batch's.
@@ -164,13 +183,8 @@ class MongoUpserter:
 
     def open(self) -> "MongoUpserter":
         """Creates the ``MongoClient`` (connects lazily, on the first write)."""
-        import pymongo
         if self._client is None:
-            defaults = {"appname": "activebeam",
-                        "serverSelectionTimeoutMS": self._server_selection_timeout_ms}
-            # Options in the URI win over these defaults (pymongo would let keywords win).
-            options = {k: v for k, v in defaults.items() if k.lower() not in self._uri.lower()}
-            self._client = pymongo.MongoClient(self._uri, **options)
+            self._client = mongo_client(self._uri, server_selection_timeout_ms=self._server_selection_timeout_ms)
             self._collection = self._client[self._database_name][self._collection_name]
             self._collection_ready = False
         return self
@@ -339,9 +353,7 @@ def labelled_frame_ids(uri: str, database: str):
     (labelled), and the other frames of their ``duplicate_group`` (near-duplicates, when the
     frames carry one; the group id is its representative's ``frame_id``). Missing collections
     count as empty; raises pymongo's errors when the server does not answer."""
-    import pymongo
-    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=DEFAULT_SERVER_SELECTION_TIMEOUT_MS,
-                             appname="activebeam") as client:
+    with mongo_client(uri) as client:
         db = client[database]
         ids = set()
         for collection in ("label_tasks", "annotations"):

@@ -44,7 +44,7 @@ from transforms.intake.ledger import ArrivalLedger
 from transforms.intake.notifications import (NotificationError, PubsubNotice, Skipped, parse_notification,
                                              watched_arrival)
 from transforms.intake.watch import ARRIVALS, FEED_CODER, MODELS, acknowledge
-from transforms.index.mongodb_client import is_unavailable
+from transforms.index.mongodb_client import is_unavailable, mongo_client
 
 _LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "activebeam.stream"
@@ -506,11 +506,10 @@ class _ReplayFn(beam.DoFn):
         self._dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters_restored")
 
     def process(self, unused_impulse):
-        import pymongo
         since = time.time() - self._horizon_s
         config = self._ledger_config
         ledger = config.open()
-        client = pymongo.MongoClient(config.mongo_uri, serverSelectionTimeoutMS=30000)
+        client = mongo_client(config.mongo_uri)
         try:
             collection = client[config.database][frames_schema.FRAMES_COLLECTION]
             for doc in ledger.recent(since):

@@ -253,8 +253,8 @@ class _StateSnapshots:
     """The ``selection_state`` collection: the last saved state of each key."""
 
     def __init__(self, uri: str, database: str):
-        import pymongo
-        self._client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=30000, appname="activebeam")
+        from transforms.index.mongodb_client import mongo_client
+        self._client = mongo_client(uri)
         self._collection = self._client[database][STATE_COLLECTION]
 
     def load(self, doc_id: str) -> Optional[dict]:
