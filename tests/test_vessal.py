@@ -137,6 +137,55 @@ def test_state_round_trip_continues_exactly():
     np.testing.assert_array_equal(whole.a_inv, resumed.a_inv)
 
 
+def test_decided_frames_are_the_set_of_indices_added_kept_as_few_ranges():
+    from transforms.select.vessal import DecidedFrames
+    rng = np.random.default_rng(3)
+    decided, truth = DecidedFrames(max_sources=3), {}
+    for index in range(50):  # a file read in order: one range
+        decided.add("a.mp4", index)
+    assert decided.to_state()["a.mp4"] == [[0, 49]]
+    for index in rng.permutation(40)[:30]:  # out of order, with gaps that later fill
+        decided.add("b.mp4", int(index))
+        truth.setdefault("b.mp4", set()).add(int(index))
+    ranges = decided.to_state()["b.mp4"]
+    assert [i for lo, hi in ranges for i in range(lo, hi + 1)] == sorted(truth["b.mp4"])
+    assert all(hi + 1 < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))  # disjoint, not touching
+    assert all((("b.mp4", i) in decided) == (i in truth["b.mp4"]) for i in range(-1, 45))
+    kept = {source: [r[:] for r in ranges] for source, ranges in decided.to_state().items()}
+    handed_out = decided.to_state()
+    decided.detach()  # the state handed out stays as it was
+    decided.add("b.mp4", 45)
+    decided.add("c.png", 0)
+    decided.add("d.png", 0)  # the fourth source: the least recently decided ("a.mp4") goes
+    assert {k: v for k, v in handed_out.items()} == kept
+    assert list(decided.to_state()) == ["b.mp4", "c.png", "d.png"] and ("a.mp4", 3) not in decided
+    assert ("b.mp4", 45) in decided and ("c.png", 0) in decided and ("c.png", 1) not in decided
+
+
+def test_a_file_read_again_after_a_restart_is_not_decided_twice():
+    """A restarted stream reads its unfinished file again: the frames the saved state had decided
+    change nothing (``decided_before``), and the stream goes on exactly as without the restart."""
+    x, p = _stream(300, seed=6)
+    embed = Embedder(16)
+    u = [embed(x[i], p[i]) for i in range(len(x))]
+
+    def decide(sampler, i):
+        return sampler.decide(u[i], frame_draw(str(i)), keys=(str(i),), frame=("cam/a.mp4", i))
+
+    whole = VeSSAL(0.1, 16)
+    expected = [decide(whole, i) for i in range(300)]
+    part = VeSSAL(0.1, 16)
+    for i in range(180):
+        decide(part, i)
+    resumed = VeSSAL.from_state(part.to_state())  # the snapshot; the file is read from its start
+    again = [decide(resumed, i) for i in range(300)]
+    assert {d.outcome for d in again[:180]} == {vessal.DECIDED_BEFORE}
+    assert again[179].seen == 180 and again[179].picks == expected[179].picks
+    assert again[180:] == expected[180:]
+    np.testing.assert_array_equal(resumed.a_inv, whole.a_inv)
+    assert decide(resumed, 5).outcome == vessal.DECIDED_BEFORE and resumed.seen == 300
+
+
 def test_embedder_projects_with_a_fixed_seed_and_scales_by_badge_norm():
     rng = np.random.default_rng(5)
     h, p = rng.normal(size=1280), rng.dirichlet(np.ones(10))
@@ -489,6 +538,7 @@ def test_a_pick_saved_but_not_written_before_a_crash_is_written_when_its_frame_c
     db = pymongo.MongoClient(mongo.uri)["crash"]
     written = {candidate_document_id(c.selection_id, c.frame_id) for c in list(first.values()) + list(again.values())}
     db.candidates.insert_many([{"_id": candidate_id} for candidate_id in sorted(written)])
+    assert db.selection_state.find_one({})["seen"] == 60  # the frames read again were not counted twice
     third = run(range(60))
     assert not set(third) & (set(first) | set(again))  # written: not emitted again
 

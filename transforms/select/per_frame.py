@@ -19,7 +19,11 @@ restarted local job) starts from that snapshot. A crash loses at most the update
 and the counts of the frames of the bundle in flight, never a pick: a pick saved in the snapshot
 whose candidate was not written before the crash is refused as already picked when its frame
 comes again, and then emitted again with its saved decision (the same candidate, counter
-``vessal_picks_restored``) unless MongoDB ``candidates`` has it.
+``vessal_picks_restored``) unless MongoDB ``candidates`` has it. The state also keeps which
+frames of its last 1,024 source files it decided (:class:`~transforms.select.vessal.DecidedFrames`):
+the frames of a file read again after a restart that the state has counted are not decided a
+second time (counter ``vessal_decided_before``), so ``seen``, ``Sigma`` and the draws stay as in
+a run without the restart.
 
 A camera's first frame: with the ``camera`` or ``global`` state key, the first frame (with an
 uncertainty above 0) of a camera (the folder of its file) that the state has neither picked from
@@ -56,7 +60,8 @@ uncertainty 0: ``u = 0``, selection probability 0, never picked; it still counts
 not finite makes a dead letter.
 
 Metrics (namespace ``activebeam.sample``): ``vessal_frames``, ``vessal_picked``, ``vessal_capped``,
-``vessal_refused`` (already picked or labelled), ``vessal_picks_restored`` (picks emitted again
+``vessal_refused`` (already picked or labelled), ``vessal_decided_before`` (frames the state had
+decided already: read again after a restart), ``vessal_picks_restored`` (picks emitted again
 after a crash, see State), ``vessal_failed`` (dead letters), ``vessal_no_uncertainty``
 (frames without the chosen detection score: never picked), ``vessal_decision_us`` (distribution, µs per
 decision), ``vessal_probability_ppm`` (distribution, selection probability in millionths).
@@ -83,8 +88,8 @@ from transforms.index.mongodb_client import labelled_frame_ids
 from transforms.intake.event_time import EARLIEST, exif_seconds
 from transforms.select.base import selection_id
 from transforms.select.ptransforms import METRICS_NAMESPACE, ExcludedDigestFn, Scored, to_scored
-from transforms.select.vessal import (ALREADY_PICKED, BADGE, CAPPED, LABELLED, PICKED, VESSAL, Decision, Embedder,
-                                      VeSSAL, frame_draw, frame_uncertainty)
+from transforms.select.vessal import (ALREADY_PICKED, BADGE, CAPPED, DECIDED_BEFORE, LABELLED, PICKED, VESSAL,
+                                      Decision, Embedder, VeSSAL, frame_draw, frame_uncertainty)
 
 _LOG = logging.getLogger(__name__)
 CAMERA, SOURCE, GLOBAL = "camera", "source", "global"
@@ -205,7 +210,7 @@ def pick_candidate(scored: Scored, decision: Decision, selection: str, parameter
 
 #: The counters of per-frame selection, by the :class:`~transforms.select.vessal.Decision` outcomes they count.
 _COUNTED = {"vessal_frames": None, "vessal_picked": (PICKED,), "vessal_capped": (CAPPED,),
-            "vessal_refused": (ALREADY_PICKED, LABELLED)}
+            "vessal_refused": (ALREADY_PICKED, LABELLED), "vessal_decided_before": (DECIDED_BEFORE,)}
 
 
 class _Metrics:
@@ -223,6 +228,8 @@ class _Metrics:
 
     def decided(self, decision: Decision, started: float):
         self._outcomes[decision.outcome] += 1
+        if decision.outcome == DECIDED_BEFORE:  # no decision: neither a cost nor a probability
+            return
         self.cost.update(int((time.perf_counter() - started) * 1e6))
         self.probability.update(int(round(decision.probability * 1e6)))
 
@@ -344,18 +351,20 @@ class _VessalFn(beam.DoFn):
             self._metrics.no_uncertainty.inc()
         decision = sampler.decide(u, frame_draw(frame.frame_id, sampler.seed), event_time=frame.event_time,
                                   keys=(frame.frame_id, frame.pixel_hash), labelled=frame.frame_id in self._labelled,
-                                  camera=camera_of(record, self._spec.state_key))
+                                  camera=camera_of(record, self._spec.state_key),
+                                  frame=(frame.source_uri, frame.frame_index))
         saved = dict(sampler.to_state(), model_version=model)
         state.write(saved)
         self._samplers[key] = (saved, sampler)
-        if self._snapshots is not None:
+        # decided_before: its file read again after a restart, the state as it was (nothing to save)
+        if self._snapshots is not None and decision.outcome != DECIDED_BEFORE:
             if decision.picked:
                 self._snapshots.save(doc_id, key, saved)
                 self._unsaved.pop(doc_id, None)
             else:
                 self._unsaved[doc_id] = (key, saved)
         self._metrics.decided(decision, started)
-        if decision.outcome == ALREADY_PICKED and self._snapshots is not None:
+        if decision.outcome in (ALREADY_PICKED, DECIDED_BEFORE) and self._snapshots is not None:
             decision = self._unwritten_pick(sampler, frame.frame_id)
         if decision is not None and decision.picked:
             _, scored = to_scored(record)

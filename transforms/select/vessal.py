@@ -47,7 +47,8 @@ probability ``p = min(1, zeta * u^T A^-1 u)``:
   frames that follow. The state keeps the names of the cameras covered (one string per camera).
 
 State: ``A^-1`` and ``Sigma`` (``2 d^2`` float64, 1 MB at ``d = 256``), counts, the current
-hour's picks, the last 256 picks (frame ids, pixel hashes and decisions) and the names of the cameras covered; work per frame ``O(d^2)`` (one matrix-vector
+hour's picks, the last 256 picks (frame ids, pixel hashes and decisions), the names of the cameras
+covered and the frame indices decided of the last 1,024 sources (ranges); work per frame ``O(d^2)`` (one matrix-vector
 product and one rank-1 update of ``Sigma``, in place on float64 C-contiguous arrays; a pick adds
 one rank-1 update of ``A^-1`` and the trace).
 
@@ -74,6 +75,10 @@ Where this differs from the reference code (``asaran/VeSSAL``, ``query_strategie
   is picked explicitly (``new_camera_pick``, above).
 * Added for a production stream: ``max_per_hour`` (picks per event-time hour; a burst beyond it is
   not picked) and refusal of frames already picked, of identical pixels, or listed as labelled.
+  A frame the state has already decided (``frame=(source, index)`` of :meth:`VeSSAL.decide`, the
+  files of the last 1,024 sources, :class:`DecidedFrames`) is not decided again: a restarted
+  stream reads the files it had not finished once more, and their frames must not count twice
+  in ``seen`` and ``Sigma``, nor get a second draw.
 
 References
 ----------
@@ -88,6 +93,7 @@ References
   in one element of a given matrix. Ann. Math. Statist. 21.
 * Johnson, W. B. & Lindenstrauss, J. (1984); Achlioptas, D. (2003): random projections.
 """
+import bisect
 import collections
 import hashlib
 import json
@@ -108,6 +114,9 @@ HOUR_S = 3600.0
 #: picking them again (a frame delivered twice, identical pixels): the last 256 picks. The state
 #: is read and written for every frame, so this list is kept short.
 RECENT_PICKS = 512
+#: Sources (files) whose decided frame indices a state keeps (:class:`DecidedFrames`): the files a
+#: restarted stream may read again are the ones it had not finished, a few per camera.
+DECIDED_SOURCES = 1024
 
 #: ``uncertainty="badge"``: ``||p - e_yhat||`` of the class probabilities (:func:`badge_scale`).
 BADGE = "badge"
@@ -123,6 +132,8 @@ DETECTION_UNCERTAINTIES = ("detection_max", "detection_mean")
 UNCERTAINTIES = (BADGE,) + DETECTION_UNCERTAINTIES
 
 PICKED, SKIPPED, CAPPED, ALREADY_PICKED, LABELLED = "picked", "skipped", "capped", "already_picked", "labelled"
+#: A frame the state had decided already (read again after a restart): nothing changes.
+DECIDED_BEFORE = "decided_before"
 
 
 def badge_scale(probabilities: np.ndarray) -> float:
@@ -233,9 +244,68 @@ def frame_draw(frame_id: str, seed: int = 0) -> float:
     return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
 
 
+class DecidedFrames:
+    """The frame indices a state has decided, per source file: sorted, disjoint, inclusive ranges
+    ``[[lo, hi], ...]`` (one range for a file read in order, more for frames that came out of
+    order), for the ``max_sources`` sources decided last (least recently decided dropped first).
+
+    Copy on write: after :meth:`detach` the ranges handed out (:meth:`to_state`) stay as they are;
+    the next :meth:`add` copies the dict (``O(sources)``, once) and the one source it changes."""
+
+    def __init__(self, ranges: Iterable = (), max_sources: int = DECIDED_SOURCES):
+        self.max_sources = max_sources
+        self._ranges = collections.OrderedDict(ranges)
+        self._owned = None  # sources copied since detach(); None: nothing shared
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+    def __contains__(self, frame) -> bool:
+        source, index = frame
+        ranges = self._ranges.get(source)
+        if not ranges:
+            return False
+        i = bisect.bisect_right(ranges, [index, math.inf]) - 1  # the last range starting at or before index
+        return i >= 0 and ranges[i][1] >= index
+
+    def detach(self):
+        self._owned = set()
+
+    def add(self, source: str, index: int):
+        """Marks frame ``index`` of ``source`` as decided (and ``source`` as the latest)."""
+        if self._owned is not None and source not in self._owned:
+            if len(self._owned) == 0:
+                self._ranges = collections.OrderedDict(self._ranges)
+            self._owned.add(source)
+            if source in self._ranges:
+                self._ranges[source] = [r[:] for r in self._ranges[source]]
+        ranges = self._ranges.setdefault(source, [])
+        self._ranges.move_to_end(source)
+        if ranges and ranges[-1][1] + 1 == index:  # the next frame of a file read in order
+            ranges[-1][1] = index
+        elif not ranges or ranges[-1][1] + 1 < index:
+            ranges.append([index, index])
+        else:  # out of order: insert, then merge with the neighbours it touches
+            i = bisect.bisect_right(ranges, [index, math.inf])
+            if i > 0 and ranges[i - 1][1] >= index:
+                return
+            ranges.insert(i, [index, index])
+            if i + 1 < len(ranges) and ranges[i + 1][0] == index + 1:
+                ranges[i][1] = ranges.pop(i + 1)[1]
+            if i > 0 and ranges[i - 1][1] + 1 == index:
+                ranges[i - 1][1] = ranges.pop(i)[1]
+        while len(self._ranges) > self.max_sources:
+            self._ranges.popitem(last=False)
+
+    def to_state(self) -> collections.OrderedDict:
+        """The ranges (the object this instance updates: :meth:`detach` keeps it as it is)."""
+        return self._ranges
+
+
 class Decision(NamedTuple):
     """One frame's outcome: ``outcome`` (``picked``, ``skipped``, ``capped``: the hour's
-    ``max_per_hour`` was reached, ``already_picked``, ``labelled``), ``probability`` in [0, 1]
+    ``max_per_hour`` was reached, ``already_picked``, ``labelled``, ``decided_before``: the
+    state had decided this frame of this source already, and nothing changed), ``probability`` in [0, 1]
     (the selection probability ``min(1, zeta q)``; 0 when refused before drawing), ``q`` =
     ``u^T A^-1 u``, ``zeta``, ``ideal_rate``, ``seen``/``picks`` after the frame, and ``new_camera``:
     the probability is 1 because the frame is its camera's first (``new_camera_pick``)."""
@@ -324,6 +394,7 @@ class VeSSAL:
         # frame id -> its Decision's fields, for the last RECENT_PICKS // 2 picks (picked_decision)
         self.pick_log = collections.OrderedDict()
         self._pick_log_text: Optional[str] = "{}"  # JSON of pick_log, None when stale
+        self.decided = DecidedFrames()  # (source, frame index) decided, for the last DECIDED_SOURCES sources
         self._trace = 0.0  # tr(Sigma A^-1), kept up to date in O(1) per frame
         self._shared = False  # a_inv and sigma are referenced by a state handed out: copy before updating
 
@@ -347,6 +418,7 @@ class VeSSAL:
         """Leaves the arrays of the states handed out so far (:meth:`to_state`) as they are: the next
         decision updates copies of them (one copy of ``2 d^2`` floats, then updates in place)."""
         self._shared = True
+        self.decided.detach()
 
     def _own(self):
         if self._shared:
@@ -393,7 +465,7 @@ class VeSSAL:
 
     def decide(self, u: np.ndarray, draw: float, *, event_time: Optional[float] = None,
                keys: Iterable[str] = (), labelled: bool = False, camera: Optional[str] = None,
-               remaining: Optional[int] = None) -> Decision:
+               remaining: Optional[int] = None, frame: Optional[tuple] = None) -> Decision:
         """Decides one frame and updates the state.
 
         Parameters
@@ -415,6 +487,9 @@ class VeSSAL:
             In a stream of known length (a batch pass), the frames left, this one included: the
             rate then meets ``label_rate`` at the stream's end (:meth:`ideal_rate`), not
             ``horizon`` frames ahead.
+        frame : (str, int), optional
+            The frame's source and index in it: a frame this state has decided already comes
+            back as ``decided_before`` and changes nothing (:class:`DecidedFrames`).
 
         Every frame counts in ``seen`` and in ``Sigma`` (refused ones too: they are part of the
         stream the rate is a share of).
@@ -424,6 +499,8 @@ class VeSSAL:
         ValueError
             For a ``u`` of another width than the state's, or not finite.
         """
+        if frame is not None and frame in self.decided:
+            return Decision(DECIDED_BEFORE, 0.0, 0.0, 0.0, self.ideal_rate(remaining), self.seen, self.picks)
         u = np.asarray(u, dtype=np.float64).ravel()
         if self.a_inv is None:
             self._start(u.size)
@@ -451,6 +528,8 @@ class VeSSAL:
         if new_camera:
             probability = 1.0
         self.seen += 1
+        if frame is not None:
+            self.decided.add(*frame)
         if labelled:
             outcome = LABELLED
             self._cover(camera)  # a camera with a labelled frame is covered
@@ -503,7 +582,7 @@ class VeSSAL:
         return {"params": self.describe(), "a_inv": self.a_inv, "sigma": self.sigma, "seen": self.seen,
                 "picks": self.picks, "hour": self.hour, "hour_picks": self.hour_picks,
                 "recent": self._recent_text, "trace": self._trace, "cameras": self._cameras_text,
-                "pick_log": self._pick_log_text}
+                "pick_log": self._pick_log_text, "decided": self.decided.to_state()}
 
     def load_state(self, state: dict) -> "VeSSAL":
         """Takes ``A^-1``, ``Sigma``, counts and recent picks from :meth:`to_state`'s dict (the
@@ -528,6 +607,8 @@ class VeSSAL:
         self._cameras_text = None
         self.pick_log = collections.OrderedDict(json.loads(state.get("pick_log") or "{}"))
         self._pick_log_text = None
+        self.decided = DecidedFrames(state.get("decided") or ())
+        self.decided.detach()  # the state's lists stay as they are
         return self
 
     @classmethod
