@@ -138,28 +138,33 @@ def test_state_round_trip_continues_exactly():
 
 
 def test_decided_frames_are_the_set_of_indices_added_kept_as_few_ranges():
+    import pickle
     from transforms.select.vessal import DecidedFrames
     rng = np.random.default_rng(3)
-    decided, truth = DecidedFrames(max_sources=3), {}
+    decided, truth = DecidedFrames(max_sources=3), set()
     for index in range(50):  # a file read in order: one range
         decided.add("a.mp4", index)
-    assert decided.to_state()["a.mp4"] == [[0, 49]]
-    for index in rng.permutation(40)[:30]:  # out of order, with gaps that later fill
+    assert decided.ranges("a.mp4") == [[0, 49]]
+    for index in rng.permutation(40)[:30]:  # out of order, with gaps, some filled later
         decided.add("b.mp4", int(index))
-        truth.setdefault("b.mp4", set()).add(int(index))
-    ranges = decided.to_state()["b.mp4"]
-    assert [i for lo, hi in ranges for i in range(lo, hi + 1)] == sorted(truth["b.mp4"])
+        truth.add(int(index))
+    ranges = decided.ranges("b.mp4")
+    assert [i for lo, hi in ranges for i in range(lo, hi + 1)] == sorted(truth)
     assert all(hi + 1 < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))  # disjoint, not touching
-    assert all((("b.mp4", i) in decided) == (i in truth["b.mp4"]) for i in range(-1, 45))
-    kept = {source: [r[:] for r in ranges] for source, ranges in decided.to_state().items()}
+    assert all((("b.mp4", i) in decided) == (i in truth) for i in range(-1, 45))
     handed_out = decided.to_state()
+    kept = pickle.dumps(handed_out)
+    restored = DecidedFrames(pickle.loads(kept), max_sources=3)  # what a restarted job loads
+    assert restored.ranges("b.mp4") == ranges and restored.ranges("a.mp4") == [[0, 49]]
     decided.detach()  # the state handed out stays as it was
     decided.add("b.mp4", 45)
+    decided.add("b.mp4", 2)
     decided.add("c.png", 0)
     decided.add("d.png", 0)  # the fourth source: the least recently decided ("a.mp4") goes
-    assert {k: v for k, v in handed_out.items()} == kept
-    assert list(decided.to_state()) == ["b.mp4", "c.png", "d.png"] and ("a.mp4", 3) not in decided
-    assert ("b.mp4", 45) in decided and ("c.png", 0) in decided and ("c.png", 1) not in decided
+    assert pickle.dumps(handed_out) == kept
+    assert len(decided) == 3 and ("a.mp4", 3) not in decided and decided.ranges("a.mp4") == []
+    assert ("b.mp4", 45) in decided and ("b.mp4", 2) in decided and ("c.png", 0) in decided
+    assert ("c.png", 1) not in decided and ("a.mp4", 3) in restored
 
 
 def test_a_file_read_again_after_a_restart_is_not_decided_twice():

@@ -245,61 +245,109 @@ def frame_draw(frame_id: str, seed: int = 0) -> float:
 
 
 class DecidedFrames:
-    """The frame indices a state has decided, per source file: sorted, disjoint, inclusive ranges
-    ``[[lo, hi], ...]`` (one range for a file read in order, more for frames that came out of
-    order), for the ``max_sources`` sources decided last (least recently decided dropped first).
+    """The frame indices a state has decided, per source file, as sorted, disjoint, inclusive
+    ranges (one range for a file read in order, more for frames that came out of order), for the
+    ``max_sources`` sources decided last (the least recently decided is dropped first).
 
-    Copy on write: after :meth:`detach` the ranges handed out (:meth:`to_state`) stay as they are;
-    the next :meth:`add` copies the dict (``O(sources)``, once) and the one source it changes."""
+    Sources are named by a 64-bit BLAKE2b hash of their URI. The range that grows (each source's
+    last) is kept in numpy arrays, the earlier ranges of the few sources with gaps in a dict, so
+    the state pickles in microseconds (it is written with every frame's Beam state), and a frame
+    costs one dict lookup. Copy on write: after :meth:`detach` the arrays handed out
+    (:meth:`to_state`) stay as they are; the next :meth:`add` copies them (``32 max_sources``
+    bytes) once."""
 
-    def __init__(self, ranges: Iterable = (), max_sources: int = DECIDED_SOURCES):
+    def __init__(self, state: Optional[Mapping] = None, max_sources: int = DECIDED_SOURCES):
         self.max_sources = max_sources
-        self._ranges = collections.OrderedDict(ranges)
-        self._owned = None  # sources copied since detach(); None: nothing shared
+        if state:
+            self._source, self._lo, self._hi, self._used = (
+                np.asarray(state[name], dtype=dtype) for name, dtype in
+                (("source", np.uint64), ("lo", np.int64), ("hi", np.int64), ("used", np.int64)))
+            self._earlier = dict(state.get("earlier") or {})  # source hash -> [[lo, hi], ...] before the last
+        else:
+            self._source = np.zeros(0, np.uint64)
+            self._lo, self._hi, self._used = (np.zeros(0, np.int64) for _ in range(3))
+            self._earlier = {}
+        self._slot = {int(h): i for i, h in enumerate(self._source.tolist())}
+        self._clock = int(self._used.max()) + 1 if self._used.size else 0
+        self._shared = bool(state)
+
+    @staticmethod
+    def source_hash(source: str) -> int:
+        return int.from_bytes(hashlib.blake2b(source.encode("utf-8"), digest_size=8).digest(), "little")
 
     def __len__(self) -> int:
-        return len(self._ranges)
+        return len(self._slot)
 
     def __contains__(self, frame) -> bool:
         source, index = frame
-        ranges = self._ranges.get(source)
-        if not ranges:
+        h = self.source_hash(source)
+        slot = self._slot.get(h)
+        if slot is None:
             return False
-        i = bisect.bisect_right(ranges, [index, math.inf]) - 1  # the last range starting at or before index
-        return i >= 0 and ranges[i][1] >= index
+        if self._lo[slot] <= index <= self._hi[slot]:
+            return True
+        earlier = self._earlier.get(h)
+        if not earlier:
+            return False
+        i = bisect.bisect_right(earlier, [index, math.inf]) - 1  # the last range starting at or before index
+        return i >= 0 and earlier[i][1] >= index
+
+    def ranges(self, source: str) -> list:
+        """``[[lo, hi], ...]`` of ``source`` (empty when not kept)."""
+        h = self.source_hash(source)
+        slot = self._slot.get(h)
+        return [] if slot is None else [r[:] for r in self._earlier.get(h, [])] + [
+            [int(self._lo[slot]), int(self._hi[slot])]]
 
     def detach(self):
-        self._owned = set()
+        self._shared = True
 
     def add(self, source: str, index: int):
         """Marks frame ``index`` of ``source`` as decided (and ``source`` as the latest)."""
-        if self._owned is not None and source not in self._owned:
-            if len(self._owned) == 0:
-                self._ranges = collections.OrderedDict(self._ranges)
-            self._owned.add(source)
-            if source in self._ranges:
-                self._ranges[source] = [r[:] for r in self._ranges[source]]
-        ranges = self._ranges.setdefault(source, [])
-        self._ranges.move_to_end(source)
-        if ranges and ranges[-1][1] + 1 == index:  # the next frame of a file read in order
-            ranges[-1][1] = index
-        elif not ranges or ranges[-1][1] + 1 < index:
-            ranges.append([index, index])
-        else:  # out of order: insert, then merge with the neighbours it touches
+        index = int(index)
+        if self._shared:
+            self._source, self._lo, self._hi, self._used = (
+                a.copy() for a in (self._source, self._lo, self._hi, self._used))
+            self._earlier = {h: [r[:] for r in rs] for h, rs in self._earlier.items()}
+            self._shared = False
+        h = self.source_hash(source)
+        slot = self._slot.get(h)
+        if slot is None:
+            slot = self._free_slot()
+            self._source[slot], self._lo[slot], self._hi[slot] = h, index, index
+            self._slot[h] = slot
+        elif self._hi[slot] + 1 == index:  # the next frame of a file read in order
+            self._hi[slot] = index
+        elif not self._lo[slot] <= index <= self._hi[slot]:
+            ranges = self._earlier.pop(h, []) + [[int(self._lo[slot]), int(self._hi[slot])]]
             i = bisect.bisect_right(ranges, [index, math.inf])
-            if i > 0 and ranges[i - 1][1] >= index:
-                return
-            ranges.insert(i, [index, index])
-            if i + 1 < len(ranges) and ranges[i + 1][0] == index + 1:
-                ranges[i][1] = ranges.pop(i + 1)[1]
-            if i > 0 and ranges[i - 1][1] + 1 == index:
-                ranges[i - 1][1] = ranges.pop(i)[1]
-        while len(self._ranges) > self.max_sources:
-            self._ranges.popitem(last=False)
+            if not (i > 0 and ranges[i - 1][1] >= index):  # not inside an earlier range
+                ranges.insert(i, [index, index])
+                if i + 1 < len(ranges) and ranges[i + 1][0] == index + 1:
+                    ranges[i][1] = ranges.pop(i + 1)[1]
+                if i > 0 and ranges[i - 1][1] + 1 == index:
+                    ranges[i - 1][1] = ranges.pop(i)[1]
+            (self._lo[slot], self._hi[slot]), earlier = ranges[-1], ranges[:-1]
+            if earlier:
+                self._earlier[h] = earlier
+        self._used[slot] = self._clock
+        self._clock += 1
 
-    def to_state(self) -> collections.OrderedDict:
-        """The ranges (the object this instance updates: :meth:`detach` keeps it as it is)."""
-        return self._ranges
+    def _free_slot(self) -> int:
+        if len(self._source) < self.max_sources:
+            self._source, self._lo, self._hi, self._used = (
+                np.append(a, np.zeros(1, a.dtype)) for a in (self._source, self._lo, self._hi, self._used))
+            return len(self._source) - 1
+        slot = int(np.argmin(self._used))  # the source decided least recently
+        old = int(self._source[slot])
+        del self._slot[old]
+        self._earlier.pop(old, None)
+        return slot
+
+    def to_state(self) -> dict:
+        """The arrays and dict this instance updates (:meth:`detach` keeps them as they are)."""
+        return {"source": self._source, "lo": self._lo, "hi": self._hi, "used": self._used,
+                "earlier": self._earlier}
 
 
 class Decision(NamedTuple):
@@ -607,8 +655,7 @@ class VeSSAL:
         self._cameras_text = None
         self.pick_log = collections.OrderedDict(json.loads(state.get("pick_log") or "{}"))
         self._pick_log_text = None
-        self.decided = DecidedFrames(state.get("decided") or ())
-        self.decided.detach()  # the state's lists stay as they are
+        self.decided = DecidedFrames(state.get("decided"))  # shared with the state until the first add
         return self
 
     @classmethod
