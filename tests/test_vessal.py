@@ -137,34 +137,38 @@ def test_state_round_trip_continues_exactly():
     np.testing.assert_array_equal(whole.a_inv, resumed.a_inv)
 
 
-def test_decided_frames_are_the_set_of_indices_added_kept_as_few_ranges():
+def test_decided_frames_are_exactly_the_frames_added_in_any_order_and_sampling():
     import pickle
     from transforms.select.vessal import DecidedFrames
     rng = np.random.default_rng(3)
-    decided, truth = DecidedFrames(max_sources=3), set()
-    for index in range(50):  # a file read in order: one range
+    decided = DecidedFrames(max_sources=3)
+    sampled = [int(round(i * 12.5)) for i in range(80)]  # a 25 fps video read at 2 fps
+    for index in sampled:
         decided.add("a.mp4", index)
-    assert decided.ranges("a.mp4") == [[0, 49]]
-    for index in rng.permutation(40)[:30]:  # out of order, with gaps, some filled later
+    assert decided.indices("a.mp4") == sampled and ("a.mp4", 13) not in decided
+    truth = sorted(set(int(i) for i in rng.permutation(400)[:60]))
+    for index in rng.permutation(truth):  # chunks of a split video, decided out of order
         decided.add("b.mp4", int(index))
-        truth.add(int(index))
-    ranges = decided.ranges("b.mp4")
-    assert [i for lo, hi in ranges for i in range(lo, hi + 1)] == sorted(truth)
-    assert all(hi + 1 < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))  # disjoint, not touching
-    assert all((("b.mp4", i) in decided) == (i in truth) for i in range(-1, 45))
+    assert decided.indices("b.mp4") == truth
+    assert all((("b.mp4", i) in decided) == (i in truth) for i in range(-1, 401))
     handed_out = decided.to_state()
     kept = pickle.dumps(handed_out)
     restored = DecidedFrames(pickle.loads(kept), max_sources=3)  # what a restarted job loads
-    assert restored.ranges("b.mp4") == ranges and restored.ranges("a.mp4") == [[0, 49]]
+    assert restored.indices("b.mp4") == truth and restored.indices("a.mp4") == sampled
     decided.detach()  # the state handed out stays as it was
-    decided.add("b.mp4", 45)
-    decided.add("b.mp4", 2)
+    decided.add("b.mp4", 401)
     decided.add("c.png", 0)
     decided.add("d.png", 0)  # the fourth source: the least recently decided ("a.mp4") goes
     assert pickle.dumps(handed_out) == kept
-    assert len(decided) == 3 and ("a.mp4", 3) not in decided and decided.ranges("a.mp4") == []
-    assert ("b.mp4", 45) in decided and ("b.mp4", 2) in decided and ("c.png", 0) in decided
-    assert ("c.png", 1) not in decided and ("a.mp4", 3) in restored
+    assert len(decided) == 3 and ("a.mp4", 0) not in decided and decided.indices("a.mp4") == []
+    assert ("b.mp4", 401) in decided and ("c.png", 0) in decided and ("c.png", 1) not in decided
+    assert ("a.mp4", 0) in restored
+    small = DecidedFrames(max_bits=1000)  # the bit budget drops the oldest sources too
+    small.add("long.mp4", 900)
+    small.add("long.mp4", 0)
+    small.add("next.mp4", 200)
+    small.add("next.mp4", 0)
+    assert len(small) == 1 and ("next.mp4", 200) in small and ("long.mp4", 0) not in small
 
 
 def test_a_file_read_again_after_a_restart_is_not_decided_twice():
