@@ -335,13 +335,16 @@ GOALS = {"job_vs_loop": 0.85, "frames_per_cpu_s_vs_float": 3.0, "cores_speedup":
 
 
 def _default_models(args):
-    """``--default_models``: four sides on the same media, interleaved per round, medians."""
+    """``--default_models``: five sides on the same media, interleaved per round, medians. The job
+    runs in one process (its interpreters take every CPU) and in two worker processes (one thread
+    each); ``cores_speedup`` takes the faster of the two against the job pinned to one core (which
+    then runs one interpreter thread: the affinity mask counts)."""
     from beam_pipelines.local.mongod import LocalMongoD
     import pymongo
     work = tempfile.mkdtemp(prefix="activebeam-bench-mine-")
     env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("ACTIVEBEAM_DEFAULT_MODEL", None)
-    sides = ("job", "job_float", "job_1_core", "loop")
+    sides = ("job", "job_2_proc", "job_float", "job_1_core", "loop")
     wall, cpu, frames, peak = ({s: [] for s in sides} for _ in range(4))
     try:
         globs = prepare_media(os.path.join(work, "media"), args.images)
@@ -357,7 +360,7 @@ def _default_models(args):
                                 json.dumps(globs), mongo.uri, database]
                     else:
                         argv = _job_argv(globs, mongo.uri, database, os.path.join(work, f"out-{side}-{round_}"),
-                                         1, args.batch_size, args.video_fps)
+                                         2 if side == "job_2_proc" else 1, args.batch_size, args.video_fps)
                         argv += ["--detector_flip=on"] if side == "job_float" else []
                         argv = (["taskset", "-c", "0"] if side == "job_1_core" else []) + argv
                     seconds, peak_mb, _, cpu_s = _run(argv, env)
@@ -376,15 +379,18 @@ def _default_models(args):
     n = frames["job"][0]
     cpu_per_frame = {side: statistics.median(c) / n for side, c in cpu.items()}
     median_wall = {side: statistics.median(w) for side, w in wall.items()}
+    faster = min(("job", "job_2_proc"), key=median_wall.get)
     figures = {
         "job_vs_loop": cpu_per_frame["loop"] / cpu_per_frame["job"],
         "frames_per_cpu_s_vs_float": cpu_per_frame["job_float"] / cpu_per_frame["job"],
-        "cores_speedup": median_wall["job_1_core"] / median_wall["job"],
+        "cores_speedup": median_wall["job_1_core"] / median_wall[faster],
     }
     rss_gb = max(peak["job"]) / 1024.0
     print_result(dict(
         {"models": "default (NanoDet-g + EfficientNet-Lite0)", "frames": n, "rounds": args.repeats,
-         "video_fps": args.video_fps,
+         "video_fps": args.video_fps, "cores_speedup_setting": {"job": "one process",
+                                                                  "job_2_proc": "two worker processes"}[faster],
+         "one_process_cores_speedup": round(median_wall["job_1_core"] / median_wall["job"], 3),
          "cpu_s_per_frame": {side: round(v, 4) for side, v in cpu_per_frame.items()},
          "frames_per_s": {side: round(n / w, 2) for side, w in median_wall.items()},
          "peak_rss_mb": {side: round(max(p), 0) for side, p in peak.items()},

@@ -282,7 +282,7 @@ def test_worker_processes_share_the_cpus_between_their_interpreters(monkeypatch)
     from transforms.score.threads import INFERENCE_THREADS_ENV, inference_threads
     for name in (INFERENCE_THREADS_ENV,) + WORKER_THREAD_ENVS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert inference_threads() == 8
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=4"])
     with cpus_shared_between_workers(options):
@@ -300,13 +300,26 @@ def test_worker_processes_share_the_cpus_between_their_interpreters(monkeypatch)
     assert "TF_NUM_INTRAOP_THREADS" not in os.environ
 
 
+def test_a_process_pinned_to_one_cpu_gets_one_interpreter_thread():
+    """``taskset``, a cpuset: the affinity mask counts, not the machine's CPU count."""
+    import subprocess
+    import sys
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from transforms.score.threads import inference_threads; print(inference_threads(), os.cpu_count())")
+    env = {k: v for k, v in os.environ.items() if k != "ACTIVEBEAM_INFERENCE_THREADS"}
+    threads, cpus = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                                   text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+                                   ).stdout.split()
+    assert threads == "1" and int(cpus) == os.cpu_count()
+
+
 def test_dataflow_workers_with_one_sdk_process_per_vcpu_use_one_interpreter_thread(tmp_path, monkeypatch):
     """In a Dataflow SDK worker (options in PIPELINE_OPTIONS, as Beam's sdk_worker_main reads
     them) each of the VM's one-per-vCPU processes gets 1 thread; with one SDK process per VM, or
     outside Dataflow, every CPU; the environment variable wins over both."""
     import json
     from transforms.score.threads import INFERENCE_THREADS_ENV, inference_threads, worker_pipeline_options
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     dataflow = {"options": {"runner": "DataflowRunner", "experiments": ["use_runner_v2"], "project": "p"}}
     assert inference_threads({"PIPELINE_OPTIONS": json.dumps(dataflow)}) == 1
     one_process = {"options": dict(dataflow["options"], experiments=["no_use_multiple_sdk_containers"])}

@@ -63,7 +63,7 @@ from transforms.select.uncertainty_kcenter import UncertaintyKCenter
 from transforms.index.candidates import WriteCandidatesToBigQuery, WriteCandidatesToMongoDB
 from transforms.score.detectors import AddClassRarity, BackgroundDifferenceDetector, DetectorHandler
 from transforms.score.model_base import METRICS_NAMESPACE as SCORE_METRICS
-from transforms.score.threads import INFERENCE_THREADS_ENV
+from transforms.score.threads import INFERENCE_THREADS_ENV, usable_cpus
 from transforms.score.history import ModelVersionChanged, NoveltyHistory
 from transforms.score.novelty import COSINE, ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
@@ -250,7 +250,7 @@ def cpus_shared_between_workers(options: PipelineOptions):
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "multi_processing":
         return contextlib.nullcontext()
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     workers = direct.direct_num_workers or cpus  # 0: one per CPU
     threads = os.environ.get(INFERENCE_THREADS_ENV) or str(max(1, cpus // workers))
     return emulators.environment(**{name: threads for name in (INFERENCE_THREADS_ENV,) + WORKER_THREAD_ENVS

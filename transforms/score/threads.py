@@ -2,7 +2,8 @@
 """
 import os
 
-__all__ = ["INFERENCE_THREADS_ENV", "ONE_SDK_PROCESS_EXPERIMENT", "worker_pipeline_options", "inference_threads"]
+__all__ = ["INFERENCE_THREADS_ENV", "ONE_SDK_PROCESS_EXPERIMENT", "usable_cpus", "worker_pipeline_options",
+           "inference_threads"]
 
 #: Environment variable: TFLite interpreter threads per worker process (default: see
 #: :func:`inference_threads`). The ``mine`` job sets it to ``CPUs // workers`` for a local
@@ -11,6 +12,15 @@ INFERENCE_THREADS_ENV = "ACTIVEBEAM_INFERENCE_THREADS"
 
 #: Dataflow's experiment that runs one SDK process per worker VM instead of one per vCPU.
 ONE_SDK_PROCESS_EXPERIMENT = "no_use_multiple_sdk_containers"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (``taskset``, a container's cpuset),
+    which ``os.cpu_count()`` ignores; the CPU count where the platform has no affinity call."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def worker_pipeline_options(environ=None) -> dict:
@@ -36,8 +46,9 @@ def inference_threads(environ=None) -> int:
 
     ``$ACTIVEBEAM_INFERENCE_THREADS`` if set to a positive integer; else 1 in a Dataflow worker
     that runs one SDK process per vCPU (Dataflow's default for Python: N processes with N
-    threads each would put N^2 threads on N cores); else the CPU count (one process per
-    machine: a local run, or Dataflow with ``--experiments=no_use_multiple_sdk_containers``).
+    threads each would put N^2 threads on N cores); else the CPUs the process may use
+    (:func:`usable_cpus`; one process per machine: a local run, or Dataflow with
+    ``--experiments=no_use_multiple_sdk_containers``).
     """
     environ = os.environ if environ is None else environ
     value = environ.get(INFERENCE_THREADS_ENV, "")
@@ -47,4 +58,4 @@ def inference_threads(environ=None) -> int:
     experiments = options.get("experiments") or ()
     if "Dataflow" in str(options.get("runner") or "") and ONE_SDK_PROCESS_EXPERIMENT not in experiments:
         return 1
-    return os.cpu_count() or 1
+    return usable_cpus()
