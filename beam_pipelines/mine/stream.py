@@ -209,7 +209,9 @@ class MineStream(beam.PTransform):
         if self._pick is not None:
             decided = timed.records | "SelectPerFrame" >> self._pick
             _ = decided.picks | "WritePicks" >> self._write_picks
-            undecided = [decided.dead_letters]
+            # decided in the global window (Beam state per key): back to the intake windows of the
+            # dead letters they join (each keeps its frame's event time as its timestamp)
+            undecided = [decided.dead_letters | "UndecidedIntakeWindows" >> intake_windows()]
         index_dead_letters = [indexed.dead_letters]
         if self._index_bigquery:
             index_dead_letters.append(timed.records | "IndexInBigQuery" >> self._index_bigquery)
