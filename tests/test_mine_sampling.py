@@ -256,9 +256,11 @@ def test_vessal_uncertainty_is_the_detectors_when_one_runs_else_badge():
 @pytest.mark.parametrize("params, message", [
     ('{"uncertainty": "detection_sum"}', "mine: error: --strategy_params for vessal: uncertainty must be one of "
      "badge, detection_max, detection_mean, got 'detection_sum' (it takes dim, horizon, memory, cov_inv_scaling, "
-     "seed, uncertainty, new_camera_pick)"),
+     "seed, uncertainty, new_camera_pick, payback)"),
     ('{"new_camera_pick": 1}', "mine: error: --strategy_params for vessal: new_camera_pick must be true or false, "
-     "got 1 (it takes dim, horizon, memory, cov_inv_scaling, seed, uncertainty, new_camera_pick)"),
+     "got 1 (it takes dim, horizon, memory, cov_inv_scaling, seed, uncertainty, new_camera_pick, payback)"),
+    ('{"payback": "later"}', "mine: error: --strategy_params for vessal: payback must be one of at_once, horizon, "
+     "got 'later' (it takes dim, horizon, memory, cov_inv_scaling, seed, uncertainty, new_camera_pick, payback)"),
     ('{"uncertainty": "detection_max"}', "mine: error: --strategy_params uncertainty detection_max needs "
      "detections: set --detector (or --detector_background), or uncertainty badge"),
 ])

@@ -117,7 +117,9 @@ class MineOptions(PipelineOptions):
                  '\'{"near_duplicate_distance": 0.1}\'; for vessal: dim, horizon, memory, '
                  'cov_inv_scaling, seed, uncertainty (what scales each frame\'s embedding: badge, '
                  'detection_max or detection_mean; default detection_max when a detector runs, '
-                 'else badge), new_camera_pick (default true: each camera\'s first frame is picked).')
+                 'else badge), new_camera_pick (default true: each camera\'s first frame is picked), '
+                 'payback (at_once, the default: no pick while ahead of the rate; horizon: an excess '
+                 'is spread over the horizon).')
         parser.add_argument("--bigquery_candidates_table", default=None,
                             help="PROJECT:DATASET.TABLE for candidates; default: table 'candidates' "
                                  "in --bigquery_table's dataset when that is given.")
@@ -537,7 +539,7 @@ def per_frame_spec(options: PipelineOptions, detections: bool = False) -> Option
                             tuple(sorted(params.items()))).validated()
     except (ValueError, TypeError) as e:
         raise ValueError(f"--strategy_params for vessal: {preflight.one_line(e)} (it takes dim, horizon, "
-                         f"memory, cov_inv_scaling, seed, uncertainty, new_camera_pick)") from None
+                         f"memory, cov_inv_scaling, seed, uncertainty, new_camera_pick, payback)") from None
     if params["uncertainty"] != BADGE and not detections:
         raise ValueError(f"--strategy_params uncertainty {params['uncertainty']} needs detections: set --detector "
                          f"(or --detector_background), or uncertainty badge")
