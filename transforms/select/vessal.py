@@ -43,9 +43,8 @@ probability ``p = min(1, zeta * u^T A^-1 u)``:
   (``vtest.avi`` in two clips, 400 frames, ``R = 0.05``: 17 picks, 19 with ``2 / R``). With
   ``payback="horizon"`` (``H = max(100, 10 / R)``) an excess, like a deficit, is spread over
   ``H``, so a short camera ends above the rate (1.28-1.58x ``R`` on synthetic cameras of 40-300
-  frames at ``R = 0.04``, against 0.95-0.98x at once; 1.01 and 1.00x at 5,000 frames).
-  In a stream
-  of known length ``N`` (a batch pass) it is the reference's ``(R N - picks) / (N - t)``: the
+  frames at ``R = 0.04``, against 0.95-0.98x at once; 1.01 and 1.00x at 5,000 frames). In a
+  stream of known length ``N`` (a batch pass) it is the reference's ``(R N - picks) / (N - t)``: the
   rate that meets the target at the end, so a short camera's burst of picks (a new scene, a
   forced first pick) is paid back within the camera, not over ``H`` frames it does not have.
 * **A new camera's first frame** (``new_camera_pick``, on by default): the first frame with
@@ -105,7 +104,6 @@ References
   in one element of a given matrix. Ann. Math. Statist. 21.
 * Johnson, W. B. & Lindenstrauss, J. (1984); Achlioptas, D. (2003): random projections.
 """
-import bisect
 import collections
 import hashlib
 import json
