@@ -48,6 +48,7 @@ from transforms.score.keras_models import load_embedding_classifier, mc_dropout_
 from transforms.score.model_base import default_model_path
 from transforms.score.preprocessing import prepare_input
 from transforms.score.ptransforms import ScoreFrames, probability_scores
+from transforms.score.threads import usable_cpus
 from transforms.score import pretrained
 
 
@@ -194,7 +195,8 @@ def main(argv=None):
     parser.add_argument("--mc_passes", type=int, default=10)
     parser.add_argument("--mc_images", type=int, default=1000, help="images for the MC-dropout sides")
     parser.add_argument("--detect_frames", type=int, default=150, help="vtest.avi frames for the detector sides")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="LiteRT interpreter threads")
+    parser.add_argument("--threads", type=int, default=usable_cpus(),
+                        help="LiteRT interpreter threads (default: the CPUs this process may use)")
     parser.add_argument("--only", choices=("all", "detect"), default="all")
     args = parser.parse_args(argv)
     os.environ.setdefault("NO_GCE_CHECK", "true")

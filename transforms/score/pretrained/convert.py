@@ -157,7 +157,8 @@ def check_images() -> List[np.ndarray]:
 
 def _tflite_outputs(path: str, x: np.ndarray) -> List[np.ndarray]:
     from transforms.score.litert import load_interpreter
-    interpreter = load_interpreter(path, os.cpu_count())
+    from transforms.score.threads import usable_cpus
+    interpreter = load_interpreter(path, usable_cpus())
     index = interpreter.get_input_details()[0]["index"]
     interpreter.resize_tensor_input(index, list(x.shape))
     interpreter.allocate_tensors()
