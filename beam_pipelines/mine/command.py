@@ -100,10 +100,10 @@ def main(argv=None):
         if summary.get("mongo_embedded"):
             print(f"MongoDB data: {os.path.join(out, 'mongo-data')} (database "
                   f"{summary['mongo_database']!r}, collection 'frames'; start mongod with --dbpath there)")
-        unindexed = [(summary.get(total, 0) - summary.get(written, 0), summary.get(total, 0), what)
+        unindexed = [f"{summary.get(total, 0) - summary.get(written, 0)} of {summary.get(total, 0)} {what}"
                      for total, written, what in (("frames_scored", "frames_written", "scored frames"),
-                                                  ("candidates", "candidates_written", "candidates"))]
-        unindexed = [f"{missing} of {total} {what}" for missing, total, what in unindexed if missing > 0]
+                                                  ("candidates", "candidates_written", "candidates"))
+                     if summary.get(total, 0) > summary.get(written, 0)]
         if unindexed:
             sys.stderr.write(f"mine: error: {' and '.join(unindexed)} were not indexed in MongoDB (dead "
                              f"letters at stage 'mongodb' in {FileSystems.join(out, DEAD_LETTER_FILE)}; "
