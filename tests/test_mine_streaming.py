@@ -513,11 +513,18 @@ def test_vessal_picks_per_frame_and_a_restart_keeps_its_state(mongo):
         docs = list(db.selection_state.find({"key": folder}))
         return docs[0] if len(docs) == 1 else None
 
+    def decided_before_done():
+        # A file is done (a restart skips it) only once its frames are decided and the decisions
+        # saved: the state's count, read after the ledger, covers every done file's frame.
+        done = db.arrivals.count_documents({"input": pattern, "status": "done"})
+        seen = (state() or {}).get("seen", 0)
+        assert seen >= done, f"{done} files done, {seen} frames decided: a restart would never decide the rest"
+        return done
+
     for run, names in enumerate((range(0, 20), range(20, 40))):
         job = Job(argv, f"vessal-{run}")
         add(names)
-        _wait(lambda: db.arrivals.count_documents({"input": pattern, "status": "done"}) == names.stop, 150,
-              "the files indexed", job)
+        _wait(lambda: decided_before_done() == names.stop, 150, "the files indexed", job)
         _wait(lambda: (state() or {}).get("seen") == names.stop, 60, "every frame decided", job)
         assert job.stop(signal.SIGTERM) == 0, job.log()
     written = picks()

@@ -205,19 +205,22 @@ class MineStream(beam.PTransform):
                   "dead_letters": failed}
                  | "EventTime" >> self._event_time)
         indexed = timed.records | "IndexInMongoDB" >> self._index_mongo
-        undecided = []
+        undecided, waits = [], {}
         if self._pick is not None:
             decided = timed.records | "SelectPerFrame" >> self._pick
             _ = decided.picks | "WritePicks" >> self._write_picks
             # decided in the global window (Beam state per key): back to the intake windows of the
             # dead letters they join (each keeps its frame's event time as its timestamp)
             undecided = [decided.dead_letters | "UndecidedIntakeWindows" >> intake_windows()]
+            # a file is done (a restart skips it) only once its frames are decided and the
+            # decisions saved (at the end of each bundle, before its outputs move the watermark)
+            waits["frames_decided"] = decided.picks | "DecidedIntakeWindows" >> intake_windows()
         index_dead_letters = [indexed.dead_letters]
         if self._index_bigquery:
             index_dead_letters.append(timed.records | "IndexInBigQuery" >> self._index_bigquery)
         index_dead_letters = index_dead_letters | "IndexDeadLetters" >> beam.Flatten()
         _ = {"results": timed.results, "index_dead_letters": index_dead_letters,
-             "frames_indexed": indexed.frame_ids} | "Acknowledge" >> self._acknowledge
+             "frames_indexed": indexed.frame_ids, **waits} | "Acknowledge" >> self._acknowledge
         dead_letters = ((parsed.dead_letters, timed.dead_letters, index_dead_letters, *undecided)
                         | "AllDeadLetters" >> beam.Flatten()
                         | "CountDeadLetters" >> beam.Map(_counted_dead_letter))
