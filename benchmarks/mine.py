@@ -335,17 +335,19 @@ GOALS = {"job_vs_loop": 0.85, "frames_per_cpu_s_vs_float": 3.0, "cores_speedup":
 
 
 def _default_models(args):
-    """``--default_models``: five sides on the same media, interleaved per round, medians. The job
+    """``--default_models``: six sides on the same media, interleaved per round, medians. The job
     runs in one process (its interpreters take every CPU) and in two worker processes (one thread
     each); ``cores_speedup`` takes the faster of the two against the job pinned to one core (which
-    then runs one interpreter thread: the affinity mask counts)."""
+    then runs one interpreter thread: the affinity mask counts). ``job_two_stage`` is the job with
+    ``--two_stage_scoring on``, its candidates compared with the default job's of the same round."""
     from beam_pipelines.local.mongod import LocalMongoD
     import pymongo
     work = tempfile.mkdtemp(prefix="activebeam-bench-mine-")
     env = dict(os.environ, NO_GCE_CHECK="true", TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("ACTIVEBEAM_DEFAULT_MODEL", None)
-    sides = ("job", "job_2_proc", "job_float", "job_1_core", "loop")
+    sides = ("job", "job_2_proc", "job_float", "job_1_core", "job_two_stage", "loop")
     wall, cpu, frames, peak = ({s: [] for s in sides} for _ in range(4))
+    picks = {s: [] for s in ("job", "job_two_stage")}  # candidate ids in rank order, per round
     try:
         globs = prepare_media(os.path.join(work, "media"), args.images)
         with LocalMongoD(os.path.join(work, "mongo")) as mongo:
@@ -362,12 +364,16 @@ def _default_models(args):
                         argv = _job_argv(globs, mongo.uri, database, os.path.join(work, f"out-{side}-{round_}"),
                                          2 if side == "job_2_proc" else 1, args.batch_size, args.video_fps)
                         argv += ["--detector_flip=on"] if side == "job_float" else []
+                        argv += ["--two_stage_scoring=on"] if side == "job_two_stage" else []
                         argv = (["taskset", "-c", "0"] if side == "job_1_core" else []) + argv
                     seconds, peak_mb, _, cpu_s = _run(argv, env)
                     wall[side].append(seconds)
                     cpu[side].append(cpu_s)
                     peak[side].append(peak_mb)
                     frames[side].append(client[database]["frames"].count_documents({}))
+                    if side in picks:
+                        with open(os.path.join(work, f"out-{side}-{round_}", "candidates.jsonl")) as f:
+                            picks[side].append([json.loads(line)["frame_id"] for line in f])
                     print(f"round {round_ + 1}/{args.repeats} {side}: {frames[side][-1]} frames in {seconds:.1f} s, "
                           f"{cpu_s:.1f} CPU-s, peak {peak_mb:.0f} MB", file=sys.stderr, flush=True)
             client.close()
@@ -385,6 +391,7 @@ def _default_models(args):
         "frames_per_cpu_s_vs_float": cpu_per_frame["job_float"] / cpu_per_frame["job"],
         "cores_speedup": median_wall["job_1_core"] / median_wall[faster],
     }
+    same = [a == b for a, b in zip(picks["job"], picks["job_two_stage"])]
     rss_gb = max(peak["job"]) / 1024.0
     print_result(dict(
         {"models": "default (NanoDet-g + EfficientNet-Lite0)", "frames": n, "rounds": args.repeats,
@@ -398,6 +405,11 @@ def _default_models(args):
                                                                 1.0 / cpu_per_frame["job"]), 2),
          "usd_per_million_frames_float": round(usd_per_million_frames(cpu_per_frame["job_float"], rss_gb,
                                                                       1.0 / cpu_per_frame["job_float"]), 2),
+         # --two_stage_scoring on (an option): its CPU against the float job's, and whether it
+         # picked the default job's candidates in the same order in every round
+         "frames_per_cpu_s_vs_float_two_stage": round(cpu_per_frame["job_float"] / cpu_per_frame["job_two_stage"], 3),
+         "two_stage_vs_default_cpu": round(cpu_per_frame["job_two_stage"] / cpu_per_frame["job"], 3),
+         "two_stage_candidates_equal": all(same),
          "prices": DATAFLOW_PRICES,
          "seconds": {side: [round(x, 1) for x in w] for side, w in wall.items()}},
         **{k: round(v, 3) for k, v in figures.items()},

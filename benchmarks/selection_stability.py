@@ -1,7 +1,7 @@
 """How much the default selection moves when the scores move: the int8 detector against the float
-one, and the float scores with small Gaussian noise.
+one, the float scores with small Gaussian noise, and two-stage scoring's margin.
 
-    python -m benchmarks.selection_stability [--input GLOB ...] [--draws 5]
+    python -m benchmarks.selection_stability [--input GLOB ...] [--draws 5] [--budget 50]
 
 Runs the ``mine`` job twice on the same input (default: the bundled media, several videos and
 photos), with ``--detector nanodet`` (float32) and ``--detector nanodet_int8``, everything else
@@ -20,6 +20,13 @@ default (``uncertainty_kcenter`` on ``detection_max``, budget 50), each with its
   sensitivity: a sigma well below the int8 differences that already moves the selection means a
   faster detector cannot keep it whatever its accuracy.
 
+``two_stage``: for each margin ``m`` of :data:`MARGINS`, what ``--two_stage_scoring on`` would
+select with that ``--two_stage_margin``: frames whose int8 ``detection_max`` is at least the
+int8 pool's lowest score minus ``m`` take their float score, the others keep the int8 one; the
+share of frames so rescored (the second stage's cost) and the Jaccard overlap of that selection
+with the float run's (``--budget`` picks; ``--budget`` may be lowered to model a run whose pool
+is a smaller part of it).
+
 ``replay_matches_job`` checks that the strategy run here on the stored frames picks what the job
 picked (the figures are about the job's selection, not a copy of it).
 """
@@ -35,6 +42,7 @@ import numpy as np
 from benchmarks.common import print_result
 
 SIGMAS = (1e-5, 1e-4, 1e-3, 1e-2, 3e-2)
+MARGINS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
 BUDGET = 50
 GOAL_JACCARD = 0.8
 
@@ -44,9 +52,10 @@ def jaccard(a, b) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def run_job(detector: str, inputs, output_dir: str) -> None:
+def run_job(detector: str, inputs, output_dir: str, video_fps=None) -> None:
     argv = [sys.executable, "-m", "beam_pipelines.mine", "--detector", detector, "--output_dir", output_dir,
             "--budget", str(BUDGET)] + [f"--input={glob}" for glob in inputs]
+    argv += [] if video_fps is None else [f"--video_fps={video_fps:g}"]
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -87,11 +96,29 @@ def noise_curve(pool, strategy, draws: int) -> dict:
     return curve
 
 
+def two_stage_curve(float_pool, int8_pool, strategy, budget: int) -> dict:
+    """margin -> {rescored share, Jaccard with the float selection} (see the module docstring)."""
+    cheap, exact = int8_pool.scores["detection_max"], float_pool.scores["detection_max"]
+    floor = float(np.min(cheap[strategy.preselect(int8_pool, budget)]))
+    base = set(float_pool.ids[strategy.select(float_pool, budget).indices])
+    curve = {}
+    for margin in MARGINS:
+        again = cheap >= floor - margin
+        hybrid = int8_pool.replace(scores={"detection_max": np.where(again, exact, cheap)})
+        picks = set(hybrid.ids[strategy.select(hybrid, budget).indices])
+        curve[f"{margin:g}"] = {"rescored_share": round(float(again.mean()), 3),
+                                "jaccard": round(jaccard(base, picks), 3)}
+    return curve
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", action="append", default=None,
                         help="file glob for both jobs (repeatable; default: the bundled media)")
     parser.add_argument("--draws", type=int, default=5, help="noise draws per sigma")
+    parser.add_argument("--video_fps", type=float, default=None, help="the jobs' --video_fps (default: theirs)")
+    parser.add_argument("--budget", type=int, default=BUDGET,
+                        help="the selection's budget for the two-stage figures (the jobs run with 50)")
     return parser.parse_args(argv)
 
 
@@ -105,7 +132,7 @@ def main(argv=None):
         runs = {}
         for detector in ("nanodet", "nanodet_int8"):
             out = os.path.join(tmp, detector)
-            run_job(detector, inputs, out)
+            run_job(detector, inputs, out, args.video_fps)
             runs[detector] = read_pool(out)
     (float_pool, float_picks), (int8_pool, int8_picks) = runs["nanodet"], runs["nanodet_int8"]
     default: Strategy = UncertaintyKCenter("detection_max")
@@ -127,6 +154,8 @@ def main(argv=None):
         "frames_detection_max_above_0_95": int(np.sum(float_pool.scores["detection_max"] > 0.95)),
         "noise_jaccard": noise_curve(float_pool, default, args.draws),
         "topk_noise_jaccard": noise_curve(float_pool, topk, args.draws),
+        "two_stage_budget": args.budget,
+        "two_stage": two_stage_curve(float_pool, int8_pool, default, args.budget) if same_frames else None,
     }
     result["int8_selection_jaccard_goal_met"] = result["int8_selection_jaccard"] >= GOAL_JACCARD
     print_result(result)

@@ -98,6 +98,23 @@ def test_split_decoding_equals_whole_decoding_and_full_decode(made, name, sampli
     assert len(indices) == len(set(indices))
 
 
+@pytest.mark.parametrize("name", ["gop.mp4", "box.mp4", "program.mpg"])
+def test_decoding_the_wanted_frames_again_gives_the_same_pixels(made, name):
+    """RangeDecoder(wanted=pts) (frames decoded again by index, two-stage scoring): exactly the
+    wanted frames, pixel-identical to a full decode, with the unwanted non-reference frames skipped."""
+    from transforms.decode.video import RangeDecoder
+    path = made[name] if name in made else harness.media(name)
+    _, full, _ = _decode_all(path, Sampling("all"), None)
+    by_index = {f.frame_index: pixel_hash(f.pixels) for f in full}
+    whole = split_ranges(plan_video(path), path, None)[0]
+    wanted = sorted({3, 4, len(whole.pts) // 2, len(whole.pts) - 1})
+    items = list(RangeDecoder(whole, wanted={whole.pts[i] for i in wanted}).decode(path))
+    frames = [f for f in items if isinstance(f, VideoFrame)]
+    assert sorted(f.frame_index for f in frames) == wanted
+    assert all(pixel_hash(f.pixels) == by_index[f.frame_index] for f in frames)
+    assert items[-1].missing == 0 and items[-1].emitted == len(wanted)
+
+
 def test_sampling_rules_follow_presentation_times(made):
     path = made["gop.mp4"]
     plan, frames, [report] = _decode_all(path, Sampling("fps", fps=1.0), None)

@@ -477,6 +477,81 @@ def test_mine_with_the_default_models(models, tmp_path):
         assert row["detection_sum"] == pytest.approx(doc["scores"]["detection_sum"])
 
 
+def test_two_stage_scoring_selects_what_the_float_detector_selects(models, tmp_path):
+    """--two_stage_scoring on: the same candidates, in the same order, as the float32 detector
+    alone; the frames scored again carry exactly the float detector's boxes and scores; the others
+    keep the int8 detector's, and below the pool: none of them is a candidate."""
+    from beam_pipelines import mine
+    import pymongo
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("vtest.avi", "china.jpg", "flower.jpg"):
+        os.symlink(harness.media(name), media / name)
+    runs = {}
+    with harness.mongod() as server, harness.pretrained_defaults():
+        for mode in ("off", "on"):
+            out = str(tmp_path / mode)
+            summary = mine.run([f"--input={media}/*", f"--output_dir={out}", f"--mongo_uri={server.uri}",
+                                f"--mongo_database=two_stage_{mode}", "--video_fps=0.25", "--budget=3",
+                                f"--two_stage_scoring={mode}", "--quiet"])
+            with open(os.path.join(out, "candidates.jsonl")) as f:
+                candidates = [json.loads(line) for line in f]
+            with pymongo.MongoClient(server.uri) as client:
+                docs = {d["_id"]: d for d in client[f"two_stage_{mode}"].frames.find()}
+            runs[mode] = summary, candidates, docs
+    (one, one_candidates, one_docs), (two, two_candidates, two_docs) = runs["off"], runs["on"]
+    assert [(c["frame_id"], c["score"]) for c in two_candidates] == [(c["frame_id"], c["score"])
+                                                                      for c in one_candidates]
+    assert len(two_candidates) == 3 and two["frames_written"] == one["frames_written"] == len(one_docs) == 22
+    assert one["two_stage"] is None
+    assert two["two_stage"]["first_stage"]["name"] == pretrained.DETECTOR_INT8_FILE and two["two_stage"]["margin"] == 0.1
+    detector_of = {i: d["model"]["detector_name"] for i, d in two_docs.items()}
+    rescored = {i for i, name in detector_of.items() if name == pretrained.DETECTOR_FILE}
+    kept = {i for i, name in detector_of.items() if name == pretrained.DETECTOR_INT8_FILE}
+    assert rescored | kept == set(one_docs) and rescored and kept  # both stages did some of the run
+    per_frame = lambda scores: {k: v for k, v in scores.items()  # noqa: E731 (rarity is the run's)
+                                if k.startswith("detection_") and k != "detection_rare_class"}
+    for i in rescored:
+        assert two_docs[i]["detections"] == one_docs[i]["detections"]
+        assert per_frame(two_docs[i]["scores"]) == per_frame(one_docs[i]["scores"])
+    assert not kept & {c["frame_id"] for c in two_candidates}
+    pool_floor = min(one_docs[c["frame_id"]]["scores"]["detection_max"] for c in one_candidates)
+    assert max(two_docs[i]["scores"]["detection_max"] for i in kept) < pool_floor
+
+
+def test_a_frame_that_does_not_decode_again_keeps_its_first_stage_scores(tmp_path):
+    """The second stage never loses a frame: a vanished source, or one whose pixels changed,
+    gives its records back as they were (``failed``: counted, kept with the first stage's scores)."""
+    from schemas.records import FrameMetadata, FrameRecord, ModelVersion
+    from transforms.decode.ptransforms import pixel_hash
+    from transforms.score.two_stage import _DecodeAgainFn
+    path = str(tmp_path / "a.png")
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    cv2.imwrite(path, pixels)
+
+    def record(source, digest):
+        meta = FrameMetadata(frame_id=f"{source}:0", source_uri=source, frame_index=0, timestamp_s=None, width=8,
+                             height=8, media_type="image", pixel_hash=digest)
+        return FrameRecord(meta, np.zeros(4, np.float32), np.ones(2, np.float32) / 2, 0, 0.7, 0.0, 0.5,
+                           ModelVersion("m", "v", ""))
+
+    def outputs(records):
+        """(frame ids decoded again with their pixels, frame ids given back as they were)."""
+        ok, failed = [], []
+        for item in _DecodeAgainFn(None, None).process((records[0].frame.source_uri, records)):
+            if hasattr(item, "tag"):
+                assert item.tag == "failed" and item.value in records
+                failed.append(item.value.frame.frame_id)
+            else:
+                assert np.array_equal(item[1], pixels)
+                ok.append(item[0].frame.frame_id)
+        return ok, failed
+    assert outputs([record(path, pixel_hash(pixels))]) == ([f"{path}:0"], [])
+    assert outputs([record(path, "not-its-pixels")]) == ([], [f"{path}:0"])
+    gone = str(tmp_path / "gone.png")
+    assert outputs([record(gone, "x")]) == ([], [f"{gone}:0"])
+
+
 def test_default_models_and_options(models):
     """--model/--detector resolution: the pretrained pair by default, the small model when pinned,
     no detector with a user's model unless asked, and local defaults refused for remote workers."""
@@ -509,6 +584,29 @@ def test_default_models_and_options(models):
             job(*remote, "--temp_location=gs://b/tmp", f"--detector={own_detector}")
         with pytest.raises(ValueError, match="needs a detector"):
             job("--detector=none", "--selection_embedding=objects")
+        # --two_stage_scoring on: the int8 NanoDet-g first, the float one near the pool; it serves a
+        # plain ranking by detection_max or detection_mean and says in one line when it does not.
+        two_stage = job("--two_stage_scoring=on")
+        assert (two_stage.first_stage_detector, two_stage.detector) == (pretrained.detector_int8_path(),
+                                                                        pretrained.detector_path())
+        assert job("--two_stage_scoring=on", "--strategy=detection_mean").first_stage_detector
+        assert job().first_stage_detector is None
+        staged = job(*remote, "--temp_location=gs://b/tmp", "--two_stage_scoring=on")
+        assert staged.first_stage_detector == pretrained.detector_int8_path() and staged.stage_models_to
+        for argv, why in ((["--strategy=coreset"], "uncertainty_kcenter or a top-k"),
+                          (["--strategy=detection_sum"], "uncertainty_kcenter or a top-k"),
+                          (["--budget_unit=seconds"], "--budget_unit frames"),
+                          (['--strategy_params={"balance_key": "source"}'], "balance_key"),
+                          (["--detector=nanodet_int8"], "--detector auto or nanodet"),
+                          (["--detector_flip=on"], "--detector_flip off"),
+                          (["--selection_embedding=objects"], "--selection_embedding frame"),
+                          (["--strategy=vessal", "--label_rate=0.1"], "not --strategy vessal")):
+            with pytest.raises(ValueError, match=f"--two_stage_scoring=on does not apply: .*{why}"):
+                job("--two_stage_scoring=on", *argv)
+        with pytest.raises(ValueError, match="two_stage_margin"):
+            job("--two_stage_scoring=on", "--two_stage_margin=-0.1")
+        with pytest.raises(ValueError, match="--two_stage_scoring applies to batch runs only"):
+            job("--two_stage_scoring=on", "--watch=/tmp/x/*.jpg")
     with harness.pretrained_defaults(), emulators.environment(ACTIVEBEAM_MODELS=harness.tmpdir("no-models-")):
         with pytest.raises(ValueError, match=r"default models .* are not in .*transforms.score.pretrained.convert"):
             job()
@@ -522,6 +620,8 @@ def test_default_models_and_options(models):
                                                  os.path.join(two, pretrained.DETECTOR_FILE))
         with pytest.raises(ValueError, match="--detector=nanodet_int8: .* does not exist"):
             job("--detector=nanodet_int8")
+        with pytest.raises(ValueError, match="--two_stage_scoring=on: .* does not exist"):
+            job("--two_stage_scoring=on")
     pinned = job()
     assert (pinned.model, pinned.detector) == (None, None)
     with pytest.raises(ValueError, match="needs detections"):

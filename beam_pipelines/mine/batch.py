@@ -45,7 +45,7 @@ from beam_pipelines.cli import metrics, preflight, progress, shutdown
 from beam_pipelines.local import emulators, sample_media, worker as local_worker
 from beam_pipelines.mine.job import embedded_mongod, load_model, make_detector, priced, run_facts
 from beam_pipelines.mine.options import (DEFAULT_STRATEGY, MineOptions, check_options, dead_letter_fraction, decode_options,
-                                         stage_models)
+                                         stage_models, two_stage_score)
 from beam_pipelines.cli.run_record import RunRecord, describe_run
 from schemas.frames import DEFAULT_DATABASE
 from transforms.common import gcp_emulators
@@ -67,6 +67,8 @@ from transforms.score.threads import INFERENCE_THREADS_ENV, usable_cpus
 from transforms.score.history import ModelVersionChanged, NoveltyHistory
 from transforms.score.novelty import COSINE, ScoreNovelty
 from transforms.score.ptransforms import ModelSpec, ScoreFrames
+from transforms.score.detection import TWO_STAGE_MARGIN
+from transforms.score.two_stage import RescoreUncertain
 from transforms.select.ptransforms import METRICS_NAMESPACE as SELECT_METRICS
 from transforms.select.ptransforms import SelectCandidates
 from transforms.select.per_frame import PerFrameSpec, SelectPerFrameInOrder
@@ -91,7 +93,9 @@ class MineFrames(beam.PTransform):
                  progress_dir: Optional[str] = None, exclude_labelled: bool = True,
                  detector: Optional[DetectorHandler] = None, near_duplicate_similarity: float = 0.0,
                  selection_embedding: str = "frame", export_metrics: bool = False,
-                 history: Optional[NoveltyHistory] = None, per_frame: Optional[PerFrameSpec] = None):
+                 history: Optional[NoveltyHistory] = None, per_frame: Optional[PerFrameSpec] = None,
+                 first_stage_detector: Optional[DetectorHandler] = None,
+                 two_stage_margin: float = TWO_STAGE_MARGIN):
         super().__init__()
         self._progress_dir = progress_dir  # progress.CountProgress's directory (local runners)
         self._export_metrics = export_metrics  # Prometheus (--metrics_port, local runners)
@@ -99,7 +103,16 @@ class MineFrames(beam.PTransform):
         if detector_background:
             detector = DetectorHandler(BackgroundDifferenceDetector(detector_background))
         objects = selection_embedding == "objects"
-        self._score = ScoreFrames(model, detector=detector, objects=objects)
+        # Two-stage scoring: the cheap detector on every frame, ``detector`` again near the pool.
+        self._two_stage = None
+        if first_stage_detector is not None:
+            if per_frame is not None or detector is None or objects:
+                raise ValueError("two-stage scoring serves a budget selection with a detector and frame embeddings")
+            self._two_stage = (detector, two_stage_score(strategy, strategy_params or {}), two_stage_margin,
+                               (decode_options or {}).get("max_pixels"), (decode_options or {}).get("max_side"))
+            if self._two_stage[1] is None:
+                raise ValueError(f"two-stage scoring does not serve strategy {strategy!r} with {strategy_params}")
+        self._score = ScoreFrames(model, detector=first_stage_detector or detector, objects=objects)
         self._rarity = AddClassRarity() if detector is not None else None
         # Cosine, the one distance of selection (transforms.select.base.unit_rows), not FiftyOne's
         # Euclidean default: uniqueness, near-duplicates and the selection's diversity agree.
@@ -130,6 +143,14 @@ class MineFrames(beam.PTransform):
         decoded = globs | "Decode" >> self._decode
         scored = decoded.frames | "EmbedAndScore" >> self._score
         model_outputs = scored.records  # before the steps that wait for every frame (progress)
+        select = self._select
+        if self._labelled:
+            select = select.excluding(globs.pipeline | "LabelledFrames" >> self._labelled)
+        if self._two_stage:
+            detector, score, margin, max_pixels, max_side = self._two_stage
+            floor = scored.records | "PoolFloor" >> select.pool_floor(score)
+            scored = scored._replace(records=(scored.records | "RescoreNearThePool" >> RescoreUncertain(
+                detector, score, floor, margin, max_pixels=max_pixels, max_side=max_side)).records)
         if self._rarity:
             scored = scored._replace(records=scored.records | "RareClasses" >> self._rarity)
         if self._novelty:
@@ -139,9 +160,6 @@ class MineFrames(beam.PTransform):
         dead_letters = [decoded.dead_letters, scored.dead_letters, indexed.dead_letters]
         if self._index_bigquery:
             dead_letters.append(scored.records | "IndexInBigQuery" >> self._index_bigquery)
-        select = self._select
-        if self._labelled:
-            select = select.excluding(globs.pipeline | "LabelledFrames" >> self._labelled)
         if isinstance(select, SelectPerFrameInOrder):
             decided = scored.records | "SelectPerFrame" >> select
             candidates = decided.candidates
@@ -290,6 +308,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         os.makedirs(job.output_dir, exist_ok=True)
     model = load_model(mine, job)
     detector = make_detector(mine, job)
+    first_stage = make_detector(mine, job, first_stage=True) if job.first_stage_detector else None
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(cpus_shared_between_workers(options))
@@ -324,7 +343,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
                 bigquery_candidates_table=job.candidates_table, inputs=globs,
                 project=options.view_as(GoogleCloudOptions).project, progress_dir=progress_dir,
                 exclude_labelled=not mine.include_labelled, export_metrics=mine.metrics_port is not None,
-                per_frame=job.per_frame)
+                per_frame=job.per_frame, first_stage_detector=first_stage, two_stage_margin=mine.two_stage_margin)
             try:
                 result = _run_pipeline(options, job.runner, globs, mine_frames)
             except Exception as e:

@@ -43,24 +43,29 @@ def load_model(mine, job: MineJob) -> ModelSpec:
             f"{preflight.one_line(e, 300)}") from e
 
 
-def make_detector(mine, job: MineJob) -> Optional[DetectorHandler]:
+def make_detector(mine, job: MineJob, first_stage: bool = False) -> Optional[DetectorHandler]:
     """The detector the job runs, or ``None``: ``--detector_background``'s background-difference
     detector, else ``--detector`` (resolved in ``job.detector``: NanoDet-g, or a detector its
-    sidecar declares, :func:`~transforms.score.detectors.detector_handler`) with ``--detector_flip``.
+    sidecar declares, :func:`~transforms.score.detectors.detector_handler`) with ``--detector_flip``;
+    with ``first_stage`` the cheap detector of ``--two_stage_scoring on`` (``job.first_stage_detector``).
 
     Raises
     ------
     beam_pipelines.cli.preflight.OptionError
         Naming ``--detector`` when its file cannot be used.
     """
-    if job.detector_background:
+    if first_stage:
+        path, flag = job.first_stage_detector, "two_stage_scoring"
+    elif job.detector_background:
         return DetectorHandler(BackgroundDifferenceDetector(job.detector_background))
-    if not job.detector:
+    else:
+        path, flag = job.detector, "detector"
+    if not path:
         return None
     try:
-        return detector_handler(job.detector, flip=job.detector_flip)
+        return detector_handler(path, flip=job.detector_flip)
     except Exception as e:  # noqa: BLE001 - an unreadable file
-        raise preflight.OptionError(f"--detector {job.detector} cannot be used: {preflight.one_line(e, 300)}") from e
+        raise preflight.OptionError(f"--{flag} {path} cannot be used: {preflight.one_line(e, 300)}") from e
 
 
 def calibrated_cost_model(mongo_uri: str, database: str, timeout_s: float = 10.0) -> Optional[CostModel]:
@@ -124,6 +129,9 @@ def run_facts(mine, job: MineJob, globs: List[str], mongo_uri: str, model: Model
         "video_fps": mine.video_fps,
         "detector": (dict(detector_version(job.detector)._asdict(), flip=job.detector_flip)
                      if job.detector and not job.detector_background else None),
+        # --two_stage_scoring on: which detector scored every frame first, and the margin
+        "two_stage": ({"first_stage": detector_version(job.first_stage_detector)._asdict(),
+                       "margin": mine.two_stage_margin} if job.first_stage_detector else None),
         "near_duplicate_similarity": mine.near_duplicate_similarity if mine.uniqueness_k else None,
         "selection_embedding": mine.selection_embedding,
         "decode": decode_options(mine),

@@ -24,7 +24,7 @@ from transforms.decode.video import MODES
 from transforms.index.bigquery_client import parse_table_id, sibling_table
 from transforms.score import pretrained
 from transforms.score import registry as score_registry
-from transforms.score.detection import LOCALISATION_SCORE
+from transforms.score.detection import LOCALISATION_SCORE, TWO_STAGE_MARGIN, TWO_STAGE_SCORES
 from transforms.score.detector_spec import missing_sidecar, read_detector_spec  # no TensorFlow import
 from transforms.score.model_base import DEFAULT_MODEL_NAME, ONNX, SAVED_MODEL, TFLITE, runtime_of  # no TensorFlow import
 from transforms.score.preprocessing import LOGITS, PROBABILITIES, SIDECAR_SUFFIX  # no TensorFlow import
@@ -166,6 +166,18 @@ class MineOptions(PipelineOptions):
                                  "(doubles the detector's cost). auto (the default): on when the "
                                  "strategy ranks by detection_localisation, else off: no other "
                                  "selection reads it.")
+        parser.add_argument("--two_stage_scoring", default="off", choices=("on", "off"),
+                            help="on: score every frame with NanoDet-g's int8 weights, then run the "
+                                 "float32 NanoDet-g again only on the frames whose int8 score is within "
+                                 "--two_stage_margin of the selection's uncertainty pool, decoded again "
+                                 "(batch; the default NanoDet-g and a strategy ranking by detection_max "
+                                 "or detection_mean). The same selection for less CPU when the pool is "
+                                 "a small part of the run; frames outside it keep the int8 boxes "
+                                 "(docs/models.md, Two-stage scoring).")
+        parser.add_argument("--two_stage_margin", type=float, default=TWO_STAGE_MARGIN,
+                            help="With --two_stage_scoring on: how far below the pool's lowest int8 "
+                                 "score a frame is still scored again with the float32 detector, in "
+                                 "the score's units (detection_max is in [0, 1]).")
         parser.add_argument("--selection_embedding", default="frame", choices=("frame", "objects"),
                             help="What coreset, cluster_margin and near_duplicate_distance see: the "
                                  "frame's embedding, or 'objects': the mean embedding of the crops of "
@@ -269,6 +281,9 @@ class MineJob(NamedTuple):
     per_frame: Optional[PerFrameSpec] = None  # --strategy vessal: per-frame selection at a rate
     # --detector_flip resolved: the detector also runs on the mirrored frame (flip-TTA).
     detector_flip: bool = False
+    # --two_stage_scoring on: the cheap detector that scores every frame first (NanoDet-g int8);
+    # ``detector`` then scores again the frames near the uncertainty pool.
+    first_stage_detector: Optional[str] = None
 
 
 def _models(mine):
@@ -403,9 +418,54 @@ def check_options(options: PipelineOptions) -> MineJob:
                          f"jobs read files from Cloud Storage), got {temp_location or None!r}")
     flip = (mine.detector_flip == "on" if mine.detector_flip != AUTO else
             any(name == LOCALISATION_SCORE for name, _ in _scores_used(mine.strategy, strategy_params)))
+    first_stage = _first_stage_detector(mine, streaming, detector, flip, strategy_params)
     return MineJob(runner, local_runner, globs, output_dir, strategy_params, candidates_table,
                    write_method, mine.detector_background and _from_caller_dir(mine.detector_background),
-                   model, detector, stage_to, per_frame, detector_flip=bool(detector) and flip)
+                   model, detector, stage_to, per_frame, detector_flip=bool(detector) and flip,
+                   first_stage_detector=first_stage)
+
+
+#: Strategy parameters that wrap the ranking (balance, exclusions, stochastic batches): two-stage
+#: scoring knows the pool of a plain ranking only.
+_WRAPPING_PARAMS = ("balance_key", "quotas", "exclude_ids", "near_duplicate_distance", "stochastic")
+
+
+def two_stage_score(strategy: str, strategy_params: dict) -> Optional[str]:
+    """The score whose uncertainty pool two-stage scoring can serve for this selection, or
+    ``None``: ``uncertainty_kcenter`` or a top-k, on ``detection_max`` or ``detection_mean``,
+    a budget in frames, no wrapping parameter."""
+    if strategy_params.get("budget_unit", FRAMES) != FRAMES or any(k in strategy_params for k in _WRAPPING_PARAMS):
+        return None
+    score = strategy_params.get("score") if strategy == DEFAULT_STRATEGY else strategy
+    return score if score in TWO_STAGE_SCORES else None
+
+
+def _first_stage_detector(mine, streaming: bool, detector: Optional[str], flip: bool,
+                          strategy_params: dict) -> Optional[str]:
+    """The int8 NanoDet-g path for ``--two_stage_scoring on``, after checking that it applies."""
+    check_range("two_stage_margin", mine.two_stage_margin, mine.two_stage_margin >= 0, ">= 0")
+    if mine.two_stage_scoring != "on":
+        return None
+    why = None
+    if streaming or mine.strategy == VESSAL:
+        why = "it serves a budget selection's pool (not --strategy vessal)"
+    elif detector != pretrained.detector_path() or mine.detector_background:
+        why = "its stages are NanoDet-g's int8 and float32 weights: --detector auto or nanodet"
+    elif flip:
+        why = "the flip-TTA localisation score is not served: --detector_flip off"
+    elif mine.selection_embedding != "frame":
+        why = "object crops come from the boxes: --selection_embedding frame"
+    elif two_stage_score(mine.strategy, strategy_params) is None:
+        why = ("it serves uncertainty_kcenter or a top-k on detection_max or detection_mean, with "
+               "--budget_unit frames and no balance_key, quotas, exclude_ids, near_duplicate_distance "
+               "or stochastic parameter")
+    if why:
+        raise ValueError(f"--two_stage_scoring=on does not apply: {why}")
+    first = pretrained.detector_int8_path()
+    if not os.path.isfile(first):
+        raise ValueError(f"--two_stage_scoring=on: {first} does not exist; run scripts/setup.sh "
+                         "(or python -m transforms.score.pretrained.convert)")
+    return first
 
 
 def stage_models(job: MineJob) -> MineJob:
@@ -426,7 +486,8 @@ def stage_models(job: MineJob) -> MineJob:
     except (OSError, pretrained.DefaultModelsMissing) as e:
         raise preflight.OptionError(f"the default models cannot be staged to {job.stage_models_to}: "
                                     f"{preflight.one_line(e, 300)}") from e
-    return job._replace(model=staged.get(job.model, job.model), detector=staged.get(job.detector, job.detector))
+    return job._replace(model=staged.get(job.model, job.model), detector=staged.get(job.detector, job.detector),
+                        first_stage_detector=staged.get(job.first_stage_detector, job.first_stage_detector))
 
 
 def _check_ranges(mine):
@@ -687,6 +748,8 @@ BATCH_ONLY_OPTIONS = {
     "include_labelled": "a streaming window selects from frames that just arrived, none labelled yet",
     "index_dir": "a streaming window is scored against its own frames, not a kept index",
     "max_dead_letter_fraction": "a streaming job runs on; its dead letters are in dead_letters/ per window",
+    "two_stage_scoring": "it needs the run's whole uncertainty pool before the second stage",
+    "two_stage_margin": "it needs the run's whole uncertainty pool before the second stage",
 }
 
 

@@ -394,10 +394,16 @@ class RangeDecoder:
     decoded at all, and one whose last wanted frame is in the decoder is drained at once.
     """
 
-    def __init__(self, video_range: VideoRange, sampling: Sampling = Sampling()):
+    def __init__(self, video_range: VideoRange, sampling: Sampling = Sampling(), wanted: Optional[set] = None):
+        """``wanted``: the pts to decode, instead of those ``sampling`` keeps (frames decoded
+        again by their ``frame_index``: :mod:`transforms.score.two_stage`)."""
         self._range = video_range
         self._sampling = sampling
-        self._wanted = wanted_pts(video_range, sampling)  # None: decided on the pixels (scene)
+        if wanted is not None:
+            self._wanted = set(wanted) & set(video_range.pts)
+            sampling = self._sampling = Sampling(EVERY_N, every_n=1)  # skipping on, no scene detection
+        else:
+            self._wanted = wanted_pts(video_range, sampling)  # None: decided on the pixels (scene)
         self._pending = {}  # group -> wanted pts not yet emitted
         for p in self._wanted or ():
             self._pending.setdefault(self._group_of(p), set()).add(p)

@@ -61,6 +61,10 @@ UNCERTAINTY_FLOOR = 0.05
 DETECTION_SCORES = ("detection_max", "detection_mean", "detection_sum", "detection_uncertain_count",
                     "detection_count")
 LOCALISATION_SCORE = "detection_localisation"
+#: Scores two-stage scoring (:mod:`transforms.score.two_stage`) can serve: in [0, 1], so that one
+#: margin fits every frame; and its default margin, in those units.
+TWO_STAGE_SCORES = ("detection_max", "detection_mean")
+TWO_STAGE_MARGIN = 0.1
 RARE_CLASS_SCORE = "detection_rare_class"
 
 

@@ -44,7 +44,7 @@ from apache_beam.transforms import trigger, window
 from schemas.frames import SCORE_NAMES
 from schemas.records import Candidate, FrameRecord, ModelVersion
 from transforms.score import registry
-from transforms.select.base import Pool, Strategy, selection_id
+from transforms.select.base import Pool, Strategy, score_values, selection_id
 from transforms.select.factory import STRATEGY_NAMES, checked_strategy
 
 _LOG = logging.getLogger(__name__)
@@ -404,21 +404,36 @@ class SelectCandidates(beam.PTransform):
             accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
             allowed_lateness=self._allowed_lateness_s)
 
-    def expand(self, frame_records):
+    def pool_floor(self, score: str) -> beam.PTransform:
+        """A ``PTransform`` from the same ``FrameRecord``\\ s to a ``PCollection`` of one float:
+        the lowest ``score`` among the frames this selection's strategy keeps for its final
+        choice (:meth:`~transforms.select.base.Strategy.preselect` of the whole pool: the thinned
+        uncertainty pool of ``uncertainty_kcenter``, the top ``budget`` of a top-k), with the
+        same exclusions, identical frames and near-duplicates skipped as :meth:`expand`. No
+        element for an empty pool. A frame whose ``score`` is below it cannot be selected
+        unless its score changes (two-stage scoring, :mod:`transforms.score.two_stage`)."""
+        return _PoolFloor(self, score)
+
+    def _eligible_frames(self, frame_records, counted: bool = True):
+        """``Scored`` frames as the strategy sees them: windowed, exclusions skipped, one per
+        identical pixels, near-duplicates left to their group's representative."""
         if self._window_s:
             frame_records = frame_records | "Window" >> self._windowing()
         if self._exclude_ids is not None:
             excluded = beam.pvalue.AsDict(self._exclude_ids | "KeyExcluded" >> beam.Map(lambda i: (i, True)))
             frame_records = frame_records | "SkipExcluded" >> beam.Filter(
                 lambda r, ex: r.frame.frame_id not in ex, excluded)
-        ranked = (
+        counter = (lambda name: Metrics.counter(METRICS_NAMESPACE, name)) if counted else (lambda name: _NO_COUNT)
+        return (
             frame_records
             | "KeyByPixelHash" >> beam.Map(to_scored, self._embedding, self._strategy.needs_probabilities)
             | "OnePerIdenticalFrames" >> beam.CombinePerKey(_FirstOfIdenticalFn())
-            | "CountDuplicates" >> beam.Map(
-                _with_duplicates, Metrics.counter(METRICS_NAMESPACE, "identical_frames_skipped"))
-            | "SkipNearDuplicates" >> beam.Filter(
-                _eligible, Metrics.counter(METRICS_NAMESPACE, "near_duplicates_skipped"))
+            | "CountDuplicates" >> beam.Map(_with_duplicates, counter("identical_frames_skipped"))
+            | "SkipNearDuplicates" >> beam.Filter(_eligible, counter("near_duplicates_skipped")))
+
+    def expand(self, frame_records):
+        ranked = (
+            self._eligible_frames(frame_records)
             | "Select" >> beam.CombineGlobally(
                 SelectFn(self._strategy, self._budget, self._shard_size, self._labelled)).without_defaults())
         if self._exclude_ids is None:
@@ -428,3 +443,49 @@ class SelectCandidates(beam.PTransform):
         excluded = beam.pvalue.AsSingleton(
             self._exclude_ids | "ExcludedDigest" >> beam.CombineGlobally(ExcludedDigestFn()))
         return ranked | "AssignRanks" >> beam.ParDo(_AssignRanks(self._strategy, self._inputs), excluded)
+
+
+class _NoCount:
+    """A counter that counts nothing (the pool floor's pass must not count skipped frames twice)."""
+
+    def inc(self, n=1):
+        pass
+
+
+_NO_COUNT = _NoCount()
+
+
+class PoolFloorFn(SelectFn):
+    """:class:`SelectFn` whose output is the lowest ``score`` among the frames the strategy's
+    ``preselect`` keeps from the whole (compressed) pool, a float, or ``None`` for an empty pool."""
+
+    def __init__(self, strategy: Strategy, budget: int, score: str, shard_size: int = DEFAULT_SHARD_SIZE,
+                 labelled: Optional[Pool] = None):
+        super().__init__(strategy, budget, shard_size, labelled)
+        self._score = score
+
+    def extract_output(self, accumulator):
+        if not accumulator or self._budget == 0:
+            return None
+        items = sorted(accumulator, key=lambda s: s.frame_id)
+        pool = to_pool(items)
+        keep = self._strategy.preselect(pool, self._budget, self._labelled)
+        if not len(keep):
+            return None
+        return float(np.min(score_values(pool, self._score)[keep]))
+
+
+class _PoolFloor(beam.PTransform):
+    """See :meth:`SelectCandidates.pool_floor`."""
+
+    def __init__(self, selection: SelectCandidates, score: str):
+        super().__init__()
+        self._selection = selection
+        self._score = score
+
+    def expand(self, frame_records):
+        s = self._selection  # pylint: disable=protected-access
+        return (s._eligible_frames(frame_records, counted=False)
+                | "Floor" >> beam.CombineGlobally(PoolFloorFn(
+                    s._strategy, s._budget, self._score, s._shard_size, s._labelled)).without_defaults()
+                | "NotEmpty" >> beam.Filter(lambda floor: floor is not None))
