@@ -509,6 +509,8 @@ def test_two_stage_scoring_selects_what_the_float_detector_selects(models, tmp_p
     rescored = {i for i, name in detector_of.items() if name == pretrained.DETECTOR_FILE}
     kept = {i for i, name in detector_of.items() if name == pretrained.DETECTOR_INT8_FILE}
     assert rescored | kept == set(one_docs) and rescored and kept  # both stages did some of the run
+    assert (two["frames_rescored"], two["frames_not_rescored"]) == (len(rescored), 0)
+    assert (one["frames_rescored"], one["frames_not_rescored"]) == (0, 0)
     per_frame = lambda scores: {k: v for k, v in scores.items()  # noqa: E731 (rarity is the run's)
                                 if k.startswith("detection_") and k != "detection_rare_class"}
     for i in rescored:

@@ -149,8 +149,12 @@ class MineFrames(beam.PTransform):
         if self._two_stage:
             detector, score, margin, max_pixels, max_side = self._two_stage
             floor = scored.records | "PoolFloor" >> select.pool_floor(score)
-            scored = scored._replace(records=(scored.records | "RescoreNearThePool" >> RescoreUncertain(
-                detector, score, floor, margin, max_pixels=max_pixels, max_side=max_side)).records)
+            second = scored.records | "RescoreNearThePool" >> RescoreUncertain(
+                detector, score, floor, margin, max_pixels=max_pixels, max_side=max_side)
+            scored = scored._replace(records=second.records)
+            rescored, not_rescored = second.rescored, second.not_rescored
+        else:
+            rescored = not_rescored = globs.pipeline | "OneStage" >> beam.Create([])
         if self._rarity:
             scored = scored._replace(records=scored.records | "RareClasses" >> self._rarity)
         if self._novelty:
@@ -191,6 +195,8 @@ class MineFrames(beam.PTransform):
             "dead_letters": dead_letters,
             "candidates": candidates,
             "candidates_written": candidates_indexed.frame_ids,
+            "frames_rescored": rescored,  # --two_stage_scoring on: by the float detector again
+            "frames_not_rescored": not_rescored,  # ... and those that kept their int8 scores
         } | "WriteSummary" >> WriteSummary(
             self._path(SUMMARY_FILE), static=self._run_info,
             sums={"frames_decoded": (outcomes, lambda o: o.frames)},
@@ -225,6 +231,8 @@ SUMMARY_COUNTERS = {
     "dead_letters": SummaryCounter(OUTPUT_METRICS, "dead_letters_written"),
     "candidates": SummaryCounter(SELECT_METRICS, "candidates_selected"),
     "candidates_written": SummaryCounter(INDEX_METRICS, "mongodb_documents_written", "CandidatesToMongoDB"),
+    "frames_rescored": SummaryCounter(SCORE_METRICS, "frames_rescored"),
+    "frames_not_rescored": SummaryCounter(SCORE_METRICS, "frames_not_rescored"),
 }
 
 

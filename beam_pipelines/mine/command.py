@@ -90,9 +90,10 @@ def main(argv=None):
         stream.print_summary(summary)
     elif summary:
         out = summary["output_dir"]
-        print(json.dumps({k: summary[k] for k in (
-            "files_matched", "files_decoded", "files_failed", "frames_decoded", "frames_written",
-            "dead_letters", "candidates", "wall_seconds")}, indent=2))
+        shown = ("files_matched", "files_decoded", "files_failed", "frames_decoded", "frames_written",
+                 *(("frames_rescored", "frames_not_rescored") if summary.get("two_stage") else ()),
+                 "dead_letters", "candidates", "wall_seconds")
+        print(json.dumps({k: summary[k] for k in shown}, indent=2))
         print(f"candidates:   {FileSystems.join(out, CANDIDATES_FILE)}")
         print(f"dead letters: {FileSystems.join(out, DEAD_LETTER_FILE)}")
         print(f"summary:      {FileSystems.join(out, SUMMARY_FILE)}")

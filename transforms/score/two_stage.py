@@ -49,6 +49,7 @@ _LOG = logging.getLogger(__name__)
 class Rescored(NamedTuple):
     records: beam.PCollection  # FrameRecord, every input record once
     rescored: beam.PCollection  # frame ids of the records the exact detector scored
+    not_rescored: beam.PCollection  # frame ids of those it should have and could not (first-stage scores kept)
 
 
 def score_of(record: FrameRecord, score: str) -> Optional[float]:
@@ -202,4 +203,5 @@ class RescoreUncertain(beam.PTransform):
             _records_of_failed_batch)) | "NotRescored" >> beam.Flatten()
             | "CountNotRescored" >> beam.Map(_counted, not_rescored))
         out = (split.kept, rescored, unchanged) | "AllRecords" >> beam.Flatten()
-        return Rescored(out, rescored | "RescoredIds" >> beam.Map(lambda r: r.frame.frame_id))
+        return Rescored(out, rescored | "RescoredIds" >> beam.Map(lambda r: r.frame.frame_id),
+                        unchanged | "NotRescoredIds" >> beam.Map(lambda r: r.frame.frame_id))
