@@ -104,14 +104,16 @@ class MineFrames(beam.PTransform):
             detector = DetectorHandler(BackgroundDifferenceDetector(detector_background))
         objects = selection_embedding == "objects"
         # Two-stage scoring: the cheap detector on every frame, ``detector`` again near the pool.
-        self._two_stage = None
+        self._two_stage = None  # RescoreUncertain's arguments but the floor
         if first_stage_detector is not None:
+            score = two_stage_score(strategy, strategy_params or {})
             if per_frame is not None or detector is None or objects:
                 raise ValueError("two-stage scoring serves a budget selection with a detector and frame embeddings")
-            self._two_stage = (detector, two_stage_score(strategy, strategy_params or {}), two_stage_margin,
-                               (decode_options or {}).get("max_pixels"), (decode_options or {}).get("max_side"))
-            if self._two_stage[1] is None:
+            if score is None:
                 raise ValueError(f"two-stage scoring does not serve strategy {strategy!r} with {strategy_params}")
+            self._two_stage = dict(detector=detector, score=score, margin=two_stage_margin,
+                                   max_pixels=(decode_options or {}).get("max_pixels"),
+                                   max_side=(decode_options or {}).get("max_side"))
         self._score = ScoreFrames(model, detector=first_stage_detector or detector, objects=objects)
         self._rarity = AddClassRarity() if detector is not None else None
         # Cosine, the one distance of selection (transforms.select.base.unit_rows), not FiftyOne's
@@ -147,10 +149,8 @@ class MineFrames(beam.PTransform):
         if self._labelled:
             select = select.excluding(globs.pipeline | "LabelledFrames" >> self._labelled)
         if self._two_stage:
-            detector, score, margin, max_pixels, max_side = self._two_stage
-            floor = scored.records | "PoolFloor" >> select.pool_floor(score)
-            second = scored.records | "RescoreNearThePool" >> RescoreUncertain(
-                detector, score, floor, margin, max_pixels=max_pixels, max_side=max_side)
+            floor = scored.records | "PoolFloor" >> select.pool_floor(self._two_stage["score"])
+            second = scored.records | "RescoreNearThePool" >> RescoreUncertain(floor=floor, **self._two_stage)
             scored = scored._replace(records=second.records)
             rescored, not_rescored = second.rescored, second.not_rescored
         else:

@@ -8,19 +8,19 @@ pictures annotators see come from here::
 
 Still images with :func:`transforms.decode.images.decode_image` (EXIF orientation applied),
 video frames with :func:`transforms.decode.video.plan_video` /
-:func:`~transforms.decode.video.decode_range`, by ``frame_index`` (the rank of the frame's
-presentation time, the same on every decoding). A video is planned once and cut at its
-keyframes; only the keyframe intervals that hold a wanted frame are decoded, and decoding of an
-interval stops at its last wanted frame. ``gs://`` sources are copied to a temporary file first.
+:class:`~transforms.decode.video.RangeDecoder`, by ``frame_index`` (the rank of the frame's
+presentation time, the same on every decoding): :func:`frames_again`, one pass per video that
+decodes only the keyframe intervals holding a wanted frame and converts only the wanted frames.
+``gs://`` sources are copied to a temporary file first.
 """
 import concurrent.futures
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from transforms.common.files import local_copy
-from transforms.decode.images import decode_image
-from transforms.decode.video import ALL, Sampling, VideoFrame, decode_range, plan_video, split_ranges
+from transforms.decode.images import DEFAULT_MAX_PIXELS, decode_image
+from transforms.decode.video import RangeDecoder, VideoFrame, VideoPlan, plan_video, split_ranges
 
 
 class FrameRequest(NamedTuple):
@@ -56,39 +56,60 @@ def map_frames(requests: Iterable[FrameRequest], fn: Callable[[FrameRequest, np.
     return out
 
 
+def frames_again(path: str, frame_indices: Iterable[int], still: bool, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                 max_side: Optional[int] = None, plan: Optional[VideoPlan] = None) -> Iterator[Tuple[int, np.ndarray]]:
+    """``(frame_index, rgb)`` for each of ``frame_indices`` found in the local file ``path``,
+    decoded as the ``mine`` job decoded it: a still image (``still``: its one picture) with
+    :func:`~transforms.decode.images.decode_image` and the job's ``max_pixels``/``max_side``, a
+    video in one pass that feeds the decoder only the keyframe intervals holding a wanted frame and
+    converts only the wanted frames (:class:`~transforms.decode.video.RangeDecoder` with
+    ``wanted``), in presentation order; it stops after the last one. A frame the file does not
+    hold is not yielded. RGB ``uint8`` ``(H, W, 3)``.
+
+    Raises
+    ------
+    DecodeError, OSError
+        When the file cannot be read or decoded at all.
+    """
+    indices = set(int(i) for i in frame_indices)
+    if still:  # one picture, whatever index is asked for
+        if indices:
+            with open(path, "rb") as f:
+                pixels = decode_image(f.read(), "image", max_pixels, max_side).pixels
+            yield from ((i, pixels) for i in sorted(indices))
+        return
+    whole = split_ranges(plan or plan_video(path), path, None)[0]
+    wanted = {whole.pts[i - whole.first_index] for i in indices if 0 <= i - whole.first_index < len(whole.pts)}
+    left = len(wanted)
+    for item in RangeDecoder(whole, wanted=wanted).decode(path) if left else ():
+        if isinstance(item, VideoFrame):
+            yield item.frame_index, item.pixels
+            left -= 1
+            if not left:
+                return
+
+
 def _render_source(source_uri: str, requests: List[FrameRequest], fn, on_error) -> Dict[str, object]:
     """Pictures of the requested frames of one source file (any failure is per frame)."""
     try:
         with local_copy(source_uri) as path:
-            if all(r.timestamp_s is None for r in requests):
-                with open(path, "rb") as f:
-                    rgb = decode_image(f.read()).pixels
-                return {r.frame_id: fn(r, rgb) for r in requests}
-            return _render_video(path, requests, fn, on_error)
+            return _render(path, requests, fn, on_error)
     except Exception as e:  # noqa: BLE001 - a missing or changed source spoils its own frames only
         error = f"{type(e).__name__}: {e}"[:300]
         return {r.frame_id: on_error(error) for r in requests}
 
 
-def _render_video(path: str, requests: List[FrameRequest], fn, on_error) -> Dict[str, object]:
-    wanted = {}
+def _render(path: str, requests: List[FrameRequest], fn, on_error) -> Dict[str, object]:
+    wanted: Dict[int, List[FrameRequest]] = {}
     for r in requests:
         wanted.setdefault(int(r.frame_index), []).append(r)
-    plan = plan_video(path)
+    still = all(r.timestamp_s is None for r in requests)
+    plan = None if still else plan_video(path)
     out: Dict[str, object] = {}
-    # split_seconds ~0: one range per keyframe interval, so only the intervals holding a wanted
-    # frame are decoded.
-    for video_range in split_ranges(plan, path, 1e-9):
-        first, last = video_range.first_index, video_range.first_index + len(video_range.pts) - 1
-        todo = {i for i in wanted if first <= i <= last}
-        for item in decode_range(path, video_range, Sampling(ALL)) if todo else ():
-            if isinstance(item, VideoFrame) and item.frame_index in todo:
-                for r in wanted[item.frame_index]:
-                    out[r.frame_id] = fn(r, item.pixels)
-                todo.discard(item.frame_index)
-                if not todo:
-                    break
+    for index, rgb in frames_again(path, wanted, still, plan=plan):
+        for r in wanted[index]:
+            out[r.frame_id] = fn(r, rgb)
     for r in requests:
-        if r.frame_id not in out:
+        if r.frame_id not in out:  # (a still image always has its picture)
             out[r.frame_id] = on_error(f"frame {r.frame_index} not found in the video ({plan.info.frame_count} frames)")
     return out

@@ -401,14 +401,13 @@ class RangeDecoder:
         self._sampling = sampling
         if wanted is not None:
             self._wanted = set(wanted) & set(video_range.pts)
-            sampling = self._sampling = Sampling(EVERY_N, every_n=1)  # skipping on, no scene detection
         else:
             self._wanted = wanted_pts(video_range, sampling)  # None: decided on the pixels (scene)
         self._pending = {}  # group -> wanted pts not yet emitted
         for p in self._wanted or ():
             self._pending.setdefault(self._group_of(p), set()).add(p)
         self._unfed = {group: set(members) for group, members in self._pending.items()}
-        self._skipping = (self._wanted is not None and sampling.mode != ALL
+        self._skipping = (self._wanted is not None and (wanted is not None or sampling.mode != ALL)
                           and len(self._wanted) < len(video_range.pts))
         self._emitted, self._seen, self._decoded, self._first_error = [], set(), 0, None
         self._previous_thumb = None

@@ -25,18 +25,16 @@ selection reads; the same idea as PPAL's difficulty-calibrated pool (Yang et al.
 arXiv:2211.11612), where only the pool is re-ranked by the expensive measure.
 """
 import logging
-from typing import Iterable, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from schemas.records import FrameRecord
 from transforms.common.files import local_copy
-from transforms.decode.images import decode_image
 from transforms.decode.ptransforms import pixel_hash
-from transforms.decode.video import RangeDecoder, VideoFrame, plan_video, split_ranges
+from transforms.decode.redecode import frames_again
 from transforms.score.detection import TWO_STAGE_MARGIN, TWO_STAGE_SCORES, aggregate_detection_scores
 from transforms.score.detectors import DetectorHandler
 from transforms.score.model_base import METRICS_NAMESPACE
@@ -76,51 +74,35 @@ class _SplitFn(beam.DoFn):
 
 class _DecodeAgainFn(beam.DoFn):
     """``(source_uri, records)`` -> ``(record, pixels)`` for each record whose frame decodes to the
-    same pixels again (its ``pixel_hash``); the others on ``failed``, as they are. A video is
-    planned once and only the keyframe intervals holding a wanted frame are decoded."""
+    same pixels again (its ``pixel_hash``); the others on ``failed``, as they are. One pass per
+    file (:func:`transforms.decode.redecode.frames_again`)."""
 
     def __init__(self, max_pixels: Optional[int], max_side: Optional[int]):
         self._max_pixels, self._max_side = max_pixels, max_side
 
     def process(self, element):
         source_uri, records = element
-        records = sorted(records, key=lambda r: r.frame.frame_index)
+        records = list(records)  # a grouped iterable: read more than once
+        wanted = {}
+        for record in records:
+            wanted.setdefault(int(record.frame.frame_index), []).append(record)
+        still = all(r.frame.timestamp_s is None for r in records)
         done = set()
         try:
             with local_copy(source_uri) as path:
-                if all(r.frame.timestamp_s is None for r in records):
-                    with open(path, "rb") as f:
-                        pixels = decode_image(f.read(), "image", self._max_pixels, self._max_side).pixels
-                    frames = ((r, pixels) for r in records)
-                else:
-                    frames = _video_frames(path, records)
-                for record, pixels in frames:
-                    done.add(record.frame.frame_id)
-                    if pixel_hash(pixels) == record.frame.pixel_hash:
-                        yield record, pixels
-                    else:
-                        yield beam.pvalue.TaggedOutput("failed", record)
+                for index, pixels in frames_again(path, wanted, still, self._max_pixels, self._max_side):
+                    for record in wanted[index]:
+                        done.add(record.frame.frame_id)
+                        if pixel_hash(pixels) == record.frame.pixel_hash:
+                            yield record, pixels
+                        else:
+                            yield beam.pvalue.TaggedOutput("failed", record)
         except Exception as e:  # noqa: BLE001 - a vanished or changed source spoils its own frames only
             _LOG.warning("%d frames of %s keep their first-stage scores: it does not decode again (%s: %s)",
                          len(records) - len(done), source_uri, type(e).__name__, str(e)[:200])
         for record in records:
             if record.frame.frame_id not in done:
                 yield beam.pvalue.TaggedOutput("failed", record)
-
-
-def _video_frames(path: str, records) -> Iterable[Tuple[FrameRecord, np.ndarray]]:
-    """The records' frames of one video, by ``frame_index``: one pass over the file that feeds the
-    decoder only the keyframe intervals holding a wanted frame, skips the non-reference frames it
-    does not want and converts only the wanted ones (:class:`RangeDecoder` with ``wanted``)."""
-    wanted = {}
-    for r in records:
-        wanted.setdefault(int(r.frame.frame_index), []).append(r)
-    whole = split_ranges(plan_video(path), path, None)[0]
-    pts = {whole.pts[i - whole.first_index] for i in wanted if 0 <= i - whole.first_index < len(whole.pts)}
-    for item in RangeDecoder(whole, wanted=pts).decode(path):
-        if isinstance(item, VideoFrame):
-            for r in wanted.get(item.frame_index, ()):
-                yield r, item.pixels
 
 
 def _with_exact_detections(keyed_result, band, version):
