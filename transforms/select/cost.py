@@ -138,7 +138,6 @@ def fit_cost_model(lead_times_s: Sequence[float], boxes: Sequence[int],
     CostModel or None
         ``source="calibrated"``; None with too few annotations.
     """
-    from sklearn.linear_model import LinearRegression
     t = np.array([np.nan if v is None else v for v in lead_times_s], dtype=np.float64)
     n = np.asarray(boxes, dtype=np.float64)
     usable = np.isfinite(t) & (t > 0)
@@ -151,6 +150,7 @@ def fit_cost_model(lead_times_s: Sequence[float], boxes: Sequence[int],
         if n[0] != 0:
             return None  # as many boxes in every annotation: frame and box time cannot be told apart
         return CostModel(float(np.mean(t)), SECONDS_PER_BOX, "calibrated", len(t))  # classification only
+    from sklearn.linear_model import LinearRegression  # imported only to fit (2 s of a job's start-up)
     fit = LinearRegression(positive=True).fit(n[:, None], t)
     per_frame, per_box = max(0.0, float(fit.intercept_)), float(fit.coef_[0])
     if per_frame == 0 and per_box == 0:
