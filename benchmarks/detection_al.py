@@ -54,6 +54,13 @@ target in a seed. ``default_beats_random_seeds`` / ``default_beats_topk_seeds``:
 default's mean mAP over the rounds after the initial set (equal frame counts) is higher, with
 the one-sided paired sign test. Goals: both ratios <= 0.5 and wins in every seed.
 
+**The learner's own curve** (``--learner_curve``; the default preset: the whole pool only,
+``--quick``: none): per seed the detector
+is also trained on random pool frames, nested sizes up to every frame of the pool, as every round
+trains it. ``whole_pool_map50`` is its mAP with every pool frame labelled, and
+``random_final_vs_whole_pool`` random's final mAP over it: near 1, random's last labels already
+gave the learner what the whole pool would, and a strategy's savings are measured on a plateau.
+
 Writes ``detection_al_curves.png`` (mAP against frames, boxes and seconds) and
 ``detection_al_results.json`` to ``--out_dir``; the last stdout line is the JSON result.
 """
@@ -294,6 +301,48 @@ def run_seed(seed: int, args, options: dd.GeneratorOptions, work: str, log) -> D
     return curves
 
 
+#: ``--learner_curve``'s word for every frame of the pool.
+WHOLE_POOL = "all"
+
+
+def learner_curve(seed: int, sizes: Sequence, args, options: dd.GeneratorOptions, work: str, log) -> List[dict]:
+    """The detector's mAP@0.5 on the held-out cameras when trained on random frames of the pool,
+    ``sizes`` of them (:data:`WHOLE_POOL`: every frame), nested (the first ``k`` of one seeded
+    permutation, its generator apart from the strategies'), trained as every round is. Where it
+    stops rising, every strategy's curve stops too: the learner, not the picks, sets the mAP
+    there, and labels to random's final mAP measure who gets to that plateau first."""
+    options = options._replace(seed=seed)
+    split = Split(dd.generate(options), options, args.test_cameras, seed)
+    order = np.random.default_rng([seed, 7919]).permutation(len(split.frames))
+    points = []
+    for size in sizes:
+        k = len(order) if size == WHOLE_POOL else min(int(size), len(order))
+        _, map50 = _train_and_export(split, order[:k], os.path.join(work, f"s{seed}-learner-{k}"), seed, args)
+        point = dict(_point(split, order[:k], map50, args), pool_frames=len(order))
+        log({"seed": seed, "strategy": "(learner, random frames)", **point})
+        points.append(point)
+    return points
+
+
+def summarise_learner(curves: Dict[str, List[list]], learner: List[List[dict]]) -> dict:
+    """``learner_curve`` (per size: frames and mAP@0.5 per seed, and their mean), and with the whole
+    pool trained (the last size is :data:`WHOLE_POOL`) ``whole_pool_map50`` and
+    ``random_final_vs_whole_pool`` (random's final mAP / the whole pool's, mean of the seeds)."""
+    if not learner or not learner[0]:
+        return {}
+    out = {"learner_curve": [{"frames_per_seed": [run[i]["frames"] for run in learner],
+                              "map50_per_seed": [run[i]["map50"] for run in learner],
+                              "map50_mean": round(float(np.mean([run[i]["map50"] for run in learner])), 4)}
+                             for i in range(len(learner[0]))]}
+    if all(run[-1]["frames"] == run[-1]["pool_frames"] for run in learner):
+        whole = [run[-1]["map50"] for run in learner]
+        out["whole_pool_map50"] = round(float(np.mean(whole)), 4)
+        if "random" in curves and all(w > 0 for w in whole):
+            out["random_final_vs_whole_pool"] = round(float(np.mean(
+                [run[-1]["map50"] / w for run, w in zip(curves["random"], whole)])), 3)
+    return out
+
+
 class Reweighted:
     """``uncertainty_kcenter`` on ``detection_max`` x ``weights[frame_id]`` (a diagnostic of
     :data:`DIAGNOSTICS`)."""
@@ -424,6 +473,11 @@ def parse_args(argv=None):
                              "frozen (set-up's pinned checkpoint; default), or a CNN trained from scratch")
     parser.add_argument("--learning_rate", type=float, default=None,
                         help="Adam's step size (default: 1e-3 on the ImageNet backbone, 2e-3 from scratch)")
+    parser.add_argument("--learner_curve", default=None,
+                        help="per seed, also train on this many random pool frames (comma-separated, nested; "
+                             f"'{WHOLE_POOL}': the whole pool) and report the held-out mAP@0.5: where the learner "
+                             f"stops gaining from labels (default preset '{WHOLE_POOL}': the whole pool only, one "
+                             "training a seed; --quick and '': none)")
     parser.add_argument("--no_beam_check", action="store_true", help="skip the SelectCandidates check of seed 0")
     parser.add_argument("--out_dir", default=".", help="where the PNG and the JSON go (default: here)")
     dd.add_generator_options(parser, **POOL_DEFAULTS)
@@ -435,6 +489,12 @@ def parse_args(argv=None):
     if args.learning_rate is None:
         args.learning_rate = 1e-3 if args.backbone == small_detector.EFFICIENTNET else 2e-3
     args.strategies = [s for s in args.strategies.split(",") if s]
+    if args.learner_curve is None:
+        args.learner_curve = "" if args.quick else WHOLE_POOL
+    sizes = [v.strip() for v in args.learner_curve.split(",") if v.strip()]
+    if any(v != WHOLE_POOL and not (v.isdigit() and int(v) > 0) for v in sizes):
+        parser.error(f"--learner_curve: frame counts > 0 or '{WHOLE_POOL}', comma-separated; got {args.learner_curve!r}")
+    args.learner_curve = sizes
     unknown = set(args.strategies) - set(STRATEGIES) - set(DIAGNOSTICS)
     if unknown:
         parser.error(f"--strategies: unknown {sorted(unknown)}; choose from {', '.join((*STRATEGIES, *DIAGNOSTICS))}")
@@ -450,14 +510,18 @@ def main(argv=None):
     def log(row):
         print(json.dumps(dict(row, elapsed_s=round(time.monotonic() - started, 1))), flush=True)
     curves: Dict[str, List[list]] = {name: [] for name in args.strategies}
+    learner: List[List[dict]] = []
     with tempfile.TemporaryDirectory(prefix="activebeam-detection-al-") as work:
         for seed in range(args.seeds):
             for name, curve in run_seed(seed, args, options, work, log).items():
                 curves[name].append(curve)
+            if args.learner_curve:
+                learner.append(learner_curve(seed, args.learner_curve, args, options, work, log))
     os.makedirs(args.out_dir, exist_ok=True)
     png = os.path.join(args.out_dir, "detection_al_curves.png")
     plot(curves, png)
     result = summarise(curves, args.seeds)
+    result.update(summarise_learner(curves, learner))
     result.update(preset="quick" if args.quick else "default", seeds=args.seeds, rounds=args.rounds,
                   round_frames=args.round_frames, initial_frames=args.initial_frames, steps=args.steps,
                   generator=options._asdict(), wall_seconds=round(time.monotonic() - started, 1),

@@ -125,3 +125,28 @@ def test_the_benchmark_defaults_hold_out_ten_cameras_and_pool_eight():
     assert len(split.pool_clips) == 8 and len(split.test_clips) == 10
     assert split.pool_clips[0].camera == "camera00" and len(split.pool_clips[0].frames) == 120
     assert not {c.camera for c in split.pool_clips} & {c.camera for c in split.test_clips}
+
+
+def test_the_learner_curve_trains_on_nested_random_frames_up_to_the_whole_pool(split, tmp_path):
+    """--learner_curve: random frames of the pool, nested, up to every frame ('all'); the
+    summary's whole-pool mAP and random's final mAP over it."""
+    args = type("Args", (), {"steps": 5, "learning_rate": 2e-3, "backbone": small_detector.SCRATCH,
+                             "embedding_model": "pretrained", "test_cameras": 1,
+                             "seconds_per_frame": 3.0, "seconds_per_box": 7.0})()
+    rows = []
+    points = al.learner_curve(1, ["3", al.WHOLE_POOL], args, split.options, str(tmp_path), rows.append)
+    n = len(split.frames)
+    assert [p["frames"] for p in points] == [3, n] and all(p["pool_frames"] == n for p in points)
+    assert points[-1]["boxes"] == sum(len(b) for b in split.boxes) and rows[-1]["frames"] == n
+    random = [[{"frames": 8, "boxes": 20, "seconds": 164.0, "map50": 0.1}]]
+    learner = [[dict(points[0], map50=0.05), dict(points[1], map50=0.2)]]
+    out = al.summarise_learner({"random": random}, learner)
+    assert out["whole_pool_map50"] == 0.2 and out["random_final_vs_whole_pool"] == 0.5
+    assert out["learner_curve"][0] == {"frames_per_seed": [3], "map50_per_seed": [0.05], "map50_mean": 0.05}
+    # a curve that stops short of the pool has no whole-pool figure
+    assert "whole_pool_map50" not in al.summarise_learner({"random": random}, [[dict(points[0], map50=0.05)]])
+    with pytest.raises(SystemExit):
+        al.parse_args(["--learner_curve", "10,none"])
+    assert al.parse_args(["--learner_curve", "20, all"]).learner_curve == ["20", al.WHOLE_POOL]
+    assert al.parse_args(["--learner_curve", ""]).learner_curve == []
+    assert al.parse_args([]).learner_curve == [al.WHOLE_POOL] and al.parse_args(["--quick"]).learner_curve == []
