@@ -149,4 +149,7 @@ def test_the_learner_curve_trains_on_nested_random_frames_up_to_the_whole_pool(s
         al.parse_args(["--learner_curve", "10,none"])
     assert al.parse_args(["--learner_curve", "20, all"]).learner_curve == ["20", al.WHOLE_POOL]
     assert al.parse_args(["--learner_curve", ""]).learner_curve == []
+    assert al.parse_args(["--head_dropout", "0.1"]).head_dropout == 0.1
+    with pytest.raises(SystemExit):
+        al.parse_args(["--head_dropout", "1"])
     assert al.parse_args([]).learner_curve == [al.WHOLE_POOL] and al.parse_args(["--quick"]).learner_curve == []
