@@ -253,18 +253,22 @@ def _train_and_export(split: Split, labelled: np.ndarray, directory: str, seed: 
     model = small_detector.train(split.frames[labelled], [split.boxes[i] for i in labelled],
                                  [split.classes[i] for i in labelled], len(split.options.classes),
                                  seed=seed, steps=args.steps, learning_rate=args.learning_rate,
-                                 backbone=args.backbone, head_dropout=getattr(args, "head_dropout", None))
+                                 backbone=args.backbone, head_dropout=args.head_dropout)
     # The trained network's own backbone export is only read with --embedding_model detector.
     trained = small_detector.export(model, split.options.class_names, directory,
                                     backbone_too=args.embedding_model == "detector")
     return trained, coco_map50(trained.detector, split.test_clips, split.options.class_names)
 
 
-def run_seed(seed: int, args, options: dd.GeneratorOptions, work: str, log) -> Dict[str, list]:
-    """Every strategy's curve for one seed (``{strategy: [point, ...]}``)."""
-    from transforms.select.factory import make_strategy
+def seed_split(seed: int, args, options: dd.GeneratorOptions) -> Split:
+    """The cameras generated with ``seed``, split into pool and test."""
     options = options._replace(seed=seed)
-    split = Split(dd.generate(options), options, args.test_cameras, seed)
+    return Split(dd.generate(options), options, args.test_cameras, seed)
+
+
+def run_seed(seed: int, split: Split, args, work: str, log) -> Dict[str, list]:
+    """Every strategy's curve for one seed's ``split`` (``{strategy: [point, ...]}``)."""
+    from transforms.select.factory import make_strategy
     frames = split.frame_records()
     position = {f.frame_id: i for i, f in enumerate(frames)}
     initial = split.initial(args.initial_frames, seed)
@@ -305,14 +309,12 @@ def run_seed(seed: int, args, options: dd.GeneratorOptions, work: str, log) -> D
 WHOLE_POOL = "all"
 
 
-def learner_curve(seed: int, sizes: Sequence, args, options: dd.GeneratorOptions, work: str, log) -> List[dict]:
+def learner_curve(seed: int, split: Split, sizes: Sequence, args, work: str, log) -> List[dict]:
     """The detector's mAP@0.5 on the held-out cameras when trained on random frames of the pool,
     ``sizes`` of them (:data:`WHOLE_POOL`: every frame), nested (the first ``k`` of one seeded
     permutation, its generator apart from the strategies'), trained as every round is. Where it
     stops rising, every strategy's curve stops too: the learner, not the picks, sets the mAP
     there, and labels to random's final mAP measure who gets to that plateau first."""
-    options = options._replace(seed=seed)
-    split = Split(dd.generate(options), options, args.test_cameras, seed)
     order = np.random.default_rng([seed, 7919]).permutation(len(split.frames))
     points = []
     for size in sizes:
@@ -518,10 +520,11 @@ def main(argv=None):
     learner: List[List[dict]] = []
     with tempfile.TemporaryDirectory(prefix="activebeam-detection-al-") as work:
         for seed in range(args.seeds):
-            for name, curve in run_seed(seed, args, options, work, log).items():
+            split = seed_split(seed, args, options)
+            for name, curve in run_seed(seed, split, args, work, log).items():
                 curves[name].append(curve)
             if args.learner_curve:
-                learner.append(learner_curve(seed, args.learner_curve, args, options, work, log))
+                learner.append(learner_curve(seed, split, args.learner_curve, args, work, log))
     os.makedirs(args.out_dir, exist_ok=True)
     png = os.path.join(args.out_dir, "detection_al_curves.png")
     plot(curves, png)

@@ -22,6 +22,7 @@ def test_trained_detector_through_score_frames_selection_and_map(split, tmp_path
     trained, map50 = al._train_and_export(split, labelled, str(tmp_path), seed=0,
                                           args=type("Args", (), {"steps": 20, "learning_rate": 2e-3,
                                                                  "backbone": small_detector.SCRATCH,
+                                                                 "head_dropout": None,
                                                                  "embedding_model": "detector"})())
     assert 0.0 <= map50 <= 1.0
     frames = split.frame_records()[:12]
@@ -131,10 +132,10 @@ def test_the_learner_curve_trains_on_nested_random_frames_up_to_the_whole_pool(s
     """--learner_curve: random frames of the pool, nested, up to every frame ('all'); the
     summary's whole-pool mAP and random's final mAP over it."""
     args = type("Args", (), {"steps": 5, "learning_rate": 2e-3, "backbone": small_detector.SCRATCH,
-                             "embedding_model": "pretrained", "test_cameras": 1,
+                             "head_dropout": None, "embedding_model": "pretrained",
                              "seconds_per_frame": 3.0, "seconds_per_box": 7.0})()
     rows = []
-    points = al.learner_curve(1, ["3", al.WHOLE_POOL], args, split.options, str(tmp_path), rows.append)
+    points = al.learner_curve(1, split, ["3", al.WHOLE_POOL], args, str(tmp_path), rows.append)
     n = len(split.frames)
     assert [p["frames"] for p in points] == [3, n] and all(p["pool_frames"] == n for p in points)
     assert points[-1]["boxes"] == sum(len(b) for b in split.boxes) and rows[-1]["frames"] == n
