@@ -266,6 +266,21 @@ def _one_box(cls, reg, cell, class_id, score, peaks):
         reg[0, cell, side * 11 + peak] = 50.0
 
 
+def test_nanodet_preparation_is_the_reference_normalisation():
+    """prepare's in-place planes give the bytes of NanoDet's own recipe (resize, BGR,
+    ``(x - mean) / std`` in float32, NCHW), on a real photo and an odd-sized crop of it."""
+    from sklearn.datasets import load_sample_image
+    china = load_sample_image("china.jpg")
+    for rgb in (china, np.ascontiguousarray(china[17:300, 5:211])):
+        bgr = cv2.resize(rgb, (416, 416), interpolation=cv2.INTER_LINEAR)[:, :, ::-1].astype(np.float32)
+        reference = ((bgr - nanodet.MEAN_BGR) / nanodet.STD_BGR).transpose(2, 0, 1)[None]
+        x = nanodet.prepare(rgb)
+        assert x.dtype == np.float32 and x.shape == (1, 3, 416, 416) and x.flags.c_contiguous
+        assert np.array_equal(x, reference)
+    with pytest.raises(ValueError, match="RGB frames"):
+        nanodet.prepare(china[:, :, 0])
+
+
 def test_nanodet_decoding_of_a_hand_made_output():
     # One stride-32 cell (row 2, col 3) with class 2 ("car") at 0.8 and box sides peaked at bins
     # 1, 2, 3, 4 -> distances 32, 64, 96, 128 px around the centre (112, 80) of a 416x416 frame.
@@ -287,6 +302,11 @@ def test_nanodet_decoding_of_a_hand_made_output():
     assert found.class_ids.tolist() == [2]
     np.testing.assert_allclose(found.rejected, 0.2, rtol=1e-6)
     assert nanodet.decode(outputs, width=832, height=416, uncertainty_floor=0.21).rejected == 0.0
+    # A NaN among a cell's class scores hides neither its box nor a rejected one.
+    cls[0, 2 * 13 + 3, 50] = np.nan
+    cls[0, 0, 1] = np.nan  # the row of the rejected dog
+    again = nanodet.decode(outputs, width=832, height=416, uncertainty_floor=0.05)
+    assert again.class_ids.tolist() == [2] and again.rejected == found.rejected
 
 
 def test_detection_max_with_the_best_rejected_box_is_the_detectors_max_at_the_floor(models, vtest_frames):

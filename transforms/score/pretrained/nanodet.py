@@ -56,8 +56,15 @@ def prepare(rgb: np.ndarray) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"NanoDet takes RGB frames (H, W, 3), got shape {rgb.shape}")
     resized = cv2.resize(rgb, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
-    bgr = resized[:, :, ::-1].astype(np.float32)
-    return ((bgr - MEAN_BGR) / STD_BGR).transpose(2, 0, 1)[None]
+    # Written plane by plane into one contiguous array: the same float32 operations as
+    # ``(bgr.astype(float32) - MEAN_BGR) / STD_BGR`` then NCHW, without the temporaries and the
+    # strided copy of a transposed view (a third of the time; the same bytes).
+    out = np.empty((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)
+    for channel in range(3):  # BGR plane `channel` is RGB plane 2 - channel
+        plane = out[0, channel]
+        np.subtract(resized[:, :, 2 - channel], MEAN_BGR[channel], out=plane, dtype=np.float32)
+        np.divide(plane, STD_BGR[channel], out=plane)
+    return out
 
 
 def _levels(outputs: Sequence[np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
@@ -124,14 +131,19 @@ def decode(outputs: Sequence[np.ndarray], width: int, height: int,
     """
     levels = _levels(outputs)
     size = np.array([width, height, width, height], dtype=np.float64)
+    floor = uncertainty_floor if uncertainty_floor is not None and uncertainty_floor < score_threshold else None
+    # One scan per stride finds every cell-class score at or above the lower of the two bounds;
+    # the kept and the rejected candidates are split from it.
+    candidates = {stride: _scores_at_least(cls, score_threshold if floor is None else min(floor, score_threshold))
+                  for stride, (cls, _) in levels.items()}
     all_boxes, all_scores, all_classes = [], [], []
-    for stride, (cls, reg) in levels.items():
-        cell, cls_id = np.nonzero(cls >= score_threshold)
-        if not len(cell):
+    for stride, (cell, cls_id, s) in candidates.items():
+        kept = s >= score_threshold
+        if not kept.any():
             continue
-        all_boxes.append(_box(reg, cell, stride))
-        all_scores.append(cls[cell, cls_id])
-        all_classes.append(cls_id)
+        all_boxes.append(_box(levels[stride][1], cell[kept], stride))
+        all_scores.append(s[kept])
+        all_classes.append(cls_id[kept])
     if all_boxes:
         boxes, scores, classes = (np.concatenate(all_boxes), np.concatenate(all_scores).astype(np.float64),
                                   np.concatenate(all_classes))
@@ -142,21 +154,32 @@ def decode(outputs: Sequence[np.ndarray], width: int, height: int,
     else:
         boxes, scores, classes = np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
     rejected = 0.0
-    if uncertainty_floor is not None and uncertainty_floor < score_threshold:
-        rejected = _best_rejected(levels, boxes, classes, uncertainty_floor, score_threshold, iou_threshold, size)
+    if floor is not None:
+        below = {stride: tuple(a[s < score_threshold] for a in (cell, cls_id, s))
+                 for stride, (cell, cls_id, s) in candidates.items()}
+        rejected = _best_rejected(levels, below, boxes, classes, iou_threshold, size)
     return Decoded(boxes.astype(np.float32), scores.astype(np.float32), classes.astype(np.int32), rejected)
 
 
-def _best_rejected(levels, kept_boxes, kept_classes, floor, threshold, iou_threshold, size) -> float:
-    """Score of :func:`~transforms.score.detection.best_rejected` over the cells scoring in
-    ``[floor, threshold)``: first among each stride's best :data:`REJECTED_SHORTLIST`, which holds
-    the answer when its best free candidate scores at least every candidate left out; else among
-    all of them."""
+def _scores_at_least(cls: np.ndarray, bound: float):
+    """``(cell, class_id, score)`` of every entry of ``cls`` ``(N, 80)`` that is ``>= bound``,
+    in row-major order (as ``np.nonzero(cls >= bound)``). Only the rows whose best score reaches
+    the bound are scanned entry by entry: a few percent of a frame's cells (NaN never passes)."""
+    rows = np.flatnonzero(np.fmax.reduce(cls, axis=1) >= bound)
+    sub = cls[rows]
+    row, cls_id = np.nonzero(sub >= bound)
+    return rows[row], cls_id, sub[row, cls_id]
+
+
+def _best_rejected(levels, below, kept_boxes, kept_classes, iou_threshold, size) -> float:
+    """Score of :func:`~transforms.score.detection.best_rejected` over ``below``, per stride the
+    ``(cell, class_id, score)`` of the cells scoring in ``[floor, threshold)``: first among each
+    stride's best :data:`REJECTED_SHORTLIST`, which holds the answer when its best free candidate
+    scores at least every candidate left out; else among all of them."""
     for shortlist in (REJECTED_SHORTLIST, None):
         boxes, scores, classes, left_out = [], [], [], -1.0
-        for stride, (cls, reg) in levels.items():
-            cell, cls_id = np.nonzero((cls >= floor) & (cls < threshold))
-            s = cls[cell, cls_id]
+        for stride, (_, reg) in levels.items():
+            cell, cls_id, s = below[stride]
             if shortlist is not None and len(s) > shortlist:
                 order = np.argsort(-s, kind="stable")
                 left_out = max(left_out, float(s[order[shortlist]]))
