@@ -300,6 +300,56 @@ def test_run_record_changes_nothing_it_is_given(mongo):
     assert json.loads(entry["options"])["mongo_uri"] == "mongodb://127.0.0.1:1"  # facts win
 
 
+_KILLED_DRIVER = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from beam_pipelines.cli.run_record import RunRecord, describe_run
+lineage = describe_run("mine", {"budget": 1}, {}, inputs=["/killed/*.jpg"])
+RunRecord(lineage, sys.argv[2], sys.argv[3], local_driver=True).__enter__()
+print(lineage.run_id, flush=True)
+os.kill(os.getpid(), 9)  # the driver dies without a word
+"""
+
+
+def test_a_run_whose_driver_was_killed_is_closed_by_the_next_run_on_the_machine(mongo):
+    """A local run killed by SIGKILL stays ``running``; the next local run on the same machine
+    marks it ``failed`` and says why, and leaves alone the running entries of live drivers, of
+    other machines and of runs without a driver (Dataflow)."""
+    import psutil
+    from beam_pipelines.cli.run_record import driver_identity, driver_is_alive
+    killed = subprocess.run([sys.executable, "-c", _KILLED_DRIVER, harness.CHECKOUT, mongo.uri, RUNS_DATABASE],
+                            capture_output=True, text=True, timeout=120, cwd=harness.CHECKOUT)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    killed_id = killed.stdout.strip()
+    runs = pymongo.MongoClient(mongo.uri)[RUNS_DATABASE]["runs"]
+    entry = runs.find_one({"_id": killed_id})
+    assert entry["status"] == "running" and entry["driver"]["pid"] != os.getpid()
+    assert not driver_is_alive(entry["driver"])
+    me = driver_identity()
+    assert driver_is_alive(me) and me["host"] == entry["driver"]["host"]
+    # A live driver, a reused pid (this process, but started at another time), another machine,
+    # and a run left running on Dataflow (no driver).
+    others = {"live": dict(me), "reused_pid": dict(me, process_started_at=me["process_started_at"] - 3600),
+              "elsewhere": dict(entry["driver"], host=entry["driver"]["host"] + "-other"), "dataflow": None}
+    assert not driver_is_alive(others["reused_pid"])
+    base = {k: v for k, v in entry.items() if k not in ("_id", "driver")}
+    for name, driver in others.items():
+        runs.insert_one(dict(base, _id=f"other-{name}", **({"driver": driver} if driver else {})))
+    lineage = describe_run("mine", {"budget": 2}, {}, inputs=["/next/*.jpg"])
+    with RunRecord(lineage, mongo.uri, RUNS_DATABASE, local_driver=True):
+        pass
+    closed = runs.find_one({"_id": killed_id})
+    assert closed["status"] == "failed" and closed["finished_at"] is None
+    assert closed["failure"] == (
+        f"lost: its driver (pid {entry['driver']['pid']} on {entry['driver']['host']}) ended without "
+        f"recording an end (killed, e.g. SIGKILL or out of memory); found when run {lineage.run_id} started")
+    assert runs.find_one({"_id": "other-reused_pid"})["status"] == "failed"
+    for name in ("live", "elsewhere", "dataflow"):
+        assert runs.find_one({"_id": f"other-{name}"})["status"] == "running", name
+    assert runs.find_one({"_id": lineage.run_id})["status"] == "succeeded"
+    assert runs.find_one({"_id": lineage.run_id})["driver"]["pid"] == os.getpid() == psutil.Process().pid
+
+
 def test_help_lists_the_jobs_options_and_says_how_to_see_beams(capsys):
     from beam_pipelines.mine.options import MineOptions
     import argparse

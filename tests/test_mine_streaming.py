@@ -397,7 +397,10 @@ def test_killed_job_restarts_without_loss_or_duplicates(mongo, gcs, pubsub_host)
         written = sorted(c["frame_id"] for c in _read_jsonl(_window_file(out, "candidates", start)))
         assert stored == written and len(written) == latest["candidates"] == min(2, expected[start])
     runs = list(db.runs.find({"inputs": notifier.subscription}).sort("started_at", 1))
-    assert [r["status"] for r in runs] == ["running", "drained"]  # the killed run never finished
+    # The killed run could not record its end; the restart, on the same machine, closed it.
+    assert [r["status"] for r in runs] == ["failed", "drained"]
+    assert runs[0]["failure"].startswith(f"lost: its driver (pid {first.process.pid} on ")
+    assert runs[0]["failure"].endswith(f"found when run {runs[1]['_id']} started")
     assert notifier.left_over() == 0
 
 

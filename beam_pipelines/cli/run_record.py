@@ -12,16 +12,27 @@ The run's identity is computed first and never changes; the record only writes i
     # "cancelled" on KeyboardInterrupt, else "failed"; run.update(counts) while it runs
 
 A run entry that cannot be written is logged, not fatal: the frames are already indexed.
+
+A run whose driver dies without a word (SIGKILL, the out-of-memory killer, a power cut) cannot
+record its end. A run on a local runner (``local_driver=True``: the driver process is the job)
+therefore records which process drives it (:func:`driver_identity`), and every such run, when it
+starts, marks ``failed`` the ``running`` entries of the same database that were driven from the
+same machine and boot by a process that no longer exists (:func:`driver_is_alive`), with a
+``failure`` that says so. Entries of other machines, and of jobs left running on Dataflow, are
+never touched.
 """
 import datetime
 import json
 import logging
+import os
+import socket
 from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from schemas import runs as runs_schema
 from schemas import tables
 from transforms.common.redact import redact_text
 from transforms.index import upsert_documents
+from transforms.index.mongodb_client import mongo_client
 from transforms.index.bigquery_client import append_rows, sibling_table
 
 _LOG = logging.getLogger(__name__)
@@ -67,18 +78,22 @@ class RunRecord:
         From :func:`describe_run`.
     mongo_uri, database : str
         Where ``runs`` lives.
+    local_driver : bool
+        The run is this process's (a local runner): its entry says which process drives it
+        (``driver``), and entering closes the entries of this machine's vanished drivers.
     """
 
     #: The driver may not reach a store only the workers can (e.g. Dataflow on a private
     #: network): lineage gives up after this long instead of holding the job for minutes.
     SERVER_SELECTION_TIMEOUT_MS = 5000
 
-    def __init__(self, lineage: RunLineage, mongo_uri: str, database: str):
+    def __init__(self, lineage: RunLineage, mongo_uri: str, database: str, local_driver: bool = False):
         self._lineage = lineage
         self._uri = mongo_uri
         self._database = database
         self._counts: Optional[dict] = None
         self._final_status = "succeeded"
+        self._driver = driver_identity() if local_driver else None
 
     @property
     def run_id(self) -> str:
@@ -101,6 +116,8 @@ class RunRecord:
 
     def __enter__(self) -> "RunRecord":
         self._record("running")
+        if self._driver is not None:
+            self._close_lost_runs()
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
@@ -119,6 +136,8 @@ class RunRecord:
             lineage.run_id, lineage.job, lineage.started_at, status, lineage.code_version,
             lineage.options_json, lineage.inputs, lineage.output_dir, lineage.model,
             finished_at=finished, counts=counts)
+        if self._driver is not None:
+            document["driver"] = self._driver  # MongoDB only: not a field of the BigQuery row
         self._upsert(document, status)
         if lineage.bigquery_table and status != "running":
             self._append_to_bigquery(document, status)
@@ -137,8 +156,9 @@ class RunRecord:
     def _append_to_bigquery(self, document: dict, status: str):
         """One row per finished run in the ``runs`` table next to the frames table."""
         table_id = sibling_table(self._lineage.bigquery_table, runs_schema.RUNS_COLLECTION)
+        fields = {field.name for field in runs_schema.RUN_FIELDS}
         row = {k: (v.isoformat() if isinstance(v, datetime.datetime) else v)
-               for k, v in document.items() if k != "_id"}
+               for k, v in document.items() if k in fields}
         row["run_id"] = document["_id"]
         try:
             problems = append_rows(table_id, tables.runs_table(), [row], [f"{self.run_id}:{status}"],
@@ -148,3 +168,62 @@ class RunRecord:
         if problems:
             _LOG.error("run %s: could not append to %s: %s", self.run_id, table_id,
                        redact_text(problems[0])[:500])
+
+    def _close_lost_runs(self):
+        """Marks ``failed`` the ``running`` entries driven from this machine and boot by a process
+        that is gone (their driver could not record an end). Logged, never fatal."""
+        me = self._driver
+        try:
+            client = mongo_client(self._uri, server_selection_timeout_ms=self.SERVER_SELECTION_TIMEOUT_MS)
+            with client:
+                runs = client[self._database][runs_schema.RUNS_COLLECTION]
+                for entry in runs.find({"status": "running", "_id": {"$ne": self.run_id},
+                                        "driver.host": me["host"], "driver.boot_id": me["boot_id"]},
+                                       {"driver": 1}):
+                    if driver_is_alive(entry["driver"]):
+                        continue
+                    driver = entry["driver"]
+                    failure = (f"lost: its driver (pid {driver.get('pid')} on {driver.get('host')}) ended "
+                               f"without recording an end (killed, e.g. SIGKILL or out of memory); found "
+                               f"when run {self.run_id} started")
+                    closed = runs.update_one({"_id": entry["_id"], "status": "running"},
+                                             {"$set": {"status": "failed", "failure": failure}})
+                    if closed.modified_count:
+                        _LOG.warning("run %s: %s", entry["_id"], failure)
+        except Exception as e:  # noqa: BLE001 - lineage must not fail a job
+            _LOG.error("run %s: could not look for lost runs in %s.runs: %s", self.run_id, self._database,
+                       redact_text(str(e))[:500])
+
+
+#: Where Linux keeps the id of the current boot: a pid is only meaningful within one boot.
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+def driver_identity() -> dict:
+    """Which process drives this run: ``{"host", "boot_id", "pid", "process_started_at"}``
+    (host name; the kernel's boot id, None where there is none; this process's id and start time,
+    seconds since the epoch, from psutil), so that a later run can tell whether it still exists."""
+    import psutil
+    try:
+        with open(BOOT_ID_FILE) as f:
+            boot_id = f.read().strip() or None
+    except OSError:
+        boot_id = None
+    return {"host": socket.gethostname(), "boot_id": boot_id, "pid": os.getpid(),
+            "process_started_at": round(psutil.Process().create_time(), 3)}
+
+
+def driver_is_alive(driver: Mapping) -> bool:
+    """Whether the process of a :func:`driver_identity` (taken on this machine and boot) still
+    runs: the pid exists, is not a zombie, and started when the identity says (a pid reused by a
+    later process does not count). True when it cannot be told (a malformed identity, a process
+    that may not be inspected): a run is only closed when its driver is certainly gone."""
+    import psutil
+    try:
+        process = psutil.Process(int(driver["pid"]))
+        return (process.status() != psutil.STATUS_ZOMBIE
+                and abs(process.create_time() - float(driver["process_started_at"])) < 1.0)
+    except psutil.NoSuchProcess:
+        return False
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return True

@@ -338,7 +338,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         progress_dir = stack.enter_context(lines) if lines else None
         # the kept novelty index: refused here, before anything runs, if another model made it
         history = _history(mine, model)
-        with RunRecord(lineage, mongo_uri, mine.mongo_database) as run_record:
+        with RunRecord(lineage, mongo_uri, mine.mongo_database, local_driver=job.local_runner) as run_record:
             mine_frames = MineFrames(
                 history=history,
                 model=model, mongo_uri=mongo_uri, output_dir=job.output_dir, budget=mine.budget,

@@ -422,7 +422,7 @@ def run(argv) -> dict:
             bigquery_table=mine.bigquery_table, project=project)
         started = time.monotonic()
         stop_reason = None
-        with RunRecord(lineage, mongo_uri, mine.mongo_database) as record:
+        with RunRecord(lineage, mongo_uri, mine.mongo_database, local_driver=job.local) as record:
             feed, endpoint = (_start_feed(stack, job, mongo_uri, mine.mongo_database, lineage.run_id)
                               if job.local else (None, None))
             stack.enter_context(metrics.serve(mine.metrics_port, mine.metrics_host))
