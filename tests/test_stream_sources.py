@@ -154,3 +154,22 @@ def test_window_spec():
 
 if __name__ == "__main__":
     harness.main(__file__)
+
+
+def test_the_model_watch_never_switches_to_a_hidden_file_being_written(tmp_path):
+    """An atomic save writes a temporary file in the watched folder first, and Keras only saves
+    to ``*.keras``: the feed must not switch to that half-written ``.tmp-model.keras``."""
+    import os
+    import time
+    from transforms.intake.watch import ArrivalFeed, is_hidden
+    feed = ArrivalFeed(glob=str(tmp_path / "in" / "*.png"), model_glob=str(tmp_path / "*.keras"))
+    time.sleep(0.05)  # files written after the feed started
+    (tmp_path / "retrained.keras").write_bytes(b"done")
+    (tmp_path / ".tmp-model.keras").write_bytes(b"half")  # newer: what a save in progress leaves
+    later = time.time() + 5
+    os.utime(tmp_path / ".tmp-model.keras", (later, later))
+    feed._check_models()
+    assert feed._model == str(tmp_path / "retrained.keras") and feed.counts["model_switches"] == 1
+    feed._check_models()  # still the same model: no second switch
+    assert feed.counts["model_switches"] == 1
+    assert is_hidden("gs://b/models/.m.keras") and is_hidden("/m/.x/") and not is_hidden("/m/.x/y.keras")

@@ -29,7 +29,10 @@ What the feed sends (an event every ``tick_s``, what was read every ``batch_s``)
   ``redeliver_after_s`` is sent again);
 * on :data:`MODELS` (with ``model_glob``), one ``ModelMetadata`` per intake window of
   ``window_s`` seconds: the newest file matching the glob written after the feed started, or
-  ``model_id=""`` (keep the job's ``--model``): the side input of ``RunInference``;
+  ``model_id=""`` (keep the job's ``--model``): the side input of ``RunInference``. Hidden files
+  (a name starting with ``.``) are never switched to: an atomic write needs a temporary file in
+  the same folder, and Keras only saves to names ending in ``.keras``, so the temporary file of a
+  model being written matches ``*.keras`` too (:func:`is_hidden`);
 * the watermark: the time of the read, on every tag.
 
 A failure of the feed (e.g. the subscription does not exist) ends the stream; :attr:`error`
@@ -98,6 +101,12 @@ def _watermark(timestamp_ms: int, tag: str):
     return beam_runner_api_pb2.TestStreamPayload.Event(
         watermark_event=beam_runner_api_pb2.TestStreamPayload.Event.AdvanceWatermark(
             new_watermark=timestamp_ms * 1000, tag=tag))
+
+
+def is_hidden(path: str) -> bool:
+    """Whether a local path or URI names a hidden file (its last component starts with ``.``),
+    e.g. ``/models/.tmp-model.keras`` or ``gs://b/models/.model.keras.part``."""
+    return path.rstrip("/").rsplit("/", 1)[-1].startswith(".")
 
 
 class ArrivalFeed:
@@ -394,7 +403,8 @@ class ArrivalFeed:
         except Exception as e:  # pylint: disable=broad-except  # no model file yet
             _LOG.debug("no model file matches %s yet: %s", self._model_glob, e)
             return
-        newer = [m for m in results if m.last_updated_in_seconds > self._started_at and not m.path.endswith("/")]
+        newer = [m for m in results if m.last_updated_in_seconds > self._started_at
+                 and not m.path.endswith("/") and not is_hidden(m.path)]
         if not newer:
             return
         newest = max(newer, key=lambda m: (m.last_updated_in_seconds, m.path)).path
