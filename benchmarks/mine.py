@@ -412,7 +412,8 @@ def _default_models(args):
          "two_stage_candidates_equal": all(same),
          "prices": DATAFLOW_PRICES,
          "seconds": {side: [round(x, 1) for x in w] for side, w in wall.items()}},
-        **{k: round(v, 3) for k, v in figures.items()},
+        # 4 decimals: a figure a hair under its goal does not print as the goal
+        **{k: round(v, 4) for k, v in figures.items()},
         **{f"{k}_goal_met": figures[k] >= goal for k, goal in GOALS.items()}))
 
 
