@@ -311,7 +311,7 @@ os.kill(os.getpid(), 9)  # the driver dies without a word
 """
 
 
-def test_a_run_whose_driver_was_killed_is_closed_by_the_next_run_on_the_machine(mongo):
+def test_a_run_whose_driver_was_killed_is_closed_by_the_next_run_on_the_machine(mongo, monkeypatch):
     """A local run killed by SIGKILL stays ``running``; the next local run on the same machine
     marks it ``failed`` and says why, and leaves alone the running entries of live drivers, of
     other machines and of runs without a driver (Dataflow)."""
@@ -348,6 +348,14 @@ def test_a_run_whose_driver_was_killed_is_closed_by_the_next_run_on_the_machine(
         assert runs.find_one({"_id": f"other-{name}"})["status"] == "running", name
     assert runs.find_one({"_id": lineage.run_id})["status"] == "succeeded"
     assert runs.find_one({"_id": lineage.run_id})["driver"]["pid"] == os.getpid() == psutil.Process().pid
+    # A store that did not take the run's own entry is not asked for lost runs (no second wait).
+    looked = []
+    monkeypatch.setattr(RunRecord, "_close_lost_runs", lambda self: looked.append(self.run_id))
+    with RunRecord(lineage, "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300", RUNS_DATABASE, local_driver=True):
+        pass
+    with RunRecord(lineage, mongo.uri, RUNS_DATABASE, local_driver=True):
+        pass
+    assert looked == [lineage.run_id]
 
 
 def test_help_lists_the_jobs_options_and_says_how_to_see_beams(capsys):

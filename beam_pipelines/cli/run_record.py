@@ -115,8 +115,8 @@ class RunRecord:
         self._final_status = status
 
     def __enter__(self) -> "RunRecord":
-        self._record("running")
-        if self._driver is not None:
+        written = self._record("running")
+        if self._driver is not None and written:  # (a store that did not answer is not asked again)
             self._close_lost_runs()
         return self
 
@@ -129,7 +129,8 @@ class RunRecord:
             self._record("failed", self._counts)  # counts known when the run ended, then failed
         return False
 
-    def _record(self, status: str, counts: Optional[dict] = None):
+    def _record(self, status: str, counts: Optional[dict] = None) -> bool:
+        """Upserts the entry (and appends a finished run to BigQuery); whether MongoDB took it."""
         lineage = self._lineage
         finished = None if status == "running" else datetime.datetime.now(datetime.timezone.utc)
         document = runs_schema.run_document(
@@ -138,11 +139,12 @@ class RunRecord:
             finished_at=finished, counts=counts)
         if self._driver is not None:
             document["driver"] = self._driver  # MongoDB only: not a field of the BigQuery row
-        self._upsert(document, status)
+        written = self._upsert(document, status)
         if lineage.bigquery_table and status != "running":
             self._append_to_bigquery(document, status)
+        return written
 
-    def _upsert(self, document: dict, status: str):
+    def _upsert(self, document: dict, status: str) -> bool:
         try:
             failed = upsert_documents(self._uri, self._database, tables.runs_table(), [document],
                                       max_attempts=2,
@@ -152,6 +154,7 @@ class RunRecord:
         if failed:
             _LOG.error("run %s: could not record status %r in %s.runs: %s", self.run_id, status,
                        self._database, redact_text(str(failed[0])))
+        return not failed
 
     def _append_to_bigquery(self, document: dict, status: str):
         """One row per finished run in the ``runs`` table next to the frames table."""
