@@ -28,6 +28,7 @@ import os
 import socket
 from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
 
+from beam_pipelines.local.processes import process_start
 from schemas import runs as runs_schema
 from schemas import tables
 from transforms.common.redact import redact_text
@@ -203,30 +204,27 @@ BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 
 def driver_identity() -> dict:
-    """Which process drives this run: ``{"host", "boot_id", "pid", "process_started_at"}``
-    (host name; the kernel's boot id, None where there is none; this process's id and start time,
-    seconds since the epoch, from psutil), so that a later run can tell whether it still exists."""
-    import psutil
+    """Which process drives this run: ``{"host", "boot_id", "pid", "process_start"}`` (host name;
+    the kernel's boot id, None where there is none; this process's id and start time in clock
+    ticks since boot, :func:`beam_pipelines.local.processes.process_start`), so that a later run
+    on the same machine can tell whether it still exists."""
     try:
         with open(BOOT_ID_FILE) as f:
             boot_id = f.read().strip() or None
     except OSError:
         boot_id = None
-    return {"host": socket.gethostname(), "boot_id": boot_id, "pid": os.getpid(),
-            "process_started_at": round(psutil.Process().create_time(), 3)}
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot_id": boot_id, "pid": pid, "process_start": process_start(pid)}
 
 
 def driver_is_alive(driver: Mapping) -> bool:
     """Whether the process of a :func:`driver_identity` (taken on this machine and boot) still
-    runs: the pid exists, is not a zombie, and started when the identity says (a pid reused by a
-    later process does not count). True when it cannot be told (a malformed identity, a process
-    that may not be inspected): a run is only closed when its driver is certainly gone."""
-    import psutil
+    runs: the pid is running (not a zombie) and started when the identity says, so a pid reused
+    by a later process does not count. True when it cannot be told (a malformed identity, a
+    platform without ``/proc``): a run is only closed when its driver is certainly gone."""
     try:
-        process = psutil.Process(int(driver["pid"]))
-        return (process.status() != psutil.STATUS_ZOMBIE
-                and abs(process.create_time() - float(driver["process_started_at"])) < 1.0)
-    except psutil.NoSuchProcess:
-        return False
-    except (psutil.Error, KeyError, TypeError, ValueError):
+        started = driver["process_start"]
+        pid = int(driver["pid"])
+    except (KeyError, TypeError, ValueError):
         return True
+    return started is None or process_start(pid) == started
