@@ -152,10 +152,6 @@ def test_window_spec():
         WindowSpec(0).validated()
 
 
-if __name__ == "__main__":
-    harness.main(__file__)
-
-
 def test_the_model_watch_never_switches_to_a_hidden_file_being_written(tmp_path):
     """An atomic save writes a temporary file in the watched folder first, and Keras only saves
     to ``*.keras``: the feed must not switch to that half-written ``.tmp-model.keras``."""
@@ -173,3 +169,7 @@ def test_the_model_watch_never_switches_to_a_hidden_file_being_written(tmp_path)
     feed._check_models()  # still the same model: no second switch
     assert feed.counts["model_switches"] == 1
     assert is_hidden("gs://b/models/.m.keras") and is_hidden("/m/.x/") and not is_hidden("/m/.x/y.keras")
+
+
+if __name__ == "__main__":
+    harness.main(__file__)

@@ -134,7 +134,7 @@ def decode(outputs: Sequence[np.ndarray], width: int, height: int,
     floor = uncertainty_floor if uncertainty_floor is not None and uncertainty_floor < score_threshold else None
     # One scan per stride finds every cell-class score at or above the lower of the two bounds;
     # the kept and the rejected candidates are split from it.
-    candidates = {stride: _scores_at_least(cls, score_threshold if floor is None else min(floor, score_threshold))
+    candidates = {stride: _scores_at_least(cls, score_threshold if floor is None else floor)
                   for stride, (cls, _) in levels.items()}
     all_boxes, all_scores, all_classes = [], [], []
     for stride, (cell, cls_id, s) in candidates.items():
