@@ -33,7 +33,11 @@ backbone through ``ScoreFrames``; VeSSAL's ``u`` is that embedding scaled by ``d
 job's ``uncertainty`` with a detector), per-window top-k is ``uncertainty_kcenter`` on
 ``detection_max`` (the job's default with a detector), windows of ``--retrain_every`` (250) frames.
 The target is random's final mAP in each seed: labels-to-target is the first point of a side's
-curve at or above it (interpolated), random's own included.
+curve at or above it (interpolated), random's own included. The training seed alone moves this
+learner's mAP by about 0.01-0.02 (std) on the same labels, as much as the sides differ:
+``--learner_seeds K`` trains K detectors (seeds ``s + 1000 k``) per point and averages their mAP
+(K times the training time; the first detector scores the stream, so K = 1 is the plain run), and
+``map50_spread`` reports their std.
 
 **The Fashion-MNIST stream** (``--stream fashion``): Fashion-MNIST training images made into camera
 clips: each clip repeats one image for 10-40 frames, each frame shifted by up to 2 pixels, its
@@ -271,22 +275,31 @@ class DetectionLearner:
 
     def __init__(self, stream: DetectionStream, class_names, args, seed: int, work: str):
         self.stream, self.class_names, self.args, self.seed, self.work = stream, class_names, args, seed, work
-        self.curve, self.detector = [], None
+        self.curve, self.spread, self.detector = [], [], None
 
     def fit(self, picked: Sequence[int], name: str):
+        """Trains on the initial clip plus ``picked``: ``--learner_seeds`` K detectors with training
+        seeds ``seed + 1000 k``; the curve's point is their mean mAP, ``spread`` gets their
+        standard deviation, and the first (``k = 0``, the only one when K = 1) scores the stream."""
         import os
         from benchmarks import small_detector
         from benchmarks.detection_al import coco_map50
         from transforms.score.detectors import ExportedDetector
         s, initial = self.stream, self.stream.initial
         frames = np.concatenate([initial.frames, s.frames[list(picked)]]) if picked else initial.frames
-        model = small_detector.train(frames, list(initial.boxes) + [s.boxes[i] for i in picked],
-                                     list(initial.classes) + [s.classes[i] for i in picked], len(self.class_names),
-                                     seed=self.seed, steps=self.args.steps, learning_rate=1e-3,
-                                     backbone=small_detector.EFFICIENTNET)
-        trained = small_detector.export(model, self.class_names, os.path.join(self.work, name), backbone_too=False)
-        self.curve.append((len(picked), coco_map50(trained.detector, s.test, self.class_names)))
-        self.detector = ExportedDetector(trained.detector, flip=False).load()
+        maps = []
+        for k in range(self.args.learner_seeds):
+            model = small_detector.train(frames, list(initial.boxes) + [s.boxes[i] for i in picked],
+                                         list(initial.classes) + [s.classes[i] for i in picked],
+                                         len(self.class_names), seed=self.seed + 1000 * k, steps=self.args.steps,
+                                         learning_rate=1e-3, backbone=small_detector.EFFICIENTNET)
+            trained = small_detector.export(model, self.class_names, os.path.join(self.work, f"{name}-{k}"),
+                                            backbone_too=False)
+            maps.append(coco_map50(trained.detector, s.test, self.class_names))
+            if k == 0:
+                self.detector = ExportedDetector(trained.detector, flip=False).load()
+        self.curve.append((len(picked), float(np.mean(maps))))
+        self.spread.append(float(np.std(maps)))
 
     def uncertainty(self, indices) -> np.ndarray:
         """``detection_max`` (:func:`transforms.score.detection.aggregate_detection_scores`) of each frame."""
@@ -298,10 +311,11 @@ class DetectionLearner:
 def run_detection_side(side: str, stream: DetectionStream, embeddings: np.ndarray, first, class_names, args,
                        seed: int, work: str):
     """One side over the detection stream (see the module docstring); returns the learner's curve,
-    the picks (stream indices) and VeSSAL's pure per-frame decision time in µs."""
+    the picks (stream indices), VeSSAL's pure per-frame decision time in µs and the spread (std of
+    mAP between ``--learner_seeds`` detectors) of each point of the curve."""
     import copy
     learner = DetectionLearner(stream, class_names, args, seed, work)
-    learner.curve, learner.detector = [first[0]], first[1]
+    learner.curve, learner.detector, learner.spread = [first[0]], first[1], [first[2]]
     picked, decide_s = [], 0.0
     embed, samplers = Embedder(64, seed=seed), {}  # one VeSSAL per state key (global, or per camera)
     n = len(stream.frames)
@@ -326,7 +340,7 @@ def run_detection_side(side: str, stream: DetectionStream, embeddings: np.ndarra
             picked.extend(detection_window_picks(learner, embeddings, start, stop, int(round(args.rate * (stop - start)))))
         if len(picked) > before:
             learner.fit(picked, f"s{seed}-{side}-{stop}")
-    return learner.curve, picked, decide_s / n * 1e6
+    return learner.curve, picked, decide_s / n * 1e6, learner.spread
 
 
 def detection_window_picks(learner: DetectionLearner, embeddings, start: int, stop: int, budget: int):
@@ -354,15 +368,16 @@ def detection_seed(seed: int, args, work: str) -> dict:
           f"{time.perf_counter() - began:.0f} s", flush=True)
     initial = DetectionLearner(stream, options.class_names, args, seed, work)
     initial.fit([], f"s{seed}-initial")
-    first = (initial.curve[0], initial.detector)
+    first = (initial.curve[0], initial.detector, initial.spread[0])
     drift_frames = np.flatnonzero(stream.drift)
     row = {"seed": seed, "frames": len(stream.frames), "initial_map50": round(first[0][1], 4)}
     for side in SIDES:
-        curve, picked, decision_us = run_detection_side(side, stream, embeddings, first, options.class_names,
-                                                        args, seed, work)
+        curve, picked, decision_us, spread = run_detection_side(side, stream, embeddings, first,
+                                                                options.class_names, args, seed, work)
         drift_picks = [i for i in picked if stream.drift[i]]
         row[side] = {"labels": len(picked), "curve": [(n, round(m, 4)) for n, m in curve],
                      "final_map50": round(curve[-1][1], 4),
+                     "map50_spread": round(float(np.mean(spread[1:] or spread)), 4),
                      "drift_first_pick_share": (float(np.searchsorted(drift_frames, drift_picks[0]) + 1) / len(drift_frames)
                                                 if drift_picks else None)}
         if side == "vessal":
@@ -455,11 +470,16 @@ def parse_args(argv=None):
     parser.add_argument("--retrain_every", type=int, default=None,
                         help="frames between retrainings (and per-window top-k's window): detection 250, fashion 200")
     parser.add_argument("--steps", type=int, default=600, help="detection: Adam steps per training")
+    parser.add_argument("--learner_seeds", type=int, default=1,
+                        help="detection: detectors trained (training seeds) per point of a curve, their mAP "
+                             "averaged; the spread between them is printed (the learner's own noise)")
     parser.add_argument("--vessal_state_key", choices=("global", "camera"), default="global",
                         help="detection: one VeSSAL state for the stream (default) or one per camera (the mine "
                              "job's default --vessal_state_key)")
     dd.add_generator_options(parser, **DETECTION_DEFAULTS)
     args = parser.parse_args(argv)
+    if args.learner_seeds < 1:
+        parser.error(f"--learner_seeds must be >= 1, got {args.learner_seeds}")
     if args.stream == "fashion" and args.vessal_state_key == "camera":
         parser.error("--vessal_state_key camera needs --stream detection (the Fashion-MNIST stream names no camera)")
     seeds, frames, rate = PRESETS[args.stream]["quick" if args.quick else "default"]
@@ -555,6 +575,10 @@ def main(argv=None):
         "drift_first_pick_share": {s: [r[s]["drift_first_pick_share"] for r in per_seed] for s in SIDES},
     }
     if args.stream == "detection":
+        result["learner_seeds"] = args.learner_seeds
+        # Mean over a curve's trained points of the std of mAP between the --learner_seeds
+        # detectors trained on the same labels (0 with one): the learner's own noise.
+        result["map50_spread"] = {s: [r[s]["map50_spread"] for r in per_seed] for s in SIDES}
         result["target_map50"] = [r["target_map50"] for r in per_seed]
         result["initial_map50"] = [r["initial_map50"] for r in per_seed]
         result["curves"] = {s: [r[s]["curve"] for r in per_seed] for s in SIDES}

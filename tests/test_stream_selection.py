@@ -1,7 +1,10 @@
 """The streaming-selection benchmark's detection stream (benchmarks/stream_selection.py): cameras
 side by side in event-time order, split by camera, the labelled initial clip left out of the
 stream, and a drift camera of an unseen photo that joins at the stream's median event time with a
-second camera of it in the test set. No training: the benchmark itself is run by hand."""
+second camera of it in the test set; the learner's curve point, the mean mAP of ``--learner_seeds``
+detectors (a few Adam steps each). The benchmark itself is run by hand."""
+import argparse
+
 import numpy as np
 import pytest
 
@@ -52,3 +55,23 @@ def test_the_drift_camera_joins_at_the_median_event_time_and_its_site_is_in_the_
     assert min(gaps) > 10  # grey levels
     again = ss.make_detection_stream(OPTIONS, test_cameras=2, seed=3)  # deterministic in its seed
     assert np.array_equal(again.frames, stream.frames) and again.camera == stream.camera
+
+
+def test_a_curve_point_is_the_mean_map_of_the_learner_seeds_and_the_first_scores(stream, tmp_path):
+    """``--learner_seeds 2``: the point is the mean mAP of the detectors trained with seeds ``s``
+    and ``s + 1000``, ``spread`` their std, and the stream is scored by the first, the one a run
+    with one learner seed trains."""
+    def learner(seeds, seed):
+        args = argparse.Namespace(steps=60, learner_seeds=seeds)
+        fitted = ss.DetectionLearner(stream, OPTIONS.class_names, args, seed, str(tmp_path / f"{seeds}-{seed}"))
+        fitted.fit([0, 5, 9], "fit")
+        return fitted
+    both, first, second = learner(2, 3), learner(1, 3), learner(1, 1003)
+    (labels, mean_map), = both.curve
+    assert first.curve[0][1] != second.curve[0][1]  # the training seed alone moves mAP
+    assert labels == 3
+    assert mean_map == pytest.approx((first.curve[0][1] + second.curve[0][1]) / 2)
+    assert both.spread[0] == pytest.approx(abs(first.curve[0][1] - second.curve[0][1]) / 2)
+    assert first.spread == [0.0]
+    frames = range(0, len(stream.frames), 7)
+    assert np.array_equal(both.uncertainty(frames), first.uncertainty(frames))
