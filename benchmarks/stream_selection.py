@@ -57,9 +57,9 @@ pick. Also: VeSSAL's realised rate / R, and its per-frame decision cost: the pur
 decision (embedding + decide) in µs, and ``SelectPerFrame``'s (Beam state read and written per
 frame, on the FnApiRunner) from its ``vessal_decision_us`` metric, as a share of the ``mine``
 job's marginal per-frame time (:func:`job_frame_ms`) with the bundled CNN, the cheapest model it
-runs (3,000 and 1,000 Fashion-MNIST PNGs; 9,000 and 3,000 without ``--quick``), and with the
+runs (6,000 and 1,000 Fashion-MNIST PNGs; 12,000 and 2,000 without ``--quick``), and with the
 default models a user's run gets (EfficientNet-Lite0 and NanoDet-g; 200 and 50 PNGs, 600 and 200
-without ``--quick``). The decision is timed on the stream's embeddings (1280-d on the detection
+without ``--quick``), each size three times, interleaved (medians). The decision is timed on the stream's embeddings (1280-d on the detection
 stream, 50-d on the Fashion-MNIST one), so the goal takes the job with that width.
 
 Last line: JSON with the figures and ``rate_goal_met`` (|rate / R - 1| <= 0.10 in every seed),
@@ -413,12 +413,15 @@ def pipeline_decision_us(features, probabilities, rate) -> float:
     return float(dist[0].committed.mean)
 
 
-def job_frame_ms(frames: int, fewer: int, default_models: bool = False) -> dict:
+def job_frame_ms(frames: int, fewer: int, default_models: bool = False, repeats: int = 3) -> dict:
     """The ``mine`` job's per-frame time (ms): the batch job (its own process, a local mongod) on
     ``frames`` and on ``fewer`` Fashion-MNIST PNGs (:func:`benchmarks.common.batch_seconds`), with
     the bundled CNN (the cheapest model it runs) or, with ``default_models``, the models a user's
-    run gets (EfficientNet-Lite0 and NanoDet-g, from ``$ACTIVEBEAM_HOME``). ``marginal_ms``:
-    ``(t_N - t_n) / (N - n)``, the start-up left out; ``whole_ms``: ``t_N / N``, start-up included."""
+    run gets (EfficientNet-Lite0 and NanoDet-g, from ``$ACTIVEBEAM_HOME``); each size run
+    ``repeats`` times, interleaved, each run into a new database. ``marginal_ms``: ``(t_N - t_n) /
+    (N - n)`` of the median times, the start-up left out (it varies by a second or more between
+    runs, as much as thousands of the bundled CNN's frames: hence the repeats); ``whole_ms``:
+    ``t_N / N``, start-up included."""
     import os
     import shutil
     import tempfile
@@ -429,20 +432,26 @@ def job_frame_ms(frames: int, fewer: int, default_models: bool = False) -> dict:
     if default_models:
         env.pop("ACTIVEBEAM_DEFAULT_MODEL")
     try:
-        runs = {}
         for count in (fewer, frames):
             folder = os.path.join(work, f"in-{count}")
             os.makedirs(folder)
             for i, data in enumerate(fashion_pngs(count)):
                 with open(os.path.join(folder, f"{i:05d}.png"), "wb") as f:
                     f.write(data)
-            with LocalMongoD(os.path.join(work, f"mongo-{count}")) as mongo:
-                runs[count] = batch_seconds(os.path.join(folder, "*.png"), mongo.uri, "bench",
-                                            os.path.join(work, f"out-{count}"), env)
-        (t_few, n_few), (t_all, n_all) = runs[fewer], runs[frames]
-        print(f"mine job ({'default models' if default_models else 'bundled CNN'}): {n_few} frames in "
-              f"{t_few:.1f} s, {n_all} in {t_all:.1f} s", flush=True)
-        return {"marginal_ms": (t_all - t_few) / (n_all - n_few) * 1e3, "whole_ms": t_all / n_all * 1e3}
+        seconds = {fewer: [], frames: []}
+        with LocalMongoD(os.path.join(work, "mongo")) as mongo:
+            for run in range(repeats):
+                for count in (fewer, frames):
+                    took, written = batch_seconds(os.path.join(work, f"in-{count}", "*.png"), mongo.uri,
+                                                  f"bench{run}", os.path.join(work, f"out-{count}-{run}"), env)
+                    if written != count:
+                        raise RuntimeError(f"the job wrote {written} of {count} frames")
+                    seconds[count].append(took)
+        t_few, t_all = statistics.median(seconds[fewer]), statistics.median(seconds[frames])
+        print(f"mine job ({'default models' if default_models else 'bundled CNN'}), medians of {repeats}: "
+              f"{fewer} frames in {t_few:.1f} s ({', '.join(f'{t:.1f}' for t in seconds[fewer])}), "
+              f"{frames} in {t_all:.1f} s ({', '.join(f'{t:.1f}' for t in seconds[frames])})", flush=True)
+        return {"marginal_ms": (t_all - t_few) / (frames - fewer) * 1e3, "whole_ms": t_all / frames * 1e3}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -541,7 +550,7 @@ def main(argv=None):
         per_seed, sample = fashion_seeds(args)
         final, target_text = "final_accuracy", f"{args.target:.0%} accuracy"
     beam_us = pipeline_decision_us(*sample, args.rate)
-    job = job_frame_ms(3000, 1000) if args.quick else job_frame_ms(9000, 3000)
+    job = job_frame_ms(6000, 1000) if args.quick else job_frame_ms(12000, 2000)
     frame_ms = job["marginal_ms"]
     default_job = job_frame_ms(200, 50, True) if args.quick else job_frame_ms(600, 200, True)
 
