@@ -337,7 +337,7 @@ def _with_pubsub_topic(fn):
     (``fn(None)`` and no messages where that emulator is not installed)."""
     from beam_pipelines.local import emulators
     try:
-        context = emulators.pubsub_emulator()
+        context = emulators.pubsub_emulator(log_dir=harness.tmpdir("pubsub-emulator-"))
         context.__enter__()
     except emulators.EmulatorNotFound:
         return fn(None), None

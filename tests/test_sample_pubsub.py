@@ -7,6 +7,8 @@ Skipped where the Cloud SDK's Pub/Sub emulator is not installed.
 """
 import json
 import os
+import sys
+import tempfile
 import time
 
 import apache_beam as beam
@@ -101,6 +103,27 @@ def test_new_file_notifications_yield_candidates_per_capture_window(pubsub):
     assert set(names[(start, start + WINDOW_S)]) <= {os.path.basename(f) for f in first}
     assert set(names[(start + WINDOW_S, start + 2 * WINDOW_S)]) <= {os.path.basename(f) for f in second}
     assert all(sorted(r["rank"] for r in rs) == [1, 2] for rs in windows.values())
+
+
+def test_an_emulator_log_folder_of_its_own_goes_on_a_clean_exit_and_stays_after_an_error(monkeypatch):
+    """``run_emulator`` without ``log_dir`` (the demo's and benchmarks' emulators): its temporary
+    log folder is removed when the block ends cleanly, and kept with the log after an error."""
+    from beam_pipelines.local import emulators
+    monkeypatch.setattr(tempfile, "tempdir", harness.tmpdir("emulator-logs-"))  # nothing left in /tmp
+
+    def web_server():  # a real process that answers HTTP, as the emulators do
+        port = free_port()
+        return [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], f"http://127.0.0.1:{port}/"
+
+    argv, url = web_server()
+    with emulators.run_emulator("web", argv, url, {"ACTIVEBEAM_TEST_EMULATOR": url}) as log:
+        assert os.path.exists(log) and os.environ["ACTIVEBEAM_TEST_EMULATOR"] == url
+    assert not os.path.exists(os.path.dirname(log)) and "ACTIVEBEAM_TEST_EMULATOR" not in os.environ
+    argv, url = web_server()
+    with pytest.raises(RuntimeError, match="the block failed"):
+        with emulators.run_emulator("web", argv, url, {}) as log:
+            raise RuntimeError("the block failed")
+    assert os.path.exists(log)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from typing import Iterator, Optional
@@ -50,13 +51,15 @@ def run_emulator(name: str, argv, health_url: str, env_vars: dict, extra_env: Op
                  timeout_s: float = 60, log_dir: Optional[str] = None) -> Iterator[str]:
     """Runs an emulator process (``extra_env`` added to its environment) until ``health_url``
     answers, sets ``env_vars`` in this process while it runs; yields its log's path (in
-    ``log_dir``, default a new temporary folder). Stops it (SIGTERM, then SIGKILL) on exit.
+    ``log_dir``, default a new temporary folder, removed on a clean exit and kept, with the log,
+    after an error). Stops it (SIGTERM, then SIGKILL) on exit.
 
     Raises
     ------
     RuntimeError, TimeoutError
         If the process exits, or does not answer within ``timeout_s``, before it is ready.
     """
+    own_dir = log_dir is None
     log_dir = log_dir or tempfile.mkdtemp(prefix=f"activebeam-{name}-")
     log_path = os.path.join(log_dir, f"{name}.log")
     with open(log_path, "wb") as log:
@@ -68,6 +71,8 @@ def run_emulator(name: str, argv, health_url: str, env_vars: dict, extra_env: Op
                 yield log_path
         finally:
             stop_process(process, timeout_s=20)
+    if own_dir:  # reached on a clean exit only: after an error the log stays for its message
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -91,8 +96,9 @@ def gcs_emulator(bucket: str, data_dir: Optional[str] = None, project: str = "ac
 
 
 @contextlib.contextmanager
-def pubsub_emulator():
-    """The Cloud SDK's Pub/Sub emulator; yields its ``host:port``.
+def pubsub_emulator(log_dir: Optional[str] = None):
+    """The Cloud SDK's Pub/Sub emulator; yields its ``host:port`` (its log in ``log_dir``, see
+    :func:`run_emulator`).
 
     Raises
     ------
@@ -104,7 +110,7 @@ def pubsub_emulator():
     port = free_port()
     host = f"127.0.0.1:{port}"
     with run_emulator("pubsub-emulator", [PUBSUB_EMULATOR, "--host=127.0.0.1", f"--port={port}"],
-                  f"http://{host}/", {"PUBSUB_EMULATOR_HOST": host}):
+                  f"http://{host}/", {"PUBSUB_EMULATOR_HOST": host}, log_dir=log_dir):
         yield host
 
 
